@@ -1,0 +1,123 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/server"
+)
+
+// envPrefix prefixes the environment variable of every flag:
+// --grpc-addr is also COMFYGATE_GRPC_ADDR.
+const envPrefix = "COMFYGATE_"
+
+// tokenEnv holds the RunComfy API token. It is deliberately not a flag, so the
+// token never shows in a process listing.
+const tokenEnv = "RUNCOMFY_API_TOKEN"
+
+// Config is everything the gateway is started with.
+type Config struct {
+	GRPCAddr           string
+	HTTPAddr           string
+	RunComfyURL        string
+	RunComfyAPIVersion string
+	RunComfyToken      string
+	Simulate           bool
+	UpstreamTimeout    time.Duration
+	ShutdownTimeout    time.Duration
+	MaxBodyBytes       int64
+}
+
+// envName is the environment variable that sets a flag.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads flags from args and, for every flag not given there, its
+// environment variable through getenv (passed in so tests never touch the real
+// environment). It returns flag.ErrHelp for --help, after printing the usage.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
+	cfg := &Config{}
+	fs := flag.NewFlagSet("comfygate", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address (`host:port`)")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address for REST, callbacks and health (`host:port`)")
+	fs.StringVar(&cfg.RunComfyURL, "runcomfy-url", runcomfy.DefaultBaseURL, "RunComfy API base `URL`")
+	fs.StringVar(&cfg.RunComfyAPIVersion, "runcomfy-api-version", "v1", "RunComfy API `version`: v1 or v2")
+	fs.BoolVar(&cfg.Simulate, "simulate", false, "run a built-in RunComfy simulator and use it instead of RunComfy (no account needed)")
+	fs.DurationVar(&cfg.UpstreamTimeout, "upstream-timeout", 30*time.Second, "timeout of one HTTP attempt to RunComfy")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight calls may take to finish after SIGTERM")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", server.DefaultMaxBodyBytes, "largest accepted request body or gRPC message, in `bytes`")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
+		fmt.Fprintf(fs.Output(), "The RunComfy API token is read from %s only.\n\nFlags:\n", tokenEnv)
+		fs.VisitAll(func(f *flag.Flag) {
+			name, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(fs.Output(), "  --%s %s\n    \t%s (env %s", f.Name, name, usage, envName(f.Name))
+			if f.DefValue != "" && f.DefValue != "false" {
+				fmt.Fprintf(fs.Output(), ", default %s", f.DefValue)
+			}
+			fmt.Fprintln(fs.Output(), ")")
+		})
+	}
+
+	var envErrs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		envErrs = append(envErrs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
+	}
+	cfg.RunComfyToken = getenv(tokenEnv)
+	if err := errors.Join(append(envErrs, cfg.Validate())...); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Validate reports every problem at once, so an operator fixes them in one go.
+func (c *Config) Validate() error {
+	var errs []error
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want host:port", a.flag, a.addr))
+		}
+	}
+	if u, err := url.Parse(c.RunComfyURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--runcomfy-url %q: want an absolute http(s) URL", c.RunComfyURL))
+	}
+	if c.RunComfyAPIVersion != "v1" && c.RunComfyAPIVersion != "v2" {
+		errs = append(errs, fmt.Errorf("--runcomfy-api-version %q: want v1 or v2", c.RunComfyAPIVersion))
+	}
+	if c.Simulate && c.RunComfyURL != runcomfy.DefaultBaseURL {
+		errs = append(errs, errors.New("--simulate and --runcomfy-url exclude each other: the simulator is the upstream"))
+	}
+	if !c.Simulate && c.RunComfyToken == "" {
+		errs = append(errs, fmt.Errorf("%s is not set: RunComfy needs an API token (or use --simulate)", tokenEnv))
+	}
+	if c.UpstreamTimeout <= 0 {
+		errs = append(errs, errors.New("--upstream-timeout must be positive"))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))
+	}
+	return errors.Join(errs...)
+}

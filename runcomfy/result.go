@@ -1,0 +1,248 @@
+package runcomfy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// resultWire is the union of every field seen on /result answers and on callbacks,
+// which share one shape ("output matches the output schema of GET .../result").
+type resultWire struct {
+	RequestID     string          `json:"request_id"`
+	Status        string          `json:"status"`
+	Outcome       string          `json:"outcome"`
+	Outputs       json.RawMessage `json:"outputs"`
+	Output        json.RawMessage `json:"output"`
+	Error         json.RawMessage `json:"error"`
+	InstanceID    string          `json:"instance_id"`
+	CreatedAt     string          `json:"created_at"`
+	StartedAt     string          `json:"started_at"`
+	FinishedAt    string          `json:"finished_at"`
+	QueuePosition json.RawMessage `json:"queue_position"`
+}
+
+// ParseResult decodes a /result answer. It accepts "outputs" or "output", status in
+// "status" or "outcome", error as an object or an array, and output lists of URL
+// strings or of objects with a "url"; it fails only when data is not a JSON object.
+func ParseResult(data []byte) (*ResultResponse, error) {
+	var w resultWire
+	if err := decodeObject(data, &w); err != nil {
+		return nil, err
+	}
+	raw := w.Status
+	if raw == "" {
+		raw = w.Outcome
+	}
+	r := &ResultResponse{
+		RequestID:  w.RequestID,
+		Status:     raw,
+		State:      ParseState(raw),
+		InstanceID: w.InstanceID,
+		CreatedAt:  parseTime(w.CreatedAt),
+		StartedAt:  parseTime(w.StartedAt),
+		FinishedAt: parseTime(w.FinishedAt),
+		Error:      parseJobError(w.Error),
+	}
+	outputs := w.Outputs
+	if isNull(outputs) {
+		outputs = w.Output
+	}
+	if !isNull(outputs) {
+		r.Outputs = outputs
+		r.OutputURLs = CollectURLs(outputs)
+	}
+	return r, nil
+}
+
+// decodeObject insists on a JSON object: arrays, scalars and trailing garbage are
+// refused, so a caller never acts on half a document. A member of an unexpected type
+// is not fatal: it is left empty and the rest of the object is still read, since
+// upstream is to be parsed loosely.
+func decodeObject(data []byte, v any) error {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return errors.New("answer is not a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	var typeErr *json.UnmarshalTypeError
+	if err := dec.Decode(v); err != nil && !errors.As(err, &typeErr) {
+		return fmt.Errorf("answer is not valid JSON: %w", err)
+	}
+	// Not dec.More: it reports false before a stray '}' or ']', which would let
+	// `{...}}` through.
+	if len(bytes.TrimSpace(trimmed[dec.InputOffset():])) > 0 {
+		return errors.New("answer has data after its JSON object")
+	}
+	return nil
+}
+
+func isNull(raw json.RawMessage) bool {
+	s := bytes.TrimSpace(raw)
+	return len(s) == 0 || bytes.Equal(s, []byte("null"))
+}
+
+// CollectURLs returns every output URL in an outputs document, in document order:
+// each "url" member of an object, and each string element of a list that is itself
+// an http(s) URL (the callback form lists bare URLs). Other strings, such as the
+// text channel's captions, are not URLs and are skipped.
+func CollectURLs(outputs json.RawMessage) []string {
+	dec := json.NewDecoder(bytes.NewReader(outputs))
+	dec.UseNumber()
+	var urls []string
+	// Walk the token stream rather than unmarshalling into maps: map iteration would
+	// lose the document order of node ids.
+	type frame struct {
+		object bool
+		key    bool // in an object, the next token is a key
+	}
+	var stack []frame
+	lastKey := ""
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return urls
+		}
+		inObject := len(stack) > 0 && stack[len(stack)-1].object
+		isKey := inObject && stack[len(stack)-1].key
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{', '[':
+				if inObject {
+					stack[len(stack)-1].key = true
+				}
+				stack = append(stack, frame{object: t == '{', key: t == '{'})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		case string:
+			switch {
+			case isKey:
+				lastKey = t
+				stack[len(stack)-1].key = false
+				continue
+			case inObject && lastKey == "url":
+				if t != "" {
+					urls = append(urls, t)
+				}
+			case !inObject && isHTTPURL(t):
+				urls = append(urls, t)
+			}
+		}
+		if inObject {
+			stack[len(stack)-1].key = true
+		}
+	}
+}
+
+func isHTTPURL(s string) bool {
+	return strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "http://")
+}
+
+// parseJobError reads an error however upstream shaped it: an object with
+// type/message, the seed's error/details/debugInfo/errorCode, a plain string, or an
+// array of any of these (the first one with content wins; the rest are joined into
+// the message).
+func parseJobError(raw json.RawMessage) *JobError {
+	if isNull(raw) {
+		return nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		if s == "" {
+			return nil
+		}
+		return &JobError{Message: s}
+	}
+	var list []json.RawMessage
+	if json.Unmarshal(raw, &list) == nil {
+		var first *JobError
+		var msgs []string
+		for _, item := range list {
+			e := parseJobError(item)
+			if e == nil {
+				continue
+			}
+			if first == nil {
+				first = e
+			}
+			if e.Message != "" {
+				msgs = append(msgs, e.Message)
+			}
+		}
+		if first != nil && len(msgs) > 1 {
+			first.Message = strings.Join(msgs, "; ")
+		}
+		return first
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return &JobError{Message: string(raw)}
+	}
+	e := &JobError{
+		Type:    firstString(m, "type", "error_type", "errorType", "error", "name"),
+		Message: firstString(m, "message", "details", "detail", "error_message", "msg"),
+		Code:    firstString(m, "errorCode", "error_code", "code"),
+	}
+	if e.Message == "" && e.Type == "" && e.Code == "" {
+		return &JobError{Message: string(raw)}
+	}
+	return e
+}
+
+// firstString returns the first of keys present as a non-empty string or number.
+func firstString(m map[string]json.RawMessage, keys ...string) string {
+	for _, k := range keys {
+		v, ok := m[k]
+		if !ok || isNull(v) {
+			continue
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			if s != "" {
+				return s
+			}
+			continue
+		}
+		var n json.Number
+		if json.Unmarshal(v, &n) == nil {
+			return n.String()
+		}
+	}
+	return ""
+}
+
+// timeLayouts are the timestamp forms seen upstream: RFC 3339 with or without
+// fractions, with "Z" or an offset, and the offset-less form that some Python
+// services emit (read as UTC).
+var timeLayouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999",
+}
+
+// parseTime reads a timestamp leniently; the zero time means absent or unreadable.
+func parseTime(s string) time.Time {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return time.Time{}
+	}
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC()
+		}
+	}
+	// Unix seconds, as a number in a string.
+	if f, err := strconv.ParseFloat(s, 64); err == nil && f > 0 {
+		sec := int64(f)
+		return time.Unix(sec, int64((f-float64(sec))*1e9)).UTC()
+	}
+	return time.Time{}
+}

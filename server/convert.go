@@ -1,0 +1,102 @@
+package server
+
+import (
+	"encoding/json"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+func toProtoStatus(s runcomfy.State) comfygatev1.Status {
+	switch s {
+	case runcomfy.StateQueued:
+		return comfygatev1.Status_STATUS_QUEUED
+	case runcomfy.StateRunning:
+		return comfygatev1.Status_STATUS_RUNNING
+	case runcomfy.StateSucceeded:
+		return comfygatev1.Status_STATUS_SUCCEEDED
+	case runcomfy.StateFailed:
+		return comfygatev1.Status_STATUS_FAILED
+	case runcomfy.StateCancelled:
+		return comfygatev1.Status_STATUS_CANCELLED
+	default:
+		return comfygatev1.Status_STATUS_UNKNOWN
+	}
+}
+
+func toProtoCancelOutcome(o runcomfy.CancelOutcome) comfygatev1.CancelOutcome {
+	switch o {
+	case runcomfy.CancelDone:
+		return comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED
+	case runcomfy.CancelRequested:
+		return comfygatev1.CancelOutcome_CANCEL_OUTCOME_REQUESTED
+	case runcomfy.CancelNotCancellable:
+		return comfygatev1.CancelOutcome_CANCEL_OUTCOME_NOT_CANCELLABLE
+	default:
+		return comfygatev1.CancelOutcome_CANCEL_OUTCOME_UNKNOWN
+	}
+}
+
+func stateFromStatus(deploymentID string, s *runcomfy.StatusResponse) *comfygatev1.RequestState {
+	st := &comfygatev1.RequestState{
+		RequestId:      s.RequestID,
+		DeploymentId:   deploymentID,
+		Status:         toProtoStatus(s.State),
+		UpstreamStatus: s.Status,
+		InstanceId:     s.InstanceID,
+	}
+	if s.QueuePosition != nil && s.State == runcomfy.StateQueued {
+		p := int32(min(max(*s.QueuePosition, 0), 1<<31-1))
+		st.QueuePosition = &p
+	}
+	return st
+}
+
+func stateFromResult(deploymentID string, r *runcomfy.ResultResponse) *comfygatev1.RequestState {
+	st := &comfygatev1.RequestState{
+		RequestId:      r.RequestID,
+		DeploymentId:   deploymentID,
+		Status:         toProtoStatus(r.State),
+		UpstreamStatus: r.Status,
+		InstanceId:     r.InstanceID,
+		Outputs:        outputsStruct(r.Outputs),
+		OutputUrls:     r.OutputURLs,
+		CreatedAt:      timestamp(r.CreatedAt),
+		StartedAt:      timestamp(r.StartedAt),
+		FinishedAt:     timestamp(r.FinishedAt),
+	}
+	if r.Error != nil {
+		st.Error = &comfygatev1.RequestError{Type: r.Error.Type, Message: r.Error.Message, UpstreamCode: r.Error.Code}
+	}
+	return st
+}
+
+// outputsStruct converts the per-node outputs to a Struct. Outputs hold file
+// names, URLs and captions, not numbers that need 64 bits. A document that is not
+// an object (never seen upstream) is wrapped as {"output": ...} rather than lost.
+func outputsStruct(raw json.RawMessage) *structpb.Struct {
+	if len(raw) == 0 {
+		return nil
+	}
+	var s structpb.Struct
+	if protojson.Unmarshal(raw, &s) == nil {
+		return &s
+	}
+	var v structpb.Value
+	if protojson.Unmarshal(raw, &v) != nil {
+		return nil
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{"output": &v}}
+}
+
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}

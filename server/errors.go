@@ -1,0 +1,143 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// errorDomain names RunComfy in ErrorInfo details, so clients can tell upstream
+// failures from the gateway's own.
+const errorDomain = "runcomfy.net"
+
+// defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
+// Retry-After header.
+const defaultRetryDelay = time.Second
+
+// errNotImplemented marks an RPC the API declares but this version does not serve.
+var errNotImplemented = errors.New("not implemented yet")
+
+// fieldError is a client input the gateway refuses before calling anything.
+type fieldError struct {
+	field  string
+	reason string
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.reason }
+
+// toStatus is the one place where domain errors become gRPC statuses. Handlers
+// return plain errors; the unary and stream interceptors call toStatus once. An
+// error that is already a status (from gRPC itself) passes through; anything
+// unknown becomes Internal with a generic message, logged in full here.
+func toStatus(ctx context.Context, log *slog.Logger, method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		st := status.New(codes.InvalidArgument, fe.Error())
+		return withDetails(st, &errdetails.BadRequest{
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.field, Description: fe.reason}},
+		})
+	}
+	switch {
+	case errors.Is(err, errNotImplemented):
+		return status.Error(codes.Unimplemented, method+" is "+errNotImplemented.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded before RunComfy answered")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "call cancelled")
+	}
+
+	var apiErr *runcomfy.APIError
+	if !errors.As(err, &apiErr) {
+		log.ErrorContext(ctx, "internal error", "method", method, "error", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	var (
+		code codes.Code
+		msg  string
+	)
+	switch {
+	case errors.Is(err, runcomfy.ErrInvalidInput):
+		code, msg = codes.InvalidArgument, "RunComfy rejected the input: "+upstreamMessage(apiErr)
+	case errors.Is(err, runcomfy.ErrNotFound):
+		code, msg = codes.NotFound, "not found on RunComfy: "+apiErr.Message
+	case errors.Is(err, runcomfy.ErrInsufficientFunds):
+		code, msg = codes.FailedPrecondition, "the RunComfy account has insufficient funds: "+apiErr.Message
+	case errors.Is(err, runcomfy.ErrDeploymentDisabled):
+		code, msg = codes.FailedPrecondition, "the deployment is disabled: "+apiErr.Message
+	case errors.Is(err, runcomfy.ErrDeploymentDeleted):
+		code, msg = codes.FailedPrecondition, "the deployment was deleted: "+apiErr.Message
+	case errors.Is(err, runcomfy.ErrRateLimited):
+		delay := apiErr.RetryAfter
+		if delay <= 0 {
+			delay = defaultRetryDelay
+		}
+		st := status.New(codes.ResourceExhausted, "RunComfy is rate limiting; retry after "+delay.String())
+		return withDetails(st, errorInfo(apiErr), &errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})
+	case errors.Is(err, runcomfy.ErrUnauthorized):
+		// The client can do nothing about the gateway's credentials; the operator
+		// must, so the detail goes to the log and the client learns only that the
+		// gateway is at fault.
+		log.ErrorContext(ctx, "RunComfy rejected the gateway's API token: check RUNCOMFY_API_TOKEN",
+			"method", method, "error", err)
+		return status.Error(codes.Internal, "the gateway is misconfigured; its operator has been told")
+	default: // runcomfy.ErrUnavailable and anything unclassified
+		code, msg = codes.Unavailable, "RunComfy is unavailable: "+unavailableReason(apiErr)
+		log.WarnContext(ctx, "RunComfy unavailable", "method", method, "error", err)
+	}
+	return withDetails(status.New(code, msg), errorInfo(apiErr))
+}
+
+// unavailableReason describes an upstream outage without transport details (the
+// upstream address is the operator's business, and is logged instead).
+func unavailableReason(e *runcomfy.APIError) string {
+	if e.HTTPStatus == 0 {
+		return "it could not be reached"
+	}
+	return fmt.Sprintf("it answered HTTP %d: %s", e.HTTPStatus, e.Message)
+}
+
+func upstreamMessage(e *runcomfy.APIError) string {
+	if len(e.Detail) == 0 {
+		return e.Message
+	}
+	return fmt.Sprintf("%s (detail: %s)", e.Message, e.Detail)
+}
+
+// errorInfo carries the upstream code and HTTP status for programs that branch on
+// them.
+func errorInfo(e *runcomfy.APIError) *errdetails.ErrorInfo {
+	md := map[string]string{"http_status": strconv.Itoa(e.HTTPStatus)}
+	reason := "UPSTREAM_UNAVAILABLE"
+	if e.Code != 0 {
+		md["upstream_code"] = strconv.FormatInt(e.Code, 10)
+		reason = "UPSTREAM_" + strconv.FormatInt(e.Code, 10)
+	} else if e.HTTPStatus != 0 {
+		reason = "UPSTREAM_HTTP_" + strconv.Itoa(e.HTTPStatus)
+	}
+	return &errdetails.ErrorInfo{Reason: reason, Domain: errorDomain, Metadata: md}
+}
+
+func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
+	withD, err := st.WithDetails(details...)
+	if err != nil {
+		return st.Err()
+	}
+	return withD.Err()
+}

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"unicode/utf8"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+)
+
+// newGateway builds the REST handler. It dials the gRPC server at target like any
+// client (never RegisterGatewayServiceHandlerServer, which would bypass the
+// interceptors and cannot stream).
+func newGateway(target string, maxMsg int) (http.Handler, *grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg)),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial gRPC server for REST gateway: %w", err)
+	}
+	json := &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &restMarshaler{JSONPb: json}),
+		// Keep reserved characters escaped while matching and in path parameters:
+		// an id such as "a%2F..%2Fb" then reaches validation as written and is
+		// refused there (400), instead of being decoded into extra path segments.
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
+	)
+	if err := comfygatev1.RegisterGatewayServiceHandler(context.Background(), mux, conn); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("register REST gateway: %w", err)
+	}
+	return mux, conn, nil
+}
+
+// restMarshaler is the gateway's JSON marshaler, except for the Submit body: that
+// body is RunComfy's own submit body, taken verbatim as input_json so that no
+// number is re-typed or rounded on the way (protojson would have to parse it into
+// some message first). Validation happens in Submit, for both transports alike.
+type restMarshaler struct {
+	*runtime.JSONPb
+}
+
+// NewDecoder returns a decoder that captures the raw body for a SubmitRequest and
+// defers to protojson for everything else.
+func (m *restMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	return runtime.DecoderFunc(func(v any) error {
+		req, ok := v.(*comfygatev1.SubmitRequest)
+		if !ok {
+			return m.JSONPb.NewDecoder(r).Decode(v)
+		}
+		raw, err := io.ReadAll(r)
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return fmt.Errorf("request body is larger than %d bytes", tooBig.Limit)
+			}
+			return fmt.Errorf("reading request body: %w", err)
+		}
+		// gRPC refuses to carry a string field that is not UTF-8; say so plainly
+		// instead of failing later with an encoding error.
+		if !utf8.Valid(raw) {
+			return errors.New("request body is not valid UTF-8 JSON")
+		}
+		req.InputJson = string(raw)
+		return nil
+	})
+}
+
+// limitBody bounds every REST body; the gRPC side has its own message limit.
+func limitBody(h http.Handler, limit int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,46 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// errorUnaryInterceptor maps every handler error to a status, once (errors.go).
+func errorUnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		return resp, toStatus(ctx, log, info.FullMethod, err)
+	}
+}
+
+// errorStreamInterceptor is errorUnaryInterceptor for streams.
+func errorStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return toStatus(ss.Context(), log, info.FullMethod, handler(srv, ss))
+	}
+}
+
+// recoveryOption turns a panic into Internal with the stack in the log, instead of
+// a crashed process that drops every other caller.
+func recoveryOption(log *slog.Logger) recovery.Option {
+	return recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+}
+
+// interceptors returns the server options that install the interceptor chains;
+// recovery is outermost so it also covers the error mapping.
+func interceptors(log *slog.Logger) []grpc.ServerOption {
+	rec := recoveryOption(log)
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(rec), errorUnaryInterceptor(log)),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(rec), errorStreamInterceptor(log)),
+	}
+}

@@ -1,0 +1,206 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+)
+
+// Config holds the listener settings.
+type Config struct {
+	// GRPCAddr and HTTPAddr are host:port; port 0 picks a free port (tests).
+	GRPCAddr string
+	HTTPAddr string
+	// ShutdownTimeout bounds the drain after the context ends; default 15s.
+	ShutdownTimeout time.Duration
+	// MaxBodyBytes bounds a REST body and a gRPC message; default 10 MiB, since
+	// base64 media inputs are large.
+	MaxBodyBytes int64
+	Logger       *slog.Logger
+}
+
+// DefaultMaxBodyBytes is the default request size limit.
+const DefaultMaxBodyBytes = 10 << 20
+
+// Server owns the gRPC and HTTP listeners. The HTTP side carries the REST gateway,
+// which dials the gRPC side like any client so that REST calls pass through the
+// same interceptors, and the health endpoints.
+type Server struct {
+	log             *slog.Logger
+	shutdownTimeout time.Duration
+	grpcLis         net.Listener
+	httpLis         net.Listener
+	grpcServer      *grpc.Server
+	httpServer      *http.Server
+	health          *health.Server
+	gatewayConn     *grpc.ClientConn
+	ready           atomic.Bool
+}
+
+// New opens both listeners and builds the servers; nothing is served until Run.
+// Opening the listeners here lets callers learn the real addresses of ":0" ports.
+func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
+	if svc == nil {
+		return nil, errors.New("server: service is required")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("server: logger is required")
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	s := &Server{log: cfg.Logger, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
+
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen gRPC on %s: %w", cfg.GRPCAddr, err)
+	}
+	if s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		s.grpcLis.Close()
+		return nil, fmt.Errorf("listen HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+
+	// A message carries the input plus a little framing.
+	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
+	opts := append(interceptors(cfg.Logger),
+		grpc.MaxRecvMsgSize(maxMsg),
+		// Watch streams live for minutes: probe idle connections so a vanished
+		// client frees its stream, and let well-behaved clients keep alive.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	s.grpcServer = grpc.NewServer(opts...)
+	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
+	healthpb.RegisterHealthServer(s.grpcServer, s.health)
+	reflection.Register(s.grpcServer)
+
+	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg)
+	if err != nil {
+		s.grpcLis.Close()
+		s.httpLis.Close()
+		return nil, err
+	}
+	s.gatewayConn = conn
+
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", limitBody(gw, cfg.MaxBodyBytes))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writePlain(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			writePlain(w, http.StatusServiceUnavailable, "not ready")
+			return
+		}
+		writePlain(w, http.StatusOK, "ready")
+	})
+	s.httpServer = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// GRPCAddr is the address the gRPC listener is bound to.
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// HTTPAddr is the address the HTTP listener is bound to.
+func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// Run serves until ctx ends or a listener fails, then drains: readiness turns
+// false, the HTTP server finishes in-flight requests, the gRPC server finishes
+// in-flight calls, each within the shutdown timeout.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.grpcServer.Serve(s.grpcLis); err != nil {
+			return fmt.Errorf("serve gRPC: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.httpServer.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP: %w", err)
+		}
+		return nil
+	})
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(comfygatev1.GatewayService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.ready.Store(true)
+	s.log.Info("serving", "grpc_addr", s.GRPCAddr(), "http_addr", s.HTTPAddr())
+
+	g.Go(func() error {
+		<-gctx.Done()
+		return s.shutdown()
+	})
+	return g.Wait()
+}
+
+func (s *Server) shutdown() error {
+	s.ready.Store(false)
+	s.health.Shutdown()
+	s.log.Info("draining", "timeout", s.shutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.shutdownTimeout)
+	defer cancel()
+
+	// REST first: its calls ride on the gRPC server, which must outlive them.
+	// A drain cut short by the timeout is logged, not returned: the process still
+	// stops as asked, and exits 0.
+	if err := s.httpServer.Shutdown(ctx); err != nil {
+		s.log.Warn("HTTP drain cut short", "error", err)
+		s.httpServer.Close()
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.grpcServer.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.log.Warn("gRPC drain cut short: shutdown timeout reached")
+		s.grpcServer.Stop()
+		<-stopped
+	}
+	if err := s.gatewayConn.Close(); err != nil {
+		return fmt.Errorf("close gateway connection: %w", err)
+	}
+	s.log.Info("drained")
+	return nil
+}
+
+// dialTarget turns a listener address into one a client can dial: a wildcard host
+// (0.0.0.0, ::) becomes loopback.
+func dialTarget(addr net.Addr) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return addr.String()
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp.Port))
+}
+
+func writePlain(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(msg + "\n"))
+}

@@ -1,0 +1,68 @@
+// Package server is the gRPC face of comfygate: the GatewayService handlers, the
+// mapping of domain errors to gRPC codes (errors.go, the only place that chooses
+// codes), the REST gateway, health and the listeners.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// Upstream is what the service needs from RunComfy; *runcomfy.Client provides it.
+type Upstream interface {
+	Submit(ctx context.Context, deploymentID string, input json.RawMessage, opts runcomfy.SubmitOptions) (*runcomfy.SubmitResponse, error)
+	Status(ctx context.Context, deploymentID, requestID string) (*runcomfy.StatusResponse, error)
+	Result(ctx context.Context, deploymentID, requestID string) (*runcomfy.ResultResponse, error)
+	Cancel(ctx context.Context, deploymentID, requestID string) (*runcomfy.CancelResponse, error)
+}
+
+// Service implements comfygatev1.GatewayServiceServer. Each RPC lives in its own
+// file: validate, call the domain, convert; errors are mapped by the interceptors.
+type Service struct {
+	comfygatev1.UnimplementedGatewayServiceServer
+
+	upstream      Upstream
+	log           *slog.Logger
+	submitTimeout time.Duration
+	now           func() time.Time
+}
+
+// ServiceConfig holds the Service's dependencies and settings.
+type ServiceConfig struct {
+	Upstream Upstream
+	Logger   *slog.Logger
+	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
+	// the caller's cancellation so that a job RunComfy accepts is always answered
+	// for; default 60s.
+	SubmitTimeout time.Duration
+	// Now is the clock, for tests; default time.Now.
+	Now func() time.Time
+}
+
+// NewService checks its dependencies and returns a Service.
+func NewService(cfg ServiceConfig) (*Service, error) {
+	if cfg.Upstream == nil {
+		return nil, errors.New("server: upstream is required")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("server: logger is required")
+	}
+	if cfg.SubmitTimeout <= 0 {
+		cfg.SubmitTimeout = 60 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{
+		upstream:      cfg.Upstream,
+		log:           cfg.Logger,
+		submitTimeout: cfg.SubmitTimeout,
+		now:           cfg.Now,
+	}, nil
+}
