@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
-	"github.com/comfygate/comfygate/runcomfy"
 )
 
 // Cancel asks RunComfy to cancel the request and reports its state afterwards.
@@ -21,17 +20,11 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 		Outcome:         toProtoCancelOutcome(res.Outcome),
 		UpstreamOutcome: res.Raw,
 	}
-	if res.Outcome == runcomfy.CancelDone {
-		resp.Request = &comfygatev1.RequestState{
-			RequestId:      req.GetRequestId(),
-			DeploymentId:   req.GetDeploymentId(),
-			Status:         comfygatev1.Status_STATUS_CANCELLED,
-			UpstreamStatus: res.Raw,
-		}
-		return resp, nil
-	}
-	// The cancel happened (or was refused) upstream; a failure to read the state
-	// afterwards must not turn that into an error, so the state is best effort.
+	// Upstream answers "cancelled" both for a queued request, cancelled at once,
+	// and for a running one that stops later, so the state is read back rather
+	// than inferred. The cancel has happened (or been refused) upstream by now; a
+	// failure to read the state must not turn that into an error, so the read is
+	// best effort.
 	st, err := s.upstream.Status(ctx, req.GetDeploymentId(), req.GetRequestId())
 	if err != nil {
 		s.log.WarnContext(ctx, "reading state after cancel", "request_id", req.GetRequestId(), "error", err)

@@ -100,9 +100,10 @@ type CancelOutcome int32
 const (
 	// Not set.
 	CancelOutcome_CANCEL_OUTCOME_UNSPECIFIED CancelOutcome = 0
-	// The request is cancelled now.
+	// RunComfy accepted the cancel (upstream "cancelled"). A running request may
+	// still show RUNNING until it stops; request.status tells.
 	CancelOutcome_CANCEL_OUTCOME_CANCELLED CancelOutcome = 1
-	// Cancellation was accepted and completes asynchronously.
+	// RunComfy accepted the cancel (older upstream "cancellation_requested").
 	CancelOutcome_CANCEL_OUTCOME_REQUESTED CancelOutcome = 2
 	// The request has already finished or cannot be stopped.
 	CancelOutcome_CANCEL_OUTCOME_NOT_CANCELLABLE CancelOutcome = 3

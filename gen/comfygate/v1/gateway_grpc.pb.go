@@ -62,9 +62,10 @@ type GatewayServiceClient interface {
 	// or its error once it has failed. Before that it returns the state alone.
 	GetResult(ctx context.Context, in *GetResultRequest, opts ...grpc.CallOption) (*GetResultResponse, error)
 	// Cancel asks RunComfy to cancel a request. A queued request is cancelled at
-	// once; a running one is cancelled asynchronously (outcome REQUESTED) and its
-	// status turns CANCELLED later. Cancelling a finished request is not an error:
-	// the outcome says NOT_CANCELLABLE.
+	// once; a running one is cancelled asynchronously: its status turns CANCELLED
+	// later, so the answer carries the state read back after the cancel.
+	// Cancelling a finished request is not an error: the outcome says
+	// NOT_CANCELLABLE.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// WatchRequest streams a request's state: the current state first, then every
 	// change in seq order, ending with OK after the terminal state.
@@ -174,9 +175,10 @@ type GatewayServiceServer interface {
 	// or its error once it has failed. Before that it returns the state alone.
 	GetResult(context.Context, *GetResultRequest) (*GetResultResponse, error)
 	// Cancel asks RunComfy to cancel a request. A queued request is cancelled at
-	// once; a running one is cancelled asynchronously (outcome REQUESTED) and its
-	// status turns CANCELLED later. Cancelling a finished request is not an error:
-	// the outcome says NOT_CANCELLABLE.
+	// once; a running one is cancelled asynchronously: its status turns CANCELLED
+	// later, so the answer carries the state read back after the cancel.
+	// Cancelling a finished request is not an error: the outcome says
+	// NOT_CANCELLABLE.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// WatchRequest streams a request's state: the current state first, then every
 	// change in seq order, ending with OK after the terminal state.

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfig(t *testing.T) {
+	env := func(m map[string]string) func(string) string {
+		return func(k string) string { return m[k] }
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    config
+		wantErr []string
+	}{
+		{
+			name: "defaults",
+			want: config{addr: "127.0.0.1:8090", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond},
+		},
+		{
+			name: "token from env",
+			env:  map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
+			want: config{addr: "127.0.0.1:8090", token: "env-tok", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond},
+		},
+		{
+			name: "flags win",
+			args: []string{"--token", "flag-tok", "--addr", ":0", "--queue-time", "0s", "--run-time", "10ms",
+				"--cancel-delay", "0s", "--public-url", "http://sim:8090"},
+			env:  map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
+			want: config{addr: ":0", token: "flag-tok", publicURL: "http://sim:8090", runTime: 10 * time.Millisecond},
+		},
+		{
+			name:    "every problem reported",
+			args:    []string{"--queue-time", "-1s", "--run-time", "-1s", "--addr", "", "extra"},
+			wantErr: []string{"queue-time", "run-time", "addr", "unexpected arguments"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseConfig(tt.args, env(tt.env), io.Discard)
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatalf("got no error, want one mentioning %v", tt.wantErr)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("got error %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestServe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cfg := config{token: "tok", queueTime: time.Hour}
+	go func() { done <- serve(ctx, ln, cfg, slog.New(slog.DiscardHandler)) }()
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/prod/v1/deployments/d/inference", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("submit: got %d, want 200", resp.StatusCode)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: got %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+}
+
+func TestRealMainHelp(t *testing.T) {
+	if err := realMain(context.Background(), []string{"-h"}, func(string) string { return "" }, io.Discard); err != nil {
+		t.Errorf("help: got %v, want nil", err)
+	}
+}

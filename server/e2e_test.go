@@ -1,0 +1,591 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
+	"github.com/comfygate/comfygate/server"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const simToken = "sim-token-for-tests"
+
+// gateway is a running gateway on real TCP listeners in front of a simulator.
+type gateway struct {
+	sim      *runcomfysim.Sim
+	client   comfygatev1.GatewayServiceClient
+	conn     *grpc.ClientConn
+	httpBase string
+}
+
+// startGateway runs the whole stack: simulator on a real listener, the RunComfy
+// client, the service and both listeners, and a generated gRPC client. Jobs in the
+// simulator move only on Advance, so tests are deterministic.
+func startGateway(t *testing.T) *gateway {
+	t.Helper()
+	sim := runcomfysim.New(runcomfysim.Options{Token: simToken, Manual: true})
+	simSrv := httptest.NewServer(sim.Handler())
+	t.Cleanup(func() {
+		simSrv.Close()
+		sim.Close()
+	})
+	up, err := runcomfy.New(runcomfy.Config{
+		BaseURL:     simSrv.URL,
+		Token:       simToken,
+		MaxRetries:  2,
+		BackoffBase: time.Millisecond,
+		BackoffMax:  5 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	svc, err := server.NewService(server.ServiceConfig{Upstream: up, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	g := &gateway{sim: sim, client: comfygatev1.NewGatewayServiceClient(conn), conn: conn, httpBase: "http://" + srv.HTTPAddr()}
+	g.waitReady(t)
+	return g
+}
+
+func (g *gateway) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(g.httpBase + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("gateway never became ready")
+}
+
+// rest sends one REST call and returns the status code and decoded JSON body.
+func (g *gateway) rest(t *testing.T, method, path string, body []byte) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, g.httpBase+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("%s %s: answer is not JSON: %v: %s", method, path, err, data)
+	}
+	return resp.StatusCode, out
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// seedInput carries every number form that a lossy transport would change: a
+// 64-bit seed beyond float64 precision, integers that must not become 42.0, a
+// float written with a trailing zero, and key order.
+const seedInput = `{"overrides":{"3":{"inputs":{"seed":18446744073709551615,"steps":20,"cfg":7.5,"denoise":1.0}},"10":{"inputs":{"image":"https://example.com/in.png"}}},"extra_data":{"z":1,"a":-9223372036854775808}}`
+
+func TestSubmitForwardsInputByteForByte(t *testing.T) {
+	g := startGateway(t)
+	inputs := map[string]string{
+		"compact":  seedInput,
+		"spaced":   "{\n  \"seed\": 18446744073709551615,\n  \"width\": 1024, \"network_multiplier\": 1.0\n}",
+		"lora":     `{"prompt":"warm","ctrl_img_1":"https://example.com/a.webp","width":1024,"height":1024,"guidance_scale":4,"seed":42,"neg":""}`,
+		"workflow": `{"workflow_api_json":{"3":{"class_type":"KSampler","inputs":{"seed":18446744073709551615}}}}`,
+	}
+	for name, input := range inputs {
+		t.Run("grpc/"+name, func(t *testing.T) {
+			resp, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, _ := g.sim.LastSubmit()
+			if got, want := string(rec.Body), input; got != want {
+				t.Errorf("upstream body = %s, want %s", got, want)
+			}
+			if got, want := rec.RequestID, resp.GetRequest().GetRequestId(); got != want || got == "" {
+				t.Errorf("request id = %q, want %q", want, got)
+			}
+			if got, want := resp.GetRequest().GetStatus(), comfygatev1.Status_STATUS_QUEUED; got != want {
+				t.Errorf("status = %v, want %v", got, want)
+			}
+		})
+		t.Run("rest/"+name, func(t *testing.T) {
+			code, body := g.rest(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(input))
+			if code != http.StatusOK {
+				t.Fatalf("HTTP %d: %v", code, body)
+			}
+			rec, _ := g.sim.LastSubmit()
+			if got, want := string(rec.Body), input; got != want {
+				t.Errorf("upstream body = %s, want %s", got, want)
+			}
+			req := body["request"].(map[string]any)
+			if got, want := req["request_id"], rec.RequestID; got != want {
+				t.Errorf("request_id = %v, want %v", got, want)
+			}
+			if got, want := req["status"], "STATUS_QUEUED"; got != want {
+				t.Errorf("status = %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestLifecycleOverGRPC(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"prompt":"a cat"}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := sub.GetRequest().GetRequestId()
+	ref := &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: rid}
+
+	st, err := g.client.GetStatus(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := st.GetRequest().GetStatus(), comfygatev1.Status_STATUS_QUEUED; got != want {
+		t.Fatalf("status = %v, want %v", got, want)
+	}
+	if st.GetRequest().QueuePosition == nil {
+		t.Error("queue_position missing while queued")
+	}
+	if got, want := st.GetRequest().GetUpstreamStatus(), "in_queue"; got != want {
+		t.Errorf("upstream_status = %q, want %q", got, want)
+	}
+
+	if err := g.sim.Advance(rid); err != nil {
+		t.Fatal(err)
+	}
+	st, err = g.client.GetStatus(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := st.GetRequest().GetStatus(), comfygatev1.Status_STATUS_RUNNING; got != want {
+		t.Fatalf("status = %v, want %v", got, want)
+	}
+	if st.GetRequest().GetInstanceId() == "" || st.GetRequest().QueuePosition != nil {
+		t.Errorf("running state: instance_id %q, queue_position %v", st.GetRequest().GetInstanceId(), st.GetRequest().QueuePosition)
+	}
+
+	// Before finishing, GetResult answers the state without outputs.
+	res, err := g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.GetRequest().GetOutputUrls()) != 0 {
+		t.Errorf("outputs before finishing: %v", res.GetRequest().GetOutputUrls())
+	}
+
+	if err := g.sim.Advance(rid); err != nil {
+		t.Fatal(err)
+	}
+	res, err = g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res.GetRequest()
+	if got, want := r.GetStatus(), comfygatev1.Status_STATUS_SUCCEEDED; got != want {
+		t.Fatalf("status = %v, want %v", got, want)
+	}
+	if len(r.GetOutputUrls()) == 0 || r.GetOutputs() == nil || r.GetFinishedAt() == nil || r.GetCreatedAt() == nil {
+		t.Fatalf("succeeded result incomplete: %v", r)
+	}
+	// Every flat URL appears in the per-node outputs, and points at a real image.
+	outputs, _ := json.Marshal(r.GetOutputs().AsMap())
+	for _, u := range r.GetOutputUrls() {
+		if !strings.Contains(string(outputs), u) {
+			t.Errorf("url %s not in outputs %s", u, outputs)
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got, want := resp.Header.Get("Content-Type"), "image/png"; resp.StatusCode != http.StatusOK || got != want {
+			t.Errorf("GET %s: HTTP %d, %s", u, resp.StatusCode, got)
+		}
+	}
+}
+
+func TestFailedResultCarriesError(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	g.sim.SetFaults(runcomfysim.Faults{ErrorArray: true})
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := sub.GetRequest().GetRequestId()
+	if err := g.sim.Finish(rid, runcomfysim.Outcome{State: "failed"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := res.GetRequest().GetStatus(), comfygatev1.Status_STATUS_FAILED; got != want {
+		t.Fatalf("status = %v, want %v", got, want)
+	}
+	if e := res.GetRequest().GetError(); e == nil || e.GetMessage() == "" {
+		t.Errorf("error = %v, want a message", e)
+	}
+}
+
+func TestLifecycleOverREST(t *testing.T) {
+	g := startGateway(t)
+	code, body := g.rest(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(`{"prompt":"a dog"}`))
+	if code != http.StatusOK {
+		t.Fatalf("submit: HTTP %d %v", code, body)
+	}
+	rid := body["request"].(map[string]any)["request_id"].(string)
+	base := "/v1/deployments/dep-1/requests/" + rid
+
+	code, body = g.rest(t, http.MethodGet, base, nil)
+	req := body["request"].(map[string]any)
+	if code != http.StatusOK || req["status"] != "STATUS_QUEUED" || req["upstream_status"] != "in_queue" {
+		t.Fatalf("status: HTTP %d %v", code, body)
+	}
+	if _, ok := req["queue_position"]; !ok {
+		t.Errorf("queue_position missing: %v", req)
+	}
+	for range 2 {
+		if err := g.sim.Advance(rid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, body = g.rest(t, http.MethodGet, base+"/result", nil)
+	req = body["request"].(map[string]any)
+	if code != http.StatusOK || req["status"] != "STATUS_SUCCEEDED" {
+		t.Fatalf("result: HTTP %d %v", code, body)
+	}
+	urls, _ := req["output_urls"].([]any)
+	if len(urls) == 0 || req["outputs"] == nil || req["finished_at"] == nil {
+		t.Errorf("result incomplete: %v", req)
+	}
+	code, body = g.rest(t, http.MethodPost, base+":cancel", nil)
+	if code != http.StatusOK || body["outcome"] != "CANCEL_OUTCOME_NOT_CANCELLABLE" {
+		t.Errorf("cancel finished: HTTP %d %v", code, body)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	tests := []struct {
+		name        string
+		faults      runcomfysim.Faults
+		advance     int // 0: queued, 1: running, 2: finished
+		wantOutcome comfygatev1.CancelOutcome
+		wantStatus  comfygatev1.Status
+	}{
+		{"queued", runcomfysim.Faults{}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_CANCELLED},
+		// Upstream stops a running job asynchronously: still running when Cancel answers.
+		{"running", runcomfysim.Faults{}, 1, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_RUNNING},
+		{"finished", runcomfysim.Faults{}, 2, comfygatev1.CancelOutcome_CANCEL_OUTCOME_NOT_CANCELLABLE, comfygatev1.Status_STATUS_SUCCEEDED},
+		{"older status shape, queued", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeStatus}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_REQUESTED, comfygatev1.Status_STATUS_CANCELLED},
+		{"both shapes, queued", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeBoth}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_CANCELLED},
+		{"canceled spelling", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeStatus, CanceledSpelling: true}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_REQUESTED, comfygatev1.Status_STATUS_CANCELLED},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t)
+			ctx := ctxT(t)
+			g.sim.SetFaults(tt.faults)
+			sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rid := sub.GetRequest().GetRequestId()
+			for range tt.advance {
+				if err := g.sim.Advance(rid); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, err := g.client.Cancel(ctx, &comfygatev1.CancelRequest{DeploymentId: "dep-1", RequestId: rid})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetOutcome(); got != tt.wantOutcome {
+				t.Errorf("outcome = %v (%q), want %v", got, resp.GetUpstreamOutcome(), tt.wantOutcome)
+			}
+			if got := resp.GetRequest().GetStatus(); got != tt.wantStatus {
+				t.Errorf("status = %v, want %v", got, tt.wantStatus)
+			}
+		})
+	}
+}
+
+func TestUpstreamFaultsMapToCodes(t *testing.T) {
+	tests := []struct {
+		name       string
+		endpoint   string
+		fault      runcomfysim.FaultError
+		deployment runcomfysim.DeploymentState
+		wantCode   codes.Code
+		wantHTTP   int
+		// wantUpstream is the ErrorInfo upstream_code; empty for none.
+		wantUpstream string
+		wantRetry    time.Duration
+		wantInMsg    string
+	}{
+		{name: "validation with detail", endpoint: "submit",
+			fault:    runcomfysim.FaultError{HTTPStatus: 422, ErrorCode: 422001, Message: "Invalid overrides", Detail: []map[string]any{{"loc": []string{"overrides", "99"}, "msg": "unknown node"}}},
+			wantCode: codes.InvalidArgument, wantHTTP: 400, wantUpstream: "422001", wantInMsg: "unknown node"},
+		{name: "not found", endpoint: "status", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "Request not found"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001"},
+		{name: "not owned", endpoint: "status", fault: runcomfysim.FaultError{HTTPStatus: 403, ErrorCode: 403003, Message: "Forbidden"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "403003"},
+		{name: "insufficient funds", endpoint: "submit", deployment: runcomfysim.DeploymentNoFunds,
+			wantCode: codes.FailedPrecondition, wantHTTP: 400, wantUpstream: "10001"},
+		{name: "deployment disabled", endpoint: "submit", deployment: runcomfysim.DeploymentDisabled,
+			wantCode: codes.FailedPrecondition, wantHTTP: 400, wantUpstream: "10002"},
+		{name: "deployment deleted", endpoint: "submit", deployment: runcomfysim.DeploymentDeleted,
+			wantCode: codes.FailedPrecondition, wantHTTP: 400, wantUpstream: "10003"},
+		{name: "http 402 without code", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 402},
+			wantCode: codes.FailedPrecondition, wantHTTP: 400},
+		{name: "rate limited", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 429, RetryAfter: "7"},
+			wantCode: codes.ResourceExhausted, wantHTTP: 429, wantRetry: 7 * time.Second},
+		{name: "internal error, retried then unavailable", endpoint: "status", fault: runcomfysim.FaultError{HTTPStatus: 500, ErrorCode: 500001},
+			wantCode: codes.Unavailable, wantHTTP: 503, wantUpstream: "500001"},
+		{name: "bad gateway html", endpoint: "result", fault: runcomfysim.FaultError{HTTPStatus: 502, RawBody: "<html>bad gateway</html>"},
+			wantCode: codes.Unavailable, wantHTTP: 503},
+		{name: "http 200 with error_code", endpoint: "result", fault: runcomfysim.FaultError{HTTPStatus: 200, ErrorCode: 404001, Message: "gone"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001"},
+		{name: "message key", endpoint: "cancel", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "no such request", UseMessageKey: true},
+			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001", wantInMsg: "no such request"},
+		{name: "gateway token rejected", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 401, ErrorCode: 401001, Message: "Invalid token"},
+			wantCode: codes.Internal, wantHTTP: 500, wantInMsg: "misconfigured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t)
+			ctx := ctxT(t)
+			// A real request to read, made before the fault is armed.
+			sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rid := sub.GetRequest().GetRequestId()
+			if tt.deployment != runcomfysim.DeploymentActive {
+				g.sim.SetDeployment("dep-1", tt.deployment)
+			} else {
+				g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{tt.endpoint: tt.fault}})
+			}
+
+			err = callEndpoint(ctx, g, tt.endpoint, rid)
+			st := status.Convert(err)
+			if got := st.Code(); got != tt.wantCode {
+				t.Fatalf("gRPC code = %v (%q), want %v", got, st.Message(), tt.wantCode)
+			}
+			if !strings.Contains(st.Message(), tt.wantInMsg) {
+				t.Errorf("message %q does not contain %q", st.Message(), tt.wantInMsg)
+			}
+			if strings.Contains(st.Message(), simToken) {
+				t.Errorf("message leaks the upstream token: %q", st.Message())
+			}
+			var gotUpstream string
+			var gotRetry time.Duration
+			for _, d := range st.Details() {
+				switch d := d.(type) {
+				case *errdetails.ErrorInfo:
+					gotUpstream = d.GetMetadata()["upstream_code"]
+				case *errdetails.RetryInfo:
+					gotRetry = d.GetRetryDelay().AsDuration()
+				}
+			}
+			if gotUpstream != tt.wantUpstream {
+				t.Errorf("ErrorInfo upstream_code = %q, want %q", gotUpstream, tt.wantUpstream)
+			}
+			if gotRetry != tt.wantRetry {
+				t.Errorf("RetryInfo delay = %v, want %v", gotRetry, tt.wantRetry)
+			}
+
+			method, path := restEndpoint(tt.endpoint, rid)
+			code, body := g.rest(t, method, path, restBody(tt.endpoint))
+			if code != tt.wantHTTP {
+				t.Errorf("REST HTTP %d, want %d: %v", code, tt.wantHTTP, body)
+			}
+		})
+	}
+}
+
+func TestSubmitIsNeverRetried(t *testing.T) {
+	for _, fault := range []runcomfysim.FaultError{
+		{HTTPStatus: 500, ErrorCode: 500001},
+		{HTTPStatus: 503},
+		{HTTPStatus: 429, RetryAfter: "0"},
+	} {
+		g := startGateway(t)
+		g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"submit": fault}})
+		_, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+		if err == nil {
+			t.Fatal("submit succeeded against a failing upstream")
+		}
+		if got, want := g.sim.Calls("submit"), 1; got != want {
+			t.Errorf("HTTP %d: upstream submits = %d, want %d", fault.HTTPStatus, got, want)
+		}
+	}
+}
+
+func TestReadsAreRetried(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"status": {HTTPStatus: 503, Times: 2}}})
+	if _, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: sub.GetRequest().GetRequestId()}); err != nil {
+		t.Fatalf("GetStatus after two 503s: %v", err)
+	}
+	if got, want := g.sim.Calls("status"), 3; got != want {
+		t.Errorf("upstream status calls = %d, want %d", got, want)
+	}
+}
+
+func TestSlowUpstreamHonoursDeadline(t *testing.T) {
+	g := startGateway(t)
+	g.sim.SetFaults(runcomfysim.Faults{Latency: 5 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: "r-1"})
+	if got, want := status.Code(err), codes.DeadlineExceeded; got != want {
+		t.Fatalf("code = %v, want %v", got, want)
+	}
+	if elapsed := time.Since(start); elapsed > 3*time.Second {
+		t.Errorf("call took %v: the deadline did not reach upstream", elapsed)
+	}
+}
+
+func callEndpoint(ctx context.Context, g *gateway, endpoint, rid string) error {
+	var err error
+	switch endpoint {
+	case "submit":
+		_, err = g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"seed":1}`})
+	case "status":
+		_, err = g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: rid})
+	case "result":
+		_, err = g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+	case "cancel":
+		_, err = g.client.Cancel(ctx, &comfygatev1.CancelRequest{DeploymentId: "dep-1", RequestId: rid})
+	}
+	return err
+}
+
+func restEndpoint(endpoint, rid string) (method, path string) {
+	base := "/v1/deployments/dep-1/requests"
+	switch endpoint {
+	case "submit":
+		return http.MethodPost, base
+	case "status":
+		return http.MethodGet, base + "/" + rid
+	case "result":
+		return http.MethodGet, base + "/" + rid + "/result"
+	default:
+		return http.MethodPost, base + "/" + rid + ":cancel"
+	}
+}
+
+func restBody(endpoint string) []byte {
+	if endpoint == "submit" {
+		return []byte(`{"seed":1}`)
+	}
+	return nil
+}
+
+func TestHealthAndReflection(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	for _, svc := range []string{"", "comfygate.v1.GatewayService"} {
+		resp, err := healthpb.NewHealthClient(g.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := resp.GetStatus(), healthpb.HealthCheckResponse_SERVING; got != want {
+			t.Errorf("health(%q) = %v, want %v", svc, got, want)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(g.httpBase + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: HTTP %d", path, resp.StatusCode)
+		}
+	}
+}
+
+func TestWatchRequestIsDeclared(t *testing.T) {
+	g := startGateway(t)
+	stream, err := g.client.WatchRequest(ctxT(t), &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: "r-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if got, want := status.Code(err), codes.Unimplemented; got != want {
+		t.Errorf("code = %v, want %v", got, want)
+	}
+}
