@@ -323,7 +323,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, q url.Values, 
 			return fmt.Errorf("runcomfy %s: %w", op, ctx.Err())
 		}
 		lastErr = apiErr
-		if !retryable(apiErr) {
+		if !retryable(apiErr) || apiErr.RetryAfter > maxRetryWait {
 			break
 		}
 	}
@@ -419,6 +419,14 @@ func parseErrorBody(op string, resp *http.Response, data []byte) *APIError {
 	return e
 }
 
+// maxRetryAfter caps what upstream can ask for: a day-long Retry-After is passed
+// on to the caller as a hint, but never slept on.
+const maxRetryAfter = time.Hour
+
+// maxRetryWait is the longest Retry-After the client waits out itself; beyond it,
+// the call returns the rate-limit error at once so its caller decides.
+const maxRetryWait = 10 * time.Second
+
 // parseRetryAfter accepts both forms HTTP allows: delay seconds or an HTTP date.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
@@ -426,13 +434,13 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	if s, err := strconv.ParseFloat(v, 64); err == nil {
-		if s <= 0 {
+		if !(s > 0) { // also NaN
 			return 0
 		}
-		return time.Duration(s * float64(time.Second))
+		return min(time.Duration(min(s, maxRetryAfter.Seconds())*float64(time.Second)), maxRetryAfter)
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
+		if d := min(t.Sub(now), maxRetryAfter); d > 0 {
 			return d
 		}
 	}

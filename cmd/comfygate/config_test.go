@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, c *Config)
+		wantErr []string // every substring must appear in the error
+	}{
+		{
+			name: "defaults with simulate",
+			args: []string{"--simulate"},
+			check: func(t *testing.T, c *Config) {
+				if c.GRPCAddr != "127.0.0.1:9090" || c.HTTPAddr != "127.0.0.1:8080" || c.RunComfyAPIVersion != "v1" {
+					t.Errorf("defaults = %+v", c)
+				}
+			},
+		},
+		{
+			name: "environment sets flags",
+			env: map[string]string{
+				"COMFYGATE_GRPC_ADDR": "0.0.0.0:7000", "COMFYGATE_SIMULATE": "true",
+				"COMFYGATE_SHUTDOWN_TIMEOUT": "3s", "COMFYGATE_RUNCOMFY_API_VERSION": "v2",
+			},
+			check: func(t *testing.T, c *Config) {
+				if c.GRPCAddr != "0.0.0.0:7000" || !c.Simulate || c.ShutdownTimeout != 3*time.Second || c.RunComfyAPIVersion != "v2" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name: "command line wins over environment",
+			args: []string{"--http-addr", "127.0.0.1:1"},
+			env:  map[string]string{"COMFYGATE_HTTP_ADDR": "127.0.0.1:2", "RUNCOMFY_API_TOKEN": "tok"},
+			check: func(t *testing.T, c *Config) {
+				if c.HTTPAddr != "127.0.0.1:1" || c.RunComfyToken != "tok" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "token required without simulate",
+			wantErr: []string{"RUNCOMFY_API_TOKEN"},
+		},
+		{
+			name: "every problem reported at once",
+			args: []string{"--grpc-addr", "nope", "--runcomfy-url", "ftp://x", "--runcomfy-api-version", "v9", "--shutdown-timeout", "0s"},
+			env:  map[string]string{"COMFYGATE_UPSTREAM_TIMEOUT": "-1s"},
+			wantErr: []string{"--grpc-addr", "--runcomfy-url", "--runcomfy-api-version", "--shutdown-timeout",
+				"--upstream-timeout", "RUNCOMFY_API_TOKEN"},
+		},
+		{
+			name:    "bad environment value",
+			env:     map[string]string{"COMFYGATE_SIMULATE": "maybe"},
+			wantErr: []string{"COMFYGATE_SIMULATE"},
+		},
+		{
+			name:    "simulate excludes runcomfy-url",
+			args:    []string{"--simulate", "--runcomfy-url", "http://localhost:1"},
+			wantErr: []string{"exclude"},
+		},
+		{
+			name:    "stray argument",
+			args:    []string{"--simulate", "serve"},
+			wantErr: []string{"unexpected arguments"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseConfig(tt.args, env(tt.env), io.Discard)
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("no error, want one mentioning %v", tt.wantErr)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestHelpListsEveryFlagWithItsEnvironmentVariable(t *testing.T) {
+	var out strings.Builder
+	_, err := parseConfig([]string{"--help"}, env(nil), &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"--grpc-addr", "COMFYGATE_GRPC_ADDR", "--http-addr", "COMFYGATE_HTTP_ADDR",
+		"--runcomfy-url", "COMFYGATE_RUNCOMFY_URL", "--simulate", "COMFYGATE_SIMULATE", "RUNCOMFY_API_TOKEN"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help does not mention %s:\n%s", want, out.String())
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+)
+
+// buildBinary compiles the real comfygate binary once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "comfygate")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe to read while the process writes to it.
+type syncBuffer struct {
+	ch  chan struct{}
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.ch <- struct{}{}
+	defer func() { <-b.ch }()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.ch <- struct{}{}
+	defer func() { <-b.ch }()
+	return b.buf.String()
+}
+
+// TestBinaryServesAndDrainsOnSIGTERM runs the real binary as `make run` does
+// (--simulate), takes a request through REST and gRPC, then stops it with SIGTERM:
+// the process must drain and exit 0. (In-flight calls finishing during the drain
+// is pinned in package server, where upstream latency can be injected.)
+func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildBinary(t)
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--shutdown-timeout", "10s")
+	cmd.Env = append(os.Environ(), "COMFYGATE_HTTP_ADDR="+httpAddr)
+	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	base := "http://" + httpAddr
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready in time; logs:\n%s", logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	resp, err := http.Post(base+"/v1/deployments/dep-1/requests", "application/json",
+		strings.NewReader(`{"overrides":{"3":{"inputs":{"seed":18446744073709551615}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub struct {
+		Request struct {
+			RequestID string `json:"request_id"`
+			Status    string `json:"status"`
+		} `json:"request"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&sub)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || sub.Request.RequestID == "" {
+		t.Fatalf("REST submit: HTTP %d, %v, %+v", resp.StatusCode, err, sub)
+	}
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := comfygatev1.NewGatewayServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: sub.Request.RequestID})
+	if err != nil {
+		t.Fatalf("gRPC GetStatus: %v", err)
+	}
+	if st.GetRequest().GetStatus() == comfygatev1.Status_STATUS_UNSPECIFIED {
+		t.Errorf("status unspecified: %v", st)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			t.Fatalf("exit code %d after SIGTERM; logs:\n%s", exitErr.ExitCode(), logs)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(12 * time.Second):
+		t.Fatalf("did not exit within the shutdown timeout; logs:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "drained") {
+		t.Errorf("no drain in logs:\n%s", logs)
+	}
+}
