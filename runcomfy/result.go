@@ -218,23 +218,21 @@ func firstString(m map[string]json.RawMessage, keys ...string) string {
 	return ""
 }
 
-// timeLayouts are the timestamp forms seen upstream: RFC 3339 with or without
-// fractions, with "Z" or an offset, and the offset-less form that some Python
-// services emit (read as UTC).
-var timeLayouts = []string{
-	time.RFC3339Nano,
-	"2006-01-02T15:04:05.999999999",
-	"2006-01-02 15:04:05.999999999Z07:00",
-	"2006-01-02 15:04:05.999999999",
-}
-
 // parseTime reads a timestamp leniently; the zero time means absent or unreadable.
+// The layouts are the forms seen upstream: RFC 3339 with or without fractions, with
+// "Z" or an offset, and the offset-less form that some Python services emit (read
+// as UTC).
 func parseTime(s string) time.Time {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return time.Time{}
 	}
-	for _, l := range timeLayouts {
+	for _, l := range [...]string{
+		time.RFC3339Nano,
+		"2006-01-02T15:04:05.999999999",
+		"2006-01-02 15:04:05.999999999Z07:00",
+		"2006-01-02 15:04:05.999999999",
+	} {
 		if t, err := time.Parse(l, s); err == nil {
 			return t.UTC()
 		}
