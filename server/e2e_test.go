@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +41,8 @@ type gateway struct {
 	client   comfygatev1.GatewayServiceClient
 	conn     *grpc.ClientConn
 	httpBase string
+	// stop drains the gateway and returns what Run returned; safe to call twice.
+	stop func() error
 }
 
 // startGateway runs the whole stack: simulator on a real listener, the RunComfy
@@ -68,7 +71,7 @@ func startGateway(t *testing.T) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log}, svc)
+	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second}, svc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,14 +82,22 @@ func startGateway(t *testing.T) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	g := &gateway{
+		sim:      sim,
+		client:   comfygatev1.NewGatewayServiceClient(conn),
+		conn:     conn,
+		httpBase: "http://" + srv.HTTPAddr(),
+	}
+	g.stop = sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
 	t.Cleanup(func() {
 		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
+		if err := g.stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	g := &gateway{sim: sim, client: comfygatev1.NewGatewayServiceClient(conn), conn: conn, httpBase: "http://" + srv.HTTPAddr()}
 	g.waitReady(t)
 	return g
 }
