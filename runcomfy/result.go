@@ -24,15 +24,21 @@ type resultWire struct {
 	StartedAt     string          `json:"started_at"`
 	FinishedAt    string          `json:"finished_at"`
 	QueuePosition json.RawMessage `json:"queue_position"`
+	DeploymentID  string          `json:"deployment_id"`
 }
 
 // ParseResult decodes a /result answer. It accepts "outputs" or "output", status in
 // "status" or "outcome", error as an object or an array, and output lists of URL
 // strings or of objects with a "url"; it fails only when data is not a JSON object.
 func ParseResult(data []byte) (*ResultResponse, error) {
+	r, _, err := parseResultWire(data)
+	return r, err
+}
+
+func parseResultWire(data []byte) (*ResultResponse, *resultWire, error) {
 	var w resultWire
 	if err := decodeObject(data, &w); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	raw := w.Status
 	if raw == "" {
@@ -56,7 +62,36 @@ func ParseResult(data []byte) (*ResultResponse, error) {
 		r.Outputs = outputs
 		r.OutputURLs = CollectURLs(outputs)
 	}
-	return r, nil
+	return r, &w, nil
+}
+
+// Callback is one webhook callback from RunComfy.
+type Callback struct {
+	ResultResponse
+	// DeploymentID is the deployment named in the payload, when it names one; the
+	// receiver should trust the deployment its callback URL authenticates instead.
+	DeploymentID  string
+	QueuePosition *int64
+}
+
+// ParseCallback decodes a webhook callback body. Callbacks share /result's
+// shape, with one documented exception: the in_queue callback carries no status
+// (and no outcome) at all, only the ids and URLs; a payload with neither a status
+// nor outputs nor an error is therefore read as queued, with Status left empty. A
+// status that is present but unknown stays StateUnknown.
+func ParseCallback(data []byte) (*Callback, error) {
+	r, w, err := parseResultWire(data)
+	if err != nil {
+		return nil, err
+	}
+	cb := &Callback{ResultResponse: *r, DeploymentID: w.DeploymentID}
+	if p, ok := parseInt(w.QueuePosition); ok {
+		cb.QueuePosition = &p
+	}
+	if r.Status == "" && r.Outputs == nil && r.Error == nil {
+		cb.State = StateQueued
+	}
+	return cb, nil
 }
 
 // decodeObject insists on a JSON object: arrays, scalars and trailing garbage are

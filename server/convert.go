@@ -10,6 +10,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 )
 
 func toProtoStatus(s runcomfy.State) comfygatev1.Status {
@@ -99,4 +100,29 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
+}
+
+// recordToProto is the API view of a record.
+func recordToProto(r *state.Record) *comfygatev1.RequestState {
+	st := &comfygatev1.RequestState{
+		RequestId:      r.RequestID,
+		DeploymentId:   r.DeploymentID,
+		Status:         toProtoStatus(r.State),
+		UpstreamStatus: r.UpstreamStatus,
+		InstanceId:     r.InstanceID,
+		Outputs:        outputsStruct(r.Outputs),
+		OutputUrls:     r.OutputURLs,
+		CreatedAt:      timestamp(r.CreatedAt),
+		StartedAt:      timestamp(r.StartedAt),
+		FinishedAt:     timestamp(r.FinishedAt),
+		Seq:            r.Seq,
+	}
+	if r.QueuePosition != nil && r.State == runcomfy.StateQueued {
+		p := int32(min(max(*r.QueuePosition, 0), 1<<31-1))
+		st.QueuePosition = &p
+	}
+	if r.Error != nil {
+		st.Error = &comfygatev1.RequestError{Type: r.Error.Type, Message: r.Error.Message, UpstreamCode: r.Error.Code}
+	}
+	return st
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/state/memory"
+	"github.com/comfygate/comfygate/webhook"
 )
 
 func TestMain(m *testing.M) {
@@ -41,16 +45,47 @@ type gateway struct {
 	client   comfygatev1.GatewayServiceClient
 	conn     *grpc.ClientConn
 	httpBase string
+	tracker  *state.Tracker
+	hub      *state.Hub
+	webhook  *webhook.Handler
 	// stop drains the gateway and returns what Run returned; safe to call twice.
 	stop func() error
 }
 
+// gatewayOptions vary the stack startGateway builds.
+type gatewayOptions struct {
+	// sim configures the simulator; Token is always simToken.
+	sim runcomfysim.Options
+	// callbacks has Submit ask the simulator to call the gateway back.
+	callbacks bool
+	// store wraps the memory backend's store, e.g. to inject failures.
+	store func(state.Store) state.Store
+}
+
+// withCallbacks has the simulator call the gateway back, with timed jobs.
+func withCallbacks(o *gatewayOptions) {
+	o.callbacks = true
+	o.sim.Manual = false
+}
+
+// lateURLs builds callback URLs once the HTTP listener's address is known, which
+// is after the service that needs them is built.
+type lateURLs struct{ urls atomic.Pointer[webhook.URLs] }
+
+func (l *lateURLs) CallbackURL(dep string) string { return l.urls.Load().CallbackURL(dep) }
+
 // startGateway runs the whole stack: simulator on a real listener, the RunComfy
-// client, the service and both listeners, and a generated gRPC client. Jobs in the
-// simulator move only on Advance, so tests are deterministic.
-func startGateway(t *testing.T) *gateway {
+// client, the state, the service and both listeners, and a generated gRPC
+// client. By default jobs in the simulator move only on Advance, so tests are
+// deterministic, and no callbacks are asked for.
+func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	t.Helper()
-	sim := runcomfysim.New(runcomfysim.Options{Token: simToken, Manual: true})
+	o := gatewayOptions{sim: runcomfysim.Options{Manual: true}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o.sim.Token = simToken
+	sim := runcomfysim.New(o.sim)
 	simSrv := httptest.NewServer(sim.Handler())
 	t.Cleanup(func() {
 		simSrv.Close()
@@ -67,14 +102,48 @@ func startGateway(t *testing.T) *gateway {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := server.NewService(server.ServiceConfig{Upstream: up, Logger: log})
+	backend := memory.New(nil)
+	var store state.Store = backend
+	if o.store != nil {
+		store = o.store(backend)
+	}
+	tracker, err := state.NewTracker(state.TrackerConfig{Store: store, Results: up})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second}, svc)
+	hub, err := state.NewHub(backend, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer, err := webhook.NewSigner([]string{"test-webhook-secret-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook, err := webhook.NewHandler(signer, tracker, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log}
+	late := &lateURLs{}
+	if o.callbacks {
+		svcCfg.Callbacks = late
+	}
+	svc, err := server.NewService(svcCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
+		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
+	}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	urls, err := webhook.NewURLs("http://"+srv.HTTPAddr(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late.urls.Store(urls)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
@@ -87,6 +156,9 @@ func startGateway(t *testing.T) *gateway {
 		client:   comfygatev1.NewGatewayServiceClient(conn),
 		conn:     conn,
 		httpBase: "http://" + srv.HTTPAddr(),
+		tracker:  tracker,
+		hub:      hub,
+		webhook:  hook,
 	}
 	g.stop = sync.OnceValue(func() error {
 		cancel()
@@ -445,6 +517,12 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 				g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{tt.endpoint: tt.fault}})
 			}
 
+			if tt.endpoint == "status" {
+				// A status read of a recorded request falls back to the record
+				// when upstream fails (pinned separately); read one the gateway
+				// does not know, whose only source is upstream.
+				rid = "untracked-request"
+			}
 			err = callEndpoint(ctx, g, tt.endpoint, rid)
 			st := status.Convert(err)
 			if got := st.Code(); got != tt.wantCode {
@@ -479,6 +557,23 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 				t.Errorf("REST HTTP %d, want %d: %v", code, tt.wantHTTP, body)
 			}
 		})
+	}
+}
+
+func TestStatusFallsBackToTheRecordWhenUpstreamFails(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"status": {HTTPStatus: 503}}})
+	st, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: sub.GetRequest().GetRequestId()})
+	if err != nil {
+		t.Fatalf("GetStatus of a recorded request while upstream fails: %v", err)
+	}
+	if got, want := st.GetRequest().GetSeq(), sub.GetRequest().GetSeq(); got != want || got == 0 {
+		t.Errorf("seq = %d, want the recorded %d", got, want)
 	}
 }
 
@@ -588,18 +683,6 @@ func TestHealthAndReflection(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("%s: HTTP %d", path, resp.StatusCode)
 		}
-	}
-}
-
-func TestWatchRequestIsDeclared(t *testing.T) {
-	g := startGateway(t)
-	stream, err := g.client.WatchRequest(ctxT(t), &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: "r-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = stream.Recv()
-	if got, want := status.Code(err), codes.Unimplemented; got != want {
-		t.Errorf("code = %v, want %v", got, want)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 )
 
 // errorDomain names RunComfy in ErrorInfo details, so clients can tell upstream
@@ -24,9 +25,6 @@ const errorDomain = "runcomfy.net"
 // defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
 // Retry-After header.
 const defaultRetryDelay = time.Second
-
-// errNotImplemented marks an RPC the API declares but this version does not serve.
-var errNotImplemented = errors.New("not implemented yet")
 
 // fieldError is a client input the gateway refuses before calling anything.
 type fieldError struct {
@@ -55,8 +53,11 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		})
 	}
 	switch {
-	case errors.Is(err, errNotImplemented):
-		return status.Error(codes.Unimplemented, method+" is "+errNotImplemented.Error())
+	case errors.Is(err, state.ErrNotFound):
+		return status.Error(codes.NotFound, "no such request")
+	case errors.Is(err, state.ErrUnavailable):
+		log.WarnContext(ctx, "state backend unavailable", "method", method, "error", err)
+		return status.Error(codes.Unavailable, "the gateway's state backend is unavailable; retry later")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before RunComfy answered")
 	case errors.Is(err, context.Canceled):

@@ -79,6 +79,10 @@ func (m *restMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
 	})
 }
 
+// StreamContentType is the media type of server streams (WatchRequest): one JSON
+// object per line.
+func (m *restMarshaler) StreamContentType(any) string { return "application/x-ndjson" }
+
 // limitBody bounds every REST body; the gRPC side has its own message limit.
 func limitBody(h http.Handler, limit int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

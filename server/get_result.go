@@ -5,17 +5,26 @@ import (
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
 )
 
-// GetResult reads the request's outputs, or its state while unfinished, from
-// RunComfy.
+// GetResult returns the request's outputs (or error) once finished, and its state
+// before that. A finished request is answered from its record, with no upstream
+// call.
 func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultRequest) (*comfygatev1.GetResultResponse, error) {
-	if err := validateRequestRef(req.GetDeploymentId(), req.GetRequestId()); err != nil {
+	dep, rid := req.GetDeploymentId(), req.GetRequestId()
+	if err := validateRequestRef(dep, rid); err != nil {
 		return nil, err
 	}
-	res, err := s.upstream.Result(ctx, req.GetDeploymentId(), req.GetRequestId())
-	if err != nil {
-		return nil, fmt.Errorf("result of request %s: %w", req.GetRequestId(), err)
+	if rec, known := s.record(ctx, dep, rid); known && rec.Terminal() {
+		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
 	}
-	return &comfygatev1.GetResultResponse{Request: stateFromResult(req.GetDeploymentId(), res)}, nil
+	res, err := s.upstream.Result(ctx, dep, rid)
+	if err != nil {
+		return nil, fmt.Errorf("result of request %s: %w", rid, err)
+	}
+	if rec := s.apply(ctx, state.UpdateFromResult(dep, "result", res)); rec != nil {
+		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
+	}
+	return &comfygatev1.GetResultResponse{Request: stateFromResult(dep, res)}, nil
 }

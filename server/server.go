@@ -32,6 +32,8 @@ type Config struct {
 	// base64 media inputs are large.
 	MaxBodyBytes int64
 	Logger       *slog.Logger
+	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
+	Routes map[string]http.Handler
 }
 
 // DefaultMaxBodyBytes is the default request size limit.
@@ -102,6 +104,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", limitBody(gw, cfg.MaxBodyBytes))
+	for pattern, h := range cfg.Routes {
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writePlain(w, http.StatusOK, "ok")
 	})

@@ -12,6 +12,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 )
 
 // Upstream is what the service needs from RunComfy; *runcomfy.Client provides it.
@@ -22,12 +23,33 @@ type Upstream interface {
 	Cancel(ctx context.Context, deploymentID, requestID string) (*runcomfy.CancelResponse, error)
 }
 
+// Tracker is the state the service reads and the one writer it feeds;
+// *state.Tracker provides it.
+type Tracker interface {
+	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
+	Get(ctx context.Context, requestID string) (*state.Record, error)
+}
+
+// Watches registers stream watchers; *state.Hub provides it.
+type Watches interface {
+	Watch(ctx context.Context, requestID string) (*state.Watcher, error)
+}
+
+// CallbackURLs names the URL RunComfy calls back for a deployment's requests;
+// *webhook.URLs provides it.
+type CallbackURLs interface {
+	CallbackURL(deploymentID string) string
+}
+
 // Service implements comfygatev1.GatewayServiceServer. Each RPC lives in its own
 // file: validate, call the domain, convert; errors are mapped by the interceptors.
 type Service struct {
 	comfygatev1.UnimplementedGatewayServiceServer
 
 	upstream      Upstream
+	tracker       Tracker
+	watches       Watches
+	callbacks     CallbackURLs
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -36,7 +58,12 @@ type Service struct {
 // ServiceConfig holds the Service's dependencies and settings.
 type ServiceConfig struct {
 	Upstream Upstream
-	Logger   *slog.Logger
+	Tracker  Tracker
+	Watches  Watches
+	// Callbacks, when set, makes every Submit ask RunComfy for callbacks (with
+	// intermediate statuses) at the URL it names; nil asks for none.
+	Callbacks CallbackURLs
+	Logger    *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -47,8 +74,8 @@ type ServiceConfig struct {
 
 // NewService checks its dependencies and returns a Service.
 func NewService(cfg ServiceConfig) (*Service, error) {
-	if cfg.Upstream == nil {
-		return nil, errors.New("server: upstream is required")
+	if cfg.Upstream == nil || cfg.Tracker == nil || cfg.Watches == nil {
+		return nil, errors.New("server: upstream, tracker and watches are required")
 	}
 	if cfg.Logger == nil {
 		return nil, errors.New("server: logger is required")
@@ -61,6 +88,9 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	}
 	return &Service{
 		upstream:      cfg.Upstream,
+		tracker:       cfg.Tracker,
+		watches:       cfg.Watches,
+		callbacks:     cfg.Callbacks,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

@@ -7,29 +7,52 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 )
 
-// Submit validates the input and forwards it to RunComfy byte for byte.
+// Submit validates the input, forwards it to RunComfy byte for byte, and records
+// the new request.
 func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*comfygatev1.SubmitResponse, error) {
-	if err := validateID("deployment_id", req.GetDeploymentId()); err != nil {
+	dep := req.GetDeploymentId()
+	if err := validateID("deployment_id", dep); err != nil {
 		return nil, err
 	}
 	if err := validateInput(req.GetInputJson()); err != nil {
 		return nil, err
 	}
+	var opts runcomfy.SubmitOptions
+	if s.callbacks != nil {
+		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep), IntermediateStatus: true}
+	}
 	// Once the submit is on the wire RunComfy may start a paid job whatever the
 	// caller does next, so a caller hanging up must not abandon the answer that
-	// names the job: the upstream call has its own deadline instead.
+	// names the job, nor its record: both run on their own deadline.
 	upCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.submitTimeout)
 	defer cancel()
-	resp, err := s.upstream.Submit(upCtx, req.GetDeploymentId(), json.RawMessage(req.GetInputJson()), runcomfy.SubmitOptions{})
+	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(req.GetInputJson()), opts)
 	if err != nil {
-		return nil, fmt.Errorf("submit to deployment %s: %w", req.GetDeploymentId(), err)
+		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}
-	return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
-		RequestId:    resp.RequestID,
-		DeploymentId: req.GetDeploymentId(),
-		Status:       comfygatev1.Status_STATUS_QUEUED,
-		CreatedAt:    timestamp(s.now()),
-	}}, nil
+	// A callback may have recorded the request already (RunComfy can call back
+	// before answering): then this update is a duplicate and the record as the
+	// callback left it is returned.
+	rec, _, err := s.tracker.Apply(upCtx, state.Update{
+		RequestID:    resp.RequestID,
+		DeploymentID: dep,
+		Source:       "submit",
+		State:        runcomfy.StateQueued,
+		CreatedAt:    s.now(),
+	})
+	if err != nil || rec == nil {
+		// The job exists and is paid for: the caller must learn its id even if
+		// it could not be recorded.
+		s.log.ErrorContext(ctx, "submitted request not recorded", "request_id", resp.RequestID, "deployment_id", dep, "error", err)
+		return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
+			RequestId:    resp.RequestID,
+			DeploymentId: dep,
+			Status:       comfygatev1.Status_STATUS_QUEUED,
+			CreatedAt:    timestamp(s.now()),
+		}}, nil
+	}
+	return &comfygatev1.SubmitResponse{Request: recordToProto(rec)}, nil
 }

@@ -4,29 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"unicode/utf8"
+
+	"github.com/comfygate/comfygate/runcomfy"
 )
 
-// maxIDLen bounds deployment and request ids. RunComfy's ids are UUIDs; the bound
-// leaves room for other formats while keeping ids cheap to log and store.
-const maxIDLen = 128
-
-// validateID accepts letters, digits, '-' and '_' only. Ids are placed in upstream
-// URL paths, so nothing that could add a segment, a query, a fragment or a control
-// character may pass.
+// validateID applies runcomfy.ValidID and says which rule an id broke.
 func validateID(field, id string) error {
-	if id == "" {
+	switch {
+	case id == "":
 		return &fieldError{field: field, reason: "is required"}
-	}
-	if len(id) > maxIDLen {
+	case len(id) > runcomfy.MaxIDLen:
 		return &fieldError{field: field, reason: "is longer than 128 characters"}
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
-		default:
-			return &fieldError{field: field, reason: "may contain only letters, digits, '-' and '_'"}
-		}
+	case !runcomfy.ValidID(id):
+		return &fieldError{field: field, reason: "may contain only letters, digits, '-' and '_'"}
 	}
 	return nil
 }

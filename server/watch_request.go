@@ -1,14 +1,61 @@
 package server
 
 import (
+	"fmt"
+
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
 )
 
-// WatchRequest is declared in the API; streaming state changes needs the state
-// store and callback ingest, which this version does not have yet.
-func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, _ comfygatev1.GatewayService_WatchRequestServer) error {
-	if err := validateRequestRef(req.GetDeploymentId(), req.GetRequestId()); err != nil {
+// WatchRequest streams the request's record: the current one first, then every
+// later one in seq order, ending after the terminal one. It subscribes before it
+// reads the current record and forwards only records with a greater seq than the
+// last it sent, so nothing falls between the two and nothing is sent twice.
+func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
+	dep, rid := req.GetDeploymentId(), req.GetRequestId()
+	if err := validateRequestRef(dep, rid); err != nil {
 		return err
 	}
-	return errNotImplemented
+	if req.GetAfterSeq() < 0 {
+		return &fieldError{field: "after_seq", reason: "must not be negative"}
+	}
+	ctx := stream.Context()
+	w, err := s.watches.Watch(ctx, rid)
+	if err != nil {
+		return fmt.Errorf("watch request %s: %w", rid, err)
+	}
+	defer w.Close()
+
+	rec, err := s.tracker.Get(ctx, rid)
+	if err != nil {
+		return fmt.Errorf("watch request %s: %w", rid, err)
+	}
+	if rec.DeploymentID != dep {
+		return fmt.Errorf("watch request %s of deployment %s: %w", rid, dep, state.ErrNotFound)
+	}
+	sent := req.GetAfterSeq()
+	send := func(r *state.Record) (done bool, err error) {
+		if r.Seq <= sent {
+			return r.Terminal(), nil
+		}
+		if err := stream.Send(&comfygatev1.WatchRequestResponse{Request: recordToProto(r)}); err != nil {
+			return true, fmt.Errorf("send to watcher: %w", err)
+		}
+		sent = r.Seq
+		return r.Terminal(), nil
+	}
+	if done, err := send(rec); done || err != nil {
+		return err
+	}
+	for {
+		recs, err := w.Next(ctx)
+		if err != nil {
+			return fmt.Errorf("watch request %s: %w", rid, err)
+		}
+		for _, r := range recs {
+			if done, err := send(r); done || err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/webhook"
 )
 
 // envPrefix prefixes the environment variable of every flag:
@@ -33,6 +35,9 @@ type Config struct {
 	UpstreamTimeout    time.Duration
 	ShutdownTimeout    time.Duration
 	MaxBodyBytes       int64
+	PublicURL          string
+	WebhookSecrets     []string
+	Retention          time.Duration
 }
 
 // envName is the environment variable that sets a flag.
@@ -55,6 +60,17 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.UpstreamTimeout, "upstream-timeout", 30*time.Second, "timeout of one HTTP attempt to RunComfy")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight calls may take to finish after SIGTERM")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", server.DefaultMaxBodyBytes, "largest accepted request body or gRPC message, in `bytes`")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` at which RunComfy reaches this gateway's HTTP listener; when set, Submit asks for callbacks under it")
+	fs.Func("webhook-secret", "comma-separated `secrets` for callback URLs, at least 16 bytes each; the first signs, all are accepted (rotation)", func(v string) error {
+		cfg.WebhookSecrets = nil
+		for _, sec := range strings.Split(v, ",") {
+			if sec = strings.TrimSpace(sec); sec != "" {
+				cfg.WebhookSecrets = append(cfg.WebhookSecrets, sec)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
 		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
@@ -90,6 +106,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	return cfg, nil
 }
 
+// selfURL is the URL at which a process on this machine reaches the HTTP
+// listener: the simulator calls back there when no public URL is given.
+func (c *Config) selfURL() string {
+	host, port, err := net.SplitHostPort(c.HTTPAddr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
 // Validate reports every problem at once, so an operator fixes them in one go.
 func (c *Config) Validate() error {
 	var errs []error
@@ -115,6 +144,27 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--public-url %q: want an absolute http(s) URL", c.PublicURL))
+		}
+		if len(c.WebhookSecrets) == 0 {
+			errs = append(errs, errors.New("--public-url needs --webhook-secret: callback URLs must carry a token"))
+		}
+	}
+	for i, sec := range c.WebhookSecrets {
+		if len(sec) < webhook.MinSecretLen {
+			errs = append(errs, fmt.Errorf("--webhook-secret: secret %d is shorter than %d bytes", i+1, webhook.MinSecretLen))
+		}
+	}
+	if c.Simulate && c.PublicURL == "" {
+		if _, port, err := net.SplitHostPort(c.HTTPAddr); err == nil && port == "0" {
+			errs = append(errs, errors.New("--simulate without --public-url calls back to --http-addr, which needs a fixed port"))
+		}
+	}
+	if c.Retention < time.Minute {
+		errs = append(errs, errors.New("--retention must be at least 1m"))
 	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))

@@ -4,11 +4,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,6 +20,9 @@ import (
 
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/state/memory"
+	"github.com/comfygate/comfygate/webhook"
 )
 
 func main() {
@@ -45,6 +51,14 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 	// reach it, so it stops only after the gateway has.
 	stopSim := func() {}
 	if cfg.Simulate {
+		if cfg.PublicURL == "" {
+			// Let the simulator call back this gateway, so that `make run` shows
+			// live updates with no further setup.
+			cfg.PublicURL = cfg.selfURL()
+			if len(cfg.WebhookSecrets) == 0 {
+				cfg.WebhookSecrets = []string{randomSecret()}
+			}
+		}
 		sim, err := startSimulator(log.With("component", "simulator"), token)
 		if err != nil {
 			return err
@@ -53,7 +67,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		simCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stopSim = cancel
 		g.Go(func() error { return sim.run(simCtx) })
-		log.Info("simulating RunComfy", "url", upstreamURL)
+		log.Info("simulating RunComfy", "url", upstreamURL, "callbacks_to", cfg.PublicURL)
 	}
 
 	client, err := runcomfy.New(runcomfy.Config{
@@ -72,9 +86,36 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 	return g.Wait()
 }
 
-// serve builds the service and the listeners and starts them in g.
-func serve(ctx context.Context, g *errgroup.Group, cfg *Config, up server.Upstream, log *slog.Logger, after func()) error {
-	svc, err := server.NewService(server.ServiceConfig{Upstream: up, Logger: log})
+// serve builds the state, the service and the listeners and starts them in g.
+func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy.Client, log *slog.Logger, after func()) error {
+	backend := memory.New(nil)
+	tracker, err := state.NewTracker(state.TrackerConfig{Store: backend, Results: client, Retention: cfg.Retention})
+	if err != nil {
+		return err
+	}
+	hub, err := state.NewHub(backend, 0)
+	if err != nil {
+		return err
+	}
+	svcCfg := server.ServiceConfig{Upstream: client, Tracker: tracker, Watches: hub, Logger: log}
+	routes := map[string]http.Handler{}
+	if cfg.PublicURL != "" {
+		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
+		if err != nil {
+			return err
+		}
+		urls, err := webhook.NewURLs(cfg.PublicURL, signer)
+		if err != nil {
+			return err
+		}
+		callbacks, err := webhook.NewHandler(signer, tracker, log)
+		if err != nil {
+			return err
+		}
+		svcCfg.Callbacks = urls
+		routes[webhook.PathPrefix] = callbacks
+	}
+	svc, err := server.NewService(svcCfg)
 	if err != nil {
 		return err
 	}
@@ -84,6 +125,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, up server.Upstre
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		Logger:          log,
+		Routes:          routes,
 	}, svc)
 	if err != nil {
 		return err
@@ -93,4 +135,12 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, up server.Upstre
 		return srv.Run(ctx)
 	})
 	return nil
+}
+
+// randomSecret makes a webhook secret for a gateway that only talks to its own
+// simulator.
+func randomSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,11 +27,7 @@ type simulator struct {
 // up a random one, so the bearer check is exercised as upstream would.
 func startSimulator(log *slog.Logger, token string) (*simulator, error) {
 	if token == "" {
-		b := make([]byte, 16)
-		if _, err := rand.Read(b); err != nil {
-			return nil, fmt.Errorf("simulator token: %w", err)
-		}
-		token = hex.EncodeToString(b)
+		token = randomSecret()
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

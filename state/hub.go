@@ -1,0 +1,227 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// DefaultWatcherBuffer is how many undelivered records a watcher holds before
+// intermediate ones are coalesced.
+const DefaultWatcherBuffer = 16
+
+// unsubscribeTimeout bounds the bus call made when the last watcher of a request
+// leaves; that watcher's own context is already done by then.
+const unsubscribeTimeout = 5 * time.Second
+
+// Hub fans the records published for a request out to every watcher of it on
+// this replica. It holds one bus subscription per watched request, shared by all
+// its watchers (the first subscribes, the last unsubscribes), and never blocks on
+// a watcher: each has a bounded buffer of its own.
+type Hub struct {
+	bus    Bus
+	buffer int
+
+	mu     sync.Mutex
+	topics map[string]*topic
+}
+
+// topic is the watchers of one request.
+type topic struct {
+	id   string
+	refs int // guarded by Hub.mu: watchers that hold or are acquiring the topic
+
+	// op serialises Subscribe and Unsubscribe for this request, so an unsubscribe
+	// by a leaving watcher can never cancel the subscription of one arriving.
+	op         sync.Mutex
+	subscribed bool // guarded by op
+
+	mu       sync.Mutex
+	watchers map[*Watcher]struct{}
+}
+
+// NewHub returns a Hub on bus. buffer is each watcher's capacity; <= 0 means
+// DefaultWatcherBuffer.
+func NewHub(bus Bus, buffer int) (*Hub, error) {
+	if bus == nil {
+		return nil, errors.New("state: bus is required")
+	}
+	if buffer <= 0 {
+		buffer = DefaultWatcherBuffer
+	}
+	return &Hub{bus: bus, buffer: buffer, topics: make(map[string]*topic)}, nil
+}
+
+// Watch registers a watcher of requestID and returns once the request's
+// subscription is active: every record published afterwards reaches the watcher.
+// Read the current record only after Watch returns (subscribe, then snapshot), so
+// nothing falls between the two. The caller must Close the watcher.
+func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
+	h.mu.Lock()
+	tp := h.topics[requestID]
+	if tp == nil {
+		tp = &topic{id: requestID, watchers: make(map[*Watcher]struct{})}
+		h.topics[requestID] = tp
+	}
+	tp.refs++
+	h.mu.Unlock()
+
+	w := &Watcher{hub: h, topic: tp, max: h.buffer, notify: make(chan struct{}, 1)}
+	tp.mu.Lock()
+	tp.watchers[w] = struct{}{}
+	tp.mu.Unlock()
+
+	tp.op.Lock()
+	var err error
+	if !tp.subscribed {
+		if err = h.bus.Subscribe(ctx, requestID, tp.deliver); err == nil {
+			tp.subscribed = true
+		}
+	}
+	tp.op.Unlock()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("subscribe to request %s: %w", requestID, err)
+	}
+	return w, nil
+}
+
+// deliver hands rec to every watcher of the topic without blocking.
+func (tp *topic) deliver(rec *Record) {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	for w := range tp.watchers {
+		w.push(rec)
+	}
+}
+
+// release drops one reference; the last one out unsubscribes and forgets the
+// topic, unless a new watcher took a reference meanwhile.
+func (h *Hub) release(tp *topic) {
+	h.mu.Lock()
+	tp.refs--
+	last := tp.refs == 0
+	h.mu.Unlock()
+	if !last {
+		return
+	}
+	tp.op.Lock()
+	defer tp.op.Unlock()
+	h.mu.Lock()
+	still := tp.refs == 0
+	h.mu.Unlock()
+	if !still {
+		return // a new watcher arrived and keeps the subscription
+	}
+	if tp.subscribed {
+		ctx, cancel := context.WithTimeout(context.Background(), unsubscribeTimeout)
+		// A failed unsubscribe leaves a subscription nobody reads; the bus drops
+		// what it delivers there, so the only cost is traffic until it recovers.
+		_ = h.bus.Unsubscribe(ctx, tp.id)
+		cancel()
+		tp.subscribed = false
+	}
+	h.mu.Lock()
+	if tp.refs == 0 && h.topics[tp.id] == tp {
+		delete(h.topics, tp.id)
+	}
+	h.mu.Unlock()
+}
+
+// Watching lists the requests this hub has subscriptions for.
+func (h *Hub) Watching() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]string, 0, len(h.topics))
+	for id := range h.topics {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Redeliver hands rec to the watchers of its request, as if the bus had. It is
+// how a replica catches its watchers up after the bus lost messages (a
+// reconnect): watchers skip what they have already sent by seq.
+func (h *Hub) Redeliver(rec *Record) {
+	h.mu.Lock()
+	tp := h.topics[rec.RequestID]
+	h.mu.Unlock()
+	if tp != nil {
+		tp.deliver(rec)
+	}
+}
+
+// Watcher receives the records published for one request. Records arrive in
+// publish order; when the watcher falls more than its buffer behind, the newest
+// buffered record is replaced by the newer one, so intermediate states may be
+// skipped (seq jumps) but the terminal record, always the last, never is.
+type Watcher struct {
+	hub    *Hub
+	topic  *topic
+	max    int
+	notify chan struct{}
+
+	mu        sync.Mutex
+	queue     []*Record
+	coalesced int
+	closed    bool
+}
+
+func (w *Watcher) push(rec *Record) {
+	w.mu.Lock()
+	if len(w.queue) < w.max {
+		w.queue = append(w.queue, rec)
+	} else {
+		w.queue[len(w.queue)-1] = rec
+		w.coalesced++
+	}
+	w.mu.Unlock()
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Next returns the records received since the previous call, waiting for at
+// least one, or ctx's error.
+func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
+	for {
+		w.mu.Lock()
+		if q := w.queue; len(q) > 0 {
+			w.queue = nil
+			w.mu.Unlock()
+			return q, nil
+		}
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-w.notify:
+		}
+	}
+}
+
+// Coalesced counts records this watcher skipped because it fell behind.
+func (w *Watcher) Coalesced() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.coalesced
+}
+
+// Close stops delivery to the watcher and releases its share of the
+// subscription. It is safe to call more than once.
+func (w *Watcher) Close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	w.mu.Unlock()
+	w.topic.mu.Lock()
+	delete(w.topic.watchers, w)
+	w.topic.mu.Unlock()
+	w.hub.release(w.topic)
+}

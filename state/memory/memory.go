@@ -1,0 +1,105 @@
+// Package memory is the embedded state backend: records and pub/sub in this
+// process, for a single replica. It implements state.Store and state.Bus with the
+// same contract as the Redis backend (the conformance suite in state/statetest
+// runs against both).
+package memory
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/comfygate/comfygate/state"
+)
+
+// sweepEvery is how many writes pass between sweeps of expired records, which
+// keeps memory bounded without a goroutine of its own.
+const sweepEvery = 1024
+
+type entry struct {
+	rec     *state.Record
+	expires time.Time
+}
+
+// Backend holds records and subscriptions in memory.
+type Backend struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	records map[string]entry
+	subs    map[string]func(*state.Record)
+	writes  int
+}
+
+// New returns an empty Backend. now is the clock for expiry; nil means time.Now.
+func New(now func() time.Time) *Backend {
+	if now == nil {
+		now = time.Now
+	}
+	return &Backend{now: now, records: make(map[string]entry), subs: make(map[string]func(*state.Record))}
+}
+
+// Get returns a copy of the current record, or state.ErrNotFound.
+func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	e, ok := b.records[requestID]
+	b.mu.Unlock()
+	if !ok || !b.now().Before(e.expires) {
+		return nil, state.ErrNotFound
+	}
+	return e.rec.Clone(), nil
+}
+
+// Save stores rec if its seq follows the stored one, then publishes it, under one
+// lock: no other Save of any request interleaves, so publish order is seq order.
+func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := b.now()
+	stored := rec.Clone()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var curSeq int64
+	if e, ok := b.records[rec.RequestID]; ok && now.Before(e.expires) {
+		curSeq = e.rec.Seq
+	}
+	if curSeq != rec.Seq-1 {
+		return state.ErrConflict
+	}
+	b.records[rec.RequestID] = entry{rec: stored, expires: now.Add(ttl)}
+	if b.writes++; b.writes%sweepEvery == 0 {
+		for id, e := range b.records {
+			if !now.Before(e.expires) {
+				delete(b.records, id)
+			}
+		}
+	}
+	if deliver := b.subs[rec.RequestID]; deliver != nil {
+		// Subscribers share the published record; it is never written again.
+		deliver(stored)
+	}
+	return nil
+}
+
+// Subscribe registers deliver for requestID; it is active when Subscribe returns.
+func (b *Backend) Subscribe(ctx context.Context, requestID string, deliver func(*state.Record)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.subs[requestID] = deliver
+	b.mu.Unlock()
+	return nil
+}
+
+// Unsubscribe removes requestID's subscription.
+func (b *Backend) Unsubscribe(_ context.Context, requestID string) error {
+	b.mu.Lock()
+	delete(b.subs, requestID)
+	b.mu.Unlock()
+	return nil
+}

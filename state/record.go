@@ -1,0 +1,239 @@
+// Package state keeps the lifecycle of every tracked request: the Record, the one
+// writer (Tracker.Apply) that moves it forward, and the Hub that fans published
+// records out to this replica's watchers.
+//
+// Every change goes through Apply, whatever its source (submit answer, callback,
+// poll, cancel answer). Apply enforces the invariants of the design notes:
+// monotonic state (queued < running < terminal, terminal is final), a per-request
+// seq assigned atomically with the write and the publish, and duplicates and
+// stale updates ignored and counted.
+package state
+
+import (
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// Record is everything the gateway knows about one request. It is stored and
+// published whole, so a watcher that missed events can always catch up from the
+// latest record alone.
+type Record struct {
+	RequestID    string `json:"request_id"`
+	DeploymentID string `json:"deployment_id"`
+	// Owner is the tenant that submitted the request (empty until tenants exist).
+	Owner          string         `json:"owner,omitempty"`
+	State          runcomfy.State `json:"state"`
+	UpstreamStatus string         `json:"upstream_status,omitempty"`
+	QueuePosition  *int64         `json:"queue_position,omitempty"`
+	InstanceID     string         `json:"instance_id,omitempty"`
+	// Outputs is the per-node outputs document exactly as upstream sent it.
+	Outputs    json.RawMessage    `json:"outputs,omitempty"`
+	OutputURLs []string           `json:"output_urls,omitempty"`
+	Error      *runcomfy.JobError `json:"error,omitempty"`
+	CreatedAt  time.Time          `json:"created_at,omitzero"`
+	StartedAt  time.Time          `json:"started_at,omitzero"`
+	FinishedAt time.Time          `json:"finished_at,omitzero"`
+	UpdatedAt  time.Time          `json:"updated_at,omitzero"`
+	// Seq is 1 for the first write and grows by one with every applied update.
+	Seq int64 `json:"seq"`
+}
+
+// Terminal reports whether the request has finished.
+func (r *Record) Terminal() bool { return r.State.Terminal() }
+
+// Clone returns a deep copy. Stores hand out and keep copies, so that a record
+// held by a caller never changes under it, as with one that went through Redis.
+func (r *Record) Clone() *Record {
+	c := *r
+	c.Outputs = slices.Clone(r.Outputs)
+	if r.QueuePosition != nil {
+		p := *r.QueuePosition
+		c.QueuePosition = &p
+	}
+	c.OutputURLs = slices.Clone(r.OutputURLs)
+	if r.Error != nil {
+		e := *r.Error
+		c.Error = &e
+	}
+	return &c
+}
+
+// Update is one observation of a request, from any source. Zero fields mean "not
+// observed", never "cleared".
+type Update struct {
+	RequestID    string
+	DeploymentID string
+	// Source names where the observation came from, for logs and counters:
+	// "submit", "callback", "poll", "cancel", "status", "result".
+	Source         string
+	State          runcomfy.State
+	UpstreamStatus string
+	QueuePosition  *int64
+	InstanceID     string
+	Outputs        json.RawMessage
+	OutputURLs     []string
+	Error          *runcomfy.JobError
+	CreatedAt      time.Time
+	StartedAt      time.Time
+	FinishedAt     time.Time
+	Owner          string
+}
+
+// Outcome says what Apply did with an update.
+type Outcome int
+
+// Outcomes of Apply.
+const (
+	// Applied: the record changed; it was stored with the next seq and published.
+	Applied Outcome = iota + 1
+	// Duplicate: the update says nothing the record does not already say.
+	Duplicate
+	// Stale: the update would move the request backwards, or change a finished one.
+	Stale
+	// Unknown: the update carries no state the gateway understands; nothing stored.
+	Unknown
+)
+
+// String names the outcome for logs and metrics labels.
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case Duplicate:
+		return "duplicate"
+	case Stale:
+		return "stale"
+	case Unknown:
+		return "unknown"
+	default:
+		return "invalid"
+	}
+}
+
+// rank orders states: an update may only keep or raise the rank of a record. The
+// three terminal states share the top rank, so the first terminal state wins.
+func rank(s runcomfy.State) int {
+	switch s {
+	case runcomfy.StateQueued:
+		return 1
+	case runcomfy.StateRunning:
+		return 2
+	case runcomfy.StateSucceeded, runcomfy.StateFailed, runcomfy.StateCancelled:
+		return 3
+	default:
+		return 0
+	}
+}
+
+// advances reports whether u would move cur to a higher rank (or create it); the
+// tracker uses it to decide whether fetching missing outputs is worth a call.
+func advances(cur *Record, u *Update) bool {
+	return cur == nil || rank(u.State) > rank(cur.State)
+}
+
+// merge computes the record that u makes of cur (nil: no record yet). It is pure:
+// the tracker stores what it returns only when the outcome is Applied.
+func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
+	ur := rank(u.State)
+	if ur == 0 {
+		return nil, Unknown
+	}
+	if cur == nil {
+		next := &Record{RequestID: u.RequestID, DeploymentID: u.DeploymentID}
+		apply(next, u, true)
+		next.Seq = 1
+		next.UpdatedAt = now
+		if next.CreatedAt.IsZero() {
+			next.CreatedAt = now
+		}
+		if next.Terminal() && next.FinishedAt.IsZero() {
+			next.FinishedAt = now
+		}
+		return next, Applied
+	}
+	cr := rank(cur.State)
+	switch {
+	case cur.Terminal():
+		if u.State == cur.State {
+			return nil, Duplicate
+		}
+		return nil, Stale
+	case ur < cr:
+		return nil, Stale
+	}
+	next := cur.Clone()
+	changed := apply(next, u, ur > cr)
+	if !changed {
+		return nil, Duplicate
+	}
+	next.Seq = cur.Seq + 1
+	next.UpdatedAt = now
+	if next.Terminal() && next.FinishedAt.IsZero() {
+		next.FinishedAt = now
+	}
+	return next, Applied
+}
+
+// apply copies what u observed into r and reports whether anything changed. With
+// advance set, u moves r to u's state; otherwise u has r's rank and only adds
+// information (a queue position that went down, an instance id, a timestamp).
+func apply(r *Record, u *Update, advance bool) bool {
+	changed := false
+	if advance {
+		r.State = u.State
+		changed = true
+		if u.State != runcomfy.StateQueued {
+			r.QueuePosition = nil
+		}
+	}
+	if u.UpstreamStatus != "" && u.UpstreamStatus != r.UpstreamStatus && (advance || r.UpstreamStatus == "") {
+		r.UpstreamStatus = u.UpstreamStatus
+		changed = true
+	}
+	if r.DeploymentID == "" && u.DeploymentID != "" {
+		r.DeploymentID = u.DeploymentID
+		changed = true
+	}
+	if r.Owner == "" && u.Owner != "" {
+		r.Owner = u.Owner
+		changed = true
+	}
+	// A queue position only goes down: a larger one is an older observation that
+	// arrived late.
+	if r.State == runcomfy.StateQueued && u.QueuePosition != nil &&
+		(r.QueuePosition == nil || *u.QueuePosition < *r.QueuePosition) {
+		p := *u.QueuePosition
+		r.QueuePosition = &p
+		changed = true
+	}
+	if u.InstanceID != "" && u.InstanceID != r.InstanceID && (advance || r.InstanceID == "") {
+		r.InstanceID = u.InstanceID
+		changed = true
+	}
+	if len(u.Outputs) > 0 && len(r.Outputs) == 0 {
+		r.Outputs = u.Outputs
+		r.OutputURLs = slices.Clone(u.OutputURLs)
+		changed = true
+	}
+	if u.Error != nil && r.Error == nil {
+		e := *u.Error
+		r.Error = &e
+		changed = true
+	}
+	changed = setTime(&r.CreatedAt, u.CreatedAt) || changed
+	changed = setTime(&r.StartedAt, u.StartedAt) || changed
+	changed = setTime(&r.FinishedAt, u.FinishedAt) || changed
+	return changed
+}
+
+// setTime fills an unset timestamp; a set one is kept (the first report wins).
+func setTime(dst *time.Time, v time.Time) bool {
+	if v.IsZero() || !dst.IsZero() {
+		return false
+	}
+	*dst = v
+	return true
+}

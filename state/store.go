@@ -1,0 +1,42 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store or Bus returns; the server maps them to gRPC codes and the
+// webhook handler to HTTP statuses.
+var (
+	// ErrNotFound: no record for this request (never seen, or expired).
+	ErrNotFound = errors.New("state: request not found")
+	// ErrConflict: the stored seq moved since it was read; read again and retry.
+	ErrConflict = errors.New("state: concurrent update")
+	// ErrUnavailable: the backend cannot be reached; nothing was changed.
+	ErrUnavailable = errors.New("state: backend unavailable")
+)
+
+// Store keeps records. Implementations: the embedded memory backend (one replica)
+// and Redis (many replicas).
+type Store interface {
+	// Get returns the current record, or ErrNotFound.
+	Get(ctx context.Context, requestID string) (*Record, error)
+	// Save stores rec and publishes it on the request's channel, atomically, if
+	// and only if the stored record's seq is rec.Seq-1 (no record when rec.Seq is
+	// 1); otherwise it changes nothing and returns ErrConflict. The record
+	// expires ttl after this write.
+	Save(ctx context.Context, rec *Record, ttl time.Duration) error
+}
+
+// Bus delivers records published by Save, on any replica, to this replica.
+// Subscriptions are per request: a replica receives only the requests its watchers
+// follow.
+type Bus interface {
+	// Subscribe starts delivering requestID's records to deliver, in publish
+	// order, and returns once the subscription is active: anything Saved after it
+	// returns is delivered. deliver must not block.
+	Subscribe(ctx context.Context, requestID string, deliver func(*Record)) error
+	// Unsubscribe stops the delivery started by Subscribe.
+	Unsubscribe(ctx context.Context, requestID string) error
+}

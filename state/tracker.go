@@ -1,0 +1,190 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// DefaultRetention is how long records live: RunComfy deletes results after 7
+// days, after which there is nothing left to track.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// maxSaveAttempts bounds the read-merge-save loop under contention. Each retry
+// follows another writer's success, so running out means a storm of updates to one
+// request, not a livelock.
+const maxSaveAttempts = 32
+
+// ResultFetcher reads a request's result upstream; *runcomfy.Client provides it.
+type ResultFetcher interface {
+	Result(ctx context.Context, deploymentID, requestID string) (*runcomfy.ResultResponse, error)
+}
+
+// errOutputsNotReady: upstream reported success but its result does not say so
+// yet. Returned so that the caller (a callback, a poll) retries later instead of
+// publishing a success without outputs.
+var errOutputsNotReady = errors.New("state: success reported but the result is not available yet")
+
+// Tracker is the one writer of records.
+type Tracker struct {
+	store     Store
+	results   ResultFetcher
+	retention time.Duration
+	now       func() time.Time
+	counts    [Unknown + 1]atomic.Int64
+}
+
+// TrackerConfig holds the Tracker's dependencies.
+type TrackerConfig struct {
+	Store   Store
+	Results ResultFetcher
+	// Retention is each record's time to live after its last write; default
+	// DefaultRetention.
+	Retention time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// NewTracker checks its dependencies and returns a Tracker.
+func NewTracker(cfg TrackerConfig) (*Tracker, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("state: store is required")
+	}
+	if cfg.Results == nil {
+		return nil, errors.New("state: result fetcher is required")
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Tracker{store: cfg.Store, results: cfg.Results, retention: cfg.Retention, now: cfg.Now}, nil
+}
+
+// Get returns the current record of a request, or ErrNotFound.
+func (t *Tracker) Get(ctx context.Context, requestID string) (*Record, error) {
+	return t.store.Get(ctx, requestID)
+}
+
+// Apply merges u into the request's record. It returns the record as it stands
+// afterwards (nil when there is none and u was not applied) and what it did. An
+// update that reports success without outputs has them fetched from upstream
+// first, so a success is never published without its outputs. An error means
+// nothing was stored or published: the caller must not acknowledge u.
+func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error) {
+	if u.RequestID == "" {
+		return nil, 0, errors.New("state: update without request id")
+	}
+	fetched := false
+	for range maxSaveAttempts {
+		cur, err := t.store.Get(ctx, u.RequestID)
+		if errors.Is(err, ErrNotFound) {
+			cur, err = nil, nil
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("read request %s: %w", u.RequestID, err)
+		}
+		if u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 && !fetched && advances(cur, &u) {
+			if err := t.fetchOutputs(ctx, cur, &u); err != nil {
+				return nil, 0, err
+			}
+			fetched = true
+		}
+		next, outcome := merge(cur, &u, t.now())
+		if outcome != Applied {
+			t.counts[outcome].Add(1)
+			return cur, outcome, nil
+		}
+		err = t.store.Save(ctx, next, t.retention)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("save request %s: %w", u.RequestID, err)
+		}
+		t.counts[Applied].Add(1)
+		return next, Applied, nil
+	}
+	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// fetchOutputs completes a success update from upstream /result.
+func (t *Tracker) fetchOutputs(ctx context.Context, cur *Record, u *Update) error {
+	dep := u.DeploymentID
+	if dep == "" && cur != nil {
+		dep = cur.DeploymentID
+	}
+	res, err := t.results.Result(ctx, dep, u.RequestID)
+	if err != nil {
+		return fmt.Errorf("fetch outputs of request %s: %w", u.RequestID, err)
+	}
+	if res.State != runcomfy.StateSucceeded {
+		return fmt.Errorf("request %s: result says %q: %w", u.RequestID, res.Status, errOutputsNotReady)
+	}
+	u.Outputs, u.OutputURLs = res.Outputs, res.OutputURLs
+	if u.CreatedAt.IsZero() {
+		u.CreatedAt = res.CreatedAt
+	}
+	if u.StartedAt.IsZero() {
+		u.StartedAt = res.StartedAt
+	}
+	if u.FinishedAt.IsZero() {
+		u.FinishedAt = res.FinishedAt
+	}
+	if u.InstanceID == "" {
+		u.InstanceID = res.InstanceID
+	}
+	return nil
+}
+
+// Stats counts Apply outcomes since start.
+type Stats struct {
+	Applied, Duplicate, Stale, Unknown int64
+}
+
+// Stats returns the outcome counters.
+func (t *Tracker) Stats() Stats {
+	return Stats{
+		Applied:   t.counts[Applied].Load(),
+		Duplicate: t.counts[Duplicate].Load(),
+		Stale:     t.counts[Stale].Load(),
+		Unknown:   t.counts[Unknown].Load(),
+	}
+}
+
+// UpdateFromResult turns an upstream result (a /result answer or a callback) into
+// an Update.
+func UpdateFromResult(deploymentID, source string, r *runcomfy.ResultResponse) Update {
+	return Update{
+		RequestID:      r.RequestID,
+		DeploymentID:   deploymentID,
+		Source:         source,
+		State:          r.State,
+		UpstreamStatus: r.Status,
+		InstanceID:     r.InstanceID,
+		Outputs:        r.Outputs,
+		OutputURLs:     r.OutputURLs,
+		Error:          r.Error,
+		CreatedAt:      r.CreatedAt,
+		StartedAt:      r.StartedAt,
+		FinishedAt:     r.FinishedAt,
+	}
+}
+
+// UpdateFromStatus turns an upstream /status answer into an Update.
+func UpdateFromStatus(deploymentID, source string, s *runcomfy.StatusResponse) Update {
+	return Update{
+		RequestID:      s.RequestID,
+		DeploymentID:   deploymentID,
+		Source:         source,
+		State:          s.State,
+		UpstreamStatus: s.Status,
+		QueuePosition:  s.QueuePosition,
+		InstanceID:     s.InstanceID,
+	}
+}

@@ -1,0 +1,153 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
+)
+
+// MaxBodyBytes bounds a callback body. Callbacks carry URLs, not media: 1 MiB is
+// generous, and the bound keeps an unauthenticated sender from costing memory.
+const MaxBodyBytes = 1 << 20
+
+// Applier records an update; *state.Tracker provides it.
+type Applier interface {
+	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
+}
+
+// Rejection reasons, the labels of rejected callbacks in Stats.
+const (
+	ReasonMethod       = "method"
+	ReasonUnauthorized = "unauthorized"
+	ReasonMediaType    = "media_type"
+	ReasonTooLarge     = "too_large"
+	ReasonMalformed    = "malformed"
+	ReasonStore        = "store"
+)
+
+var reasons = [...]string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore}
+
+// Handler serves POST PathPrefix{deployment_id}/{token}.
+type Handler struct {
+	signer  *Signer
+	tracker Applier
+	log     *slog.Logger
+
+	outcomes [state.Unknown + 1]atomic.Int64
+	rejected [len(reasons)]atomic.Int64
+}
+
+// NewHandler checks its dependencies and returns a Handler.
+func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, error) {
+	if signer == nil || tracker == nil || log == nil {
+		return nil, errors.New("webhook: signer, tracker and logger are required")
+	}
+	return &Handler{signer: signer, tracker: tracker, log: log}, nil
+}
+
+// ServeHTTP authenticates, parses and applies one callback. It answers 2xx only
+// once the update is stored and published (or known to need neither), so that
+// RunComfy retries anything not safely recorded.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Authenticate before anything else: an unauthenticated caller learns nothing
+	// and costs nothing beyond one MAC.
+	deploymentID, token, ok := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix), "/")
+	if !ok || !runcomfy.ValidID(deploymentID) || !h.signer.Verify(deploymentID, token) {
+		h.reject(w, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		h.reject(w, ReasonMethod, http.StatusMethodNotAllowed, "callbacks are POST")
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		h.reject(w, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			h.reject(w, ReasonTooLarge, http.StatusRequestEntityTooLarge, "callback body exceeds 1 MiB")
+			return
+		}
+		h.reject(w, ReasonMalformed, http.StatusBadRequest, "reading callback body failed")
+		return
+	}
+	cb, err := runcomfy.ParseCallback(body)
+	if err != nil {
+		h.reject(w, ReasonMalformed, http.StatusBadRequest, "callback body is not a JSON object: "+err.Error())
+		return
+	}
+	if !runcomfy.ValidID(cb.RequestID) {
+		h.reject(w, ReasonMalformed, http.StatusBadRequest, "callback has no valid request_id")
+		return
+	}
+	if cb.DeploymentID != "" && cb.DeploymentID != deploymentID {
+		// The URL is authenticated, the payload is not: trust the URL.
+		h.log.WarnContext(r.Context(), "callback names another deployment than its URL",
+			"request_id", cb.RequestID, "deployment_id", deploymentID, "payload_deployment_id", cb.DeploymentID)
+	}
+
+	u := state.UpdateFromResult(deploymentID, "callback", &cb.ResultResponse)
+	u.QueuePosition = cb.QueuePosition
+	outcome := state.Unknown
+	if cb.State != runcomfy.StateUnknown {
+		if _, outcome, err = h.tracker.Apply(r.Context(), u); err != nil {
+			h.log.ErrorContext(r.Context(), "callback not recorded; asking RunComfy to retry",
+				"request_id", cb.RequestID, "deployment_id", deploymentID, "error", err)
+			h.reject(w, ReasonStore, http.StatusServiceUnavailable, "callback could not be recorded; retry later")
+			return
+		}
+	}
+	h.outcomes[outcome].Add(1)
+	h.log.DebugContext(r.Context(), "callback", "request_id", cb.RequestID, "deployment_id", deploymentID,
+		"status", cb.Status, "outcome", outcome.String())
+	writeJSON(w, http.StatusOK, map[string]string{"outcome": outcome.String()})
+}
+
+func (h *Handler) reject(w http.ResponseWriter, reason string, code int, msg string) {
+	for i, r := range reasons {
+		if r == reason {
+			h.rejected[i].Add(1)
+		}
+	}
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Stats counts callbacks by what became of them.
+type Stats struct {
+	// Outcomes counts accepted callbacks by state.Outcome name: applied,
+	// duplicate, stale, unknown (a status the gateway does not know).
+	Outcomes map[string]int64
+	// Rejected counts refused callbacks by reason.
+	Rejected map[string]int64
+}
+
+// Stats returns the counters.
+func (h *Handler) Stats() Stats {
+	s := Stats{Outcomes: map[string]int64{}, Rejected: map[string]int64{}}
+	for o := state.Applied; o <= state.Unknown; o++ {
+		s.Outcomes[o.String()] = h.outcomes[o].Load()
+	}
+	for i, r := range reasons {
+		s.Rejected[r] = h.rejected[i].Load()
+	}
+	return s
+}
