@@ -74,6 +74,37 @@ func TestParseConfig(t *testing.T) {
 			wantErr: []string{"exclude"},
 		},
 		{
+			name: "callbacks",
+			args: []string{"--public-url", "https://gw.example.com/base", "--retention", "48h"},
+			env:  map[string]string{"COMFYGATE_WEBHOOK_SECRET": "new-secret-0123456789, old-secret-0123456789", "RUNCOMFY_API_TOKEN": "t"},
+			check: func(t *testing.T, c *Config) {
+				if c.PublicURL != "https://gw.example.com/base" || c.Retention != 48*time.Hour ||
+					len(c.WebhookSecrets) != 2 || c.WebhookSecrets[1] != "old-secret-0123456789" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "public url needs a secret",
+			args:    []string{"--simulate", "--public-url", "https://gw.example.com"},
+			wantErr: []string{"--webhook-secret"},
+		},
+		{
+			name:    "short secret and bad public url",
+			args:    []string{"--simulate", "--public-url", "gw.example.com", "--webhook-secret", "short"},
+			wantErr: []string{"--public-url", "shorter than 16"},
+		},
+		{
+			name:    "simulate calls back a fixed port",
+			args:    []string{"--simulate", "--http-addr", "127.0.0.1:0"},
+			wantErr: []string{"fixed port"},
+		},
+		{
+			name:    "retention too short",
+			args:    []string{"--simulate", "--retention", "1s"},
+			wantErr: []string{"--retention"},
+		},
+		{
 			name:    "stray argument",
 			args:    []string{"--simulate", "serve"},
 			wantErr: []string{"unexpected arguments"},

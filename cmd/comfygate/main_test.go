@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -133,6 +134,27 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 	}
 	if st.GetRequest().GetStatus() == comfygatev1.Status_STATUS_UNSPECIFIED {
 		t.Errorf("status unspecified: %v", st)
+	}
+
+	// With --simulate and no public URL the simulator calls this gateway back, so
+	// a watch follows the request live to its end.
+	stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: sub.Request.RequestID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *comfygatev1.RequestState
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("watch: %v; logs:\n%s", err, logs)
+		}
+		last = msg.GetRequest()
+	}
+	if last.GetStatus() != comfygatev1.Status_STATUS_SUCCEEDED || len(last.GetOutputUrls()) == 0 {
+		t.Errorf("watch ended with %v", last)
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
