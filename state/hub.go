@@ -165,12 +165,22 @@ type Watcher struct {
 
 	mu        sync.Mutex
 	queue     []*Record
+	last      int64 // highest seq pushed
 	coalesced int
 	closed    bool
 }
 
 func (w *Watcher) push(rec *Record) {
 	w.mu.Lock()
+	if rec.Seq <= w.last {
+		// Older than what the watcher already holds or has read (a Redeliver
+		// of a snapshot read before the latest publish): it says nothing new,
+		// and in a full buffer it would displace a newer record, perhaps the
+		// terminal one.
+		w.mu.Unlock()
+		return
+	}
+	w.last = rec.Seq
 	if len(w.queue) < w.max {
 		w.queue = append(w.queue, rec)
 	} else {

@@ -189,7 +189,13 @@ func apply(r *Record, u *Update, advance bool) bool {
 			r.QueuePosition = nil
 		}
 	}
-	if u.UpstreamStatus != "" && u.UpstreamStatus != r.UpstreamStatus && (advance || r.UpstreamStatus == "") {
+	// The raw status describes the state: a move to a new state takes the new
+	// one's text, even none (the in_queue callback has none), so a running record
+	// never keeps "in_queue".
+	switch {
+	case advance:
+		r.UpstreamStatus = u.UpstreamStatus
+	case u.UpstreamStatus != "" && r.UpstreamStatus == "":
 		r.UpstreamStatus = u.UpstreamStatus
 		changed = true
 	}
@@ -214,7 +220,7 @@ func apply(r *Record, u *Update, advance bool) bool {
 		changed = true
 	}
 	if len(u.Outputs) > 0 && len(r.Outputs) == 0 {
-		r.Outputs = u.Outputs
+		r.Outputs = slices.Clone(u.Outputs) // like every other field: merge shares no memory with u
 		r.OutputURLs = slices.Clone(u.OutputURLs)
 		changed = true
 	}

@@ -79,8 +79,9 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 		}
 	}
 	if deliver := b.subs[rec.RequestID]; deliver != nil {
-		// Subscribers share the published record; it is never written again.
-		deliver(stored)
+		// The subscriber gets a copy of its own, as from Redis: what it does
+		// with it can never reach the stored record (and its seq).
+		deliver(stored.Clone())
 	}
 	return nil
 }
