@@ -91,7 +91,8 @@ const (
 	Applied Outcome = iota + 1
 	// Duplicate: the update says nothing the record does not already say.
 	Duplicate
-	// Stale: the update would move the request backwards, or change a finished one.
+	// Stale: the update would move the request backwards, change a finished one,
+	// or names another deployment than the request's.
 	Stale
 	// Unknown: the update carries no state the gateway understands; nothing stored.
 	Unknown
@@ -156,6 +157,10 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	}
 	cr := rank(cur.State)
 	switch {
+	case u.DeploymentID != "" && cur.DeploymentID != "" && u.DeploymentID != cur.DeploymentID:
+		// A request belongs to one deployment: an observation made under another
+		// (a callback URL of another deployment) must not touch it.
+		return nil, Stale
 	case cur.Terminal():
 		if u.State == cur.State {
 			return nil, Duplicate

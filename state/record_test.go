@@ -182,9 +182,14 @@ func TestMergeFields(t *testing.T) {
 			want: Applied, edit: func(r *Record) { r.DeploymentID = "dep-2" },
 		},
 		{
-			name: "deployment never changes",
+			name: "another deployment's update is refused",
 			cur:  running, u: upd(runcomfy.StateRunning, func(u *Update) { u.DeploymentID = "dep-2" }),
-			want: Duplicate,
+			want: Stale,
+		},
+		{
+			name: "another deployment's update cannot finish the request",
+			cur:  running, u: upd(runcomfy.StateFailed, func(u *Update) { u.DeploymentID = "dep-2" }),
+			want: Stale,
 		},
 
 		// Timestamps: the first report wins; terminal records get a FinishedAt.

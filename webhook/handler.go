@@ -34,8 +34,6 @@ const (
 	ReasonStore        = "store"
 )
 
-var reasons = [...]string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore}
-
 // Handler serves POST PathPrefix{deployment_id}/{token}.
 type Handler struct {
 	signer  *Signer
@@ -43,7 +41,8 @@ type Handler struct {
 	log     *slog.Logger
 
 	outcomes [state.Unknown + 1]atomic.Int64
-	rejected [len(reasons)]atomic.Int64
+	// rejected has one counter per reason, made by NewHandler; read-only map.
+	rejected map[string]*atomic.Int64
 }
 
 // NewHandler checks its dependencies and returns a Handler.
@@ -51,7 +50,11 @@ func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, er
 	if signer == nil || tracker == nil || log == nil {
 		return nil, errors.New("webhook: signer, tracker and logger are required")
 	}
-	return &Handler{signer: signer, tracker: tracker, log: log}, nil
+	h := &Handler{signer: signer, tracker: tracker, log: log, rejected: map[string]*atomic.Int64{}}
+	for _, r := range []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore} {
+		h.rejected[r] = new(atomic.Int64)
+	}
+	return h, nil
 }
 
 // ServeHTTP authenticates, parses and applies one callback. It answers 2xx only
@@ -117,11 +120,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) reject(w http.ResponseWriter, reason string, code int, msg string) {
-	for i, r := range reasons {
-		if r == reason {
-			h.rejected[i].Add(1)
-		}
-	}
+	h.rejected[reason].Add(1)
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
@@ -146,8 +145,8 @@ func (h *Handler) Stats() Stats {
 	for o := state.Applied; o <= state.Unknown; o++ {
 		s.Outcomes[o.String()] = h.outcomes[o].Load()
 	}
-	for i, r := range reasons {
-		s.Rejected[r] = h.rejected[i].Load()
+	for r, n := range h.rejected {
+		s.Rejected[r] = n.Load()
 	}
 	return s
 }

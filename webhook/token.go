@@ -64,7 +64,7 @@ func (s *Signer) Token(deploymentID string) string {
 // Verify reports whether token authenticates deploymentID under any accepted
 // secret. Every secret is checked, in constant time, whatever matched.
 func (s *Signer) Verify(deploymentID, token string) bool {
-	got, err := base64.RawURLEncoding.DecodeString(token)
+	got, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil || len(got) != sha256.Size {
 		return false
 	}
@@ -87,7 +87,9 @@ type URLs struct {
 // this gateway's HTTP listener) and returns a URL builder.
 func NewURLs(publicURL string, signer *Signer) (*URLs, error) {
 	u, err := url.Parse(publicURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+	// ContainsAny, not only RawQuery and Fragment: a bare "?" or "#" leaves both
+	// empty, and the callback path appended after it would become query or fragment.
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(publicURL, "?#") {
 		return nil, fmt.Errorf("webhook: public URL %q must be an absolute http(s) URL without query", publicURL)
 	}
 	if signer == nil {
