@@ -42,6 +42,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzParseResult$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzCollectURLs$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
 
 ## build: static binaries in bin/
 build:
