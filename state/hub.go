@@ -153,6 +153,25 @@ func (h *Hub) Redeliver(rec *Record) {
 	}
 }
 
+// Resync reads the current record of every watched request from store and
+// redelivers it. A bus calls it after its connection came back, since messages
+// published meanwhile are lost: watchers take from the snapshot whatever they
+// had not seen (by seq) and ignore the rest.
+func (h *Hub) Resync(ctx context.Context, store Store) error {
+	var errs []error
+	for _, id := range h.Watching() {
+		rec, err := store.Get(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			errs = append(errs, fmt.Errorf("resync request %s: %w", id, err))
+		default:
+			h.Redeliver(rec)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Watcher receives the records published for one request. Records arrive in
 // publish order; when the watcher falls more than its buffer behind, the newest
 // buffered record is replaced by the newer one, so intermediate states may be

@@ -114,9 +114,10 @@ func (o Outcome) String() string {
 	}
 }
 
-// rank orders states: an update may only keep or raise the rank of a record. The
+// Rank orders states: an update may only keep or raise the rank of a record. The
 // three terminal states share the top rank, so the first terminal state wins.
-func rank(s runcomfy.State) int {
+// Stores may check it again when they write (the Redis script does).
+func Rank(s runcomfy.State) int {
 	switch s {
 	case runcomfy.StateQueued:
 		return 1
@@ -132,13 +133,13 @@ func rank(s runcomfy.State) int {
 // advances reports whether u would move cur to a higher rank (or create it); the
 // tracker uses it to decide whether fetching missing outputs is worth a call.
 func advances(cur *Record, u *Update) bool {
-	return cur == nil || rank(u.State) > rank(cur.State)
+	return cur == nil || Rank(u.State) > Rank(cur.State)
 }
 
 // merge computes the record that u makes of cur (nil: no record yet). It is pure:
 // the tracker stores what it returns only when the outcome is Applied.
 func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
-	ur := rank(u.State)
+	ur := Rank(u.State)
 	if ur == 0 {
 		return nil, Unknown
 	}
@@ -155,7 +156,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		}
 		return next, Applied
 	}
-	cr := rank(cur.State)
+	cr := Rank(cur.State)
 	switch {
 	case u.DeploymentID != "" && cur.DeploymentID != "" && u.DeploymentID != cur.DeploymentID:
 		// A request belongs to one deployment: an observation made under another

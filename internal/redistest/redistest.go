@@ -1,0 +1,151 @@
+// Package redistest finds or starts a real Redis server for tests.
+//
+// Tests use COMFYGATE_TEST_REDIS_URL when it is set, else the Redis that
+// development and CI machines run on 127.0.0.1:6379, else a private redis-server
+// started on a free port (install it with `apt-get install redis-server`). Tests
+// share a server and isolate themselves with a key prefix of their own.
+package redistest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// EnvURL names the variable that points tests at a Redis server.
+const EnvURL = "COMFYGATE_TEST_REDIS_URL"
+
+const defaultURL = "redis://127.0.0.1:6379/0"
+
+// Server is a Redis server tests can use.
+type Server struct {
+	URL  string
+	Addr string
+	cmd  *exec.Cmd
+	dir  string
+	port int
+}
+
+// Find returns the configured or local Redis, or starts a private one. Call Stop
+// when done (it stops only a server Find started).
+func Find() (*Server, error) {
+	url := os.Getenv(EnvURL)
+	if url == "" {
+		url = defaultURL
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvURL, err)
+	}
+	if answers(opts) {
+		return &Server{URL: url, Addr: opts.Addr}, nil
+	}
+	if os.Getenv(EnvURL) != "" {
+		return nil, fmt.Errorf("%s=%s does not answer", EnvURL, url)
+	}
+	return StartPrivate()
+}
+
+func answers(opts *redis.Options) bool {
+	c := redis.NewClient(opts)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return c.Ping(ctx).Err() == nil
+}
+
+// StartPrivate starts a redis-server of its own on a free port, keeping nothing on
+// disk, for tests that stop and restart it.
+func StartPrivate() (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, errors.New("no Redis answers and redis-server is not installed (apt-get install redis-server)")
+	}
+	dir, err := os.MkdirTemp("", "comfygate-redis-")
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{dir: dir, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s.URL = "redis://" + s.Addr + "/0"
+	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	if err := s.start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) start() error {
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	opts, _ := redis.ParseURL(s.URL)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if answers(opts) {
+			return nil
+		}
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	return errors.New("redis-server did not answer within 10s")
+}
+
+// Restart stops a private server and starts it again on the same port, as a
+// Redis restart or failover would look to clients. Data is lost (nothing is kept
+// on disk), as after a failover to an empty replica.
+func (s *Server) Restart(down time.Duration) error {
+	if s.cmd == nil {
+		return errors.New("only a private server can be restarted")
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	time.Sleep(down)
+	s.cmd = exec.Command(s.cmd.Path, s.cmd.Args[1:]...)
+	return s.start()
+}
+
+// Stop ends a server Find or StartPrivate started; a shared one is left alone.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	_ = os.RemoveAll(s.dir)
+}
+
+// Client returns a client of the server, closed when t ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Prefix returns a key prefix no other test uses.
+func Prefix(t testing.TB) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "test:" + hex.EncodeToString(b) + ":"
+}

@@ -1,0 +1,325 @@
+// Package redisstore is the shared state backend for many replicas: records in
+// Redis, written by one Lua script that compares, writes and publishes
+// atomically, and one pub/sub connection per replica that subscribes per watched
+// request. It implements state.Store and state.Bus with the same contract as the
+// memory backend (state/statetest runs against both).
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/state"
+)
+
+// saveScript is Save: compare the stored seq (and rank), write the record with
+// its TTL, and publish it, as one atomic step. Two replicas applying the same
+// callback at the same instant both read seq n and both try n+1: exactly one
+// script run sees n and writes; the other sees n+1 and reports a conflict, after
+// which that replica re-reads and finds the update a duplicate.
+//
+// KEYS[1] record key; ARGV: 1 new seq, 2 new rank, 3 record JSON, 4 TTL in ms,
+// 5 channel. Returns 1 written, 0 seq conflict, -1 rank would go down.
+const saveScript = `
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank')
+local seq = tonumber(cur[1]) or 0
+local rank = tonumber(cur[2]) or 0
+if seq + 1 ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(ARGV[2]) < rank then return -1 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[3])
+return 1
+`
+
+// subscribeTimeout bounds the wait for Redis to confirm a subscription.
+const subscribeTimeout = 5 * time.Second
+
+// Options configure a Backend.
+type Options struct {
+	// Prefix starts every key and channel; default DefaultPrefix.
+	Prefix string
+	// Logger receives connection events.
+	Logger *slog.Logger
+	// PingInterval is how long the pub/sub connection may stay silent before it
+	// is pinged, so a dead connection is noticed; default 5s.
+	PingInterval time.Duration
+}
+
+// Backend is the Redis state backend.
+type Backend struct {
+	rdb    *redis.Client
+	prefix string
+	log    *slog.Logger
+	ping   time.Duration
+	save   *redis.Script
+
+	ps *redis.PubSub
+
+	mu      sync.Mutex
+	subs    map[string]func(*state.Record) // by channel
+	waiters map[string][]chan struct{}     // subscriptions awaiting confirmation
+
+	reconnects atomic.Int64
+}
+
+// New returns a Backend on rdb. Call Run to serve subscriptions.
+func New(rdb *redis.Client, opts Options) (*Backend, error) {
+	if rdb == nil {
+		return nil, errors.New("redisstore: client is required")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.Logger == nil {
+		return nil, errors.New("redisstore: logger is required")
+	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 5 * time.Second
+	}
+	return &Backend{
+		rdb:     rdb,
+		prefix:  opts.Prefix,
+		log:     opts.Logger,
+		ping:    opts.PingInterval,
+		save:    redis.NewScript(saveScript),
+		ps:      rdb.Subscribe(context.Background()),
+		subs:    make(map[string]func(*state.Record)),
+		waiters: make(map[string][]chan struct{}),
+	}, nil
+}
+
+// unavailable wraps a Redis failure as state.ErrUnavailable, keeping the
+// caller's own cancellation visible as such.
+func unavailable(ctx context.Context, op string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("redis %s: %w", op, ctxErr)
+	}
+	return fmt.Errorf("redis %s: %w: %w", op, state.ErrUnavailable, err)
+}
+
+// Ping checks that Redis answers; readiness and Submit use it.
+func (b *Backend) Ping(ctx context.Context) error {
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return unavailable(ctx, "ping", err)
+	}
+	return nil
+}
+
+// Get returns the current record, or state.ErrNotFound.
+func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, error) {
+	data, err := b.rdb.HGet(ctx, b.recordKey(requestID), "data").Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, state.ErrNotFound
+	}
+	if err != nil {
+		return nil, unavailable(ctx, "get", err)
+	}
+	var rec state.Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("redis get %s: stored record is not valid: %w", requestID, err)
+	}
+	return &rec, nil
+}
+
+// Save writes and publishes rec if its seq follows the stored one (the script
+// above), else returns state.ErrConflict.
+func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.RequestID, err)
+	}
+	ms := max(ttl.Milliseconds(), 1)
+	res, err := b.save.Run(ctx, b.rdb, []string{b.recordKey(rec.RequestID)},
+		rec.Seq, state.Rank(rec.State), data, ms, b.channel(rec.RequestID)).Int()
+	if err != nil {
+		return unavailable(ctx, "save", err)
+	}
+	if res != 1 {
+		return state.ErrConflict
+	}
+	return nil
+}
+
+// Subscribe subscribes the replica's pub/sub connection to requestID's channel
+// and returns once Redis has confirmed it, so that a snapshot read afterwards
+// cannot miss a record published in between.
+func (b *Backend) Subscribe(ctx context.Context, requestID string, deliver func(*state.Record)) error {
+	ch := b.channel(requestID)
+	confirmed := make(chan struct{})
+	b.mu.Lock()
+	b.subs[ch] = deliver
+	b.waiters[ch] = append(b.waiters[ch], confirmed)
+	b.mu.Unlock()
+
+	err := b.ps.Subscribe(ctx, ch)
+	if err == nil {
+		t := time.NewTimer(subscribeTimeout)
+		defer t.Stop()
+		select {
+		case <-confirmed:
+			return nil
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-t.C:
+			err = errors.New("no confirmation from Redis")
+		}
+	}
+	// Undo everything, including go-redis's memory of the channel, which it
+	// would otherwise resubscribe after a reconnect.
+	b.mu.Lock()
+	delete(b.subs, ch)
+	delete(b.waiters, ch)
+	b.mu.Unlock()
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), subscribeTimeout)
+	_ = b.ps.Unsubscribe(uctx, ch)
+	cancel()
+	return unavailable(ctx, "subscribe", err)
+}
+
+// Unsubscribe ends requestID's subscription.
+func (b *Backend) Unsubscribe(ctx context.Context, requestID string) error {
+	ch := b.channel(requestID)
+	b.mu.Lock()
+	delete(b.subs, ch)
+	b.mu.Unlock()
+	if err := b.ps.Unsubscribe(ctx, ch); err != nil {
+		return unavailable(ctx, "unsubscribe", err)
+	}
+	return nil
+}
+
+// Reconnects counts how often the pub/sub connection was re-established.
+func (b *Backend) Reconnects() int64 { return b.reconnects.Load() }
+
+// Run reads the pub/sub connection until ctx ends, handing each record to its
+// subscriber (never blocking: subscribers must not block) and confirming
+// subscriptions. When the connection fails, go-redis reconnects and resubscribes
+// on the next read; once a read succeeds again, resync is called (in its own
+// goroutine, retried until it succeeds) so that watchers get what was published
+// while the connection was down.
+func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) error {
+	resyncs := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.resyncLoop(ctx, resyncs, resync)
+	}()
+	defer func() {
+		<-done
+	}()
+	// A blocked read does not watch ctx: closing the connection ends it.
+	stop := context.AfterFunc(ctx, func() { _ = b.ps.Close() })
+	defer stop()
+	defer b.ps.Close()
+
+	broken := false
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		msg, err := b.ps.ReceiveTimeout(ctx, b.ping)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Silence: ask for a pong, which also exposes a dead connection.
+				_ = b.ps.Ping(ctx)
+				continue
+			}
+			if !broken {
+				b.log.Warn("redis pub/sub connection lost; reconnecting", "error", err)
+			}
+			broken = true
+			if !sleep(ctx, backoff) {
+				break
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		if broken {
+			broken, backoff = false, 50*time.Millisecond
+			b.reconnects.Add(1)
+			b.log.Info("redis pub/sub connection restored; resyncing watched requests")
+			select {
+			case resyncs <- struct{}{}:
+			default:
+			}
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				b.confirm(m.Channel)
+			}
+		case *redis.Message:
+			b.dispatch(m)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) confirm(ch string) {
+	b.mu.Lock()
+	ws := b.waiters[ch]
+	delete(b.waiters, ch)
+	b.mu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+}
+
+func (b *Backend) dispatch(m *redis.Message) {
+	b.mu.Lock()
+	deliver := b.subs[m.Channel]
+	b.mu.Unlock()
+	if deliver == nil {
+		return // unsubscribed meanwhile
+	}
+	var rec state.Record
+	if err := json.Unmarshal([]byte(m.Payload), &rec); err != nil {
+		b.log.Error("undecodable record on channel", "channel", m.Channel, "error", err)
+		return
+	}
+	deliver(&rec)
+}
+
+// resyncLoop runs resync once per signal, retrying with backoff until it works.
+func (b *Backend) resyncLoop(ctx context.Context, signals <-chan struct{}, resync func(context.Context) error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-signals:
+		}
+		for wait := 50 * time.Millisecond; ; wait = min(wait*2, 2*time.Second) {
+			err := resync(ctx)
+			if err == nil {
+				break
+			}
+			b.log.Warn("resync after reconnect failed; retrying", "error", err)
+			if !sleep(ctx, wait) {
+				return
+			}
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
