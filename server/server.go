@@ -34,7 +34,14 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// Ready, when set, must succeed for /readyz to report ready (the state
+	// backend answers).
+	Ready func(ctx context.Context) error
 }
+
+// readyTimeout bounds the backend check behind /readyz; probes have short
+// deadlines of their own.
+const readyTimeout = time.Second
 
 // DefaultMaxBodyBytes is the default request size limit.
 const DefaultMaxBodyBytes = 10 << 20
@@ -110,10 +117,18 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writePlain(w, http.StatusOK, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
-			writePlain(w, http.StatusServiceUnavailable, "not ready")
+			writePlain(w, http.StatusServiceUnavailable, "not ready: draining")
 			return
+		}
+		if cfg.Ready != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+			defer cancel()
+			if err := cfg.Ready(ctx); err != nil {
+				writePlain(w, http.StatusServiceUnavailable, "not ready: state backend unavailable")
+				return
+			}
 		}
 		writePlain(w, http.StatusOK, "ready")
 	})

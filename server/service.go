@@ -35,6 +35,11 @@ type Watches interface {
 	Watch(ctx context.Context, requestID string) (*state.Watcher, error)
 }
 
+// Pinger reports whether the state backend can record requests now.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // CallbackURLs names the URL RunComfy calls back for a deployment's requests;
 // *webhook.URLs provides it.
 type CallbackURLs interface {
@@ -50,6 +55,7 @@ type Service struct {
 	tracker       Tracker
 	watches       Watches
 	callbacks     CallbackURLs
+	backend       Pinger
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -63,7 +69,10 @@ type ServiceConfig struct {
 	// Callbacks, when set, makes every Submit ask RunComfy for callbacks (with
 	// intermediate statuses) at the URL it names; nil asks for none.
 	Callbacks CallbackURLs
-	Logger    *slog.Logger
+	// Backend, when set, is checked before every Submit: a job that could not
+	// be recorded must not be started (and paid for).
+	Backend Pinger
+	Logger  *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -91,6 +100,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		tracker:       cfg.Tracker,
 		watches:       cfg.Watches,
 		callbacks:     cfg.Callbacks,
+		backend:       cfg.Backend,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

@@ -20,6 +20,11 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if err := validateInput(req.GetInputJson()); err != nil {
 		return nil, err
 	}
+	if s.backend != nil {
+		if err := s.backend.Ping(ctx); err != nil {
+			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
+		}
+	}
 	var opts runcomfy.SubmitOptions
 	if s.callbacks != nil {
 		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep), IntermediateStatus: true}

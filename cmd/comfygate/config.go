@@ -10,9 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/state/redisstore"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -38,6 +41,8 @@ type Config struct {
 	PublicURL          string
 	WebhookSecrets     []string
 	Retention          time.Duration
+	RedisURL           string
+	RedisPrefix        string
 }
 
 // envName is the environment variable that sets a flag.
@@ -71,6 +76,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		return nil
 	})
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
 		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
@@ -163,6 +170,15 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("--simulate without --public-url calls back to --http-addr, which needs a fixed port"))
 		}
 	}
+	if c.RedisURL != "" {
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			// The URL may hold a password: name the flag, not the value.
+			errs = append(errs, fmt.Errorf("--redis-url: %w", redactURLError(err)))
+		}
+	}
+	if c.RedisPrefix == "" {
+		errs = append(errs, errors.New("--redis-prefix must not be empty"))
+	}
 	if c.Retention < time.Minute {
 		errs = append(errs, errors.New("--retention must be at least 1m"))
 	}
@@ -170,4 +186,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))
 	}
 	return errors.Join(errs...)
+}
+
+// redactURLError keeps a URL parse error from echoing the URL, which may hold a
+// password.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return errors.New("not a valid Redis URL")
 }

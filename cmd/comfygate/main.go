@@ -16,12 +16,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/memory"
+	"github.com/comfygate/comfygate/state/redisstore"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -87,18 +89,55 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 // serve builds the state, the service and the listeners and starts them in g.
+// after runs once the gateway has drained.
 func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy.Client, log *slog.Logger, after func()) error {
-	backend := memory.New(nil)
-	tracker, err := state.NewTracker(state.TrackerConfig{Store: backend, Results: client, Retention: cfg.Retention})
+	svcCfg := server.ServiceConfig{Upstream: client, Logger: log}
+	srvCfg := server.Config{
+		GRPCAddr:        cfg.GRPCAddr,
+		HTTPAddr:        cfg.HTTPAddr,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		MaxBodyBytes:    cfg.MaxBodyBytes,
+		Logger:          log,
+		Routes:          map[string]http.Handler{},
+	}
+	var (
+		store state.Store
+		bus   state.Bus
+		// runBus, when set, serves the bus until its context ends; it must
+		// outlive the drain, like the simulator.
+		runBus func(context.Context, *state.Hub) error
+	)
+	if cfg.RedisURL == "" {
+		mem := memory.New(nil)
+		store, bus = mem, mem
+	} else {
+		opts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return fmt.Errorf("--redis-url: %w", redactURLError(err))
+		}
+		rdb := redis.NewClient(opts)
+		backend, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis")})
+		if err != nil {
+			return err
+		}
+		store, bus = backend, backend
+		svcCfg.Backend = backend
+		srvCfg.Ready = backend.Ping
+		runBus = func(ctx context.Context, hub *state.Hub) error {
+			defer rdb.Close()
+			return backend.Run(ctx, func(ctx context.Context) error { return hub.Resync(ctx, backend) })
+		}
+		log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
+	}
+	tracker, err := state.NewTracker(state.TrackerConfig{Store: store, Results: client, Retention: cfg.Retention})
 	if err != nil {
 		return err
 	}
-	hub, err := state.NewHub(backend, 0)
+	hub, err := state.NewHub(bus, 0)
 	if err != nil {
 		return err
 	}
-	svcCfg := server.ServiceConfig{Upstream: client, Tracker: tracker, Watches: hub, Logger: log}
-	routes := map[string]http.Handler{}
+	svcCfg.Tracker, svcCfg.Watches = tracker, hub
 	if cfg.PublicURL != "" {
 		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
 		if err != nil {
@@ -113,25 +152,25 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 			return err
 		}
 		svcCfg.Callbacks = urls
-		routes[webhook.PathPrefix] = callbacks
+		srvCfg.Routes[webhook.PathPrefix] = callbacks
 	}
 	svc, err := server.NewService(svcCfg)
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{
-		GRPCAddr:        cfg.GRPCAddr,
-		HTTPAddr:        cfg.HTTPAddr,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		MaxBodyBytes:    cfg.MaxBodyBytes,
-		Logger:          log,
-		Routes:          routes,
-	}, svc)
+	srv, err := server.New(srvCfg, svc)
 	if err != nil {
 		return err
 	}
+	stopBus := func() {}
+	if runBus != nil {
+		busCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stopBus = cancel
+		g.Go(func() error { return runBus(busCtx, hub) })
+	}
 	g.Go(func() error {
 		defer after()
+		defer stopBus()
 		return srv.Run(ctx)
 	})
 	return nil

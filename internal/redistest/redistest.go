@@ -65,8 +65,9 @@ func answers(opts *redis.Options) bool {
 	return c.Ping(ctx).Err() == nil
 }
 
-// StartPrivate starts a redis-server of its own on a free port, keeping nothing on
-// disk, for tests that stop and restart it.
+// StartPrivate starts a redis-server of its own on a free port, for tests that
+// stop and restart it. It keeps its data in an append-only file written on every
+// change, so a restart loses nothing, as with a production Redis.
 func StartPrivate() (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -84,7 +85,7 @@ func StartPrivate() (*Server, error) {
 	l.Close()
 	s := &Server{dir: dir, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	s.URL = "redis://" + s.Addr + "/0"
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
 	if err := s.start(); err != nil {
 		return nil, err
@@ -107,9 +108,9 @@ func (s *Server) start() error {
 	return errors.New("redis-server did not answer within 10s")
 }
 
-// Restart stops a private server and starts it again on the same port, as a
-// Redis restart or failover would look to clients. Data is lost (nothing is kept
-// on disk), as after a failover to an empty replica.
+// Restart kills a private server (SIGKILL: no goodbye to clients), waits down,
+// and starts it again on the same port with its data, as a crash and restart
+// looks to clients.
 func (s *Server) Restart(down time.Duration) error {
 	if s.cmd == nil {
 		return errors.New("only a private server can be restarted")
