@@ -48,6 +48,7 @@ type gateway struct {
 	tracker  *state.Tracker
 	hub      *state.Hub
 	webhook  *webhook.Handler
+	urls     *webhook.URLs
 	// stop drains the gateway and returns what Run returned; safe to call twice.
 	stop func() error
 }
@@ -60,6 +61,10 @@ type gatewayOptions struct {
 	callbacks bool
 	// store wraps the memory backend's store, e.g. to inject failures.
 	store func(state.Store) state.Store
+	// backend, when set, is checked by Submit and /readyz.
+	backend interface {
+		Ping(ctx context.Context) error
+	}
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -124,6 +129,11 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		t.Fatal(err)
 	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log}
+	var ready func(context.Context) error
+	if o.backend != nil {
+		svcCfg.Backend = o.backend
+		ready = o.backend.Ping
+	}
 	late := &lateURLs{}
 	if o.callbacks {
 		svcCfg.Callbacks = late
@@ -135,6 +145,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
 		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
+		Ready:  ready,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +170,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		tracker:  tracker,
 		hub:      hub,
 		webhook:  hook,
+		urls:     urls,
 	}
 	g.stop = sync.OnceValue(func() error {
 		cancel()
@@ -170,15 +182,18 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	g.waitReady(t)
+	g.waitUp(t)
 	return g
 }
 
-func (g *gateway) waitReady(t *testing.T) {
+// callbackURL is the URL RunComfy would call back for dep's requests.
+func (g *gateway) callbackURL(dep string) string { return g.urls.CallbackURL(dep) }
+
+func (g *gateway) waitUp(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(g.httpBase + "/readyz")
+		resp, err := http.Get(g.httpBase + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -187,7 +202,7 @@ func (g *gateway) waitReady(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatal("gateway never became ready")
+	t.Fatal("gateway never came up")
 }
 
 // rest sends one REST call and returns the status code and decoded JSON body.

@@ -105,6 +105,20 @@ func TestParseConfig(t *testing.T) {
 			wantErr: []string{"--retention"},
 		},
 		{
+			name: "redis",
+			args: []string{"--simulate", "--redis-url", "rediss://:pw@redis.example.com:6380/2", "--redis-prefix", "cg:"},
+			check: func(t *testing.T, c *Config) {
+				if c.RedisURL != "rediss://:pw@redis.example.com:6380/2" || c.RedisPrefix != "cg:" {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "bad redis url",
+			args:    []string{"--simulate", "--redis-url", "http://:hunter2-secret@x/1", "--redis-prefix", ""},
+			wantErr: []string{"--redis-url", "--redis-prefix"},
+		},
+		{
 			name:    "stray argument",
 			args:    []string{"--simulate", "serve"},
 			wantErr: []string{"unexpected arguments"},
@@ -116,6 +130,9 @@ func TestParseConfig(t *testing.T) {
 			if len(tt.wantErr) > 0 {
 				if err == nil {
 					t.Fatalf("no error, want one mentioning %v", tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Errorf("error reveals a password: %v", err)
 				}
 				for _, w := range tt.wantErr {
 					if !strings.Contains(err.Error(), w) {
