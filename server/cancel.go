@@ -37,10 +37,11 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 		}
 		return resp, nil
 	}
-	if rec := s.apply(ctx, state.UpdateFromStatus(dep, "cancel", st)); rec != nil {
+	u := state.UpdateFromStatus(dep, "cancel", st)
+	if rec := s.apply(ctx, u); rec != nil {
 		resp.Request = recordToProto(rec)
 	} else {
-		resp.Request = stateFromStatus(dep, st)
+		resp.Request = unrecorded(u)
 	}
 	return resp, nil
 }

@@ -43,38 +43,23 @@ func toProtoCancelOutcome(o runcomfy.CancelOutcome) comfygatev1.CancelOutcome {
 	}
 }
 
-func stateFromStatus(deploymentID string, s *runcomfy.StatusResponse) *comfygatev1.RequestState {
-	st := &comfygatev1.RequestState{
-		RequestId:      s.RequestID,
-		DeploymentId:   deploymentID,
-		Status:         toProtoStatus(s.State),
-		UpstreamStatus: s.Status,
-		InstanceId:     s.InstanceID,
-	}
-	if s.QueuePosition != nil && s.State == runcomfy.StateQueued {
-		p := int32(min(max(*s.QueuePosition, 0), 1<<31-1))
-		st.QueuePosition = &p
-	}
-	return st
-}
-
-func stateFromResult(deploymentID string, r *runcomfy.ResultResponse) *comfygatev1.RequestState {
-	st := &comfygatev1.RequestState{
-		RequestId:      r.RequestID,
-		DeploymentId:   deploymentID,
-		Status:         toProtoStatus(r.State),
-		UpstreamStatus: r.Status,
-		InstanceId:     r.InstanceID,
-		Outputs:        outputsStruct(r.Outputs),
-		OutputUrls:     r.OutputURLs,
-		CreatedAt:      timestamp(r.CreatedAt),
-		StartedAt:      timestamp(r.StartedAt),
-		FinishedAt:     timestamp(r.FinishedAt),
-	}
-	if r.Error != nil {
-		st.Error = &comfygatev1.RequestError{Type: r.Error.Type, Message: r.Error.Message, UpstreamCode: r.Error.Code}
-	}
-	return st
+// unrecorded is the API view of an upstream answer that is not (or could not
+// be) recorded: seq 0.
+func unrecorded(u state.Update) *comfygatev1.RequestState {
+	return recordToProto(&state.Record{
+		RequestID:      u.RequestID,
+		DeploymentID:   u.DeploymentID,
+		State:          u.State,
+		UpstreamStatus: u.UpstreamStatus,
+		QueuePosition:  u.QueuePosition,
+		InstanceID:     u.InstanceID,
+		Outputs:        u.Outputs,
+		OutputURLs:     u.OutputURLs,
+		Error:          u.Error,
+		CreatedAt:      u.CreatedAt,
+		StartedAt:      u.StartedAt,
+		FinishedAt:     u.FinishedAt,
+	})
 }
 
 // outputsStruct converts the per-node outputs to a Struct. Outputs hold file

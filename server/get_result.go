@@ -23,8 +23,9 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	if err != nil {
 		return nil, fmt.Errorf("result of request %s: %w", rid, err)
 	}
-	if rec := s.apply(ctx, state.UpdateFromResult(dep, "result", res)); rec != nil {
+	u := state.UpdateFromResult(dep, "result", res)
+	if rec := s.apply(ctx, u); rec != nil {
 		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
 	}
-	return &comfygatev1.GetResultResponse{Request: stateFromResult(dep, res)}, nil
+	return &comfygatev1.GetResultResponse{Request: unrecorded(u)}, nil
 }

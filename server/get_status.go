@@ -29,10 +29,11 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 		}
 		return nil, fmt.Errorf("status of request %s: %w", rid, err)
 	}
-	if applied := s.apply(ctx, state.UpdateFromStatus(dep, "status", st)); applied != nil {
+	u := state.UpdateFromStatus(dep, "status", st)
+	if applied := s.apply(ctx, u); applied != nil {
 		return &comfygatev1.GetStatusResponse{Request: recordToProto(applied)}, nil
 	}
-	return &comfygatev1.GetStatusResponse{Request: stateFromStatus(dep, st)}, nil
+	return &comfygatev1.GetStatusResponse{Request: unrecorded(u)}, nil
 }
 
 // record returns the stored record of a request of deployment dep, if any.
