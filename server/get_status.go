@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/state"
@@ -16,24 +15,25 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	if err := validateRequestRef(dep, rid); err != nil {
 		return nil, err
 	}
-	rec, known := s.record(ctx, dep, rid)
-	if known && rec.Terminal() {
-		return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
+	stored, known := s.record(ctx, dep, rid)
+	if known && stored.Terminal() {
+		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored)}, nil
 	}
-	st, err := s.upstream.Status(ctx, dep, rid)
-	if err != nil {
-		if known {
-			// Upstream is down or slow; the record is the best knowledge there is.
-			s.log.WarnContext(ctx, "status read failed; answering from the record", "request_id", rid, "error", err)
-			return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
+	rec, u, err := s.tracker.Refresh(ctx, s.upstream, dep, rid, "status")
+	switch {
+	case u == nil && known:
+		// Upstream is down or slow; the record is the best knowledge there is.
+		s.log.WarnContext(ctx, "status read failed; answering from the record", "request_id", rid, "error", err)
+		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored)}, nil
+	case u == nil:
+		return nil, err
+	case err != nil || rec == nil || rec.DeploymentID != dep:
+		if err != nil {
+			s.log.WarnContext(ctx, "upstream status not recorded", "request_id", rid, "error", err)
 		}
-		return nil, fmt.Errorf("status of request %s: %w", rid, err)
+		return &comfygatev1.GetStatusResponse{Request: unrecorded(*u)}, nil
 	}
-	u := state.UpdateFromStatus(dep, "status", st)
-	if applied := s.apply(ctx, u); applied != nil {
-		return &comfygatev1.GetStatusResponse{Request: recordToProto(applied)}, nil
-	}
-	return &comfygatev1.GetStatusResponse{Request: unrecorded(u)}, nil
+	return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
 }
 
 // record returns the stored record of a request of deployment dep, if any.

@@ -28,6 +28,13 @@ type Upstream interface {
 type Tracker interface {
 	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
 	Get(ctx context.Context, requestID string) (*state.Record, error)
+	Refresh(ctx context.Context, up state.Upstream, deploymentID, requestID, source string) (*state.Record, *state.Update, error)
+}
+
+// Expediter brings a request's next poll forward while someone watches it;
+// *state.Reconciler provides it.
+type Expediter interface {
+	Watched(ctx context.Context, requestID string)
 }
 
 // Watches registers stream watchers; *state.Hub provides it.
@@ -56,6 +63,7 @@ type Service struct {
 	watches       Watches
 	callbacks     CallbackURLs
 	backend       Pinger
+	expedite      Expediter
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -72,7 +80,9 @@ type ServiceConfig struct {
 	// Backend, when set, is checked before every Submit: a job that could not
 	// be recorded must not be started (and paid for).
 	Backend Pinger
-	Logger  *slog.Logger
+	// Polls, when set, is told about every new watch.
+	Polls  Expediter
+	Logger *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -101,6 +111,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		watches:       cfg.Watches,
 		callbacks:     cfg.Callbacks,
 		backend:       cfg.Backend,
+		expedite:      cfg.Polls,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

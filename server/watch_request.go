@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -27,11 +28,22 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	defer w.Close()
 
 	rec, err := s.tracker.Get(ctx, rid)
+	if errors.Is(err, state.ErrNotFound) {
+		// Not submitted through this gateway (or expired here): if RunComfy
+		// knows it, start tracking it (attach).
+		var u *state.Update
+		if rec, u, err = s.tracker.Refresh(ctx, s.upstream, dep, rid, "attach"); u != nil && err == nil && rec == nil {
+			err = state.ErrNotFound // a status this version does not know: nothing to follow
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("watch request %s: %w", rid, err)
 	}
 	if rec.DeploymentID != dep {
 		return fmt.Errorf("watch request %s of deployment %s: %w", rid, dep, state.ErrNotFound)
+	}
+	if s.expedite != nil && !rec.Terminal() {
+		s.expedite.Watched(ctx, rid)
 	}
 	sent := req.GetAfterSeq()
 	send := func(r *state.Record) (done bool, err error) {

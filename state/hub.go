@@ -141,6 +141,13 @@ func (h *Hub) Watching() []string {
 	return ids
 }
 
+// IsWatching reports whether this hub has watchers of requestID.
+func (h *Hub) IsWatching(requestID string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.topics[requestID] != nil
+}
+
 // Redeliver hands rec to the watchers of its request, as if the bus had. It is
 // how a replica catches its watchers up after the bus lost messages (a
 // reconnect): watchers skip what they have already sent by seq.

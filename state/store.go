@@ -40,3 +40,25 @@ type Bus interface {
 	// Unsubscribe stops the delivery started by Subscribe.
 	Unsubscribe(ctx context.Context, requestID string) error
 }
+
+// Schedule is the shared list of unfinished requests and when each is next due
+// for a poll upstream, plus the per-request poll lease that keeps replicas from
+// polling the same request at once.
+type Schedule interface {
+	// SetDue makes requestID due for a poll at at, replacing any earlier time.
+	SetDue(ctx context.Context, requestID string, at time.Time) error
+	// Expedite makes requestID due at at if that is earlier than its current due
+	// time; it does nothing for a request that is not scheduled.
+	Expedite(ctx context.Context, requestID string, at time.Time) error
+	// Due returns up to n requests whose due time is at or before now, earliest
+	// first.
+	Due(ctx context.Context, now time.Time, n int) ([]string, error)
+	// Forget removes requestID from the schedule (finished, or expired).
+	Forget(ctx context.Context, requestID string) error
+	// Lease takes requestID's poll lease for owner for ttl; false while anyone
+	// (owner included) holds it. A lease that is not released expires after ttl, so a
+	// replica that dies mid-poll is replaced.
+	Lease(ctx context.Context, requestID, owner string, ttl time.Duration) (bool, error)
+	// Release gives up owner's lease on requestID, if owner still holds it.
+	Release(ctx context.Context, requestID, owner string) error
+}

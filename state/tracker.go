@@ -14,6 +14,10 @@ import (
 // days, after which there is nothing left to track.
 const DefaultRetention = 7 * 24 * time.Hour
 
+// DefaultPollInterval is how long an unfinished request may go without any
+// update before it is polled upstream.
+const DefaultPollInterval = 10 * time.Second
+
 // maxSaveAttempts bounds the read-merge-save loop under contention. Each retry
 // follows another writer's success, so running out means a storm of updates to one
 // request, not a livelock.
@@ -32,6 +36,8 @@ var errOutputsNotReady = errors.New("state: success reported but the result is n
 // Tracker is the one writer of records.
 type Tracker struct {
 	store     Store
+	schedule  Schedule
+	poll      time.Duration
 	results   ResultFetcher
 	retention time.Duration
 	now       func() time.Time
@@ -42,6 +48,10 @@ type Tracker struct {
 type TrackerConfig struct {
 	Store   Store
 	Results ResultFetcher
+	// Schedule, when set, keeps every unfinished request due for a poll
+	// PollInterval after its last change, and forgets finished ones.
+	Schedule     Schedule
+	PollInterval time.Duration
 	// Retention is each record's time to live after its last write; default
 	// DefaultRetention.
 	Retention time.Duration
@@ -63,7 +73,10 @@ func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Tracker{store: cfg.Store, results: cfg.Results, retention: cfg.Retention, now: cfg.Now}, nil
+	if cfg.Schedule != nil && cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	return &Tracker{store: cfg.Store, schedule: cfg.Schedule, poll: cfg.PollInterval, results: cfg.Results, retention: cfg.Retention, now: cfg.Now}, nil
 }
 
 // Get returns the current record of a request, or ErrNotFound.
@@ -100,6 +113,13 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 			t.counts[outcome].Add(1)
 			return cur, outcome, nil
 		}
+		// Schedule before saving and forget after: a crash in between leaves a
+		// request polled once too often, never one that is never polled.
+		if t.schedule != nil && !next.Terminal() {
+			if err := t.schedule.SetDue(ctx, u.RequestID, next.UpdatedAt.Add(t.poll)); err != nil {
+				return nil, 0, fmt.Errorf("schedule request %s: %w", u.RequestID, err)
+			}
+		}
 		err = t.store.Save(ctx, next, t.retention)
 		if errors.Is(err, ErrConflict) {
 			continue
@@ -108,6 +128,11 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 			return nil, 0, fmt.Errorf("save request %s: %w", u.RequestID, err)
 		}
 		t.counts[Applied].Add(1)
+		if t.schedule != nil && next.Terminal() {
+			// Best effort: a finished request left in the schedule is dropped
+			// by the reconciler when it finds it finished.
+			_ = t.schedule.Forget(ctx, u.RequestID)
+		}
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
@@ -187,4 +212,47 @@ func UpdateFromStatus(deploymentID, source string, s *runcomfy.StatusResponse) U
 		QueuePosition:  s.QueuePosition,
 		InstanceID:     s.InstanceID,
 	}
+}
+
+// Upstream is what Refresh and the reconciler read from RunComfy;
+// *runcomfy.Client provides it.
+type Upstream interface {
+	Status(ctx context.Context, deploymentID, requestID string) (*runcomfy.StatusResponse, error)
+	Result(ctx context.Context, deploymentID, requestID string) (*runcomfy.ResultResponse, error)
+}
+
+// Refresh reads a request's state from RunComfy (its status, and its result once
+// finished, since only the result carries outputs and errors) and applies it. A
+// request the gateway did not know is recorded from then on (attached).
+//
+// It returns the record afterwards and the update it applied. When the upstream
+// read fails, the update is nil and err is upstream's; when only recording
+// failed, the update is set (the caller may still show what upstream said) and
+// err says why.
+func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID, source string) (*Record, *Update, error) {
+	st, err := up.Status(ctx, deploymentID, requestID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("status of request %s: %w", requestID, err)
+	}
+	if st.RequestID == "" {
+		st.RequestID = requestID
+	}
+	u := UpdateFromStatus(deploymentID, source, st)
+	if st.State.Terminal() {
+		// Best effort: without the result the status alone is still applied.
+		if res, err := up.Result(ctx, deploymentID, requestID); err == nil && res.State.Terminal() {
+			if res.RequestID == "" {
+				res.RequestID = requestID
+			}
+			u = UpdateFromResult(deploymentID, source, res)
+		}
+	}
+	if u.State == runcomfy.StateUnknown {
+		return nil, &u, nil
+	}
+	rec, _, err := t.Apply(ctx, u)
+	if err != nil {
+		return nil, &u, err
+	}
+	return rec, &u, nil
 }

@@ -43,6 +43,8 @@ type Config struct {
 	Retention          time.Duration
 	RedisURL           string
 	RedisPrefix        string
+	PollInterval       time.Duration
+	PollConcurrency    int
 }
 
 // envName is the environment variable that sets a flag.
@@ -78,6 +80,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
+	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
+	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
 		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
@@ -178,6 +182,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisPrefix == "" {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
+	}
+	if c.PollInterval < 100*time.Millisecond {
+		errs = append(errs, errors.New("--poll-interval must be at least 100ms"))
+	}
+	if c.PollConcurrency < 1 {
+		errs = append(errs, errors.New("--poll-concurrency must be at least 1"))
 	}
 	if c.Retention < time.Minute {
 		errs = append(errs, errors.New("--retention must be at least 1m"))

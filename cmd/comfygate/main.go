@@ -101,15 +101,16 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 		Routes:          map[string]http.Handler{},
 	}
 	var (
-		store state.Store
-		bus   state.Bus
+		store    state.Store
+		bus      state.Bus
+		schedule state.Schedule
 		// runBus, when set, serves the bus until its context ends; it must
 		// outlive the drain, like the simulator.
 		runBus func(context.Context, *state.Hub) error
 	)
 	if cfg.RedisURL == "" {
 		mem := memory.New(nil)
-		store, bus = mem, mem
+		store, bus, schedule = mem, mem, mem
 	} else {
 		opts, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
@@ -120,7 +121,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 		if err != nil {
 			return err
 		}
-		store, bus = backend, backend
+		store, bus, schedule = backend, backend, backend
 		svcCfg.Backend = backend
 		srvCfg.Ready = backend.Ping
 		runBus = func(ctx context.Context, hub *state.Hub) error {
@@ -129,7 +130,10 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 		}
 		log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
 	}
-	tracker, err := state.NewTracker(state.TrackerConfig{Store: store, Results: client, Retention: cfg.Retention})
+	tracker, err := state.NewTracker(state.TrackerConfig{
+		Store: store, Results: client, Retention: cfg.Retention,
+		Schedule: schedule, PollInterval: cfg.PollInterval,
+	})
 	if err != nil {
 		return err
 	}
@@ -137,7 +141,21 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 	if err != nil {
 		return err
 	}
-	svcCfg.Tracker, svcCfg.Watches = tracker, hub
+	reconciler, err := state.NewReconciler(state.ReconcilerConfig{
+		Schedule:    schedule,
+		Tracker:     tracker,
+		Upstream:    client,
+		Watching:    hub.IsWatching,
+		Interval:    cfg.PollInterval,
+		Concurrency: cfg.PollConcurrency,
+		Retention:   cfg.Retention,
+		Owner:       replicaName(),
+		Logger:      log.With("component", "reconciler"),
+	})
+	if err != nil {
+		return err
+	}
+	svcCfg.Tracker, svcCfg.Watches, svcCfg.Polls = tracker, hub, reconciler
 	if cfg.PublicURL != "" {
 		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
 		if err != nil {
@@ -168,12 +186,20 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 		stopBus = cancel
 		g.Go(func() error { return runBus(busCtx, hub) })
 	}
+	g.Go(func() error { return reconciler.Run(ctx) })
 	g.Go(func() error {
 		defer after()
 		defer stopBus()
 		return srv.Run(ctx)
 	})
 	return nil
+}
+
+// replicaName names this process in poll leases: host, pid and a random part,
+// unique even across restarts that reuse a pid.
+func replicaName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomSecret()[:8])
 }
 
 // randomSecret makes a webhook secret for a gateway that only talks to its own

@@ -1,6 +1,6 @@
-// Package memory is the embedded state backend: records and pub/sub in this
-// process, for a single replica. It implements state.Store and state.Bus with the
-// same contract as the Redis backend (the conformance suite in state/statetest
+// Package memory is the embedded state backend: records, pub/sub and the poll
+// schedule in this process, for a single replica. It implements state.Store,
+// state.Bus and state.Schedule with the same contract as the Redis backend (the conformance suite in state/statetest
 // runs against both).
 package memory
 
@@ -29,6 +29,8 @@ type Backend struct {
 	records map[string]entry
 	subs    map[string]func(*state.Record)
 	writes  int
+	due     map[string]time.Time // the poll schedule
+	leases  map[string]lease
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -36,7 +38,13 @@ func New(now func() time.Time) *Backend {
 	if now == nil {
 		now = time.Now
 	}
-	return &Backend{now: now, records: make(map[string]entry), subs: make(map[string]func(*state.Record))}
+	return &Backend{
+		now:     now,
+		records: make(map[string]entry),
+		subs:    make(map[string]func(*state.Record)),
+		due:     make(map[string]time.Time),
+		leases:  make(map[string]lease),
+	}
 }
 
 // Get returns a copy of the current record, or state.ErrNotFound.
@@ -75,6 +83,11 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 		for id, e := range b.records {
 			if !now.Before(e.expires) {
 				delete(b.records, id)
+			}
+		}
+		for id, l := range b.leases {
+			if !now.Before(l.expires) {
+				delete(b.leases, id)
 			}
 		}
 	}

@@ -9,6 +9,11 @@ package redisstore
 //	                                expires after the retention period
 //	<prefix>events:{<request_id>}  pub/sub channel: the record as JSON, once per
 //	                                applied update, in seq order
+//	<prefix>lease:{<request_id>}   string: the replica polling the request now;
+//	                                expires by itself (a replica may die)
+//	<prefix>{pending}              sorted set: unfinished requests scored by the
+//	                                time (ms) they are next due for a poll; one
+//	                                key for all requests, in a slot of its own
 
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"
@@ -19,4 +24,12 @@ func (b *Backend) recordKey(requestID string) string {
 
 func (b *Backend) channel(requestID string) string {
 	return b.prefix + "events:{" + requestID + "}"
+}
+
+func (b *Backend) leaseKey(requestID string) string {
+	return b.prefix + "lease:{" + requestID + "}"
+}
+
+func (b *Backend) pendingKey() string {
+	return b.prefix + "{pending}"
 }

@@ -57,11 +57,12 @@ type Options struct {
 
 // Backend is the Redis state backend.
 type Backend struct {
-	rdb    *redis.Client
-	prefix string
-	log    *slog.Logger
-	ping   time.Duration
-	save   *redis.Script
+	rdb     *redis.Client
+	prefix  string
+	log     *slog.Logger
+	ping    time.Duration
+	save    *redis.Script
+	release *redis.Script
 
 	ps *redis.PubSub
 
@@ -92,6 +93,7 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		log:     opts.Logger,
 		ping:    opts.PingInterval,
 		save:    redis.NewScript(saveScript),
+		release: redis.NewScript(releaseScript),
 		ps:      rdb.Subscribe(context.Background()),
 		subs:    make(map[string]func(*state.Record)),
 		waiters: make(map[string][]chan struct{}),

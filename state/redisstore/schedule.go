@@ -1,0 +1,76 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// releaseScript deletes a lease only if its owner still holds it, so a replica
+// whose lease expired cannot release the one its successor took.
+const releaseScript = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`
+
+// SetDue implements state.Schedule.
+func (b *Backend) SetDue(ctx context.Context, requestID string, at time.Time) error {
+	if err := b.rdb.ZAdd(ctx, b.pendingKey(), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
+		return unavailable(ctx, "schedule", err)
+	}
+	return nil
+}
+
+// Expedite implements state.Schedule: ZADD XX LT only lowers an existing score.
+func (b *Backend) Expedite(ctx context.Context, requestID string, at time.Time) error {
+	err := b.rdb.ZAddArgs(ctx, b.pendingKey(), redis.ZAddArgs{
+		XX: true, LT: true,
+		Members: []redis.Z{{Score: float64(at.UnixMilli()), Member: requestID}},
+	}).Err()
+	if err != nil {
+		return unavailable(ctx, "expedite", err)
+	}
+	return nil
+}
+
+// Due implements state.Schedule.
+func (b *Backend) Due(ctx context.Context, now time.Time, n int) ([]string, error) {
+	ids, err := b.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: b.pendingKey(), Start: "-inf", Stop: now.UnixMilli(), ByScore: true, Count: int64(n),
+	}).Result()
+	if err != nil {
+		return nil, unavailable(ctx, "due", err)
+	}
+	return ids, nil
+}
+
+// Forget implements state.Schedule.
+func (b *Backend) Forget(ctx context.Context, requestID string) error {
+	if err := b.rdb.ZRem(ctx, b.pendingKey(), requestID).Err(); err != nil {
+		return unavailable(ctx, "forget", err)
+	}
+	return nil
+}
+
+// Lease implements state.Schedule with SET NX PX.
+func (b *Backend) Lease(ctx context.Context, requestID, owner string, ttl time.Duration) (bool, error) {
+	err := b.rdb.SetArgs(ctx, b.leaseKey(requestID), owner, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	default:
+		return false, unavailable(ctx, "lease", err)
+	}
+}
+
+// Release implements state.Schedule.
+func (b *Backend) Release(ctx context.Context, requestID, owner string) error {
+	if err := b.release.Run(ctx, b.rdb, []string{b.leaseKey(requestID)}, owner).Err(); err != nil {
+		return unavailable(ctx, "release", err)
+	}
+	return nil
+}
