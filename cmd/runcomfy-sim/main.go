@@ -23,6 +23,14 @@ import (
 // shutdownTimeout bounds the graceful shutdown: answers in flight get this long.
 const shutdownTimeout = 5 * time.Second
 
+// Callback retry defaults, the simulator's own (runcomfysim.Options documents them):
+// spelled out here because a flag shows its default in --help, and 0 retries must
+// mean "never retry" on the command line, not "the default" as in Options.
+const (
+	defaultCallbackRetries = 5
+	defaultCallbackBackoff = 50 * time.Millisecond
+)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := realMain(ctx, os.Args[1:], os.Getenv, os.Stderr)
@@ -41,6 +49,10 @@ type config struct {
 	queueTime   time.Duration
 	runTime     time.Duration
 	cancelDelay time.Duration
+	// callbackRetries is how many times a failed callback is sent again; 0 never
+	// retries. Multi-process tests raise it so retries outlast a Redis outage.
+	callbackRetries int
+	callbackBackoff time.Duration
 }
 
 // parseConfig reads flags, falling back to the environment for the token. getenv is
@@ -57,6 +69,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.DurationVar(&cfg.queueTime, "queue-time", def.QueueTime, "time a job stays in_queue")
 	fs.DurationVar(&cfg.runTime, "run-time", def.RunTime, "time a job stays in_progress")
 	fs.DurationVar(&cfg.cancelDelay, "cancel-delay", def.CancelDelay, "time a cancel of a running job takes")
+	fs.IntVar(&cfg.callbackRetries, "callback-retries", defaultCallbackRetries,
+		"how many times a callback answered with a non-2xx status (or not answered) is sent again; 0 never retries")
+	fs.DurationVar(&cfg.callbackBackoff, "callback-backoff", defaultCallbackBackoff,
+		"wait before the first callback retry; it doubles with each retry")
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("parse flags: %w", err)
 	}
@@ -70,6 +86,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		if d < 0 {
 			problems = append(problems, fmt.Errorf("--%s must not be negative, got %v", name, d))
 		}
+	}
+	if cfg.callbackRetries < 0 {
+		problems = append(problems, fmt.Errorf("--callback-retries must not be negative, got %d", cfg.callbackRetries))
+	}
+	if cfg.callbackBackoff <= 0 {
+		problems = append(problems, fmt.Errorf("--callback-backoff must be positive, got %v", cfg.callbackBackoff))
 	}
 	if cfg.addr == "" {
 		problems = append(problems, errors.New("--addr must not be empty"))
@@ -99,13 +121,20 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 
 // serve runs the simulator on ln until ctx is done. It owns ln.
 func serve(ctx context.Context, ln net.Listener, cfg config, logger *slog.Logger) error {
+	// Options reads 0 retries as "the default" and a negative count as "never".
+	retries := cfg.callbackRetries
+	if retries == 0 {
+		retries = -1
+	}
 	sim := runcomfysim.New(runcomfysim.Options{
-		Token:       cfg.token,
-		QueueTime:   cfg.queueTime,
-		RunTime:     cfg.runTime,
-		CancelDelay: cfg.cancelDelay,
-		PublicURL:   cfg.publicURL,
-		Logger:      logger,
+		Token:           cfg.token,
+		QueueTime:       cfg.queueTime,
+		RunTime:         cfg.runTime,
+		CancelDelay:     cfg.cancelDelay,
+		PublicURL:       cfg.publicURL,
+		Logger:          logger,
+		CallbackRetries: retries,
+		CallbackBackoff: cfg.callbackBackoff,
 	})
 	defer sim.Close()
 	srv := &http.Server{
@@ -116,7 +145,8 @@ func serve(ctx context.Context, ln net.Listener, cfg config, logger *slog.Logger
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	logger.Info("runcomfy-sim listening", "addr", ln.Addr().String(),
-		"queue_time", cfg.queueTime, "run_time", cfg.runTime, "token_required", cfg.token != "")
+		"queue_time", cfg.queueTime, "run_time", cfg.runTime, "token_required", cfg.token != "",
+		"callback_retries", cfg.callbackRetries, "callback_backoff", cfg.callbackBackoff)
 
 	select {
 	case err := <-served:

@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -24,24 +27,34 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: config{addr: "127.0.0.1:8090", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond},
+			want: config{addr: "127.0.0.1:8090", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond,
+				callbackRetries: 5, callbackBackoff: 50 * time.Millisecond},
 		},
 		{
 			name: "token from env",
 			env:  map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
-			want: config{addr: "127.0.0.1:8090", token: "env-tok", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond},
+			want: config{addr: "127.0.0.1:8090", token: "env-tok", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond,
+				callbackRetries: 5, callbackBackoff: 50 * time.Millisecond},
 		},
 		{
 			name: "flags win",
 			args: []string{"--token", "flag-tok", "--addr", ":0", "--queue-time", "0s", "--run-time", "10ms",
-				"--cancel-delay", "0s", "--public-url", "http://sim:8090"},
-			env:  map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
-			want: config{addr: ":0", token: "flag-tok", publicURL: "http://sim:8090", runTime: 10 * time.Millisecond},
+				"--cancel-delay", "0s", "--public-url", "http://sim:8090", "--callback-retries", "8", "--callback-backoff", "100ms"},
+			env: map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
+			want: config{addr: ":0", token: "flag-tok", publicURL: "http://sim:8090", runTime: 10 * time.Millisecond,
+				callbackRetries: 8, callbackBackoff: 100 * time.Millisecond},
 		},
 		{
-			name:    "every problem reported",
-			args:    []string{"--queue-time", "-1s", "--run-time", "-1s", "--addr", "", "extra"},
-			wantErr: []string{"queue-time", "run-time", "addr", "unexpected arguments"},
+			name: "zero retries",
+			args: []string{"--callback-retries", "0"},
+			want: config{addr: "127.0.0.1:8090", queueTime: time.Second, runTime: 2 * time.Second, cancelDelay: 500 * time.Millisecond,
+				callbackBackoff: 50 * time.Millisecond},
+		},
+		{
+			name: "every problem reported",
+			args: []string{"--queue-time", "-1s", "--run-time", "-1s", "--addr", "", "--callback-retries", "-1",
+				"--callback-backoff", "0s", "extra"},
+			wantErr: []string{"queue-time", "run-time", "addr", "callback-retries", "callback-backoff", "unexpected arguments"},
 		},
 	}
 	for _, tt := range tests {
@@ -100,6 +113,56 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not return after cancel")
+	}
+}
+
+// TestServeCallbackRetries checks that --callback-retries and --callback-backoff
+// reach the simulator: a receiver that fails six times is reached on the seventh
+// attempt only with six retries (the default, five, would give up first).
+func TestServeCallbackRetries(t *testing.T) {
+	var attempts atomic.Int64
+	delivered := make(chan struct{})
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if attempts.Add(1) <= 6 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		close(delivered)
+	}))
+	defer receiver.Close()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cfg := config{token: "tok", callbackRetries: 6, callbackBackoff: time.Millisecond}
+	go func() { done <- serve(ctx, ln, cfg, slog.New(slog.DiscardHandler)) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/prod/v1/deployments/d/inference?webhook="+
+		url.QueryEscape(receiver.URL+"/cb"), strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("submit: got %d, want 200", resp.StatusCode)
+	}
+	select {
+	case <-delivered:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("callback not delivered after %d attempts", attempts.Load())
 	}
 }
 

@@ -224,7 +224,14 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 	defer stop()
 	defer b.ps.Close()
 
+	askResync := func() {
+		select {
+		case resyncs <- struct{}{}:
+		default:
+		}
+	}
 	broken := false
+	pingPending := false
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		msg, err := b.ps.ReceiveTimeout(ctx, b.ping)
@@ -234,10 +241,23 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				// Silence: ask for a pong, which also exposes a dead connection.
-				_ = b.ps.Ping(ctx)
-				continue
+				if !pingPending {
+					// Silence: ask for a pong, which any live connection answers.
+					pingPending = true
+					_ = b.ps.Ping(ctx)
+					continue
+				}
+				// The ping went unanswered: the connection is dead without having
+				// been closed (a partition, a vanished host), which TCP would only
+				// notice many minutes later. A read that may not time out makes
+				// go-redis drop the connection; the next read reconnects and
+				// resubscribes.
+				dctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+				_, _ = b.ps.ReceiveTimeout(dctx, 0)
+				cancel()
+				err = errors.New("ping unanswered")
 			}
+			pingPending = false
 			if !broken {
 				b.log.Warn("redis pub/sub connection lost; reconnecting", "error", err)
 			}
@@ -248,19 +268,20 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
+		pingPending = false
 		if broken {
 			broken, backoff = false, 50*time.Millisecond
 			b.reconnects.Add(1)
 			b.log.Info("redis pub/sub connection restored; resyncing watched requests")
-			select {
-			case resyncs <- struct{}{}:
-			default:
-			}
+			askResync()
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				b.confirm(m.Channel)
+			// A confirmation nobody waits for is a resubscription: go-redis
+			// reconnected inside some other call (a ping, a subscribe), and what
+			// was published meanwhile is lost, so resync.
+			if m.Kind == "subscribe" && !b.confirm(m.Channel) {
+				askResync()
 			}
 		case *redis.Message:
 			b.dispatch(m)
@@ -269,7 +290,9 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 	return nil
 }
 
-func (b *Backend) confirm(ch string) {
+// confirm releases the Subscribe calls waiting for ch, and reports whether there
+// were any.
+func (b *Backend) confirm(ch string) bool {
 	b.mu.Lock()
 	ws := b.waiters[ch]
 	delete(b.waiters, ch)
@@ -277,6 +300,7 @@ func (b *Backend) confirm(ch string) {
 	for _, w := range ws {
 		close(w)
 	}
+	return len(ws) > 0
 }
 
 func (b *Backend) dispatch(m *redis.Message) {

@@ -1,0 +1,405 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/redistest"
+)
+
+const (
+	deployment = "dep-e2e"
+	// simToken is the RunComfy API token the simulator demands and the
+	// replicas send.
+	simToken = "e2e-runcomfy-token"
+	// webhookSecret is the same on every replica, so any of them accepts a
+	// callback URL signed by another.
+	webhookSecret = "e2e-webhook-secret-0123456789abcdef"
+	// testTimeout bounds each test: a hang fails it instead of stalling CI.
+	testTimeout = 30 * time.Second
+)
+
+// ---- child processes ----
+
+// logBuffer keeps a process's output; safe to read while the process writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// process is a running binary under test.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	logs *logBuffer
+	done chan struct{} // closed once the process has exited
+}
+
+// startProcess runs bin with args. The environment is the test's, minus
+// anything that would configure the binaries behind the test's back, plus env.
+func startProcess(t *testing.T, name, bin string, args []string, env ...string) *process {
+	t.Helper()
+	p := &process{name: name, logs: &logBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "COMFYGATE_") && !strings.HasPrefix(kv, "RUNCOMFY_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill ends the process at once (SIGKILL: no drain, no goodbye to clients),
+// as a crashed replica or a lost machine does.
+func (p *process) kill(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s did not exit after SIGKILL", p.name)
+	}
+}
+
+// stop asks the process to stop (SIGTERM) and kills it if it takes too long.
+func (p *process) stop() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// freeAddr returns a loopback address with a port free at the time of the call.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// eventually polls cond until it holds, failing the test when ctx ends first.
+// Polling with a deadline, not sleeping, is how these tests wait.
+func eventually(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+// launch starts a server process and waits until up reports it serving.
+// start picks fresh ports each time: freeAddr's ports can be taken by another
+// process before the server binds them, and then the server exits with
+// "address already in use" and is started again.
+func launch(ctx context.Context, t *testing.T, name string, start func() *process, up func() bool) *process {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		p := start()
+		eventually(ctx, t, name+" to serve", func() bool { return p.exited() || up() })
+		if !p.exited() {
+			return p
+		}
+		if attempt == 3 || !strings.Contains(p.logs.String(), "address already in use") {
+			t.Fatalf("%s exited:\n%s", name, p.logs)
+		}
+	}
+}
+
+// ---- the cluster ----
+
+// clusterConfig varies what newCluster starts.
+type clusterConfig struct {
+	// redis is the server the replicas share; nil means the package's shared
+	// one (each cluster has its own key prefix).
+	redis *redistest.Server
+	// queueTime and runTime are the simulator's job timings.
+	queueTime, runTime time.Duration
+	// proxied puts a redisProxy of its own between each replica and Redis.
+	proxied bool
+}
+
+// cluster is a simulator, three replicas A, B and C on one Redis, the load
+// balancer their callbacks come through, and a counting proxy between the
+// replicas and the simulator.
+type cluster struct {
+	redis   *redistest.Server
+	rdb     *redis.Client // the test's own Redis client
+	prefix  string
+	sim     *process
+	lb      *balancer
+	submits atomic.Int64 // submit calls that reached the simulator
+	a, b, c *gateway
+	httpc   *http.Client
+}
+
+// gateway is one comfygate replica and a gRPC client of it.
+type gateway struct {
+	name     string
+	proc     *process
+	grpcAddr string
+	httpAddr string
+	conn     *grpc.ClientConn
+	api      comfygatev1.GatewayServiceClient
+	// redis is the replica's proxy to Redis (clusterConfig.proxied), or nil.
+	redis *redisProxy
+}
+
+// newCluster starts everything, waits until every replica is ready, and stops
+// everything when t ends; if t failed (or E2E_LOGS is set), every process's log
+// is printed.
+func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
+	t.Helper()
+	if cfg.redis == nil {
+		cfg.redis = sharedRedis
+	}
+	tr := &http.Transport{}
+	c := &cluster{
+		redis:  cfg.redis,
+		rdb:    cfg.redis.Client(t),
+		prefix: redistest.Prefix(t),
+		httpc:  &http.Client{Transport: tr, Timeout: 10 * time.Second},
+	}
+	var (
+		procs    []*process
+		cleanups []func()
+	)
+	t.Cleanup(func() {
+		// The clients first (ending any stream still open, so the replicas
+		// drain at once), then the processes in reverse order of start
+		// (replicas, then the simulator), then the test's own servers.
+		for _, g := range c.gateways() {
+			if g != nil {
+				g.conn.Close()
+			}
+		}
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop()
+		}
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		tr.CloseIdleConnections()
+		for _, p := range procs {
+			if strings.Contains(p.logs.String(), "DATA RACE") {
+				t.Errorf("%s: the race detector found a data race (see its log)", p.name)
+			}
+		}
+		if t.Failed() || os.Getenv("E2E_LOGS") != "" {
+			for _, p := range procs {
+				t.Logf("---- log of %s ----\n%s", p.name, p.logs)
+			}
+		}
+	})
+
+	// The simulator, with retries that outlast a Redis restart: 8 retries,
+	// the first after 100ms, doubling (25s in all).
+	var simAddr string
+	c.sim = launch(ctx, t, "the simulator", func() *process {
+		simAddr = freeAddr(t)
+		p := startProcess(t, "runcomfy-sim", simBin, []string{
+			"--addr", simAddr,
+			"--queue-time", cfg.queueTime.String(), "--run-time", cfg.runTime.String(),
+			"--callback-retries", "8", "--callback-backoff", "100ms",
+		}, "RUNCOMFY_API_TOKEN="+simToken)
+		procs = append(procs, p)
+		return p
+	}, func() bool {
+		conn, err := net.DialTimeout("tcp", simAddr, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+
+	// The replicas reach the simulator through a proxy that counts submits,
+	// so a test can tell that a refused Submit never reached RunComfy.
+	simURL := &url.URL{Scheme: "http", Host: simAddr}
+	proxyTr := &http.Transport{}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(simURL)
+			r.Out.Host = r.In.Host // the simulator writes result URLs from Host
+		},
+		Transport: proxyTr,
+	}
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference") {
+			c.submits.Add(1)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	cleanups = append(cleanups, func() {
+		upstream.Close()
+		proxyTr.CloseIdleConnections()
+	})
+
+	c.lb = newBalancer()
+	cleanups = append(cleanups, c.lb.close)
+
+	for _, name := range []string{"A", "B", "C"} {
+		g := &gateway{name: name}
+		redisURL := c.redis.URL
+		if cfg.proxied {
+			g.redis = newRedisProxy(t, c.redis.Addr)
+			cleanups = append(cleanups, g.redis.close)
+			redisURL = "redis://" + g.redis.addr() + "/0"
+		}
+		g.proc = launch(ctx, t, "replica "+name, func() *process {
+			g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
+			p := startProcess(t, "replica "+name, gatewayBin, []string{
+				"--runcomfy-url", upstream.URL,
+				"--redis-url", redisURL,
+				"--redis-prefix", c.prefix,
+				"--grpc-addr", g.grpcAddr,
+				"--http-addr", g.httpAddr,
+				"--public-url", c.lb.srv.URL,
+				"--webhook-secret", webhookSecret,
+				"--upstream-timeout", "5s",
+				"--shutdown-timeout", "2s",
+			}, "RUNCOMFY_API_TOKEN="+simToken)
+			procs = append(procs, p)
+			return p
+		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })
+		conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.conn, g.api = conn, comfygatev1.NewGatewayServiceClient(conn)
+		switch name {
+		case "A":
+			c.a = g
+		case "B":
+			c.b = g
+		case "C":
+			c.c = g
+		}
+	}
+	// Callbacks go to B; A and C get the same callback at the same instant.
+	c.lb.setTargets(c.b, c.a, c.c)
+	return c
+}
+
+func (c *cluster) gateways() []*gateway { return []*gateway{c.a, c.b, c.c} }
+
+// readyz answers the replica's readiness status, or 0 when it does not answer.
+func (c *cluster) readyz(ctx context.Context, g *gateway) int {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/readyz", nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := c.httpc.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// submit starts a request through g and returns its id.
+func (c *cluster) submit(ctx context.Context, t *testing.T, g *gateway) string {
+	t.Helper()
+	resp, err := g.api.Submit(ctx, &comfygatev1.SubmitRequest{
+		DeploymentId: deployment,
+		InputJson:    `{"overrides": {"3": {"inputs": {"seed": 18446744073709551615}}}}`,
+	})
+	if err != nil {
+		t.Fatalf("submit on %s: %v", g.name, err)
+	}
+	st := resp.GetRequest()
+	if st.GetRequestId() == "" || st.GetStatus() != comfygatev1.Status_STATUS_QUEUED || st.GetSeq() != 1 {
+		t.Fatalf("submit on %s answered %v, want a queued request at seq 1", g.name, st)
+	}
+	return st.GetRequestId()
+}
+
+// recordSeq reads the seq of the request's record straight from Redis (the
+// key layout of state/redisstore), or 0 when there is no record.
+func (c *cluster) recordSeq(ctx context.Context, t *testing.T, requestID string) int64 {
+	t.Helper()
+	seq, err := c.rdb.HGet(ctx, c.prefix+"req:{"+requestID+"}", "seq").Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("read the record of %s from Redis: %v", requestID, err)
+	}
+	return seq
+}
+
+// subscribers counts the pub/sub connections subscribed to the request's
+// channel (the channel layout of state/redisstore): one per replica watching
+// it.
+func (c *cluster) subscribers(ctx context.Context, t *testing.T, requestID string) int64 {
+	t.Helper()
+	ch := c.prefix + "events:{" + requestID + "}"
+	n, err := c.rdb.PubSubNumSub(ctx, ch).Result()
+	if err != nil {
+		t.Fatalf("PUBSUB NUMSUB: %v", err)
+	}
+	return n[ch]
+}
