@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,38 +94,112 @@ func (r *Reconciler) leaseTTL() time.Duration { return max(2*r.cfg.Interval, 5*t
 func (r *Reconciler) Run(ctx context.Context) error {
 	tick := time.NewTicker(max(r.cfg.Interval/4, 20*time.Millisecond))
 	defer tick.Stop()
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		inFlight = make(map[string]bool) // requests this replica polls now
+	)
+	// freed wakes the loop when a poll ends, so a free slot does not wait for
+	// the next tick.
+	freed := make(chan struct{}, 1)
 	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-freed:
 		}
 		if wait := r.paused(); wait > 0 {
 			continue
 		}
-		ids, err := r.cfg.Schedule.Due(ctx, r.cfg.Now(), 4*r.cfg.Concurrency)
-		if err != nil {
-			if ctx.Err() == nil {
-				r.cfg.Logger.Warn("reading the poll schedule failed", "error", err)
-			}
+		mu.Lock()
+		busy := maps.Clone(inFlight)
+		mu.Unlock()
+		free := r.cfg.Concurrency - len(busy)
+		if free <= 0 {
 			continue
 		}
+		ids := r.claim(ctx, free, busy)
+		mu.Lock()
 		for _, id := range ids {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return nil
-			}
+			inFlight[id] = true
+		}
+		mu.Unlock()
+		for _, id := range ids {
 			wg.Add(1)
 			go func() {
-				defer func() { <-sem; wg.Done() }()
-				r.pollOne(ctx, id)
+				defer wg.Done()
+				r.pollLeased(ctx, id)
+				mu.Lock()
+				delete(inFlight, id)
+				mu.Unlock()
+				select {
+				case freed <- struct{}{}:
+				default:
+				}
 			}()
 		}
 	}
+}
+
+// claim takes the leases of up to n due requests, skipping those this replica
+// polls already, and returns those it may poll now.
+//
+// A lease alone does not make a poll right: an id read from the schedule goes
+// stale as soon as the poll that another replica was making of it ends, since
+// that poll reschedules the request and then releases its lease. The lease
+// taken just after would poll the request a second time. So once the leases are
+// held, the schedule is read again, and only the requests still due are kept:
+// a poll reschedules before it releases, so a request polled meanwhile is no
+// longer due in that second read.
+func (r *Reconciler) claim(ctx context.Context, n int, skip map[string]bool) []string {
+	// Ask for more than n: requests in flight here or on other replicas stay
+	// due until their polls end, and would otherwise take every place.
+	want := 4*r.cfg.Concurrency + len(skip)
+	ids, err := r.cfg.Schedule.Due(ctx, r.cfg.Now(), want)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.cfg.Logger.Warn("reading the poll schedule failed", "error", err)
+		}
+		return nil
+	}
+	var leased []string
+	for _, id := range ids {
+		if len(leased) == n {
+			break
+		}
+		if skip[id] {
+			continue
+		}
+		ok, err := r.cfg.Schedule.Lease(ctx, id, r.cfg.Owner, r.leaseTTL())
+		if err == nil && ok {
+			leased = append(leased, id)
+		}
+		// Not ok: another replica polls it. An error: the backend is down;
+		// next tick.
+	}
+	if len(leased) == 0 {
+		return nil
+	}
+	still, err := r.cfg.Schedule.Due(ctx, r.cfg.Now(), want)
+	claimed := leased[:0]
+	for _, id := range leased {
+		if err == nil && slices.Contains(still, id) {
+			claimed = append(claimed, id)
+		} else {
+			r.release(ctx, id)
+		}
+	}
+	return claimed
+}
+
+// release gives up a lease on a context of its own: it must go even when ctx
+// ended mid-poll (shutdown), or a successor waits for its expiry.
+func (r *Reconciler) release(ctx context.Context, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	_ = r.cfg.Schedule.Release(rctx, id, r.cfg.Owner)
+	cancel()
 }
 
 func (r *Reconciler) paused() time.Duration {
@@ -160,22 +236,14 @@ func (r *Reconciler) next(rec *Record, now time.Time) time.Time {
 	return now.Add(d + jitter)
 }
 
-// pollOne polls one request under its lease.
-func (r *Reconciler) pollOne(ctx context.Context, id string) {
-	log := r.cfg.Logger.With("request_id", id)
-	ok, err := r.cfg.Schedule.Lease(ctx, id, r.cfg.Owner, r.leaseTTL())
-	if err != nil || !ok {
-		return // another replica polls it, or the backend is down: next tick
+// pollLeased polls one request whose lease claim took, and releases it.
+func (r *Reconciler) pollLeased(ctx context.Context, id string) {
+	defer r.release(ctx, id)
+	if r.paused() > 0 {
+		return // a poll that ended meanwhile was rate limited
 	}
-	defer func() {
-		// The lease is released on a context of its own: it must go even when
-		// ctx ended mid-poll (shutdown), or a successor waits for its expiry.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = r.cfg.Schedule.Release(rctx, id, r.cfg.Owner)
-		cancel()
-	}()
 	if err := r.poll(ctx, id); err != nil && ctx.Err() == nil {
-		log.Warn("poll failed", "error", err)
+		r.cfg.Logger.Warn("poll failed", "request_id", id, "error", err)
 	}
 }
 

@@ -72,14 +72,22 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		log.Info("simulating RunComfy", "url", upstreamURL, "callbacks_to", cfg.PublicURL)
 	}
 
-	client, err := runcomfy.New(runcomfy.Config{
+	upstream := runcomfy.Config{
 		BaseURL:    upstreamURL,
 		APIVersion: cfg.RunComfyAPIVersion,
 		Token:      token,
 		Timeout:    cfg.UpstreamTimeout,
-	})
+	}
+	client, err := runcomfy.New(upstream)
 	if err == nil {
-		err = serve(gctx, g, cfg, client, log, stopSim)
+		// The poller retries nothing itself: a failed poll is simply due again
+		// later, and a 429 must pause every poll at once rather than after the
+		// client has waited out its own retries.
+		var pollClient *runcomfy.Client
+		upstream.MaxRetries = -1
+		if pollClient, err = runcomfy.New(upstream); err == nil {
+			err = serve(gctx, g, cfg, client, pollClient, log, stopSim)
+		}
 	}
 	if err != nil {
 		stopSim()
@@ -90,7 +98,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 
 // serve builds the state, the service and the listeners and starts them in g.
 // after runs once the gateway has drained.
-func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy.Client, log *slog.Logger, after func()) error {
+func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
 	svcCfg := server.ServiceConfig{Upstream: client, Logger: log}
 	srvCfg := server.Config{
 		GRPCAddr:        cfg.GRPCAddr,
@@ -144,7 +152,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client *runcomfy
 	reconciler, err := state.NewReconciler(state.ReconcilerConfig{
 		Schedule:    schedule,
 		Tracker:     tracker,
-		Upstream:    client,
+		Upstream:    pollClient,
 		Watching:    hub.IsWatching,
 		Interval:    cfg.PollInterval,
 		Concurrency: cfg.PollConcurrency,
