@@ -56,7 +56,10 @@ type GatewayServiceClient interface {
 	// The gateway never retries a submit upstream: a retry after an ambiguous failure
 	// (UNAVAILABLE, DEADLINE_EXCEEDED) may start a second paid job.
 	Submit(ctx context.Context, in *SubmitRequest, opts ...grpc.CallOption) (*SubmitResponse, error)
-	// GetStatus returns the current state of a request.
+	// GetStatus returns the current state of a request. A finished request is
+	// answered from the gateway's record; an unfinished one is read from RunComfy
+	// and recorded first. A request submitted to the same RunComfy account by
+	// another tool is attached: tracked from then on.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// GetResult returns the request's state with its outputs once it has succeeded,
 	// or its error once it has failed. Before that it returns the state alone.
@@ -68,7 +71,14 @@ type GatewayServiceClient interface {
 	// NOT_CANCELLABLE.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// WatchRequest streams a request's state: the current state first, then every
-	// change in seq order, ending with OK after the terminal state.
+	// change in seq order, without gaps or repeats, ending with OK after the
+	// terminal state (a finished request gets one message). Changes come from
+	// RunComfy's callbacks, or from polling when callbacks are late or lost, so
+	// every watch ends. A slow reader may see intermediate states coalesced (seq
+	// jumps), never the terminal one. Reconnect with after_seq set to the last seq
+	// received to resume. Like GetStatus, it attaches a request submitted by
+	// another tool; an unknown request is NOT_FOUND. Over REST the stream is
+	// newline-delimited JSON (application/x-ndjson).
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
 }
 
@@ -169,7 +179,10 @@ type GatewayServiceServer interface {
 	// The gateway never retries a submit upstream: a retry after an ambiguous failure
 	// (UNAVAILABLE, DEADLINE_EXCEEDED) may start a second paid job.
 	Submit(context.Context, *SubmitRequest) (*SubmitResponse, error)
-	// GetStatus returns the current state of a request.
+	// GetStatus returns the current state of a request. A finished request is
+	// answered from the gateway's record; an unfinished one is read from RunComfy
+	// and recorded first. A request submitted to the same RunComfy account by
+	// another tool is attached: tracked from then on.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// GetResult returns the request's state with its outputs once it has succeeded,
 	// or its error once it has failed. Before that it returns the state alone.
@@ -181,7 +194,14 @@ type GatewayServiceServer interface {
 	// NOT_CANCELLABLE.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// WatchRequest streams a request's state: the current state first, then every
-	// change in seq order, ending with OK after the terminal state.
+	// change in seq order, without gaps or repeats, ending with OK after the
+	// terminal state (a finished request gets one message). Changes come from
+	// RunComfy's callbacks, or from polling when callbacks are late or lost, so
+	// every watch ends. A slow reader may see intermediate states coalesced (seq
+	// jumps), never the terminal one. Reconnect with after_seq set to the last seq
+	// received to resume. Like GetStatus, it attaches a request submitted by
+	// another tool; an unknown request is NOT_FOUND. Over REST the stream is
+	// newline-delimited JSON (application/x-ndjson).
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
