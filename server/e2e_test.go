@@ -47,6 +47,10 @@ type gateway struct {
 	httpBase string
 	tracker  *state.Tracker
 	hub      *state.Hub
+	memory   *memory.Backend
+	// upstream calls the simulator directly, as another tool on the same
+	// RunComfy account would.
+	upstream *runcomfy.Client
 	webhook  *webhook.Handler
 	urls     *webhook.URLs
 	// stop drains the gateway and returns what Run returned; safe to call twice.
@@ -65,6 +69,9 @@ type gatewayOptions struct {
 	backend interface {
 		Ping(ctx context.Context) error
 	}
+	// poll, when set, makes the memory backend the poll schedule and runs a
+	// reconciler with this interval, as cmd/comfygate does.
+	poll time.Duration
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -112,13 +119,38 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if o.store != nil {
 		store = o.store(backend)
 	}
-	tracker, err := state.NewTracker(state.TrackerConfig{Store: store, Results: up})
+	tcfg := state.TrackerConfig{Store: store, Results: up}
+	if o.poll > 0 {
+		tcfg.Schedule, tcfg.PollInterval = backend, o.poll
+	}
+	tracker, err := state.NewTracker(tcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hub, err := state.NewHub(backend, 4)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var reconciler *state.Reconciler
+	if o.poll > 0 {
+		reconciler, err = state.NewReconciler(state.ReconcilerConfig{
+			Schedule: backend, Tracker: tracker, Upstream: up, Watching: hub.IsWatching,
+			Interval: o.poll, Owner: "replica-" + t.Name(), Logger: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The reconciler outlives the listeners, as in main: it stops after
+		// the drain (cleanups run last registered first).
+		pollCtx, stopPolls := context.WithCancel(context.Background())
+		polled := make(chan error, 1)
+		go func() { polled <- reconciler.Run(pollCtx) }()
+		t.Cleanup(func() {
+			stopPolls()
+			if err := <-polled; err != nil {
+				t.Errorf("reconciler Run: %v", err)
+			}
+		})
 	}
 	signer, err := webhook.NewSigner([]string{"test-webhook-secret-0123456789"})
 	if err != nil {
@@ -129,6 +161,9 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		t.Fatal(err)
 	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log}
+	if reconciler != nil {
+		svcCfg.Polls = reconciler
+	}
 	var ready func(context.Context) error
 	if o.backend != nil {
 		svcCfg.Backend = o.backend
@@ -169,6 +204,8 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		httpBase: "http://" + srv.HTTPAddr(),
 		tracker:  tracker,
 		hub:      hub,
+		memory:   backend,
+		upstream: up,
 		webhook:  hook,
 		urls:     urls,
 	}

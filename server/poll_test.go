@@ -4,27 +4,17 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
-	"github.com/comfygate/comfygate/server"
-	"github.com/comfygate/comfygate/state"
-	"github.com/comfygate/comfygate/state/memory"
-	"github.com/comfygate/comfygate/webhook"
 )
 
 // pollInterval is the poll interval of the gateways these tests start: short,
@@ -32,148 +22,25 @@ import (
 const pollInterval = 50 * time.Millisecond
 
 // pollGateway is a gateway wired as cmd/comfygate wires it: the memory backend
-// is also the poll schedule, and a reconciler polls what callbacks do not
-// bring. The embedded gateway gives the helpers of the other tests (rest,
-// watchAll); its callback fields are set only with callbacks.
-type pollGateway struct {
-	*gateway
-	backend *memory.Backend
-	// upstream submits to the simulator directly, as another tool on the same
-	// RunComfy account would.
-	upstream *runcomfy.Client
-}
+// is also the poll schedule, and a reconciler polls what callbacks do not bring.
+type pollGateway struct{ *gateway }
 
-// startPollGateway runs the simulator, the state with its schedule, the
-// reconciler, the service and both listeners. By default jobs move on timers
-// and no callbacks are asked for (poll-only, as without --public-url);
+// startPollGateway starts a polling gateway. By default jobs move on timers and
+// no callbacks are asked for (poll-only, as without --public-url);
 // withCallbacks asks for them.
 func startPollGateway(t *testing.T, opts ...func(*gatewayOptions)) *pollGateway {
 	t.Helper()
-	o := gatewayOptions{sim: runcomfysim.Options{QueueTime: 150 * time.Millisecond, RunTime: 300 * time.Millisecond}}
-	for _, opt := range opts {
-		opt(&o)
+	polling := func(o *gatewayOptions) {
+		o.sim = runcomfysim.Options{QueueTime: 150 * time.Millisecond, RunTime: 300 * time.Millisecond}
+		o.poll = pollInterval
 	}
-	o.sim.Token = simToken
-	sim := runcomfysim.New(o.sim)
-	simSrv := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() {
-		simSrv.Close()
-		sim.Close()
-	})
-	up, err := runcomfy.New(runcomfy.Config{
-		BaseURL:     simSrv.URL,
-		Token:       simToken,
-		MaxRetries:  2,
-		BackoffBase: time.Millisecond,
-		BackoffMax:  5 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	backend := memory.New(nil)
-	tracker, err := state.NewTracker(state.TrackerConfig{
-		Store: backend, Results: up, Schedule: backend, PollInterval: pollInterval,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := state.NewHub(backend, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reconciler, err := state.NewReconciler(state.ReconcilerConfig{
-		Schedule: backend,
-		Tracker:  tracker,
-		Upstream: up,
-		Watching: hub.IsWatching,
-		Interval: pollInterval,
-		Owner:    "replica-" + t.Name(),
-		Logger:   log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := webhook.NewSigner([]string{"test-webhook-secret-0123456789"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hook, err := webhook.NewHandler(signer, tracker, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Polls: reconciler, Logger: log}
-	late := &lateURLs{}
-	routes := map[string]http.Handler{}
-	if o.callbacks {
-		svcCfg.Callbacks = late
-		routes[webhook.PathPrefix] = hook
-	}
-	svc, err := server.NewService(svcCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
-		Routes: routes,
-	}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	urls, err := webhook.NewURLs("http://"+srv.HTTPAddr(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	late.urls.Store(urls)
-
-	// The reconciler outlives the listeners, as in main: it stops after the
-	// drain (cleanups run last registered first).
-	pollCtx, stopPolls := context.WithCancel(context.Background())
-	polled := make(chan error, 1)
-	go func() { polled <- reconciler.Run(pollCtx) }()
-	t.Cleanup(func() {
-		stopPolls()
-		if err := <-polled; err != nil {
-			t.Errorf("reconciler Run: %v", err)
-		}
-	})
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gateway{
-		sim:      sim,
-		client:   comfygatev1.NewGatewayServiceClient(conn),
-		conn:     conn,
-		httpBase: "http://" + srv.HTTPAddr(),
-		tracker:  tracker,
-		hub:      hub,
-	}
-	if o.callbacks {
-		g.webhook, g.urls = hook, urls
-	}
-	g.stop = sync.OnceValue(func() error {
-		cancel()
-		return <-done
-	})
-	t.Cleanup(func() {
-		conn.Close()
-		if err := g.stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	g.waitUp(t)
-	return &pollGateway{gateway: g, backend: backend, upstream: up}
+	return &pollGateway{startGateway(t, append([]func(*gatewayOptions){polling}, opts...)...)}
 }
 
 // scheduled reports whether the gateway will poll rid.
 func (g *pollGateway) scheduled(t *testing.T, rid string) bool {
 	t.Helper()
-	ids, err := g.backend.Due(context.Background(), time.Now().Add(1000*time.Hour), 1000)
+	ids, err := g.memory.Due(context.Background(), time.Now().Add(1000*time.Hour), 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
