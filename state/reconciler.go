@@ -242,7 +242,12 @@ func (r *Reconciler) pollLeased(ctx context.Context, id string) {
 	if r.paused() > 0 {
 		return // a poll that ended meanwhile was rate limited
 	}
-	if err := r.poll(ctx, id); err != nil && ctx.Err() == nil {
+	// A poll must end while its lease holds, or another replica polls the
+	// same request at the same time: the upstream calls are cut at three
+	// quarters of the lease, whatever the client's own timeout.
+	pctx, cancel := context.WithTimeout(ctx, r.leaseTTL()*3/4)
+	defer cancel()
+	if err := r.poll(pctx, id); err != nil && ctx.Err() == nil {
 		r.cfg.Logger.Warn("poll failed", "request_id", id, "error", err)
 	}
 }
