@@ -113,6 +113,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if wait := r.paused(); wait > 0 {
 			continue
 		}
+		// Another replica may have been told to slow down: RunComfy limits the
+		// account, not the replica.
+		if until, err := r.cfg.Schedule.PausedUntil(ctx); err == nil && until.After(r.cfg.Now()) {
+			r.pauseLocal(until)
+			continue
+		}
 		mu.Lock()
 		busy := maps.Clone(inFlight)
 		mu.Unlock()
@@ -208,11 +214,20 @@ func (r *Reconciler) paused() time.Duration {
 	return r.pauseUntil.Sub(r.cfg.Now())
 }
 
-// pause stops all polling for d: RunComfy asked the whole account to slow down.
-func (r *Reconciler) pause(d time.Duration) {
+// pause stops all polling for d, on every replica: RunComfy asked the whole
+// account to slow down.
+func (r *Reconciler) pause(ctx context.Context, d time.Duration) {
+	until := r.cfg.Now().Add(d)
+	r.pauseLocal(until)
+	if err := r.cfg.Schedule.Pause(ctx, until); err != nil {
+		r.cfg.Logger.Warn("sharing the polling pause failed", "error", err)
+	}
+}
+
+func (r *Reconciler) pauseLocal(until time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if until := r.cfg.Now().Add(d); until.After(r.pauseUntil) {
+	if until.After(r.pauseUntil) {
 		r.pauseUntil = until
 	}
 }
@@ -287,7 +302,7 @@ func (r *Reconciler) failed(ctx context.Context, rec *Record, err error) error {
 		if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
 			wait = apiErr.RetryAfter
 		}
-		r.pause(wait)
+		r.pause(ctx, wait)
 		r.cfg.Logger.Warn("RunComfy rate limits polling; pausing", "for", wait)
 	}
 	if serr := r.cfg.Schedule.SetDue(ctx, rec.RequestID, r.next(rec, r.cfg.Now())); serr != nil {

@@ -61,4 +61,10 @@ type Schedule interface {
 	Lease(ctx context.Context, requestID, owner string, ttl time.Duration) (bool, error)
 	// Release gives up owner's lease on requestID, if owner still holds it.
 	Release(ctx context.Context, requestID, owner string) error
+	// Pause stops every replica's polling until until (RunComfy answered 429
+	// for the whole account); an earlier time than a pause in force is ignored.
+	Pause(ctx context.Context, until time.Time) error
+	// PausedUntil is the end of the pause in force; the zero time or a past time
+	// when there is none.
+	PausedUntil(ctx context.Context) (time.Time, error)
 }

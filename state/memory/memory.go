@@ -31,6 +31,8 @@ type Backend struct {
 	writes  int
 	due     map[string]time.Time // the poll schedule
 	leases  map[string]lease
+	// pausedUntil is the end of the polling pause a 429 imposed.
+	pausedUntil time.Time
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.

@@ -81,3 +81,20 @@ func (b *Backend) Release(_ context.Context, requestID, owner string) error {
 	b.mu.Unlock()
 	return nil
 }
+
+// Pause implements state.Schedule.
+func (b *Backend) Pause(_ context.Context, until time.Time) error {
+	b.mu.Lock()
+	if until.After(b.pausedUntil) {
+		b.pausedUntil = until
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// PausedUntil implements state.Schedule.
+func (b *Backend) PausedUntil(context.Context) (time.Time, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pausedUntil, nil
+}

@@ -14,6 +14,8 @@ package redisstore
 //	<prefix>{pending}              sorted set: unfinished requests scored by the
 //	                                time (ms) they are next due for a poll; one
 //	                                key for all requests, in a slot of its own
+//	<prefix>{poll-pause}           string: the time (ms) until which no replica
+//	                                polls, after a 429; expires then
 
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"
@@ -32,4 +34,8 @@ func (b *Backend) leaseKey(requestID string) string {
 
 func (b *Backend) pendingKey() string {
 	return b.prefix + "{pending}"
+}
+
+func (b *Backend) pauseKey() string {
+	return b.prefix + "{poll-pause}"
 }

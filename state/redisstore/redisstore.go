@@ -63,6 +63,7 @@ type Backend struct {
 	ping    time.Duration
 	save    *redis.Script
 	release *redis.Script
+	pause   *redis.Script
 
 	ps *redis.PubSub
 
@@ -94,6 +95,7 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		ping:    opts.PingInterval,
 		save:    redis.NewScript(saveScript),
 		release: redis.NewScript(releaseScript),
+		pause:   redis.NewScript(pauseScript),
 		ps:      rdb.Subscribe(context.Background()),
 		subs:    make(map[string]func(*state.Record)),
 		waiters: make(map[string][]chan struct{}),

@@ -15,6 +15,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `
 
+// pauseScript sets the pause end only if it is later than the one in force;
+// the key expires when the pause does. ARGV: 1 end (ms), 2 ms from now.
+const pauseScript = `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 0
+`
+
 // SetDue implements state.Schedule.
 func (b *Backend) SetDue(ctx context.Context, requestID string, at time.Time) error {
 	if err := b.rdb.ZAdd(ctx, b.pendingKey(), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
@@ -73,4 +81,28 @@ func (b *Backend) Release(ctx context.Context, requestID, owner string) error {
 		return unavailable(ctx, "release", err)
 	}
 	return nil
+}
+
+// Pause implements state.Schedule.
+func (b *Backend) Pause(ctx context.Context, until time.Time) error {
+	d := time.Until(until).Milliseconds()
+	if d <= 0 {
+		return nil
+	}
+	if err := b.pause.Run(ctx, b.rdb, []string{b.pauseKey()}, until.UnixMilli(), d).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return unavailable(ctx, "pause", err)
+	}
+	return nil
+}
+
+// PausedUntil implements state.Schedule.
+func (b *Backend) PausedUntil(ctx context.Context) (time.Time, error) {
+	ms, err := b.rdb.Get(ctx, b.pauseKey()).Int64()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, unavailable(ctx, "paused until", err)
+	}
+	return time.UnixMilli(ms), nil
 }

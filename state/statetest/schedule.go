@@ -1,6 +1,7 @@
 package statetest
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -44,6 +45,8 @@ func RunSchedule(t *testing.T, newBackend func(t *testing.T) ScheduleBackend) {
 		{"ReleaseOnlyByOwner", testReleaseOnlyByOwner},
 		{"LeaseExpires", testLeaseExpires},
 		{"LeaseIndependentOfSchedule", testLeaseIndependentOfSchedule},
+		{"PauseLaterWins", testPauseLaterWins},
+		{"PauseEnds", testPauseEnds},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -347,5 +350,50 @@ func testLeaseIndependentOfSchedule(t *testing.T, b ScheduleBackend) {
 	}
 	if mustLease(t, b, "req-a", "replica-2", time.Minute) {
 		t.Error("SetDue released the lease")
+	}
+}
+
+// testPauseLaterWins: a pause only ever extends; none is in force at first.
+func testPauseLaterWins(t *testing.T, b ScheduleBackend) {
+	ctx := context.Background()
+	if until, err := b.PausedUntil(ctx); err != nil || until.After(time.Now()) {
+		t.Fatalf("fresh backend paused until %v (%v)", until, err)
+	}
+	now := time.Now().Truncate(time.Millisecond)
+	for _, step := range []struct {
+		pause, want time.Duration
+	}{{20 * time.Second, 20 * time.Second}, {10 * time.Second, 20 * time.Second}, {30 * time.Second, 30 * time.Second}} {
+		if err := b.Pause(ctx, now.Add(step.pause)); err != nil {
+			t.Fatal(err)
+		}
+		until, err := b.PausedUntil(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !until.Equal(now.Add(step.want)) {
+			t.Errorf("after Pause(+%v): paused until +%v, want +%v", step.pause, until.Sub(now), step.want)
+		}
+	}
+}
+
+// testPauseEnds: a pause is over at its end time (real time: Redis expires it).
+func testPauseEnds(t *testing.T, b ScheduleBackend) {
+	ctx := context.Background()
+	if err := b.Pause(ctx, time.Now().Add(100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		until, err := b.PausedUntil(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !until.After(time.Now()) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still paused until %v", until)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
