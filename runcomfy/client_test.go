@@ -157,15 +157,6 @@ func fixture(t testing.TB, name string) []byte {
 	return b
 }
 
-// withIDs substitutes the fixtures' placeholders with real ids.
-func withIDs(b []byte) string {
-	return strings.NewReplacer(
-		"{request_id}", "req-1",
-		"{deployment_id}", "dep-1",
-		"{instance_id}", "inst-1",
-	).Replace(string(b))
-}
-
 // Success bodies per operation, used where a case only needs "some valid answer".
 const (
 	submitOK = `{"request_id":"req-1","status_url":"https://api.runcomfy.net/prod/v1/deployments/dep-1/requests/req-1/status","result_url":"https://api.runcomfy.net/prod/v1/deployments/dep-1/requests/req-1/result","cancel_url":"https://api.runcomfy.net/prod/v1/deployments/dep-1/requests/req-1/cancel"}`

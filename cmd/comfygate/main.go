@@ -124,6 +124,11 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		if err != nil {
 			return fmt.Errorf("--redis-url: %w", redactURLError(err))
 		}
+		if opts.DialerRetries == 0 {
+			// go-redis dials five times by default before a command fails; an
+			// outage should turn /readyz and Submit to unavailable promptly.
+			opts.DialerRetries = 2
+		}
 		rdb := redis.NewClient(opts)
 		backend, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis")})
 		if err != nil {
