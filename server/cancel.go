@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -13,6 +14,16 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	dep, rid := req.GetDeploymentId(), req.GetRequestId()
 	if err := validateRequestRef(dep, rid); err != nil {
 		return nil, err
+	}
+	// Only the owner cancels: a request of another tenant is not found, and
+	// RunComfy is never asked. One unknown here is attached first, which also
+	// settles who owns it.
+	if _, err := s.lookup(ctx, dep, rid); errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
+		if _, u, err := s.attach(ctx, dep, rid, "cancel"); u == nil || errors.Is(err, errNotYours) {
+			return nil, fmt.Errorf("cancel request %s: %w", rid, err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("cancel request %s: %w", rid, err)
 	}
 	res, err := s.upstream.Cancel(ctx, dep, rid)
 	if err != nil {
@@ -30,7 +41,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	st, err := s.upstream.Status(ctx, dep, rid)
 	if err != nil {
 		s.log.WarnContext(ctx, "reading state after cancel", "request_id", rid, "error", err)
-		if rec, known := s.record(ctx, dep, rid); known {
+		if rec, err := s.lookup(ctx, dep, rid); err == nil {
 			resp.Request = recordToProto(rec)
 		} else {
 			resp.Request = &comfygatev1.RequestState{RequestId: rid, DeploymentId: dep}
@@ -38,6 +49,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 		return resp, nil
 	}
 	u := state.UpdateFromStatus(dep, "cancel", st)
+	u.Owner = tenantOf(ctx)
 	if rec := s.apply(ctx, u); rec != nil {
 		resp.Request = recordToProto(rec)
 	} else {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -16,7 +17,13 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	if err := validateRequestRef(dep, rid); err != nil {
 		return nil, err
 	}
-	if rec, known := s.record(ctx, dep, rid); known && rec.Terminal() {
+	rec, err := s.lookup(ctx, dep, rid)
+	switch {
+	case errors.Is(err, errNotYours):
+		return nil, err
+	case err != nil && !errors.Is(err, state.ErrNotFound):
+		return nil, fmt.Errorf("result of request %s: %w", rid, err)
+	case err == nil && rec.Terminal():
 		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
 	}
 	res, err := s.upstream.Result(ctx, dep, rid)
@@ -24,6 +31,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 		return nil, fmt.Errorf("result of request %s: %w", rid, err)
 	}
 	u := state.UpdateFromResult(dep, "result", res)
+	u.Owner = tenantOf(ctx)
 	if rec := s.apply(ctx, u); rec != nil {
 		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
 	}

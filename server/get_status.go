@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/state"
@@ -15,19 +17,27 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	if err := validateRequestRef(dep, rid); err != nil {
 		return nil, err
 	}
-	stored, known := s.record(ctx, dep, rid)
-	if known && stored.Terminal() {
+	stored, err := s.lookup(ctx, dep, rid)
+	known := err == nil
+	switch {
+	case errors.Is(err, errNotYours):
+		return nil, err
+	case err != nil && !errors.Is(err, state.ErrNotFound):
+		return nil, fmt.Errorf("status of request %s: %w", rid, err)
+	case known && stored.Terminal():
 		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored)}, nil
 	}
-	rec, u, err := s.tracker.Refresh(ctx, s.upstream, dep, rid, "status")
+	rec, u, err := s.attach(ctx, dep, rid, "status")
 	switch {
+	case errors.Is(err, errNotYours):
+		return nil, err
 	case u == nil && known:
 		// Upstream is down or slow; the record is the best knowledge there is.
 		s.log.WarnContext(ctx, "status read failed; answering from the record", "request_id", rid, "error", err)
 		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored)}, nil
 	case u == nil:
 		return nil, err
-	case err != nil || rec == nil || rec.DeploymentID != dep:
+	case err != nil || rec == nil:
 		if err != nil {
 			s.log.WarnContext(ctx, "upstream status not recorded", "request_id", rid, "error", err)
 		}
@@ -36,13 +46,50 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
 }
 
-// record returns the stored record of a request of deployment dep, if any.
-func (s *Service) record(ctx context.Context, dep, rid string) (*state.Record, bool) {
+// errNotYours: the request exists but belongs to another tenant. Callers map
+// it to NotFound, so a tenant cannot even learn that the id exists.
+var errNotYours = fmt.Errorf("request of another tenant: %w", state.ErrNotFound)
+
+// lookup returns the stored record of a request of deployment dep that the
+// caller's tenant may see. A record nobody owns yet (recorded from a callback or
+// attached before keys were in use) is claimed by the first tenant that asks.
+// state.ErrNotFound means nothing is recorded; errNotYours that it belongs to
+// another tenant (or deployment), and must not be looked up upstream either.
+func (s *Service) lookup(ctx context.Context, dep, rid string) (*state.Record, error) {
 	rec, err := s.tracker.Get(ctx, rid)
-	if err != nil || rec.DeploymentID != dep {
-		return nil, false
+	if err != nil {
+		return nil, err
 	}
-	return rec, true
+	tenant := tenantOf(ctx)
+	switch {
+	case rec.DeploymentID != dep:
+		return nil, errNotYours
+	case rec.Owner == tenant:
+		return rec, nil
+	case rec.Owner != "":
+		return nil, errNotYours
+	}
+	claimed, _, err := s.tracker.Apply(ctx, state.Update{RequestID: rid, DeploymentID: dep, Source: "claim", State: rec.State, Owner: tenant})
+	if err != nil {
+		return nil, err
+	}
+	if claimed == nil || claimed.Owner != tenant {
+		return nil, errNotYours
+	}
+	return claimed, nil
+}
+
+// attach records a request RunComfy knows but this gateway does not, for the
+// caller's tenant. It returns the record (nil when the upstream status is one
+// this version does not know), the upstream observation, and an error: when the
+// upstream read failed the observation is nil.
+func (s *Service) attach(ctx context.Context, dep, rid, source string) (*state.Record, *state.Update, error) {
+	rec, u, err := s.tracker.Refresh(ctx, s.upstream, dep, rid, source, tenantOf(ctx))
+	if rec != nil && (rec.Owner != tenantOf(ctx) || rec.DeploymentID != dep) {
+		// Someone else's request was recorded meanwhile.
+		return nil, u, errNotYours
+	}
+	return rec, u, err
 }
 
 // apply records an upstream observation made while answering a read, and returns
@@ -57,7 +104,7 @@ func (s *Service) apply(ctx context.Context, u state.Update) *state.Record {
 		s.log.WarnContext(ctx, "upstream observation not recorded", "request_id", u.RequestID, "source", u.Source, "error", err)
 		return nil
 	}
-	if rec == nil || rec.DeploymentID != u.DeploymentID {
+	if rec == nil || rec.DeploymentID != u.DeploymentID || rec.Owner != u.Owner {
 		return nil
 	}
 	return rec

@@ -35,12 +35,16 @@ func recoveryOption(log *slog.Logger) recovery.Option {
 	})
 }
 
-// interceptors returns the server options that install the interceptor chains;
-// recovery is outermost so it also covers the error mapping.
-func interceptors(log *slog.Logger) []grpc.ServerOption {
+// interceptors returns the server options that install the interceptor chains:
+// recovery outermost so it also covers the rest, then the error mapping, then
+// authentication (when a is set), whose refusal the mapping turns into a code.
+func interceptors(log *slog.Logger, a Authenticator) []grpc.ServerOption {
 	rec := recoveryOption(log)
-	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(rec), errorUnaryInterceptor(log)),
-		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(rec), errorStreamInterceptor(log)),
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec), errorUnaryInterceptor(log)}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec), errorStreamInterceptor(log)}
+	if a != nil {
+		unary = append(unary, authUnaryInterceptor(a))
+		stream = append(stream, authStreamInterceptor(a))
 	}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 }

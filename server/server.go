@@ -34,6 +34,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// Auth, when set, requires an API key on every call but health and
+	// reflection.
+	Auth Authenticator
 	// Ready, when set, must succeed for /readyz to report ready (the state
 	// backend answers).
 	Ready func(ctx context.Context) error
@@ -89,7 +92,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	// A message carries the input plus a little framing.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
-	opts := append(interceptors(cfg.Logger),
+	opts := append(interceptors(cfg.Logger, cfg.Auth),
 		grpc.MaxRecvMsgSize(maxMsg),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.

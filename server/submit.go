@@ -47,6 +47,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		Source:       "submit",
 		State:        runcomfy.StateQueued,
 		CreatedAt:    s.now(),
+		Owner:        tenantOf(ctx),
 	})
 	if err != nil || rec == nil {
 		// The job exists and is paid for: the caller must learn its id even if

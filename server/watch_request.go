@@ -27,20 +27,17 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	}
 	defer w.Close()
 
-	rec, err := s.tracker.Get(ctx, rid)
-	if errors.Is(err, state.ErrNotFound) {
+	rec, err := s.lookup(ctx, dep, rid)
+	if errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
 		// Not submitted through this gateway (or expired here): if RunComfy
 		// knows it, start tracking it (attach).
 		var u *state.Update
-		if rec, u, err = s.tracker.Refresh(ctx, s.upstream, dep, rid, "attach"); u != nil && err == nil && rec == nil {
+		if rec, u, err = s.attach(ctx, dep, rid, "attach"); u != nil && err == nil && rec == nil {
 			err = state.ErrNotFound // a status this version does not know: nothing to follow
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("watch request %s: %w", rid, err)
-	}
-	if rec.DeploymentID != dep {
-		return fmt.Errorf("watch request %s of deployment %s: %w", rid, dep, state.ErrNotFound)
 	}
 	if s.expedite != nil && !rec.Terminal() {
 		s.expedite.Watched(ctx, rid)

@@ -280,7 +280,7 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 		return r.cfg.Schedule.Forget(ctx, id)
 	}
 	r.polls.Add(1)
-	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, "poll")
+	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, "poll", "")
 	if err != nil {
 		return r.failed(ctx, rec, err)
 	}

@@ -229,7 +229,9 @@ type Upstream interface {
 // read fails, the update is nil and err is upstream's; when only recording
 // failed, the update is set (the caller may still show what upstream said) and
 // err says why.
-func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID, source string) (*Record, *Update, error) {
+//
+// owner, when set, claims a request nobody owns yet (see Update.Owner).
+func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID, source, owner string) (*Record, *Update, error) {
 	st, err := up.Status(ctx, deploymentID, requestID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("status of request %s: %w", requestID, err)
@@ -247,6 +249,7 @@ func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, reques
 			u = UpdateFromResult(deploymentID, source, res)
 		}
 	}
+	u.Owner = owner
 	if u.State == runcomfy.StateUnknown {
 		return nil, &u, nil
 	}
