@@ -72,6 +72,8 @@ type gatewayOptions struct {
 	// poll, when set, makes the memory backend the poll schedule and runs a
 	// reconciler with this interval, as cmd/comfygate does.
 	poll time.Duration
+	// auth, when set, requires API keys.
+	auth server.Authenticator
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -181,6 +183,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
 		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
 		Ready:  ready,
+		Auth:   o.auth,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

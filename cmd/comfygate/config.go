@@ -45,6 +45,8 @@ type Config struct {
 	RedisPrefix        string
 	PollInterval       time.Duration
 	PollConcurrency    int
+	APIKeysFile        string
+	Insecure           bool
 }
 
 // envName is the environment variable that sets a flag.
@@ -80,6 +82,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
+	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY\" per line (# comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.Usage = func() {
@@ -115,6 +119,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// loopback reports whether addr listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return true // reported by the address check
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // selfURL is the URL at which a process on this machine reaches the HTTP
@@ -182,6 +199,13 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisPrefix == "" {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
+	}
+	if c.APIKeysFile == "" && !c.Insecure {
+		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
+			if !loopback(a.addr) {
+				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
+			}
+		}
 	}
 	if c.PollInterval < 100*time.Millisecond {
 		errs = append(errs, errors.New("--poll-interval must be at least 100ms"))

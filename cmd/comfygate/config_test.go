@@ -33,7 +33,7 @@ func TestParseConfig(t *testing.T) {
 		{
 			name: "environment sets flags",
 			env: map[string]string{
-				"COMFYGATE_GRPC_ADDR": "0.0.0.0:7000", "COMFYGATE_SIMULATE": "true",
+				"COMFYGATE_GRPC_ADDR": "0.0.0.0:7000", "COMFYGATE_SIMULATE": "true", "COMFYGATE_INSECURE": "true",
 				"COMFYGATE_SHUTDOWN_TIMEOUT": "3s", "COMFYGATE_RUNCOMFY_API_VERSION": "v2",
 			},
 			check: func(t *testing.T, c *Config) {
@@ -117,6 +117,29 @@ func TestParseConfig(t *testing.T) {
 			name:    "bad redis url",
 			args:    []string{"--simulate", "--redis-url", "http://:hunter2-secret@x/1", "--redis-prefix", ""},
 			wantErr: []string{"--redis-url", "--redis-prefix"},
+		},
+		{
+			name:    "open address without keys is refused",
+			args:    []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--grpc-addr", "[::]:9090"},
+			wantErr: []string{"--http-addr 0.0.0.0:8080 is not a loopback", "--grpc-addr [::]:9090 is not a loopback", "--insecure"},
+		},
+		{
+			name: "open address with keys",
+			args: []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--api-keys-file", "/etc/comfygate/keys"},
+			check: func(t *testing.T, c *Config) {
+				if c.APIKeysFile != "/etc/comfygate/keys" || c.Insecure {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name: "open address with --insecure",
+			args: []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--insecure"},
+			check: func(t *testing.T, c *Config) {
+				if !c.Insecure {
+					t.Errorf("config = %+v", c)
+				}
+			},
 		},
 		{
 			name:    "stray argument",

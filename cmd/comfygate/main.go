@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
@@ -169,6 +170,17 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		return err
 	}
 	svcCfg.Tracker, svcCfg.Watches, svcCfg.Polls = tracker, hub, reconciler
+	if cfg.APIKeysFile != "" {
+		keys, err := auth.Load(cfg.APIKeysFile)
+		if err != nil {
+			return err
+		}
+		srvCfg.Auth = keys
+		g.Go(func() error { return reloadOnHangup(ctx, keys, log) })
+		log.Info("client API keys required", "file", cfg.APIKeysFile)
+	} else {
+		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
+	}
 	if cfg.PublicURL != "" {
 		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
 		if err != nil {
@@ -206,6 +218,26 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		return srv.Run(ctx)
 	})
 	return nil
+}
+
+// reloadOnHangup reloads the API keys on every SIGHUP until ctx ends. A file
+// that does not load leaves the keys in use unchanged.
+func reloadOnHangup(ctx context.Context, keys *auth.Keys, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if err := keys.Reload(); err != nil {
+				log.Error("API keys not reloaded; the previous keys stay in use", "error", err)
+				continue
+			}
+			log.Info("API keys reloaded")
+		}
+	}
 }
 
 // replicaName names this process in poll leases: host, pid and a random part,
