@@ -30,6 +30,7 @@ import (
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/memory"
+	"github.com/comfygate/comfygate/state/redisstore"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -42,6 +43,7 @@ const simToken = "sim-token-for-tests"
 // gateway is a running gateway on real TCP listeners in front of a simulator.
 type gateway struct {
 	sim      *runcomfysim.Sim
+	simURL   string
 	client   comfygatev1.GatewayServiceClient
 	conn     *grpc.ClientConn
 	httpBase string
@@ -74,6 +76,13 @@ type gatewayOptions struct {
 	poll time.Duration
 	// auth, when set, requires API keys.
 	auth server.Authenticator
+	// sharedSim and sharedSimURL, when set, are another gateway's simulator:
+	// two gateways are then two replicas in front of one RunComfy.
+	sharedSim    *runcomfysim.Sim
+	sharedSimURL string
+	// redis, when set, is the store, bus and idempotency keys instead of the
+	// memory backend (replicas share it).
+	redis *redisstore.Backend
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -99,14 +108,18 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		opt(&o)
 	}
 	o.sim.Token = simToken
-	sim := runcomfysim.New(o.sim)
-	simSrv := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() {
-		simSrv.Close()
-		sim.Close()
-	})
+	sim, simURL := o.sharedSim, o.sharedSimURL
+	if sim == nil {
+		sim = runcomfysim.New(o.sim)
+		simSrv := httptest.NewServer(sim.Handler())
+		simURL = simSrv.URL
+		t.Cleanup(func() {
+			simSrv.Close()
+			sim.Close()
+		})
+	}
 	up, err := runcomfy.New(runcomfy.Config{
-		BaseURL:     simSrv.URL,
+		BaseURL:     simURL,
 		Token:       simToken,
 		MaxRetries:  2,
 		BackoffBase: time.Millisecond,
@@ -117,7 +130,14 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	backend := memory.New(nil)
-	var store state.Store = backend
+	var (
+		store state.Store       = backend
+		bus   state.Bus         = backend
+		idem  state.Idempotency = backend
+	)
+	if o.redis != nil {
+		store, bus, idem = o.redis, o.redis, o.redis
+	}
 	if o.store != nil {
 		store = o.store(backend)
 	}
@@ -129,7 +149,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub, err := state.NewHub(backend, 4)
+	hub, err := state.NewHub(bus, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +182,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log}
+	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem}
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}
@@ -202,6 +222,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	}
 	g := &gateway{
 		sim:      sim,
+		simURL:   simURL,
 		client:   comfygatev1.NewGatewayServiceClient(conn),
 		conn:     conn,
 		httpBase: "http://" + srv.HTTPAddr(),

@@ -53,6 +53,8 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		})
 	}
 	switch {
+	case errors.Is(err, errIdempotencyMismatch):
+		return status.Error(codes.AlreadyExists, errIdempotencyMismatch.Error())
 	case errors.Is(err, errUnauthenticated):
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	case errors.Is(err, state.ErrNotFound):

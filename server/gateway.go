@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -37,6 +38,14 @@ func newGateway(target string, maxMsg int) (http.Handler, *grpc.ClientConn, erro
 		// an id such as "a%2F..%2Fb" then reaches validation as written and is
 		// refused there (400), instead of being decoded into extra path segments.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
+		// Idempotency-Key travels as gRPC metadata, beside the defaults
+		// (Authorization and the like).
+		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
+			if strings.EqualFold(h, "Idempotency-Key") {
+				return "idempotency-key", true
+			}
+			return runtime.DefaultHeaderMatcher(h)
+		}),
 	)
 	if err := comfygatev1.RegisterGatewayServiceHandler(context.Background(), mux, conn); err != nil {
 		conn.Close()

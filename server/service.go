@@ -64,6 +64,7 @@ type Service struct {
 	callbacks     CallbackURLs
 	backend       Pinger
 	expedite      Expediter
+	idem          state.Idempotency
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -81,8 +82,10 @@ type ServiceConfig struct {
 	// be recorded must not be started (and paid for).
 	Backend Pinger
 	// Polls, when set, is told about every new watch.
-	Polls  Expediter
-	Logger *slog.Logger
+	Polls Expediter
+	// Idempotency keeps idempotency keys; required for Submit to honour them.
+	Idempotency state.Idempotency
+	Logger      *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -112,6 +115,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		callbacks:     cfg.Callbacks,
 		backend:       cfg.Backend,
 		expedite:      cfg.Polls,
+		idem:          cfg.Idempotency,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

@@ -20,7 +20,19 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if err := validateInput(req.GetInputJson()); err != nil {
 		return nil, err
 	}
-	if s.backend != nil {
+	key, err := idempotencyKey(ctx, req.GetIdempotencyKey())
+	if err != nil {
+		return nil, err
+	}
+	var scope string
+	if key != "" {
+		var done *comfygatev1.SubmitResponse
+		scope, done, err = s.claimIdempotency(ctx, key, dep, req.GetInputJson())
+		if err != nil || done != nil {
+			return done, err
+		}
+	}
+	if s.backend != nil && scope == "" {
 		if err := s.backend.Ping(ctx); err != nil {
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 		}
@@ -36,7 +48,18 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	defer cancel()
 	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(req.GetInputJson()), opts)
 	if err != nil {
+		if scope != "" {
+			// No request id came back: let a retry try again rather than wait
+			// for a request that may not exist.
+			_ = s.idem.Drop(upCtx, scope)
+		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
+	}
+	if scope != "" {
+		e := state.IdempotencyEntry{BodyHash: bodyHash(dep, req.GetInputJson()), RequestID: resp.RequestID}
+		if err := s.idem.Complete(upCtx, scope, e, idempotencyTTL); err != nil {
+			s.log.ErrorContext(ctx, "idempotency key not completed", "request_id", resp.RequestID, "error", err)
+		}
 	}
 	// A callback may have recorded the request already (RunComfy can call back
 	// before answering): then this update is a duplicate and the record as the

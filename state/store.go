@@ -68,3 +68,23 @@ type Schedule interface {
 	// when there is none.
 	PausedUntil(ctx context.Context) (time.Time, error)
 }
+
+// IdempotencyEntry is what an idempotency key stands for.
+type IdempotencyEntry struct {
+	// BodyHash identifies the submit (deployment and input) the key was first
+	// used with.
+	BodyHash string `json:"body_hash"`
+	// RequestID is the request the submit started; empty while it is under way.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// Idempotency remembers idempotency keys, shared by all replicas.
+type Idempotency interface {
+	// Claim stores e under key if the key is free and reports true; otherwise it
+	// returns the entry present and false.
+	Claim(ctx context.Context, key string, e IdempotencyEntry, ttl time.Duration) (IdempotencyEntry, bool, error)
+	// Complete replaces the entry of a claimed key (with its request id).
+	Complete(ctx context.Context, key string, e IdempotencyEntry, ttl time.Duration) error
+	// Drop frees key: the submit it stood for failed, so a retry may try again.
+	Drop(ctx context.Context, key string) error
+}

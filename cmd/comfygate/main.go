@@ -113,13 +113,14 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		store    state.Store
 		bus      state.Bus
 		schedule state.Schedule
+		idem     state.Idempotency
 		// runBus, when set, serves the bus until its context ends; it must
 		// outlive the drain, like the simulator.
 		runBus func(context.Context, *state.Hub) error
 	)
 	if cfg.RedisURL == "" {
 		mem := memory.New(nil)
-		store, bus, schedule = mem, mem, mem
+		store, bus, schedule, idem = mem, mem, mem, mem
 	} else {
 		opts, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
@@ -135,7 +136,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		if err != nil {
 			return err
 		}
-		store, bus, schedule = backend, backend, backend
+		store, bus, schedule, idem = backend, backend, backend, backend
 		svcCfg.Backend = backend
 		srvCfg.Ready = backend.Ping
 		runBus = func(ctx context.Context, hub *state.Hub) error {
@@ -169,14 +170,18 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 	if err != nil {
 		return err
 	}
-	svcCfg.Tracker, svcCfg.Watches, svcCfg.Polls = tracker, hub, reconciler
+	svcCfg.Tracker, svcCfg.Watches, svcCfg.Polls, svcCfg.Idempotency = tracker, hub, reconciler, idem
 	if cfg.APIKeysFile != "" {
 		keys, err := auth.Load(cfg.APIKeysFile)
 		if err != nil {
 			return err
 		}
 		srvCfg.Auth = keys
-		g.Go(func() error { return reloadOnHangup(ctx, keys, log) })
+		// Catch SIGHUP now, before the listeners open, and for good: its
+		// default action would kill the gateway, even during the drain.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		g.Go(func() error { return reloadOnHangup(ctx, hup, keys, log) })
 		log.Info("client API keys required", "file", cfg.APIKeysFile)
 	} else {
 		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
@@ -220,12 +225,10 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 	return nil
 }
 
-// reloadOnHangup reloads the API keys on every SIGHUP until ctx ends. A file
-// that does not load leaves the keys in use unchanged.
-func reloadOnHangup(ctx context.Context, keys *auth.Keys, log *slog.Logger) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadOnHangup reloads the API keys on every signal on hup until ctx ends. A
+// file that does not load leaves the keys in use unchanged. hup stays notified
+// afterwards, so a SIGHUP during the drain is ignored rather than fatal.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, keys *auth.Keys, log *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():

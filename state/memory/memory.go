@@ -33,6 +33,7 @@ type Backend struct {
 	leases  map[string]lease
 	// pausedUntil is the end of the polling pause a 429 imposed.
 	pausedUntil time.Time
+	idem        map[string]idemEntry
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -46,6 +47,7 @@ func New(now func() time.Time) *Backend {
 		subs:    make(map[string]func(*state.Record)),
 		due:     make(map[string]time.Time),
 		leases:  make(map[string]lease),
+		idem:    make(map[string]idemEntry),
 	}
 }
 
@@ -90,6 +92,11 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 		for id, l := range b.leases {
 			if !now.Before(l.expires) {
 				delete(b.leases, id)
+			}
+		}
+		for k, e := range b.idem {
+			if !now.Before(e.expires) {
+				delete(b.idem, k)
 			}
 		}
 	}

@@ -16,6 +16,9 @@ package redisstore
 //	                                key for all requests, in a slot of its own
 //	<prefix>{poll-pause}           string: the time (ms) until which no replica
 //	                                polls, after a 429; expires then
+//	<prefix>idem:{<key>}           string: an idempotency entry as JSON (the
+//	                                key is the caller's hashed scope and key);
+//	                                expires after 24 hours
 
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"
@@ -38,4 +41,8 @@ func (b *Backend) pendingKey() string {
 
 func (b *Backend) pauseKey() string {
 	return b.prefix + "{poll-pause}"
+}
+
+func (b *Backend) idemKey(key string) string {
+	return b.prefix + "idem:{" + key + "}"
 }

@@ -398,9 +398,16 @@ type SubmitRequest struct {
 	// The RunComfy deployment id: letters, digits, "-" and "_", at most 128.
 	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	// The deployment input: one JSON object, as RunComfy's submit body expects it.
-	InputJson     string `protobuf:"bytes,2,opt,name=input_json,json=inputJson,proto3" json:"input_json,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InputJson string `protobuf:"bytes,2,opt,name=input_json,json=inputJson,proto3" json:"input_json,omitempty"`
+	// Makes retries safe: a Submit with the same key, from the same tenant, for
+	// the same deployment and input, within 24 hours, returns the request the
+	// first one started instead of starting (and paying for) another, also when
+	// the retries arrive at once on different replicas. The same key with another
+	// deployment or input is ALREADY_EXISTS (REST 409). Over REST, send it as the
+	// Idempotency-Key header. At most 255 printable ASCII characters.
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
@@ -443,6 +450,13 @@ func (x *SubmitRequest) GetDeploymentId() string {
 func (x *SubmitRequest) GetInputJson() string {
 	if x != nil {
 		return x.InputJson
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
 	}
 	return ""
 }
@@ -955,11 +969,12 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\fRequestError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
-	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"S\n" +
+	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"|\n" +
 	"\rSubmitRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
-	"input_json\x18\x02 \x01(\tR\tinputJson\"F\n" +
+	"input_json\x18\x02 \x01(\tR\tinputJson\x12'\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"F\n" +
 	"\x0eSubmitResponse\x124\n" +
 	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"V\n" +
 	"\x10GetStatusRequest\x12#\n" +

@@ -1,0 +1,99 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
+)
+
+// idempotencyTTL is how long an idempotency key stands for its first submit.
+const idempotencyTTL = 24 * time.Hour
+
+// idempotencyWait bounds how long a retry waits for the same key's submit
+// running elsewhere (another replica, a concurrent call) to finish.
+const idempotencyWait = 60 * time.Second
+
+// errIdempotencyMismatch: the key was first used for another submit.
+var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment or input")
+
+// idempotencyKey is the key from the request, or else from the
+// Idempotency-Key header the REST gateway forwards as metadata.
+func idempotencyKey(ctx context.Context, field string) (string, error) {
+	key := field
+	if key == "" {
+		if v := metadata.ValueFromIncomingContext(ctx, "idempotency-key"); len(v) > 0 {
+			key = v[0]
+		}
+	}
+	if len(key) > 255 {
+		return "", &fieldError{field: "idempotency_key", reason: "is longer than 255 characters"}
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return "", &fieldError{field: "idempotency_key", reason: "may contain only printable ASCII"}
+		}
+	}
+	return key, nil
+}
+
+// bodyHash identifies a submit: its deployment and its exact input.
+func bodyHash(dep, input string) string {
+	h := sha256.New()
+	h.Write([]byte(dep))
+	h.Write([]byte{0})
+	h.Write([]byte(input))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// claimIdempotency claims key for this tenant and submit. It returns the claim's
+// scope when the caller must submit, or the response of the submit the key
+// already stands for (waiting for it when still under way).
+func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) (string, *comfygatev1.SubmitResponse, error) {
+	if s.idem == nil {
+		return "", nil, errors.New("idempotency keys are not configured")
+	}
+	// Scoped per tenant; hashed, so the key (client text) never becomes a
+	// storage key as it is.
+	sum := sha256.Sum256([]byte(tenantOf(ctx) + "\x00" + key))
+	scope := hex.EncodeToString(sum[:])
+	want := state.IdempotencyEntry{BodyHash: bodyHash(dep, input)}
+	wctx, cancel := context.WithTimeout(ctx, idempotencyWait)
+	defer cancel()
+	for wait := 20 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
+		got, claimed, err := s.idem.Claim(wctx, scope, want, idempotencyTTL)
+		switch {
+		case err != nil:
+			return "", nil, fmt.Errorf("idempotency key: %w", err)
+		case claimed:
+			return scope, nil, nil
+		case got.BodyHash != want.BodyHash:
+			return "", nil, errIdempotencyMismatch
+		case got.RequestID != "":
+			rec, err := s.tracker.Get(ctx, got.RequestID)
+			if err != nil {
+				// Recorded long ago and expired, or not recorded: the id is
+				// what the caller needs.
+				return "", &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
+					RequestId: got.RequestID, DeploymentId: dep,
+				}}, nil
+			}
+			return "", &comfygatev1.SubmitResponse{Request: recordToProto(rec)}, nil
+		}
+		// The first submit with this key is under way: wait for its answer.
+		t := time.NewTimer(wait)
+		select {
+		case <-wctx.Done():
+			t.Stop()
+			return "", nil, fmt.Errorf("waiting for the submit with the same idempotency key: %w", wctx.Err())
+		case <-t.C:
+		}
+	}
+}
