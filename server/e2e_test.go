@@ -83,6 +83,9 @@ type gatewayOptions struct {
 	// redis, when set, is the store, bus and idempotency keys instead of the
 	// memory backend (replicas share it).
 	redis *redisstore.Backend
+	// submitRate and submitBurst limit each tenant's submits.
+	submitRate  float64
+	submitBurst int
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -182,7 +185,8 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem}
+	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem,
+		SubmitRate: o.submitRate, SubmitBurst: o.submitBurst}
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}

@@ -45,6 +45,11 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var rl *rateLimitedError
+	if errors.As(err, &rl) {
+		return withDetails(status.New(codes.ResourceExhausted, rl.Error()),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(rl.retry)})
+	}
 	var fe *fieldError
 	if errors.As(err, &fe) {
 		st := status.New(codes.InvalidArgument, fe.Error())

@@ -65,6 +65,7 @@ type Service struct {
 	backend       Pinger
 	expedite      Expediter
 	idem          state.Idempotency
+	limits        *submitLimits
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -85,6 +86,10 @@ type ServiceConfig struct {
 	Polls Expediter
 	// Idempotency keeps idempotency keys; required for Submit to honour them.
 	Idempotency state.Idempotency
+	// SubmitRate, when positive, limits each tenant's submits per second (a
+	// token bucket of SubmitBurst).
+	SubmitRate  float64
+	SubmitBurst int
 	Logger      *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
@@ -116,6 +121,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		backend:       cfg.Backend,
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
+		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

@@ -32,6 +32,13 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			return done, err
 		}
 	}
+	// Only submits that reach RunComfy count: a replay of a known key is free.
+	if err := s.limits.take(tenantOf(ctx)); err != nil {
+		if scope != "" {
+			_ = s.idem.Drop(ctx, scope)
+		}
+		return nil, err
+	}
 	if s.backend != nil && scope == "" {
 		if err := s.backend.Ping(ctx); err != nil {
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)

@@ -47,6 +47,8 @@ type Config struct {
 	PollConcurrency    int
 	APIKeysFile        string
 	Insecure           bool
+	SubmitRate         float64
+	SubmitBurst        int
 }
 
 // envName is the environment variable that sets a flag.
@@ -84,6 +86,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY\" per line (# comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
+	fs.Float64Var(&cfg.SubmitRate, "submit-rate", 0, "submits per second each tenant may make (token bucket); 0 is unlimited")
+	fs.IntVar(&cfg.SubmitBurst, "submit-burst", 10, "submits a tenant may make at once before --submit-rate applies")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.Usage = func() {
@@ -206,6 +210,9 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
 			}
 		}
+	}
+	if c.SubmitRate < 0 || c.SubmitBurst < 1 {
+		errs = append(errs, errors.New("--submit-rate must not be negative and --submit-burst must be at least 1"))
 	}
 	if c.PollInterval < 100*time.Millisecond {
 		errs = append(errs, errors.New("--poll-interval must be at least 100ms"))

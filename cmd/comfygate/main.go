@@ -100,7 +100,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 // serve builds the state, the service and the listeners and starts them in g.
 // after runs once the gateway has drained.
 func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
-	svcCfg := server.ServiceConfig{Upstream: client, Logger: log}
+	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst}
 	srvCfg := server.Config{
 		GRPCAddr:        cfg.GRPCAddr,
 		HTTPAddr:        cfg.HTTPAddr,
