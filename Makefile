@@ -43,6 +43,10 @@ fuzz:
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzParseResult$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzCollectURLs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./auth -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./webhook -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzValidID$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME)
 
 ## build: static binaries in bin/
 build:

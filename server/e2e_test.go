@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -19,6 +21,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -55,6 +58,8 @@ type gateway struct {
 	upstream *runcomfy.Client
 	webhook  *webhook.Handler
 	urls     *webhook.URLs
+	// httpc is the HTTP client that trusts the gateway (TLS or not).
+	httpc *http.Client
 	// stop drains the gateway and returns what Run returned; safe to call twice.
 	stop func() error
 }
@@ -86,6 +91,10 @@ type gatewayOptions struct {
 	// submitRate and submitBurst limit each tenant's submits.
 	submitRate  float64
 	submitBurst int
+	// tls, when set, serves both listeners over TLS; the test's clients then
+	// trust tlsRoots.
+	tls      *tls.Config
+	tlsRoots *x509.CertPool
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -208,11 +217,15 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
 		Ready:  ready,
 		Auth:   o.auth,
+		TLS:    o.tls,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	urls, err := webhook.NewURLs("http://"+srv.HTTPAddr(), signer)
+	if o.tls != nil {
+		urls, err = webhook.NewURLs("https://"+srv.HTTPAddr(), signer)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +233,14 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	scheme, creds := "http", insecure.NewCredentials()
+	httpc := http.DefaultClient
+	if o.tls != nil {
+		scheme = "https"
+		creds = credentials.NewTLS(&tls.Config{RootCAs: o.tlsRoots, MinVersion: tls.VersionTLS12})
+		httpc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: o.tlsRoots, MinVersion: tls.VersionTLS12}}}
+	}
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +249,8 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		simURL:   simURL,
 		client:   comfygatev1.NewGatewayServiceClient(conn),
 		conn:     conn,
-		httpBase: "http://" + srv.HTTPAddr(),
+		httpBase: scheme + "://" + srv.HTTPAddr(),
+		httpc:    httpc,
 		tracker:  tracker,
 		hub:      hub,
 		memory:   backend,
@@ -258,7 +279,7 @@ func (g *gateway) waitUp(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(g.httpBase + "/healthz")
+		resp, err := g.httpc.Get(g.httpBase + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -34,6 +36,8 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// TLS, when set, serves both listeners over TLS (nil: plaintext).
+	TLS *tls.Config
 	// Auth, when set, requires an API key on every call but health and
 	// reflection.
 	Auth Authenticator
@@ -92,6 +96,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	// A message carries the input plus a little framing.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
+	if cfg.TLS != nil {
+		s.httpLis = tls.NewListener(s.httpLis, cfg.TLS.Clone())
+	}
 	opts := append(interceptors(cfg.Logger, cfg.Auth),
 		grpc.MaxRecvMsgSize(maxMsg),
 		// Watch streams live for minutes: probe idle connections so a vanished
@@ -99,12 +106,15 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
 	s.grpcServer = grpc.NewServer(opts...)
 	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	reflection.Register(s.grpcServer)
 
-	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg)
+	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS))
 	if err != nil {
 		s.grpcLis.Close()
 		s.httpLis.Close()

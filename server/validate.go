@@ -1,8 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/comfygate/comfygate/runcomfy"
@@ -33,13 +33,16 @@ func validateRequestRef(deploymentID, requestID string) error {
 // re-encode anything: the bytes that pass are the bytes RunComfy receives.
 func validateInput(input string) error {
 	const field = "input_json"
-	trimmed := bytes.TrimSpace([]byte(input))
+	// Only JSON's own whitespace may surround the object: these are the bytes
+	// RunComfy receives, so what passes here must be valid JSON as it stands
+	// (bytes.TrimSpace would also skip \f or \v, which JSON does not allow).
+	trimmed := strings.TrimLeft(input, " \t\r\n")
 	switch {
-	case len(trimmed) == 0:
+	case strings.TrimRight(trimmed, " \t\r\n") == "":
 		return &fieldError{field: field, reason: "is required: the deployment input as a JSON object"}
-	case !utf8.Valid(trimmed):
+	case !utf8.ValidString(input):
 		return &fieldError{field: field, reason: "is not valid UTF-8"}
-	case !json.Valid(trimmed):
+	case !json.Valid([]byte(input)):
 		return &fieldError{field: field, reason: "is not valid JSON"}
 	case trimmed[0] != '{':
 		return &fieldError{field: field, reason: "must be a JSON object"}

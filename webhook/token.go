@@ -65,7 +65,9 @@ func (s *Signer) Token(deploymentID string) string {
 // secret. Every secret is checked, in constant time, whatever matched.
 func (s *Signer) Verify(deploymentID, token string) bool {
 	got, err := base64.RawURLEncoding.Strict().DecodeString(token)
-	if err != nil || len(got) != sha256.Size {
+	// The decoder skips CR and LF; only the canonical spelling of a token is
+	// one.
+	if err != nil || len(got) != sha256.Size || base64.RawURLEncoding.EncodeToString(got) != token {
 		return false
 	}
 	ok := false

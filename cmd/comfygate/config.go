@@ -49,6 +49,8 @@ type Config struct {
 	Insecure           bool
 	SubmitRate         float64
 	SubmitBurst        int
+	TLSCert            string
+	TLSKey             string
 }
 
 // envName is the environment variable that sets a flag.
@@ -88,6 +90,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
 	fs.Float64Var(&cfg.SubmitRate, "submit-rate", 0, "submits per second each tenant may make (token bucket); 0 is unlimited")
 	fs.IntVar(&cfg.SubmitBurst, "submit-burst", 10, "submits a tenant may make at once before --submit-rate applies")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate `file` (chain) to serve both listeners over TLS; needs --tls-key")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.Usage = func() {
@@ -210,6 +214,9 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
 			}
 		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
 	if c.SubmitRate < 0 || c.SubmitBurst < 1 {
 		errs = append(errs, errors.New("--submit-rate must not be negative and --submit-burst must be at least 1"))

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -108,6 +109,13 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		Logger:          log,
 		Routes:          map[string]http.Handler{},
+	}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		srvCfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	var (
 		store    state.Store
