@@ -68,7 +68,10 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) 
 	wctx, cancel := context.WithTimeout(ctx, idempotencyWait)
 	defer cancel()
 	for wait := 20 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
-		got, claimed, err := s.idem.Claim(wctx, scope, want, idempotencyTTL)
+		// A claim lives only as long as its submit may take: if this process
+		// dies before completing it, a retry may go ahead once it expires,
+		// instead of waiting on it for a day. Complete sets the full TTL.
+		got, claimed, err := s.idem.Claim(wctx, scope, want, s.submitTimeout+idempotencyWait)
 		switch {
 		case err != nil:
 			return "", nil, fmt.Errorf("idempotency key: %w", err)
