@@ -19,7 +19,9 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	// RunComfy is never asked. One unknown here is attached first, which also
 	// settles who owns it.
 	if _, err := s.lookup(ctx, dep, rid); errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
-		if _, u, err := s.attach(ctx, dep, rid, "cancel"); u == nil || errors.Is(err, errNotYours) {
+		// Refused unless attaching worked: an unrecorded request has no owner
+		// to check the caller against.
+		if _, _, err := s.attach(ctx, dep, rid, "cancel"); err != nil {
 			return nil, fmt.Errorf("cancel request %s: %w", rid, err)
 		}
 	} else if err != nil {
