@@ -42,6 +42,7 @@ func authenticate(ctx context.Context, a Authenticator) (context.Context, error)
 			continue
 		}
 		if tenant, ok := a.Tenant(strings.TrimSpace(key)); ok {
+			noteTenant(ctx, tenant)
 			return context.WithValue(ctx, tenantKey{}, tenant), nil
 		}
 	}

@@ -91,6 +91,8 @@ type gatewayOptions struct {
 	// submitRate and submitBurst limit each tenant's submits.
 	submitRate  float64
 	submitBurst int
+	// logs, when set, receives the gateway's log as JSON lines.
+	logs io.Writer
 	// tls, when set, serves both listeners over TLS; the test's clients then
 	// trust tlsRoots.
 	tls      *tls.Config
@@ -140,7 +142,11 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logOut := io.Writer(io.Discard)
+	if o.logs != nil {
+		logOut = o.logs
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, nil))
 	backend := memory.New(nil)
 	var (
 		store state.Store       = backend

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
@@ -61,39 +62,40 @@ func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, er
 // once the update is stored and published (or known to need neither), so that
 // RunComfy retries anything not safely recorded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	// Authenticate before anything else: an unauthenticated caller learns nothing
 	// and costs nothing beyond one MAC.
 	deploymentID, token, ok := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix), "/")
 	if !ok || !runcomfy.ValidID(deploymentID) || !h.signer.Verify(deploymentID, token) {
-		h.reject(w, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
+		h.reject(w, r, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		h.reject(w, ReasonMethod, http.StatusMethodNotAllowed, "callbacks are POST")
+		h.reject(w, r, ReasonMethod, http.StatusMethodNotAllowed, "callbacks are POST")
 		return
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		h.reject(w, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
+		h.reject(w, r, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			h.reject(w, ReasonTooLarge, http.StatusRequestEntityTooLarge, "callback body exceeds 1 MiB")
+			h.reject(w, r, ReasonTooLarge, http.StatusRequestEntityTooLarge, "callback body exceeds 1 MiB")
 			return
 		}
-		h.reject(w, ReasonMalformed, http.StatusBadRequest, "reading callback body failed")
+		h.reject(w, r, ReasonMalformed, http.StatusBadRequest, "reading callback body failed")
 		return
 	}
 	cb, err := runcomfy.ParseCallback(body)
 	if err != nil {
-		h.reject(w, ReasonMalformed, http.StatusBadRequest, "callback body is not a JSON object: "+err.Error())
+		h.reject(w, r, ReasonMalformed, http.StatusBadRequest, "callback body is not a JSON object: "+err.Error())
 		return
 	}
 	if !runcomfy.ValidID(cb.RequestID) {
-		h.reject(w, ReasonMalformed, http.StatusBadRequest, "callback has no valid request_id")
+		h.reject(w, r, ReasonMalformed, http.StatusBadRequest, "callback has no valid request_id")
 		return
 	}
 	if cb.DeploymentID != "" && cb.DeploymentID != deploymentID {
@@ -109,18 +111,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if _, outcome, err = h.tracker.Apply(r.Context(), u); err != nil {
 			h.log.ErrorContext(r.Context(), "callback not recorded; asking RunComfy to retry",
 				"request_id", cb.RequestID, "deployment_id", deploymentID, "error", err)
-			h.reject(w, ReasonStore, http.StatusServiceUnavailable, "callback could not be recorded; retry later")
+			h.reject(w, r, ReasonStore, http.StatusServiceUnavailable, "callback could not be recorded; retry later")
 			return
 		}
 	}
 	h.outcomes[outcome].Add(1)
-	h.log.DebugContext(r.Context(), "callback", "request_id", cb.RequestID, "deployment_id", deploymentID,
-		"status", cb.Status, "outcome", outcome.String())
+	h.log.InfoContext(r.Context(), "callback", "request_id", cb.RequestID, "deployment_id", deploymentID,
+		"status", cb.Status, "outcome", outcome.String(), "duration", time.Since(start))
 	writeJSON(w, http.StatusOK, map[string]string{"outcome": outcome.String()})
 }
 
-func (h *Handler) reject(w http.ResponseWriter, reason string, code int, msg string) {
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, reason string, code int, msg string) {
 	h.rejected[reason].Add(1)
+	// The path holds the callback token: log the reason, never the URL.
+	h.log.InfoContext(r.Context(), "callback refused", "reason", reason, "code", code)
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
