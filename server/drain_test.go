@@ -1,10 +1,17 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
@@ -59,5 +66,62 @@ func TestDrainFinishesInFlightCalls(t *testing.T) {
 	}
 	if _, err := http.Get(g.httpBase + "/readyz"); err == nil {
 		t.Error("HTTP listener still accepting after drain")
+	}
+}
+
+// TestDrainEndsWatchStreamsWithTheirLastSeq: when the server drains, an open
+// watch ends at once with UNAVAILABLE naming its last seq (gRPC: an ErrorInfo;
+// REST: a final error line), so the client resumes elsewhere with after_seq, and
+// the drain does not wait for the stream.
+func TestDrainEndsWatchStreamsWithTheirLastSeq(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := sub.GetRequest().GetRequestId()
+	stream, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(g.httpBase + "/v1/deployments/dep-1/requests/" + rid + ":watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewReader(resp.Body)
+	if _, err := lines.ReadString('\n'); err != nil { // the current state
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	if err := g.stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("drain took %v: it waited for the open streams", took)
+	}
+	_, err = stream.Recv()
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable {
+		t.Fatalf("stream ended with %v, want Unavailable", err)
+	}
+	lastSeq := ""
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			lastSeq = info.GetMetadata()["last_seq"]
+		}
+	}
+	if want := strconv.FormatInt(first.GetRequest().GetSeq(), 10); lastSeq != want {
+		t.Errorf("last_seq = %q, want %q", lastSeq, want)
+	}
+	last, _ := lines.ReadString('\n')
+	if !strings.Contains(last, `"code":14`) || !strings.Contains(last, "after_seq=1") {
+		t.Errorf("REST watch ended with %q, want an UNAVAILABLE line naming after_seq", last)
 	}
 }

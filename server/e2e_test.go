@@ -218,12 +218,14 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	drain := svc.Drain
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
 		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
 		Ready:  ready,
 		Auth:   o.auth,
 		TLS:    o.tls,
+		Drain:  drain,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,13 @@ const errorDomain = "runcomfy.net"
 // Retry-After header.
 const defaultRetryDelay = time.Second
 
+// drainingError ends a watch stream because this replica is shutting down.
+type drainingError struct{ lastSeq int64 }
+
+func (e *drainingError) Error() string {
+	return fmt.Sprintf("this replica is shutting down; reconnect with after_seq=%d", e.lastSeq)
+}
+
 // fieldError is a client input the gateway refuses before calling anything.
 type fieldError struct {
 	field  string
@@ -44,6 +51,13 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	var de *drainingError
+	if errors.As(err, &de) {
+		return withDetails(status.New(codes.Unavailable, de.Error()), &errdetails.ErrorInfo{
+			Reason: "DRAINING", Domain: "comfygate",
+			Metadata: map[string]string{"last_seq": strconv.FormatInt(de.lastSeq, 10)},
+		})
 	}
 	var rl *rateLimitedError
 	if errors.As(err, &rl) {

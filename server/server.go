@@ -36,6 +36,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// Drain, when set, runs first when the server starts draining (the
+	// service ends its watch streams).
+	Drain func()
 	// TLS, when set, serves both listeners over TLS (nil: plaintext).
 	TLS *tls.Config
 	// Auth, when set, requires an API key on every call but health and
@@ -58,6 +61,7 @@ const DefaultMaxBodyBytes = 10 << 20
 // same interceptors, and the health endpoints.
 type Server struct {
 	log             *slog.Logger
+	drain           func()
 	shutdownTimeout time.Duration
 	grpcLis         net.Listener
 	httpLis         net.Listener
@@ -83,7 +87,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	s := &Server{log: cfg.Logger, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
+	s := &Server{log: cfg.Logger, drain: cfg.Drain, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
 
 	var err error
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
@@ -193,6 +197,9 @@ func (s *Server) shutdown() error {
 	s.ready.Store(false)
 	s.health.Shutdown()
 	s.log.Info("draining", "timeout", s.shutdownTimeout)
+	if s.drain != nil {
+		s.drain()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.shutdownTimeout)
 	defer cancel()
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -66,6 +67,8 @@ type Service struct {
 	expedite      Expediter
 	idem          state.Idempotency
 	limits        *submitLimits
+	draining      chan struct{}
+	drainOnce     sync.Once
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -122,8 +125,16 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
 		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
+		draining:      make(chan struct{}),
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,
 	}, nil
+}
+
+// Drain ends every open WatchRequest stream with UNAVAILABLE and its last seq,
+// so that clients resume on another replica; unary calls are not affected. The
+// server calls it when it starts draining.
+func (s *Service) Drain() {
+	s.drainOnce.Do(func() { close(s.draining) })
 }

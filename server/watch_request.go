@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -56,9 +57,23 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	if done, err := send(rec); done || err != nil {
 		return err
 	}
+	// Draining ends the stream (not the process's other work) so the client
+	// reconnects elsewhere with after_seq: its context stops the wait.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-s.draining:
+			stop()
+		case <-wctx.Done():
+		}
+	}()
 	for {
-		recs, err := w.Next(ctx)
+		recs, err := w.Next(wctx)
 		if err != nil {
+			if ctx.Err() == nil {
+				return &drainingError{lastSeq: sent}
+			}
 			return fmt.Errorf("watch request %s: %w", rid, err)
 		}
 		for _, r := range recs {

@@ -218,6 +218,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 	if err != nil {
 		return err
 	}
+	srvCfg.Drain = svc.Drain
 	srv, err := server.New(srvCfg, svc)
 	if err != nil {
 		return err

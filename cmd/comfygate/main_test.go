@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
@@ -157,6 +159,28 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 		t.Errorf("watch ended with %v", last)
 	}
 
+	// A watcher of a request still running when SIGTERM comes: its stream ends
+	// with UNAVAILABLE at once, so it can resume on another replica.
+	open, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"prompt":"long"}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: open.GetRequest().GetRequestId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pending.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	watchEnded := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := pending.Recv(); err != nil {
+				watchEnded <- err
+				return
+			}
+		}
+	}()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +194,14 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 		}
 	case <-time.After(12 * time.Second):
 		t.Fatalf("did not exit within the shutdown timeout; logs:\n%s", logs)
+	}
+	select {
+	case err := <-watchEnded:
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "after_seq") {
+			t.Errorf("open watch ended with %v, want UNAVAILABLE naming after_seq", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("open watch did not end on SIGTERM")
 	}
 	if !strings.Contains(logs.String(), "drained") {
 		t.Errorf("no drain in logs:\n%s", logs)
