@@ -45,6 +45,10 @@ type Config struct {
 	BackoffMax  time.Duration
 	// Transport overrides the tuned default transport (tests, proxies).
 	Transport http.RoundTripper
+	// Observe, when set, is told of every HTTP attempt: the call ("submit",
+	// "status", "result", "cancel"), the HTTP status (0 when none came back) and
+	// how long it took. For metrics.
+	Observe func(op string, httpStatus int, d time.Duration)
 }
 
 // Client calls the RunComfy Serverless API. It is safe for concurrent use.
@@ -55,6 +59,7 @@ type Client struct {
 	http       *http.Client
 	maxRetries int
 	backoff    func(attempt int) time.Duration
+	observe    func(op string, httpStatus int, d time.Duration)
 }
 
 // New validates cfg and returns a Client. It refuses a missing token, because every
@@ -102,6 +107,7 @@ func New(cfg Config) (*Client, error) {
 		token:      cfg.Token,
 		http:       &http.Client{Transport: cfg.Transport, Timeout: cfg.Timeout, CheckRedirect: noRedirect},
 		maxRetries: cfg.MaxRetries,
+		observe:    cfg.Observe,
 		backoff: func(attempt int) time.Duration {
 			// Full jitter over a capped exponential: spreads retries of many
 			// gateways so they do not hit upstream in lockstep.
@@ -314,7 +320,15 @@ func (c *Client) do(ctx context.Context, op, method, path string, q url.Values, 
 			case <-t.C:
 			}
 		}
+		start := time.Now()
 		apiErr := c.once(ctx, op, method, target, body, out)
+		if c.observe != nil {
+			code := http.StatusOK
+			if apiErr != nil {
+				code = apiErr.HTTPStatus
+			}
+			c.observe(op, code, time.Since(start))
+		}
 		if apiErr == nil {
 			return nil
 		}

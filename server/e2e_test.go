@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -91,6 +92,8 @@ type gatewayOptions struct {
 	// submitRate and submitBurst limit each tenant's submits.
 	submitRate  float64
 	submitBurst int
+	// metrics, when set, receives the server's series and serves them.
+	metrics *prometheus.Registry
 	// logs, when set, receives the gateway's log as JSON lines.
 	logs io.Writer
 	// tls, when set, serves both listeners over TLS; the test's clients then
@@ -214,6 +217,11 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if o.callbacks {
 		svcCfg.Callbacks = late
 	}
+	var metrics *server.Metrics
+	if o.metrics != nil {
+		metrics = server.NewMetrics(o.metrics)
+		svcCfg.Metrics = metrics
+	}
 	svc, err := server.NewService(svcCfg)
 	if err != nil {
 		t.Fatal(err)
@@ -221,11 +229,12 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	drain := svc.Drain
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
-		Routes: map[string]http.Handler{webhook.PathPrefix: hook},
-		Ready:  ready,
-		Auth:   o.auth,
-		TLS:    o.tls,
-		Drain:  drain,
+		Routes:  map[string]http.Handler{webhook.PathPrefix: hook},
+		Ready:   ready,
+		Auth:    o.auth,
+		TLS:     o.tls,
+		Drain:   drain,
+		Metrics: metrics,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

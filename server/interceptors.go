@@ -36,13 +36,20 @@ func recoveryOption(log *slog.Logger) recovery.Option {
 }
 
 // interceptors returns the server options that install the interceptor chains:
-// recovery outermost so it also covers the rest, then the access log (which
+// recovery outermost so it also covers the rest, then the gRPC metrics and the
+// access log (which
 // sees the final code), then the error mapping, then authentication (when a is
 // set), whose refusal the mapping turns into a code.
-func interceptors(log *slog.Logger, a Authenticator) []grpc.ServerOption {
+func interceptors(log *slog.Logger, a Authenticator, m *Metrics) []grpc.ServerOption {
 	rec := recoveryOption(log)
-	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec), accessLogUnaryInterceptor(log), errorUnaryInterceptor(log)}
-	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec), accessLogStreamInterceptor(log), errorStreamInterceptor(log)}
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec)}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec)}
+	if m != nil {
+		unary = append(unary, m.grpc.UnaryServerInterceptor())
+		stream = append(stream, m.grpc.StreamServerInterceptor())
+	}
+	unary = append(unary, accessLogUnaryInterceptor(log), errorUnaryInterceptor(log))
+	stream = append(stream, accessLogStreamInterceptor(log), errorStreamInterceptor(log))
 	if a != nil {
 		unary = append(unary, authUnaryInterceptor(a))
 		stream = append(stream, authStreamInterceptor(a))

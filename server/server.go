@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -36,6 +37,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// Metrics, when set, adds the gRPC server metrics and serves the registry
+	// on /metrics.
+	Metrics *Metrics
 	// Drain, when set, runs first when the server starts draining (the
 	// service ends its watch streams).
 	Drain func()
@@ -103,7 +107,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.TLS != nil {
 		s.httpLis = tls.NewListener(s.httpLis, cfg.TLS.Clone())
 	}
-	opts := append(interceptors(cfg.Logger, cfg.Auth),
+	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics),
 		grpc.MaxRecvMsgSize(maxMsg),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.
@@ -116,6 +120,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	s.grpcServer = grpc.NewServer(opts...)
 	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
+	if cfg.Metrics != nil {
+		cfg.Metrics.grpc.InitializeMetrics(s.grpcServer)
+	}
 	reflection.Register(s.grpcServer)
 
 	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS))
@@ -128,6 +135,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", limitBody(gw, cfg.MaxBodyBytes))
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
+	}
 	for pattern, h := range cfg.Routes {
 		mux.Handle(pattern, h)
 	}

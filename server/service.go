@@ -67,6 +67,7 @@ type Service struct {
 	expedite      Expediter
 	idem          state.Idempotency
 	limits        *submitLimits
+	metrics       *Metrics
 	draining      chan struct{}
 	drainOnce     sync.Once
 	log           *slog.Logger
@@ -93,7 +94,9 @@ type ServiceConfig struct {
 	// token bucket of SubmitBurst).
 	SubmitRate  float64
 	SubmitBurst int
-	Logger      *slog.Logger
+	// Metrics, when set, counts deliveries to watchers and open watchers.
+	Metrics *Metrics
+	Logger  *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -126,6 +129,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		idem:          cfg.Idempotency,
 		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
 		draining:      make(chan struct{}),
+		metrics:       cfg.Metrics,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		now:           cfg.Now,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/state"
@@ -27,6 +28,8 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		return fmt.Errorf("watch request %s: %w", rid, err)
 	}
 	defer w.Close()
+	s.metrics.watching(1)
+	defer s.metrics.watching(-1)
 
 	rec, err := s.lookup(ctx, dep, rid)
 	if errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
@@ -44,17 +47,24 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		s.expedite.Watched(ctx, rid)
 	}
 	sent := req.GetAfterSeq()
-	send := func(r *state.Record) (done bool, err error) {
+	// live: r comes from the hub, so its age is a delivery delay (the snapshot
+	// sent first is as old as the last change, whenever that was).
+	send := func(r *state.Record, live bool) (done bool, err error) {
 		if r.Seq <= sent {
 			return r.Terminal(), nil
 		}
 		if err := stream.Send(&comfygatev1.WatchRequestResponse{Request: recordToProto(r)}); err != nil {
 			return true, fmt.Errorf("send to watcher: %w", err)
 		}
+		if live {
+			s.metrics.sent(r.UpdatedAt)
+		} else {
+			s.metrics.sent(time.Time{})
+		}
 		sent = r.Seq
 		return r.Terminal(), nil
 	}
-	if done, err := send(rec); done || err != nil {
+	if done, err := send(rec, false); done || err != nil {
 		return err
 	}
 	// Draining ends the stream (not the process's other work) so the client
@@ -77,7 +87,7 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 			return fmt.Errorf("watch request %s: %w", rid, err)
 		}
 		for _, r := range recs {
-			if done, err := send(r); done || err != nil {
+			if done, err := send(r, true); done || err != nil {
 				return err
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -78,11 +79,13 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		log.Info("simulating RunComfy", "url", upstreamURL, "callbacks_to", cfg.PublicURL)
 	}
 
+	reg := newRegistry()
 	upstream := runcomfy.Config{
 		BaseURL:    upstreamURL,
 		APIVersion: cfg.RunComfyAPIVersion,
 		Token:      token,
 		Timeout:    cfg.UpstreamTimeout,
+		Observe:    upstreamLatency(reg),
 	}
 	client, err := runcomfy.New(upstream)
 	if err == nil {
@@ -92,7 +95,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		var pollClient *runcomfy.Client
 		upstream.MaxRetries = -1
 		if pollClient, err = runcomfy.New(upstream); err == nil {
-			err = serve(gctx, g, cfg, client, pollClient, log, stopSim)
+			err = serve(gctx, g, cfg, reg, client, pollClient, log, stopSim)
 		}
 	}
 	if err != nil {
@@ -104,8 +107,9 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 
 // serve builds the state, the service and the listeners and starts them in g.
 // after runs once the gateway has drained.
-func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
-	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst}
+func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
+	metrics := server.NewMetrics(reg)
+	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst, Metrics: metrics}
 	srvCfg := server.Config{
 		GRPCAddr:        cfg.GRPCAddr,
 		HTTPAddr:        cfg.HTTPAddr,
@@ -113,6 +117,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		Logger:          log,
 		Routes:          map[string]http.Handler{},
+		Metrics:         metrics,
 	}
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -129,6 +134,8 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		// runBus, when set, serves the bus until its context ends; it must
 		// outlive the drain, like the simulator.
 		runBus func(context.Context, *state.Hub) error
+		// reconnects counts pub/sub reconnects (Redis only).
+		reconnects func() int64
 	)
 	if cfg.RedisURL == "" {
 		mem := memory.New(nil)
@@ -149,6 +156,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 			return err
 		}
 		store, bus, schedule, idem = backend, backend, backend, backend
+		reconnects = backend.Reconnects
 		svcCfg.Backend = backend
 		srvCfg.Ready = backend.Ping
 		runBus = func(ctx context.Context, hub *state.Hub) error {
@@ -198,6 +206,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 	} else {
 		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
 	}
+	var hook *webhook.Handler
 	if cfg.PublicURL != "" {
 		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
 		if err != nil {
@@ -207,13 +216,13 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, client, pollClie
 		if err != nil {
 			return err
 		}
-		callbacks, err := webhook.NewHandler(signer, tracker, log)
-		if err != nil {
+		if hook, err = webhook.NewHandler(signer, tracker, log); err != nil {
 			return err
 		}
 		svcCfg.Callbacks = urls
-		srvCfg.Routes[webhook.PathPrefix] = callbacks
+		srvCfg.Routes[webhook.PathPrefix] = hook
 	}
+	registerStateMetrics(reg, tracker, reconciler, hook, reconnects)
 	svc, err := server.NewService(svcCfg)
 	if err != nil {
 		return err
