@@ -209,3 +209,25 @@ func TestAttachedRequestBelongsToTheFirstTenant(t *testing.T) {
 		t.Errorf("tenant-a result of tenant-b's request: %v, want %v", got, want)
 	}
 }
+
+// TestSubmitterOwnsARequestFinishedBeforeItsAnswer: RunComfy can send every
+// callback, the final one included, before it answers the submit; the request
+// still belongs to the tenant that submitted it.
+func TestSubmitterOwnsARequestFinishedBeforeItsAnswer(t *testing.T) {
+	g := startGateway(t, withKeys(t), withCallbacks)
+	g.sim.SetFaults(runcomfysim.Faults{CallbackBeforeSubmitResponse: true})
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(as(ctx, keyA), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := sub.GetRequest().GetRequestId()
+	st, err := g.client.GetStatus(as(ctx, keyA), &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil || st.GetRequest().GetStatus() != comfygatev1.Status_STATUS_SUCCEEDED {
+		t.Fatalf("submitter's status: %v %v", st, err)
+	}
+	_, err = g.client.GetStatus(as(ctx, keyB), &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: rid})
+	if got, want := status.Code(err), codes.NotFound; got != want {
+		t.Errorf("other tenant: %v, want %v", got, want)
+	}
+}

@@ -162,12 +162,20 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		// A request belongs to one deployment: an observation made under another
 		// (a callback URL of another deployment) must not touch it.
 		return nil, Stale
-	case cur.Terminal():
-		if u.State == cur.State {
+	case cur.Terminal() || ur < cr:
+		// The state stays as it is. Ownership is not state: an update that
+		// names the owner of a request nobody owns yet still sets it (the
+		// submit's answer can arrive after the request's last callback).
+		if cur.Owner == "" && u.Owner != "" {
+			next := cur.Clone()
+			next.Owner = u.Owner
+			next.Seq = cur.Seq + 1
+			next.UpdatedAt = now
+			return next, Applied
+		}
+		if cur.Terminal() && u.State == cur.State {
 			return nil, Duplicate
 		}
-		return nil, Stale
-	case ur < cr:
 		return nil, Stale
 	}
 	next := cur.Clone()

@@ -482,3 +482,16 @@ func TestAdvanceTakesTheNewUpstreamStatus(t *testing.T) {
 		t.Errorf("same-rank status text: got %v, want duplicate", outcome)
 	}
 }
+
+func TestOwnerIsSetOnAFinishedRecordNobodyOwns(t *testing.T) {
+	now := time.Date(2026, 4, 1, 11, 0, 0, 0, time.UTC)
+	cur := &Record{RequestID: "r", DeploymentID: "d", State: runcomfy.StateSucceeded, Seq: 3}
+	next, outcome := merge(cur, &Update{RequestID: "r", DeploymentID: "d", State: runcomfy.StateQueued, Owner: "tenant-a"}, now)
+	if outcome != Applied || next.Owner != "tenant-a" || next.State != runcomfy.StateSucceeded || next.Seq != 4 {
+		t.Fatalf("got %v %+v, want the owner set, the state kept, seq 4", outcome, next)
+	}
+	// Set once: another owner changes nothing.
+	if _, outcome := merge(next, &Update{RequestID: "r", State: runcomfy.StateSucceeded, Owner: "tenant-b"}, now); outcome != Duplicate {
+		t.Errorf("second owner: got %v, want duplicate", outcome)
+	}
+}
