@@ -98,7 +98,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.BackoffMax = 2 * time.Second
 	}
 	if cfg.Transport == nil {
-		cfg.Transport = newTransport()
+		cfg.Transport = NewTransport()
 	}
 	bb, bm := cfg.BackoffBase, cfg.BackoffMax
 	return &Client{
@@ -120,9 +120,10 @@ func New(cfg Config) (*Client, error) {
 	}, nil
 }
 
-// newTransport is tuned for many concurrent calls to one host: the default
+// NewTransport is the client's default transport, for callers that wrap it
+// (tracing). It is tuned for many concurrent calls to one host: the default
 // MaxIdleConnsPerHost of 2 would open and close connections under load.
-func newTransport() *http.Transport {
+func NewTransport() *http.Transport {
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

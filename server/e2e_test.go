@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -92,6 +93,8 @@ type gatewayOptions struct {
 	// submitRate and submitBurst limit each tenant's submits.
 	submitRate  float64
 	submitBurst int
+	// tracer, when set, traces the gateway.
+	tracer trace.TracerProvider
 	// metrics, when set, receives the server's series and serves them.
 	metrics *prometheus.Registry
 	// logs, when set, receives the gateway's log as JSON lines.
@@ -235,6 +238,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		TLS:     o.tls,
 		Drain:   drain,
 		Metrics: metrics,
+		Tracer:  o.tracer,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

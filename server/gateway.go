@@ -24,14 +24,14 @@ import (
 // newGateway builds the REST handler. It dials the gRPC server at target like any
 // client (never RegisterGatewayServiceHandlerServer, which would bypass the
 // interceptors and cannot stream).
-func newGateway(target string, maxMsg int, creds credentials.TransportCredentials) (http.Handler, *grpc.ClientConn, error) {
+func newGateway(target string, maxMsg int, creds credentials.TransportCredentials, extra ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient(target,
+	conn, err := grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg)),
-	)
+	}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial gRPC server for REST gateway: %w", err)
 	}

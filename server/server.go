@@ -9,10 +9,15 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -37,6 +42,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
+	// Tracer, when set, traces every RPC, REST call and callback, and carries
+	// the trace context from REST into gRPC (W3C trace context).
+	Tracer trace.TracerProvider
 	// Metrics, when set, adds the gRPC server metrics and serves the registry
 	// on /metrics.
 	Metrics *Metrics
@@ -117,6 +125,14 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
+	var clientOpts []grpc.DialOption
+	if cfg.Tracer != nil {
+		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(cfg.Tracer), otelgrpc.WithPropagators(prop))))
+		clientOpts = append(clientOpts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(cfg.Tracer), otelgrpc.WithPropagators(prop))))
+	}
 	s.grpcServer = grpc.NewServer(opts...)
 	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
@@ -125,7 +141,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	}
 	reflection.Register(s.grpcServer)
 
-	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS))
+	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS), clientOpts...)
 	if err != nil {
 		s.grpcLis.Close()
 		s.httpLis.Close()
@@ -159,8 +175,18 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		}
 		writePlain(w, http.StatusOK, "ready")
 	})
+	var handler http.Handler = mux
+	if cfg.Tracer != nil {
+		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+		handler = otelhttp.NewHandler(mux, "http",
+			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(prop),
+			// A callback's path holds its token, and spans record paths: callbacks
+			// are not traced here.
+			otelhttp.WithFilter(func(r *http.Request) bool { return !strings.HasPrefix(r.URL.Path, "/webhooks/") }),
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
+	}
 	s.httpServer = &http.Server{
-		Handler:           mux,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),

@@ -16,9 +16,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/comfygate/comfygate/auth"
@@ -53,6 +55,18 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
 	log := slog.New(handler)
+
+	tp, stopTracing, err := newTracer(ctx, getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("flushing traces failed", "error", err)
+		}
+	}()
 
 	g, gctx := errgroup.WithContext(ctx)
 	upstreamURL, token := cfg.RunComfyURL, cfg.RunComfyToken
@@ -95,7 +109,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		var pollClient *runcomfy.Client
 		upstream.MaxRetries = -1
 		if pollClient, err = runcomfy.New(upstream); err == nil {
-			err = serve(gctx, g, cfg, reg, client, pollClient, log, stopSim)
+			err = serve(gctx, g, cfg, reg, tp, client, pollClient, log, stopSim)
 		}
 	}
 	if err != nil {
@@ -107,7 +121,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 
 // serve builds the state, the service and the listeners and starts them in g.
 // after runs once the gateway has drained.
-func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
+func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, tp *sdktrace.TracerProvider, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
 	metrics := server.NewMetrics(reg)
 	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst, Metrics: metrics}
 	srvCfg := server.Config{
@@ -118,6 +132,9 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		Logger:          log,
 		Routes:          map[string]http.Handler{},
 		Metrics:         metrics,
+	}
+	if tp != nil {
+		srvCfg.Tracer = tp
 	}
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)

@@ -1,0 +1,48 @@
+package server_test
+
+import (
+	"net/http"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TestTraceContextCrossesRESTIntoGRPC: a REST call carrying a W3C traceparent
+// yields the HTTP span, the gateway's gRPC client span and the gRPC server
+// span, all in the caller's trace.
+func TestTraceContextCrossesRESTIntoGRPC(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
+	g := startGateway(t, func(o *gatewayOptions) { o.tracer = tp })
+
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	req, err := http.NewRequest(http.MethodGet, g.httpBase+"/v1/deployments/dep-1/requests/never-seen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	kinds := map[trace.SpanKind]int{}
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID().String() != traceID {
+			continue
+		}
+		kinds[s.SpanKind()]++
+	}
+	// HTTP server + gRPC server spans, and the gateway's gRPC client span.
+	if kinds[trace.SpanKindServer] < 2 || kinds[trace.SpanKindClient] < 1 {
+		var names []string
+		for _, s := range rec.Ended() {
+			names = append(names, s.Name()+" "+s.SpanContext().TraceID().String())
+		}
+		t.Errorf("spans in the caller's trace by kind: %v; all spans: %v", kinds, names)
+	}
+}
