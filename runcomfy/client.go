@@ -14,6 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // DefaultBaseURL is RunComfy's public API endpoint.
@@ -49,6 +54,10 @@ type Config struct {
 	// "status", "result", "cancel"), the HTTP status (0 when none came back) and
 	// how long it took. For metrics.
 	Observe func(op string, httpStatus int, d time.Duration)
+	// Tracer, when set, gives every HTTP attempt a client span carrying the call
+	// name and HTTP status only: URLs are left out, since a submit's query holds
+	// the callback URL and its token.
+	Tracer trace.TracerProvider
 }
 
 // Client calls the RunComfy Serverless API. It is safe for concurrent use.
@@ -60,6 +69,7 @@ type Client struct {
 	maxRetries int
 	backoff    func(attempt int) time.Duration
 	observe    func(op string, httpStatus int, d time.Duration)
+	tracer     trace.Tracer
 }
 
 // New validates cfg and returns a Client. It refuses a missing token, because every
@@ -108,6 +118,7 @@ func New(cfg Config) (*Client, error) {
 		http:       &http.Client{Transport: cfg.Transport, Timeout: cfg.Timeout, CheckRedirect: noRedirect},
 		maxRetries: cfg.MaxRetries,
 		observe:    cfg.Observe,
+		tracer:     tracerOf(cfg.Tracer),
 		backoff: func(attempt int) time.Duration {
 			// Full jitter over a capped exponential: spreads retries of many
 			// gateways so they do not hit upstream in lockstep.
@@ -118,6 +129,14 @@ func New(cfg Config) (*Client, error) {
 			return time.Duration(rand.Int64N(int64(d)) + 1)
 		},
 	}, nil
+}
+
+// tracerOf is tp's tracer for this package, or one that records nothing.
+func tracerOf(tp trace.TracerProvider) trace.Tracer {
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer("github.com/comfygate/comfygate/runcomfy")
 }
 
 // NewTransport is the client's default transport, for callers that wrap it
@@ -322,7 +341,14 @@ func (c *Client) do(ctx context.Context, op, method, path string, q url.Values, 
 			}
 		}
 		start := time.Now()
-		apiErr := c.once(ctx, op, method, target, body, out)
+		sctx, span := c.tracer.Start(ctx, "runcomfy "+op, trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("runcomfy.op", op), attribute.Int("runcomfy.attempt", attempt+1)))
+		apiErr := c.once(sctx, op, method, target, body, out)
+		if apiErr != nil {
+			span.SetAttributes(attribute.Int("http.response.status_code", apiErr.HTTPStatus))
+			span.SetStatus(codes.Error, "runcomfy "+op+" failed")
+		}
+		span.End()
 		if c.observe != nil {
 			code := http.StatusOK
 			if apiErr != nil {

@@ -144,6 +144,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		MaxRetries:  2,
 		BackoffBase: time.Millisecond,
 		BackoffMax:  5 * time.Millisecond,
+		Tracer:      o.tracer,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +206,9 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	hook, err := webhook.NewHandler(signer, tracker, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.tracer != nil {
+		hook.Trace(o.tracer)
 	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem,
 		SubmitRate: o.submitRate, SubmitBurst: o.submitBurst}

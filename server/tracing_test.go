@@ -2,11 +2,14 @@ package server_test
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
 // TestTraceContextCrossesRESTIntoGRPC: a REST call carrying a W3C traceparent
@@ -44,5 +47,36 @@ func TestTraceContextCrossesRESTIntoGRPC(t *testing.T) {
 			names = append(names, s.Name()+" "+s.SpanContext().TraceID().String())
 		}
 		t.Errorf("spans in the caller's trace by kind: %v; all spans: %v", kinds, names)
+	}
+}
+
+// TestCallbacksAndRunComfyCallsAreTraced: callbacks and calls to RunComfy get
+// spans of their own, and no span carries the callback token.
+func TestCallbacksAndRunComfyCallsAreTraced(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
+	g := startGateway(t, withCallbacks, func(o *gatewayOptions) { o.tracer = tp })
+	ctx := ctxT(t)
+	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watchAll(ctx, t, g, sub.GetRequest().GetRequestId(), 0); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]int{}
+	token := g.urls.CallbackURL("dep-1")
+	token = token[strings.LastIndex(token, "/")+1:]
+	for _, s := range rec.Ended() {
+		names[s.Name()]++
+		for _, a := range s.Attributes() {
+			if strings.Contains(a.Value.Emit(), token) {
+				t.Errorf("span %s attribute %s carries the callback token", s.Name(), a.Key)
+			}
+		}
+	}
+	if names["runcomfy submit"] != 1 || names["callback"] < 2 {
+		t.Errorf("spans %v, want one runcomfy submit and one per callback", names)
 	}
 }

@@ -12,6 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
@@ -41,6 +45,7 @@ type Handler struct {
 	tracker Applier
 	log     *slog.Logger
 
+	tracer   trace.Tracer
 	outcomes [state.Unknown + 1]atomic.Int64
 	// rejected has one counter per reason, made by NewHandler; read-only map.
 	rejected map[string]*atomic.Int64
@@ -51,11 +56,18 @@ func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, er
 	if signer == nil || tracker == nil || log == nil {
 		return nil, errors.New("webhook: signer, tracker and logger are required")
 	}
-	h := &Handler{signer: signer, tracker: tracker, log: log, rejected: map[string]*atomic.Int64{}}
+	h := &Handler{signer: signer, tracker: tracker, log: log, rejected: map[string]*atomic.Int64{},
+		tracer: noop.NewTracerProvider().Tracer("")}
 	for _, r := range []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore} {
 		h.rejected[r] = new(atomic.Int64)
 	}
 	return h, nil
+}
+
+// Trace gives every callback a server span (request id, deployment, outcome;
+// never the URL, which holds the token).
+func (h *Handler) Trace(tp trace.TracerProvider) {
+	h.tracer = tp.Tracer("github.com/comfygate/comfygate/webhook")
 }
 
 // ServeHTTP authenticates, parses and applies one callback. It answers 2xx only
@@ -63,6 +75,9 @@ func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, er
 // RunComfy retries anything not safely recorded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	ctx, span := h.tracer.Start(r.Context(), "callback", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	r = r.WithContext(ctx)
 	// Authenticate before anything else: an unauthenticated caller learns nothing
 	// and costs nothing beyond one MAC.
 	deploymentID, token, ok := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix), "/")
@@ -116,6 +131,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.outcomes[outcome].Add(1)
+	span.SetAttributes(attribute.String("comfygate.request_id", cb.RequestID),
+		attribute.String("comfygate.deployment_id", deploymentID), attribute.String("comfygate.outcome", outcome.String()))
 	h.log.InfoContext(r.Context(), "callback", "request_id", cb.RequestID, "deployment_id", deploymentID,
 		"status", cb.Status, "outcome", outcome.String(), "duration", time.Since(start))
 	writeJSON(w, http.StatusOK, map[string]string{"outcome": outcome.String()})

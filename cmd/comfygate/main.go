@@ -101,6 +101,9 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		Timeout:    cfg.UpstreamTimeout,
 		Observe:    upstreamLatency(reg),
 	}
+	if tp != nil {
+		upstream.Tracer = tp
+	}
 	client, err := runcomfy.New(upstream)
 	if err == nil {
 		// The poller retries nothing itself: a failed poll is simply due again
@@ -235,6 +238,9 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		}
 		if hook, err = webhook.NewHandler(signer, tracker, log); err != nil {
 			return err
+		}
+		if tp != nil {
+			hook.Trace(tp)
 		}
 		svcCfg.Callbacks = urls
 		srvCfg.Routes[webhook.PathPrefix] = hook
