@@ -243,37 +243,10 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 			cleanups[i]()
 		}
 		tr.CloseIdleConnections()
-		for _, p := range procs {
-			if strings.Contains(p.logs.String(), "DATA RACE") {
-				t.Errorf("%s: the race detector found a data race (see its log)", p.name)
-			}
-		}
-		if t.Failed() || os.Getenv("E2E_LOGS") != "" {
-			for _, p := range procs {
-				t.Logf("---- log of %s ----\n%s", p.name, p.logs)
-			}
-		}
+		checkLogs(t, procs)
 	})
 
-	// The simulator, with retries that outlast a Redis restart: 8 retries,
-	// the first after 100ms, doubling (25s in all).
-	var simAddr string
-	c.sim = launch(ctx, t, "the simulator", func() *process {
-		simAddr = freeAddr(t)
-		p := startProcess(t, "runcomfy-sim", simBin, []string{
-			"--addr", simAddr,
-			"--queue-time", cfg.queueTime.String(), "--run-time", cfg.runTime.String(),
-			"--callback-retries", "8", "--callback-backoff", "100ms",
-		}, "RUNCOMFY_API_TOKEN="+simToken)
-		procs = append(procs, p)
-		return p
-	}, func() bool {
-		conn, err := net.DialTimeout("tcp", simAddr, time.Second)
-		if err == nil {
-			conn.Close()
-		}
-		return err == nil
-	})
+	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim)
 
 	// The replicas reach the simulator through a proxy that counts submits,
 	// so a test can tell that a refused Submit never reached RunComfy.
@@ -324,19 +297,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 			procs = append(procs, p)
 			return p
 		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })
-		conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.conn, g.api = conn, comfygatev1.NewGatewayServiceClient(conn)
-		switch name {
-		case "A":
-			c.a = g
-		case "B":
-			c.b = g
-		case "C":
-			c.c = g
-		}
+		c.join(t, g)
 	}
 	// Callbacks go to B; A and C get the same callback at the same instant.
 	c.lb.setTargets(c.b, c.a, c.c)
@@ -402,4 +363,63 @@ func (c *cluster) subscribers(ctx context.Context, t *testing.T, requestID strin
 		t.Fatalf("PUBSUB NUMSUB: %v", err)
 	}
 	return n[ch]
+}
+
+// startSimulator launches the simulator binary, with callback retries that
+// outlast a Redis restart (8 retries, the first after 100ms, doubling: 25s in
+// all), records its process in procs and sim, and returns its address.
+func startSimulator(ctx context.Context, t *testing.T, queueTime, runTime time.Duration, procs *[]*process, sim **process) string {
+	t.Helper()
+	var simAddr string
+	*sim = launch(ctx, t, "the simulator", func() *process {
+		simAddr = freeAddr(t)
+		p := startProcess(t, "runcomfy-sim", simBin, []string{
+			"--addr", simAddr,
+			"--queue-time", queueTime.String(), "--run-time", runTime.String(),
+			"--callback-retries", "8", "--callback-backoff", "100ms",
+		}, "RUNCOMFY_API_TOKEN="+simToken)
+		*procs = append(*procs, p)
+		return p
+	}, func() bool {
+		conn, err := net.DialTimeout("tcp", simAddr, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+	return simAddr
+}
+
+// join dials replica g and makes it the cluster's A, B or C by its name.
+func (c *cluster) join(t *testing.T, g *gateway) {
+	t.Helper()
+	conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.conn, g.api = conn, comfygatev1.NewGatewayServiceClient(conn)
+	switch g.name {
+	case "A":
+		c.a = g
+	case "B":
+		c.b = g
+	case "C":
+		c.c = g
+	}
+}
+
+// checkLogs fails t when a process's log shows a data race, and prints every
+// log when t failed (or E2E_LOGS is set).
+func checkLogs(t *testing.T, procs []*process) {
+	t.Helper()
+	for _, p := range procs {
+		if strings.Contains(p.logs.String(), "DATA RACE") {
+			t.Errorf("%s: the race detector found a data race (see its log)", p.name)
+		}
+	}
+	if t.Failed() || os.Getenv("E2E_LOGS") != "" {
+		for _, p := range procs {
+			t.Logf("---- log of %s ----\n%s", p.name, p.logs)
+		}
+	}
 }

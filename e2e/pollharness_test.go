@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,10 +21,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/redistest"
 )
 
@@ -96,35 +91,10 @@ func newPollCluster(ctx context.Context, t *testing.T, cfg pollConfig) *pollClus
 			cleanups[i]()
 		}
 		tr.CloseIdleConnections()
-		for _, p := range procs {
-			if strings.Contains(p.logs.String(), "DATA RACE") {
-				t.Errorf("%s: the race detector found a data race (see its log)", p.name)
-			}
-		}
-		if t.Failed() || os.Getenv("E2E_LOGS") != "" {
-			for _, p := range procs {
-				t.Logf("---- log of %s ----\n%s", p.name, p.logs)
-			}
-		}
+		checkLogs(t, procs)
 	})
 
-	var simAddr string
-	c.sim = launch(ctx, t, "the simulator", func() *process {
-		simAddr = freeAddr(t)
-		p := startProcess(t, "runcomfy-sim", simBin, []string{
-			"--addr", simAddr,
-			"--queue-time", cfg.queueTime.String(), "--run-time", cfg.runTime.String(),
-			"--callback-retries", "8", "--callback-backoff", "100ms",
-		}, "RUNCOMFY_API_TOKEN="+simToken)
-		procs = append(procs, p)
-		return p
-	}, func() bool {
-		conn, err := net.DialTimeout("tcp", simAddr, time.Second)
-		if err == nil {
-			conn.Close()
-		}
-		return err == nil
-	})
+	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim)
 	c.simURL = "http://" + simAddr
 	c.up = newUpstream(&url.URL{Scheme: "http", Host: simAddr}, &c.submits)
 	cleanups = append(cleanups, c.up.close)
@@ -157,19 +127,7 @@ func newPollCluster(ctx context.Context, t *testing.T, cfg pollConfig) *pollClus
 			return p
 		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })
 		c.up.replicaPID(g.proc.cmd.Process.Pid, name)
-		conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.conn, g.api = conn, comfygatev1.NewGatewayServiceClient(conn)
-		switch name {
-		case "A":
-			c.a = g
-		case "B":
-			c.b = g
-		case "C":
-			c.c = g
-		}
+		c.join(t, g)
 	}
 	c.lb.setTargets(c.b, c.a, c.c)
 	// The proxy notes who holds the lease of each status call's request.
