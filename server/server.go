@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -39,7 +40,10 @@ type Config struct {
 	// MaxBodyBytes bounds a REST body and a gRPC message; default 10 MiB, since
 	// base64 media inputs are large.
 	MaxBodyBytes int64
-	Logger       *slog.Logger
+	// MaxConcurrentStreams bounds the calls and watch streams one client
+	// connection may have open; default DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams uint32
+	Logger               *slog.Logger
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
 	// Tracer, when set, traces every RPC, REST call and callback, and carries
@@ -67,6 +71,12 @@ const readyTimeout = time.Second
 
 // DefaultMaxBodyBytes is the default request size limit.
 const DefaultMaxBodyBytes = 10 << 20
+
+// DefaultMaxConcurrentStreams bounds the streams of one client connection. A
+// backend following all its jobs holds one watch stream per job, for minutes,
+// so the bound is far above HTTP/2's customary 100-250; it still caps what one
+// connection can make a replica hold (about 10 KiB per idle watch stream).
+const DefaultMaxConcurrentStreams = 10000
 
 // Server owns the gRPC and HTTP listeners. The HTTP side carries the REST gateway,
 // which dials the gRPC side like any client so that REST calls pass through the
@@ -117,6 +127,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	}
 	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics),
 		grpc.MaxRecvMsgSize(maxMsg),
+		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),

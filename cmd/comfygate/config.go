@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"strings"
@@ -54,6 +55,8 @@ type Config struct {
 	TLSKey             string
 	LogFormat          string
 	LogLevel           slog.Level
+	DebugAddr          string
+	MaxStreams         uint
 }
 
 // envName is the environment variable that sets a flag.
@@ -97,6 +100,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log `format`: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.DebugAddr, "debug-addr", "", "listen address (`host:port`) of Go's profiler, /debug/pprof/; empty serves none. Keep it private: profiles cost CPU")
+	fs.UintVar(&cfg.MaxStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most gRPC calls and watch streams one client connection may have open at once; a Go client queues more, other clients see them refused")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.Usage = func() {
@@ -231,6 +236,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval < 100*time.Millisecond {
 		errs = append(errs, errors.New("--poll-interval must be at least 100ms"))
+	}
+	if c.MaxStreams < 1 || c.MaxStreams > math.MaxUint32 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-streams must be between 1 and %d", uint32(math.MaxUint32)))
 	}
 	if c.PollConcurrency < 1 {
 		errs = append(errs, errors.New("--poll-concurrency must be at least 1"))

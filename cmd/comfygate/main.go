@@ -128,13 +128,14 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 	metrics := server.NewMetrics(reg)
 	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst, Metrics: metrics}
 	srvCfg := server.Config{
-		GRPCAddr:        cfg.GRPCAddr,
-		HTTPAddr:        cfg.HTTPAddr,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		MaxBodyBytes:    cfg.MaxBodyBytes,
-		Logger:          log,
-		Routes:          map[string]http.Handler{},
-		Metrics:         metrics,
+		GRPCAddr:             cfg.GRPCAddr,
+		HTTPAddr:             cfg.HTTPAddr,
+		ShutdownTimeout:      cfg.ShutdownTimeout,
+		MaxBodyBytes:         cfg.MaxBodyBytes,
+		MaxConcurrentStreams: uint32(cfg.MaxStreams),
+		Logger:               log,
+		Routes:               map[string]http.Handler{},
+		Metrics:              metrics,
 	}
 	if tp != nil {
 		srvCfg.Tracer = tp
@@ -251,9 +252,21 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		return err
 	}
 	srvCfg.Drain = svc.Drain
+	var dbg *debugServer
+	if cfg.DebugAddr != "" {
+		if dbg, err = newDebugServer(cfg.DebugAddr); err != nil {
+			return err
+		}
+	}
 	srv, err := server.New(srvCfg, svc)
 	if err != nil {
+		if dbg != nil {
+			dbg.lis.Close()
+		}
 		return err
+	}
+	if dbg != nil {
+		g.Go(func() error { return dbg.run(ctx, log) })
 	}
 	stopBus := func() {}
 	if runBus != nil {

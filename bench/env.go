@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+)
+
+const (
+	benchToken  = "bench-runcomfy-token"
+	benchSecret = "bench-webhook-secret-0123456789"
+	benchDep    = "dep-bench"
+)
+
+// env is what every scenario shares: the built binaries, a private Redis, and
+// a directory for logs and profiles.
+type env struct {
+	dir        string
+	gatewayBin string
+	simBin     string
+	selfBin    string // this harness, run again as a reference server
+	redis      *redisServer
+	smoke      bool
+	profile    bool // collect CPU profiles of the gateway replicas
+}
+
+// gateway is one replica started by a scenario.
+type gateway struct {
+	*proc
+	grpcAddr, httpAddr, debugAddr string
+}
+
+// startSim starts the standalone simulator. Jobs stay queued for an hour, so
+// the simulator does the same work for every request whatever the run's length.
+func (e *env) startSim(ctx context.Context, name string) (*proc, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := startProc(e.dir, name, e.simBin, []string{"--addr", addr, "--queue-time", "1h", "--run-time", "1h"},
+		"RUNCOMFY_API_TOKEN="+benchToken)
+	if err != nil {
+		return nil, "", err
+	}
+	url := "http://" + addr
+	// The simulator answers 404 at / once it listens.
+	if err := waitStatus(ctx, p, url+"/", 404); err != nil {
+		p.stop()
+		return nil, "", err
+	}
+	return p, url, nil
+}
+
+// gwOpts says how a replica is started.
+type gwOpts struct {
+	// redisPrefix, when set, shares the run's Redis under this prefix; empty
+	// keeps the state in the process.
+	redisPrefix string
+	// callbacks gives the replica a public URL, so Submit asks for callbacks.
+	callbacks bool
+	extra     []string
+}
+
+// startGateway starts a replica against the simulator at simURL. Polling is
+// pushed out of every window (--poll-interval 1h): the scenarios measure the
+// paths they name.
+func (e *env) startGateway(ctx context.Context, name, simURL string, o gwOpts) (*gateway, error) {
+	g := &gateway{}
+	var err error
+	for _, a := range []*string{&g.grpcAddr, &g.httpAddr, &g.debugAddr} {
+		if *a, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	args := []string{
+		"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--debug-addr", g.debugAddr,
+		"--runcomfy-url", simURL, "--webhook-secret", benchSecret,
+		"--poll-interval", "1h", "--shutdown-timeout", "2s", "--log-format", "json",
+	}
+	if o.callbacks {
+		args = append(args, "--public-url", "http://"+g.httpAddr)
+	}
+	if o.redisPrefix != "" {
+		args = append(args, "--redis-url", e.redis.url, "--redis-prefix", o.redisPrefix)
+	}
+	args = append(args, o.extra...)
+	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, "RUNCOMFY_API_TOKEN="+benchToken); err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, g.proc, "http://"+g.httpAddr+"/readyz"); err != nil {
+		g.stop()
+		return nil, err
+	}
+	return g, nil
+}
+
+// dial opens a gRPC connection to the replica.
+func (g *gateway) dial() (*grpc.ClientConn, comfygatev1.GatewayServiceClient, error) {
+	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s: %w", g.name, err)
+	}
+	return cc, comfygatev1.NewGatewayServiceClient(cc), nil
+}
+
+// profileCPU records a CPU profile of the replica for d into the run's
+// directory, when profiling is on; it returns at once otherwise.
+func (e *env) profileCPU(ctx context.Context, g *gateway, label string, seconds int) func() {
+	if !e.profile {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		path := filepath.Join(e.dir, fmt.Sprintf("%s-%s.pprof", label, g.name))
+		if err := fetch(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", g.debugAddr, seconds), path); err != nil {
+			fmt.Fprintf(os.Stderr, "profile %s: %v\n", g.name, err)
+		}
+	}()
+	return func() { <-done }
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+)
+
+// submitBody is a typical submit: a few node overrides, with a 64-bit seed.
+const submitBody = `{"overrides":{"6":{"inputs":{"text":"a lighthouse on a cliff at dusk, volumetric light, film grain"}},` +
+	`"3":{"inputs":{"seed":18446744073709551615,"steps":28,"cfg":6.5,"sampler_name":"dpmpp_2m","scheduler":"karras"}},` +
+	`"5":{"inputs":{"width":1024,"height":1024,"batch_size":1}}}}`
+
+// proxyOverhead compares Submit through the gateway (gRPC, generated client)
+// with the same submit sent straight to the simulator (HTTP), at a steady rate
+// and at saturation.
+func proxyOverhead(ctx context.Context, e *env) (result, error) {
+	const rate, workers = 1000, 32
+	dur := 8 * time.Second
+	if e.smoke {
+		dur = 300 * time.Millisecond
+	}
+	res := result{Setup: fmt.Sprintf("The standalone simulator, called directly over HTTP/1.1 (net/http client, keep-alive) and through one replica (gRPC, the generated Go client on one connection). "+
+		"The replica runs as a single replica does by default (state in the process) and, in a second pair of rows, with Redis; it asks for no callbacks and polls nothing in the window, so each Submit is one call upstream and one record. "+
+		"Steady rate: %d submits/s for %s, sent on schedule by %d senders, latency from send to answer. Saturation: %d callers in a closed loop for %s.",
+		rate, dur, workers, workers, dur)}
+
+	sim, simURL, err := e.startSim(ctx, "sim-proxy")
+	if err != nil {
+		return res, err
+	}
+	defer sim.stop()
+
+	direct := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * workers, MaxConnsPerHost: 2 * workers}}
+	defer direct.CloseIdleConnections()
+	directCall := func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, simURL+"/prod/v1/deployments/"+benchDep+"/inference", bytes.NewReader([]byte(submitBody)))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+benchToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := direct.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("simulator answered %s", resp.Status)
+		}
+		return nil
+	}
+	// Warm the simulator and the client's connections.
+	if _, err := saturate(ctx, workers, dur/4, directCall); err != nil {
+		return res, err
+	}
+	mDirect := meterOf(sim.named())
+	mDirect.begin()
+	directSteady, err := steady(ctx, rate, workers, dur, directCall)
+	if err != nil {
+		return res, err
+	}
+	directSteadyCPU := mDirect.end(directSteady.ops)
+	directSat, err := saturate(ctx, workers, dur, directCall)
+	if err != nil {
+		return res, err
+	}
+
+	for _, backend := range []struct {
+		name, proc, prefix string
+	}{{"in-process state", "replica-memory", ""}, {"Redis", "replica-redis", "proxy"}} {
+		g, err := e.startGateway(ctx, backend.proc, simURL, gwOpts{redisPrefix: backend.prefix})
+		if err != nil {
+			return res, err
+		}
+		cc, client, err := g.dial()
+		if err != nil {
+			g.stop()
+			return res, err
+		}
+		gwCall := func(ctx context.Context) error {
+			_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
+			return err
+		}
+		if _, err := saturate(ctx, workers, dur/4, gwCall); err != nil {
+			cc.Close()
+			g.stop()
+			return res, err
+		}
+		m := meterOf(g.named(), sim.named(), e.redis.named())
+		m.begin()
+		gwSteady, err := steady(ctx, rate, workers, dur, gwCall)
+		cpu := m.end(gwSteady.ops)
+		var gwSat loadResult
+		if err == nil {
+			gwSat, err = saturate(ctx, workers, dur, gwCall)
+		}
+		cc.Close()
+		g.stop()
+		if err != nil {
+			return res, err
+		}
+		added := func(q float64) time.Duration { return gwSteady.lat.quantile(q) - directSteady.lat.quantile(q) }
+		res.Rows = append(res.Rows,
+			row{fmt.Sprintf("%s: added latency p50 at %d/s", backend.name, rate), fmtDur(added(0.5)),
+				fmt.Sprintf("%s direct, %s through the gateway", fmtDur(directSteady.lat.quantile(0.5)), fmtDur(gwSteady.lat.quantile(0.5))), "", "≤ 150 µs", met(added(0.5) <= 150*time.Microsecond)},
+			row{fmt.Sprintf("%s: added latency p99 at %d/s", backend.name, rate), fmtDur(added(0.99)),
+				fmt.Sprintf("%s direct, %s through the gateway", fmtDur(directSteady.lat.quantile(0.99)), fmtDur(gwSteady.lat.quantile(0.99))), "", "≤ 1 ms", met(added(0.99) <= time.Millisecond)},
+			row{fmt.Sprintf("%s: submits/s at saturation", backend.name), fmtRate(gwSat.rate()), fmtRate(directSat.rate()) + " direct",
+				pct(gwSat.rate(), directSat.rate()), "≥ 50% of direct", met(gwSat.rate() >= 0.5*directSat.rate())},
+		)
+		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%s, %d submits/s through the gateway", backend.name, rate), Op: "submit", Ops: gwSteady.ops, Rows: cpu})
+	}
+	res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d submits/s straight to the simulator", rate), Op: "submit", Ops: directSteady.ops, Rows: directSteadyCPU})
+	return res, nil
+}
+
+// steady sends rate calls per second for d, call i due at start + i/rate,
+// spread over workers senders; the latency runs from the actual send.
+func steady(ctx context.Context, rate, workers int, d time.Duration, call func(context.Context) error) (loadResult, error) {
+	n := int(d.Seconds() * float64(rate))
+	every := time.Second / time.Duration(rate)
+	start := time.Now().Add(10 * time.Millisecond)
+	parts := make([]samples, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n && ctx.Err() == nil; i += workers {
+				if d := time.Until(start.Add(time.Duration(i) * every)); d > 0 {
+					time.Sleep(d)
+				}
+				t0 := time.Now()
+				if err := call(ctx); err != nil {
+					errs[w] = err
+					return
+				}
+				parts[w] = append(parts[w], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	res := loadResult{took: time.Since(start), lat: merge(parts)}
+	res.ops = len(res.lat)
+	for _, err := range errs {
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, ctx.Err()
+}
+
+// saturate keeps workers callers busy for d.
+func saturate(ctx context.Context, workers int, d time.Duration, call func(context.Context) error) (loadResult, error) {
+	deadline := time.Now().Add(d)
+	var ops atomic.Int64
+	errs := make([]error, workers)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if err := call(ctx); err != nil {
+					errs[w] = err
+					return
+				}
+				ops.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	res := loadResult{ops: int(ops.Load()), took: time.Since(start)}
+	for _, err := range errs {
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, ctx.Err()
+}

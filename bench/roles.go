@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/server"
+)
+
+// serveRole runs the harness as one of the references, in a process of its
+// own like the gateway it is compared with, until ctx ends.
+func serveRole(ctx context.Context, role, addr string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	switch role {
+	case "noop-http":
+		// What any Go HTTP service pays per request: read the body, answer.
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"outcome":"applied"}`)
+		})}
+		stop := context.AfterFunc(ctx, func() { srv.Close() })
+		defer stop()
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	case "bare-grpc":
+		// The gateway's own limit on streams per connection, so the client
+		// spreads its streams over connections the same way.
+		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
+		comfygatev1.RegisterGatewayServiceServer(srv, bareWatcher{})
+		stop := context.AfterFunc(ctx, srv.Stop)
+		defer stop()
+		return srv.Serve(lis)
+	default:
+		lis.Close()
+		return fmt.Errorf("unknown role %q", role)
+	}
+}
+
+// bareWatcher answers WatchRequest with one state, as the gateway's snapshot,
+// then only waits.
+type bareWatcher struct {
+	comfygatev1.UnimplementedGatewayServiceServer
+}
+
+func (bareWatcher) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
+	err := stream.Send(&comfygatev1.WatchRequestResponse{Request: &comfygatev1.RequestState{
+		RequestId: req.GetRequestId(), DeploymentId: req.GetDeploymentId(),
+		Status: comfygatev1.Status_STATUS_QUEUED, UpstreamStatus: "in_queue", Seq: 1,
+	}})
+	if err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// startRole starts the harness as a reference server and waits for it to
+// listen.
+func (e *env) startRole(ctx context.Context, role string) (*proc, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := startProc(e.dir, role, e.selfBin, []string{"-role", role, "-addr", addr})
+	if err != nil {
+		return nil, "", err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return p, addr, nil
+		}
+		if err := p.exited(); err != nil {
+			return nil, "", err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			p.stop()
+			return nil, "", fmt.Errorf("%s did not listen on %s", role, addr)
+		}
+	}
+}
