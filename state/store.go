@@ -17,6 +17,18 @@ var (
 	ErrUnavailable = errors.New("state: backend unavailable")
 )
 
+// ConflictError is ErrConflict carrying the record stored when Save refused,
+// for a store that read it anyway: the writer merges again with it instead of
+// reading it once more. Current is nil when no record is stored.
+type ConflictError struct {
+	Current *Record
+}
+
+func (e *ConflictError) Error() string { return ErrConflict.Error() }
+
+// Unwrap makes a ConflictError match ErrConflict.
+func (e *ConflictError) Unwrap() error { return ErrConflict }
+
 // Store keeps records. Implementations: the embedded memory backend (one replica)
 // and Redis (many replicas).
 type Store interface {
@@ -24,9 +36,22 @@ type Store interface {
 	Get(ctx context.Context, requestID string) (*Record, error)
 	// Save stores rec and publishes it on the request's channel, atomically, if
 	// and only if the stored record's seq is rec.Seq-1 (no record when rec.Seq is
-	// 1); otherwise it changes nothing and returns ErrConflict. The record
-	// expires ttl after this write.
+	// 1); otherwise it changes nothing and returns ErrConflict (a
+	// *ConflictError when it knows what is stored). The record expires ttl
+	// after this write.
 	Save(ctx context.Context, rec *Record, ttl time.Duration) error
+}
+
+// ScheduledSaver is a Store that is also the Schedule and can write a
+// record's schedule change in the same round trip as the record: the Tracker
+// uses it when the store offers it, and Save then SetDue or Forget otherwise.
+type ScheduledSaver interface {
+	// SaveScheduled is Save that also makes the request due for a poll at due
+	// (before the save; due zero leaves the schedule alone) or, with forget,
+	// removes it from the schedule (after the save, even a refused one: the
+	// caller saves a final record and retries a refusal with another final
+	// record, since nothing moves a request out of a final state).
+	SaveScheduled(ctx context.Context, rec *Record, ttl time.Duration, due time.Time, forget bool) error
 }
 
 // Bus delivers records published by Save, on any replica, to this replica.

@@ -42,6 +42,7 @@ type Tracker struct {
 	retention time.Duration
 	now       func() time.Time
 	counts    [Unknown + 1]atomic.Int64
+	recent    *recentRecords
 }
 
 // TrackerConfig holds the Tracker's dependencies.
@@ -76,7 +77,8 @@ func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 	if cfg.Schedule != nil && cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval
 	}
-	return &Tracker{store: cfg.Store, schedule: cfg.Schedule, poll: cfg.PollInterval, results: cfg.Results, retention: cfg.Retention, now: cfg.Now}, nil
+	return &Tracker{store: cfg.Store, schedule: cfg.Schedule, poll: cfg.PollInterval, results: cfg.Results, retention: cfg.Retention, now: cfg.Now,
+		recent: newRecentRecords(recentRecordsSize)}, nil
 }
 
 // Get returns the current record of a request, or ErrNotFound.
@@ -93,16 +95,23 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 	if u.RequestID == "" {
 		return nil, 0, errors.New("state: update without request id")
 	}
+	// cur starts as the last record this replica wrote for the request (none
+	// when it wrote none): merging with it and saving is one round trip to the
+	// store when it is still current, the usual case. Save's seq check makes
+	// a stale guess cost one retry, never a wrong write; and an outcome other
+	// than Applied is only returned once cur has been read from the store.
+	cur, read := t.recent.get(u.RequestID), false
 	fetched := false
 	for range maxSaveAttempts {
-		cur, err := t.store.Get(ctx, u.RequestID)
-		if errors.Is(err, ErrNotFound) {
-			cur, err = nil, nil
+		needFetch := u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 && !fetched
+		if !read && needFetch {
+			// Fetching costs an upstream call: decide it on the stored record.
+			if err := t.read(ctx, u.RequestID, &cur); err != nil {
+				return nil, 0, err
+			}
+			read = true
 		}
-		if err != nil {
-			return nil, 0, fmt.Errorf("read request %s: %w", u.RequestID, err)
-		}
-		if u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 && !fetched && advances(cur, &u) {
+		if needFetch && advances(cur, &u) {
 			if err := t.fetchOutputs(ctx, cur, &u); err != nil {
 				return nil, 0, err
 			}
@@ -110,32 +119,94 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		}
 		next, outcome := merge(cur, &u, t.now())
 		if outcome != Applied {
+			if !read {
+				if err := t.read(ctx, u.RequestID, &cur); err != nil {
+					return nil, 0, err
+				}
+				read = true
+				continue
+			}
 			t.counts[outcome].Add(1)
 			return cur, outcome, nil
 		}
-		// Schedule before saving and forget after: a crash in between leaves a
-		// request polled once too often, never one that is never polled.
-		if t.schedule != nil && !next.Terminal() {
-			if err := t.schedule.SetDue(ctx, u.RequestID, next.UpdatedAt.Add(t.poll)); err != nil {
-				return nil, 0, fmt.Errorf("schedule request %s: %w", u.RequestID, err)
+		err := t.save(ctx, next)
+		var conflict *ConflictError
+		switch {
+		case errors.As(err, &conflict):
+			cur, read = conflict.Current, true
+			if cur != nil {
+				t.recent.put(cur)
 			}
-		}
-		err = t.store.Save(ctx, next, t.retention)
-		if errors.Is(err, ErrConflict) {
 			continue
-		}
-		if err != nil {
-			return nil, 0, fmt.Errorf("save request %s: %w", u.RequestID, err)
+		case errors.Is(err, ErrConflict):
+			if err := t.read(ctx, u.RequestID, &cur); err != nil {
+				return nil, 0, err
+			}
+			read = true
+			continue
+		case err != nil:
+			return nil, 0, err
 		}
 		t.counts[Applied].Add(1)
-		if t.schedule != nil && next.Terminal() {
-			// Best effort: a finished request left in the schedule is dropped
-			// by the reconciler when it finds it finished.
-			_ = t.schedule.Forget(ctx, u.RequestID)
-		}
+		t.recent.put(next)
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// read sets *cur to the stored record of requestID (nil when there is none).
+func (t *Tracker) read(ctx context.Context, requestID string, cur **Record) error {
+	rec, err := t.store.Get(ctx, requestID)
+	if errors.Is(err, ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return fmt.Errorf("read request %s: %w", requestID, err)
+	}
+	if rec != nil {
+		t.recent.put(rec)
+	}
+	*cur = rec
+	return nil
+}
+
+// save stores next and keeps the poll schedule in step: an unfinished request
+// is due a poll interval after its last change, a finished one leaves the
+// schedule. With a store that is its own schedule (ScheduledSaver), both go
+// in one round trip.
+func (t *Tracker) save(ctx context.Context, next *Record) error {
+	id := next.RequestID
+	var due time.Time
+	if t.schedule != nil && !next.Terminal() {
+		due = next.UpdatedAt.Add(t.poll)
+	}
+	forget := t.schedule != nil && next.Terminal()
+	if ss, ok := t.store.(ScheduledSaver); ok && t.schedule != nil {
+		// A refused final save has removed the request from the schedule; the
+		// caller retries it with a final record again (nothing leaves a final
+		// state), and a failing retry is answered with an error, so the
+		// callback or poll behind it comes again.
+		if err := ss.SaveScheduled(ctx, next, t.retention, due, forget); err != nil {
+			return fmt.Errorf("save request %s: %w", id, err)
+		}
+		return nil
+	}
+	// Schedule before saving and forget after: a crash in between leaves a
+	// request polled once too often, never one that is never polled.
+	if !due.IsZero() {
+		if err := t.schedule.SetDue(ctx, id, due); err != nil {
+			return fmt.Errorf("schedule request %s: %w", id, err)
+		}
+	}
+	if err := t.store.Save(ctx, next, t.retention); err != nil {
+		return fmt.Errorf("save request %s: %w", id, err)
+	}
+	if forget {
+		// Best effort: a finished request left in the schedule is dropped
+		// by the reconciler when it finds it finished.
+		_ = t.schedule.Forget(ctx, id)
+	}
+	return nil
 }
 
 // fetchOutputs completes a success update from upstream /result.

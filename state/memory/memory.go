@@ -67,6 +67,7 @@ func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, err
 
 // Save stores rec if its seq follows the stored one, then publishes it, under one
 // lock: no other Save of any request interleaves, so publish order is seq order.
+// A refusal is a *state.ConflictError with the stored record.
 func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -75,12 +76,15 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 	stored := rec.Clone()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var curSeq int64
+	var cur *state.Record
 	if e, ok := b.records[rec.RequestID]; ok && now.Before(e.expires) {
-		curSeq = e.rec.Seq
+		cur = e.rec
 	}
-	if curSeq != rec.Seq-1 {
-		return state.ErrConflict
+	if cur == nil && rec.Seq != 1 || cur != nil && cur.Seq != rec.Seq-1 {
+		if cur != nil {
+			cur = cur.Clone()
+		}
+		return &state.ConflictError{Current: cur}
 	}
 	b.records[rec.RequestID] = entry{rec: stored, expires: now.Add(ttl)}
 	if b.writes++; b.writes%sweepEvery == 0 {

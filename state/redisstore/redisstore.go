@@ -28,17 +28,20 @@ import (
 // which that replica re-reads and finds the update a duplicate.
 //
 // KEYS[1] record key; ARGV: 1 new seq, 2 new rank, 3 record JSON, 4 TTL in ms,
-// 5 channel. Returns 1 written, 0 seq conflict, -1 rank would go down.
+// 5 channel. Returns {1} written, or {0, stored record JSON or nil} when the
+// seq does not follow the stored one or the rank would go down, so the writer
+// merges again without another round trip.
 const saveScript = `
 local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
-if seq + 1 ~= tonumber(ARGV[1]) then return 0 end
-if tonumber(ARGV[2]) < rank then return -1 end
+if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank then
+  return {0, redis.call('HGET', KEYS[1], 'data')}
+end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[3])
-return 1
+return {1}
 `
 
 // subscribeTimeout bounds the wait for Redis to confirm a subscription.
@@ -136,22 +139,60 @@ func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, err
 }
 
 // Save writes and publishes rec if its seq follows the stored one (the script
-// above), else returns state.ErrConflict.
+// above), else returns a *state.ConflictError with the stored record.
 func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
+	return b.SaveScheduled(ctx, rec, ttl, time.Time{}, false)
+}
+
+// SaveScheduled implements state.ScheduledSaver: the schedule commands and the
+// save script go in one pipeline, one round trip. They are separate commands,
+// not one script, because the schedule is one key for all requests and a
+// script may only touch keys of one cluster hash slot.
+func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", rec.RequestID, err)
 	}
-	ms := max(ttl.Milliseconds(), 1)
-	res, err := b.save.Run(ctx, b.rdb, []string{b.recordKey(rec.RequestID)},
-		rec.Seq, state.Rank(rec.State), data, ms, b.channel(rec.RequestID)).Int()
+	keys := []string{b.recordKey(rec.RequestID)}
+	args := []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID)}
+	run := func(save func(pipe redis.Pipeliner) *redis.Cmd) (*redis.Cmd, error) {
+		pipe := b.rdb.Pipeline()
+		if !due.IsZero() {
+			pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: float64(due.UnixMilli()), Member: rec.RequestID})
+		}
+		cmd := save(pipe)
+		if forget {
+			pipe.ZRem(ctx, b.pendingKey(), rec.RequestID)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmd, err
+	}
+	cmd, err := run(func(pipe redis.Pipeliner) *redis.Cmd { return b.save.EvalSha(ctx, pipe, keys, args...) })
+	if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		// Redis restarted or flushed its scripts: send the script itself
+		// (the schedule commands are idempotent, so repeating them is safe).
+		cmd, err = run(func(pipe redis.Pipeliner) *redis.Cmd { return b.save.Eval(ctx, pipe, keys, args...) })
+	}
 	if err != nil {
 		return unavailable(ctx, "save", err)
 	}
-	if res != 1 {
-		return state.ErrConflict
+	res, err := cmd.Slice()
+	if err != nil || len(res) == 0 {
+		return unavailable(ctx, "save", fmt.Errorf("unexpected answer %v: %w", res, err))
 	}
-	return nil
+	if ok, _ := res[0].(int64); ok == 1 {
+		return nil
+	}
+	conflict := &state.ConflictError{}
+	if len(res) > 1 && res[1] != nil {
+		stored, _ := res[1].(string)
+		var cur state.Record
+		if err := json.Unmarshal([]byte(stored), &cur); err != nil {
+			return fmt.Errorf("redis save %s: stored record is not valid: %w", rec.RequestID, err)
+		}
+		conflict.Current = &cur
+	}
+	return conflict
 }
 
 // Subscribe subscribes the replica's pub/sub connection to requestID's channel

@@ -2,15 +2,19 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/redisstore"
 	"github.com/comfygate/comfygate/state/statetest"
 )
@@ -62,4 +66,52 @@ func newBackend(t *testing.T) *redisstore.Backend {
 
 func TestConformance(t *testing.T) {
 	statetest.Run(t, func(t *testing.T) statetest.Backend { return newBackend(t) })
+}
+
+// TestSaveScheduledAfterScriptFlush: Redis forgets loaded scripts when it
+// restarts; the pipelined save must then send the script itself, and still
+// write the record and the schedule together.
+func TestSaveScheduledAfterScriptFlush(t *testing.T) {
+	ctx := context.Background()
+	b := newBackend(t)
+	rdb := server.Client(t)
+	due := time.UnixMilli(time.Now().Add(time.Minute).UnixMilli())
+	rec := &state.Record{RequestID: "req-flush", DeploymentID: "dep", State: runcomfy.StateQueued, Seq: 1, UpdatedAt: time.Now().UTC()}
+	for i, step := range []string{"first save loads the script", "after SCRIPT FLUSH"} {
+		if i == 1 {
+			if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			rec = rec.Clone()
+			rec.Seq = 2
+			rec.State = runcomfy.StateRunning
+		}
+		if err := b.SaveScheduled(ctx, rec, time.Hour, due, false); err != nil {
+			t.Fatalf("%s: SaveScheduled: %v", step, err)
+		}
+		got, err := b.Get(ctx, rec.RequestID)
+		if err != nil || got.Seq != rec.Seq || got.State != rec.State {
+			t.Fatalf("%s: Get = %+v, %v; want seq %d %v", step, got, err, rec.Seq, rec.State)
+		}
+		ids, err := b.Due(ctx, due, 10)
+		if err != nil || len(ids) != 1 || ids[0] != rec.RequestID {
+			t.Fatalf("%s: Due = %v, %v; want [%s]", step, ids, err, rec.RequestID)
+		}
+	}
+	// A final record that is refused still leaves the schedule (see
+	// state.ScheduledSaver): its writer retries with a final record.
+	final := rec.Clone()
+	final.State = runcomfy.StateSucceeded
+	err := b.SaveScheduled(ctx, final, time.Hour, time.Time{}, true) // seq 2 again: refused
+	var conflict *state.ConflictError
+	if !errors.As(err, &conflict) || conflict.Current == nil || conflict.Current.Seq != 2 {
+		t.Fatalf("SaveScheduled over the same seq = %v, want a ConflictError carrying seq 2", err)
+	}
+	final.Seq = 3
+	if err := b.SaveScheduled(ctx, final, time.Hour, time.Time{}, true); err != nil {
+		t.Fatalf("final SaveScheduled: %v", err)
+	}
+	if ids, err := b.Due(ctx, due.Add(time.Hour), 10); err != nil || len(ids) != 0 {
+		t.Errorf("Due after the final save = %v, %v; want none", ids, err)
+	}
 }

@@ -199,8 +199,14 @@ func testSaveConflict(t *testing.T, b Backend) {
 			t.Run(tt.name, func(t *testing.T) {
 				attempt := fullRecord(id, tt.seq)
 				attempt.InstanceID = "intruder"
-				if err := b.Save(ctx, attempt, longTTL); !errors.Is(err, state.ErrConflict) {
-					t.Errorf("Save(seq %d) over seq 2 = %v, want ErrConflict", tt.seq, err)
+				err := b.Save(ctx, attempt, longTTL)
+				var conflict *state.ConflictError
+				if !errors.As(err, &conflict) || !errors.Is(err, state.ErrConflict) {
+					t.Fatalf("Save(seq %d) over seq 2 = %v, want a *ConflictError matching ErrConflict", tt.seq, err)
+				}
+				// The writer merges again with what the refusal carries.
+				if d := diffRecord(conflict.Current, stored); d != "" {
+					t.Errorf("ConflictError.Current differs from the stored record:\n%s", d)
 				}
 				if d := diffRecord(mustGet(t, b, id), stored); d != "" {
 					t.Errorf("record changed by a conflicting Save(seq %d):\n%s", tt.seq, d)
@@ -214,8 +220,12 @@ func testSaveConflict(t *testing.T, b Backend) {
 		const id = "req-conflict-missing"
 		rec := subscribe(t, b, id)
 		for _, seq := range []int64{2, 0} {
-			if err := b.Save(ctx, fullRecord(id, seq), longTTL); !errors.Is(err, state.ErrConflict) {
-				t.Errorf("Save(seq %d) with no record = %v, want ErrConflict", seq, err)
+			err := b.Save(ctx, fullRecord(id, seq), longTTL)
+			var conflict *state.ConflictError
+			if !errors.As(err, &conflict) {
+				t.Errorf("Save(seq %d) with no record = %v, want a *ConflictError", seq, err)
+			} else if conflict.Current != nil {
+				t.Errorf("Save(seq %d) with no record: ConflictError.Current = %+v, want nil", seq, conflict.Current)
 			}
 			if got, err := b.Get(ctx, id); !errors.Is(err, state.ErrNotFound) {
 				t.Errorf("Get after a conflicting Save(seq %d) = %v, %v; want ErrNotFound", seq, got, err)
@@ -474,6 +484,9 @@ func trackerCases() []testCase {
 		{"SuccessWithoutOutputs", testSuccessWithoutOutputs},
 		{"UnknownState", testUnknownState},
 		{"Stats", testStats},
+		{"ReplicasTakeTurns", testReplicasTakeTurns},
+		{"RoundTrips", testRoundTrips},
+		{"ScheduleFollowsRecords", testScheduleFollowsRecords},
 	}
 }
 
@@ -881,6 +894,145 @@ func testStats(t *testing.T, b Backend) {
 	want := state.Stats{Applied: 4, Duplicate: 2, Stale: 3, Unknown: 1}
 	if got := tr.Stats(); got != want {
 		t.Errorf("Stats = %+v, want %+v", got, want)
+	}
+}
+
+// testReplicasTakeTurns has two trackers (two replicas) apply one request's
+// updates in turn, so each works from a record the other has since replaced:
+// every write must still follow the stored seq, and every outcome other than
+// Applied must come with the stored record, not the replica's older one.
+func testReplicasTakeTurns(t *testing.T, b Backend) {
+	const id = "req-turns"
+	ctx := testContext(t)
+	a, c := newTracker(t, b, &fakeResults{}), newTracker(t, b, &fakeResults{})
+	steps := []struct {
+		name    string
+		tr      *state.Tracker
+		u       state.Update
+		want    state.Outcome
+		wantSeq int64 // of the record returned, which must be the stored one
+	}{
+		{"A creates", a, queued(id, 5), state.Applied, 1},
+		{"C moves the queue", c, queued(id, 3), state.Applied, 2},
+		{"A, one write behind, moves it again", a, queued(id, 2), state.Applied, 3},
+		{"C, one write behind, starts it", c, running(id, "inst-1"), state.Applied, 4},
+		{"A repeats an old position", a, queued(id, 4), state.Stale, 4},
+		{"A repeats the start", a, running(id, "inst-1"), state.Duplicate, 4},
+		{"C finishes it", c, succeeded(id), state.Applied, 5},
+		{"A, behind, hears of the start again", a, running(id, "inst-1"), state.Stale, 5},
+	}
+	for _, st := range steps {
+		rec, outcome, err := st.tr.Apply(ctx, st.u)
+		if err != nil {
+			t.Fatalf("%s: Apply: %v", st.name, err)
+		}
+		if outcome != st.want {
+			t.Errorf("%s: outcome %v, want %v", st.name, outcome, st.want)
+		}
+		stored := mustGet(t, b, id)
+		if stored.Seq != st.wantSeq {
+			t.Errorf("%s: stored seq %d, want %d", st.name, stored.Seq, st.wantSeq)
+		}
+		if d := diffRecord(rec, stored); d != "" {
+			t.Errorf("%s: Apply returned a record that is not the stored one:\n%s", st.name, d)
+		}
+	}
+}
+
+// countingStore counts the round trips a Tracker makes to a store.
+type countingStore struct {
+	state.Store
+	gets, saves atomic.Int64
+}
+
+func (c *countingStore) Get(ctx context.Context, id string) (*state.Record, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, id)
+}
+
+func (c *countingStore) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
+	c.saves.Add(1)
+	return c.Store.Save(ctx, rec, ttl)
+}
+
+// testRoundTrips pins what the tracker costs the store: a replica applying a
+// request's updates one after another writes each with one Save and no Get;
+// a replica that has not seen the request learns the stored record from the
+// refusal of its first Save, still without a Get.
+func testRoundTrips(t *testing.T, b Backend) {
+	const id = "req-round-trips"
+	ctx := testContext(t)
+	store := &countingStore{Store: b}
+	tr, err := state.NewTracker(state.TrackerConfig{Store: store, Results: &fakeResults{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []state.Update{queued(id, 4), queued(id, 2), running(id, "inst-1")} {
+		if _, outcome, err := tr.Apply(ctx, u); err != nil || outcome != state.Applied {
+			t.Fatalf("Apply(%v) = %v, %v; want Applied", u.State, outcome, err)
+		}
+	}
+	if g, s := store.gets.Load(), store.saves.Load(); g != 0 || s != 3 {
+		t.Errorf("3 updates on one replica: %d Gets and %d Saves, want 0 and 3", g, s)
+	}
+
+	other := &countingStore{Store: b}
+	tr2, err := state.NewTracker(state.TrackerConfig{Store: other, Results: &fakeResults{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, outcome, err := tr2.Apply(ctx, succeeded(id))
+	if err != nil || outcome != state.Applied || rec.Seq != 4 {
+		t.Fatalf("Apply(succeeded) on another replica = seq %v, %v, %v; want seq 4 Applied", rec, outcome, err)
+	}
+	if g, s := other.gets.Load(), other.saves.Load(); g != 0 || s != 2 {
+		t.Errorf("an update on a replica that had not seen the request: %d Gets and %d Saves, want 0 and 2 (the refusal carries the record)", g, s)
+	}
+	if _, outcome, err := tr2.Apply(ctx, succeeded(id)); err != nil || outcome != state.Duplicate {
+		t.Fatalf("repeated success = %v, %v; want Duplicate", outcome, err)
+	}
+	// A duplicate is confirmed against the store before it is reported.
+	if g := other.gets.Load(); g != 1 {
+		t.Errorf("a duplicate made %d Gets, want 1", g)
+	}
+}
+
+// testScheduleFollowsRecords: with a schedule, the tracker keeps an
+// unfinished request due a poll interval after its last change and takes a
+// finished one out, whichever way the store writes both (one round trip or
+// two).
+func testScheduleFollowsRecords(t *testing.T, b Backend) {
+	sched, ok := b.(state.Schedule)
+	if !ok {
+		t.Skip("the backend keeps no schedule")
+	}
+	const id, poll = "req-scheduled", time.Hour
+	ctx := testContext(t)
+	base := time.Now().Truncate(time.Second)
+	now := base
+	tr, err := state.NewTracker(state.TrackerConfig{Store: b, Results: &fakeResults{}, Schedule: sched, PollInterval: poll, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := func(at time.Time) bool {
+		ids, err := sched.Due(ctx, at, 100)
+		if err != nil {
+			t.Fatalf("Due: %v", err)
+		}
+		return slices.Contains(ids, id)
+	}
+	mustApply(t, tr, queued(id, 3))
+	if due(base.Add(poll-time.Second)) || !due(base.Add(poll)) {
+		t.Errorf("after the first update the request is not due exactly one poll interval later")
+	}
+	now = base.Add(10 * time.Second)
+	mustApply(t, tr, running(id, "inst-1"))
+	if due(base.Add(poll)) || !due(now.Add(poll)) {
+		t.Errorf("a later update did not push the due time to one poll interval after it")
+	}
+	mustApply(t, tr, succeeded(id))
+	if due(now.Add(100 * poll)) {
+		t.Errorf("a finished request is still in the schedule")
 	}
 }
 
