@@ -68,7 +68,8 @@ type Backend struct {
 	release *redis.Script
 	pause   *redis.Script
 
-	ps *redis.PubSub
+	ps    *redis.PubSub
+	saves saveQueue
 
 	mu      sync.Mutex
 	subs    map[string]func(*state.Record) // by channel
@@ -149,36 +150,32 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 // not one script, because the schedule is one key for all requests and a
 // script may only touch keys of one cluster hash slot.
 func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool) error {
+	if err := ctx.Err(); err != nil {
+		// Once queued, a save is sent whatever becomes of its caller; one
+		// whose caller has already gone is not.
+		return fmt.Errorf("redis save: %w", err)
+	}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", rec.RequestID, err)
 	}
-	keys := []string{b.recordKey(rec.RequestID)}
-	args := []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID)}
-	run := func(save func(pipe redis.Pipeliner) *redis.Cmd) (*redis.Cmd, error) {
-		pipe := b.rdb.Pipeline()
-		if !due.IsZero() {
-			pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: float64(due.UnixMilli()), Member: rec.RequestID})
-		}
-		cmd := save(pipe)
-		if forget {
-			pipe.ZRem(ctx, b.pendingKey(), rec.RequestID)
-		}
-		_, err := pipe.Exec(ctx)
-		return cmd, err
+	op := &saveOp{
+		keys:   []string{b.recordKey(rec.RequestID)},
+		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID)},
+		id:     rec.RequestID,
+		forget: forget,
+		wake:   make(chan struct{}, 1),
 	}
-	cmd, err := run(func(pipe redis.Pipeliner) *redis.Cmd { return b.save.EvalSha(ctx, pipe, keys, args...) })
-	if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-		// Redis restarted or flushed its scripts: send the script itself
-		// (the schedule commands are idempotent, so repeating them is safe).
-		cmd, err = run(func(pipe redis.Pipeliner) *redis.Cmd { return b.save.Eval(ctx, pipe, keys, args...) })
+	if !due.IsZero() {
+		op.due = float64(due.UnixMilli())
 	}
+	b.saves.do(ctx, op, b.sendSaves)
+	res, err := op.cmd.Slice()
 	if err != nil {
 		return unavailable(ctx, "save", err)
 	}
-	res, err := cmd.Slice()
-	if err != nil || len(res) == 0 {
-		return unavailable(ctx, "save", fmt.Errorf("unexpected answer %v: %w", res, err))
+	if len(res) == 0 {
+		return unavailable(ctx, "save", fmt.Errorf("unexpected answer %v", res))
 	}
 	if ok, _ := res[0].(int64); ok == 1 {
 		return nil
@@ -193,6 +190,46 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 		conflict.Current = &cur
 	}
 	return conflict
+}
+
+// sendSaves sends a batch of saves in one pipeline, each as its schedule
+// commands around the save script, and wakes each op with its result.
+func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
+	send := func(ops []*saveOp, sha bool) error {
+		pipe := b.rdb.Pipeline()
+		for _, op := range ops {
+			if op.due != 0 {
+				pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: op.due, Member: op.id})
+			}
+			if sha {
+				op.cmd = b.save.EvalSha(ctx, pipe, op.keys, op.args...)
+			} else {
+				op.cmd = b.save.Eval(ctx, pipe, op.keys, op.args...)
+			}
+			if op.forget {
+				pipe.ZRem(ctx, b.pendingKey(), op.id)
+			}
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	if err := send(ops, true); err != nil {
+		// Redis restarted or flushed its scripts: send the script itself for
+		// the saves it refused (none of them ran; the schedule commands are
+		// idempotent, so repeating them is safe).
+		var retry []*saveOp
+		for _, op := range ops {
+			if redis.HasErrorPrefix(op.cmd.Err(), "NOSCRIPT") {
+				retry = append(retry, op)
+			}
+		}
+		if len(retry) > 0 {
+			_ = send(retry, false) // each op's command holds its own outcome
+		}
+	}
+	for _, op := range ops {
+		op.wake <- struct{}{}
+	}
 }
 
 // Subscribe subscribes the replica's pub/sub connection to requestID's channel
