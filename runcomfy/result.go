@@ -103,15 +103,11 @@ func decodeObject(data []byte, v any) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return errors.New("answer is not a JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	// Unmarshal checks the whole document before it decodes anything (so
+	// trailing data fails it too), then reads it in one pass.
 	var typeErr *json.UnmarshalTypeError
-	if err := dec.Decode(v); err != nil && !errors.As(err, &typeErr) {
+	if err := json.Unmarshal(trimmed, v); err != nil && !errors.As(err, &typeErr) {
 		return fmt.Errorf("answer is not valid JSON: %w", err)
-	}
-	// Not dec.More: it reports false before a stray '}' or ']', which would let
-	// `{...}}` through.
-	if len(bytes.TrimSpace(trimmed[dec.InputOffset():])) > 0 {
-		return errors.New("answer has data after its JSON object")
 	}
 	return nil
 }
