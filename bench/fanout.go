@@ -107,6 +107,8 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 	for _, rate := range rates {
 		n := int(step.Seconds() * float64(rate))
 		d0, g0 := deliveredAndGaps(ws)
+		label := fmt.Sprintf("fanout-%d", rate)
+		waitA, waitB := e.profileCPU(ctx, a, label, int(step.Seconds())), e.profileCPU(ctx, b, label, int(step.Seconds()))
 		m.begin()
 		t0 := time.Now()
 		for j := 1; j <= n; j++ {
@@ -123,6 +125,8 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 		d1, g1 := deliveredAndGaps(ws)
 		delivered := d1 - d0
 		cpu := m.end(int(delivered))
+		waitA()
+		waitB()
 		gapped := 0
 		for i := range ws {
 			if g1[i] > g0[i] {

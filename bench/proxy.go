@@ -96,9 +96,11 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 			return res, err
 		}
 		m := meterOf(g.named(), sim.named(), e.redis.named())
+		waitProfile := e.profileCPU(ctx, g, "proxy", int(dur.Seconds()))
 		m.begin()
 		gwSteady, err := steady(ctx, rate, workers, dur, gwCall)
 		cpu := m.end(gwSteady.ops)
+		waitProfile()
 		var gwSat loadResult
 		if err == nil {
 			gwSat, err = saturate(ctx, workers, dur, gwCall)

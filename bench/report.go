@@ -27,7 +27,7 @@ type row struct {
 // cpuTable is the CPU accounting of one measured window.
 type cpuTable struct {
 	Window string
-	Op     string
+	Op     string // singular
 	Ops    int
 	Rows   []cpuRow
 }
@@ -90,7 +90,7 @@ func writeReport(w io.Writer, m machine, command string, started time.Time, took
 		}
 		fmt.Fprintln(w)
 		for _, c := range r.CPU {
-			fmt.Fprintf(w, "CPU, %s (%s %s):\n\n| process | CPU time | µs per %s |\n|---|---|---|\n", c.Window, fmtInt(int64(c.Ops)), c.Op+"s", c.Op)
+			fmt.Fprintf(w, "CPU, %s (%s %s):\n\n| process | CPU time | µs per %s |\n|---|---|---|\n", c.Window, fmtInt(int64(c.Ops)), plural(c.Op), c.Op)
 			for _, p := range c.Rows {
 				fmt.Fprintf(w, "| %s | %s | %.1f |\n", p.Process, p.CPU.Round(time.Millisecond), p.PerOp)
 			}
@@ -113,4 +113,11 @@ func dash(s string) string {
 		return "–"
 	}
 	return s
+}
+
+func plural(noun string) string {
+	if strings.HasSuffix(noun, "y") {
+		return strings.TrimSuffix(noun, "y") + "ies"
+	}
+	return noun + "s"
 }
