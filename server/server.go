@@ -128,6 +128,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
+		grpc.ForceServerCodecV2(newCodec()),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -162,6 +163,10 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", limitBody(gw, cfg.MaxBodyBytes))
+	// WatchRequest as Server-Sent Events, over the REST gateway's connection
+	// (sse.go), and the API's OpenAPI document (openapi.go).
+	mux.Handle(eventsRoute, newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger))
+	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger))
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
 	}
@@ -196,6 +201,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 			otelhttp.WithFilter(func(r *http.Request) bool { return !strings.HasPrefix(r.URL.Path, "/webhooks/") }),
 			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
 	}
+	// Outermost, so the events route's access_token leaves the URL before
+	// anything (a span, a log line) can record it.
+	handler = tokenFromQuery(mux, handler)
 	s.httpServer = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,

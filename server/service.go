@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"sync"
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -68,8 +67,9 @@ type Service struct {
 	idem          state.Idempotency
 	limits        *submitLimits
 	metrics       *Metrics
-	draining      chan struct{}
-	drainOnce     sync.Once
+	draining      context.Context // done once the replica drains
+	drain         context.CancelFunc
+	events        *eventCache
 	log           *slog.Logger
 	submitTimeout time.Duration
 	now           func() time.Time
@@ -119,6 +119,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	draining, drain := context.WithCancel(context.Background())
 	return &Service{
 		upstream:      cfg.Upstream,
 		tracker:       cfg.Tracker,
@@ -128,7 +129,9 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
 		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
-		draining:      make(chan struct{}),
+		draining:      draining,
+		drain:         drain,
+		events:        newEventCache(eventCacheSize),
 		metrics:       cfg.Metrics,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
@@ -140,5 +143,5 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 // so that clients resume on another replica; unary calls are not affected. The
 // server calls it when it starts draining.
 func (s *Service) Drain() {
-	s.drainOnce.Do(func() { close(s.draining) })
+	s.drain()
 }

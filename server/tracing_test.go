@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -33,14 +34,21 @@ func TestTraceContextCrossesRESTIntoGRPC(t *testing.T) {
 	}
 	resp.Body.Close()
 
-	kinds := map[trace.SpanKind]int{}
-	for _, s := range rec.Ended() {
-		if s.SpanContext().TraceID().String() != traceID {
-			continue
+	// HTTP server + gRPC server spans, and the gateway's gRPC client span. The
+	// HTTP server span ends after the handler returns, which can be just after
+	// the client has read the answer: wait for it.
+	var kinds map[trace.SpanKind]int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		kinds = map[trace.SpanKind]int{}
+		for _, s := range rec.Ended() {
+			if s.SpanContext().TraceID().String() == traceID {
+				kinds[s.SpanKind()]++
+			}
 		}
-		kinds[s.SpanKind()]++
+		if kinds[trace.SpanKindServer] >= 2 && kinds[trace.SpanKindClient] >= 1 || time.Now().After(deadline) {
+			break
+		}
 	}
-	// HTTP server + gRPC server spans, and the gateway's gRPC client span.
 	if kinds[trace.SpanKindServer] < 2 || kinds[trace.SpanKindClient] < 1 {
 		var names []string
 		for _, s := range rec.Ended() {

@@ -53,7 +53,11 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		if r.Seq <= sent {
 			return r.Terminal(), nil
 		}
-		if err := stream.Send(&comfygatev1.WatchRequestResponse{Request: recordToProto(r)}); err != nil {
+		ev, err := s.events.event(r)
+		if err != nil {
+			return true, err
+		}
+		if err := stream.SendMsg(ev); err != nil {
 			return true, fmt.Errorf("send to watcher: %w", err)
 		}
 		if live {
@@ -69,15 +73,11 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	}
 	// Draining ends the stream (not the process's other work) so the client
 	// reconnects elsewhere with after_seq: its context stops the wait.
+	// A callback, not a goroutine, per stream: idle streams are what a replica
+	// holds most of.
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() {
-		select {
-		case <-s.draining:
-			stop()
-		case <-wctx.Done():
-		}
-	}()
+	defer context.AfterFunc(s.draining, stop)()
 	for {
 		recs, err := w.Next(wctx)
 		if err != nil {

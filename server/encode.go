@@ -1,0 +1,90 @@
+package server
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
+)
+
+// encodedMessage is a message already in its wire form.
+type encodedMessage struct{ b []byte }
+
+// codec is gRPC's proto codec, except that it sends an encodedMessage as it
+// is: a watch event goes to every watcher of a request on this replica, and is
+// encoded once for all of them rather than once per stream.
+type codec struct{ encoding.CodecV2 }
+
+func newCodec() codec { return codec{encoding.GetCodecV2(protoenc.Name)} }
+
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(*encodedMessage); ok {
+		// Shared by every stream it goes to, never written to: a plain
+		// slice buffer, which nothing recycles.
+		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// eventCacheSize bounds the encoded events kept: the latest few per request
+// being watched are all that is asked for again.
+const eventCacheSize = 1024
+
+// eventKey names one record: a request's seq, and its update time in case
+// the request expired and started again at seq 1.
+type eventKey struct {
+	requestID string
+	seq       int64
+	updatedAt int64
+}
+
+// eventCache holds the wire form of recent watch events, so that all the
+// watchers of one request on this replica share one encoding. It evicts the
+// oldest first.
+type eventCache struct {
+	mu    sync.Mutex
+	m     map[eventKey]*encodedMessage
+	order []eventKey // ring, oldest at next
+	next  int
+}
+
+func newEventCache(size int) *eventCache {
+	return &eventCache{m: make(map[eventKey]*encodedMessage, size), order: make([]eventKey, 0, size)}
+}
+
+// event returns r as an encoded WatchRequestResponse.
+func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
+	k := eventKey{r.RequestID, r.Seq, r.UpdatedAt.UnixNano()}
+	c.mu.Lock()
+	m := c.m[k]
+	c.mu.Unlock()
+	if m != nil {
+		return m, nil
+	}
+	// Two watchers may both miss and both encode: the same bytes, once more.
+	b, err := proto.Marshal(&comfygatev1.WatchRequestResponse{Request: recordToProto(r)})
+	if err != nil {
+		return nil, fmt.Errorf("encode watch event: %w", err)
+	}
+	m = &encodedMessage{b: b}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[k]; ok {
+		return c.m[k], nil
+	}
+	if len(c.order) < cap(c.order) {
+		c.order = append(c.order, k)
+	} else {
+		delete(c.m, c.order[c.next])
+		c.order[c.next] = k
+		c.next = (c.next + 1) % len(c.order)
+	}
+	c.m[k] = m
+	return m, nil
+}
