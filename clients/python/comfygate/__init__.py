@@ -1,0 +1,1 @@
+"""comfygate Python client: gRPC stubs generated from proto/ (see comfygate.v1)."""

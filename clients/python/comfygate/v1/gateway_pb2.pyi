@@ -1,0 +1,145 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+CANCEL_OUTCOME_CANCELLED: CancelOutcome
+CANCEL_OUTCOME_NOT_CANCELLABLE: CancelOutcome
+CANCEL_OUTCOME_REQUESTED: CancelOutcome
+CANCEL_OUTCOME_UNKNOWN: CancelOutcome
+CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
+DESCRIPTOR: _descriptor.FileDescriptor
+STATUS_CANCELLED: Status
+STATUS_FAILED: Status
+STATUS_QUEUED: Status
+STATUS_RUNNING: Status
+STATUS_SUCCEEDED: Status
+STATUS_UNKNOWN: Status
+STATUS_UNSPECIFIED: Status
+
+class CancelRequest(_message.Message):
+    __slots__ = ["deployment_id", "request_id"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ["outcome", "request", "upstream_outcome"]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    outcome: CancelOutcome
+    request: RequestState
+    upstream_outcome: str
+    def __init__(self, outcome: _Optional[_Union[CancelOutcome, str]] = ..., upstream_outcome: _Optional[str] = ..., request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class GetResultRequest(_message.Message):
+    __slots__ = ["deployment_id", "request_id"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetResultResponse(_message.Message):
+    __slots__ = ["request"]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: RequestState
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ["deployment_id", "request_id"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ["request"]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: RequestState
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class RequestError(_message.Message):
+    __slots__ = ["message", "type", "upstream_code"]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    type: str
+    upstream_code: str
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
+
+class RequestState(_message.Message):
+    __slots__ = ["created_at", "deployment_id", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_position", "request_id", "seq", "started_at", "status", "upstream_status"]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_URLS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    created_at: _timestamp_pb2.Timestamp
+    deployment_id: str
+    error: RequestError
+    finished_at: _timestamp_pb2.Timestamp
+    instance_id: str
+    output_urls: _containers.RepeatedScalarFieldContainer[str]
+    outputs: _struct_pb2.Struct
+    queue_position: int
+    request_id: str
+    seq: int
+    started_at: _timestamp_pb2.Timestamp
+    status: Status
+    upstream_status: str
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ["deployment_id", "idempotency_key", "input_json"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    idempotency_key: str
+    input_json: str
+    def __init__(self, deployment_id: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ["request"]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: RequestState
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class WatchRequestRequest(_message.Message):
+    __slots__ = ["after_seq", "deployment_id", "request_id"]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class WatchRequestResponse(_message.Message):
+    __slots__ = ["request"]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: RequestState
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
