@@ -34,6 +34,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if len(os.Args) > 1 && isCommand(os.Args[1]) {
+		// A client command (cli.go): it has exit codes of its own.
+		code := runCLI(ctx, os.Args[1:], os.Getenv, osStdio())
+		stop()
+		os.Exit(code)
+	}
 	err := realMain(ctx, os.Args[1:], os.Getenv, os.Stderr)
 	stop()
 	switch {

@@ -1,0 +1,506 @@
+package main
+
+// The client commands: `comfygate submit|status|result|cancel|watch` call a
+// running gateway over gRPC, for people at a shell and for scripts. They live in
+// the server's binary so that whoever can run the gateway can also try it, with
+// nothing else to install.
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// Environment variables of the client commands. The API key has no flag: flags
+// show in process listings.
+const (
+	addrEnv       = "COMFYGATE_ADDR"
+	deploymentEnv = "COMFYGATE_DEPLOYMENT"
+	apiKeyEnv     = "COMFYGATE_API_KEY"
+)
+
+// defaultClientAddr is where `comfygate --simulate` (and the server's default
+// --grpc-addr) listens, so the two work together with no flags.
+const defaultClientAddr = "127.0.0.1:9090"
+
+// defaultCallTimeout bounds the commands that make one call. watch (and
+// submit --watch) wait as long as the request takes unless --timeout says.
+const defaultCallTimeout = 30 * time.Second
+
+// Exit codes of the client commands, so that a script tells what happened
+// without parsing the output. 1 and 2 describe the request, not the command:
+// only watch and submit --watch, which wait for the end, return them.
+const (
+	exitOK          = 0
+	exitFailed      = 1   // the request failed (or ended in a state this version does not know)
+	exitCancelled   = 2   // the request was cancelled
+	exitError       = 3   // the gateway could not be reached, refused the call, or timed out
+	exitUsage       = 4   // a bad command line or input: nothing was sent
+	exitInterrupted = 130 // stopped by SIGINT or SIGTERM, as shells report a Ctrl-C
+)
+
+// isCommand reports whether the first argument names a client command rather
+// than starting the server's flags.
+func isCommand(arg string) bool {
+	switch arg {
+	case "submit", "status", "result", "cancel", "watch":
+		return true
+	}
+	return false
+}
+
+// stdio is a command's standard streams, passed in so that tests drive the
+// commands with buffers, and can pretend to be a terminal.
+type stdio struct {
+	in            io.Reader
+	out, err      io.Writer
+	inTTY, outTTY bool
+}
+
+// osStdio is the process's own streams.
+func osStdio() stdio {
+	return stdio{
+		in: os.Stdin, out: os.Stdout, err: os.Stderr,
+		inTTY: isTerminal(os.Stdin), outTTY: isTerminal(os.Stdout),
+	}
+}
+
+// isTerminal reports whether f is a character device. golang.org/x/term is not a
+// dependency of this module; a character device that is not a terminal
+// (/dev/null) merely receives a live status line no one reads.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// cliOptions is one client command line, parsed and checked.
+type cliOptions struct {
+	command    string
+	addr       string
+	deployment string
+	json       bool
+	tls        bool
+	tlsCA      string
+	timeout    time.Duration
+	apiKey     string
+	requestID  string // status, result, cancel, watch
+
+	input          string // submit: a file name, or "-" for standard input
+	idempotencyKey string // submit
+	watch          bool   // submit
+}
+
+// commandHelp is the synopsis and description of each command.
+func commandHelp(command string) (synopsis, about string) {
+	switch command {
+	case "submit":
+		return "submit [flags] [--input FILE]",
+			"Starts a job on the deployment and prints its request id. The input is the\n" +
+				"deployment's JSON input (RunComfy's submit body), read from FILE or, with no\n" +
+				"--input or with --input -, from standard input, and sent byte for byte.\n" +
+				"With --watch, follows the request to its end as watch does."
+	case "status":
+		return "status [flags] REQUEST_ID", "Prints the request's current state."
+	case "result":
+		return "result [flags] REQUEST_ID",
+			"Prints the request's state with its output URLs once it has succeeded, or its\nerror once it has failed."
+	case "cancel":
+		return "cancel [flags] REQUEST_ID",
+			"Asks RunComfy to cancel the request and prints the outcome and the state read\n" +
+				"back (with --json, the state alone: its status says whether the cancel took).\n" +
+				"A running request stops asynchronously: watch it to see it end."
+	default:
+		return "watch [flags] REQUEST_ID",
+			"Follows the request until it finishes: a live status line on a terminal, one\n" +
+				"line per state change otherwise; then the output URLs. When the gateway\n" +
+				"restarts (UNAVAILABLE), it reconnects and resumes where it stopped."
+	}
+}
+
+// parseCLI reads a client command line (args[0] is the command). Flags may come
+// before or after the request id. It returns flag.ErrHelp after printing the
+// usage for --help; any other error is a usage error, not yet printed.
+func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cliOptions, error) {
+	o := &cliOptions{command: args[0], apiKey: strings.TrimSpace(getenv(apiKeyEnv))}
+	fs := flag.NewFlagSet("comfygate "+o.command, flag.ContinueOnError)
+	// The flag package would print every error followed by the whole usage;
+	// runCLI prints one line instead, and the usage only when asked.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	envs := map[string]string{"addr": addrEnv, "deployment": deploymentEnv}
+	fs.StringVar(&o.addr, "addr", defaultClientAddr, "gRPC address of the gateway (`host:port`)")
+	fs.StringVar(&o.deployment, "deployment", "", "RunComfy deployment `id`")
+	fs.BoolVar(&o.json, "json", false, "print each state as one line of JSON (proto field names), for scripts")
+	fs.BoolVar(&o.tls, "tls", false, "connect over TLS, verified against the system's root certificates")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "connect over TLS, verified against the PEM certificates in `file` instead")
+	callTimeout := defaultCallTimeout
+	if o.command == "watch" {
+		callTimeout = 0
+	}
+	fs.DurationVar(&o.timeout, "timeout", callTimeout, "give up after this long in all; 0 waits as long as it takes")
+	if o.command == "submit" {
+		fs.StringVar(&o.input, "input", "-", "JSON input `file`; - is standard input")
+		fs.StringVar(&o.idempotencyKey, "idempotency-key", "", "a `key` that makes a retried submit return the first request instead of starting another")
+		fs.BoolVar(&o.watch, "watch", false, "follow the request to its end, as watch does (then --timeout defaults to 0)")
+	}
+
+	var errs []error
+	for name, env := range envs {
+		if v := getenv(env); v != "" {
+			if err := fs.Set(name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", env, err))
+			}
+		}
+	}
+	pos, err := parseInterspersed(fs, args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		printCLIUsage(stderr, fs, o.command, envs)
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if o.watch && !timeoutSet {
+		o.timeout = 0
+	}
+
+	switch {
+	case o.deployment == "":
+		errs = append(errs, fmt.Errorf("no deployment: give --deployment or set %s", deploymentEnv))
+	case !runcomfy.ValidID(o.deployment):
+		errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
+	}
+	if o.command == "submit" {
+		if len(pos) > 0 {
+			errs = append(errs, fmt.Errorf("unexpected arguments %q: give the input with --input FILE", pos))
+		}
+	} else {
+		switch {
+		case len(pos) != 1:
+			errs = append(errs, fmt.Errorf("want one REQUEST_ID, got %d arguments", len(pos)))
+		case !runcomfy.ValidID(pos[0]):
+			errs = append(errs, fmt.Errorf("request id %q: want letters, digits, '-' and '_', at most %d", pos[0], runcomfy.MaxIDLen))
+		default:
+			o.requestID = pos[0]
+		}
+	}
+	if o.timeout < 0 {
+		errs = append(errs, errors.New("--timeout must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// parseInterspersed parses flags anywhere among the positional arguments, so
+// that `status ID --json` works as well as `status --json ID`. After "--"
+// everything is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// printCLIUsage writes the usage of one command in the server's format.
+func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envs map[string]string) {
+	synopsis, about := commandHelp(command)
+	fmt.Fprintf(w, "Usage: comfygate %s\n\n%s\n\nFlags:\n", synopsis, about)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  %s\n    \t%s", strings.TrimSpace("--"+f.Name+" "+name), usage)
+		var notes []string
+		if env, ok := envs[f.Name]; ok {
+			notes = append(notes, "env "+env)
+		}
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
+			notes = append(notes, "default "+f.DefValue)
+		}
+		if len(notes) > 0 {
+			fmt.Fprintf(w, " (%s)", strings.Join(notes, ", "))
+		}
+		fmt.Fprintln(w)
+	})
+	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", apiKeyEnv)
+	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch; `comfygate COMMAND --help` for each.\n")
+	fmt.Fprintf(w, "Exit codes: 0 done; 1 the request failed and 2 it was cancelled (watch, submit --watch);\n"+
+		"3 the gateway was unreachable, refused the call or timed out; 4 bad usage or input; 130 interrupted.\n")
+}
+
+// runCLI runs one client command and returns its exit code. ctx ends on SIGINT
+// or SIGTERM. Every error is reported here, once, on stderr.
+func runCLI(ctx context.Context, args []string, getenv func(string) string, sio stdio) int {
+	o, err := parseCLI(args, getenv, sio.err)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return usageFailure(sio.err, args[0], err)
+	}
+	var input []byte
+	if o.command == "submit" {
+		if input, err = readInput(o.input, sio); err != nil {
+			return usageFailure(sio.err, o.command, err)
+		}
+	}
+	conn, err := dial(o)
+	if err != nil {
+		return usageFailure(sio.err, o.command, err)
+	}
+	defer conn.Close()
+
+	callCtx := ctx
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
+	if o.apiKey != "" {
+		callCtx = metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer "+o.apiKey)
+	}
+	c := &cli{opts: o, client: comfygatev1.NewGatewayServiceClient(conn), out: &errWriter{w: sio.out}, stderr: sio.err, tty: sio.outTTY}
+	code, err := c.run(callCtx, input)
+	if err == nil {
+		err = c.out.err
+	}
+	switch {
+	case err == nil:
+		return code
+	case ctx.Err() != nil:
+		fmt.Fprintf(sio.err, "comfygate %s: interrupted\n", o.command)
+		return exitInterrupted
+	case timedOut(callCtx, err):
+		fmt.Fprintf(sio.err, "comfygate %s: gave up after --timeout %s: %s\n", o.command, o.timeout, describeError(err))
+		return exitError
+	default:
+		fmt.Fprintf(sio.err, "comfygate %s: %s\n", o.command, describeError(err))
+		if isUnavailable(err) {
+			fmt.Fprintf(sio.err, "(is the gateway running at %s? set --addr or %s)\n", o.addr, addrEnv)
+		}
+		return exitError
+	}
+}
+
+// timedOut reports whether err comes from the --timeout deadline of ctx. The
+// gateway enforces that deadline too (gRPC sends it along) and may report
+// DEADLINE_EXCEEDED a moment before the local timer fires: a gateway's
+// DEADLINE_EXCEEDED that close to the deadline is taken as the same.
+func timedOut(ctx context.Context, err error) bool {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	deadline, ok := ctx.Deadline()
+	st, isStatus := grpcStatus(err)
+	return ok && isStatus && st.Code() == codes.DeadlineExceeded && time.Until(deadline) < time.Second
+}
+
+// usageFailure reports a problem found before anything was sent.
+func usageFailure(stderr io.Writer, command string, err error) int {
+	fmt.Fprintf(stderr, "comfygate %s: %v\nRun 'comfygate %s --help' for usage.\n", command, err, command)
+	return exitUsage
+}
+
+// readInput reads submit's input and applies the gateway's own check to it, so
+// that a typo costs no round trip. The bytes are returned unchanged.
+func readInput(name string, sio stdio) ([]byte, error) {
+	var (
+		data []byte
+		err  error
+	)
+	if name == "-" {
+		name = "standard input"
+		if sio.inTTY {
+			fmt.Fprintln(sio.err, "comfygate submit: reading the input JSON from standard input; end it with Ctrl-D")
+		}
+		data, err = io.ReadAll(sio.in)
+	} else {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the input: %w", err)
+	}
+	if err := checkInput(data); err != nil {
+		return nil, fmt.Errorf("the input (%s) %w", name, err)
+	}
+	return data, nil
+}
+
+// checkInput mirrors the gateway's rule: one JSON object, valid as it stands,
+// surrounded by JSON whitespace only.
+func checkInput(data []byte) error {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	switch {
+	case len(bytes.TrimRight(trimmed, " \t\r\n")) == 0:
+		return errors.New("is empty: want the deployment input as a JSON object")
+	case !utf8.Valid(data):
+		return errors.New("is not valid UTF-8")
+	case !json.Valid(data):
+		// Decoding again yields the reason and the offset, which Valid does not.
+		err := json.Unmarshal(data, new(json.RawMessage))
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return fmt.Errorf("is not valid JSON: %w (at byte %d)", err, se.Offset)
+		}
+		return fmt.Errorf("is not valid JSON: %w", err)
+	case trimmed[0] != '{':
+		return errors.New("must be a JSON object")
+	}
+	return nil
+}
+
+// dial makes the gateway's client connection; it connects lazily, on the first
+// call.
+func dial(o *cliOptions) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if o.tls || o.tlsCA != "" {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if o.tlsCA != "" {
+			pem, err := os.ReadFile(o.tlsCA)
+			if err != nil {
+				return nil, fmt.Errorf("--tls-ca: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
+			}
+		}
+		creds = credentials.NewTLS(cfg)
+	}
+	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(creds),
+		// gRPC waits 1s, then longer, before it dials a lost gateway again;
+		// a watch resuming after a restart should not wait for that.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: 20 * time.Second,
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("--addr %s: %w", o.addr, err)
+	}
+	return conn, nil
+}
+
+// cli runs one parsed command against the gateway.
+type cli struct {
+	opts   *cliOptions
+	client comfygatev1.GatewayServiceClient
+	out    *errWriter
+	stderr io.Writer
+	tty    bool // stdout is a terminal
+}
+
+// run makes the command's calls and prints their answers. The exit code it
+// returns counts only when err is nil.
+func (c *cli) run(ctx context.Context, input []byte) (int, error) {
+	dep, id := c.opts.deployment, c.opts.requestID
+	switch c.opts.command {
+	case "submit":
+		return c.submit(ctx, input)
+	case "status":
+		resp, err := c.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: dep, RequestId: id})
+		if err != nil {
+			return exitError, err
+		}
+		c.print(resp.GetRequest(), "")
+	case "result":
+		resp, err := c.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: dep, RequestId: id})
+		if err != nil {
+			return exitError, err
+		}
+		c.print(resp.GetRequest(), "")
+	case "cancel":
+		resp, err := c.client.Cancel(ctx, &comfygatev1.CancelRequest{DeploymentId: dep, RequestId: id})
+		if err != nil {
+			return exitError, err
+		}
+		c.print(resp.GetRequest(), cancelText(resp))
+	case "watch":
+		return c.watch(ctx, id, nil)
+	}
+	return exitOK, nil
+}
+
+// submit starts the job, prints its id (or its state as JSON) and, with
+// --watch, follows it.
+func (c *cli) submit(ctx context.Context, input []byte) (int, error) {
+	resp, err := c.client.Submit(ctx, &comfygatev1.SubmitRequest{
+		DeploymentId:   c.opts.deployment,
+		InputJson:      string(input),
+		IdempotencyKey: c.opts.idempotencyKey,
+	})
+	if err != nil {
+		return exitError, err
+	}
+	st := resp.GetRequest()
+	if c.opts.json {
+		writeJSON(c.out, st)
+	} else {
+		// The id alone on the first line: ID=$(comfygate submit ... | head -1).
+		fmt.Fprintln(c.out, st.GetRequestId())
+	}
+	if !c.opts.watch {
+		return exitOK, nil
+	}
+	return c.watch(ctx, st.GetRequestId(), st)
+}
+
+// print writes one state: JSON, or a human-readable block headed by note.
+func (c *cli) print(st *comfygatev1.RequestState, note string) {
+	if c.opts.json {
+		writeJSON(c.out, st)
+		return
+	}
+	writeState(c.out, st, note)
+}
+
+// errWriter remembers the first write error, so that the printing code stays
+// linear and the error is reported once at the end.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+// Write writes p unless an earlier write failed.
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = fmt.Errorf("writing the output: %w", err)
+	}
+	return n, err
+}
