@@ -1,20 +1,32 @@
 # comfygate: `make run` starts the gateway with its built-in RunComfy simulator;
 # `make test` runs every test. Tools (buf and the protoc plugins) are pinned in
-# tools/go.mod and run with `go tool`, so nothing needs installing beyond Go.
+# tools/go.mod and run with `go tool`; what the tests need beyond Go (Redis,
+# Chromium, Python's gRPC, the npm packages) is installed when missing by
+# scripts/deps.sh and clients/test.sh.
 
 GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
 GOFILES  := $(shell git ls-files '*.go' | grep -v '^gen/')
 
-.PHONY: run test test-short generate check-generated lint fuzz build docker ci
+.PHONY: run deps test test-go test-clients test-short generate generate-clients check-generated lint fuzz bench bench-smoke build docker ci
 
 ## run: the gateway with --simulate on 127.0.0.1:9090 (gRPC) and :8080 (HTTP)
 run:
 	$(GO) run ./cmd/comfygate --simulate
 
-## test: every test, with the race detector
-test:
+## deps: the Debian packages the tests need (Redis, Chromium, Python gRPC), when missing
+deps:
+	bash scripts/deps.sh
+
+## test: every test: the Go tests with the race detector, then the TypeScript and Python clients
+test: deps test-go test-clients
+
+test-go:
 	$(GO) test -race -count=1 ./...
+
+## test-clients: the TypeScript and Python clients against a running gateway
+test-clients:
+	bash clients/test.sh
 
 ## test-short: the fast tests only (skips building and running the binary)
 test-short:
@@ -24,11 +36,15 @@ test-short:
 generate:
 	$(BUF) generate
 
-## check-generated: fail when gen/ differs from what proto/ generates
-check-generated: generate
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
-		git status --short -- gen; git diff -- gen | head -50; \
-		echo "gen/ is stale: run 'make generate' and commit the result" >&2; exit 1; fi
+## generate-clients: regenerate the TypeScript and Python stubs in clients/
+generate-clients:
+	bash clients/generate.sh
+
+## check-generated: fail when gen/ or the client stubs differ from what proto/ generates
+check-generated: generate generate-clients
+	@if [ -n "$$(git status --porcelain -- gen clients)" ]; then \
+		git status --short -- gen clients; git diff -- gen clients | head -50; \
+		echo "generated code is stale: run 'make generate generate-clients' and commit the result" >&2; exit 1; fi
 
 ## lint: buf lint and format, gofmt, go vet
 lint:
@@ -48,6 +64,14 @@ fuzz:
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzValidID$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME)
 
+## bench: the five benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 5 minutes)
+bench: deps
+	$(GO) run ./bench -out BENCHMARKS.md
+
+## bench-smoke: every scenario at a tiny size, in seconds; checks the harness, measures nothing
+bench-smoke: deps
+	$(GO) run ./bench -smoke
+
 ## build: static binaries in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./cmd/...
@@ -57,4 +81,4 @@ docker:
 	docker build -t comfygate:dev .
 
 ## ci: what .ci/run runs
-ci: check-generated lint test
+ci: check-generated lint test bench-smoke

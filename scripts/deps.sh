@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks need, when missing, so
+# that `make test` and `make bench` work on a fresh Debian machine:
+#   redis-server, redis-tools  Redis for the state tests (and redis-benchmark)
+#   chromium                   the browser EventSource test
+#   python3-grpcio/-protobuf   the Python client test
+# Node.js and the npm packages are handled by clients/test.sh.
+set -euo pipefail
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+/usr/bin/python3 -c 'import grpc, google.protobuf' >/dev/null 2>&1 || missing+=(python3-grpcio python3-protobuf)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "== installing ${missing[*]}" >&2
+sudo=()
+[ "$(id -u)" = 0 ] || sudo=(sudo)
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
