@@ -21,13 +21,14 @@ const (
 // env is what every scenario shares: the built binaries, a private Redis, and
 // a directory for logs and profiles.
 type env struct {
-	dir        string
-	gatewayBin string
-	simBin     string
-	selfBin    string // this harness, run again as a reference server
-	redis      *redisServer
-	smoke      bool
-	profile    bool // collect CPU profiles of the gateway replicas
+	dir         string
+	gatewayBin  string
+	simBin      string
+	selfBin     string // this harness, run again as a reference server
+	redis       *redisServer
+	smoke       bool
+	profile     bool // collect CPU profiles of the gateway replicas
+	idleStreams int  // streams the idle-watchers scenario holds
 }
 
 // gateway is one replica started by a scenario.

@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string) error {
 	only := fs.String("only", "", "run only the scenarios whose name contains this `text`")
 	profile := fs.Bool("profile", false, "record CPU profiles of the gateway replicas in the run directory (kept)")
 	keep := fs.Bool("keep", false, "keep the run directory (process logs, profiles)")
+	idle := fs.Int("idle-streams", 100_000, "streams the idle-watchers scenario holds (the target is stated for 100,000)")
 	notes := fs.String("notes", "bench/NOTES.md", "hand-kept `file` appended to the report")
 	role := fs.String("role", "", "internal: run as a reference server (noop-http or bare-grpc)")
 	addr := fs.String("addr", "", "internal: the reference server's listen address")
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	e := &env{dir: dir, smoke: *smoke, profile: *profile}
+	e := &env{dir: dir, smoke: *smoke, profile: *profile, idleStreams: *idle}
 	fmt.Println("building the gateway and the simulator")
 	if e.gatewayBin, e.simBin, err = buildBinaries(ctx, dir); err != nil {
 		return err
