@@ -28,11 +28,15 @@ const chromiumPath = "/usr/bin/chromium"
 
 // eventSourcePage opens an EventSource on the events route, with the key as
 // access_token since EventSource cannot send headers, and reports every event
-// to the test by POSTing it to /report.
+// to the test by POSTing it to /report, in the order the events came.
 const eventSourcePage = `<!doctype html>
 <title>EventSource</title>
 <script>
-const report = (r) => fetch('/report', {method: 'POST', body: JSON.stringify(r)});
+// One report at a time, in order: concurrent fetches may arrive out of order.
+let reported = Promise.resolve();
+const report = (r) => {
+  reported = reported.then(() => fetch('/report', {method: 'POST', body: JSON.stringify(r)})).catch(() => {});
+};
 const es = new EventSource(%q);
 es.onopen = () => report({type: 'open'});
 es.addEventListener('state', (e) => {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -23,29 +24,6 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		return &fieldError{field: "after_seq", reason: "must not be negative"}
 	}
 	ctx := stream.Context()
-	w, err := s.watches.Watch(ctx, rid)
-	if err != nil {
-		return fmt.Errorf("watch request %s: %w", rid, err)
-	}
-	defer w.Close()
-	s.metrics.watching(1)
-	defer s.metrics.watching(-1)
-
-	rec, err := s.lookup(ctx, dep, rid)
-	if errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
-		// Not submitted through this gateway (or expired here): if RunComfy
-		// knows it, start tracking it (attach).
-		var u *state.Update
-		if rec, u, err = s.attach(ctx, dep, rid, "attach"); u != nil && err == nil && rec == nil {
-			err = state.ErrNotFound // a status this version does not know: nothing to follow
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("watch request %s: %w", rid, err)
-	}
-	if s.expedite != nil && !rec.Terminal() {
-		s.expedite.Watched(ctx, rid)
-	}
 	sent := req.GetAfterSeq()
 	// live: r comes from the hub, so its age is a delivery delay (the snapshot
 	// sent first is as old as the last change, whenever that was).
@@ -68,7 +46,36 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		sent = r.Seq
 		return r.Terminal(), nil
 	}
-	if done, err := send(rec, false); done || err != nil {
+
+	// The start (subscribe, read or attach the record, send it) goes through
+	// Redis, RunComfy and the transport, whose call chains grow a goroutine's
+	// stack well past its first size; the stream's goroutine then waits for
+	// minutes with whatever stack it has. So the start runs on a goroutine of
+	// its own, gone once it is done, and an idle watcher keeps a small stack.
+	var (
+		w    *state.Watcher
+		done bool
+		err  error
+	)
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		defer func() {
+			// As the recovery interceptor would on the stream's goroutine.
+			if p := recover(); p != nil {
+				s.log.ErrorContext(ctx, "panic starting a watch", "request_id", rid, "panic", p, "stack", string(debug.Stack()))
+				done, err = true, fmt.Errorf("watch request %s: internal error", rid)
+			}
+		}()
+		w, done, err = s.startWatch(ctx, dep, rid, send)
+	}()
+	<-started
+	if w != nil {
+		defer w.Close()
+		s.metrics.watching(1)
+		defer s.metrics.watching(-1)
+	}
+	if done || err != nil {
 		return err
 	}
 	// Draining ends the stream (not the process's other work) so the client
@@ -92,4 +99,31 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 			}
 		}
 	}
+}
+
+// startWatch subscribes to the request, reads its record (attaching it from
+// RunComfy when the gateway does not know it) and sends it. It returns the
+// watcher (nil on failure) and whether the stream is already complete.
+func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*state.Record, bool) (bool, error)) (*state.Watcher, bool, error) {
+	w, err := s.watches.Watch(ctx, rid)
+	if err != nil {
+		return nil, true, fmt.Errorf("watch request %s: %w", rid, err)
+	}
+	rec, err := s.lookup(ctx, dep, rid)
+	if errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
+		// Not submitted through this gateway (or expired here): if RunComfy
+		// knows it, start tracking it (attach).
+		var u *state.Update
+		if rec, u, err = s.attach(ctx, dep, rid, "attach"); u != nil && err == nil && rec == nil {
+			err = state.ErrNotFound // a status this version does not know: nothing to follow
+		}
+	}
+	if err != nil {
+		return w, true, fmt.Errorf("watch request %s: %w", rid, err)
+	}
+	if s.expedite != nil && !rec.Terminal() {
+		s.expedite.Watched(ctx, rid)
+	}
+	done, err := send(rec, false)
+	return w, done, err
 }
