@@ -40,6 +40,8 @@ type Expediter interface {
 // Watches registers stream watchers; *state.Hub provides it.
 type Watches interface {
 	Watch(ctx context.Context, requestID string) (*state.Watcher, error)
+	// Drain ends every watcher: Next returns state.ErrDraining.
+	Drain()
 }
 
 // Pinger reports whether the state backend can record requests now.
@@ -67,8 +69,6 @@ type Service struct {
 	idem          state.Idempotency
 	limits        *submitLimits
 	metrics       *Metrics
-	draining      context.Context // done once the replica drains
-	drain         context.CancelFunc
 	events        *eventCache
 	log           *slog.Logger
 	submitTimeout time.Duration
@@ -119,7 +119,6 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	draining, drain := context.WithCancel(context.Background())
 	return &Service{
 		upstream:      cfg.Upstream,
 		tracker:       cfg.Tracker,
@@ -129,8 +128,6 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
 		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
-		draining:      draining,
-		drain:         drain,
 		events:        newEventCache(eventCacheSize),
 		metrics:       cfg.Metrics,
 		log:           cfg.Logger,
@@ -143,5 +140,5 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 // so that clients resume on another replica; unary calls are not affected. The
 // server calls it when it starts draining.
 func (s *Service) Drain() {
-	s.drain()
+	s.watches.Drain()
 }

@@ -78,19 +78,15 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	if done || err != nil {
 		return err
 	}
-	// Draining ends the stream (not the process's other work) so the client
-	// reconnects elsewhere with after_seq: its context stops the wait.
-	// A callback, not a goroutine, per stream: idle streams are what a replica
-	// holds most of.
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	defer context.AfterFunc(s.draining, stop)()
 	for {
-		recs, err := w.Next(wctx)
+		recs, err := w.Next(ctx)
+		if errors.Is(err, state.ErrDraining) {
+			// The replica shuts down (the hub ended every watcher at once, with
+			// no goroutine or context per stream): the client resumes on
+			// another replica with after_seq.
+			return &drainingError{lastSeq: sent}
+		}
 		if err != nil {
-			if ctx.Err() == nil {
-				return &drainingError{lastSeq: sent}
-			}
 			return fmt.Errorf("watch request %s: %w", rid, err)
 		}
 		for _, r := range recs {

@@ -12,6 +12,11 @@ import (
 // intermediate ones are coalesced.
 const DefaultWatcherBuffer = 16
 
+// ErrDraining is what Next returns, once a watcher's buffered records are
+// read, after the hub started draining: the replica is shutting down and the
+// watcher's client should resume on another one.
+var ErrDraining = errors.New("state: hub draining")
+
 // unsubscribeTimeout bounds the bus call made when the last watcher of a request
 // leaves; that watcher's own context is already done by then.
 const unsubscribeTimeout = 5 * time.Second
@@ -24,8 +29,9 @@ type Hub struct {
 	bus    Bus
 	buffer int
 
-	mu     sync.Mutex
-	topics map[string]*topic
+	mu       sync.Mutex
+	topics   map[string]*topic
+	draining bool
 }
 
 // topic is the watchers of one request.
@@ -72,6 +78,14 @@ func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
 	tp.mu.Lock()
 	tp.watchers[w] = struct{}{}
 	tp.mu.Unlock()
+	// Checked after joining the topic: a Drain either finds this watcher
+	// there or has set draining before this reads it.
+	h.mu.Lock()
+	draining := h.draining
+	h.mu.Unlock()
+	if draining {
+		w.drain()
+	}
 
 	tp.op.Lock()
 	var err error
@@ -128,6 +142,26 @@ func (h *Hub) release(tp *topic) {
 		delete(h.topics, tp.id)
 	}
 	h.mu.Unlock()
+}
+
+// Drain ends every watcher, present and future: Next returns what each has
+// buffered, then ErrDraining. One call ends them all, with no goroutine or
+// context per watcher.
+func (h *Hub) Drain() {
+	h.mu.Lock()
+	h.draining = true
+	topics := make([]*topic, 0, len(h.topics))
+	for _, tp := range h.topics {
+		topics = append(topics, tp)
+	}
+	h.mu.Unlock()
+	for _, tp := range topics {
+		tp.mu.Lock()
+		for w := range tp.watchers {
+			w.drain()
+		}
+		tp.mu.Unlock()
+	}
 }
 
 // Watching lists the requests this hub has subscriptions for.
@@ -194,6 +228,17 @@ type Watcher struct {
 	last      int64 // highest seq pushed
 	coalesced int
 	closed    bool
+	drained   bool // the hub drains: Next ends with ErrDraining
+}
+
+func (w *Watcher) drain() {
+	w.mu.Lock()
+	w.drained = true
+	w.mu.Unlock()
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
 }
 
 func (w *Watcher) push(rec *Record) {
@@ -221,7 +266,8 @@ func (w *Watcher) push(rec *Record) {
 }
 
 // Next returns the records received since the previous call, waiting for at
-// least one, or ctx's error.
+// least one; or ctx's error; or, once the hub drains and nothing is left
+// buffered, ErrDraining.
 func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
 	for {
 		w.mu.Lock()
@@ -230,13 +276,24 @@ func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
 			w.mu.Unlock()
 			return q, nil
 		}
+		drained := w.drained
 		w.mu.Unlock()
+		if drained {
+			return nil, ErrDraining
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-w.notify:
 		}
 	}
+}
+
+// Buffered is how many records wait for Next.
+func (w *Watcher) Buffered() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
 }
 
 // Coalesced counts records this watcher skipped because it fell behind.

@@ -1051,6 +1051,46 @@ func hubCases() []testCase {
 		{"NextReturnsContextError", testNextCanceled},
 		{"FailedSubscribe", testFailedSubscribe},
 		{"Redeliver", testRedeliver},
+		{"DrainEndsWatchers", testDrain},
+	}
+}
+
+// testDrain: Drain ends every watcher, of every request, including one that
+// arrives afterwards; each first gets what it had buffered, then ErrDraining.
+func testDrain(t *testing.T, b Backend) {
+	ctx := testContext(t)
+	tr := newTracker(t, b, &fakeResults{})
+	hub := newHub(t, b, 0)
+	a1, a2, other := watch(t, hub, "req-drain-a"), watch(t, hub, "req-drain-a"), watch(t, hub, "req-drain-b")
+	mustApply(t, tr, queued("req-drain-a", 2))
+	// The record reaches both watchers of req-drain-a before the drain.
+	for _, w := range []*state.Watcher{a1, a2} {
+		waitBuffered(t, w)
+	}
+	hub.Drain()
+	late := watch(t, hub, "req-drain-a")
+	for name, w := range map[string]*state.Watcher{"first": a1, "second": a2} {
+		recs, err := w.Next(ctx)
+		if err != nil || len(recs) != 1 || recs[0].Seq != 1 {
+			t.Errorf("%s watcher: Next = %d records, %v; want its buffered seq 1 first", name, len(recs), err)
+		}
+	}
+	for name, w := range map[string]*state.Watcher{"first": a1, "second": a2, "other request": other, "arriving after": late} {
+		if recs, err := w.Next(ctx); !errors.Is(err, state.ErrDraining) {
+			t.Errorf("%s watcher: Next after Drain = %d records, %v; want ErrDraining", name, len(recs), err)
+		}
+	}
+}
+
+// waitBuffered waits until w has something for Next, without taking it.
+func waitBuffered(t *testing.T, w *state.Watcher) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for w.Buffered() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the record never reached the watcher")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
