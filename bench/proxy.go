@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
@@ -69,10 +72,43 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		return res, err
 	}
 	directSteadyCPU := mDirect.end(directSteady.ops)
+	mDirect.begin()
 	directSat, err := saturate(ctx, workers, dur, directCall)
 	if err != nil {
 		return res, err
 	}
+	directSatCPU := mDirect.end(directSat.ops)
+
+	// The floor: a gRPC round trip to a server that answers Submit at once
+	// (the same generated client, one connection). Any gRPC proxy adds at
+	// least this to the direct call.
+	bare, bareAddr, err := e.startRole(ctx, "bare-grpc")
+	if err != nil {
+		return res, err
+	}
+	floor, err := func() (loadResult, error) {
+		defer bare.stop()
+		cc, err := grpc.NewClient(bareAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return loadResult{}, err
+		}
+		defer cc.Close()
+		client := comfygatev1.NewGatewayServiceClient(cc)
+		call := func(ctx context.Context) error {
+			_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
+			return err
+		}
+		if _, err := saturate(ctx, workers, dur/4, call); err != nil {
+			return loadResult{}, err
+		}
+		return steady(ctx, rate, workers, dur, call)
+	}()
+	if err != nil {
+		return res, err
+	}
+	res.Rows = append(res.Rows, row{fmt.Sprintf("a bare gRPC round trip at %d/s (p50 / p99)", rate),
+		fmtDur(floor.lat.quantile(0.5)) + " / " + fmtDur(floor.lat.quantile(0.99)),
+		"the least any gRPC proxy adds", "", "", ""})
 
 	for _, backend := range []struct {
 		name, proc, prefix string
@@ -101,9 +137,14 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		gwSteady, err := steady(ctx, rate, workers, dur, gwCall)
 		cpu := m.end(gwSteady.ops)
 		waitProfile()
-		var gwSat loadResult
+		var (
+			gwSat  loadResult
+			satCPU []cpuRow
+		)
 		if err == nil {
+			m.begin()
 			gwSat, err = saturate(ctx, workers, dur, gwCall)
+			satCPU = m.end(gwSat.ops)
 		}
 		cc.Close()
 		g.stop()
@@ -119,9 +160,13 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 			row{fmt.Sprintf("%s: submits/s at saturation", backend.name), fmtRate(gwSat.rate()), fmtRate(directSat.rate()) + " direct",
 				pct(gwSat.rate(), directSat.rate()), "≥ 50% of direct", met(gwSat.rate() >= 0.5*directSat.rate())},
 		)
-		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%s, %d submits/s through the gateway", backend.name, rate), Op: "submit", Ops: gwSteady.ops, Rows: cpu})
+		res.CPU = append(res.CPU,
+			cpuTable{Window: fmt.Sprintf("%s, %d submits/s through the gateway", backend.name, rate), Op: "submit", Ops: gwSteady.ops, Rows: cpu},
+			cpuTable{Window: fmt.Sprintf("%s, saturation through the gateway", backend.name), Op: "submit", Ops: gwSat.ops, Rows: satCPU})
 	}
-	res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d submits/s straight to the simulator", rate), Op: "submit", Ops: directSteady.ops, Rows: directSteadyCPU})
+	res.CPU = append(res.CPU,
+		cpuTable{Window: fmt.Sprintf("%d submits/s straight to the simulator", rate), Op: "submit", Ops: directSteady.ops, Rows: directSteadyCPU},
+		cpuTable{Window: "saturation straight to the simulator", Op: "submit", Ops: directSat.ops, Rows: directSatCPU})
 	return res, nil
 }
 

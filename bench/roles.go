@@ -51,9 +51,16 @@ func serveRole(ctx context.Context, role, addr string) error {
 }
 
 // bareWatcher answers WatchRequest with one state, as the gateway's snapshot,
-// then only waits.
+// then only waits; and Submit at once, with no upstream call: the floor of a
+// gRPC round trip on this machine.
 type bareWatcher struct {
 	comfygatev1.UnimplementedGatewayServiceServer
+}
+
+func (bareWatcher) Submit(_ context.Context, req *comfygatev1.SubmitRequest) (*comfygatev1.SubmitResponse, error) {
+	return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
+		RequestId: "bare", DeploymentId: req.GetDeploymentId(), Status: comfygatev1.Status_STATUS_QUEUED, Seq: 1,
+	}}, nil
 }
 
 func (bareWatcher) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
