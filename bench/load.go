@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,13 @@ type loadResult struct {
 }
 
 func (r loadResult) rate() float64 { return float64(r.ops) / r.took.Seconds() }
+
+// add combines two windows of the same load.
+func (r loadResult) add(o loadResult) loadResult {
+	all := append(slices.Clone(r.lat), o.lat...)
+	slices.Sort(all)
+	return loadResult{ops: r.ops + o.ops, failures: r.failures + o.failures, took: r.took + o.took, lat: all}
+}
 
 // closedLoop keeps conns connections busy for d (or until limit requests when
 // limit > 0), each sending its next request as soon as the previous one is

@@ -39,6 +39,9 @@ func startProc(dir, name, bin string, args []string, env ...string) (*proc, erro
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// Killed with the harness, however it ends: no replica or Redis outlives a
+	// run that crashed or was interrupted.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), env...)
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -165,6 +168,22 @@ func (m *cpuMeter) end(ops int) []cpuRow {
 		}
 	}
 	return rows
+}
+
+// addCPU sums the CPU accounting of two windows of the same processes; ops
+// is the operations of both.
+func addCPU(sum, w []cpuRow, ops int) []cpuRow {
+	if sum == nil {
+		sum = w
+	} else {
+		for i := range sum {
+			sum[i].CPU += w[i].CPU
+		}
+	}
+	for i := range sum {
+		sum[i].PerOp = float64(sum[i].CPU.Microseconds()) / float64(max(ops, 1))
+	}
+	return sum
 }
 
 // buildBinaries compiles the gateway and the simulator into dir.

@@ -9,8 +9,12 @@ import (
 )
 
 // DefaultWatcherBuffer is how many undelivered records a watcher holds before
-// intermediate ones are coalesced.
-const DefaultWatcherBuffer = 16
+// intermediate ones are coalesced. A watcher whose client keeps up still falls
+// behind for as long as its process or its client is not scheduled; 64 records
+// ride out a stall of a third of a second at 200 changes per second to one
+// request. The buffer grows only as records wait (pointers to records shared
+// by all watchers), so an idle watcher pays nothing for it.
+const DefaultWatcherBuffer = 64
 
 // ErrDraining is what Next returns, once a watcher's buffered records are
 // read, after the hub started draining: the replica is shutting down and the
