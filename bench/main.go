@@ -86,6 +86,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	defer e.redis.stop()
 
+	speedStart, tripsStart := cpuSpeed(), loopbackTrips()
 	var results []result
 	for _, s := range scenarios() {
 		if *only != "" && !strings.Contains(s.name, *only) {
@@ -119,7 +120,10 @@ func run(ctx context.Context, args []string) error {
 	if *smoke {
 		command = "make bench-smoke"
 	}
-	writeReport(f, readMachine(e.redis.version), command, started, time.Since(started), results, string(handKept))
+	m := readMachine(e.redis.version)
+	m.SpeedStart, m.SpeedEnd = speedStart, cpuSpeed()
+	m.TripsStart, m.TripsEnd = tripsStart, loopbackTrips()
+	writeReport(f, m, command, started, time.Since(started), results, string(handKept))
 	if err := f.Close(); err != nil {
 		return err
 	}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -44,6 +46,14 @@ type machine struct {
 	Go     string
 	Redis  string
 	Kernel string
+	// Speed is a fixed CPU-bound task's rate at the start and at the end of
+	// the run: the same machine runs at quite different speeds from one hour
+	// to the next, and this says which kind of hour a report comes from.
+	SpeedStart, SpeedEnd float64 // MB/s of SHA-256 on one core
+	// TripsStart, TripsEnd: 1-byte round trips per second over one loopback
+	// TCP connection, which system calls and scheduling dominate, as they do
+	// every figure here.
+	TripsStart, TripsEnd float64
 }
 
 func readMachine(redisVersion string) machine {
@@ -70,8 +80,10 @@ func writeReport(w io.Writer, m machine, command string, started time.Time, took
 	fmt.Fprintf(w, "Every figure stands beside a reference measured in the same run on the same machine: the machine is shared and noisy, so absolute times drift between runs while the ratios hold. ")
 	fmt.Fprintf(w, "The load generator, Redis, the simulator and the gateway replicas all share the machine's cores, so each scenario also gives the CPU time each process spent per operation (from `/proc/<pid>/stat`).\n\n")
 	fmt.Fprintf(w, "| machine | |\n|---|---|\n")
-	fmt.Fprintf(w, "| cores | %d (%s) |\n| Go | %s |\n| Redis | %s |\n| kernel | %s |\n| run | %s, %s |\n\n",
+	fmt.Fprintf(w, "| cores | %d (%s) |\n| Go | %s |\n| Redis | %s |\n| kernel | %s |\n| run | %s, %s |\n",
 		m.Cores, m.CPU, m.Go, m.Redis, m.Kernel, started.UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second))
+	fmt.Fprintf(w, "| machine speed, start → end of the run: SHA-256 on one core | %.0f → %.0f MB/s |\n", m.SpeedStart, m.SpeedEnd)
+	fmt.Fprintf(w, "| machine speed, start → end of the run: 1-byte round trips on one loopback TCP connection | %s → %s |\n\n", fmtRate(m.TripsStart), fmtRate(m.TripsEnd))
 	fmt.Fprintf(w, "## Summary\n\n| scenario | figure | value | reference | ratio | target | |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		for _, x := range r.Rows {
@@ -120,4 +132,53 @@ func plural(noun string) string {
 		return strings.TrimSuffix(noun, "y") + "ies"
 	}
 	return noun + "s"
+}
+
+// cpuSpeed hashes 64 MiB with SHA-256 on one core and returns MB/s: a fixed
+// task whose rate tracks how fast the machine runs at the moment.
+func cpuSpeed() float64 {
+	buf := make([]byte, 1<<20)
+	h := sha256.New()
+	start := time.Now()
+	for range 64 {
+		h.Write(buf)
+	}
+	h.Sum(nil)
+	return 64 * (1 << 20) / 1e6 / time.Since(start).Seconds()
+}
+
+// loopbackTrips is how many 1-byte round trips one loopback TCP connection
+// makes in half a second, echoed by a goroutine of this process.
+func loopbackTrips() float64 {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	b := []byte{1}
+	n := 0
+	start := time.Now()
+	for time.Since(start) < 500*time.Millisecond {
+		if _, err := c.Write(b); err != nil {
+			return 0
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			return 0
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
