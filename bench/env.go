@@ -126,3 +126,40 @@ func (e *env) profileCPU(ctx context.Context, g *gateway, label string, seconds 
 	}()
 	return func() { <-done }
 }
+
+// cluster is the simulator and replicas sharing the run's Redis under one
+// prefix, with callbacks on, as the callback scenarios use them.
+type cluster struct {
+	sim      *proc
+	replicas []*gateway // named replica-a, replica-b, ...
+	path     string     // the authenticated callback path of benchDep
+}
+
+// startCluster starts the simulator and n replicas; stop ends them all, and
+// is to be called whatever startCluster returned.
+func (e *env) startCluster(ctx context.Context, label string, n int) (c *cluster, stop func(), err error) {
+	c = &cluster{}
+	stop = func() {
+		for _, g := range c.replicas {
+			g.stop()
+		}
+		if c.sim != nil {
+			c.sim.stop()
+		}
+	}
+	var simURL string
+	if c.sim, simURL, err = e.startSim(ctx, "sim-"+label); err != nil {
+		return nil, stop, err
+	}
+	for i := range n {
+		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true})
+		if err != nil {
+			return nil, stop, err
+		}
+		c.replicas = append(c.replicas, g)
+	}
+	if c.path, err = callbackPath(benchSecret, benchDep); err != nil {
+		return nil, stop, err
+	}
+	return c, stop, nil
+}

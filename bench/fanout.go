@@ -33,25 +33,12 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 		"A gap is a watcher seeing a seq jump (it fell behind and the hub coalesced). The reference is the in-process hub (memory backend, one Apply loop as fast as it goes, the same number of watchers reading in goroutines) with no gRPC and no Redis.",
 		fmtInt(int64(watchers)), perReplica, conns, step)}
 
-	sim, simURL, err := e.startSim(ctx, "sim-fanout")
+	c, stop, err := e.startCluster(ctx, "fanout", 2)
+	defer stop()
 	if err != nil {
 		return res, err
 	}
-	defer sim.stop()
-	a, err := e.startGateway(ctx, "replica-a", simURL, gwOpts{redisPrefix: "fanout", callbacks: true})
-	if err != nil {
-		return res, err
-	}
-	defer a.stop()
-	b, err := e.startGateway(ctx, "replica-b", simURL, gwOpts{redisPrefix: "fanout", callbacks: true})
-	if err != nil {
-		return res, err
-	}
-	defer b.stop()
-	path, err := callbackPath(benchSecret, benchDep)
-	if err != nil {
-		return res, err
-	}
+	a, b, path := c.replicas[0], c.replicas[1], c.path
 	const id = "fan-0"
 	sender, err := dialHTTP(a.httpAddr)
 	if err != nil {

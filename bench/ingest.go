@@ -28,20 +28,12 @@ func ingest(ctx context.Context, e *env) (result, error) {
 		"Each connection walks its own requests through in_queue → in_progress → succeeded, so every callback is applied (a new seq, a Redis write and a PUBLISH); "+
 		"every body is %d bytes (the documented fields, indented). The reference is the same load generator against a no-op net/http handler in its own process.", conns, dur, warm, rounds, bodySize)}
 
-	sim, simURL, err := e.startSim(ctx, "sim-ingest")
+	c, stop, err := e.startCluster(ctx, "ingest", 1)
+	defer stop()
 	if err != nil {
 		return res, err
 	}
-	defer sim.stop()
-	g, err := e.startGateway(ctx, "replica-a", simURL, gwOpts{redisPrefix: "ingest", callbacks: true})
-	if err != nil {
-		return res, err
-	}
-	defer g.stop()
-	path, err := callbackPath(benchSecret, benchDep)
-	if err != nil {
-		return res, err
-	}
+	g, path := c.replicas[0], c.path
 	load := func(label string) request {
 		return func(w, i int, buf []byte) (string, []byte) {
 			rid := fmt.Sprintf("in-%s-%d-%d", label, w, i/phases)

@@ -35,25 +35,12 @@ func latency(ctx context.Context, e *env) (result, error) {
 		"The reference publishes a message of the same size with go-redis on one connection and receives it on a go-redis subscription, on the same schedule.",
 		watchers, rate, dur, time.Second*watchers/rate)}
 
-	sim, simURL, err := e.startSim(ctx, "sim-latency")
+	c, stop, err := e.startCluster(ctx, "latency", 2)
+	defer stop()
 	if err != nil {
 		return res, err
 	}
-	defer sim.stop()
-	a, err := e.startGateway(ctx, "replica-a", simURL, gwOpts{redisPrefix: "latency", callbacks: true})
-	if err != nil {
-		return res, err
-	}
-	defer a.stop()
-	b, err := e.startGateway(ctx, "replica-b", simURL, gwOpts{redisPrefix: "latency", callbacks: true})
-	if err != nil {
-		return res, err
-	}
-	defer b.stop()
-	path, err := callbackPath(benchSecret, benchDep)
-	if err != nil {
-		return res, err
-	}
+	a, b, path := c.replicas[0], c.replicas[1], c.path
 	ids := make([]string, watchers)
 	for k := range ids {
 		ids[k] = fmt.Sprintf("lat-%d", k)

@@ -99,6 +99,12 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		res.Name = s.name
+		for i := range res.Rows {
+			if *smoke {
+				// A tiny run says the harness works, nothing about the targets.
+				res.Rows[i].Met = ""
+			}
+		}
 		for _, r := range res.Rows {
 			fmt.Printf("   %-44s %-16s ref %-16s %-8s %s %s\n", r.Figure, r.Value, r.Reference, r.Ratio, r.Target, r.Met)
 		}

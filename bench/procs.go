@@ -92,31 +92,25 @@ func tail(path string, n int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// cpuTime is the process's user plus system CPU time, all threads, from
-// /proc/<pid>/stat.
-func cpuTime(pid int) (time.Duration, error) {
+// procStat reads /proc/<pid>/stat.
+func procStat(pid int) (procfs.ProcStat, error) {
 	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return 0, err
+		return procfs.ProcStat{}, err
 	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return time.Duration(st.CPUTime() * float64(time.Second)), nil
+	return p.Stat()
+}
+
+// cpuTime is the process's user plus system CPU time, all threads.
+func cpuTime(pid int) (time.Duration, error) {
+	st, err := procStat(pid)
+	return time.Duration(st.CPUTime() * float64(time.Second)), err
 }
 
 // rss is the process's resident set size in bytes.
 func rss(pid int) (int64, error) {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return int64(st.ResidentMemory()), nil
+	st, err := procStat(pid)
+	return int64(st.ResidentMemory()), err
 }
 
 // cpuMeter reads the CPU time of a set of processes at the start and the end
