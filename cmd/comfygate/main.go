@@ -56,9 +56,11 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	var handler slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	sink := newLogSink(stderr)
+	defer sink.Close()
+	var handler slog.Handler = slog.NewTextHandler(sink, &slog.HandlerOptions{Level: cfg.LogLevel})
 	if cfg.LogFormat == "json" {
-		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+		handler = slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
 	log := slog.New(handler)
 
