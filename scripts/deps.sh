@@ -4,6 +4,7 @@
 #   redis-server, redis-tools  Redis for the state tests (and redis-benchmark)
 #   chromium                   the browser EventSource test
 #   python3-grpcio/-protobuf   the Python client test
+#   protobuf-compiler(-grpc)   the Python stubs (make generate-clients, CI's check)
 # Node.js and the npm packages are handled by clients/test.sh.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 /usr/bin/python3 -c 'import grpc, google.protobuf' >/dev/null 2>&1 || missing+=(python3-grpcio python3-protobuf)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -x /usr/bin/grpc_python_plugin ] || missing+=(protobuf-compiler-grpc)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "== installing ${missing[*]}" >&2
