@@ -142,9 +142,11 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 			satCPU []cpuRow
 		)
 		if err == nil {
+			waitProfile := e.profileCPU(ctx, g, "proxy-saturation", int(dur.Seconds()))
 			m.begin()
 			gwSat, err = saturate(ctx, workers, dur, gwCall)
 			satCPU = m.end(gwSat.ops)
+			waitProfile()
 		}
 		cc.Close()
 		g.stop()
