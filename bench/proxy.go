@@ -172,39 +172,26 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 	return res, nil
 }
 
-// steady sends rate calls per second for d, call i due at start + i/rate,
-// spread over workers senders; the latency runs from the actual send.
+// steady sends rate calls per second for d, on the schedule paced keeps
+// (call i due at start + i/rate), spread over workers senders; the latency
+// runs from the actual send.
 func steady(ctx context.Context, rate, workers int, d time.Duration, call func(context.Context) error) (loadResult, error) {
-	n := int(d.Seconds() * float64(rate))
-	every := time.Second / time.Duration(rate)
-	start := time.Now().Add(10 * time.Millisecond)
+	perWorker := int(d.Seconds()*float64(rate)) / workers
 	parts := make([]samples, workers)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < n && ctx.Err() == nil; i += workers {
-				if d := time.Until(start.Add(time.Duration(i) * every)); d > 0 {
-					time.Sleep(d)
-				}
-				t0 := time.Now()
-				if err := call(ctx); err != nil {
-					errs[w] = err
-					return
-				}
-				parts[w] = append(parts[w], time.Since(t0))
+	start := time.Now()
+	_, err := paced(ctx, workers, perWorker, time.Duration(workers)*time.Second/time.Duration(rate), func(w int) (func(int) error, func(), error) {
+		return func(int) error {
+			t0 := time.Now()
+			if err := call(ctx); err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
+			parts[w] = append(parts[w], time.Since(t0))
+			return nil
+		}, func() {}, nil
+	})
 	res := loadResult{took: time.Since(start), lat: merge(parts)}
 	res.ops = len(res.lat)
-	for _, err := range errs {
-		if err != nil {
-			return res, err
-		}
-	}
-	return res, ctx.Err()
+	return res, err
 }
 
 // saturate keeps workers callers busy for d.
