@@ -148,16 +148,15 @@ func (h held) openRate() float64 { return float64(h.held) / h.took.Seconds() }
 // when it returns.
 func holdStreams(ctx context.Context, p *proc, addr string, ids []string, conns int) (held, error) {
 	var h held
-	ccs := make([]*grpc.ClientConn, conns)
 	clients := make([]comfygatev1.GatewayServiceClient, conns)
-	for i := range ccs {
+	for i := range clients {
 		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return h, err
 		}
 		defer cc.Close()
 		cc.Connect()
-		ccs[i], clients[i] = cc, comfygatev1.NewGatewayServiceClient(cc)
+		clients[i] = comfygatev1.NewGatewayServiceClient(cc)
 	}
 	// Every connection is up (a health-less call answers) before the
 	// baseline is read.

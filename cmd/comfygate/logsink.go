@@ -71,16 +71,15 @@ func (s *logSink) run() {
 
 func (s *logSink) flush() {
 	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	// Swap buffers: loggers fill the spare one while this one is written.
 	buf := s.pending
 	s.pending, s.spare = s.spare[:0], nil
 	s.room.Broadcast()
 	s.mu.Unlock()
-	if len(buf) == 0 {
-		s.mu.Lock()
-		s.spare = buf
-		s.mu.Unlock()
-		return
-	}
 	// A failed write (stderr closed) loses these lines, as a direct write would.
 	_, _ = s.w.Write(buf)
 	s.mu.Lock()
