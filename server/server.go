@@ -63,7 +63,35 @@ type Config struct {
 	// Ready, when set, must succeed for /readyz to report ready (the state
 	// backend answers).
 	Ready func(ctx context.Context) error
+	// ReadTimeout bounds how long a client may take to send a request body
+	// (REST and callbacks); default DefaultReadTimeout. Streams, which send
+	// no body, are not affected.
+	ReadTimeout time.Duration
+	// IdleTimeout closes idle HTTP keep-alive connections; default
+	// DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxConnectionIdle closes gRPC connections with no call open; default
+	// DefaultMaxConnectionIdle.
+	MaxConnectionIdle time.Duration
+	// MaxInflightBodyBytes bounds the REST request bodies held at once;
+	// default DefaultMaxInflightBodyBytes.
+	MaxInflightBodyBytes int64
+	// Limits, when set, applies the per-tenant limits (reads, watch streams)
+	// to every call after authentication.
+	Limits *TenantLimits
 }
+
+// Defaults of the limits every listener applies; the flags of the same names
+// set them.
+const (
+	DefaultReadTimeout          = 30 * time.Second
+	DefaultIdleTimeout          = 120 * time.Second
+	DefaultMaxConnectionIdle    = 15 * time.Minute
+	DefaultMaxInflightBodyBytes = 256 << 20
+	DefaultMaxWatchesPerTenant  = 1000
+	DefaultReadRate             = 20
+	DefaultReadBurst            = 40
+)
 
 // readyTimeout bounds the backend check behind /readyz; probes have short
 // deadlines of their own.

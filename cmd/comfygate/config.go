@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -57,6 +58,19 @@ type Config struct {
 	LogLevel           slog.Level
 	DebugAddr          string
 	MaxStreams         uint
+	// WebhookSecretFile holds the webhook secrets (one per line, or comma
+	// separated), so that they stay out of process listings.
+	WebhookSecretFile string
+	// webhookSecretFlag records that a secret came on the command line (or
+	// its environment variable), which is worth a warning at start.
+	webhookSecretFlag    bool
+	ReadTimeout          time.Duration
+	IdleTimeout          time.Duration
+	MaxConnectionIdle    time.Duration
+	MaxInflightBodyBytes int64
+	MaxWatchesPerTenant  int
+	ReadRate             float64
+	ReadBurst            int
 }
 
 // envName is the environment variable that sets a flag.
@@ -80,15 +94,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight calls may take to finish after SIGTERM")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", server.DefaultMaxBodyBytes, "largest accepted request body or gRPC message, in `bytes`")
 	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` at which RunComfy reaches this gateway's HTTP listener; when set, Submit asks for callbacks under it")
-	fs.Func("webhook-secret", "comma-separated `secrets` for callback URLs, at least 16 bytes each; the first signs, all are accepted (rotation)", func(v string) error {
-		cfg.WebhookSecrets = nil
-		for _, sec := range strings.Split(v, ",") {
-			if sec = strings.TrimSpace(sec); sec != "" {
-				cfg.WebhookSecrets = append(cfg.WebhookSecrets, sec)
-			}
-		}
+	fs.Func("webhook-secret", "comma-separated `secrets` for callback URLs, at least 16 bytes each; the first signs, all are accepted (rotation). Prefer --webhook-secret-file: a flag shows in process listings", func(v string) error {
+		cfg.WebhookSecrets = splitSecrets(v)
+		cfg.webhookSecretFlag = true
 		return nil
 	})
+	fs.StringVar(&cfg.WebhookSecretFile, "webhook-secret-file", "", "`file` holding the webhook secrets (one per line or comma-separated; # comments allowed), read at start")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", server.DefaultReadTimeout, "how long a client may take to send a request body (REST and callbacks); a connection that stalls mid-body is closed. Streams are not affected")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "how long an idle HTTP keep-alive connection stays open")
+	fs.DurationVar(&cfg.MaxConnectionIdle, "max-connection-idle", server.DefaultMaxConnectionIdle, "how long a gRPC connection with no call or stream open stays open")
+	fs.Int64Var(&cfg.MaxInflightBodyBytes, "max-inflight-body-bytes", server.DefaultMaxInflightBodyBytes, "most `bytes` of REST request bodies this replica holds at once; past it, 503 with Retry-After")
+	fs.IntVar(&cfg.MaxWatchesPerTenant, "max-watches-per-tenant", server.DefaultMaxWatchesPerTenant, "most watch streams (gRPC, NDJSON and SSE together) one tenant may have open on this replica; past it, RESOURCE_EXHAUSTED (429); 0 is unlimited")
+	fs.Float64Var(&cfg.ReadRate, "read-rate", server.DefaultReadRate, "reads per second each tenant may make (GetStatus, GetResult, Cancel, watch opens); cluster-wide with --redis-url; 0 is unlimited")
+	fs.IntVar(&cfg.ReadBurst, "read-burst", server.DefaultReadBurst, "reads a tenant may make at once before --read-rate applies")
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
@@ -126,6 +144,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 			}
 		}
 	})
+	// Only a secret on the command line shows in process listings; one from
+	// the environment does not.
+	cfg.webhookSecretFlag = false
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -133,6 +154,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		envErrs = append(envErrs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
 	cfg.RunComfyToken = getenv(tokenEnv)
+	if cfg.WebhookSecretFile != "" {
+		if err := cfg.readSecretFile(); err != nil {
+			envErrs = append(envErrs, err)
+		}
+	}
 	if err := errors.Join(append(envErrs, cfg.Validate())...); err != nil {
 		return nil, err
 	}
@@ -168,7 +194,10 @@ func (c *Config) selfURL() string {
 // Validate reports every problem at once, so an operator fixes them in one go.
 func (c *Config) Validate() error {
 	var errs []error
-	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}} {
+		if a.addr == "" && a.flag == "--debug-addr" {
+			continue
+		}
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", a.flag, a.addr))
 		}
@@ -196,7 +225,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--public-url %q: want an absolute http(s) URL", c.PublicURL))
 		}
 		if len(c.WebhookSecrets) == 0 {
-			errs = append(errs, errors.New("--public-url needs --webhook-secret: callback URLs must carry a token"))
+			errs = append(errs, errors.New("--public-url needs --webhook-secret-file (or COMFYGATE_WEBHOOK_SECRET): callback URLs must carry a token"))
 		}
 	}
 	for i, sec := range c.WebhookSecrets {
@@ -219,8 +248,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
 	}
 	if c.APIKeysFile == "" && !c.Insecure {
-		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
-			if !loopback(a.addr) {
+		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}} {
+			if a.addr != "" && !loopback(a.addr) {
 				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
 			}
 		}
@@ -246,10 +275,58 @@ func (c *Config) Validate() error {
 	if c.Retention < time.Minute {
 		errs = append(errs, errors.New("--retention must be at least 1m"))
 	}
+	if c.ReadTimeout <= 0 || c.IdleTimeout <= 0 || c.MaxConnectionIdle <= 0 {
+		errs = append(errs, errors.New("--read-timeout, --idle-timeout and --max-connection-idle must be positive"))
+	}
+	if c.MaxInflightBodyBytes < c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("--max-inflight-body-bytes (%d) must be at least --max-body-bytes (%d): one body must fit", c.MaxInflightBodyBytes, c.MaxBodyBytes))
+	}
+	if c.MaxWatchesPerTenant < 0 {
+		errs = append(errs, errors.New("--max-watches-per-tenant must not be negative"))
+	}
+	if c.ReadRate < 0 || c.ReadBurst < 1 {
+		errs = append(errs, errors.New("--read-rate must not be negative and --read-burst must be at least 1"))
+	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))
 	}
 	return errors.Join(errs...)
+}
+
+// splitSecrets splits comma-separated secrets, dropping blanks.
+func splitSecrets(v string) []string {
+	var out []string
+	for _, sec := range strings.Split(v, ",") {
+		if sec = strings.TrimSpace(sec); sec != "" {
+			out = append(out, sec)
+		}
+	}
+	return out
+}
+
+// readSecretFile reads the webhook secrets from WebhookSecretFile: one per
+// line (or comma-separated), '#' comments and blank lines ignored. Together
+// with --webhook-secret the file is refused: two sources of one secret list
+// would leave the operator guessing which signs.
+func (c *Config) readSecretFile() error {
+	if len(c.WebhookSecrets) > 0 {
+		return errors.New("--webhook-secret and --webhook-secret-file exclude each other")
+	}
+	data, err := os.ReadFile(c.WebhookSecretFile)
+	if err != nil {
+		return fmt.Errorf("--webhook-secret-file: %w", err)
+	}
+	for line := range strings.Lines(string(data)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		c.WebhookSecrets = append(c.WebhookSecrets, splitSecrets(line)...)
+	}
+	if len(c.WebhookSecrets) == 0 {
+		return fmt.Errorf("--webhook-secret-file %s holds no secret", c.WebhookSecretFile)
+	}
+	return nil
 }
 
 // redactURLError keeps a URL parse error from echoing the URL, which may hold a

@@ -63,6 +63,13 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		handler = slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
 	log := slog.New(handler)
+	// The libraries' own loggers (grpc-go, go-redis, OpenTelemetry, the
+	// standard log package) write through log too, in the same format.
+	restoreLibraryLoggers := routeLibraryLogs(log)
+	defer restoreLibraryLoggers()
+	if cfg.webhookSecretFlag {
+		log.Warn("--webhook-secret on the command line shows in process listings; use --webhook-secret-file or COMFYGATE_WEBHOOK_SECRET")
+	}
 
 	tp, stopTracing, err := newTracer(ctx, getenv)
 	if err != nil {
@@ -144,6 +151,10 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		Logger:               log,
 		Routes:               map[string]http.Handler{},
 		Metrics:              metrics,
+		ReadTimeout:          cfg.ReadTimeout,
+		IdleTimeout:          cfg.IdleTimeout,
+		MaxConnectionIdle:    cfg.MaxConnectionIdle,
+		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,
 	}
 	if tp != nil {
 		srvCfg.Tracer = tp
