@@ -63,6 +63,7 @@ fuzz:
 	$(GO) test ./webhook -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzValidID$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzUnmarshalSubmit$$' -fuzztime $(FUZZTIME)
 
 ## bench: the five benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 5 minutes)
 bench: deps

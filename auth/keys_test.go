@@ -61,7 +61,8 @@ func replaceFile(t testing.TB, path, content string) {
 
 // secretsIn lists every token of content that is, or could be, a key: every
 // field but a line's first, the only field of a one-field line, and every word
-// of a comment. Tenants (first fields) are not secret.
+// of a comment. Tenants (first fields) are not secret, nor is a third field
+// that is a valid permission list (error messages may name permissions).
 func secretsIn(content string) []string {
 	var out []string
 	for _, line := range strings.Split(content, "\n") {
@@ -77,7 +78,12 @@ func secretsIn(content string) []string {
 		case len(f) == 1:
 			out = append(out, f[0])
 		default:
-			out = append(out, f[1:]...)
+			for i, w := range f[1:] {
+				if _, err := parsePermissions(w); i == 1 && err == nil {
+					continue
+				}
+				out = append(out, w)
+			}
 		}
 	}
 	return out
@@ -102,8 +108,9 @@ func TestLoad(t *testing.T) {
 	tests := []struct {
 		name    string
 		content string
-		want    map[string]string // key -> tenant, for files that load
-		wantErr []string          // regexps the error must match, for files that do not
+		want    map[string]string      // key -> tenant, for files that load
+		perms   map[string]Permissions // key -> permissions; a key of want not here has none
+		wantErr []string               // regexps the error must match, for files that do not
 	}{
 		{
 			name:    "one key",
@@ -142,14 +149,57 @@ func TestLoad(t *testing.T) {
 			want:    map[string]string{keyA + "/+=:#!": "tenant-a"},
 		},
 		{
+			name:    "attach permission, next to a two-field line",
+			content: "tenant-a " + keyA + " attach\ntenant-b " + keyB + "\n",
+			want:    map[string]string{keyA: "tenant-a", keyB: "tenant-b"},
+			perms:   map[string]Permissions{keyA: Attach},
+		},
+		{
+			name:    "permissions belong to the key, not the tenant",
+			content: "tenant-a " + keyA + "\ntenant-a " + keyB + "\tattach\r\n",
+			want:    map[string]string{keyA: "tenant-a", keyB: "tenant-a"},
+			perms:   map[string]Permissions{keyB: Attach},
+		},
+		{
+			name:    "a permission listed twice",
+			content: "tenant-a " + keyA + " attach,attach\n",
+			want:    map[string]string{keyA: "tenant-a"},
+			perms:   map[string]Permissions{keyA: Attach},
+		},
+		{
 			name:    "one field",
 			content: "# keys\ntenant-a " + keyA + "\n" + keyX + "\n",
 			wantErr: []string{`\bline 3\b`, "TENANT KEY"},
 		},
 		{
-			name:    "three fields",
+			name:    "unknown permission",
+			content: "tenant-a " + keyA + " attach\n\ntenant-x " + keyX + " bogus\n",
+			wantErr: []string{`\bline 3\b`, "unknown permission"},
+		},
+		{
+			name:    "a key where the permissions go",
 			content: "tenant-a " + keyA + "\n\ntenant-x " + keyX + " " + keyY + "\n",
-			wantErr: []string{`\bline 3\b`, "TENANT KEY"},
+			wantErr: []string{`\bline 3\b`, "unknown permission"},
+		},
+		{
+			name:    "permission names are lower case",
+			content: "tenant-x " + keyX + " Attach\n",
+			wantErr: []string{`\bline 1\b`, "unknown permission"},
+		},
+		{
+			name:    "an unknown permission next to a known one",
+			content: "tenant-x " + keyX + " attach,bogus\n",
+			wantErr: []string{`\bline 1\b`, "unknown permission"},
+		},
+		{
+			name:    "permissions separated by a space are a fourth field",
+			content: "tenant-x " + keyX + " attach attach\n",
+			wantErr: []string{`\bline 1\b`, `TENANT KEY \[PERMISSIONS\]`},
+		},
+		{
+			name:    "empty name in the permission list",
+			content: "tenant-x " + keyX + " attach,\n",
+			wantErr: []string{`\bline 1\b`, "empty permission"},
 		},
 		{
 			name:    "trailing comment on a key line is a third field",
@@ -193,8 +243,8 @@ func TestLoad(t *testing.T) {
 		},
 		{
 			name:    "every bad line is reported",
-			content: keyX + "\ntenant-a " + keyA + "\nten/ant " + keyY + "\ntenant-c " + key15 + "\n",
-			wantErr: []string{`\bline 1\b`, `\bline 3\b`, `\bline 4\b`},
+			content: keyX + "\ntenant-a " + keyA + "\nten/ant " + keyY + "\ntenant-c " + key15 + "\ntenant-d " + keyC + " bogus\n",
+			wantErr: []string{`\bline 1\b`, `\bline 3\b`, `\bline 4\b`, `\bline 5\b`},
 		},
 		{
 			name:    "line longer than the scanner takes",
@@ -240,6 +290,10 @@ func TestLoad(t *testing.T) {
 			for key, tenant := range tc.want {
 				if got, ok := k.Tenant(key); !ok || got != tenant {
 					t.Errorf("Tenant(key of %s) = %q, %v", tenant, got, ok)
+				}
+				got, perms, ok := k.Lookup(key)
+				if want := tc.perms[key]; !ok || got != tenant || perms != want {
+					t.Errorf("Lookup(key of %s) = %q, %q, %v; want %q, %q, true", tenant, got, perms, ok, tenant, want)
 				}
 			}
 		})
@@ -290,6 +344,61 @@ func TestTenant(t *testing.T) {
 		if got, ok := k.Tenant(key); ok || got != "" {
 			t.Errorf("Tenant(%q) = %q, %v; want \"\", false", key, got, ok)
 		}
+	}
+}
+
+func TestLookup(t *testing.T) {
+	path := writeFile(t, t.TempDir(), "tenant-a "+keyA+" attach\ntenant-b "+keyB+"\ntenant-a "+key16+"\n")
+	k, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		key        string
+		wantTenant string
+		wantPerms  Permissions
+		wantOK     bool
+	}{
+		{"key with attach", keyA, "tenant-a", Attach, true},
+		{"two-field key", keyB, "tenant-b", 0, true},
+		{"same tenant, key without attach", key16, "tenant-a", 0, true},
+		{"unknown key", keyC, "", 0, false},
+		{"empty key", "", "", 0, false},
+		{"key plus its permission", keyA + " attach", "", 0, false},
+		{"permission alone", "attach", "", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tenant, perms, ok := k.Lookup(tt.key)
+			if tenant != tt.wantTenant || perms != tt.wantPerms || ok != tt.wantOK {
+				t.Errorf("Lookup = %q, %q, %v; want %q, %q, %v", tenant, perms, ok, tt.wantTenant, tt.wantPerms, tt.wantOK)
+			}
+		})
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	tests := []struct {
+		p          Permissions
+		wantString string
+		wantAttach bool
+	}{
+		{0, "", false},
+		{Attach, "attach", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.wantString, func(t *testing.T) {
+			if got := tt.p.String(); got != tt.wantString {
+				t.Errorf("String() = %q, want %q", got, tt.wantString)
+			}
+			if got := tt.p.Has(Attach); got != tt.wantAttach {
+				t.Errorf("Has(Attach) = %v, want %v", got, tt.wantAttach)
+			}
+			if !tt.p.Has(0) {
+				t.Errorf("Has(none) = false")
+			}
+		})
 	}
 }
 
@@ -366,12 +475,14 @@ func TestReload(t *testing.T) {
 
 // TestTenantDuringReload looks keys up from many goroutines while the file is
 // swapped and reloaded: run with -race. keyA is in every version, keyB only in
-// some, keyC in none; no lookup may ever see another tenant.
+// some (with another tenant and permissions in one), keyC in none; no lookup
+// may ever see another tenant, or one version's tenant with another's
+// permissions.
 func TestTenantDuringReload(t *testing.T) {
 	versions := []string{
 		"tenant-a " + keyA + "\n",
 		"tenant-a " + keyA + "\ntenant-b " + keyB + "\n",
-		"tenant-b " + keyB + "\n# reordered\ntenant-a " + keyA + "\n",
+		"tenant-c " + keyB + " attach\n# reordered\ntenant-a " + keyA + "\n",
 		"tenant-a " + keyA + "\ntenant-x " + key15 + "\n", // broken: previous stays
 	}
 	path := writeFile(t, t.TempDir(), versions[0])
@@ -394,9 +505,11 @@ func TestTenantDuringReload(t *testing.T) {
 					t.Errorf("Tenant(keyA) = %q, %v during reload", got, ok)
 					return
 				}
-				if got, ok := k.Tenant(keyB); ok {
-					if got != "tenant-b" {
-						t.Errorf("Tenant(keyB) = %q during reload", got)
+				// keyB is tenant-b's without attach, or tenant-c's with
+				// it: never a mix of two versions.
+				if got, perms, ok := k.Lookup(keyB); ok {
+					if (got != "tenant-b" || perms != 0) && (got != "tenant-c" || perms != Attach) {
+						t.Errorf("Lookup(keyB) = %q, %q during reload", got, perms)
 						return
 					}
 					sawB.Store(true)
@@ -433,6 +546,11 @@ func FuzzParse(f *testing.F) {
 		"ten.ant " + keyA + "\n",
 		keyA + "\n",
 		"tenant-a " + keyA + " " + keyB + "\n",
+		"tenant-a " + keyA + " attach\ntenant-b " + keyB + "\n",
+		"tenant-a " + keyA + " attach,attach\n",
+		"tenant-a " + keyA + " bogus\n",
+		"tenant-a " + keyA + " attach,\n",
+		"tenant-a " + keyA + " attach attach\n",
 		"# only a comment\n",
 		"",
 		"\x00 \xff\xfe\n\ufefftenant-a " + keyA,
@@ -443,7 +561,8 @@ func FuzzParse(f *testing.F) {
 		entries, err := parse(data)
 		if err != nil {
 			// The messages are fixed text and line numbers: no word of the
-			// input as long as a key may show in them.
+			// input as long as a key may show in them (permission fields
+			// included, where a key may have been put by mistake).
 			msg := err.Error()
 			for _, tok := range strings.Fields(string(data)) {
 				if len(tok) >= MinKeyLen && strings.Contains(msg, tok) {
@@ -470,11 +589,22 @@ func FuzzParse(f *testing.F) {
 		k.entries.Store(&entries)
 		for _, line := range strings.Split(string(data), "\n") {
 			fields := strings.Fields(line)
-			if len(fields) != 2 || strings.HasPrefix(fields[0], "#") {
+			if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
 				continue
 			}
-			if got, ok := k.Tenant(fields[1]); !ok || got != fields[0] {
-				t.Fatalf("line %q: Tenant = %q, %v", line, got, ok)
+			if len(fields) > 3 {
+				t.Fatalf("line %q of %d fields accepted", line, len(fields))
+			}
+			var want Permissions
+			if len(fields) == 3 {
+				p, err := parsePermissions(fields[2])
+				if err != nil {
+					t.Fatalf("line %q: permissions %v, yet the file loaded", line, err)
+				}
+				want = p
+			}
+			if got, perms, ok := k.Lookup(fields[1]); !ok || got != fields[0] || perms != want {
+				t.Fatalf("line %q: Lookup = %q, %q, %v", line, got, perms, ok)
 			}
 		}
 	})

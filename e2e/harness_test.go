@@ -180,6 +180,8 @@ type clusterConfig struct {
 	queueTime, runTime time.Duration
 	// proxied puts a redisProxy of its own between each replica and Redis.
 	proxied bool
+	// args are more flags for every replica.
+	args []string
 }
 
 // cluster is a simulator, three replicas A, B and C on one Redis, the load
@@ -283,7 +285,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 		}
 		g.proc = launch(ctx, t, "replica "+name, func() *process {
 			g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
-			p := startProcess(t, "replica "+name, gatewayBin, []string{
+			p := startProcess(t, "replica "+name, gatewayBin, append([]string{
 				"--runcomfy-url", upstream.URL,
 				"--redis-url", redisURL,
 				"--redis-prefix", c.prefix,
@@ -293,7 +295,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 				"--webhook-secret", webhookSecret,
 				"--upstream-timeout", "5s",
 				"--shutdown-timeout", "2s",
-			}, "RUNCOMFY_API_TOKEN="+simToken)
+			}, cfg.args...), "RUNCOMFY_API_TOKEN="+simToken)
 			procs = append(procs, p)
 			return p
 		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })

@@ -80,7 +80,8 @@ func TestOneLogLinePerCall(t *testing.T) {
 		{Method: "/comfygate.v1.GatewayService/Submit", RequestID: rid, Tenant: "tenant-a", Code: "OK"},
 		{Method: "/comfygate.v1.GatewayService/WatchRequest", RequestID: rid, Tenant: "tenant-a", Code: "OK"},
 		{Method: "/comfygate.v1.GatewayService/GetStatus", RequestID: rid, Tenant: "tenant-b", Code: "NotFound"},
-		{Method: "/comfygate.v1.GatewayService/GetStatus", RequestID: rid, Tenant: "", Code: "Unauthenticated"},
+		// Refused before the gateway reads anything: the line names the route.
+		{Method: "HTTP GET /v1/deployments/dep-1/requests/" + rid, Tenant: "", Code: "Unauthenticated"},
 	}
 	if len(rpcs) != len(want) {
 		t.Fatalf("rpc lines %+v, want %d", rpcs, len(want))

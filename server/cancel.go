@@ -16,8 +16,9 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 		return nil, err
 	}
 	// Only the owner cancels: a request of another tenant is not found, and
-	// RunComfy is never asked. One unknown here is attached first, which also
-	// settles who owns it.
+	// RunComfy is never asked. One unknown here is attached first (by a caller
+	// that may attach; for any other it is not found), which also settles who
+	// owns it.
 	if _, err := s.lookup(ctx, dep, rid); errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
 		// Refused unless attaching worked: an unrecorded request has no owner
 		// to check the caller against.

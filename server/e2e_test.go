@@ -90,9 +90,9 @@ type gatewayOptions struct {
 	// redis, when set, is the store, bus and idempotency keys instead of the
 	// memory backend (replicas share it).
 	redis *redisstore.Backend
-	// submitRate and submitBurst limit each tenant's submits.
-	submitRate  float64
-	submitBurst int
+	// limits are the per-tenant limits (submits, reads, watch streams);
+	// the zero value limits nothing.
+	limits server.LimitsConfig
 	// tracer, when set, traces the gateway.
 	tracer trace.TracerProvider
 	// metrics, when set, receives the server's series and serves them.
@@ -210,8 +210,12 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if o.tracer != nil {
 		hook.Trace(o.tracer)
 	}
+	limits, err := server.NewTenantLimits(o.limits)
+	if err != nil {
+		t.Fatal(err)
+	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem,
-		SubmitRate: o.submitRate, SubmitBurst: o.submitBurst}
+		Limits: limits}
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}
@@ -243,6 +247,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		Drain:   drain,
 		Metrics: metrics,
 		Tracer:  o.tracer,
+		Limits:  limits,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)
@@ -602,10 +607,15 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 		{name: "validation with detail", endpoint: "submit",
 			fault:    runcomfysim.FaultError{HTTPStatus: 422, ErrorCode: 422001, Message: "Invalid overrides", Detail: []map[string]any{{"loc": []string{"overrides", "99"}, "msg": "unknown node"}}},
 			wantCode: codes.InvalidArgument, wantHTTP: 400, wantUpstream: "422001", wantInMsg: "unknown node"},
+		// A request RunComfy does not know gets the gateway's one NotFound of
+		// a request, without the upstream detail that would tell it from
+		// another tenant's request (oracle_test.go pins the whole answer).
 		{name: "not found", endpoint: "status", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "Request not found"},
-			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantInMsg: "no such request"},
 		{name: "not owned", endpoint: "status", fault: runcomfysim.FaultError{HTTPStatus: 403, ErrorCode: 403003, Message: "Forbidden"},
-			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "403003"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantInMsg: "no such request"},
+		{name: "not found on cancel", endpoint: "cancel", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "Request not found"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantInMsg: "no such request"},
 		{name: "insufficient funds", endpoint: "submit", deployment: runcomfysim.DeploymentNoFunds,
 			wantCode: codes.FailedPrecondition, wantHTTP: 400, wantUpstream: "10001"},
 		{name: "deployment disabled", endpoint: "submit", deployment: runcomfysim.DeploymentDisabled,
@@ -621,9 +631,10 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 		{name: "bad gateway html", endpoint: "result", fault: runcomfysim.FaultError{HTTPStatus: 502, RawBody: "<html>bad gateway</html>"},
 			wantCode: codes.Unavailable, wantHTTP: 503},
 		{name: "http 200 with error_code", endpoint: "result", fault: runcomfysim.FaultError{HTTPStatus: 200, ErrorCode: 404001, Message: "gone"},
-			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001"},
-		{name: "message key", endpoint: "cancel", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "no such request", UseMessageKey: true},
-			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001", wantInMsg: "no such request"},
+			wantCode: codes.NotFound, wantHTTP: 404, wantInMsg: "no such request"},
+		// A submit's unknown deployment keeps RunComfy's message and code.
+		{name: "message key", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "Deployment not found", UseMessageKey: true},
+			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001", wantInMsg: "Deployment not found"},
 		{name: "gateway token rejected", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 401, ErrorCode: 401001, Message: "Invalid token"},
 			wantCode: codes.Internal, wantHTTP: 500, wantInMsg: "misconfigured"},
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -30,6 +31,17 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
 	}
 	return c.CodecV2.Marshal(v)
+}
+
+// Unmarshal decodes a large SubmitRequest straight from the received frames
+// into its strings (submitwire.go); everything else as the proto codec does.
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if req, ok := v.(*comfygatev1.SubmitRequest); ok && data.Len() >= largeSubmit {
+		if err := unmarshalSubmit(data, req); !errors.Is(err, errNotFastPath) {
+			return err
+		}
+	}
+	return c.CodecV2.Unmarshal(data, v)
 }
 
 // eventCacheSize bounds the encoded events kept: the latest few per request

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
@@ -77,7 +78,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	case errors.Is(err, errUnauthenticated):
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	case errors.Is(err, state.ErrNotFound):
-		return status.Error(codes.NotFound, "no such request")
+		return errNoSuchRequest()
 	case errors.Is(err, state.ErrUnavailable):
 		log.WarnContext(ctx, "state backend unavailable", "method", method, "error", err)
 		return status.Error(codes.Unavailable, "the gateway's state backend is unavailable; retry later")
@@ -99,7 +100,13 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	switch {
 	case errors.Is(err, runcomfy.ErrInvalidInput):
 		code, msg = codes.InvalidArgument, "RunComfy rejected the input: "+upstreamMessage(apiErr)
+	case errors.Is(err, runcomfy.ErrNotFound) && method != comfygatev1.GatewayService_Submit_FullMethodName:
+		// A request RunComfy does not know (only a caller that may attach
+		// gets it asked) is answered as one the gateway does not know, and as
+		// another tenant's: any upstream detail would tell them apart.
+		return errNoSuchRequest()
 	case errors.Is(err, runcomfy.ErrNotFound):
+		// Submit: the deployment is unknown upstream; no request is involved.
 		code, msg = codes.NotFound, "not found on RunComfy: "+apiErr.Message
 	case errors.Is(err, runcomfy.ErrInsufficientFunds):
 		code, msg = codes.FailedPrecondition, "the RunComfy account has insufficient funds: "+apiErr.Message
@@ -126,6 +133,15 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		log.WarnContext(ctx, "RunComfy unavailable", "method", method, "error", err)
 	}
 	return withDetails(status.New(code, msg), errorInfo(apiErr))
+}
+
+// errNoSuchRequest is the one NotFound of a request, whatever the cause: no
+// record and no permission to attach, another tenant's request, an ownerless
+// one the caller may not claim, or one RunComfy does not know. Code, message
+// and details (none) are the same for all, on gRPC and so on REST, so that no
+// answer tells a tenant whether an id exists.
+func errNoSuchRequest() error {
+	return status.Error(codes.NotFound, "no such request")
 }
 
 // unavailableReason describes an upstream outage without transport details (the

@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
 	"io"
 	"net/http"
 	"strings"
@@ -30,7 +32,8 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 	}
 	conn, err := grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg),
+			grpc.ForceCodecV2(newGatewayCodec())),
 	}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial gRPC server for REST gateway: %w", err)
@@ -47,6 +50,21 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
 		// Idempotency-Key travels as gRPC metadata, beside the defaults
 		// (Authorization and the like).
+		// A refusal that says when to retry (RetryInfo) says it to HTTP
+		// clients too, as Retry-After.
+		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+			setRetryAfter(w.Header(), status.Convert(err))
+			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+		}),
+		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {
+			st := status.Convert(err)
+			// Called just before a stream's refusal writes its headers, if
+			// none were written yet (the guard put them in ctx).
+			if h, ok := ctx.Value(responseHeaderKey{}).(http.Header); ok {
+				setRetryAfter(h, st)
+			}
+			return st
+		}),
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
 			if strings.EqualFold(h, "Idempotency-Key") {
 				return "idempotency-key", true
@@ -99,20 +117,23 @@ func (m *restMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
 		if !ok {
 			return m.JSONPb.NewDecoder(r).Decode(v)
 		}
-		raw, err := io.ReadAll(r)
+		raw, err := readBody(r)
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
 				return fmt.Errorf("request body is larger than %d bytes", tooBig.Limit)
 			}
+			if errors.Is(err, errBodyTimeout) {
+				return err
+			}
 			return fmt.Errorf("reading request body: %w", err)
 		}
 		// gRPC refuses to carry a string field that is not UTF-8; say so plainly
 		// instead of failing later with an encoding error.
-		if !utf8.Valid(raw) {
+		if !utf8.ValidString(raw) {
 			return errors.New("request body is not valid UTF-8 JSON")
 		}
-		req.InputJson = string(raw)
+		req.InputJson = raw
 		return nil
 	})
 }
@@ -121,12 +142,32 @@ func (m *restMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
 // object per line.
 func (m *restMarshaler) StreamContentType(any) string { return "application/x-ndjson" }
 
-// limitBody bounds every REST body; the gRPC side has its own message limit.
-func limitBody(h http.Handler, limit int64) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
+// readBody reads a request body into a string, copied once: into a buffer of
+// its declared size when the guard knows it (sizedBody), and never copied
+// again, since the string takes the buffer over.
+func readBody(r io.Reader) (string, error) {
+	var b strings.Builder
+	if s, ok := r.(*sizedBody); ok {
+		// One more byte than declared, so a body that ends where it says
+		// reads its end without growing the buffer.
+		b.Grow(int(s.size) + 1)
+	}
+	if _, err := io.Copy(&b, r); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+// responseHeaderKey holds, in a REST call's context, its response's header,
+// for the stream error handler, which is given no ResponseWriter.
+type responseHeaderKey struct{}
+
+// setRetryAfter sets Retry-After from st's RetryInfo, if it carries one.
+func setRetryAfter(h http.Header, st *status.Status) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			h.Set("Retry-After", retryAfterSeconds(ri.GetRetryDelay().AsDuration()))
+			return
 		}
-		h.ServeHTTP(w, r)
-	})
+	}
 }

@@ -33,15 +33,19 @@ func idempotencyKey(ctx context.Context, field string) (string, error) {
 			key = v[0]
 		}
 	}
+	return key, checkIdempotencyKey("idempotency_key", key)
+}
+
+// checkIdempotencyKey refuses a key the gateway cannot store and carry as it
+// is: longer than 255 bytes, or anything but printable ASCII.
+func checkIdempotencyKey(field, key string) error {
 	if len(key) > 255 {
-		return "", &fieldError{field: "idempotency_key", reason: "is longer than 255 characters"}
+		return &fieldError{field: field, reason: "is longer than 255 characters"}
 	}
-	for i := 0; i < len(key); i++ {
-		if key[i] < 0x20 || key[i] > 0x7e {
-			return "", &fieldError{field: "idempotency_key", reason: "may contain only printable ASCII"}
-		}
+	if !printableASCII(key) {
+		return &fieldError{field: field, reason: "may contain only printable ASCII"}
 	}
-	return key, nil
+	return nil
 }
 
 // bodyHash identifies a submit: its deployment and its exact input.
@@ -49,7 +53,7 @@ func bodyHash(dep, input string) string {
 	h := sha256.New()
 	h.Write([]byte(dep))
 	h.Write([]byte{0})
-	h.Write([]byte(input))
+	h.Write(bytesOf(input)) // read only: no copy of a large input
 	return hex.EncodeToString(h.Sum(nil))
 }
 

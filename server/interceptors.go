@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
 // errorUnaryInterceptor maps every handler error to a status, once (errors.go).
@@ -35,12 +37,46 @@ func recoveryOption(log *slog.Logger) recovery.Option {
 	})
 }
 
+// limitsUnaryInterceptor spends one of the tenant's reads on every read
+// (isRead) before it runs; it sits after authentication, so it knows the tenant.
+func limitsUnaryInterceptor(l *TenantLimits) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if isRead(info.FullMethod) {
+			if err := l.read(ctx, tenantOf(ctx)); err != nil {
+				return nil, err
+			}
+		}
+		return handler(ctx, req)
+	}
+}
+
+// limitsStreamInterceptor holds one of the tenant's watch slots for as long as
+// a WatchRequest stream lasts, and spends one read when it opens. Every watch
+// transport is a WatchRequest stream (NDJSON and SSE come through the REST
+// gateway's loopback connection), so they all count together. The slot is
+// freed when the handler returns, however the stream ends: the client leaving,
+// the terminal event, a drain, an error or a panic.
+func limitsStreamInterceptor(l *TenantLimits) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if info.FullMethod != comfygatev1.GatewayService_WatchRequest_FullMethodName {
+			return handler(srv, ss)
+		}
+		ctx := ss.Context()
+		release, err := l.openWatch(ctx, tenantOf(ctx))
+		if err != nil {
+			return err
+		}
+		defer release()
+		return handler(srv, ss)
+	}
+}
+
 // interceptors returns the server options that install the interceptor chains:
 // recovery outermost so it also covers the rest, then the gRPC metrics and the
-// access log (which
-// sees the final code), then the error mapping, then authentication (when a is
-// set), whose refusal the mapping turns into a code.
-func interceptors(log *slog.Logger, a Authenticator, m *Metrics) []grpc.ServerOption {
+// access log (which sees the final code), then the error mapping, then
+// authentication (when a is set), whose refusal the mapping turns into a code,
+// then the per-tenant limits (when l is set), which need the tenant.
+func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits) []grpc.ServerOption {
 	rec := recoveryOption(log)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec)}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec)}
@@ -53,6 +89,10 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics) []grpc.ServerOp
 	if a != nil {
 		unary = append(unary, authUnaryInterceptor(a))
 		stream = append(stream, authStreamInterceptor(a))
+	}
+	if l != nil {
+		unary = append(unary, limitsUnaryInterceptor(l))
+		stream = append(stream, limitsStreamInterceptor(l))
 	}
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 }

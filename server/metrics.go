@@ -15,6 +15,7 @@ type Metrics struct {
 	delivered prometheus.Counter
 	watchers  prometheus.Gauge
 	delay     prometheus.Histogram
+	refusals  *prometheus.CounterVec
 }
 
 // NewMetrics registers the server's series on reg.
@@ -34,8 +35,14 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Help:    "From a state change being recorded (a callback's arrival, a poll's answer) to its delivery to a watcher.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "comfygate_limit_refusals_total", Help: "Calls refused by a per-tenant limit (submit, read, watches) or by the bytes in flight (inflight_bytes).",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.grpc, m.delivered, m.watchers, m.delay)
+	for _, l := range []string{limitSubmit, limitRead, limitWatches, limitInflight} {
+		m.refusals.WithLabelValues(l)
+	}
+	reg.MustRegister(m.grpc, m.delivered, m.watchers, m.delay, m.refusals)
 	return m
 }
 
@@ -53,5 +60,12 @@ func (m *Metrics) sent(recorded time.Time) {
 func (m *Metrics) watching(delta float64) {
 	if m != nil {
 		m.watchers.Add(delta)
+	}
+}
+
+// refused counts one call refused by limit.
+func (m *Metrics) refused(limit string) {
+	if m != nil {
+		m.refusals.WithLabelValues(limit).Inc()
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -8,46 +9,49 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// rateLimitedError: the tenant submits faster than --submit-rate allows.
-type rateLimitedError struct{ retry time.Duration }
+// rateLimitedError: a tenant reached one of its limits (limits.go). what names
+// the limit, so the message says which; retry is the RetryInfo hint (errors.go
+// maps it to RESOURCE_EXHAUSTED, REST 429).
+type rateLimitedError struct {
+	what  string
+	retry time.Duration
+}
 
 func (e *rateLimitedError) Error() string {
-	return fmt.Sprintf("submit rate limit reached; retry in %v", e.retry.Round(time.Millisecond))
+	return fmt.Sprintf("%s; retry in %v", e.what, e.retry.Round(time.Millisecond))
 }
 
-// submitLimits holds one token bucket per tenant. Buckets are made on first use
-// and kept: tenants are few (one per API key).
-type submitLimits struct {
-	limit rate.Limit
-	burst int
-
+// memoryRates is the in-process RateLimiter: one token bucket per tenant and
+// limit, made on first use and kept (tenants are few: one per API key). With
+// several replicas each has its own buckets; the Redis one shares them.
+type memoryRates struct {
 	mu      sync.Mutex
-	tenants map[string]*rate.Limiter
+	buckets map[bucketKey]*rate.Limiter
 }
 
-func newSubmitLimits(perSecond float64, burst int) *submitLimits {
-	if perSecond <= 0 {
-		return nil
-	}
-	return &submitLimits{limit: rate.Limit(perSecond), burst: max(burst, 1), tenants: map[string]*rate.Limiter{}}
+type bucketKey struct{ tenant, limit string }
+
+func newMemoryRates() *memoryRates {
+	return &memoryRates{buckets: map[bucketKey]*rate.Limiter{}}
 }
 
-// take spends one token of tenant's bucket, or says how long until one is there.
-func (l *submitLimits) take(tenant string) error {
-	if l == nil {
-		return nil
-	}
-	l.mu.Lock()
-	lim := l.tenants[tenant]
+// Allow implements RateLimiter. A bucket keeps the rate and burst it was made
+// with: a limit's settings do not change while the process runs.
+func (m *memoryRates) Allow(_ context.Context, tenant, limit string, perSecond float64, burst int) (time.Duration, error) {
+	k := bucketKey{tenant, limit}
+	m.mu.Lock()
+	lim := m.buckets[k]
 	if lim == nil {
-		lim = rate.NewLimiter(l.limit, l.burst)
-		l.tenants[tenant] = lim
+		lim = rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))
+		m.buckets[k] = lim
 	}
-	l.mu.Unlock()
+	m.mu.Unlock()
 	r := lim.Reserve()
 	if d := r.Delay(); d > 0 {
+		// Refused: give the token back, so refusals do not push the next
+		// success further away.
 		r.Cancel()
-		return &rateLimitedError{retry: d}
+		return d, nil
 	}
-	return nil
+	return 0, nil
 }

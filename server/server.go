@@ -137,6 +137,10 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, DefaultReadTimeout)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxConnectionIdle = cmp.Or(cfg.MaxConnectionIdle, DefaultMaxConnectionIdle)
+	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes)
 	s := &Server{log: cfg.Logger, drain: cfg.Drain, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
 
 	var err error
@@ -153,17 +157,22 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.TLS != nil {
 		s.httpLis = tls.NewListener(s.httpLis, cfg.TLS.Clone())
 	}
-	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics),
+	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
 		grpc.ForceServerCodecV2(newCodec()),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// A connection with no call open is closed after MaxConnectionIdle,
+		// so idle clients cannot hold connections (and their buffers) forever.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: cfg.MaxConnectionIdle}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	if cfg.Auth != nil {
+		opts = append(opts, grpc.InTapHandle(authTap(cfg.Auth, cfg.Logger)))
 	}
 	var clientOpts []grpc.DialOption
 	if cfg.Tracer != nil {
@@ -190,10 +199,13 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	s.gatewayConn = conn
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", limitBody(gw, cfg.MaxBodyBytes))
+	// The API routes authenticate and bound their bodies before grpc-gateway
+	// reads anything (httpguard.go).
+	guard := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, cfg.MaxInflightBodyBytes)
+	mux.Handle("/v1/", guard.wrap(gw))
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
-	mux.Handle(eventsRoute, newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger))
+	mux.Handle(eventsRoute, guard.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger))
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
@@ -219,10 +231,12 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		}
 		writePlain(w, http.StatusOK, "ready")
 	})
-	var handler http.Handler = mux
+	// Every body, callbacks' included, is read within ReadTimeout; a path
+	// that is not UTF-8 is refused on every route.
+	var handler http.Handler = validPath(readDeadline(mux, cfg.ReadTimeout))
 	if cfg.Tracer != nil {
 		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-		handler = otelhttp.NewHandler(mux, "http",
+		handler = otelhttp.NewHandler(handler, "http",
 			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(prop),
 			// A callback's path holds its token, and spans record paths: callbacks
 			// are not traced here.
@@ -234,8 +248,8 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	handler = tokenFromQuery(mux, handler)
 	s.httpServer = &http.Server{
 		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, cfg.ReadTimeout),
+		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil

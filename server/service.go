@@ -67,7 +67,7 @@ type Service struct {
 	backend       Pinger
 	expedite      Expediter
 	idem          state.Idempotency
-	limits        *submitLimits
+	limits        *TenantLimits
 	metrics       *Metrics
 	events        *eventCache
 	log           *slog.Logger
@@ -90,10 +90,9 @@ type ServiceConfig struct {
 	Polls Expediter
 	// Idempotency keeps idempotency keys; required for Submit to honour them.
 	Idempotency state.Idempotency
-	// SubmitRate, when positive, limits each tenant's submits per second (a
-	// token bucket of SubmitBurst).
-	SubmitRate  float64
-	SubmitBurst int
+	// Limits, when set, limits each tenant's submits (the same limits the
+	// server's Config.Limits applies to reads and watch streams).
+	Limits *TenantLimits
 	// Metrics, when set, counts deliveries to watchers and open watchers.
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -127,7 +126,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		backend:       cfg.Backend,
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
-		limits:        newSubmitLimits(cfg.SubmitRate, cfg.SubmitBurst),
+		limits:        cfg.Limits,
 		events:        newEventCache(eventCacheSize),
 		metrics:       cfg.Metrics,
 		log:           cfg.Logger,

@@ -260,6 +260,7 @@ func refuse(w http.ResponseWriter, st *status.Status) {
 	if st.Code() == codes.Unauthenticated {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="comfygate"`)
 	}
+	setRetryAfter(w.Header(), st)
 	w.WriteHeader(runtime.HTTPStatusFromCode(st.Code()))
 	_, _ = w.Write(statusJSON(st))
 }

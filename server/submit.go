@@ -33,7 +33,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		}
 	}
 	// Only submits that reach RunComfy count: a replay of a known key is free.
-	if err := s.limits.take(tenantOf(ctx)); err != nil {
+	if err := s.limits.submit(ctx, tenantOf(ctx)); err != nil {
 		if scope != "" {
 			_ = s.idem.Drop(ctx, scope)
 		}
@@ -53,7 +53,8 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	// names the job, nor its record: both run on their own deadline.
 	upCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.submitTimeout)
 	defer cancel()
-	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(req.GetInputJson()), opts)
+	// The input's bytes go as they are: a copy would hold a large input twice.
+	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(bytesOf(req.GetInputJson())), opts)
 	if err != nil {
 		if scope != "" {
 			// No request id came back: let a retry try again rather than wait

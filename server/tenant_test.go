@@ -22,12 +22,21 @@ import (
 const (
 	keyA = "key-of-tenant-a-0123456789"
 	keyB = "key-of-tenant-b-0123456789"
+	keyC = "key-of-tenant-c-0123456789"
+	keyD = "key-of-tenant-d-0123456789"
 )
 
-// withKeys requires API keys: tenant-a and tenant-b.
+// withKeys requires API keys: tenant-a and tenant-b, neither of which may
+// attach.
 func withKeys(t *testing.T) func(*gatewayOptions) {
+	return withKeysFile(t, "# tenants\ntenant-a "+keyA+"\ntenant-b "+keyB+"\n")
+}
+
+// withKeysFile requires the API keys of a keys file with content.
+func withKeysFile(t *testing.T, content string) func(*gatewayOptions) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "keys")
-	if err := os.WriteFile(path, []byte("# tenants\ntenant-a "+keyA+"\ntenant-b "+keyB+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	keys, err := auth.Load(path)
@@ -181,9 +190,10 @@ func TestTenantsSeeOnlyTheirRequests(t *testing.T) {
 }
 
 // TestAttachedRequestBelongsToTheFirstTenant: a request submitted to RunComfy
-// by another tool becomes the first asking tenant's; others then get NotFound.
+// by another tool becomes the first asking tenant's; others then get NotFound,
+// even those that may attach too.
 func TestAttachedRequestBelongsToTheFirstTenant(t *testing.T) {
-	g := startGateway(t, withKeys(t))
+	g := startGateway(t, withKeysFile(t, "tenant-a "+keyA+" attach\ntenant-b "+keyB+" attach\n"))
 	ctx := ctxT(t)
 	up, err := g.upstream.Submit(ctx, "dep-1", []byte(`{"prompt":"elsewhere"}`), runcomfy.SubmitOptions{})
 	if err != nil {

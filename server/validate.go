@@ -42,7 +42,7 @@ func validateInput(input string) error {
 		return &fieldError{field: field, reason: "is required: the deployment input as a JSON object"}
 	case !utf8.ValidString(input):
 		return &fieldError{field: field, reason: "is not valid UTF-8"}
-	case !json.Valid([]byte(input)):
+	case !json.Valid(bytesOf(input)): // read only: no copy of a large input
 		return &fieldError{field: field, reason: "is not valid JSON"}
 	case trimmed[0] != '{':
 		return &fieldError{field: field, reason: "must be a JSON object"}

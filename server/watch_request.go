@@ -98,8 +98,9 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 }
 
 // startWatch subscribes to the request, reads its record (attaching it from
-// RunComfy when the gateway does not know it) and sends it. It returns the
-// watcher (nil on failure) and whether the stream is already complete.
+// RunComfy when the gateway does not know it and the caller may attach) and
+// sends it. It returns the watcher (nil on failure) and whether the stream is
+// already complete.
 func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*state.Record, bool) (bool, error)) (*state.Watcher, bool, error) {
 	w, err := s.watches.Watch(ctx, rid)
 	if err != nil {
@@ -107,8 +108,9 @@ func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*st
 	}
 	rec, err := s.lookup(ctx, dep, rid)
 	if errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
-		// Not submitted through this gateway (or expired here): if RunComfy
-		// knows it, start tracking it (attach).
+		// Not submitted through this gateway (or expired here): if the caller
+		// may attach and RunComfy knows it, start tracking it; otherwise it is
+		// not found, and RunComfy is not asked.
 		var u *state.Update
 		if rec, u, err = s.attach(ctx, dep, rid, "attach"); u != nil && err == nil && rec == nil {
 			err = state.ErrNotFound // a status this version does not know: nothing to follow

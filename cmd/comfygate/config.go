@@ -112,7 +112,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY\" per line (# comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
-	fs.Float64Var(&cfg.SubmitRate, "submit-rate", 0, "submits per second each tenant may make (token bucket); 0 is unlimited")
+	fs.Float64Var(&cfg.SubmitRate, "submit-rate", 0, "submits per second each tenant may make (token bucket); cluster-wide with --redis-url; 0 is unlimited")
 	fs.IntVar(&cfg.SubmitBurst, "submit-burst", 10, "submits a tenant may make at once before --submit-rate applies")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate `file` (chain) to serve both listeners over TLS; needs --tls-key")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")

@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
@@ -400,5 +401,163 @@ func TestBinarySIGHUPDuringDrain(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "drained") {
 		t.Errorf("no drain in logs:\n%s", logs)
+	}
+}
+
+// TestBinaryKeysFilePermissions: the real binary takes the optional third
+// field (`TENANT KEY attach`) next to two-field lines, answers an unknown id
+// and another tenant's id with the same NotFound whether the caller may attach
+// or not, refuses an unknown permission at start and on SIGHUP (naming the
+// line, never the key, and keeping the keys in use), and exits 0 on SIGTERM.
+func TestBinaryKeysFilePermissions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	const (
+		keyA = "cgk-attach-a-0f1e2d3c4b5a69788"
+		keyB = "cgk-plain-b-8a7b6c5d4e3f20119"
+		keyX = "cgk-bogus-x-77665544332211009"
+	)
+	secrets := []string{keyA, keyB, keyX}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	keysFile := filepath.Join(dir, "api-keys")
+	writeKeys := func(content string) {
+		t.Helper()
+		tmp := filepath.Join(dir, "api-keys.new")
+		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, keysFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noSecret := func(what, out string) {
+		t.Helper()
+		for _, s := range secrets {
+			if strings.Contains(out, s) {
+				t.Errorf("%s contains the key %q:\n%s", what, s, out)
+			}
+		}
+	}
+
+	// An unknown permission stops the gateway at start.
+	for _, tt := range []struct{ name, content, wantLine string }{
+		{"unknown permission", "tenant-a " + keyA + " attach\ntenant-x " + keyX + " bogus\n", "line 2"},
+		{"unknown permission next to attach", "tenant-x " + keyX + " attach,bogus\n", "line 1"},
+		{"four fields", "tenant-a " + keyA + "\n\ntenant-x " + keyX + " attach attach\n", "line 3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			writeKeys(tt.content)
+			cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t), "--api-keys-file", keysFile)
+			out, err := cmd.CombinedOutput()
+			var exitErr *exec.ExitError
+			if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
+				t.Fatalf("exit: %v; output:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tt.wantLine) {
+				t.Errorf("the error does not name %s:\n%s", tt.wantLine, out)
+			}
+			noSecret("the output", string(out))
+		})
+	}
+
+	// Two-field and three-field lines load together.
+	writeKeys("# tenant-a may attach\ntenant-a " + keyA + " attach\ntenant-b " + keyB + "\n")
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		"--api-keys-file", keysFile, "--shutdown-timeout", "10s")
+	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	t.Cleanup(func() { noSecret("the log", logs.String()) })
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not in time; logs:\n%s", what, logs)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("ready", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := comfygatev1.NewGatewayServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	withKey := func(key string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	}
+	sub, err := client.Submit(withKey(keyB), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatalf("tenant-b (two-field line) submit: %v", err)
+	}
+	ridB := sub.GetRequest().GetRequestId()
+	notFound := status.New(codes.NotFound, "no such request").Proto()
+	checkNotFound := func() {
+		t.Helper()
+		for _, c := range []struct{ who, key, rid string }{
+			{"tenant-a (attach), tenant-b's id", keyA, ridB},
+			{"tenant-a (attach), an unknown id", keyA, "no-such-request"},
+			{"tenant-b, an unknown id", keyB, "no-such-request"},
+		} {
+			_, err := client.GetStatus(withKey(c.key), &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: c.rid})
+			if got := status.Convert(err).Proto(); !proto.Equal(got, notFound) {
+				t.Errorf("%s: %v, want %v", c.who, got, notFound)
+			}
+		}
+		if _, err := client.GetStatus(withKey(keyB), &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: ridB}); err != nil {
+			t.Errorf("tenant-b status of its own request: %v", err)
+		}
+	}
+	checkNotFound()
+
+	// A reload with an unknown permission is refused, naming the line; the
+	// keys in use stay, permissions included.
+	writeKeys("tenant-a " + keyA + " atach\ntenant-b " + keyB + "\n")
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("broken file reported", func() bool {
+		return strings.Contains(logs.String(), "API keys not reloaded")
+	})
+	if out := logs.String(); !strings.Contains(out, "line 1") || !strings.Contains(out, "unknown permission") {
+		t.Errorf("the reload error does not name the line and the reason:\n%s", out)
+	}
+	checkNotFound()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("after SIGTERM: %v; logs:\n%s", err, logs)
+		}
+	case <-time.After(12 * time.Second):
+		t.Fatalf("did not exit within the shutdown timeout; logs:\n%s", logs)
 	}
 }

@@ -42,8 +42,11 @@ func main() {
 	}
 	err := realMain(ctx, os.Args[1:], os.Getenv, os.Stderr)
 	stop()
+	var logged loggedError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &logged):
+		os.Exit(1)
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "comfygate:", err)
 		os.Exit(1)
@@ -51,7 +54,10 @@ func main() {
 }
 
 // realMain builds the parts from the configuration and runs them until ctx ends.
-func realMain(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+// An error from before the logger exists (flags, configuration) is returned
+// as it is, for main to print; one from after is logged, in the chosen
+// format, and returned as a loggedError.
+func realMain(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
 		return err
@@ -63,6 +69,13 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		handler = slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
 	log := slog.New(handler)
+	defer func() {
+		// Before the sink closes, so that the line is written.
+		if err != nil {
+			log.Error("comfygate stopped", "error", err)
+			err = loggedError{err}
+		}
+	}()
 	// The libraries' own loggers (grpc-go, go-redis, OpenTelemetry, the
 	// standard log package) write through log too, in the same format.
 	restoreLibraryLoggers := routeLibraryLogs(log)
@@ -141,7 +154,7 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 // after runs once the gateway has drained.
 func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, tp *sdktrace.TracerProvider, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
 	metrics := server.NewMetrics(reg)
-	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst, Metrics: metrics}
+	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, Metrics: metrics}
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
 		HTTPAddr:             cfg.HTTPAddr,
@@ -176,6 +189,9 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		runBus func(context.Context, *state.Hub) error
 		// reconnects counts pub/sub reconnects (Redis only).
 		reconnects func() int64
+		// rates keeps the submit and read buckets: in Redis they are shared by
+		// every replica; nil keeps them in this process.
+		rates server.RateLimiter
 	)
 	if cfg.RedisURL == "" {
 		mem := memory.New(nil)
@@ -197,6 +213,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		}
 		store, bus, schedule, idem = backend, backend, backend, backend
 		reconnects = backend.Reconnects
+		rates = backend.RateLimiter()
 		svcCfg.Backend = backend
 		srvCfg.Ready = backend.Ping
 		runBus = func(ctx context.Context, hub *state.Hub) error {
@@ -205,6 +222,17 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		}
 		log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
 	}
+	limits, err := server.NewTenantLimits(server.LimitsConfig{
+		SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst,
+		ReadRate: cfg.ReadRate, ReadBurst: cfg.ReadBurst,
+		MaxWatches: cfg.MaxWatchesPerTenant,
+		Rates:      rates,
+		Metrics:    metrics,
+	})
+	if err != nil {
+		return err
+	}
+	svcCfg.Limits, srvCfg.Limits = limits, limits
 	tracker, err := state.NewTracker(state.TrackerConfig{
 		Store: store, Results: client, Retention: cfg.Retention,
 		Schedule: schedule, PollInterval: cfg.PollInterval,
@@ -301,6 +329,11 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 	})
 	return nil
 }
+
+// loggedError is an error realMain has already logged, in the chosen format.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // reloadOnHangup reloads the API keys on every signal on hup until ctx ends. A
 // file that does not load leaves the keys in use unchanged. hup stays notified

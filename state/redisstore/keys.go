@@ -19,6 +19,8 @@ package redisstore
 //	<prefix>idem:{<key>}           string: an idempotency entry as JSON (the
 //	                                key is the caller's hashed scope and key);
 //	                                expires after 24 hours
+//	<prefix>rate:{<tenant>}:<limit> string: a tenant's submit or read bucket
+//	                                (GCRA, ratelimit.go); expires once full
 
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"

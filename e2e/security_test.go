@@ -1,0 +1,654 @@
+package e2e
+
+import (
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"github.com/comfygate/comfygate/webhook"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The attacks of a caller without a key, or with one and no manners, against
+// the real binary: each test performs the attack and asserts its bound.
+
+const securityKey = "security-test-key-0123456789abcdef"
+
+// fakeRunComfy answers submits with a fresh request id, after hold (when set)
+// returns; it counts every call, and reads every body without keeping it.
+type fakeRunComfy struct {
+	srv     *httptest.Server
+	calls   atomic.Int64
+	submits atomic.Int64
+	// onSubmit, when set, runs before the submit body is read.
+	onSubmit func()
+}
+
+func newFakeRunComfy(t *testing.T) *fakeRunComfy {
+	t.Helper()
+	f := &fakeRunComfy{}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.calls.Add(1)
+		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/inference") {
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"code":404001,"message":"not found"}`)
+			return
+		}
+		f.submits.Add(1)
+		if f.onSubmit != nil {
+			f.onSubmit()
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		id := make([]byte, 8)
+		_, _ = rand.Read(id)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"request_id":"req-%x"}`, id)
+	}))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// keyedGateway starts the real binary with an API key for tenant "sec" and
+// args, in front of upstream.
+func keyedGateway(ctx context.Context, t *testing.T, upstream string, args ...string) *gateway {
+	t.Helper()
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("sec "+securityKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{name: "gateway"}
+	var procs []*process
+	t.Cleanup(func() {
+		for _, p := range procs {
+			p.stop()
+		}
+		checkLogs(t, procs)
+	})
+	hc := &http.Client{Timeout: 5 * time.Second}
+	g.proc = launch(ctx, t, "gateway", func() *process {
+		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
+		p := startProcess(t, "gateway", gatewayBin, append([]string{
+			"--runcomfy-url", upstream,
+			"--grpc-addr", g.grpcAddr,
+			"--http-addr", g.httpAddr,
+			"--api-keys-file", keys,
+			"--shutdown-timeout", "2s",
+		}, args...), "RUNCOMFY_API_TOKEN="+simToken)
+		procs = append(procs, p)
+		return p
+	}, func() bool {
+		resp, err := hc.Get("http://" + g.httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return g
+}
+
+// procStatus reads a field of /proc/PID/status, in KiB for memory fields.
+func procStatus(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// openFDs counts a process's open file descriptors.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// rawPost writes a POST with a body of n bytes on its own connection, and
+// returns the status line the server answers (the answer may come before the
+// body is sent; the write then fails, which is the point).
+func rawPost(ctx context.Context, addr, path, key string, n int) (string, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	hdr := "POST " + path + " HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(n) + "\r\n"
+	if key != "" {
+		hdr += "Authorization: Bearer " + key + "\r\n"
+	}
+	if _, err := io.WriteString(c, hdr+"\r\n"); err != nil {
+		return "", err
+	}
+	go func() {
+		chunk := bytes.Repeat([]byte("A"), 64<<10)
+		for sent := 0; sent < n; sent += len(chunk) {
+			if _, err := c.Write(chunk[:min(len(chunk), n-sent)]); err != nil {
+				return
+			}
+		}
+	}()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// TestNoKeyBodiesAreNeverRead: 30 clients without a key each POST 10 MiB at
+// once. Every one gets 401 with its body unread, and the gateway's peak
+// memory grows by less than 20 MiB (it would hold 300 MiB if it read them).
+func TestNoKeyBodiesAreNeverRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	g := keyedGateway(ctx, t, up.srv.URL)
+	pid := g.proc.cmd.Process.Pid
+	// Warm up: one refused call, so the baseline includes the code paths.
+	if line, err := rawPost(ctx, g.httpAddr, "/v1/deployments/d/requests", "", 1024); err != nil || !strings.Contains(line, " 401 ") {
+		t.Fatalf("warm-up: %q, %v", line, err)
+	}
+	before := procStatus(t, pid, "VmHWM")
+	var wg sync.WaitGroup
+	lines := make([]string, 30)
+	errs := make([]error, 30)
+	for i := range lines {
+		wg.Go(func() {
+			lines[i], errs[i] = rawPost(ctx, g.httpAddr, "/v1/deployments/d/requests", "", 10<<20)
+		})
+	}
+	wg.Wait()
+	for i := range lines {
+		if errs[i] != nil || !strings.Contains(lines[i], " 401 ") {
+			t.Errorf("client %d: %q, %v; want 401", i, lines[i], errs[i])
+		}
+	}
+	grew := procStatus(t, pid, "VmHWM") - before
+	t.Logf("peak RSS grew by %d KiB for 30 x 10 MiB unauthenticated bodies", grew)
+	if grew >= 20<<10 {
+		t.Errorf("peak RSS grew by %d KiB, want < 20 MiB", grew)
+	}
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("RunComfy saw %d calls, want 0", n)
+	}
+
+	// The same over gRPC, whose server reads a call's message before any
+	// interceptor runs: the call is refused when its stream opens.
+	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(16<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	api := comfygatev1.NewGatewayServiceClient(cc)
+	input := `{"image":"` + strings.Repeat("A", 10<<20-12) + `"}`
+	before = procStatus(t, pid, "VmHWM")
+	got := make([]grpccodes.Code, 30)
+	for i := range got {
+		wg.Go(func() {
+			_, err := api.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: input})
+			got[i] = status.Code(err)
+		})
+	}
+	wg.Wait()
+	for i, c := range got {
+		if c != grpccodes.Unauthenticated {
+			t.Errorf("gRPC client %d: %v, want Unauthenticated", i, c)
+		}
+	}
+	grew = procStatus(t, pid, "VmHWM") - before
+	t.Logf("peak RSS grew by %d KiB for 30 x 10 MiB unauthenticated gRPC submits", grew)
+	if grew >= 20<<10 {
+		t.Errorf("peak RSS grew by %d KiB, want < 20 MiB", grew)
+	}
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("RunComfy saw %d calls, want 0", n)
+	}
+}
+
+// TestInflightBodyBytesAreBounded: with a valid key, bodies in flight are
+// bounded by --max-inflight-body-bytes: past it the answer is 503 with
+// Retry-After, and RunComfy is not called.
+func TestInflightBodyBytesAreBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	up.onSubmit = func() { <-release }
+	const body = 8 << 20
+	g := keyedGateway(ctx, t, up.srv.URL, "--max-body-bytes", strconv.Itoa(10<<20), "--max-inflight-body-bytes", strconv.Itoa(4*body))
+
+	hc := &http.Client{}
+	post := func() (*http.Response, error) {
+		payload := `{"image":"` + strings.Repeat("A", body-12) + `"}`
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.httpAddr+"/v1/deployments/d/requests", strings.NewReader(payload))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+securityKey)
+		return hc.Do(req)
+	}
+	// Four bodies fill the budget; they wait in RunComfy's submit.
+	held := make(chan int, 4)
+	for range 4 {
+		go func() {
+			resp, err := post()
+			if err != nil {
+				held <- 0
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			held <- resp.StatusCode
+		}()
+	}
+	eventually(ctx, t, "four submits held upstream", func() bool { return up.submits.Load() == 4 })
+	for i := range 3 {
+		resp, err := post()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("submit %d over the budget: HTTP %d, Retry-After %q: %s; want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		}
+	}
+	if n := up.submits.Load(); n != 4 {
+		t.Errorf("RunComfy saw %d submits, want the 4 admitted", n)
+	}
+	mresp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if want := `comfygate_limit_refusals_total{limit="inflight_bytes"} 3`; !strings.Contains(string(metrics), want) {
+		t.Errorf("metrics do not show %s", want)
+	}
+	releaseOnce.Do(func() { close(release) })
+	for range 4 {
+		if code := <-held; code != http.StatusOK {
+			t.Errorf("admitted submit: HTTP %d, want 200", code)
+		}
+	}
+	// The budget is free again.
+	resp, err := post()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("submit after the others ended: HTTP %d, want 200", resp.StatusCode)
+	}
+}
+
+// heapAlloc is the gateway's live heap after a forced GC, from its profiler.
+func heapAlloc(ctx context.Context, t *testing.T, debugAddr string) int64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+debugAddr+"/debug/pprof/heap?gc=1&debug=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no HeapAlloc in the heap profile (%v)", sc.Err())
+	return 0
+}
+
+// TestSubmitBodyHeldOnce: while RunComfy receives a 24 MiB submit sent over
+// REST, the gateway's live heap holds that body once, plus a bounded
+// overhead, not once per layer it crossed.
+func TestSubmitBodyHeldOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	const body = 24 << 20
+	debugAddr := freeAddr(t)
+	var during atomic.Int64
+	g := keyedGateway(ctx, t, up.srv.URL, "--max-body-bytes", strconv.Itoa(32<<20), "--debug-addr", debugAddr)
+	// Two collections: buffers that gRPC's pool frees stay in the pool's
+	// victim cache through the first, and are gone after the second; they
+	// are a cache for the next message, not a copy this submit holds.
+	up.onSubmit = func() {
+		heapAlloc(ctx, t, debugAddr)
+		during.Store(heapAlloc(ctx, t, debugAddr))
+	}
+	heapAlloc(ctx, t, debugAddr)
+	base := heapAlloc(ctx, t, debugAddr)
+	rss := procStatus(t, g.proc.cmd.Process.Pid, "VmHWM")
+	payload := `{"image":"` + strings.Repeat("A", body-12) + `"}`
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.httpAddr+"/v1/deployments/d/requests", strings.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+securityKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("submit: HTTP %d", resp.StatusCode)
+	}
+	t.Logf("peak RSS grew by %.2f MiB", float64(procStatus(t, g.proc.cmd.Process.Pid, "VmHWM")-rss)/(1<<10))
+	held := during.Load() - base
+	t.Logf("live heap while RunComfy receives a %d MiB body: %.2f MiB above the baseline (%.2fx the body)", body>>20, float64(held)/(1<<20), float64(held)/body)
+	if limit := int64(body) + 4<<20; held > limit {
+		t.Errorf("live heap grew by %d bytes, want at most the body once plus 4 MiB (%d)", held, limit)
+	}
+}
+
+// TestStalledBodiesAreCut: 1,000 connections send their headers and part of
+// a body (REST submits and callbacks), then stall. Every one is closed
+// within --read-timeout, and the gateway's file descriptors come back to
+// where they were. An idle keep-alive connection is closed after
+// --idle-timeout, an idle gRPC connection after --max-connection-idle.
+func TestStalledBodiesAreCut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
+	const secret = "stalled-bodies-webhook-secret-0123456789"
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const readTimeout = time.Second
+	g := keyedGateway(ctx, t, up.srv.URL, "--read-timeout", readTimeout.String(), "--idle-timeout", "1s",
+		"--max-connection-idle", "1s", "--public-url", "http://127.0.0.1:1", "--webhook-secret-file", secretFile)
+	pid := g.proc.cmd.Process.Pid
+	signer, err := webhook.NewSigner([]string{secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	urls, err := webhook.NewURLs("http://"+g.httpAddr, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callbackPath := strings.TrimPrefix(urls.CallbackURL("dep"), "http://"+g.httpAddr)
+	base := openFDs(t, pid)
+
+	const conns = 1000
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		late   []string
+		opened = make(chan struct{}, conns)
+	)
+	start := time.Now()
+	for i := range conns {
+		path, auth := "/v1/deployments/d/requests", "Authorization: Bearer "+securityKey+"\r\n"
+		if i%2 == 1 {
+			path, auth = callbackPath, ""
+		}
+		wg.Go(func() {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", g.httpAddr)
+			if err != nil {
+				opened <- struct{}{}
+				mu.Lock()
+				late = append(late, fmt.Sprintf("conn %d: %v", i, err))
+				mu.Unlock()
+				return
+			}
+			defer c.Close()
+			_, err = io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"+auth+
+				"Content-Length: 1000\r\n\r\n{\"overrides\": {")
+			opened <- struct{}{}
+			if err != nil {
+				return
+			}
+			// Read until the gateway closes the connection (it may answer
+			// first); the test's own deadline only stops a hang.
+			_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+			_, err = io.Copy(io.Discard, c)
+			if took := time.Since(start); err != nil || took > readTimeout+5*time.Second {
+				mu.Lock()
+				late = append(late, fmt.Sprintf("conn %d: closed after %v (%v)", i, took, err))
+				mu.Unlock()
+			}
+		})
+	}
+	for range conns {
+		<-opened
+	}
+	t.Logf("%d stalled connections open after %v; gateway fds %d (baseline %d)", conns, time.Since(start), openFDs(t, pid), base)
+	wg.Wait()
+	t.Logf("all closed after %v", time.Since(start))
+	for _, l := range late {
+		t.Error(l)
+	}
+	eventually(ctx, t, "file descriptors back to the baseline", func() bool { return openFDs(t, pid) <= base })
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("RunComfy saw %d calls, want 0", n)
+	}
+
+	// An idle keep-alive connection is closed after --idle-timeout.
+	c, err := net.Dial("tcp", g.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+	idleStart := time.Now()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("keep-alive connection: %v, want closed by the gateway", err)
+	}
+	t.Logf("idle keep-alive connection closed after %v", time.Since(idleStart))
+
+	// An idle gRPC connection is closed (GOAWAY) after --max-connection-idle.
+	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cc.Connect()
+	for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+		if !cc.WaitForStateChange(ctx, s) {
+			t.Fatal("gRPC connection never ready")
+		}
+	}
+	if !cc.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("idle gRPC connection still open at the test's deadline")
+	}
+	t.Logf("idle gRPC connection: %v", cc.GetState())
+}
+
+// TestStreamsOutliveTheReadTimeout: watch streams (NDJSON and SSE) last as
+// long as their request, far past --read-timeout.
+func TestStreamsOutliveTheReadTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	g := &gateway{name: "gateway"}
+	var procs []*process
+	t.Cleanup(func() {
+		for _, p := range procs {
+			p.stop()
+		}
+		checkLogs(t, procs)
+	})
+	hc := &http.Client{}
+	g.proc = launch(ctx, t, "gateway", func() *process {
+		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
+		// The simulator queues each job about a second and runs it two:
+		// the streams outlive a 200 ms read timeout many times over.
+		p := startProcess(t, "gateway", gatewayBin, []string{"--simulate", "--read-timeout", "200ms",
+			"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--shutdown-timeout", "2s"})
+		procs = append(procs, p)
+		return p
+	}, func() bool {
+		resp, err := hc.Get("http://" + g.httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	for _, route := range []string{":watch", "/events"} {
+		t.Run(route, func(t *testing.T) {
+			resp, err := hc.Post("http://"+g.httpAddr+"/v1/deployments/d/requests", "application/json", strings.NewReader(`{"overrides":{}}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var sub struct {
+				Request struct {
+					RequestID string `json:"request_id"`
+				} `json:"request"`
+			}
+			if err := json.Unmarshal(b, &sub); err != nil || sub.Request.RequestID == "" {
+				t.Fatalf("submit: %s", b)
+			}
+			rid := sub.Request.RequestID
+			start := time.Now()
+			resp, err = hc.Get("http://" + g.httpAddr + "/v1/deployments/d/requests/" + rid + route)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || !bytes.Contains(b, []byte("STATUS_SUCCEEDED")) {
+				t.Fatalf("stream ended after %v with %v:\n%s", time.Since(start), err, b)
+			}
+			t.Logf("stream lasted %v", time.Since(start))
+		})
+	}
+}
+
+// TestRefusedHeadersAndPaths: an Idempotency-Key that cannot be honoured is
+// 400, not dropped (the submit would run twice); a path that is not UTF-8 is
+// 400 on every route. Neither reaches RunComfy.
+func TestRefusedHeadersAndPaths(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	g := keyedGateway(ctx, t, up.srv.URL)
+	do := func(method, path string, header map[string][]string, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, "http://"+g.httpAddr+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+securityKey)
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	submit := "/v1/deployments/d/requests"
+	for name, vals := range map[string][]string{
+		"non-ASCII": {"clé-1"},
+		"tab":       {"a\tb"},
+		"too long":  {strings.Repeat("k", 256)},
+		"empty":     {""},
+		"twice":     {"a", "b"},
+	} {
+		t.Run("Idempotency-Key "+name, func(t *testing.T) {
+			code, body := do(http.MethodPost, submit, map[string][]string{"Idempotency-Key": vals}, `{"overrides":{}}`)
+			if code != http.StatusBadRequest || !strings.Contains(body, "Idempotency-Key") {
+				t.Errorf("HTTP %d %s, want 400 naming Idempotency-Key", code, body)
+			}
+		})
+	}
+	for _, route := range []struct{ method, path string }{
+		{http.MethodPost, "/v1/deployments/%FF/requests"},
+		{http.MethodGet, "/v1/deployments/d/requests/%FF"},
+		{http.MethodGet, "/v1/deployments/%FF/requests/r"},
+		{http.MethodGet, "/v1/deployments/d/requests/%FF/result"},
+		{http.MethodPost, "/v1/deployments/d/requests/%FF:cancel"},
+		{http.MethodGet, "/v1/deployments/d/requests/%FF:watch"},
+		{http.MethodGet, "/v1/deployments/d/requests/%FF/events"},
+		{http.MethodPost, "/webhooks/runcomfy/d/%FF"},
+		{http.MethodGet, "/openapi.json%FF"},
+		{http.MethodGet, "/%FF"},
+	} {
+		t.Run(route.method+" "+route.path, func(t *testing.T) {
+			code, body := do(route.method, route.path, nil, `{}`)
+			if code != http.StatusBadRequest {
+				t.Errorf("HTTP %d %s, want 400", code, body)
+			}
+		})
+	}
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("RunComfy saw %d calls, want 0", n)
+	}
+}
