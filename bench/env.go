@@ -81,8 +81,11 @@ func (e *env) startGateway(ctx context.Context, name, simURL string, o gwOpts) (
 	}
 	args := []string{
 		"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--debug-addr", g.debugAddr,
-		"--runcomfy-url", simURL, "--webhook-secret", benchSecret,
+		"--runcomfy-url", simURL,
 		"--poll-interval", "1h", "--shutdown-timeout", "2s", "--log-format", "json",
+		// The scenarios measure capacity: one tenant opens thousands of
+		// streams and reads at will, so the per-tenant limits are off.
+		"--read-rate", "0", "--max-watches-per-tenant", "0",
 	}
 	if o.callbacks {
 		args = append(args, "--public-url", "http://"+g.httpAddr)
@@ -91,7 +94,7 @@ func (e *env) startGateway(ctx context.Context, name, simURL string, o gwOpts) (
 		args = append(args, "--redis-url", e.redis.url, "--redis-prefix", o.redisPrefix)
 	}
 	args = append(args, o.extra...)
-	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, "RUNCOMFY_API_TOKEN="+benchToken); err != nil {
+	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, "RUNCOMFY_API_TOKEN="+benchToken, "COMFYGATE_WEBHOOK_SECRET="+benchSecret); err != nil {
 		return nil, err
 	}
 	if err := waitHTTP(ctx, g.proc, "http://"+g.httpAddr+"/readyz"); err != nil {
