@@ -28,6 +28,10 @@ import (
 // under its own key prefix).
 var (
 	gatewayBin  string
+	// plainGatewayBin is the gateway without the race detector, whose
+	// shadow memory would swamp what the memory tests measure; it is
+	// gatewayBin when the tests run without it.
+	plainGatewayBin string
 	simBin      string
 	sharedRedis *redistest.Server
 )
@@ -54,7 +58,15 @@ func runMain(m *testing.M) int {
 		gatewayBin: "github.com/comfygate/comfygate/cmd/comfygate",
 		simBin:     "github.com/comfygate/comfygate/cmd/runcomfy-sim",
 	} {
-		if err := goBuild(bin, pkg); err != nil {
+		if err := goBuild(bin, pkg, raceEnabled); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
+	plainGatewayBin = gatewayBin
+	if raceEnabled {
+		plainGatewayBin = filepath.Join(dir, "comfygate-plain")
+		if err := goBuild(plainGatewayBin, "github.com/comfygate/comfygate/cmd/comfygate", false); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
 		}
@@ -79,11 +91,11 @@ func runMain(m *testing.M) int {
 // goBuild compiles pkg into bin. Under `go test -race` the binaries get the race
 // detector too: a data race inside a replica is then reported in its log, which
 // the harness turns into a test failure.
-func goBuild(bin, pkg string) error {
+func goBuild(bin, pkg string, race bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	args := []string{"build", "-o", bin}
-	if raceEnabled {
+	if race {
 		args = append(args, "-race")
 	}
 	out, err := exec.CommandContext(ctx, "go", append(args, pkg)...).CombinedOutput()

@@ -35,16 +35,29 @@ type caller struct {
 
 type callerKey struct{}
 
-// callerOf is who made the call. The auth interceptors put it in ctx on every
-// call of a gateway with API keys; a ctx without one is a call of a gateway
-// without keys (no interceptor runs), whose every caller is the single local
-// user: one implicit tenant "", who may attach, since there is no other
-// tenant to take a request from.
+// callerOf is who made the call, as the auth interceptors (or, without API
+// keys, the local ones) put it in ctx. A ctx without one is a caller with no
+// tenant and no permission: a path that skipped the interceptors gains
+// nothing.
 func callerOf(ctx context.Context) caller {
-	if c, ok := ctx.Value(callerKey{}).(caller); ok {
-		return c
-	}
-	return caller{tenant: "", attach: true}
+	c, _ := ctx.Value(callerKey{}).(caller)
+	return c
+}
+
+// localCaller is every caller of a gateway without API keys: the single local
+// user, one implicit tenant "", who may attach, since there is no other
+// tenant to take a request from.
+func localCaller() caller { return caller{tenant: "", attach: true} }
+
+// localUnaryInterceptor marks every call as the local user's, on a gateway
+// without API keys.
+func localUnaryInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(context.WithValue(ctx, callerKey{}, localCaller()), req)
+}
+
+// localStreamInterceptor is localUnaryInterceptor for streams.
+func localStreamInterceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &tenantStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callerKey{}, localCaller())})
 }
 
 // tenantOf is the tenant the call was authenticated as; "" when the gateway
@@ -71,16 +84,38 @@ func public(fullMethod string) bool {
 func authenticate(ctx context.Context, a Authenticator) (context.Context, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
-		scheme, key, ok := strings.Cut(strings.TrimSpace(v), " ")
-		if !ok || !strings.EqualFold(scheme, "bearer") {
+		key, ok := bearerKey(v)
+		if !ok {
 			continue
 		}
-		if tenant, perms, ok := a.Lookup(strings.TrimSpace(key)); ok {
+		if tenant, perms, ok := a.Lookup(key); ok {
 			noteTenant(ctx, tenant)
 			return context.WithValue(ctx, callerKey{}, caller{tenant: tenant, attach: perms.Has(auth.Attach)}), nil
 		}
 	}
 	return nil, errUnauthenticated
+}
+
+// bearerKey is the key of an Authorization value "Bearer KEY" (the scheme in
+// any case), the one form every listener reads.
+func bearerKey(authorization string) (string, bool) {
+	scheme, key, ok := strings.Cut(strings.TrimSpace(authorization), " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(key), true
+}
+
+// validBearer reports whether an Authorization value carries a known key;
+// for the checks made before a body or message is read (httpguard.go,
+// grpcguard.go), which need no more than that.
+func validBearer(a Authenticator, authorization string) bool {
+	key, ok := bearerKey(authorization)
+	if !ok {
+		return false
+	}
+	_, ok = a.Tenant(key)
+	return ok
 }
 
 // authUnaryInterceptor refuses unauthenticated calls before any handler runs.

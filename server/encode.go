@@ -34,15 +34,25 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 // Unmarshal decodes a large SubmitRequest straight from the received frames
-// into its strings (submitwire.go); everything else as the proto codec does.
+// into its strings (submitwire.go); everything else as the proto codec does,
+// but for a message larger than any legitimate one of its kind, which is
+// refused without being decoded (decoding copies it, twice).
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if req, ok := v.(*comfygatev1.SubmitRequest); ok && data.Len() >= largeSubmit {
+	req, submit := v.(*comfygatev1.SubmitRequest)
+	switch {
+	case submit && data.Len() >= largeSubmit:
 		if err := unmarshalSubmit(data, req); !errors.Is(err, errNotFastPath) {
 			return err
 		}
+	case !submit && data.Len() > maxSmallMessage:
+		return fmt.Errorf("a %T is at most %d bytes; this one has %d", v, maxSmallMessage, data.Len())
 	}
 	return c.CodecV2.Unmarshal(data, v)
 }
+
+// maxSmallMessage bounds every request message but a submit's: ids of up to
+// 128 characters, a seq, a health check's service name.
+const maxSmallMessage = 64 << 10
 
 // eventCacheSize bounds the encoded events kept: the latest few per request
 // being watched are all that is asked for again.

@@ -65,6 +65,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		return withDetails(status.New(codes.ResourceExhausted, rl.Error()),
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(rl.retry)})
 	}
+	var tooLarge *bodyTooLargeError
+	if errors.As(err, &tooLarge) {
+		return status.Error(codes.InvalidArgument, tooLarge.Error())
+	}
 	var fe *fieldError
 	if errors.As(err, &fe) {
 		st := status.New(codes.InvalidArgument, fe.Error())
@@ -75,6 +79,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	switch {
 	case errors.Is(err, errIdempotencyMismatch):
 		return status.Error(codes.AlreadyExists, errIdempotencyMismatch.Error())
+	case errors.Is(err, errInflightFull):
+		return status.Error(codes.Unavailable, errInflightFull.Error())
+	case errors.Is(err, errPublicBusy):
+		return status.Error(codes.ResourceExhausted, errPublicBusy.Error())
 	case errors.Is(err, errUnauthenticated):
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	case errors.Is(err, state.ErrNotFound):

@@ -26,14 +26,15 @@ import (
 // newGateway builds the REST handler. It dials the gRPC server at target like any
 // client (never RegisterGatewayServiceHandlerServer, which would bypass the
 // interceptors and cannot stream).
-func newGateway(target string, maxMsg int, creds credentials.TransportCredentials, extra ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
+func newGateway(target string, maxMsg int, creds credentials.TransportCredentials, h *handoff, extra ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
 	conn, err := grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg),
-			grpc.ForceCodecV2(newGatewayCodec())),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg)),
+		// A large submit's input goes to the service by reference (handoff.go).
+		grpc.WithChainUnaryInterceptor(h.clientInterceptor()),
 	}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial gRPC server for REST gateway: %w", err)
@@ -48,8 +49,6 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		// an id such as "a%2F..%2Fb" then reaches validation as written and is
 		// refused there (400), instead of being decoded into extra path segments.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
-		// Idempotency-Key travels as gRPC metadata, beside the defaults
-		// (Authorization and the like).
 		// A refusal that says when to retry (RetryInfo) says it to HTTP
 		// clients too, as Retry-After.
 		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
@@ -65,11 +64,16 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 			}
 			return st
 		}),
+		// Only Idempotency-Key travels as gRPC metadata (grpc-gateway adds
+		// Authorization itself). No other header does: neither the
+		// Grpc-Metadata-* aliases, which would let a caller set metadata the
+		// guard never checked (a second Idempotency-Key, the handoff token),
+		// nor the "permanent" headers, which no handler reads.
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
 			if strings.EqualFold(h, "Idempotency-Key") {
 				return "idempotency-key", true
 			}
-			return runtime.DefaultHeaderMatcher(h)
+			return "", false
 		}),
 	)
 	if err := comfygatev1.RegisterGatewayServiceHandler(context.Background(), mux, conn); err != nil {

@@ -2,32 +2,214 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
+	"errors"
 	"log/slog"
+	"strings"
+	"sync"
+	"time"
 
-	"google.golang.org/grpc/codes"
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
-// authTap refuses a gRPC call without a valid API key when its stream opens,
-// from its headers alone: gRPC reads a call's message before any interceptor
-// runs, so without it a caller with no key could make the gateway receive
-// and decode messages of up to --max-body-bytes each. The interceptor
-// (auth.go) still authenticates every call that passes, and puts the caller
-// in its context. Refusals are logged as the access log logs a call.
-func authTap(a Authenticator, log *slog.Logger) tap.ServerInHandle {
-	guard := &bodyGuard{auth: a}
-	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		if public(info.FullMethodName) {
-			return ctx, nil
-		}
-		for _, v := range info.Header.Get("authorization") {
-			if guard.validKey(v) {
-				return ctx, nil
-			}
-		}
-		log.LogAttrs(ctx, slog.LevelInfo, "rpc", slog.String("method", info.FullMethodName),
-			slog.String("tenant", ""), slog.String("code", codes.Unauthenticated.String()), slog.Duration("duration", 0))
-		return ctx, status.Error(codes.Unauthenticated, errUnauthenticated.Error())
-	}
+// gRPC reads a call's message before any interceptor runs, so what must hold
+// before a message is received is decided when its stream opens, from its
+// headers alone, here: a call without a valid key is refused (when keys are
+// configured); a keyless health check gets one of a few slots; a submit
+// reserves its message's room in the bytes in flight that REST bodies also
+// draw from. The interceptors (auth.go) still authenticate every call that
+// passes, and put the caller in its context.
+
+// Keyless health checks are bounded: their messages are a few bytes, but
+// gRPC receives up to the message limit before anything can look at one.
+const (
+	// maxPublicStreams bounds the keyless Health streams open at once (Watch
+	// streams last).
+	maxPublicStreams = 64
+	// maxPublicMessages bounds the keyless messages being received at once:
+	// at most this many times --max-body-bytes.
+	maxPublicMessages = 2
+	// publicReceiveTimeout bounds the time a keyless health message may take
+	// to arrive, so that a slow sender cannot hold a slot.
+	publicReceiveTimeout = 5 * time.Second
+)
+
+// gatewayHeader carries the REST gateway's mark on its own calls: their
+// bodies were counted in the bytes in flight when they arrived over HTTP.
+const gatewayHeader = "comfygate-gateway"
+
+// errPublicBusy: too many keyless health calls at once.
+var errPublicBusy = errors.New("too many unauthenticated health calls at once; retry shortly")
+
+// errInflightFull: the bodies and messages held on this replica reached
+// --max-inflight-body-bytes.
+var errInflightFull = errors.New("too many request bytes in flight on this replica; retry shortly")
+
+// streamGuard decides, when a gRPC stream opens, whether it may go on.
+type streamGuard struct {
+	log      *slog.Logger
+	metrics  *Metrics
+	auth     Authenticator // nil: no keys, every caller is the local user
+	inflight *semaphore.Weighted
+	maxMsg   int64
+	// gatewayMark is the REST gateway's mark (gatewayHeader): random, known
+	// only to this process.
+	gatewayMark string
+
+	publicStreams  *semaphore.Weighted
+	publicMessages *semaphore.Weighted
 }
+
+// reservation is what a stream holds until its message is in (msg) and until
+// it ends (the rest); each is given back once.
+type reservation struct {
+	g    *streamGuard
+	mu   sync.Mutex
+	msg  func(received int64) // called at the message's arrival
+	done func()
+}
+
+type reservationKey struct{}
+
+// tap is the grpc.InTapHandle.
+func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if public(info.FullMethodName) {
+		return g.public(ctx, info)
+	}
+	if g.auth != nil && !g.keyed(info.Header) {
+		g.refused(ctx, info.FullMethodName, errUnauthenticated)
+		return ctx, toStatus(ctx, g.log, info.FullMethodName, errUnauthenticated)
+	}
+	if info.FullMethodName != comfygatev1.GatewayService_Submit_FullMethodName || g.fromGateway(info.Header) {
+		return ctx, nil
+	}
+	// A submit may carry up to the message limit; once it is in, only its
+	// real size stays reserved, until the call ends.
+	if !g.inflight.TryAcquire(g.maxMsg) {
+		g.metrics.refused(limitInflight)
+		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
+	}
+	held := g.maxMsg
+	r := &reservation{g: g}
+	r.msg = func(received int64) {
+		if keep := min(received, held); keep < held {
+			g.inflight.Release(held - keep)
+			held = keep
+		}
+	}
+	r.done = func() { g.inflight.Release(held) }
+	return g.watch(ctx, r), nil
+}
+
+// public admits a keyless call of a public service: a Health call, within
+// the slots; reflection needs a key when keys are configured (it is tooling,
+// not a probe).
+func (g *streamGuard) public(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if g.auth == nil || g.keyed(info.Header) {
+		return ctx, nil
+	}
+	if !isHealth(info.FullMethodName) {
+		g.refused(ctx, info.FullMethodName, errUnauthenticated)
+		return ctx, toStatus(ctx, g.log, info.FullMethodName, errUnauthenticated)
+	}
+	if !g.publicStreams.TryAcquire(1) {
+		return ctx, toStatus(ctx, g.log, info.FullMethodName, errPublicBusy)
+	}
+	if !g.publicMessages.TryAcquire(1) {
+		g.publicStreams.Release(1)
+		return ctx, toStatus(ctx, g.log, info.FullMethodName, errPublicBusy)
+	}
+	msgHeld := true
+	ctx, cancel := context.WithCancel(ctx)
+	slow := time.AfterFunc(publicReceiveTimeout, cancel)
+	r := &reservation{g: g}
+	r.msg = func(int64) {
+		if msgHeld {
+			slow.Stop()
+			g.publicMessages.Release(1)
+			msgHeld = false
+		}
+	}
+	r.done = func() {
+		r.msg(0)
+		g.publicStreams.Release(1)
+	}
+	return g.watch(ctx, r), nil
+}
+
+// watch gives r back when the stream ends: its context ends then, whatever
+// ended it, including the transport refusing it after the tap.
+func (g *streamGuard) watch(ctx context.Context, r *reservation) context.Context {
+	context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.msg(0)
+		r.done()
+		r.msg, r.done = func(int64) {}, func() {}
+	})
+	return context.WithValue(ctx, reservationKey{}, r)
+}
+
+// keyed reports whether the headers carry a valid API key.
+func (g *streamGuard) keyed(md metadata.MD) bool {
+	for _, v := range md.Get("authorization") {
+		if validBearer(g.auth, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// fromGateway reports whether the call is the REST gateway's own.
+func (g *streamGuard) fromGateway(md metadata.MD) bool {
+	v := md.Get(gatewayHeader)
+	return len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(g.gatewayMark)) == 1
+}
+
+// refused logs a call refused for want of a key, as the access log logs a
+// call. The method is the caller's text: it is cut short.
+func (g *streamGuard) refused(ctx context.Context, method string, err error) {
+	if len(method) > maxLoggedPath {
+		method = method[:maxLoggedPath] + "…"
+	}
+	g.log.LogAttrs(ctx, slog.LevelInfo, "rpc", slog.String("method", method),
+		slog.String("tenant", ""), slog.String("code", status.Code(toStatus(ctx, g.log, method, err)).String()),
+		slog.Duration("duration", 0))
+}
+
+// isHealth reports whether a method is the gRPC health service's.
+func isHealth(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
+}
+
+// HandleRPC shrinks a stream's reservation once its message is in: from
+// then on the message's own size (or nothing, for a health check) is what it
+// holds. It is the guard's stats.Handler side.
+func (g *streamGuard) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	in, ok := s.(*stats.InPayload)
+	if !ok {
+		return
+	}
+	r, ok := ctx.Value(reservationKey{}).(*reservation)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msg(int64(in.Length))
+}
+
+// TagRPC keeps the context: the tap put the reservation in it.
+func (g *streamGuard) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+
+// TagConn keeps the context.
+func (g *streamGuard) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+// HandleConn does nothing: the guard follows streams, not connections.
+func (g *streamGuard) HandleConn(context.Context, stats.ConnStats) {}

@@ -14,7 +14,6 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/sync/semaphore"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -37,8 +36,8 @@ type bodyGuard struct {
 	inflight *semaphore.Weighted
 }
 
-func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody, maxInflight int64) *bodyGuard {
-	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: semaphore.NewWeighted(maxInflight)}
+func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *semaphore.Weighted) *bodyGuard {
+	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: inflight}
 }
 
 // wrap returns h behind the guard: the API key is checked (the same store and
@@ -50,7 +49,7 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.auth != nil && !g.authenticated(r.Header) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="comfygate"`)
-			g.refuse(w, r, status.New(codes.Unauthenticated, errUnauthenticated.Error()))
+			g.refuse(w, r, status.Convert(toStatus(r.Context(), g.log, "", errUnauthenticated)))
 			return
 		}
 		if err := validIdempotencyHeader(r.Header); err != nil {
@@ -63,7 +62,7 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 			return
 		}
 		if r.ContentLength > g.maxBody {
-			g.refuseKeyed(w, r, status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", g.maxBody))
+			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", &bodyTooLargeError{limit: g.maxBody})))
 			return
 		}
 		// A body of unknown length (chunked) may grow to the limit: reserve
@@ -75,7 +74,7 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 		if !g.inflight.TryAcquire(n) {
 			g.metrics.refused(limitInflight)
 			w.Header().Set("Retry-After", inflightRetryAfter)
-			g.refuseKeyed(w, r, status.New(codes.Unavailable, "too many request bytes in flight on this replica; retry shortly"))
+			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", errInflightFull)))
 			return
 		}
 		defer g.inflight.Release(n)
@@ -122,6 +121,13 @@ func (g *bodyGuard) refuse(w http.ResponseWriter, r *http.Request, st *status.St
 // caller's text.
 const maxLoggedPath = 256
 
+// bodyTooLargeError: a request body is over --max-body-bytes.
+type bodyTooLargeError struct{ limit int64 }
+
+func (e *bodyTooLargeError) Error() string {
+	return fmt.Sprintf("request body is larger than %d bytes", e.limit)
+}
+
 // sizedBody is a request body of known size (0: unknown), so that a reader
 // can make room for all of it at once (readBody in gateway.go).
 type sizedBody struct {
@@ -133,28 +139,22 @@ type sizedBody struct {
 // the gRPC interceptor reads it (authenticate in auth.go).
 func (g *bodyGuard) authenticated(h http.Header) bool {
 	for _, v := range h.Values("Authorization") {
-		if g.validKey(v) {
+		if validBearer(g.auth, v) {
 			return true
 		}
 	}
 	return false
 }
 
-// validKey reports whether an Authorization value is "Bearer KEY" with a
-// known key (the same store and constant-time compare as authenticate).
-func (g *bodyGuard) validKey(authorization string) bool {
-	scheme, key, ok := strings.Cut(strings.TrimSpace(authorization), " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return false
-	}
-	_, ok = g.auth.Tenant(strings.TrimSpace(key))
-	return ok
-}
-
 // validIdempotencyHeader refuses an Idempotency-Key the gateway could not
 // honour: grpc-gateway would drop a value that gRPC metadata cannot carry,
 // and the submit would then run again on every retry.
 func validIdempotencyHeader(h http.Header) error {
+	if len(h.Values("Grpc-Metadata-Idempotency-Key")) > 0 {
+		// grpc-gateway's alias of the header, which the gateway does not
+		// forward: refused rather than ignored.
+		return &fieldError{field: "Grpc-Metadata-Idempotency-Key", reason: "is not read: send Idempotency-Key"}
+	}
 	vals := h.Values("Idempotency-Key")
 	switch {
 	case len(vals) == 0:
@@ -201,59 +201,79 @@ func validPath(h http.Handler) http.Handler {
 				err = &fieldError{field: id.field, reason: "may contain only letters, digits, '-' and '_'"}
 			}
 		}
-		refuseUnread(w, r, status.Convert(toStatus(r.Context(), nil, "", err)))
+		refuseUnread(w, r, status.Convert(toStatus(r.Context(), slog.New(slog.DiscardHandler), "", err)))
 	})
 }
 
-// readDeadline bounds the time a client may take to send a request body: the
-// connection's read deadline is set when the handler starts and cleared once
-// the body has been read (or the handler ends), so that a slow handler, or a
-// stream, is not cut by it. A client that stalls mid-body gets a read error,
-// and its connection is closed. Requests without a body (watch streams, SSE)
-// are not touched. http.Server.ReadTimeout cannot do this: it stays set after
-// the body, and cancels a handler that outlives it.
+// readDeadline bounds the time a client may take to send a request body.
+// No deadline is set on the connection while the body comes in: a timer, if
+// the body has not ended when it fires, cuts the read at once. A deadline set
+// up front would outlive the body (net/http starts a background read the
+// moment the body ends, which would fail on it and cancel a handler still at
+// work), and http.Server.ReadTimeout has the same flaw. A client that stalls
+// mid-body gets a read error, and its connection is closed. A handler that
+// ends before the body does (a refusal) leaves the deadline set instead, so
+// that the server's discard of the rest is bounded too. Requests without a
+// body (watch streams, SSE) are not touched.
 func readDeadline(h http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !hasBody(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		rc := http.NewResponseController(w)
-		if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
-			// Only a connection that cannot take deadlines (none of ours).
-			h.ServeHTTP(w, r)
-			return
-		}
-		// The deadline stays when the handler ends before the body's end (a
-		// refusal): the server's discard of the rest is then bounded too.
-		r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+		b := &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), deadline: time.Now().Add(d)}
+		b.timer = time.AfterFunc(d, b.expire)
+		r.Body = b
+		defer b.handlerDone()
 		h.ServeHTTP(w, r)
 	})
 }
 
-// deadlineBody clears the read deadline once the body has been read to its
-// end; a read that fails on the deadline reports it as such.
+// deadlineBody is a request body read under readDeadline's timer.
 type deadlineBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	once sync.Once
+	rc       *http.ResponseController
+	deadline time.Time
+	timer    *time.Timer
+
+	mu    sync.Mutex
+	ended bool // the body was read to its end, or the handler is done
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	switch {
 	case errors.Is(err, io.EOF):
-		b.clear()
-	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		b.mu.Lock()
+		b.ended = true
+		b.timer.Stop()
+		b.mu.Unlock()
+	case isTimeout(err):
 		err = fmt.Errorf("request body not received within the read timeout: %w", errBodyTimeout)
 	}
 	return n, err
 }
 
-// clear removes the read deadline, once: after it the connection's reads are
-// the server's own (the next request, or the background read of a stream).
-func (b *deadlineBody) clear() {
-	b.once.Do(func() { _ = b.rc.SetReadDeadline(time.Time{}) })
+// expire cuts the read of a body that has not ended in time.
+func (b *deadlineBody) expire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.ended {
+		_ = b.rc.SetReadDeadline(time.Now())
+	}
+}
+
+// handlerDone stops the timer; a body not read to its end keeps the
+// deadline for the server's discard of the rest.
+func (b *deadlineBody) handlerDone() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return
+	}
+	b.ended = true
+	b.timer.Stop()
+	_ = b.rc.SetReadDeadline(b.deadline)
 }
 
 // errBodyTimeout: the client did not send its body within the read timeout.

@@ -29,7 +29,10 @@ var errIdempotencyMismatch = errors.New("idempotency key was already used with a
 func idempotencyKey(ctx context.Context, field string) (string, error) {
 	key := field
 	if key == "" {
-		if v := metadata.ValueFromIncomingContext(ctx, "idempotency-key"); len(v) > 0 {
+		switch v := metadata.ValueFromIncomingContext(ctx, "idempotency-key"); {
+		case len(v) > 1:
+			return "", &fieldError{field: "idempotency-key", reason: "must be given once"}
+		case len(v) == 1:
 			key = v[0]
 		}
 	}

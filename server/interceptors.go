@@ -75,8 +75,9 @@ func limitsStreamInterceptor(l *TenantLimits) grpc.StreamServerInterceptor {
 // recovery outermost so it also covers the rest, then the gRPC metrics and the
 // access log (which sees the final code), then the error mapping, then
 // authentication (when a is set), whose refusal the mapping turns into a code,
-// then the per-tenant limits (when l is set), which need the tenant.
-func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits) []grpc.ServerOption {
+// then the per-tenant limits (when l is set), which need the tenant, then
+// the REST gateway's handoff of large inputs.
+func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits, h *handoff) []grpc.ServerOption {
 	rec := recoveryOption(log)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec)}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec)}
@@ -89,10 +90,16 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits
 	if a != nil {
 		unary = append(unary, authUnaryInterceptor(a))
 		stream = append(stream, authStreamInterceptor(a))
+	} else {
+		unary = append(unary, localUnaryInterceptor)
+		stream = append(stream, localStreamInterceptor)
 	}
 	if l != nil {
 		unary = append(unary, limitsUnaryInterceptor(l))
 		stream = append(stream, limitsStreamInterceptor(l))
 	}
+	// Innermost: a Submit's input handed over by the REST gateway is taken
+	// back only by a call that passed everything else.
+	unary = append(unary, h.serverInterceptor())
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -93,6 +94,9 @@ const (
 	DefaultReadBurst            = 40
 )
 
+// maxHeaderListSize bounds a gRPC call's headers (its metadata).
+const maxHeaderListSize = 64 << 10
+
 // readyTimeout bounds the backend check behind /readyz; probes have short
 // deadlines of their own.
 const readyTimeout = time.Second
@@ -157,7 +161,8 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.TLS != nil {
 		s.httpLis = tls.NewListener(s.httpLis, cfg.TLS.Clone())
 	}
-	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits),
+	handoff := newHandoff()
+	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits, handoff),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
 		grpc.ForceServerCodecV2(newCodec()),
@@ -171,9 +176,16 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
-	if cfg.Auth != nil {
-		opts = append(opts, grpc.InTapHandle(authTap(cfg.Auth, cfg.Logger)))
+	// Bodies (REST) and messages (gRPC) held at once draw from one budget.
+	inflight := semaphore.NewWeighted(cfg.MaxInflightBodyBytes)
+	guard := &streamGuard{
+		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight, maxMsg: int64(maxMsg),
+		gatewayMark:   handoff.mark,
+		publicStreams: semaphore.NewWeighted(maxPublicStreams), publicMessages: semaphore.NewWeighted(maxPublicMessages),
 	}
+	opts = append(opts, grpc.InTapHandle(guard.tap), grpc.StatsHandler(guard),
+		// Metadata is a few headers; grpc-go would take 16 MiB of them.
+		grpc.MaxHeaderListSize(maxHeaderListSize))
 	var clientOpts []grpc.DialOption
 	if cfg.Tracer != nil {
 		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
@@ -190,7 +202,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	}
 	reflection.Register(s.grpcServer)
 
-	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS), clientOpts...)
+	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS), handoff, clientOpts...)
 	if err != nil {
 		s.grpcLis.Close()
 		s.httpLis.Close()
@@ -201,11 +213,11 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	mux := http.NewServeMux()
 	// The API routes authenticate and bound their bodies before grpc-gateway
 	// reads anything (httpguard.go).
-	guard := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, cfg.MaxInflightBodyBytes)
-	mux.Handle("/v1/", guard.wrap(gw))
+	bodies := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, inflight)
+	mux.Handle("/v1/", bodies.wrap(gw))
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
-	mux.Handle(eventsRoute, guard.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
+	mux.Handle(eventsRoute, bodies.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger))
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))

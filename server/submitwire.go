@@ -8,8 +8,6 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
-	"google.golang.org/grpc/encoding"
-	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -17,53 +15,22 @@ import (
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
-// A submit's input may be tens of megabytes of base64 media. On its way from
-// a REST body to RunComfy it crosses the REST gateway, the loopback gRPC hop
-// and the service, and each crossing would otherwise copy it: the input is
-// held once, not once per layer. The REST decoder (gateway.go) reads the body
-// into the string the request carries; the gateway's codec puts that string's
-// bytes on the wire as they are and lets the request drop it; the server's
-// codec reads the wire into one new string; Submit hands that string's bytes
-// to the RunComfy client as they are.
+// A submit's input may be tens of megabytes of base64 media, and is held
+// once on its way to RunComfy: a REST body is read into the string the
+// request carries (gateway.go) and handed to the service by reference
+// (handoff.go); a gRPC message is decoded straight from its frames into its
+// string (unmarshalSubmit); Submit hands that string's bytes to the RunComfy
+// client as they are (bytesOf).
 
-// largeSubmit is the size from which a SubmitRequest takes the paths below;
-// smaller ones go through the proto codec, where copies cost nothing.
+// largeSubmit is the size from which a submit's input takes these paths;
+// smaller ones go through the proto codec and the wire, where copies cost
+// nothing.
 const largeSubmit = 64 << 10
 
 // bytesOf is s's bytes without a copy. The result must never be written to:
 // strings are immutable, and other code may hold s.
 func bytesOf(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
-}
-
-// gatewayCodec is the REST gateway's client codec: the proto codec, except
-// that a large SubmitRequest is sent with its input's bytes as they are, and
-// the request then lets go of its input. The REST gateway builds each request
-// for one call and never reads it again, so once the input is on its way the
-// transport holds the only reference, and frees it once written.
-type gatewayCodec struct{ encoding.CodecV2 }
-
-func newGatewayCodec() gatewayCodec { return gatewayCodec{encoding.GetCodecV2(protoenc.Name)} }
-
-func (c gatewayCodec) Marshal(v any) (mem.BufferSlice, error) {
-	req, ok := v.(*comfygatev1.SubmitRequest)
-	if !ok || len(req.GetInputJson()) < largeSubmit {
-		return c.CodecV2.Marshal(v)
-	}
-	input := req.GetInputJson()
-	rest, err := proto.Marshal(&comfygatev1.SubmitRequest{DeploymentId: req.GetDeploymentId(), IdempotencyKey: req.GetIdempotencyKey()})
-	if err != nil {
-		return nil, fmt.Errorf("encode submit: %w", err)
-	}
-	if !utf8.ValidString(input) {
-		// As the proto codec would refuse it.
-		return nil, errors.New("encode submit: input_json is not valid UTF-8")
-	}
-	// Fields may come in any order on the wire: the input goes last.
-	rest = protowire.AppendTag(rest, inputJSONField, protowire.BytesType)
-	rest = protowire.AppendVarint(rest, uint64(len(input)))
-	req.InputJson = ""
-	return mem.BufferSlice{mem.SliceBuffer(rest), mem.SliceBuffer(bytesOf(input))}, nil
 }
 
 // errNotFastPath: the message holds what unmarshalSubmit leaves to the proto
@@ -86,10 +53,12 @@ func unmarshalSubmit(data mem.BufferSlice, req *comfygatev1.SubmitRequest) error
 		if err != nil {
 			return err
 		}
-		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
-		if num < protowire.MinValidNumber || num > protowire.MaxValidNumber {
+		// The range is checked on the whole varint: Number is 32 bits, and
+		// field 2^32+2 must not pass for field 2.
+		if n := tag >> 3; n < uint64(protowire.MinValidNumber) || n > uint64(protowire.MaxValidNumber) {
 			return errors.New("decode submit: invalid field number")
 		}
+		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
 		// A known field with another wire type is an unknown field to
 		// proto.Unmarshal, and skipped like one.
 		known := num >= 1 && num <= 3 && typ == protowire.BytesType

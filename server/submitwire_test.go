@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
 	"errors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"strings"
 	"testing"
 
@@ -41,6 +44,9 @@ func FuzzUnmarshalSubmit(f *testing.F) {
 	f.Add([]byte{0x12, 0x01, 0xff}, uint8(1))
 	f.Add([]byte{0x0b, 0x0c}, uint8(1))
 	f.Add([]byte{0x08, 0x01}, uint8(1))
+	// Field 2^32+2: not field 2.
+	f.Add(append(protowire.AppendVarint(nil, (1<<32+2)<<3|2), 0x01, 'a'), uint8(1))
+	f.Add([]byte("\x85\x85\x85\x85\x8500000"), uint8(0))
 	f.Fuzz(func(t *testing.T, wire []byte, chunk uint8) {
 		var want comfygatev1.SubmitRequest
 		wantErr := proto.Unmarshal(wire, &want)
@@ -62,34 +68,63 @@ func FuzzUnmarshalSubmit(f *testing.F) {
 	})
 }
 
-// TestGatewayCodecRoundTrip: a large submit the REST gateway sends decodes to
-// the same request on the server side, and the gateway's request has let go
-// of its input.
-func TestGatewayCodecRoundTrip(t *testing.T) {
+// TestHandoff: a large REST submit's input goes from the gateway's
+// connection to the service by reference, taken back once; a token from
+// anywhere else names nothing, and nothing stays behind.
+func TestHandoff(t *testing.T) {
 	input := `{"image":"` + strings.Repeat("A", 2*largeSubmit) + `"}`
-	for _, tc := range []struct {
-		name string
-		req  *comfygatev1.SubmitRequest
+	h := newHandoff()
+	client, server := h.clientInterceptor(), h.serverInterceptor()
+	info := &grpc.UnaryServerInfo{FullMethod: comfygatev1.GatewayService_Submit_FullMethodName}
+	tests := []struct {
+		name      string
+		req       *comfygatev1.SubmitRequest
+		tamper    func(md metadata.MD)
+		wantInput string
+		wantErr   error
 	}{
-		{"all fields", &comfygatev1.SubmitRequest{DeploymentId: "dep", InputJson: input, IdempotencyKey: "key-1"}},
-		{"input only", &comfygatev1.SubmitRequest{InputJson: input}},
-		{"small", &comfygatev1.SubmitRequest{DeploymentId: "dep", InputJson: `{"a":1}`}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			want := proto.Clone(tc.req).(*comfygatev1.SubmitRequest)
-			wire, err := newGatewayCodec().Marshal(tc.req)
-			if err != nil {
-				t.Fatal(err)
+		{name: "large input by reference", req: &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: input, IdempotencyKey: "k"}, wantInput: input},
+		{name: "small input on the wire", req: &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{"a":1}`}, wantInput: `{"a":1}`},
+		{name: "unknown token", req: &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: input},
+			tamper: func(md metadata.MD) { md.Set(handoffHeader, "0123456789abcdef0123456789abcdef") }, wantErr: errHandoffGone},
+		{name: "two tokens", req: &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: input},
+			tamper: func(md metadata.MD) { md.Append(handoffHeader, "x") }, wantErr: errHandoffGone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			orig := proto.Clone(tt.req).(*comfygatev1.SubmitRequest)
+			var gotInput string
+			var gotErr error
+			invoker := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+				// What the server sees: the metadata and the message as sent.
+				md, _ := metadata.FromOutgoingContext(ctx)
+				md = md.Copy()
+				if tt.tamper != nil {
+					tt.tamper(md)
+				}
+				sent := req.(*comfygatev1.SubmitRequest)
+				if len(orig.GetInputJson()) >= largeSubmit && sent.GetInputJson() != "" {
+					t.Errorf("a large input went on the wire")
+				}
+				_, gotErr = server(metadata.NewIncomingContext(ctx, md), proto.Clone(sent), info, func(_ context.Context, req any) (any, error) {
+					sub := req.(*comfygatev1.SubmitRequest)
+					gotInput = sub.GetInputJson()
+					if sub.GetDeploymentId() != orig.GetDeploymentId() || sub.GetIdempotencyKey() != orig.GetIdempotencyKey() {
+						t.Errorf("server got %v, want the fields of %v", sub, orig)
+					}
+					return &comfygatev1.SubmitResponse{}, nil
+				})
+				return gotErr
 			}
-			var got comfygatev1.SubmitRequest
-			if err := newCodec().Unmarshal(chunked(wire.Materialize(), 16<<10), &got); err != nil {
-				t.Fatal(err)
+			err := client(context.Background(), info.FullMethod, tt.req, &comfygatev1.SubmitResponse{}, nil, invoker)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("error %v, want %v", err, tt.wantErr)
 			}
-			if !proto.Equal(&got, want) {
-				t.Errorf("decoded %v, want %v", got.GetDeploymentId(), want.GetDeploymentId())
+			if tt.wantErr == nil && gotInput != tt.wantInput {
+				t.Errorf("the service got an input of %d bytes, want %d", len(gotInput), len(tt.wantInput))
 			}
-			if large := len(want.GetInputJson()) >= largeSubmit; large && tc.req.GetInputJson() != "" {
-				t.Errorf("the gateway's request still holds its input")
+			if n := len(h.inputs); n != 0 {
+				t.Errorf("%d inputs left in the handoff", n)
 			}
 		})
 	}
