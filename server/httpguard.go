@@ -167,6 +167,8 @@ func validIdempotencyHeader(h http.Header) error {
 	return checkIdempotencyKey("Idempotency-Key", vals[0])
 }
 
+// hasBody reports whether a request has a body to read: a declared length,
+// or chunks to come.
 func hasBody(r *http.Request) bool {
 	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 }

@@ -63,14 +63,17 @@ type Config struct {
 	WebhookSecretFile string
 	// webhookSecretFlag records that a secret came on the command line (or
 	// its environment variable), which is worth a warning at start.
-	webhookSecretFlag    bool
-	ReadTimeout          time.Duration
-	IdleTimeout          time.Duration
-	MaxConnectionIdle    time.Duration
-	MaxInflightBodyBytes int64
-	MaxWatchesPerTenant  int
-	ReadRate             float64
-	ReadBurst            int
+	webhookSecretFlag bool
+	// webhookSecretFileOpen records that the secret file may be read by
+	// others than its owner, which is worth a warning at start.
+	webhookSecretFileOpen bool
+	ReadTimeout           time.Duration
+	IdleTimeout           time.Duration
+	MaxConnectionIdle     time.Duration
+	MaxInflightBodyBytes  int64
+	MaxWatchesPerTenant   int
+	ReadRate              float64
+	ReadBurst             int
 }
 
 // envName is the environment variable that sets a flag.
@@ -310,11 +313,14 @@ func splitSecrets(v string) []string {
 // would leave the operator guessing which signs.
 func (c *Config) readSecretFile() error {
 	if len(c.WebhookSecrets) > 0 {
-		return errors.New("--webhook-secret and --webhook-secret-file exclude each other")
+		return errors.New("--webhook-secret (or COMFYGATE_WEBHOOK_SECRET) and --webhook-secret-file exclude each other")
 	}
 	data, err := os.ReadFile(c.WebhookSecretFile)
 	if err != nil {
 		return fmt.Errorf("--webhook-secret-file: %w", err)
+	}
+	if fi, err := os.Stat(c.WebhookSecretFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		c.webhookSecretFileOpen = true
 	}
 	for line := range strings.Lines(string(data)) {
 		line = strings.TrimSpace(line)

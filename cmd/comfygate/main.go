@@ -83,6 +83,9 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 	if cfg.webhookSecretFlag {
 		log.Warn("--webhook-secret on the command line shows in process listings; use --webhook-secret-file or COMFYGATE_WEBHOOK_SECRET")
 	}
+	if cfg.webhookSecretFileOpen {
+		log.Warn("--webhook-secret-file may be read by other users than its owner; chmod 600 it", "file", cfg.WebhookSecretFile)
+	}
 
 	tp, stopTracing, err := newTracer(ctx, getenv)
 	if err != nil {

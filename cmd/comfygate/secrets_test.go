@@ -33,14 +33,20 @@ func TestWebhookSecretSources(t *testing.T) {
 	file := write("secrets", "# current first\n"+secretA+"\n\n"+secretB+"\n")
 	commas := write("commas", secretA+", "+secretB+"\n")
 	empty := write("empty", "# nothing\n\n")
+	open := write("open", secretA+"\n")
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
 		env     map[string]string
 		want    []string
 		warn    bool
+		loose   bool
 		wantErr string
 	}{
+		{name: "file others may read", args: []string{"--webhook-secret-file", open}, want: []string{secretA}, loose: true},
 		{name: "file, one per line", args: []string{"--webhook-secret-file", file}, want: []string{secretA, secretB}},
 		{name: "file, comma-separated", args: []string{"--webhook-secret-file", commas}, want: []string{secretA, secretB}},
 		{name: "file from the environment", env: map[string]string{"COMFYGATE_WEBHOOK_SECRET_FILE": file}, want: []string{secretA, secretB}},
@@ -74,6 +80,9 @@ func TestWebhookSecretSources(t *testing.T) {
 			}
 			if got := cfg.webhookSecretFlag; got != tt.warn {
 				t.Errorf("warn = %v, want %v", got, tt.warn)
+			}
+			if got := cfg.webhookSecretFileOpen; got != tt.loose {
+				t.Errorf("file open to others = %v, want %v", got, tt.loose)
 			}
 		})
 	}
