@@ -27,13 +27,13 @@ import (
 // Set by TestMain: the binaries under test and the Redis tests share (each
 // under its own key prefix).
 var (
-	gatewayBin  string
+	gatewayBin string
 	// plainGatewayBin is the gateway without the race detector, whose
 	// shadow memory would swamp what the memory tests measure; it is
 	// gatewayBin when the tests run without it.
 	plainGatewayBin string
-	simBin      string
-	sharedRedis *redistest.Server
+	simBin          string
+	sharedRedis     *redistest.Server
 )
 
 func TestMain(m *testing.M) {

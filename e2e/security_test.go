@@ -85,8 +85,14 @@ func keyedGateway(ctx context.Context, t *testing.T, upstream string, args ...st
 // the tests that measure memory.
 func keyedGatewayBin(ctx context.Context, t *testing.T, bin, upstream string, args ...string) *gateway {
 	t.Helper()
+	return keyedGatewayKeys(ctx, t, bin, "sec "+securityKey+"\n", upstream, args...)
+}
+
+// keyedGatewayKeys is keyedGatewayBin with the keys file's content.
+func keyedGatewayKeys(ctx context.Context, t *testing.T, bin, keysContent, upstream string, args ...string) *gateway {
+	t.Helper()
 	keys := filepath.Join(t.TempDir(), "keys")
-	if err := os.WriteFile(keys, []byte("sec "+securityKey+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(keys, []byte(keysContent), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	g := &gateway{name: "gateway"}
@@ -311,9 +317,11 @@ func TestNoKeyBodiesAreNeverRead(t *testing.T) {
 	}
 }
 
-// TestInflightBodyBytesAreBounded: with a valid key, bodies in flight are
-// bounded by --max-inflight-body-bytes: past it the answer is 503 with
-// Retry-After, and RunComfy is not called.
+// TestInflightBodyBytesAreBounded: with valid keys, the bodies held at once
+// are bounded by --max-inflight-body-bytes, and one tenant may hold only a
+// quarter of it (or one body, if more): past either, the answer is 503 with
+// Retry-After (gRPC: UNAVAILABLE), and RunComfy is not called. gRPC submits
+// draw from the same budget.
 func TestInflightBodyBytesAreBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary")
@@ -327,56 +335,67 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 	hold := func() { <-release }
 	up.onSubmit.Store(&hold)
 	const body = 8 << 20
-	g := keyedGateway(ctx, t, up.srv.URL, "--max-body-bytes", strconv.Itoa(10<<20), "--max-inflight-body-bytes", strconv.Itoa(4*body))
+	keys := map[string]string{}
+	var keysFile strings.Builder
+	for _, tenant := range []string{"t1", "t2", "t3", "t4", "t5"} {
+		keys[tenant] = tenant + "-key-0123456789abcdef"
+		fmt.Fprintf(&keysFile, "%s %s\n", tenant, keys[tenant])
+	}
+	// Four bodies fill the budget; a tenant's share is one body (the message
+	// limit is more than a quarter of the budget).
+	g := keyedGatewayKeys(ctx, t, gatewayBin, keysFile.String(), up.srv.URL,
+		"--max-body-bytes", strconv.Itoa(body+1<<20), "--max-inflight-body-bytes", strconv.Itoa(4*body+1<<20))
 
 	hc := &http.Client{}
-	post := func() (*http.Response, error) {
+	post := func(tenant string) (int, string, string) {
 		payload := `{"image":"` + strings.Repeat("A", body-12) + `"}`
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.httpAddr+"/v1/deployments/d/requests", strings.NewReader(payload))
 		if err != nil {
-			return nil, err
+			t.Error(err)
+			return 0, "", ""
 		}
-		req.Header.Set("Authorization", "Bearer "+securityKey)
-		return hc.Do(req)
+		req.Header.Set("Authorization", "Bearer "+keys[tenant])
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0, "", ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Retry-After"), string(b)
 	}
-	// Four bodies fill the budget; they wait in RunComfy's submit.
+	refused := func(what string, code int, retryAfter, body string) {
+		t.Helper()
+		if code != http.StatusServiceUnavailable || retryAfter == "" {
+			t.Errorf("%s: HTTP %d, Retry-After %q: %s; want 503 with Retry-After", what, code, retryAfter, body)
+		}
+	}
 	held := make(chan int, 4)
-	for range 4 {
+	go func() {
+		code, _, _ := post("t1")
+		held <- code
+	}()
+	eventually(ctx, t, "t1's submit held upstream", func() bool { return up.submits.Load() == 1 })
+	code, retry, msg := post("t1")
+	refused("t1's second body, past its share", code, retry, msg)
+	for _, tenant := range []string{"t2", "t3", "t4"} {
 		go func() {
-			resp, err := post()
-			if err != nil {
-				held <- 0
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			held <- resp.StatusCode
+			code, _, _ := post(tenant)
+			held <- code
 		}()
 	}
 	eventually(ctx, t, "four submits held upstream", func() bool { return up.submits.Load() == 4 })
-	for i := range 3 {
-		resp, err := post()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-			t.Errorf("submit %d over the budget: HTTP %d, Retry-After %q: %s; want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"), b)
-		}
-	}
-	if n := up.submits.Load(); n != 4 {
-		t.Errorf("RunComfy saw %d submits, want the 4 admitted", n)
-	}
+	code, retry, msg = post("t5")
+	refused("t5's body, past the budget", code, retry, msg)
 
-	// gRPC submits draw from the same budget: one carries up to the message
-	// limit, which no longer fits.
+	// gRPC submits draw from the same budget: one reserves up to the message
+	// limit while it arrives, which no longer fits.
 	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+securityKey)
+	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+keys["t5"])
 	api := comfygatev1.NewGatewayServiceClient(cc)
 	if _, err := api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`}); status.Code(err) != grpccodes.Unavailable {
 		t.Errorf("gRPC submit over the budget: %v, want Unavailable", err)
@@ -390,7 +409,7 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	if want := `comfygate_limit_refusals_total{limit="inflight_bytes"} 4`; !strings.Contains(string(metrics), want) {
+	if want := `comfygate_limit_refusals_total{limit="inflight_bytes"} 3`; !strings.Contains(string(metrics), want) {
 		t.Errorf("metrics do not show %s", want)
 	}
 	releaseOnce.Do(func() { close(release) })
@@ -399,15 +418,9 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 			t.Errorf("admitted submit: HTTP %d, want 200", code)
 		}
 	}
-	// The budget is free again.
-	resp, err := post()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("submit after the others ended: HTTP %d, want 200", resp.StatusCode)
+	// The budget is free again, over both transports.
+	if code, _, msg := post("t1"); code != http.StatusOK {
+		t.Errorf("submit after the others ended: HTTP %d %s, want 200", code, msg)
 	}
 	if _, err := api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`}); err != nil {
 		t.Errorf("gRPC submit after the others ended: %v", err)
@@ -736,7 +749,11 @@ func TestRefusedHeadersAndPaths(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	up := newFakeRunComfy(t)
-	g := keyedGateway(ctx, t, up.srv.URL)
+	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
+	if err := os.WriteFile(secretFile, []byte("refused-headers-webhook-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := keyedGateway(ctx, t, up.srv.URL, "--public-url", "http://127.0.0.1:1", "--webhook-secret-file", secretFile)
 	do := func(method, path string, header map[string][]string, body string) (int, string) {
 		t.Helper()
 		req, err := http.NewRequestWithContext(ctx, method, "http://"+g.httpAddr+path, strings.NewReader(body))
@@ -808,6 +825,52 @@ func TestRefusedHeadersAndPaths(t *testing.T) {
 			}
 		})
 	}
+	// One credential per call: a second Authorization (a list of guesses)
+	// is refused, even beside a valid key.
+	t.Run("two Authorization headers", func(t *testing.T) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/v1/deployments/d/requests/r", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header["Authorization"] = []string{"Bearer guess-0123456789abcdef", "Bearer " + securityKey}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("REST: HTTP %d, want 401", resp.StatusCode)
+		}
+		cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		two := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer guess-0123456789abcdef", "authorization", "Bearer "+securityKey)
+		_, err = comfygatev1.NewGatewayServiceClient(cc).GetStatus(two, &comfygatev1.GetStatusRequest{DeploymentId: "d", RequestId: "r"})
+		if status.Code(err) != grpccodes.Unauthenticated {
+			t.Errorf("gRPC: %v, want Unauthenticated", err)
+		}
+	})
+	// A callback with a wrong token is answered at once, its body unread,
+	// however slowly the body comes.
+	t.Run("callback with a wrong token, slow body", func(t *testing.T) {
+		c, err := net.Dial("tcp", g.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "POST /webhooks/runcomfy/d/wrong-token HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"); err != nil {
+			t.Fatal(err)
+		}
+		// Far less than the 30 s read timeout the body would otherwise get.
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.Contains(line, " 401 ") {
+			t.Errorf("answer %q, %v after %v; want 401 at once", line, err, time.Since(start))
+		}
+	})
 	// The three header cases above that were not refused each submitted once.
 	if n := up.calls.Load(); n != 3 {
 		t.Errorf("RunComfy saw %d calls, want the 3 plain submits", n)

@@ -83,10 +83,10 @@ func public(fullMethod string) bool {
 // key's tenant and whether the key lets it attach.
 func authenticate(ctx context.Context, a Authenticator) (context.Context, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		key, ok := bearerKey(v)
+	if vals := md.Get("authorization"); len(vals) == 1 {
+		key, ok := bearerKey(vals[0])
 		if !ok {
-			continue
+			return nil, errUnauthenticated
 		}
 		if tenant, perms, ok := a.Lookup(key); ok {
 			noteTenant(ctx, tenant)
@@ -106,16 +106,19 @@ func bearerKey(authorization string) (string, bool) {
 	return strings.TrimSpace(key), true
 }
 
-// validBearer reports whether an Authorization value carries a known key;
-// for the checks made before a body or message is read (httpguard.go,
-// grpcguard.go), which need no more than that.
-func validBearer(a Authenticator, authorization string) bool {
-	key, ok := bearerKey(authorization)
-	if !ok {
-		return false
+// bearerTenant is the tenant of a call's Authorization values, when they are
+// one "Bearer KEY" with a known key; for the checks made before a body or
+// message is read (httpguard.go, grpcguard.go). Several values are refused: a
+// call carries one credential, not a list of guesses.
+func bearerTenant(a Authenticator, authorization []string) (string, bool) {
+	if len(authorization) != 1 {
+		return "", false
 	}
-	_, ok = a.Tenant(key)
-	return ok
+	key, ok := bearerKey(authorization[0])
+	if !ok {
+		return "", false
+	}
+	return a.Tenant(key)
 }
 
 // authUnaryInterceptor refuses unauthenticated calls before any handler runs.

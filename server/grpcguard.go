@@ -56,7 +56,7 @@ type streamGuard struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	auth     Authenticator // nil: no keys, every caller is the local user
-	inflight *semaphore.Weighted
+	inflight *inflightBudget
 	maxMsg   int64
 	// gatewayMark is the REST gateway's mark (gatewayHeader): random, known
 	// only to this process.
@@ -82,7 +82,8 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 	if public(info.FullMethodName) {
 		return g.public(ctx, info)
 	}
-	if g.auth != nil && !g.keyed(info.Header) {
+	tenant, ok := g.tenant(info.Header)
+	if !ok {
 		g.refused(ctx, info.FullMethodName, errUnauthenticated)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errUnauthenticated)
 	}
@@ -91,7 +92,7 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 	}
 	// A submit may carry up to the message limit; once it is in, only its
 	// real size stays reserved, until the call ends.
-	if !g.inflight.TryAcquire(g.maxMsg) {
+	if !g.inflight.acquire(tenant, g.maxMsg) {
 		g.metrics.refused(limitInflight)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
 	}
@@ -99,11 +100,11 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 	r := &reservation{g: g}
 	r.msg = func(received int64) {
 		if keep := min(received, held); keep < held {
-			g.inflight.Release(held - keep)
+			g.inflight.release(tenant, held-keep)
 			held = keep
 		}
 	}
-	r.done = func() { g.inflight.Release(held) }
+	r.done = func() { g.inflight.release(tenant, held) }
 	return g.watch(ctx, r), nil
 }
 
@@ -111,7 +112,7 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 // the slots; reflection needs a key when keys are configured (it is tooling,
 // not a probe).
 func (g *streamGuard) public(ctx context.Context, info *tap.Info) (context.Context, error) {
-	if g.auth == nil || g.keyed(info.Header) {
+	if _, ok := g.tenant(info.Header); g.auth == nil || ok {
 		return ctx, nil
 	}
 	if !isHealth(info.FullMethodName) {
@@ -156,14 +157,13 @@ func (g *streamGuard) watch(ctx context.Context, r *reservation) context.Context
 	return context.WithValue(ctx, reservationKey{}, r)
 }
 
-// keyed reports whether the headers carry a valid API key.
-func (g *streamGuard) keyed(md metadata.MD) bool {
-	for _, v := range md.Get("authorization") {
-		if validBearer(g.auth, v) {
-			return true
-		}
+// tenant is the tenant of the call's API key (see bearerTenant); without
+// keys every caller is the local user, "".
+func (g *streamGuard) tenant(md metadata.MD) (string, bool) {
+	if g.auth == nil {
+		return "", true
 	}
-	return false
+	return bearerTenant(g.auth, md.Get("authorization"))
 }
 
 // fromGateway reports whether the call is the REST gateway's own.

@@ -13,7 +13,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc/status"
 )
 
@@ -33,10 +32,10 @@ type bodyGuard struct {
 	metrics  *Metrics
 	auth     Authenticator // nil: every caller is the one local tenant
 	maxBody  int64
-	inflight *semaphore.Weighted
+	inflight *inflightBudget
 }
 
-func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *semaphore.Weighted) *bodyGuard {
+func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *inflightBudget) *bodyGuard {
 	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: inflight}
 }
 
@@ -47,7 +46,8 @@ func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, 
 // reading the body.
 func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if g.auth != nil && !g.authenticated(r.Header) {
+		tenant, ok := g.tenant(r.Header)
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="comfygate"`)
 			g.refuse(w, r, status.Convert(toStatus(r.Context(), g.log, "", errUnauthenticated)))
 			return
@@ -71,13 +71,13 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 		if n < 0 {
 			n = g.maxBody
 		}
-		if !g.inflight.TryAcquire(n) {
+		if !g.inflight.acquire(tenant, n) {
 			g.metrics.refused(limitInflight)
 			w.Header().Set("Retry-After", inflightRetryAfter)
 			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", errInflightFull)))
 			return
 		}
-		defer g.inflight.Release(n)
+		defer g.inflight.release(tenant, n)
 		r.Body = &sizedBody{ReadCloser: http.MaxBytesReader(w, r.Body, g.maxBody), size: max(r.ContentLength, 0)}
 		h.ServeHTTP(w, r)
 	})
@@ -135,15 +135,14 @@ type sizedBody struct {
 	size int64
 }
 
-// authenticated reports whether the request carries a known API key, read as
-// the gRPC interceptor reads it (authenticate in auth.go).
-func (g *bodyGuard) authenticated(h http.Header) bool {
-	for _, v := range h.Values("Authorization") {
-		if validBearer(g.auth, v) {
-			return true
-		}
+// tenant is the tenant of the request's API key, read as the gRPC
+// interceptor reads it (authenticate in auth.go): one Authorization header,
+// "Bearer KEY". Without keys every caller is the local user, "".
+func (g *bodyGuard) tenant(h http.Header) (string, bool) {
+	if g.auth == nil {
+		return "", true
 	}
-	return false
+	return bearerTenant(g.auth, h.Values("Authorization"))
 }
 
 // validIdempotencyHeader refuses an Idempotency-Key the gateway could not

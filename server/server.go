@@ -177,7 +177,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
 	// Bodies (REST) and messages (gRPC) held at once draw from one budget.
-	inflight := semaphore.NewWeighted(cfg.MaxInflightBodyBytes)
+	inflight := newInflightBudget(cfg.MaxInflightBodyBytes, int64(maxMsg), cfg.Auth != nil)
 	guard := &streamGuard{
 		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight, maxMsg: int64(maxMsg),
 		gatewayMark:   handoff.mark,

@@ -82,16 +82,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// and costs nothing beyond one MAC.
 	deploymentID, token, ok := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix), "/")
 	if !ok || !runcomfy.ValidID(deploymentID) || !h.signer.Verify(deploymentID, token) {
-		h.reject(w, r, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
+		h.rejectUnread(w, r, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		h.reject(w, r, ReasonMethod, http.StatusMethodNotAllowed, "callbacks are POST")
+		h.rejectUnread(w, r, ReasonMethod, http.StatusMethodNotAllowed, "callbacks are POST")
 		return
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		h.reject(w, r, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
+		h.rejectUnread(w, r, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -143,6 +143,16 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, reason string, 
 	// The path holds the callback token: log the reason, never the URL.
 	h.log.InfoContext(r.Context(), "callback refused", "reason", reason, "code", code)
 	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// rejectUnread refuses a callback whose body was not read, and closes the
+// connection after the answer: net/http would otherwise read (up to 256 KiB
+// of) the body before answering, at the sender's pace.
+func (h *Handler) rejectUnread(w http.ResponseWriter, r *http.Request, reason string, code int, msg string) {
+	if r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
+	h.reject(w, r, reason, code, msg)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -125,7 +125,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.UintVar(&cfg.MaxStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most gRPC calls and watch streams one client connection may have open at once; a Go client queues more, other clients see them refused")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
-	fs.Usage = func() {
+	// The usage goes out for --help only: a bad flag is one error line (in
+	// the log format asked for, see main.go), not the whole list.
+	usage := func() {
 		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
 		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
 		fmt.Fprintf(fs.Output(), "The RunComfy API token is read from %s only.\n\nFlags:\n", tokenEnv)
@@ -138,6 +140,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 			fmt.Fprintln(fs.Output(), ")")
 		})
 	}
+	fs.Usage = func() {}
 
 	var envErrs []error
 	fs.VisitAll(func(f *flag.Flag) {
@@ -150,8 +153,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	// Only a secret on the command line shows in process listings; one from
 	// the environment does not.
 	cfg.webhookSecretFlag = false
-	if err := fs.Parse(args); err != nil {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage()
 		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("%w (comfygate --help lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
 		envErrs = append(envErrs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
@@ -262,6 +272,14 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	for _, r := range []struct {
+		flag string
+		v    float64
+	}{{"--submit-rate", c.SubmitRate}, {"--read-rate", c.ReadRate}} {
+		if math.IsNaN(r.v) || math.IsInf(r.v, 0) {
+			errs = append(errs, fmt.Errorf("%s must be a finite number", r.flag))
+		}
 	}
 	if c.SubmitRate < 0 || c.SubmitBurst < 1 {
 		errs = append(errs, errors.New("--submit-rate must not be negative and --submit-burst must be at least 1"))

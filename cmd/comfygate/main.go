@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,6 +61,12 @@ func main() {
 func realMain(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) && requestedLogFormat(args, getenv) == "json" {
+			// Before the logger exists, but the operator asked for JSON: the
+			// error is one JSON record too.
+			slog.New(slog.NewJSONHandler(stderr, nil)).Error("comfygate did not start", "error", err)
+			return loggedError{err}
+		}
 		return err
 	}
 	sink := newLogSink(stderr)
@@ -331,6 +338,23 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		return srv.Run(ctx)
 	})
 	return nil
+}
+
+// requestedLogFormat is the --log-format that args or the environment ask
+// for, read without parsing the rest: for an error found while parsing.
+func requestedLogFormat(args []string, getenv func(string) string) string {
+	format := getenv(envName("log-format"))
+	for i, a := range args {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "log-format" || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if !hasValue && i+1 < len(args) {
+			value = args[i+1]
+		}
+		format = value
+	}
+	return format
 }
 
 // loggedError is an error realMain has already logged, in the chosen format.
