@@ -923,3 +923,53 @@ func TestSlowHandlerOutlivesTheReadTimeout(t *testing.T) {
 		t.Logf("submit %d: 200 after %v", i+1, time.Since(start))
 	}
 }
+
+// TestConnectionsAreBounded: past --max-connections a listener accepts no
+// more until one closes, so a flood of keyless connections cannot take the
+// process's file descriptors; once they go, the gateway serves again.
+func TestConnectionsAreBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	up := newFakeRunComfy(t)
+	const limit = 50
+	g := keyedGateway(ctx, t, up.srv.URL, "--max-connections", strconv.Itoa(limit))
+	pid := g.proc.cmd.Process.Pid
+	base := openFDs(t, pid)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, addr := range []string{g.httpAddr, g.grpcAddr} {
+		for range 2 * limit {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+			// Half a request: the gateway holds the connection, waiting.
+			_, _ = io.WriteString(c, "GET /healthz HTTP/1.1\r\n")
+		}
+	}
+	eventually(ctx, t, "both listeners at their limit", func() bool { return openFDs(t, pid) >= base+2*limit })
+	if n := openFDs(t, pid); n > base+2*limit+2 {
+		t.Errorf("the gateway holds %d descriptors for %d connections, want at most %d", n, 4*limit, base+2*limit+2)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	eventually(ctx, t, "descriptors back to the baseline", func() bool { return openFDs(t, pid) <= base })
+	resp, err := http.Get("http://" + g.httpAddr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz after the flood: HTTP %d", resp.StatusCode)
+	}
+}

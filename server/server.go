@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
@@ -80,6 +81,9 @@ type Config struct {
 	// Limits, when set, applies the per-tenant limits (reads, watch streams)
 	// to every call after authentication.
 	Limits *TenantLimits
+	// MaxConnections bounds the connections each listener holds open; 0 is
+	// no bound.
+	MaxConnections int
 }
 
 // Defaults of the limits every listener applies; the flags of the same names
@@ -92,6 +96,7 @@ const (
 	DefaultMaxWatchesPerTenant  = 1000
 	DefaultReadRate             = 20
 	DefaultReadBurst            = 40
+	DefaultMaxConnections       = 10000
 )
 
 // maxHeaderListSize bounds a gRPC call's headers (its metadata).
@@ -154,6 +159,14 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		s.grpcLis.Close()
 		return nil, fmt.Errorf("listen HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	// Past MaxConnections a listener stops accepting until one closes: new
+	// clients wait in the kernel's queue, and the process keeps descriptors
+	// for what it has (Redis, RunComfy, the connections it serves) instead
+	// of failing every accept with "too many open files".
+	if cfg.MaxConnections > 0 {
+		s.grpcLis = netutil.LimitListener(s.grpcLis, cfg.MaxConnections)
+		s.httpLis = netutil.LimitListener(s.httpLis, cfg.MaxConnections)
 	}
 
 	// A message carries the input plus a little framing.

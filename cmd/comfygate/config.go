@@ -74,6 +74,7 @@ type Config struct {
 	MaxWatchesPerTenant   int
 	ReadRate              float64
 	ReadBurst             int
+	MaxConnections        int
 }
 
 // envName is the environment variable that sets a flag.
@@ -107,6 +108,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "how long an idle HTTP keep-alive connection stays open")
 	fs.DurationVar(&cfg.MaxConnectionIdle, "max-connection-idle", server.DefaultMaxConnectionIdle, "how long a gRPC connection with no call or stream open stays open")
 	fs.Int64Var(&cfg.MaxInflightBodyBytes, "max-inflight-body-bytes", server.DefaultMaxInflightBodyBytes, "most `bytes` of REST request bodies this replica holds at once; past it, 503 with Retry-After")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", server.DefaultMaxConnections, "most connections each listener (gRPC, HTTP) holds open; past it, new ones wait until one closes. Keep both together under the open-file limit (ulimit -n); 0 is unlimited")
 	fs.IntVar(&cfg.MaxWatchesPerTenant, "max-watches-per-tenant", server.DefaultMaxWatchesPerTenant, "most watch streams (gRPC, NDJSON and SSE together) one tenant may have open on this replica; past it, RESOURCE_EXHAUSTED (429); 0 is unlimited")
 	fs.Float64Var(&cfg.ReadRate, "read-rate", server.DefaultReadRate, "reads per second each tenant may make (GetStatus, GetResult, Cancel, watch opens); cluster-wide with --redis-url; 0 is unlimited")
 	fs.IntVar(&cfg.ReadBurst, "read-burst", server.DefaultReadBurst, "reads a tenant may make at once before --read-rate applies")
@@ -301,6 +303,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInflightBodyBytes < c.MaxBodyBytes {
 		errs = append(errs, fmt.Errorf("--max-inflight-body-bytes (%d) must be at least --max-body-bytes (%d): one body must fit", c.MaxInflightBodyBytes, c.MaxBodyBytes))
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, errors.New("--max-connections must not be negative"))
 	}
 	if c.MaxWatchesPerTenant < 0 {
 		errs = append(errs, errors.New("--max-watches-per-tenant must not be negative"))

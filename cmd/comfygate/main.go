@@ -178,6 +178,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		IdleTimeout:          cfg.IdleTimeout,
 		MaxConnectionIdle:    cfg.MaxConnectionIdle,
 		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,
+		MaxConnections:       cfg.MaxConnections,
 	}
 	if tp != nil {
 		srvCfg.Tracer = tp
