@@ -390,8 +390,9 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 	code, retry, msg = post("t5")
 	refused("t5's body, past the budget", code, retry, msg)
 
-	// gRPC submits draw from the same budget: one reserves up to the message
-	// limit while it arrives, which no longer fits.
+	// gRPC submits draw from the same budget: one needs room for a message
+	// of the limit's size before it is read, which is not there; it waits
+	// (HTTP/2 holds what its client sends back) until its deadline.
 	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -399,9 +400,17 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 	defer cc.Close()
 	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+keys["t5"])
 	api := comfygatev1.NewGatewayServiceClient(cc)
-	if _, err := api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`}); status.Code(err) != grpccodes.Unavailable {
-		t.Errorf("gRPC submit over the budget: %v, want Unavailable", err)
+	short, cancelShort := context.WithTimeout(authed, 500*time.Millisecond)
+	defer cancelShort()
+	if _, err := api.Submit(short, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`}); status.Code(err) != grpccodes.DeadlineExceeded {
+		t.Errorf("gRPC submit over the budget: %v, want DeadlineExceeded after waiting", err)
 	}
+	// One that waits without a deadline goes through once room is made.
+	waited := make(chan error, 1)
+	go func() {
+		_, err := api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`})
+		waited <- err
+	}()
 	if n := up.submits.Load(); n != 4 {
 		t.Errorf("RunComfy saw %d submits, want the 4 admitted", n)
 	}
@@ -411,7 +420,7 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	if want := `comfygate_limit_refusals_total{limit="inflight_bytes"} 3`; !strings.Contains(string(metrics), want) {
+	if want := `comfygate_limit_refusals_total{limit="inflight_bytes"} 2`; !strings.Contains(string(metrics), want) {
 		t.Errorf("metrics do not show %s", want)
 	}
 	releaseOnce.Do(func() { close(release) })
@@ -419,6 +428,9 @@ func TestInflightBodyBytesAreBounded(t *testing.T) {
 		if code := <-held; code != http.StatusOK {
 			t.Errorf("admitted submit: HTTP %d, want 200", code)
 		}
+	}
+	if err := <-waited; err != nil {
+		t.Errorf("gRPC submit that waited for room: %v", err)
 	}
 	// The budget is free again, over both transports.
 	if code, _, msg := post("t1"); code != http.StatusOK {
@@ -950,5 +962,54 @@ func TestConnectionsAreBounded(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz after the flood: HTTP %d", resp.StatusCode)
+	}
+}
+
+// TestGRPCSubmitsWaitForRoom: many large gRPC submits at once from one
+// tenant (the flood that once took gigabytes) are received a few at a time,
+// within the bytes in flight: the others wait, held back by HTTP/2's flow
+// control, and all go through.
+func TestGRPCSubmitsWaitForRoom(t *testing.T) {
+	ctx, up := attackSetup(t)
+	const (
+		body   = 8 << 20
+		budget = 64 << 20
+		calls  = 40
+	)
+	g := keyedGatewayBin(ctx, t, plainGatewayBin, up.srv.URL, "--max-body-bytes", strconv.Itoa(body+1<<20),
+		"--max-inflight-body-bytes", strconv.Itoa(budget), "--upstream-timeout", "20s")
+	pid := g.proc.cmd.Process.Pid
+	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(16<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	api := comfygatev1.NewGatewayServiceClient(cc)
+	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+securityKey)
+	input := `{"image":"` + strings.Repeat("A", body-12) + `"}`
+	before := procStatus(t, pid, "VmHWM")
+	var wg sync.WaitGroup
+	errs := make([]error, calls)
+	for i := range calls {
+		wg.Go(func() {
+			_, errs[i] = api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: input})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("submit %d: %v", i, err)
+		}
+	}
+	if n := up.submits.Load(); n != calls {
+		t.Errorf("RunComfy saw %d submits, want %d", n, calls)
+	}
+	grew := procStatus(t, pid, "VmHWM") - before
+	t.Logf("peak RSS grew by %.1f MiB for %d x %d MiB gRPC submits at once, with %d MiB in flight", float64(grew)/(1<<10), calls, body>>20, budget>>20)
+	// The budget, the decoding copy of the messages being read, and the
+	// flow-control windows of the waiting streams: far from calls x body.
+	if limit := int64(2*budget+32<<20) >> 10; grew > limit {
+		t.Errorf("peak RSS grew by %d KiB, want at most %d KiB", grew, limit)
 	}
 }

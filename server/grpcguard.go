@@ -35,6 +35,16 @@ const (
 	// maxPublicMessages bounds the keyless messages being received at once:
 	// at most this many times --max-body-bytes.
 	maxPublicMessages = 2
+	// maxWaitingSubmits bounds the gRPC submits of one tenant waiting for
+	// room in the bytes in flight; each holds up to submitStreamWindow of its
+	// message meanwhile.
+	maxWaitingSubmits = 256
+	// submitStreamWindow is a stream's HTTP/2 receive window: what a client
+	// may send before the gateway reads it. It is fixed (no BDP estimate),
+	// so that a stream waiting for room holds at most that much.
+	submitStreamWindow = 256 << 10
+	// connWindow is a connection's receive window, beside it.
+	connWindow = 16 << 20
 	// publicReceiveTimeout bounds the time a keyless health message may take
 	// to arrive, so that a slow sender cannot hold a slot.
 	publicReceiveTimeout = 5 * time.Second
@@ -64,15 +74,27 @@ type streamGuard struct {
 
 	publicStreams  *semaphore.Weighted
 	publicMessages *semaphore.Weighted
+
+	mu      sync.Mutex
+	waiting map[string]int // submits waiting for room, by tenant; absent is 0
 }
 
 // reservation is what a stream holds until its message is in (msg) and until
 // it ends (the rest); each is given back once.
 type reservation struct {
-	g    *streamGuard
-	mu   sync.Mutex
-	msg  func(received int64) // called at the message's arrival
-	done func()
+	g *streamGuard
+	// tenant and wait: the stream must wait for room for a message of the
+	// limit's size before it is read (a submit).
+	tenant string
+	wait   bool
+	// waiting: counted among the tenant's waiting submits.
+	waiting bool
+
+	mu       sync.Mutex
+	ended    bool
+	msg      func(received int64) // called at the message's arrival
+	reserved func(n int64)        // called once room is taken
+	done     func()
 }
 
 type reservationKey struct{}
@@ -90,22 +112,56 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 	if info.FullMethodName != comfygatev1.GatewayService_Submit_FullMethodName || g.fromGateway(info.Header) {
 		return ctx, nil
 	}
-	// A submit may carry up to the message limit; once it is in, only its
-	// real size stays reserved, until the call ends.
-	if !g.inflight.acquire(tenant, g.maxMsg) {
+	// A submit may carry up to the message limit: before its message is
+	// read (InHeader, on the stream's own goroutine: the tap must not wait)
+	// it waits for that much room; once the message is in, only its real
+	// size stays reserved, until the call ends.
+	if !g.startWaiting(tenant) {
 		g.metrics.refused(limitInflight)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
 	}
-	held := g.maxMsg
-	r := &reservation{g: g}
+	var held int64
+	r := &reservation{g: g, tenant: tenant, wait: true, waiting: true}
 	r.msg = func(received int64) {
 		if keep := min(received, held); keep < held {
 			g.inflight.release(tenant, held-keep)
 			held = keep
 		}
 	}
-	r.done = func() { g.inflight.release(tenant, held) }
+	r.reserved = func(n int64) { held = n }
+	r.done = func() {
+		r.stopWaiting()
+		g.inflight.release(tenant, held)
+		held = 0
+	}
 	return g.watch(ctx, r), nil
+}
+
+// startWaiting counts one more submit of tenant waiting for room, unless
+// there are already as many as may wait.
+func (g *streamGuard) startWaiting(tenant string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting[tenant] >= maxWaitingSubmits {
+		return false
+	}
+	g.waiting[tenant]++
+	return true
+}
+
+// stopWaiting counts a submit that no longer waits, once; r.mu is held.
+func (r *reservation) stopWaiting() {
+	if !r.waiting {
+		return
+	}
+	r.waiting = false
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	if n := r.g.waiting[r.tenant] - 1; n > 0 {
+		r.g.waiting[r.tenant] = n
+	} else {
+		delete(r.g.waiting, r.tenant)
+	}
 }
 
 // public admits a keyless call of a public service: a Health call, within
@@ -152,6 +208,7 @@ func (g *streamGuard) watch(ctx context.Context, r *reservation) context.Context
 		defer r.mu.Unlock()
 		r.msg(0)
 		r.done()
+		r.ended = true
 		r.msg, r.done = func(int64) {}, func() {}
 	})
 	return context.WithValue(ctx, reservationKey{}, r)
@@ -188,21 +245,43 @@ func isHealth(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
 }
 
-// HandleRPC shrinks a stream's reservation once its message is in: from
-// then on the message's own size (or nothing, for a health check) is what it
-// holds. It is the guard's stats.Handler side.
+// HandleRPC is the guard's stats.Handler side: a submit's stream waits for
+// room before its message is read (InHeader), and its reservation shrinks
+// once the message is in (InPayload): from then on the message's own size
+// (or nothing, for a health check) is what it holds.
 func (g *streamGuard) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	in, ok := s.(*stats.InPayload)
-	if !ok {
-		return
-	}
 	r, ok := ctx.Value(reservationKey{}).(*reservation)
 	if !ok {
 		return
 	}
+	switch s := s.(type) {
+	case *stats.InHeader:
+		if r.wait {
+			g.reserve(ctx, r)
+		}
+	case *stats.InPayload:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.msg(int64(s.Length))
+	}
+}
+
+// reserve waits for room for a message of the limit's size, on the stream's
+// goroutine before its message is read. A stream whose context ends first
+// (its deadline, its client gone) takes nothing, and its read fails.
+func (g *streamGuard) reserve(ctx context.Context, r *reservation) {
+	err := g.inflight.acquireWait(ctx, r.tenant, g.maxMsg)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.msg(int64(in.Length))
+	r.stopWaiting()
+	if err != nil {
+		return
+	}
+	if r.ended {
+		g.inflight.release(r.tenant, g.maxMsg)
+		return
+	}
+	r.reserved(g.maxMsg)
 }
 
 // TagRPC keeps the context: the tap put the reservation in it.

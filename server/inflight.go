@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"fmt"
 	"sync"
 
 	"golang.org/x/sync/semaphore"
@@ -15,8 +17,8 @@ type inflightBudget struct {
 	total *semaphore.Weighted
 	share int64 // most one tenant may hold; 0: no share (one tenant)
 
-	mu   sync.Mutex
-	held map[string]int64 // by tenant; absent is 0
+	mu      sync.Mutex
+	tenants map[string]*semaphore.Weighted // each of size share; made on first use
 }
 
 // tenantShareDivisor: a tenant may hold a quarter of the budget (or one
@@ -24,46 +26,71 @@ type inflightBudget struct {
 const tenantShareDivisor = 4
 
 func newInflightBudget(total, maxBody int64, tenants bool) *inflightBudget {
-	b := &inflightBudget{total: semaphore.NewWeighted(total), held: map[string]int64{}}
+	b := &inflightBudget{total: semaphore.NewWeighted(total), tenants: map[string]*semaphore.Weighted{}}
 	if tenants {
 		b.share = max(total/tenantShareDivisor, maxBody)
 	}
 	return b
 }
 
-// acquire takes n bytes for tenant, or reports that they are not there.
+// tenant is tenant's own share, nil without shares. Tenants are the keys
+// file's, few: their semaphores are kept.
+func (b *inflightBudget) tenant(tenant string) *semaphore.Weighted {
+	if b.share == 0 {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.tenants[tenant]
+	if s == nil {
+		s = semaphore.NewWeighted(b.share)
+		b.tenants[tenant] = s
+	}
+	return s
+}
+
+// acquire takes n bytes for tenant at once, or reports that they are not
+// there (a REST body, refused with 503).
 func (b *inflightBudget) acquire(tenant string, n int64) bool {
-	if b.share > 0 {
-		b.mu.Lock()
-		if b.held[tenant]+n > b.share {
-			b.mu.Unlock()
-			return false
-		}
-		b.held[tenant] += n
-		b.mu.Unlock()
+	t := b.tenant(tenant)
+	if t != nil && !t.TryAcquire(n) {
+		return false
 	}
 	if !b.total.TryAcquire(n) {
-		b.giveBack(tenant, n)
+		if t != nil {
+			t.Release(n)
+		}
 		return false
 	}
 	return true
 }
 
-// release gives back n bytes of tenant's.
-func (b *inflightBudget) release(tenant string, n int64) {
-	b.total.Release(n)
-	b.giveBack(tenant, n)
+// acquireWait takes n bytes for tenant, waiting for them until ctx ends (a
+// gRPC message, whose sender waits meanwhile: HTTP/2's flow control holds
+// what it sends back).
+func (b *inflightBudget) acquireWait(ctx context.Context, tenant string, n int64) error {
+	t := b.tenant(tenant)
+	if t != nil {
+		if err := t.Acquire(ctx, n); err != nil {
+			return fmt.Errorf("waiting for room in the bytes in flight: %w", err)
+		}
+	}
+	if err := b.total.Acquire(ctx, n); err != nil {
+		if t != nil {
+			t.Release(n)
+		}
+		return fmt.Errorf("waiting for room in the bytes in flight: %w", err)
+	}
+	return nil
 }
 
-func (b *inflightBudget) giveBack(tenant string, n int64) {
-	if b.share == 0 {
+// release gives back n bytes of tenant's.
+func (b *inflightBudget) release(tenant string, n int64) {
+	if n <= 0 {
 		return
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if left := b.held[tenant] - n; left > 0 {
-		b.held[tenant] = left
-	} else {
-		delete(b.held, tenant)
+	b.total.Release(n)
+	if t := b.tenant(tenant); t != nil {
+		t.Release(n)
 	}
 }

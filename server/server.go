@@ -195,10 +195,12 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight, maxMsg: int64(maxMsg),
 		gatewayMark:   handoff.mark,
 		publicStreams: semaphore.NewWeighted(maxPublicStreams), publicMessages: semaphore.NewWeighted(maxPublicMessages),
+		waiting: map[string]int{},
 	}
 	opts = append(opts, grpc.InTapHandle(guard.tap), grpc.StatsHandler(guard),
 		// Metadata is a few headers; grpc-go would take 16 MiB of them.
-		grpc.MaxHeaderListSize(maxHeaderListSize))
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.InitialWindowSize(submitStreamWindow), grpc.InitialConnWindowSize(connWindow))
 	var clientOpts []grpc.DialOption
 	if cfg.Tracer != nil {
 		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
