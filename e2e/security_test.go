@@ -965,10 +965,11 @@ func TestConnectionsAreBounded(t *testing.T) {
 	}
 }
 
-// TestGRPCSubmitsWaitForRoom: many large gRPC submits at once from one
-// tenant (the flood that once took gigabytes) are received a few at a time,
-// within the bytes in flight: the others wait, held back by HTTP/2's flow
-// control, and all go through.
+// TestGRPCSubmitsWaitForRoom: many large gRPC messages at once from one
+// tenant (the floods that once took gigabytes), oversized GetStatus messages
+// and then submits, are received a few at a time, within the bytes in
+// flight: the others wait, held back by HTTP/2's flow control. The submits
+// all go through.
 func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	ctx, up := attackSetup(t)
 	const (
@@ -987,9 +988,33 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	defer cc.Close()
 	api := comfygatev1.NewGatewayServiceClient(cc)
 	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+securityKey)
-	input := `{"image":"` + strings.Repeat("A", body-12) + `"}`
+	// Any other call's message is a few bytes, but gRPC receives whatever
+	// is sent, up to the limit, before it can be refused: those wait for
+	// room too.
 	before := procStatus(t, pid, "VmHWM")
+	huge := strings.Repeat("r", body)
+	codes := make([]grpccodes.Code, 2*calls)
 	var wg sync.WaitGroup
+	for i := range codes {
+		wg.Go(func() {
+			_, err := api.GetStatus(authed, &comfygatev1.GetStatusRequest{DeploymentId: "d", RequestId: huge})
+			codes[i] = status.Code(err)
+		})
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != grpccodes.Internal { // gRPC's code for a message its codec refuses
+			t.Errorf("GetStatus %d with an %d MiB id: %v, want Internal", i, body>>20, c)
+		}
+	}
+	grew := procStatus(t, pid, "VmHWM") - before
+	t.Logf("peak RSS grew by %.1f MiB for %d x %d MiB GetStatus messages at once", float64(grew)/(1<<10), len(codes), body>>20)
+	if limit := int64(2*budget+32<<20) >> 10; grew > limit {
+		t.Errorf("peak RSS grew by %d KiB, want at most %d KiB", grew, limit)
+	}
+
+	input := `{"image":"` + strings.Repeat("A", body-12) + `"}`
+	before = procStatus(t, pid, "VmHWM")
 	errs := make([]error, calls)
 	for i := range calls {
 		wg.Go(func() {
@@ -1005,11 +1030,16 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	if n := up.submits.Load(); n != calls {
 		t.Errorf("RunComfy saw %d submits, want %d", n, calls)
 	}
-	grew := procStatus(t, pid, "VmHWM") - before
+	grew = procStatus(t, pid, "VmHWM") - before
 	t.Logf("peak RSS grew by %.1f MiB for %d x %d MiB gRPC submits at once, with %d MiB in flight", float64(grew)/(1<<10), calls, body>>20, budget>>20)
 	// The budget, the decoding copy of the messages being read, and the
 	// flow-control windows of the waiting streams: far from calls x body.
 	if limit := int64(2*budget+32<<20) >> 10; grew > limit {
 		t.Errorf("peak RSS grew by %d KiB, want at most %d KiB", grew, limit)
+	}
+
+	// And the service still serves.
+	if _, err := api.Submit(authed, &comfygatev1.SubmitRequest{DeploymentId: "d", InputJson: `{}`}); err != nil {
+		t.Errorf("submit after the flood: %v", err)
 	}
 }

@@ -34,7 +34,10 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMsg), grpc.MaxCallRecvMsgSize(maxMsg)),
 		// A large submit's input goes to the service by reference (handoff.go).
+		// and every call carries the gateway's mark: its body was counted
+		// when it arrived over HTTP (grpcguard.go).
 		grpc.WithChainUnaryInterceptor(h.clientInterceptor()),
+		grpc.WithChainStreamInterceptor(h.streamClientInterceptor()),
 	}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial gRPC server for REST gateway: %w", err)

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"strings"
@@ -48,6 +47,9 @@ const (
 	// publicReceiveTimeout bounds the time a keyless health message may take
 	// to arrive, so that a slow sender cannot hold a slot.
 	publicReceiveTimeout = 5 * time.Second
+	// smallReceiveTimeout bounds the time any request message but a
+	// submit's, a few bytes, may take to arrive once it has room.
+	smallReceiveTimeout = 5 * time.Second
 )
 
 // gatewayHeader carries the REST gateway's mark on its own calls: their
@@ -68,9 +70,11 @@ type streamGuard struct {
 	auth     Authenticator // nil: no keys, every caller is the local user
 	inflight *inflightBudget
 	maxMsg   int64
-	// gatewayMark is the REST gateway's mark (gatewayHeader): random, known
-	// only to this process.
-	gatewayMark string
+	// gateway tells the REST gateway's own calls (its mark), whose bodies
+	// were counted when they arrived over HTTP.
+	gateway *handoff
+	// readTimeout bounds the time a submit's message may take to arrive.
+	readTimeout time.Duration
 
 	publicStreams  *semaphore.Weighted
 	publicMessages *semaphore.Weighted
@@ -109,26 +113,44 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 		g.refused(ctx, info.FullMethodName, errUnauthenticated)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errUnauthenticated)
 	}
-	if info.FullMethodName != comfygatev1.GatewayService_Submit_FullMethodName || g.fromGateway(info.Header) {
+	if g.gateway.fromGateway(info.Header) {
 		return ctx, nil
 	}
-	// A submit may carry up to the message limit: before its message is
-	// read (InHeader, on the stream's own goroutine: the tap must not wait)
-	// it waits for that much room; once the message is in, only its real
-	// size stays reserved, until the call ends.
-	if !g.startWaiting(tenant) {
+	// Any message may be as large as the limit, and gRPC receives it whole
+	// before anything can look at it: before it is read (InHeader, on the
+	// stream's own goroutine, since the tap must not wait) a stream waits for
+	// that much room; once the message is in, only its real size stays
+	// reserved, until the call ends. Once it has room, the message must
+	// arrive in time: a submit's within the read timeout, any other (a few
+	// bytes) within smallReceiveTimeout.
+	submit := info.FullMethodName == comfygatev1.GatewayService_Submit_FullMethodName
+	if submit && !g.startWaiting(tenant) {
 		g.metrics.refused(limitInflight)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
 	}
-	var held int64
-	r := &reservation{g: g, tenant: tenant, wait: true, waiting: true}
+	ctx, cancel := context.WithCancel(ctx)
+	receive := smallReceiveTimeout
+	if submit {
+		receive = g.readTimeout
+	}
+	var (
+		held int64
+		late *time.Timer
+	)
+	r := &reservation{g: g, tenant: tenant, wait: true, waiting: submit}
 	r.msg = func(received int64) {
+		if late != nil {
+			late.Stop()
+		}
 		if keep := min(received, held); keep < held {
 			g.inflight.release(tenant, held-keep)
 			held = keep
 		}
 	}
-	r.reserved = func(n int64) { held = n }
+	r.reserved = func(n int64) {
+		held = n
+		late = time.AfterFunc(receive, cancel)
+	}
 	r.done = func() {
 		r.stopWaiting()
 		g.inflight.release(tenant, held)
@@ -221,12 +243,6 @@ func (g *streamGuard) tenant(md metadata.MD) (string, bool) {
 		return "", true
 	}
 	return bearerTenant(g.auth, md.Get("authorization"))
-}
-
-// fromGateway reports whether the call is the REST gateway's own.
-func (g *streamGuard) fromGateway(md metadata.MD) bool {
-	v := md.Get(gatewayHeader)
-	return len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(g.gatewayMark)) == 1
 }
 
 // refused logs a call refused for want of a key, as the access log logs a

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"sync"
 
@@ -67,20 +68,17 @@ func (h *handoff) take(token string) (string, bool) {
 	return input, ok
 }
 
-// clientInterceptor is the REST gateway connection's side: every Submit
-// carries the gateway's mark, and a large one is sent with its input left in
-// the handoff. The gateway's request lets go of
+// clientInterceptor is the REST gateway connection's side: every call
+// carries the gateway's mark, and a large Submit is sent with its input left
+// in the handoff. The gateway's request lets go of
 // its input (grpc-gateway builds each request for one call and never reads it
 // again), so the handoff holds the only reference until the server takes it;
 // whatever the call's outcome, nothing is left behind.
 func (h *handoff) clientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		sub, ok := req.(*comfygatev1.SubmitRequest)
-		if !ok {
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}
 		ctx = metadata.AppendToOutgoingContext(ctx, gatewayHeader, h.mark)
-		if len(sub.GetInputJson()) < largeSubmit {
+		sub, ok := req.(*comfygatev1.SubmitRequest)
+		if !ok || len(sub.GetInputJson()) < largeSubmit {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		token := h.put(sub.GetInputJson())
@@ -89,6 +87,20 @@ func (h *handoff) clientInterceptor() grpc.UnaryClientInterceptor {
 		sub.InputJson = ""
 		return invoker(metadata.AppendToOutgoingContext(ctx, handoffHeader, token), method, ref, reply, cc, opts...)
 	}
+}
+
+// streamClientInterceptor marks the REST gateway's streams (watches) as its
+// own.
+func (h *handoff) streamClientInterceptor() grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return streamer(metadata.AppendToOutgoingContext(ctx, gatewayHeader, h.mark), desc, cc, method, opts...)
+	}
+}
+
+// fromGateway reports whether md carries the REST gateway's mark.
+func (h *handoff) fromGateway(md metadata.MD) bool {
+	v := md.Get(gatewayHeader)
+	return len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(h.mark)) == 1
 }
 
 // serverInterceptor is the service's side: a Submit that names a handed-off
@@ -106,6 +118,10 @@ func (h *handoff) serverInterceptor() grpc.UnaryServerInterceptor {
 		case len(tokens) == 0:
 			return handler(ctx, req)
 		case len(tokens) > 1 || sub.GetInputJson() != "":
+			return nil, errHandoffGone
+		}
+		// Only the REST gateway hands inputs over.
+		if md, _ := metadata.FromIncomingContext(ctx); !h.fromGateway(md) {
 			return nil, errHandoffGone
 		}
 		input, ok := h.take(tokens[0])

@@ -193,7 +193,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	inflight := newInflightBudget(cfg.MaxInflightBodyBytes, int64(maxMsg), cfg.Auth != nil)
 	guard := &streamGuard{
 		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight, maxMsg: int64(maxMsg),
-		gatewayMark:   handoff.mark,
+		gateway: handoff, readTimeout: cfg.ReadTimeout,
 		publicStreams: semaphore.NewWeighted(maxPublicStreams), publicMessages: semaphore.NewWeighted(maxPublicMessages),
 		waiting: map[string]int{},
 	}
