@@ -266,19 +266,19 @@ func isHealth(fullMethod string) bool {
 // once the message is in (InPayload): from then on the message's own size
 // (or nothing, for a health check) is what it holds.
 func (g *streamGuard) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	r, ok := ctx.Value(reservationKey{}).(*reservation)
-	if !ok {
-		return
-	}
+	// Called for every message sent too (a watch event to each watcher):
+	// those return before anything else.
 	switch s := s.(type) {
 	case *stats.InHeader:
-		if r.wait {
+		if r, ok := ctx.Value(reservationKey{}).(*reservation); ok && r.wait {
 			g.reserve(ctx, r)
 		}
 	case *stats.InPayload:
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.msg(int64(s.Length))
+		if r, ok := ctx.Value(reservationKey{}).(*reservation); ok {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.msg(int64(s.Length))
+		}
 	}
 }
 
