@@ -232,6 +232,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 			return backend.Run(ctx, func(ctx context.Context) error { return hub.Resync(ctx, backend) })
 		}
 		log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
+		checkPersistence(ctx, backend, log)
 	}
 	limits, err := server.NewTenantLimits(server.LimitsConfig{
 		SubmitRate: cfg.SubmitRate, SubmitBurst: cfg.SubmitBurst,
@@ -356,6 +357,26 @@ func requestedLogFormat(args []string, getenv func(string) string) string {
 		format = value
 	}
 	return format
+}
+
+// persistenceCheckTimeout bounds the start-up look at Redis's settings: a
+// Redis that is down now is reported by /readyz, not here.
+const persistenceCheckTimeout = 2 * time.Second
+
+// checkPersistence warns when Redis keeps nothing on disk: a restart of it then
+// loses every record, idempotency key and poll schedule (README, Operations).
+func checkPersistence(ctx context.Context, backend *redisstore.Backend, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, persistenceCheckTimeout)
+	defer cancel()
+	p, err := backend.Persistence(ctx)
+	switch {
+	case err != nil:
+		log.Info("Redis persistence not known (CONFIG GET refused or unanswered); make sure AOF or RDB is on", "error", err)
+	case !p.AOF && !p.RDB:
+		log.Warn("Redis keeps nothing on disk (no AOF, no RDB snapshots): a restart of Redis loses every request record, idempotency key and poll schedule; turn on appendonly")
+	default:
+		log.Info("Redis persistence", "aof", p.AOF, "rdb", p.RDB)
+	}
 }
 
 // loggedError is an error realMain has already logged, in the chosen format.

@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/internal/redistest"
 )
 
 // TestStartErrorsInTheLogFormat: a gateway that does not start says why in
@@ -87,5 +91,49 @@ func TestRequestedLogFormat(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("requestedLogFormat(%q, env %q) = %q, want %q", tt.args, tt.env, got, tt.want)
 		}
+	}
+}
+
+// TestBinaryWarnsWithoutRedisPersistence: with a Redis that keeps nothing on
+// disk the gateway warns at start, since a restart of Redis would lose every
+// record; with one that does, it says what it found.
+func TestBinaryWarnsWithoutRedisPersistence(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildBinary(t)
+	for _, tt := range []struct {
+		name  string
+		extra []string
+		want  string
+	}{
+		{name: "nothing on disk", extra: []string{"--appendonly", "no", "--save", ""}, want: `"level":"WARN","msg":"Redis keeps nothing on disk`},
+		{name: "append-only file", want: `"msg":"Redis persistence","aof":true,"rdb":false`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := redistest.StartPrivate(tt.extra...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(srv.Stop)
+			cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
+				"--redis-url", srv.URL, "--log-format", "json")
+			logs := &syncBuffer{ch: make(chan struct{}, 1)}
+			cmd.Stdout, cmd.Stderr = logs, logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				_ = cmd.Process.Signal(os.Interrupt)
+				_ = cmd.Wait()
+			}()
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(logs.String(), tt.want) {
+				if time.Now().After(deadline) || strings.Contains(logs.String(), `"msg":"serving"`) {
+					t.Fatalf("no %s at start:\n%s", tt.want, logs)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
 	}
 }

@@ -67,8 +67,9 @@ func answers(opts *redis.Options) bool {
 
 // StartPrivate starts a redis-server of its own on a free port, for tests that
 // stop and restart it. It keeps its data in an append-only file written on every
-// change, so a restart loses nothing, as with a production Redis.
-func StartPrivate() (*Server, error) {
+// change, so a restart loses nothing, as with a production Redis. extra are more
+// redis-server arguments, which win over these (e.g. "--appendonly", "no").
+func StartPrivate(extra ...string) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, errors.New("no Redis answers and redis-server is not installed (apt-get install redis-server)")
@@ -85,8 +86,9 @@ func StartPrivate() (*Server, error) {
 	l.Close()
 	s := &Server{dir: dir, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	s.URL = "redis://" + s.Addr + "/0"
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}, extra...)
+	s.cmd = exec.Command(bin, args...)
 	if err := s.start(); err != nil {
 		return nil, err
 	}

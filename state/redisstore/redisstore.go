@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -428,4 +429,30 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// Persistence is what Redis keeps on disk.
+type Persistence struct {
+	// AOF: every change is appended to a file (appendonly yes).
+	AOF bool
+	// RDB: snapshots are taken on a schedule (a non-empty save).
+	RDB bool
+}
+
+// Persistence reads Redis's persistence settings (CONFIG GET), so that the
+// gateway can warn when a restart of Redis would lose every record. Managed
+// services often refuse CONFIG: the error then says so, and nothing is known.
+func (b *Backend) Persistence(ctx context.Context) (Persistence, error) {
+	var p Persistence
+	aof, err := b.rdb.ConfigGet(ctx, "appendonly").Result()
+	if err != nil {
+		return p, fmt.Errorf("redis: CONFIG GET appendonly: %w", err)
+	}
+	save, err := b.rdb.ConfigGet(ctx, "save").Result()
+	if err != nil {
+		return p, fmt.Errorf("redis: CONFIG GET save: %w", err)
+	}
+	p.AOF = strings.EqualFold(aof["appendonly"], "yes")
+	p.RDB = strings.TrimSpace(save["save"]) != ""
+	return p, nil
 }
