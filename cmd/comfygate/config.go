@@ -75,6 +75,7 @@ type Config struct {
 	ReadRate              float64
 	ReadBurst             int
 	MaxConnections        int
+	RedisTimeout          time.Duration
 }
 
 // envName is the environment variable that sets a flag.
@@ -114,6 +115,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.IntVar(&cfg.ReadBurst, "read-burst", server.DefaultReadBurst, "reads a tenant may make at once before --read-rate applies")
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
+	fs.DurationVar(&cfg.RedisTimeout, "redis-timeout", 2*time.Second, "bound of every Redis call, retries included: while Redis hangs, callbacks, submits and reads answer UNAVAILABLE (503) within it")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY\" per line (# comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
@@ -303,6 +305,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInflightBodyBytes < c.MaxBodyBytes {
 		errs = append(errs, fmt.Errorf("--max-inflight-body-bytes (%d) must be at least --max-body-bytes (%d): one body must fit", c.MaxInflightBodyBytes, c.MaxBodyBytes))
+	}
+	if c.RedisTimeout <= 0 {
+		errs = append(errs, errors.New("--redis-timeout must be positive"))
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, errors.New("--max-connections must not be negative"))

@@ -217,8 +217,16 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 			// outage should turn /readyz and Submit to unavailable promptly.
 			opts.DialerRetries = 2
 		}
+		// Every call is bounded by --redis-timeout, and so are its parts: a
+		// dial, and the wait for a pooled connection. go-redis then honours
+		// the call's deadline on the connection itself.
+		if opts.DialTimeout <= 0 || opts.DialTimeout > cfg.RedisTimeout {
+			opts.DialTimeout = cfg.RedisTimeout
+		}
+		opts.PoolTimeout = cfg.RedisTimeout
+		opts.ContextTimeoutEnabled = true
 		rdb := redis.NewClient(opts)
-		backend, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis")})
+		backend, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis"), CallTimeout: cfg.RedisTimeout})
 		if err != nil {
 			return err
 		}

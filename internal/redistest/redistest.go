@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,6 +123,23 @@ func (s *Server) Restart(down time.Duration) error {
 	time.Sleep(down)
 	s.cmd = exec.Command(s.cmd.Path, s.cmd.Args[1:]...)
 	return s.start()
+}
+
+// Pause stops a private server's process (SIGSTOP): its port still accepts
+// connections, but nothing answers, as a hung Redis looks to clients.
+func (s *Server) Pause() error {
+	if s.cmd == nil {
+		return errors.New("only a private server can be paused")
+	}
+	return s.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// Resume continues a paused private server (SIGCONT).
+func (s *Server) Resume() error {
+	if s.cmd == nil {
+		return errors.New("only a private server can be resumed")
+	}
+	return s.cmd.Process.Signal(syscall.SIGCONT)
 }
 
 // Stop ends a server Find or StartPrivate started; a shared one is left alone.

@@ -57,6 +57,13 @@ type Options struct {
 	// PingInterval is how long the pub/sub connection may stay silent before it
 	// is pinged, so a dead connection is noticed; default 5s.
 	PingInterval time.Duration
+	// CallTimeout, when positive, bounds every command and pipeline, its
+	// retries included: a Redis that hangs (stopped, not down) makes a call
+	// fail with state.ErrUnavailable within it, instead of holding its caller
+	// for as long as go-redis's read timeouts and retries add up to. The
+	// pub/sub connection's blocking reads are not commands and keep their
+	// own rhythm (PingInterval).
+	CallTimeout time.Duration
 }
 
 // Backend is the Redis state backend.
@@ -92,6 +99,9 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 	}
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 5 * time.Second
+	}
+	if opts.CallTimeout > 0 {
+		rdb.AddHook(callTimeout(opts.CallTimeout))
 	}
 	return &Backend{
 		rdb:     rdb,
@@ -455,4 +465,26 @@ func (b *Backend) Persistence(ctx context.Context) (Persistence, error) {
 	p.AOF = strings.EqualFold(aof["appendonly"], "yes")
 	p.RDB = strings.TrimSpace(save["save"]) != ""
 	return p, nil
+}
+
+// callTimeout is a go-redis hook that gives every command and pipeline a
+// deadline (Options.CallTimeout); the process hooks wrap go-redis's retries.
+type callTimeout time.Duration
+
+func (d callTimeout) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (d callTimeout) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+		defer cancel()
+		return next(ctx, cmd)
+	}
+}
+
+func (d callTimeout) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+		defer cancel()
+		return next(ctx, cmds)
+	}
 }
