@@ -636,7 +636,7 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 		{name: "message key", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001, Message: "Deployment not found", UseMessageKey: true},
 			wantCode: codes.NotFound, wantHTTP: 404, wantUpstream: "404001", wantInMsg: "Deployment not found"},
 		{name: "gateway token rejected", endpoint: "submit", fault: runcomfysim.FaultError{HTTPStatus: 401, ErrorCode: 401001, Message: "Invalid token"},
-			wantCode: codes.Internal, wantHTTP: 500, wantInMsg: "misconfigured"},
+			wantCode: codes.Internal, wantHTTP: 500, wantInMsg: "misconfigured", wantUpstream: "401001"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"time"
 
@@ -68,6 +69,9 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	var tooLarge *bodyTooLargeError
 	if errors.As(err, &tooLarge) {
 		return status.Error(codes.InvalidArgument, tooLarge.Error())
+	}
+	if st := submitWithoutAnswer(ctx, log, method, err); st != nil {
+		return st.Err()
 	}
 	var fe *fieldError
 	if errors.As(err, &fe) {
@@ -135,7 +139,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		// gateway is at fault.
 		log.ErrorContext(ctx, "RunComfy rejected the gateway's API token: check RUNCOMFY_API_TOKEN",
 			"method", method, "error", err)
-		return status.Error(codes.Internal, "the gateway is misconfigured; its operator has been told")
+		// The upstream code still reaches the client (UPSTREAM_401001), so a
+		// program can tell this from the gateway's own faults; the token
+		// never does.
+		return withDetails(status.New(codes.Internal, "the gateway is misconfigured; its operator has been told"), errorInfo(apiErr))
 	default: // runcomfy.ErrUnavailable and anything unclassified
 		code, msg = codes.Unavailable, "RunComfy is unavailable: "+unavailableReason(apiErr)
 		log.WarnContext(ctx, "RunComfy unavailable", "method", method, "error", err)
@@ -150,6 +157,42 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 // answer tells a tenant whether an id exists.
 func errNoSuchRequest() error {
 	return status.Error(codes.NotFound, "no such request")
+}
+
+// submitWithoutAnswer is the status of a submit RunComfy received but did not
+// answer (it timed out: DEADLINE_EXCEEDED, 504; or the connection broke:
+// UNAVAILABLE, 503), or nil for any other error. RunComfy may have started,
+// and will bill, a job the gateway cannot name: the error says so, so that
+// the caller retries with the same idempotency key, not blindly.
+func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, err error) *status.Status {
+	var apiErr *runcomfy.APIError
+	if method != comfygatev1.GatewayService_Submit_FullMethodName || !errors.As(err, &apiErr) || !submitMayHaveStarted(apiErr) {
+		return nil
+	}
+	log.WarnContext(ctx, "RunComfy did not answer a submit: a job may exist", "method", method, "error", err)
+	code, what := codes.Unavailable, "the connection to RunComfy broke before its answer"
+	if errors.Is(err, context.DeadlineExceeded) {
+		code, what = codes.DeadlineExceeded, "RunComfy did not answer the submit in time"
+	}
+	info := errorInfo(apiErr)
+	info.Reason = "UPSTREAM_NO_ANSWER"
+	info.Metadata["job_may_exist"] = "true"
+	st, _ := status.New(code, what+"; a job may have started and be billed: retry with the same idempotency key (never without one)").WithDetails(info)
+	return st
+}
+
+// submitMayHaveStarted reports whether a failed submit may still have
+// started a job: it was sent (the failure is not a dial or a refused
+// connection) and no answer came back.
+func submitMayHaveStarted(e *runcomfy.APIError) bool {
+	if e.HTTPStatus != 0 || e.Err == nil {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(e.Err, &op) && op.Op == "dial" {
+		return false
+	}
+	return true
 }
 
 // unavailableReason describes an upstream outage without transport details (the

@@ -1,0 +1,104 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
+)
+
+// TestSubmitWithoutAnAnswerSaysAJobMayExist: a submit RunComfy received but
+// did not answer may have started a paid job, and the error says so (message
+// and ErrorInfo); one that never reached RunComfy (connection refused) does
+// not. The gateway's own rejected token keeps its upstream code.
+func TestSubmitWithoutAnAnswerSaysAJobMayExist(t *testing.T) {
+	hang := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-hang // received, never answered
+	}))
+	defer hung.Close()
+	defer close(hang)
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		c, _, err := http.NewResponseController(w).Hijack() // received, then the connection breaks
+		if err == nil {
+			c.Close()
+		}
+	}))
+	defer broken.Close()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := "http://" + closed.Addr().String()
+	closed.Close()
+	rejected := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"error_code":401001,"error_message":"Invalid token"}`)
+	}))
+	defer rejected.Close()
+
+	tests := []struct {
+		name       string
+		url        string
+		wantCode   codes.Code
+		wantReason string
+		mayExist   bool
+	}{
+		{name: "sent, no answer in time", url: hung.URL, wantCode: codes.DeadlineExceeded, wantReason: "UPSTREAM_NO_ANSWER", mayExist: true},
+		{name: "sent, connection broken", url: broken.URL, wantCode: codes.Unavailable, wantReason: "UPSTREAM_NO_ANSWER", mayExist: true},
+		{name: "connection refused", url: refused, wantCode: codes.Unavailable, wantReason: "UPSTREAM_UNAVAILABLE"},
+		{name: "gateway token rejected", url: rejected.URL, wantCode: codes.Internal, wantReason: "UPSTREAM_401001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, err := runcomfy.New(runcomfy.Config{BaseURL: tt.url, Token: "secret-token-0123456789", Timeout: 200 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			_, err = up.Submit(ctx, "dep", []byte(`{}`), runcomfy.SubmitOptions{})
+			if err == nil {
+				t.Fatal("submit succeeded")
+			}
+			st := status.Convert(toStatus(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), comfygatev1.GatewayService_Submit_FullMethodName, err))
+			if st.Code() != tt.wantCode {
+				t.Errorf("code %v (%s), want %v", st.Code(), st.Message(), tt.wantCode)
+			}
+			var info *errdetails.ErrorInfo
+			for _, d := range st.Details() {
+				if i, ok := d.(*errdetails.ErrorInfo); ok {
+					info = i
+				}
+			}
+			if info == nil {
+				t.Fatalf("no ErrorInfo in %v", st.Details())
+			}
+			if info.GetReason() != tt.wantReason {
+				t.Errorf("reason %q, want %q", info.GetReason(), tt.wantReason)
+			}
+			if got := info.GetMetadata()["job_may_exist"] == "true"; got != tt.mayExist {
+				t.Errorf("job_may_exist %v, want %v (message %q)", got, tt.mayExist, st.Message())
+			}
+			for _, text := range []string{st.Message(), info.String()} {
+				if strings.Contains(text, "secret-token") {
+					t.Errorf("the gateway's token shows: %q", text)
+				}
+			}
+		})
+	}
+}
