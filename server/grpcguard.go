@@ -88,7 +88,8 @@ type streamGuard struct {
 type reservation struct {
 	g *streamGuard
 	// tenant and wait: the stream must wait for room for a message of the
-	// limit's size before it is read (a submit).
+	// limit's size before it is read (every call but the REST gateway's and
+	// keyless health checks).
 	tenant string
 	wait   bool
 	// waiting: counted among the tenant's waiting submits.
