@@ -49,7 +49,15 @@ type Reconciler struct {
 
 	mu         sync.Mutex
 	pauseUntil time.Time // set by a 429: the whole poller waits
+	// missing holds, by request, when this replica's polls first found that
+	// RunComfy no longer knows it (goneUpstream).
+	missing map[string]time.Time
 }
+
+// ErrorTypeUpstreamLost is the error type of a request that RunComfy no
+// longer knows (it deletes requests after about 7 days): the request ends
+// FAILED with it, so that its watchers end instead of waiting forever.
+const ErrorTypeUpstreamLost = "upstream_lost"
 
 // NewReconciler checks its dependencies and fills defaults.
 func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
@@ -74,7 +82,7 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 	if cfg.Watching == nil {
 		cfg.Watching = func(string) bool { return false }
 	}
-	return &Reconciler{cfg: cfg}, nil
+	return &Reconciler{cfg: cfg, missing: map[string]time.Time{}}, nil
 }
 
 // Watched brings a watched request's next poll forward to half an interval from
@@ -271,19 +279,27 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	now := r.cfg.Now()
 	rec, err := r.cfg.Tracker.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
+		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id) // expired: nothing left to track
 	}
 	if err != nil {
 		return err
 	}
 	if rec.Terminal() || now.Sub(rec.CreatedAt) > r.cfg.Retention {
+		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id)
 	}
 	r.polls.Add(1)
 	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, "poll", "")
+	if errors.Is(err, runcomfy.ErrNotFound) {
+		if ended, gerr := r.goneUpstream(ctx, rec, now); ended || gerr != nil {
+			return gerr
+		}
+	}
 	if err != nil {
 		return r.failed(ctx, rec, err)
 	}
+	r.found(id)
 	switch {
 	case after != nil && after.Terminal():
 		return r.cfg.Schedule.Forget(ctx, id)
@@ -292,6 +308,43 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	default:
 		return r.cfg.Schedule.SetDue(ctx, id, r.next(rec, now))
 	}
+}
+
+// goneUpstream ends a request RunComfy has answered "not found" for, at
+// polls of this replica at least one interval apart (a single answer may be
+// a glitch, or a request too fresh to be visible): it is recorded FAILED with
+// ErrorTypeUpstreamLost, which its watchers receive as their last event.
+// ended is false while the first answer is still too recent.
+func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Time) (ended bool, err error) {
+	r.mu.Lock()
+	first, seen := r.missing[rec.RequestID]
+	if !seen {
+		r.missing[rec.RequestID] = now
+	}
+	r.mu.Unlock()
+	if !seen || now.Sub(first) < r.cfg.Interval {
+		return false, nil
+	}
+	_, _, err = r.cfg.Tracker.Apply(ctx, Update{
+		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: "poll",
+		State:      runcomfy.StateFailed,
+		Error:      &runcomfy.JobError{Type: ErrorTypeUpstreamLost, Message: "RunComfy no longer knows this request (it keeps requests for about 7 days)"},
+		FinishedAt: now,
+	})
+	if err != nil {
+		return false, fmt.Errorf("record request %s as lost upstream: %w", rec.RequestID, err)
+	}
+	r.found(rec.RequestID)
+	r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
+	return true, r.cfg.Schedule.Forget(ctx, rec.RequestID)
+}
+
+// found forgets a request's "not found" answers: RunComfy knows it, or it has
+// ended.
+func (r *Reconciler) found(id string) {
+	r.mu.Lock()
+	delete(r.missing, id)
+	r.mu.Unlock()
 }
 
 // failed reschedules a request whose poll failed; a 429 pauses every poll.

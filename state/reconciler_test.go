@@ -87,6 +87,17 @@ func (p *probe) wrap(h http.Handler) http.Handler {
 	})
 }
 
+// span is the time from the first status call of rid to its last.
+func (p *probe) span(rid string) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.starts[rid]
+	if len(s) < 2 {
+		return 0
+	}
+	return s[len(s)-1].Sub(s[0])
+}
+
 // polls counts the status calls of one request so far.
 func (p *probe) polls(rid string) int {
 	p.mu.Lock()
@@ -688,5 +699,37 @@ func TestNewReconcilerRefusesMissingDependencies(t *testing.T) {
 	}
 	if _, err := state.NewReconciler(full()); err != nil {
 		t.Errorf("NewReconciler with everything: %v", err)
+	}
+}
+
+// TestRequestLostUpstreamEnds: a request RunComfy answers "not found" for,
+// at polls at least an interval apart, ends FAILED with
+// ErrorTypeUpstreamLost instead of staying unfinished (and watched) forever;
+// a single such answer does not end it.
+func TestRequestLostUpstreamEnds(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	up := newUpstream(t, runcomfysim.Options{Manual: true}, nil)
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	r.start(t, up, state.ReconcilerConfig{Interval: interval})
+	rid := r.submit(t, up)
+	up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
+		"status": {HTTPStatus: 404, ErrorCode: 404001, Message: "Request not found"},
+	}})
+	start := time.Now()
+	rec := r.waitTerminal(t, rid, waitLimit)
+	took := time.Since(start)
+	if rec.State != runcomfy.StateFailed || rec.Error == nil || rec.Error.Type != state.ErrorTypeUpstreamLost {
+		t.Fatalf("record %+v (error %+v), want failed with %q", rec, rec.Error, state.ErrorTypeUpstreamLost)
+	}
+	if n := up.probe.polls(rid); n < 2 {
+		t.Errorf("ended after %d status calls, want at least two (one answer may be a glitch)", n)
+	}
+	if span := up.probe.span(rid); span < interval {
+		t.Errorf("ended on answers %v apart, want at least an interval (%v)", span, interval)
+	}
+	t.Logf("ended after %v and %d status calls", took, up.probe.polls(rid))
+	if r.scheduled(t, rid) {
+		t.Error("an ended request is still scheduled")
 	}
 }
