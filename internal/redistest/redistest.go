@@ -164,9 +164,41 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 	return c
 }
 
-// Prefix returns a key prefix no other test uses.
+// Prefix returns a key prefix no other test uses. When t ends, every key
+// under it is deleted from the configured (or local) Redis, so that tests
+// leave a server they did not start as they found it; the cleanup runs after
+// the test's own (cleanups run last registered first), once the processes
+// that wrote under the prefix have stopped.
 func Prefix(t testing.TB) string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	return "test:" + hex.EncodeToString(b) + ":"
+	prefix := "test:" + hex.EncodeToString(b) + ":"
+	t.Cleanup(func() { deletePrefix(prefix) })
+	return prefix
+}
+
+// deletePrefix deletes the keys under prefix, on the server Find would use.
+func deletePrefix(prefix string) {
+	url := os.Getenv(EnvURL)
+	if url == "" {
+		url = defaultURL
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return
+	}
+	c := redis.NewClient(opts)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), 500)
+		_ = c.Del(ctx, keys[:n]...).Err()
+		keys = keys[n:]
+	}
 }
