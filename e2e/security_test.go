@@ -107,6 +107,14 @@ func keyedGatewayKeys(ctx context.Context, t *testing.T, bin, keysContent, upstr
 	if err := os.WriteFile(keys, []byte(keysContent), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return launchGateway(ctx, t, bin, append([]string{"--runcomfy-url", upstream, "--api-keys-file", keys}, args...),
+		"RUNCOMFY_API_TOKEN="+simToken)
+}
+
+// launchGateway starts bin with args on fresh ports (and env), waits until it
+// is ready, and stops it when t ends.
+func launchGateway(ctx context.Context, t *testing.T, bin string, args []string, env ...string) *gateway {
+	t.Helper()
 	g := &gateway{name: "gateway"}
 	var procs []*process
 	t.Cleanup(func() {
@@ -119,12 +127,8 @@ func keyedGatewayKeys(ctx context.Context, t *testing.T, bin, keysContent, upstr
 	g.proc = launch(ctx, t, "gateway", func() *process {
 		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
 		p := startProcess(t, "gateway", bin, append([]string{
-			"--runcomfy-url", upstream,
-			"--grpc-addr", g.grpcAddr,
-			"--http-addr", g.httpAddr,
-			"--api-keys-file", keys,
-			"--shutdown-timeout", "2s",
-		}, args...), "RUNCOMFY_API_TOKEN="+simToken)
+			"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--shutdown-timeout", "2s",
+		}, args...), env...)
 		procs = append(procs, p)
 		return p
 	}, func() bool {
@@ -686,31 +690,10 @@ func TestStreamsOutliveTheReadTimeout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	g := &gateway{name: "gateway"}
-	var procs []*process
-	t.Cleanup(func() {
-		for _, p := range procs {
-			p.stop()
-		}
-		checkLogs(t, procs)
-	})
+	// The simulator queues each job about a second and runs it two: the
+	// streams outlive a 200 ms read timeout many times over.
+	g := launchGateway(ctx, t, gatewayBin, []string{"--simulate", "--read-timeout", "200ms"})
 	hc := &http.Client{}
-	g.proc = launch(ctx, t, "gateway", func() *process {
-		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
-		// The simulator queues each job about a second and runs it two:
-		// the streams outlive a 200 ms read timeout many times over.
-		p := startProcess(t, "gateway", gatewayBin, []string{"--simulate", "--read-timeout", "200ms",
-			"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--shutdown-timeout", "2s"})
-		procs = append(procs, p)
-		return p
-	}, func() bool {
-		resp, err := hc.Get("http://" + g.httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	for _, route := range []string{":watch", "/events"} {
 		t.Run(route, func(t *testing.T) {
 			resp, err := hc.Post("http://"+g.httpAddr+"/v1/deployments/d/requests", "application/json", strings.NewReader(`{"overrides":{}}`))
