@@ -101,6 +101,8 @@ func recordToProto(r *state.Record) *comfygatev1.RequestState {
 		StartedAt:      timestamp(r.StartedAt),
 		FinishedAt:     timestamp(r.FinishedAt),
 		Seq:            r.Seq,
+		Epoch:          r.Epoch,
+		SyncedAt:       timestamp(r.SyncedAt),
 	}
 	if r.QueuePosition != nil && r.State == runcomfy.StateQueued {
 		p := int32(min(max(*r.QueuePosition, 0), 1<<31-1))

@@ -58,12 +58,16 @@ const maxSmallMessage = 64 << 10
 // being watched are all that is asked for again.
 const eventCacheSize = 1024
 
-// eventKey names one record: a request's seq, and its update time in case
-// the request expired and started again at seq 1.
+// eventKey names one record: a request's (epoch, seq), its update time in
+// case the request expired and started again at seq 1 in the same epoch (a
+// record from before epochs existed), and its sync time, which a touch moves
+// without a new seq.
 type eventKey struct {
 	requestID string
+	epoch     int64
 	seq       int64
 	updatedAt int64
+	syncedAt  int64
 }
 
 // eventCache holds the wire form of recent watch events, so that all the
@@ -82,7 +86,7 @@ func newEventCache(size int) *eventCache {
 
 // event returns r as an encoded WatchRequestResponse.
 func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
-	k := eventKey{r.RequestID, r.Seq, r.UpdatedAt.UnixNano()}
+	k := eventKey{r.RequestID, r.Epoch, r.Seq, r.UpdatedAt.UnixNano(), r.SyncedAt.UnixNano()}
 	c.mu.Lock()
 	m := c.m[k]
 	c.mu.Unlock()

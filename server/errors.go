@@ -29,10 +29,10 @@ const errorDomain = "runcomfy.net"
 const defaultRetryDelay = time.Second
 
 // drainingError ends a watch stream because this replica is shutting down.
-type drainingError struct{ lastSeq int64 }
+type drainingError struct{ last state.Position }
 
 func (e *drainingError) Error() string {
-	return fmt.Sprintf("this replica is shutting down; reconnect with after_seq=%d", e.lastSeq)
+	return fmt.Sprintf("this replica is shutting down; reconnect with after_epoch=%d after_seq=%d", e.last.Epoch, e.last.Seq)
 }
 
 // fieldError is a client input the gateway refuses before calling anything.
@@ -58,7 +58,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	if errors.As(err, &de) {
 		return withDetails(status.New(codes.Unavailable, de.Error()), &errdetails.ErrorInfo{
 			Reason: "DRAINING", Domain: "comfygate",
-			Metadata: map[string]string{"last_seq": strconv.FormatInt(de.lastSeq, 10)},
+			Metadata: map[string]string{
+				"last_seq":   strconv.FormatInt(de.last.Seq, 10),
+				"last_epoch": strconv.FormatInt(de.last.Epoch, 10),
+			},
 		})
 	}
 	var rl *rateLimitedError

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
 )
 
 // eventsRoute is WatchRequest as Server-Sent Events (text/event-stream), the
@@ -86,7 +87,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	dep, rid := r.PathValue("deployment_id"), r.PathValue("request_id")
-	after, err := resumeSeq(r)
+	after, err := resumePosition(r)
 	if err == nil {
 		err = carriable(dep, rid)
 	}
@@ -95,7 +96,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx = metadata.NewOutgoingContext(ctx, callMetadata(r.Header))
-	stream, err := h.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: rid, AfterSeq: after})
+	stream, err := h.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: rid, AfterSeq: after.Seq, AfterEpoch: after.Epoch})
 	if err != nil {
 		refuse(w, status.Convert(err))
 		return
@@ -126,7 +127,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	out := &sseWriter{w: w, rc: http.NewResponseController(w)}
-	lastSeq := after
+	last := after
 	idle := time.NewTimer(h.keepAlive)
 	defer idle.Stop()
 	for {
@@ -148,15 +149,15 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					_ = out.event("", eventError, statusJSON(status.New(codes.Internal, "internal error")))
 					return
 				}
-				err = out.event(strconv.FormatInt(st.GetSeq(), 10), eventState, data)
-				lastSeq = st.GetSeq()
+				last = state.Position{Epoch: st.GetEpoch(), Seq: st.GetSeq()}
+				err = out.event(eventID(last), eventState, data)
 			case errors.Is(res.err, io.EOF) && !out.open:
 				// Nothing after the resume point and the request has ended: the
 				// client reconnected after the end. 204 stops EventSource.
 				w.WriteHeader(http.StatusNoContent)
 				return
 			case errors.Is(res.err, io.EOF):
-				_ = out.event("", eventEnd, fmt.Appendf(nil, `{"last_seq":"%d"}`, lastSeq))
+				_ = out.event("", eventEnd, endData(last))
 				return
 			case ctx.Err() != nil:
 				return // the client left
@@ -180,23 +181,52 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// resumeSeq is the seq the client has already seen: the Last-Event-ID header,
-// which EventSource sends when it reconnects, else the last_event_id query
-// parameter (a page resuming from a seq it stored), else 0. The header wins,
-// since it is the later of the two on a reconnect of a URL that carried both.
-func resumeSeq(r *http.Request) (int64, error) {
+// eventID is the SSE id of the state at p: "<epoch>-<seq>", or "<seq>" for
+// a state recorded before epochs existed (epoch 0).
+func eventID(p state.Position) string {
+	if p.Epoch == 0 {
+		return strconv.FormatInt(p.Seq, 10)
+	}
+	return strconv.FormatInt(p.Epoch, 10) + "-" + strconv.FormatInt(p.Seq, 10)
+}
+
+// endData is the data of the "end" event: the position of the last state,
+// as the resume fields name it (no epoch for a state from before epochs).
+func endData(p state.Position) []byte {
+	if p.Epoch == 0 {
+		return fmt.Appendf(nil, `{"last_seq":"%d"}`, p.Seq)
+	}
+	return fmt.Appendf(nil, `{"last_seq":"%d","last_epoch":"%d"}`, p.Seq, p.Epoch)
+}
+
+// resumePosition is the state the client has already seen: the Last-Event-ID
+// header, which EventSource sends when it reconnects, else the last_event_id
+// query parameter (a page resuming from an id it stored), else none. The
+// header wins, since it is the later of the two on a reconnect of a URL that
+// carried both. An id is "<epoch>-<seq>" as eventID writes it, or a bare
+// "<seq>" (ids sent before epochs existed), which compares seqs alone.
+func resumePosition(r *http.Request) (state.Position, error) {
 	field, v := "Last-Event-ID", strings.TrimSpace(r.Header.Get("Last-Event-ID"))
 	if v == "" {
 		field, v = "last_event_id", r.URL.Query().Get("last_event_id")
 	}
 	if v == "" {
-		return 0, nil
+		return state.Position{}, nil
 	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, &fieldError{field: field, reason: "must be the seq of an event: a whole number, 0 or more"}
+	bad := &fieldError{field: field, reason: `must be the id of an event: "<epoch>-<seq>" or "<seq>", whole numbers, 0 or more`}
+	epoch, seq, found := strings.Cut(v, "-")
+	if !found {
+		epoch, seq = "0", v
 	}
-	return n, nil
+	e, err := strconv.ParseInt(epoch, 10, 64)
+	if err != nil || e < 0 || epoch == "" || epoch[0] == '+' {
+		return state.Position{}, bad
+	}
+	n, err := strconv.ParseInt(seq, 10, 64)
+	if err != nil || n < 0 || seq == "" || seq[0] == '+' {
+		return state.Position{}, bad
+	}
+	return state.Position{Epoch: e, Seq: n}, nil
 }
 
 // carriable refuses ids that gRPC cannot carry at all (strings must be UTF-8),

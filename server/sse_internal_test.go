@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/state"
 )
 
 // scriptedWatch is a GatewayService whose WatchRequest a test scripts, so the
@@ -110,11 +111,11 @@ func TestEventsFraming(t *testing.T) {
 		{
 			name: "drained before the first event: a stream, so EventSource resumes",
 			script: func(s comfygatev1.GatewayService_WatchRequestServer) error {
-				return toStatus(s.Context(), slog.New(slog.DiscardHandler), "", &drainingError{lastSeq: 7})
+				return toStatus(s.Context(), slog.New(slog.DiscardHandler), "", &drainingError{last: state.Position{Epoch: 3, Seq: 7}})
 			},
 			wantStatus: http.StatusOK,
-			want: []string{"event: error", `data: {"code":14, "message":"this replica is shutting down; reconnect with after_seq=7", ` +
-				`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo", "reason":"DRAINING", "domain":"comfygate", "metadata":{"last_seq":"7"}}]}`},
+			want: []string{"event: error", `data: {"code":14, "message":"this replica is shutting down; reconnect with after_epoch=3 after_seq=7", ` +
+				`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo", "reason":"DRAINING", "domain":"comfygate", "metadata":{"last_epoch":"3", "last_seq":"7"}}]}`},
 		},
 		{
 			name:       "ended with nothing after the resume point",

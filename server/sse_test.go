@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"io"
 	"net/http"
@@ -118,6 +119,7 @@ type sseState struct {
 	RequestID string `json:"request_id"`
 	Status    string `json:"status"`
 	Seq       int64  `json:"seq,string"`
+	Epoch     int64  `json:"epoch,string"`
 }
 
 func decodeState(t *testing.T, ev sseEvent) sseState {
@@ -129,8 +131,11 @@ func decodeState(t *testing.T, ev sseEvent) sseState {
 	if err := json.Unmarshal([]byte(ev.data), &st); err != nil {
 		t.Fatalf("state data %q: %v", ev.data, err)
 	}
-	if got, want := ev.id, strconv.FormatInt(st.Seq, 10); got != want {
-		t.Errorf("event id %q, want the seq %q", got, want)
+	if st.Epoch == 0 {
+		t.Errorf("state %+v has no epoch", st)
+	}
+	if got, want := ev.id, strconv.FormatInt(st.Epoch, 10)+"-"+strconv.FormatInt(st.Seq, 10); got != want {
+		t.Errorf("event id %q, want epoch-seq %q", got, want)
 	}
 	return st
 }
@@ -253,7 +258,7 @@ func TestEventsStreamEveryStateThenEnd(t *testing.T) {
 		}
 	}
 	tail := events.rest(t)
-	if len(tail) != 1 || tail[0].typ != "end" || tail[0].data != `{"last_seq":"3"}` {
+	if wantEnd := fmt.Sprintf(`{"last_seq":"3","last_epoch":"%d"}`, got[2].Epoch); len(tail) != 1 || tail[0].typ != "end" || tail[0].data != wantEnd {
 		t.Errorf("after the terminal state: %+v, want one end event naming seq 3", tail)
 	}
 

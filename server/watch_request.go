@@ -12,9 +12,11 @@ import (
 )
 
 // WatchRequest streams the request's record: the current one first, then every
-// later one in seq order, ending after the terminal one. It subscribes before it
-// reads the current record and forwards only records with a greater seq than the
-// last it sent, so nothing falls between the two and nothing is sent twice.
+// later one in order, ending after the terminal one. It subscribes before it
+// reads the current record and forwards only records newer than the last it
+// sent, so nothing falls between the two and nothing is sent twice. A record
+// that was lost and created again (another epoch) is sent as a new first
+// event, so a watcher never misses the states of the new incarnation.
 func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
 	dep, rid := req.GetDeploymentId(), req.GetRequestId()
 	if err := validateRequestRef(dep, rid); err != nil {
@@ -23,12 +25,19 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	if req.GetAfterSeq() < 0 {
 		return &fieldError{field: "after_seq", reason: "must not be negative"}
 	}
+	if req.GetAfterEpoch() < 0 {
+		return &fieldError{field: "after_epoch", reason: "must not be negative"}
+	}
 	ctx := stream.Context()
-	sent := req.GetAfterSeq()
+	follow := state.NewFollower(s.tracker, state.Position{Epoch: req.GetAfterEpoch(), Seq: req.GetAfterSeq()})
 	// live: r comes from the hub, so its age is a delivery delay (the snapshot
 	// sent first is as old as the last change, whenever that was).
 	send := func(r *state.Record, live bool) (done bool, err error) {
-		if r.Seq <= sent {
+		if live {
+			if r = follow.Next(ctx, r); r == nil {
+				return false, nil
+			}
+		} else if !follow.First(r) {
 			return r.Terminal(), nil
 		}
 		ev, err := s.events.event(r)
@@ -43,7 +52,6 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		} else {
 			s.metrics.sent(time.Time{})
 		}
-		sent = r.Seq
 		return r.Terminal(), nil
 	}
 
@@ -84,7 +92,7 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 			// The replica shuts down (the hub ended every watcher at once, with
 			// no goroutine or context per stream): the client resumes on
 			// another replica with after_seq.
-			return &drainingError{lastSeq: sent}
+			return &drainingError{last: follow.Position()}
 		}
 		if err != nil {
 			return fmt.Errorf("watch request %s: %w", rid, err)

@@ -229,7 +229,7 @@ type Watcher struct {
 
 	mu        sync.Mutex
 	queue     []*Record
-	last      int64 // highest seq pushed
+	last      Position // of the last record pushed
 	coalesced int
 	closed    bool
 	drained   bool // the hub drains: Next ends with ErrDraining
@@ -247,16 +247,21 @@ func (w *Watcher) drain() {
 
 func (w *Watcher) push(rec *Record) {
 	w.mu.Lock()
-	if rec.Seq <= w.last {
+	if rec.Epoch == w.last.Epoch && rec.Seq <= w.last.Seq {
 		// Older than what the watcher already holds or has read (a Redeliver
 		// of a snapshot read before the latest publish): it says nothing new,
 		// and in a full buffer it would displace a newer record, perhaps the
-		// terminal one.
+		// terminal one. A record of another epoch always goes through: only
+		// the store can tell which epoch is current (see Follower).
 		w.mu.Unlock()
 		return
 	}
-	w.last = rec.Seq
-	if len(w.queue) < w.max {
+	w.last = rec.Position()
+	if n := len(w.queue); n < w.max || w.queue[n-1].Epoch != rec.Epoch {
+		// A record of another epoch than the newest buffered one is kept
+		// even in a full buffer: which of the two is current is decided
+		// when they are read (Follower), so neither may displace the other.
+		// Epochs change only when a record is lost, so this stays small.
 		w.queue = append(w.queue, rec)
 	} else {
 		w.queue[len(w.queue)-1] = rec

@@ -39,7 +39,24 @@ type Record struct {
 	UpdatedAt  time.Time          `json:"updated_at,omitzero"`
 	// Seq is 1 for the first write and grows by one with every applied update.
 	Seq int64 `json:"seq"`
+	// Epoch names this incarnation of the record: it is chosen when the record
+	// is created in the store (seq 1) and kept by every later write, so a
+	// record that was lost (a Redis restarted empty, an eviction) and created
+	// again is told apart from the one before, whose seqs it repeats. A state
+	// is identified by (Epoch, Seq).
+	Epoch int64 `json:"epoch,omitempty"`
+	// SyncedAt is when RunComfy last confirmed this state: the last applied
+	// update, or a later observation that found nothing new (Toucher).
+	SyncedAt time.Time `json:"synced_at,omitzero"`
 }
+
+// Position is a point in a request's history: the (epoch, seq) of a state.
+type Position struct {
+	Epoch, Seq int64
+}
+
+// Position returns where r stands in its request's history.
+func (r *Record) Position() Position { return Position{Epoch: r.Epoch, Seq: r.Seq} }
 
 // Terminal reports whether the request has finished.
 func (r *Record) Terminal() bool { return r.State.Terminal() }
@@ -96,6 +113,10 @@ const (
 	Stale
 	// Unknown: the update carries no state the gateway understands; nothing stored.
 	Unknown
+	// Foreign: the update names an owner other than the request's (a callback
+	// whose URL was issued to another tenant, an attach racing the owner's
+	// own record): nothing stored.
+	Foreign
 )
 
 // String names the outcome for logs and metrics labels.
@@ -109,6 +130,8 @@ func (o Outcome) String() string {
 		return "stale"
 	case Unknown:
 		return "unknown"
+	case Foreign:
+		return "foreign"
 	default:
 		return "invalid"
 	}
@@ -148,6 +171,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		apply(next, u, true)
 		next.Seq = 1
 		next.UpdatedAt = now
+		next.SyncedAt = now
 		if next.CreatedAt.IsZero() {
 			next.CreatedAt = now
 		}
@@ -158,6 +182,11 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	}
 	cr := Rank(cur.State)
 	switch {
+	case u.Owner != "" && cur.Owner != "" && u.Owner != cur.Owner:
+		// Ownership is set once, by whoever proves it first (the submit,
+		// or a callback URL issued to the tenant); another tenant's
+		// observation must not touch the request.
+		return nil, Foreign
 	case u.DeploymentID != "" && cur.DeploymentID != "" && u.DeploymentID != cur.DeploymentID:
 		// A request belongs to one deployment: an observation made under another
 		// (a callback URL of another deployment) must not touch it.
@@ -185,6 +214,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	}
 	next.Seq = cur.Seq + 1
 	next.UpdatedAt = now
+	next.SyncedAt = now
 	if next.Terminal() && next.FinishedAt.IsZero() {
 		next.FinishedAt = now
 	}

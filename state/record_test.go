@@ -167,13 +167,18 @@ func TestMergeFields(t *testing.T) {
 			want: Applied, edit: func(r *Record) { r.Owner = "tenant-b" },
 		},
 		{
-			name: "owner never changes at the same rank",
+			name: "another owner's update is refused at the same rank",
 			cur:  running, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner = "tenant-b" }),
-			want: Duplicate,
+			want: Foreign,
 		},
 		{
-			name: "owner never changes on advance",
+			name: "another owner's update is refused on advance",
 			cur:  running, u: upd(runcomfy.StateCancelled, func(u *Update) { u.Owner = "tenant-b" }),
+			want: Foreign,
+		},
+		{
+			name: "the owner's own update advances",
+			cur:  running, u: upd(runcomfy.StateCancelled, func(u *Update) { u.Owner = "tenant-a" }),
 			want: Applied, edit: func(r *Record) { r.UpstreamStatus = ""; r.State, r.FinishedAt = runcomfy.StateCancelled, now },
 		},
 		{
@@ -336,7 +341,7 @@ func TestMergeFields(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(want)
 			}
-			want.Seq, want.UpdatedAt = 1, now
+			want.Seq, want.UpdatedAt, want.SyncedAt = 1, now, now
 			if tt.cur != nil {
 				want.Seq = tt.cur.Seq + 1
 			}
@@ -460,6 +465,7 @@ func TestOutcomeString(t *testing.T) {
 		{Duplicate, "duplicate"},
 		{Stale, "stale"},
 		{Unknown, "unknown"},
+		{Foreign, "foreign"},
 		{0, "invalid"},
 	}
 	for _, tt := range tests {
@@ -490,8 +496,8 @@ func TestOwnerIsSetOnAFinishedRecordNobodyOwns(t *testing.T) {
 	if outcome != Applied || next.Owner != "tenant-a" || next.State != runcomfy.StateSucceeded || next.Seq != 4 {
 		t.Fatalf("got %v %+v, want the owner set, the state kept, seq 4", outcome, next)
 	}
-	// Set once: another owner changes nothing.
-	if _, outcome := merge(next, &Update{RequestID: "r", State: runcomfy.StateSucceeded, Owner: "tenant-b"}, now); outcome != Duplicate {
-		t.Errorf("second owner: got %v, want duplicate", outcome)
+	// Set once: another owner's update is refused.
+	if _, outcome := merge(next, &Update{RequestID: "r", State: runcomfy.StateSucceeded, Owner: "tenant-b"}, now); outcome != Foreign {
+		t.Errorf("second owner: got %v, want foreign", outcome)
 	}
 }

@@ -35,11 +35,20 @@ type Store interface {
 	// Get returns the current record, or ErrNotFound.
 	Get(ctx context.Context, requestID string) (*Record, error)
 	// Save stores rec and publishes it on the request's channel, atomically, if
-	// and only if the stored record's seq is rec.Seq-1 (no record when rec.Seq is
-	// 1); otherwise it changes nothing and returns ErrConflict (a
-	// *ConflictError when it knows what is stored). The record expires ttl
+	// and only if the stored record is at (rec.Epoch, rec.Seq-1) (no record
+	// when rec.Seq is 1); otherwise it changes nothing and returns ErrConflict
+	// (a *ConflictError when it knows what is stored). The record expires ttl
 	// after this write.
 	Save(ctx context.Context, rec *Record, ttl time.Duration) error
+}
+
+// Toucher is a Store that can record that upstream confirmed a state without
+// changing it: the record's SyncedAt moves to at, nothing else changes and
+// nothing is published. The Tracker uses it when the store offers it.
+type Toucher interface {
+	// Touch sets the SyncedAt of requestID's record to at if the record is
+	// still at pos (and its SyncedAt is earlier); otherwise it does nothing.
+	Touch(ctx context.Context, requestID string, pos Position, at time.Time) error
 }
 
 // ScheduledSaver is a Store that is also the Schedule and can write a

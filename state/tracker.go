@@ -41,7 +41,8 @@ type Tracker struct {
 	results   ResultFetcher
 	retention time.Duration
 	now       func() time.Time
-	counts    [Unknown + 1]atomic.Int64
+	counts    [Foreign + 1]atomic.Int64
+	epoch     atomic.Int64 // the last epoch newEpoch gave
 	recent    *recentRecords
 }
 
@@ -102,7 +103,13 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 	// than Applied is only returned once cur has been read from the store.
 	cur, read := t.recent.get(u.RequestID), false
 	fetched := false
+	// lost is the newest epoch seen of this request: a record created anew
+	// (its predecessor was lost) takes a later one.
+	var lost int64
 	for range maxSaveAttempts {
+		if cur != nil {
+			lost = max(lost, cur.Epoch)
+		}
 		needFetch := u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 && !fetched
 		if !read && needFetch {
 			// Fetching costs an upstream call: decide it on the stored record.
@@ -117,7 +124,8 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 			}
 			fetched = true
 		}
-		next, outcome := merge(cur, &u, t.now())
+		now := t.now()
+		next, outcome := merge(cur, &u, now)
 		if outcome != Applied {
 			if !read {
 				if err := t.read(ctx, u.RequestID, &cur); err != nil {
@@ -127,7 +135,13 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 				continue
 			}
 			t.counts[outcome].Add(1)
+			if outcome == Duplicate {
+				cur = t.touch(ctx, cur, now)
+			}
 			return cur, outcome, nil
+		}
+		if next.Seq == 1 {
+			next.Epoch = t.newEpoch(now, lost)
 		}
 		err := t.save(ctx, next)
 		var conflict *ConflictError
@@ -152,6 +166,43 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// newEpoch is the epoch of a record created now: the clock in microseconds,
+// later than lost (the newest epoch this tracker saw of the request) and than
+// any epoch it gave before, so that a record created again differs from the
+// one it replaces even when the clock has not moved.
+func (t *Tracker) newEpoch(now time.Time, lost int64) int64 {
+	e := max(now.UnixMicro(), lost+1)
+	for {
+		prev := t.epoch.Load()
+		next := max(e, prev+1)
+		if t.epoch.CompareAndSwap(prev, next) {
+			return next
+		}
+	}
+}
+
+// touchAfter is how stale a record's SyncedAt may grow before an
+// observation that changes nothing is written to it: a storm of duplicate
+// callbacks costs one write a second, not one each.
+const touchAfter = time.Second
+
+// touch records that upstream confirmed cur's state at now (a duplicate
+// update) and returns cur as it then stands. Best effort: a failed touch
+// leaves the record as it was, only older-looking.
+func (t *Tracker) touch(ctx context.Context, cur *Record, now time.Time) *Record {
+	tc, ok := t.store.(Toucher)
+	if !ok || cur == nil || now.Sub(cur.SyncedAt) < touchAfter {
+		return cur
+	}
+	if err := tc.Touch(ctx, cur.RequestID, cur.Position(), now); err != nil {
+		return cur
+	}
+	next := cur.Clone()
+	next.SyncedAt = now
+	t.recent.put(next)
+	return next
 }
 
 // read sets *cur to the stored record of requestID (nil when there is none).
@@ -240,7 +291,7 @@ func (t *Tracker) fetchOutputs(ctx context.Context, cur *Record, u *Update) erro
 
 // Stats counts Apply outcomes since start.
 type Stats struct {
-	Applied, Duplicate, Stale, Unknown int64
+	Applied, Duplicate, Stale, Unknown, Foreign int64
 }
 
 // Stats returns the outcome counters.
@@ -250,6 +301,7 @@ func (t *Tracker) Stats() Stats {
 		Duplicate: t.counts[Duplicate].Load(),
 		Stale:     t.counts[Stale].Load(),
 		Unknown:   t.counts[Unknown].Load(),
+		Foreign:   t.counts[Foreign].Load(),
 	}
 }
 

@@ -475,6 +475,7 @@ func TestHandlerSeedFixtures(t *testing.T) {
 			got.Outputs = nil
 			want := tt.want
 			want.RequestID, want.DeploymentID, want.Seq, want.UpdatedAt = rid, depID, 1, trackerNow
+			want.Epoch, want.SyncedAt = trackerNow.UnixMicro(), trackerNow
 			if !reflect.DeepEqual(got, &want) {
 				t.Errorf("record =\n%+v\nwant\n%+v", got, &want)
 			}

@@ -80,7 +80,7 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 	if e, ok := b.records[rec.RequestID]; ok && now.Before(e.expires) {
 		cur = e.rec
 	}
-	if cur == nil && rec.Seq != 1 || cur != nil && cur.Seq != rec.Seq-1 {
+	if cur == nil && rec.Seq != 1 || cur != nil && (cur.Seq != rec.Seq-1 || cur.Epoch != rec.Epoch) {
 		if cur != nil {
 			cur = cur.Clone()
 		}
@@ -109,6 +109,38 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 		// with it can never reach the stored record (and its seq).
 		deliver(stored.Clone())
 	}
+	return nil
+}
+
+// Touch implements state.Toucher.
+func (b *Backend) Touch(ctx context.Context, requestID string, pos state.Position, at time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e, ok := b.records[requestID]
+	if !ok || e.rec.Position() != pos || !e.rec.SyncedAt.Before(at) {
+		return nil
+	}
+	// Stored records are never changed in place: Get hands out clones, but
+	// a record delivered to subscribers may share nothing with it either way.
+	rec := e.rec.Clone()
+	rec.SyncedAt = at
+	e.rec = rec
+	b.records[requestID] = e
+	return nil
+}
+
+// Delete removes requestID's record, as an eviction or a restart would.
+// Tests use it to lose data on purpose.
+func (b *Backend) Delete(ctx context.Context, requestID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.records, requestID)
 	return nil
 }
 

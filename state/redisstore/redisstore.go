@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,27 +23,44 @@ import (
 	"github.com/comfygate/comfygate/state"
 )
 
-// saveScript is Save: compare the stored seq (and rank), write the record with
-// its TTL, and publish it, as one atomic step. Two replicas applying the same
-// callback at the same instant both read seq n and both try n+1: exactly one
-// script run sees n and writes; the other sees n+1 and reports a conflict, after
-// which that replica re-reads and finds the update a duplicate.
+// saveScript is Save: compare the stored epoch and seq (and rank), write the
+// record with its TTL, and publish it, as one atomic step. Two replicas
+// applying the same callback at the same instant both read seq n and both try
+// n+1: exactly one script run sees n and writes; the other sees n+1 and
+// reports a conflict, after which that replica re-reads and finds the update a
+// duplicate. A record that was lost and created again has another epoch, so a
+// writer that still holds the lost one conflicts even where the seqs agree.
 //
 // KEYS[1] record key; ARGV: 1 new seq, 2 new rank, 3 record JSON, 4 TTL in ms,
-// 5 channel. Returns {1} written, or {0, stored record JSON or nil} when the
-// seq does not follow the stored one or the rank would go down, so the writer
-// merges again without another round trip.
+// 5 channel, 6 epoch. Returns {1} written, or {0, stored record JSON or nil,
+// synced} when the record is not at (epoch, seq-1) or the rank would go down,
+// so the writer merges again without another round trip. The 'synced' field
+// is Touch's, newer than the JSON's synced_at when set.
 const saveScript = `
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
-if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank then
-  return {0, redis.call('HGET', KEYS[1], 'data')}
+if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank or (seq > 0 and (cur[3] or '0') ~= ARGV[6]) then
+  local stored = redis.call('HMGET', KEYS[1], 'data', 'synced')
+  return {0, stored[1], stored[2]}
 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3])
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6])
+redis.call('HDEL', KEYS[1], 'synced')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[3])
 return {1}
+`
+
+// touchScript is Touch: KEYS[1] record key; ARGV: 1 epoch, 2 seq, 3 synced
+// time in Unix ms. It sets the 'synced' field when the record is still at
+// (epoch, seq), and nothing else.
+const touchScript = `
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'epoch', 'synced')
+if cur[1] ~= ARGV[2] or (cur[2] or '0') ~= ARGV[1] or (tonumber(cur[3]) or 0) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'synced', ARGV[3])
+return 1
 `
 
 // subscribeTimeout bounds the wait for Redis to confirm a subscription.
@@ -75,6 +93,7 @@ type Backend struct {
 	save    *redis.Script
 	release *redis.Script
 	pause   *redis.Script
+	touch   *redis.Script
 
 	ps    *redis.PubSub
 	saves saveQueue
@@ -111,6 +130,7 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		save:    redis.NewScript(saveScript),
 		release: redis.NewScript(releaseScript),
 		pause:   redis.NewScript(pauseScript),
+		touch:   redis.NewScript(touchScript),
 		ps:      rdb.Subscribe(context.Background()),
 		subs:    make(map[string]func(*state.Record)),
 		waiters: make(map[string][]chan struct{}),
@@ -136,18 +156,53 @@ func (b *Backend) Ping(ctx context.Context) error {
 
 // Get returns the current record, or state.ErrNotFound.
 func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, error) {
-	data, err := b.rdb.HGet(ctx, b.recordKey(requestID), "data").Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, state.ErrNotFound
-	}
+	vals, err := b.rdb.HMGet(ctx, b.recordKey(requestID), "data", "synced").Result()
 	if err != nil {
 		return nil, unavailable(ctx, "get", err)
 	}
+	data, _ := vals[0].(string)
+	if data == "" {
+		return nil, state.ErrNotFound
+	}
+	synced, _ := vals[1].(string)
+	rec, err := decodeRecord(data, synced)
+	if err != nil {
+		return nil, fmt.Errorf("redis get %s: %w", requestID, err)
+	}
+	return rec, nil
+}
+
+// decodeRecord reads a stored record: its JSON, and the 'synced' field Touch
+// sets (Unix ms; empty when none).
+func decodeRecord(data, synced string) (*state.Record, error) {
 	var rec state.Record
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("redis get %s: stored record is not valid: %w", requestID, err)
+	if err := json.Unmarshal([]byte(data), &rec); err != nil {
+		return nil, fmt.Errorf("stored record is not valid: %w", err)
+	}
+	if ms, err := strconv.ParseInt(synced, 10, 64); err == nil {
+		if at := time.UnixMilli(ms); at.After(rec.SyncedAt) {
+			rec.SyncedAt = at
+		}
 	}
 	return &rec, nil
+}
+
+// Touch implements state.Toucher.
+func (b *Backend) Touch(ctx context.Context, requestID string, pos state.Position, at time.Time) error {
+	err := b.touch.Run(ctx, b.rdb, []string{b.recordKey(requestID)}, pos.Epoch, pos.Seq, at.UnixMilli()).Err()
+	if err != nil {
+		return unavailable(ctx, "touch", err)
+	}
+	return nil
+}
+
+// Delete removes requestID's record, as an eviction or a restart would.
+// Tests use it to lose data on purpose.
+func (b *Backend) Delete(ctx context.Context, requestID string) error {
+	if err := b.rdb.Del(ctx, b.recordKey(requestID)).Err(); err != nil {
+		return unavailable(ctx, "delete", err)
+	}
+	return nil
 }
 
 // Save writes and publishes rec if its seq follows the stored one (the script
@@ -172,7 +227,7 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 	}
 	op := &saveOp{
 		keys:   []string{b.recordKey(rec.RequestID)},
-		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID)},
+		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch},
 		id:     rec.RequestID,
 		forget: forget,
 		wake:   make(chan struct{}, 1),
@@ -194,11 +249,15 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 	conflict := &state.ConflictError{}
 	if len(res) > 1 && res[1] != nil {
 		stored, _ := res[1].(string)
-		var cur state.Record
-		if err := json.Unmarshal([]byte(stored), &cur); err != nil {
-			return fmt.Errorf("redis save %s: stored record is not valid: %w", rec.RequestID, err)
+		var synced string
+		if len(res) > 2 {
+			synced, _ = res[2].(string)
 		}
-		conflict.Current = &cur
+		cur, err := decodeRecord(stored, synced)
+		if err != nil {
+			return fmt.Errorf("redis save %s: %w", rec.RequestID, err)
+		}
+		conflict.Current = cur
 	}
 	return conflict
 }

@@ -191,7 +191,17 @@ type RequestState struct {
 	// Version of this state: every change the gateway records gets the next seq
 	// for the request, starting at 1. 0 means the state was read from RunComfy
 	// and not recorded by the gateway.
-	Seq           int64 `protobuf:"varint,13,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq int64 `protobuf:"varint,13,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The incarnation of the gateway's record of this request: chosen when the
+	// record was created in the gateway's store, and changed only when that
+	// record was lost (a Redis that restarted empty, an eviction) and rebuilt.
+	// seq counts within an epoch, so a state is identified by (epoch, seq):
+	// resume a watch with both. 0 with seq 0 (read from RunComfy, not recorded).
+	Epoch int64 `protobuf:"varint,14,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// When RunComfy last confirmed this state (a callback, a poll, a read or
+	// the submit's answer). A GetStatus or GetResult that could not refresh the
+	// state says so in refresh_error, and this says how old the answer is.
+	SyncedAt      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=synced_at,json=syncedAt,proto3" json:"synced_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -317,6 +327,88 @@ func (x *RequestState) GetSeq() int64 {
 	return 0
 }
 
+func (x *RequestState) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RequestState) GetSyncedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SyncedAt
+	}
+	return nil
+}
+
+// RefreshError says why a read could not confirm the stored state with
+// RunComfy: the response then carries the gateway's record as it stands, as
+// old as RequestState.synced_at says.
+type RefreshError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC code name the failure maps to ("UNAVAILABLE", "DEADLINE_EXCEEDED",
+	// "RESOURCE_EXHAUSTED", ...), as the same failure would be reported by a
+	// call that had no record to answer with.
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// What failed, for people.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// RunComfy's error code, when it answered with one (e.g. "500001").
+	UpstreamCode  string `protobuf:"bytes,3,opt,name=upstream_code,json=upstreamCode,proto3" json:"upstream_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshError) Reset() {
+	*x = RefreshError{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshError) ProtoMessage() {}
+
+func (x *RefreshError) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshError.ProtoReflect.Descriptor instead.
+func (*RefreshError) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RefreshError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *RefreshError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RefreshError) GetUpstreamCode() string {
+	if x != nil {
+		return x.UpstreamCode
+	}
+	return ""
+}
+
 // RequestError describes a failed request, normalised from the several shapes
 // RunComfy uses.
 type RequestError struct {
@@ -333,7 +425,7 @@ type RequestError struct {
 
 func (x *RequestError) Reset() {
 	*x = RequestError{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +437,7 @@ func (x *RequestError) String() string {
 func (*RequestError) ProtoMessage() {}
 
 func (x *RequestError) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +450,7 @@ func (x *RequestError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestError.ProtoReflect.Descriptor instead.
 func (*RequestError) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RequestError) GetType() string {
@@ -412,7 +504,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +516,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +529,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubmitRequest) GetDeploymentId() string {
@@ -472,7 +564,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +576,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +589,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitResponse) GetRequest() *RequestState {
@@ -520,7 +612,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +624,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +637,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetStatusRequest) GetDeploymentId() string {
@@ -566,14 +658,18 @@ func (x *GetStatusRequest) GetRequestId() string {
 type GetStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The current state; outputs are included when known.
-	Request       *RequestState `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Request *RequestState `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Set when the state could not be refreshed from RunComfy and request is the
+	// gateway's record as last confirmed (request.synced_at); absent when the
+	// answer is fresh.
+	RefreshError  *RefreshError `protobuf:"bytes,2,opt,name=refresh_error,json=refreshError,proto3" json:"refresh_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +681,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,12 +694,19 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetStatusResponse) GetRequest() *RequestState {
 	if x != nil {
 		return x.Request
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetRefreshError() *RefreshError {
+	if x != nil {
+		return x.RefreshError
 	}
 	return nil
 }
@@ -621,7 +724,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +736,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +749,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetResultRequest) GetDeploymentId() string {
@@ -667,14 +770,16 @@ func (x *GetResultRequest) GetRequestId() string {
 type GetResultResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The state, with outputs once succeeded or the error once failed.
-	Request       *RequestState `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Request *RequestState `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// As in GetStatusResponse: set when request could not be refreshed.
+	RefreshError  *RefreshError `protobuf:"bytes,2,opt,name=refresh_error,json=refreshError,proto3" json:"refresh_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +791,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,12 +804,19 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetResultResponse) GetRequest() *RequestState {
 	if x != nil {
 		return x.Request
+	}
+	return nil
+}
+
+func (x *GetResultResponse) GetRefreshError() *RefreshError {
+	if x != nil {
+		return x.RefreshError
 	}
 	return nil
 }
@@ -722,7 +834,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +846,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +859,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelRequest) GetDeploymentId() string {
@@ -779,7 +891,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +903,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +916,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelResponse) GetOutcome() CancelOutcome {
@@ -837,14 +949,20 @@ type WatchRequestRequest struct {
 	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Resume after this seq: only states with a greater seq are sent. 0 sends the
 	// current state first.
-	AfterSeq      int64 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	AfterSeq int64 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// The epoch of the state at after_seq (RequestState.epoch). When the
+	// request's epoch is no longer this one (its record was lost and rebuilt),
+	// the current state is sent first, whatever its seq, and the stream goes on
+	// from there. 0: any epoch, which compares seqs alone (the form before
+	// epochs existed; it can miss states after a rebuild).
+	AfterEpoch    int64 `protobuf:"varint,4,opt,name=after_epoch,json=afterEpoch,proto3" json:"after_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequestRequest) Reset() {
 	*x = WatchRequestRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +974,7 @@ func (x *WatchRequestRequest) String() string {
 func (*WatchRequestRequest) ProtoMessage() {}
 
 func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +987,7 @@ func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequestRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchRequestRequest) GetDeploymentId() string {
@@ -893,6 +1011,13 @@ func (x *WatchRequestRequest) GetAfterSeq() int64 {
 	return 0
 }
 
+func (x *WatchRequestRequest) GetAfterEpoch() int64 {
+	if x != nil {
+		return x.AfterEpoch
+	}
+	return 0
+}
+
 // WatchRequestResponse is one state change.
 type WatchRequestResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -904,7 +1029,7 @@ type WatchRequestResponse struct {
 
 func (x *WatchRequestResponse) Reset() {
 	*x = WatchRequestResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1041,7 @@ func (x *WatchRequestResponse) String() string {
 func (*WatchRequestResponse) ProtoMessage() {}
 
 func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1054,7 @@ func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestResponse.ProtoReflect.Descriptor instead.
 func (*WatchRequestResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchRequestResponse) GetRequest() *RequestState {
@@ -943,7 +1068,7 @@ var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x05\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -964,8 +1089,14 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x10\n" +
-	"\x03seq\x18\r \x01(\x03R\x03seqB\x11\n" +
+	"\x03seq\x18\r \x01(\x03R\x03seq\x12\x14\n" +
+	"\x05epoch\x18\x0e \x01(\x03R\x05epoch\x127\n" +
+	"\tsynced_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bsyncedAtB\x11\n" +
 	"\x0f_queue_position\"a\n" +
+	"\fRefreshError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
+	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"a\n" +
 	"\fRequestError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
@@ -980,15 +1111,17 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x10GetStatusRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"I\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x8a\x01\n" +
 	"\x11GetStatusResponse\x124\n" +
-	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"V\n" +
+	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\x12?\n" +
+	"\rrefresh_error\x18\x02 \x01(\v2\x1a.comfygate.v1.RefreshErrorR\frefreshError\"V\n" +
 	"\x10GetResultRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"I\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x8a\x01\n" +
 	"\x11GetResultResponse\x124\n" +
-	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"S\n" +
+	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\x12?\n" +
+	"\rrefresh_error\x18\x02 \x01(\v2\x1a.comfygate.v1.RefreshErrorR\frefreshError\"S\n" +
 	"\rCancelRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
@@ -996,12 +1129,14 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x0eCancelResponse\x125\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x1b.comfygate.v1.CancelOutcomeR\aoutcome\x12)\n" +
 	"\x10upstream_outcome\x18\x02 \x01(\tR\x0fupstreamOutcome\x124\n" +
-	"\arequest\x18\x03 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"v\n" +
+	"\arequest\x18\x03 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"\x97\x01\n" +
 	"\x13WatchRequestRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\x12\x1b\n" +
-	"\tafter_seq\x18\x03 \x01(\x03R\bafterSeq\"L\n" +
+	"\tafter_seq\x18\x03 \x01(\x03R\bafterSeq\x12\x1f\n" +
+	"\vafter_epoch\x18\x04 \x01(\x03R\n" +
+	"afterEpoch\"L\n" +
 	"\x14WatchRequestResponse\x124\n" +
 	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
@@ -1038,53 +1173,57 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                   // 0: comfygate.v1.Status
 	(CancelOutcome)(0),            // 1: comfygate.v1.CancelOutcome
 	(*RequestState)(nil),          // 2: comfygate.v1.RequestState
-	(*RequestError)(nil),          // 3: comfygate.v1.RequestError
-	(*SubmitRequest)(nil),         // 4: comfygate.v1.SubmitRequest
-	(*SubmitResponse)(nil),        // 5: comfygate.v1.SubmitResponse
-	(*GetStatusRequest)(nil),      // 6: comfygate.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 7: comfygate.v1.GetStatusResponse
-	(*GetResultRequest)(nil),      // 8: comfygate.v1.GetResultRequest
-	(*GetResultResponse)(nil),     // 9: comfygate.v1.GetResultResponse
-	(*CancelRequest)(nil),         // 10: comfygate.v1.CancelRequest
-	(*CancelResponse)(nil),        // 11: comfygate.v1.CancelResponse
-	(*WatchRequestRequest)(nil),   // 12: comfygate.v1.WatchRequestRequest
-	(*WatchRequestResponse)(nil),  // 13: comfygate.v1.WatchRequestResponse
-	(*structpb.Struct)(nil),       // 14: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*RefreshError)(nil),          // 3: comfygate.v1.RefreshError
+	(*RequestError)(nil),          // 4: comfygate.v1.RequestError
+	(*SubmitRequest)(nil),         // 5: comfygate.v1.SubmitRequest
+	(*SubmitResponse)(nil),        // 6: comfygate.v1.SubmitResponse
+	(*GetStatusRequest)(nil),      // 7: comfygate.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),     // 8: comfygate.v1.GetStatusResponse
+	(*GetResultRequest)(nil),      // 9: comfygate.v1.GetResultRequest
+	(*GetResultResponse)(nil),     // 10: comfygate.v1.GetResultResponse
+	(*CancelRequest)(nil),         // 11: comfygate.v1.CancelRequest
+	(*CancelResponse)(nil),        // 12: comfygate.v1.CancelResponse
+	(*WatchRequestRequest)(nil),   // 13: comfygate.v1.WatchRequestRequest
+	(*WatchRequestResponse)(nil),  // 14: comfygate.v1.WatchRequestResponse
+	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	14, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
-	3,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	15, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	15, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	15, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	2,  // 6: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
-	2,  // 7: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
-	2,  // 8: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
-	1,  // 9: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
-	2,  // 10: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	2,  // 11: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	4,  // 12: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	6,  // 13: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	8,  // 14: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	10, // 15: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	12, // 16: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	5,  // 17: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	7,  // 18: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	9,  // 19: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	11, // 20: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	13, // 21: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	4,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
+	16, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	16, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	16, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	16, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	2,  // 7: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
+	2,  // 8: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
+	3,  // 9: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	2,  // 10: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
+	3,  // 11: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	1,  // 12: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
+	2,  // 13: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
+	2,  // 14: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 15: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	7,  // 16: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	9,  // 17: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	11, // 18: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	13, // 19: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	6,  // 20: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	8,  // 21: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	10, // 22: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	12, // 23: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	14, // 24: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -1099,7 +1238,7 @@ func file_comfygate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -47,10 +47,12 @@ class GetResultRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetResultResponse(_message.Message):
-    __slots__ = ["request"]
+    __slots__ = ["refresh_error", "request"]
+    REFRESH_ERROR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    refresh_error: RefreshError
     request: RequestState
-    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., refresh_error: _Optional[_Union[RefreshError, _Mapping]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ["deployment_id", "request_id"]
@@ -61,10 +63,22 @@ class GetStatusRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ["request"]
+    __slots__ = ["refresh_error", "request"]
+    REFRESH_ERROR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    refresh_error: RefreshError
     request: RequestState
-    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., refresh_error: _Optional[_Union[RefreshError, _Mapping]] = ...) -> None: ...
+
+class RefreshError(_message.Message):
+    __slots__ = ["code", "message", "upstream_code"]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    upstream_code: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
 
 class RequestError(_message.Message):
     __slots__ = ["message", "type", "upstream_code"]
@@ -77,9 +91,10 @@ class RequestError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
 
 class RequestState(_message.Message):
-    __slots__ = ["created_at", "deployment_id", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_position", "request_id", "seq", "started_at", "status", "upstream_status"]
+    __slots__ = ["created_at", "deployment_id", "epoch", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_position", "request_id", "seq", "started_at", "status", "synced_at", "upstream_status"]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,9 +105,11 @@ class RequestState(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_AT_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
     created_at: _timestamp_pb2.Timestamp
     deployment_id: str
+    epoch: int
     error: RequestError
     finished_at: _timestamp_pb2.Timestamp
     instance_id: str
@@ -103,8 +120,9 @@ class RequestState(_message.Message):
     seq: int
     started_at: _timestamp_pb2.Timestamp
     status: Status
+    synced_at: _timestamp_pb2.Timestamp
     upstream_status: str
-    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ["deployment_id", "idempotency_key", "input_json"]
@@ -123,14 +141,16 @@ class SubmitResponse(_message.Message):
     def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
 
 class WatchRequestRequest(_message.Message):
-    __slots__ = ["after_seq", "deployment_id", "request_id"]
+    __slots__ = ["after_epoch", "after_seq", "deployment_id", "request_id"]
+    AFTER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    after_epoch: int
     after_seq: int
     deployment_id: str
     request_id: str
-    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., after_epoch: _Optional[int] = ...) -> None: ...
 
 class WatchRequestResponse(_message.Message):
     __slots__ = ["request"]

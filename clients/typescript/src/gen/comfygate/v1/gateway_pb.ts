@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file comfygate/v1/gateway.proto.
  */
 export const file_comfygate_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIsUDCgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKANCEQoPX3F1ZXVlX3Bvc2l0aW9uIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJTCg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiQAoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiQAoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlIlMKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSqaAQoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19RVUVVRUQQARISCg5TVEFUVVNfUlVOTklORxACEhQKEFNUQVRVU19TVUNDRUVERUQQAxIRCg1TVEFUVVNfRkFJTEVEEAQSFAoQU1RBVFVTX0NBTkNFTExFRBAFEhIKDlNUQVRVU19VTktOT1dOEAYqqwEKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIcChhDQU5DRUxfT1VUQ09NRV9SRVFVRVNURUQQAhIiCh5DQU5DRUxfT1VUQ09NRV9OT1RfQ0FOQ0VMTEFCTEUQAxIaChZDQU5DRUxfT1VUQ09NRV9VTktOT1dOEAQyjwMKDkdhdGV3YXlTZXJ2aWNlEkMKBlN1Ym1pdBIbLmNvbWZ5Z2F0ZS52MS5TdWJtaXRSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLlN1Ym1pdFJlc3BvbnNlEkwKCUdldFN0YXR1cxIeLmNvbWZ5Z2F0ZS52MS5HZXRTdGF0dXNSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFN0YXR1c1Jlc3BvbnNlEkwKCUdldFJlc3VsdBIeLmNvbWZ5Z2F0ZS52MS5HZXRSZXN1bHRSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlc3BvbnNlEkMKBkNhbmNlbBIbLmNvbWZ5Z2F0ZS52MS5DYW5jZWxSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLkNhbmNlbFJlc3BvbnNlElcKDFdhdGNoUmVxdWVzdBIhLmNvbWZ5Z2F0ZS52MS5XYXRjaFJlcXVlc3RSZXF1ZXN0GiIuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlc3BvbnNlMAFCPVo7Z2l0aHViLmNvbS9jb21meWdhdGUvY29tZnlnYXRlL2dlbi9jb21meWdhdGUvdjE7Y29tZnlnYXRldjFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIoMECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIRCg9fcXVldWVfcG9zaXRpb24iRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJTCg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSqaAQoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19RVUVVRUQQARISCg5TVEFUVVNfUlVOTklORxACEhQKEFNUQVRVU19TVUNDRUVERUQQAxIRCg1TVEFUVVNfRkFJTEVEEAQSFAoQU1RBVFVTX0NBTkNFTExFRBAFEhIKDlNUQVRVU19VTktOT1dOEAYqqwEKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIcChhDQU5DRUxfT1VUQ09NRV9SRVFVRVNURUQQAhIiCh5DQU5DRUxfT1VUQ09NRV9OT1RfQ0FOQ0VMTEFCTEUQAxIaChZDQU5DRUxfT1VUQ09NRV9VTktOT1dOEAQyjwMKDkdhdGV3YXlTZXJ2aWNlEkMKBlN1Ym1pdBIbLmNvbWZ5Z2F0ZS52MS5TdWJtaXRSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLlN1Ym1pdFJlc3BvbnNlEkwKCUdldFN0YXR1cxIeLmNvbWZ5Z2F0ZS52MS5HZXRTdGF0dXNSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFN0YXR1c1Jlc3BvbnNlEkwKCUdldFJlc3VsdBIeLmNvbWZ5Z2F0ZS52MS5HZXRSZXN1bHRSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlc3BvbnNlEkMKBkNhbmNlbBIbLmNvbWZ5Z2F0ZS52MS5DYW5jZWxSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLkNhbmNlbFJlc3BvbnNlElcKDFdhdGNoUmVxdWVzdBIhLmNvbWZ5Z2F0ZS52MS5XYXRjaFJlcXVlc3RSZXF1ZXN0GiIuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlc3BvbnNlMAFCPVo7Z2l0aHViLmNvbS9jb21meWdhdGUvY29tZnlnYXRlL2dlbi9jb21meWdhdGUvdjE7Y29tZnlnYXRldjFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * RequestState is everything known about one request.
@@ -116,6 +116,26 @@ export type RequestState = Message<"comfygate.v1.RequestState"> & {
    * @generated from field: int64 seq = 13;
    */
   seq: bigint;
+
+  /**
+   * The incarnation of the gateway's record of this request: chosen when the
+   * record was created in the gateway's store, and changed only when that
+   * record was lost (a Redis that restarted empty, an eviction) and rebuilt.
+   * seq counts within an epoch, so a state is identified by (epoch, seq):
+   * resume a watch with both. 0 with seq 0 (read from RunComfy, not recorded).
+   *
+   * @generated from field: int64 epoch = 14;
+   */
+  epoch: bigint;
+
+  /**
+   * When RunComfy last confirmed this state (a callback, a poll, a read or
+   * the submit's answer). A GetStatus or GetResult that could not refresh the
+   * state says so in refresh_error, and this says how old the answer is.
+   *
+   * @generated from field: google.protobuf.Timestamp synced_at = 15;
+   */
+  syncedAt?: Timestamp | undefined;
 };
 
 /**
@@ -124,6 +144,45 @@ export type RequestState = Message<"comfygate.v1.RequestState"> & {
  */
 export const RequestStateSchema: GenMessage<RequestState> = /*@__PURE__*/
   messageDesc(file_comfygate_v1_gateway, 0);
+
+/**
+ * RefreshError says why a read could not confirm the stored state with
+ * RunComfy: the response then carries the gateway's record as it stands, as
+ * old as RequestState.synced_at says.
+ *
+ * @generated from message comfygate.v1.RefreshError
+ */
+export type RefreshError = Message<"comfygate.v1.RefreshError"> & {
+  /**
+   * The gRPC code name the failure maps to ("UNAVAILABLE", "DEADLINE_EXCEEDED",
+   * "RESOURCE_EXHAUSTED", ...), as the same failure would be reported by a
+   * call that had no record to answer with.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * What failed, for people.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * RunComfy's error code, when it answered with one (e.g. "500001").
+   *
+   * @generated from field: string upstream_code = 3;
+   */
+  upstreamCode: string;
+};
+
+/**
+ * Describes the message comfygate.v1.RefreshError.
+ * Use `create(RefreshErrorSchema)` to create a new message.
+ */
+export const RefreshErrorSchema: GenMessage<RefreshError> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 1);
 
 /**
  * RequestError describes a failed request, normalised from the several shapes
@@ -159,7 +218,7 @@ export type RequestError = Message<"comfygate.v1.RequestError"> & {
  * Use `create(RequestErrorSchema)` to create a new message.
  */
 export const RequestErrorSchema: GenMessage<RequestError> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 1);
+  messageDesc(file_comfygate_v1_gateway, 2);
 
 /**
  * SubmitRequest starts a job.
@@ -209,7 +268,7 @@ export type SubmitRequest = Message<"comfygate.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 2);
+  messageDesc(file_comfygate_v1_gateway, 3);
 
 /**
  * SubmitResponse is the accepted request.
@@ -230,7 +289,7 @@ export type SubmitResponse = Message<"comfygate.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 3);
+  messageDesc(file_comfygate_v1_gateway, 4);
 
 /**
  * GetStatusRequest names a request.
@@ -258,7 +317,7 @@ export type GetStatusRequest = Message<"comfygate.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 4);
+  messageDesc(file_comfygate_v1_gateway, 5);
 
 /**
  * GetStatusResponse carries the request's state.
@@ -272,6 +331,15 @@ export type GetStatusResponse = Message<"comfygate.v1.GetStatusResponse"> & {
    * @generated from field: comfygate.v1.RequestState request = 1;
    */
   request?: RequestState | undefined;
+
+  /**
+   * Set when the state could not be refreshed from RunComfy and request is the
+   * gateway's record as last confirmed (request.synced_at); absent when the
+   * answer is fresh.
+   *
+   * @generated from field: comfygate.v1.RefreshError refresh_error = 2;
+   */
+  refreshError?: RefreshError | undefined;
 };
 
 /**
@@ -279,7 +347,7 @@ export type GetStatusResponse = Message<"comfygate.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 5);
+  messageDesc(file_comfygate_v1_gateway, 6);
 
 /**
  * GetResultRequest names a request.
@@ -307,7 +375,7 @@ export type GetResultRequest = Message<"comfygate.v1.GetResultRequest"> & {
  * Use `create(GetResultRequestSchema)` to create a new message.
  */
 export const GetResultRequestSchema: GenMessage<GetResultRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 6);
+  messageDesc(file_comfygate_v1_gateway, 7);
 
 /**
  * GetResultResponse carries the request's state and outputs.
@@ -321,6 +389,13 @@ export type GetResultResponse = Message<"comfygate.v1.GetResultResponse"> & {
    * @generated from field: comfygate.v1.RequestState request = 1;
    */
   request?: RequestState | undefined;
+
+  /**
+   * As in GetStatusResponse: set when request could not be refreshed.
+   *
+   * @generated from field: comfygate.v1.RefreshError refresh_error = 2;
+   */
+  refreshError?: RefreshError | undefined;
 };
 
 /**
@@ -328,7 +403,7 @@ export type GetResultResponse = Message<"comfygate.v1.GetResultResponse"> & {
  * Use `create(GetResultResponseSchema)` to create a new message.
  */
 export const GetResultResponseSchema: GenMessage<GetResultResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 7);
+  messageDesc(file_comfygate_v1_gateway, 8);
 
 /**
  * CancelRequest names the request to cancel.
@@ -356,7 +431,7 @@ export type CancelRequest = Message<"comfygate.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 8);
+  messageDesc(file_comfygate_v1_gateway, 9);
 
 /**
  * CancelResponse says what happened.
@@ -391,7 +466,7 @@ export type CancelResponse = Message<"comfygate.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 9);
+  messageDesc(file_comfygate_v1_gateway, 10);
 
 /**
  * WatchRequestRequest names the request to watch.
@@ -420,6 +495,17 @@ export type WatchRequestRequest = Message<"comfygate.v1.WatchRequestRequest"> & 
    * @generated from field: int64 after_seq = 3;
    */
   afterSeq: bigint;
+
+  /**
+   * The epoch of the state at after_seq (RequestState.epoch). When the
+   * request's epoch is no longer this one (its record was lost and rebuilt),
+   * the current state is sent first, whatever its seq, and the stream goes on
+   * from there. 0: any epoch, which compares seqs alone (the form before
+   * epochs existed; it can miss states after a rebuild).
+   *
+   * @generated from field: int64 after_epoch = 4;
+   */
+  afterEpoch: bigint;
 };
 
 /**
@@ -427,7 +513,7 @@ export type WatchRequestRequest = Message<"comfygate.v1.WatchRequestRequest"> & 
  * Use `create(WatchRequestRequestSchema)` to create a new message.
  */
 export const WatchRequestRequestSchema: GenMessage<WatchRequestRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 10);
+  messageDesc(file_comfygate_v1_gateway, 11);
 
 /**
  * WatchRequestResponse is one state change.
@@ -448,7 +534,7 @@ export type WatchRequestResponse = Message<"comfygate.v1.WatchRequestResponse"> 
  * Use `create(WatchRequestResponseSchema)` to create a new message.
  */
 export const WatchRequestResponseSchema: GenMessage<WatchRequestResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 11);
+  messageDesc(file_comfygate_v1_gateway, 12);
 
 /**
  * Status is the normalised lifecycle state of a request. The order is the
