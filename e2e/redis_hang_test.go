@@ -70,7 +70,7 @@ func TestHungRedisAnswersWithinTheTimeout(t *testing.T) {
 	}
 	callback := `{"request_id":"req-hung","deployment_id":"d","status":"in_progress","instance_id":"i-1"}`
 	for _, c := range []struct{ name, method, url, body string }{
-		{"callback", http.MethodPost, urls.CallbackURL("d"), callback},
+		{"callback", http.MethodPost, urls.CallbackURL("d", ""), callback},
 		{"submit", http.MethodPost, base, `{"overrides":{}}`},
 		{"status", http.MethodGet, base + "/req-hung", ""},
 	} {
@@ -91,7 +91,7 @@ func TestHungRedisAnswersWithinTheTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(ctx, t, "a callback recorded once Redis answers", func() bool {
-		code, _ := call(http.MethodPost, urls.CallbackURL("d"), callback)
+		code, _ := call(http.MethodPost, urls.CallbackURL("d", ""), callback)
 		return code == http.StatusOK
 	})
 	if code, _ := call(http.MethodPost, base, `{"overrides":{}}`); code != http.StatusOK {

@@ -578,7 +578,7 @@ func TestStalledBodiesAreCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	callbackPath := strings.TrimPrefix(urls.CallbackURL("dep"), "http://"+g.httpAddr)
+	callbackPath := strings.TrimPrefix(urls.CallbackURL("dep", ""), "http://"+g.httpAddr)
 	base := openFDs(t, pid)
 
 	const conns = 1000

@@ -95,7 +95,7 @@ func TestOneLogLinePerCall(t *testing.T) {
 	if callbacks < 2 {
 		t.Errorf("callback lines for %s: %d, want one per callback", rid, callbacks)
 	}
-	for _, secret := range []string{keyA, keyB, "test-webhook-secret-0123456789", g.urls.CallbackURL("dep-1"), "a secret prompt", simToken} {
+	for _, secret := range []string{keyA, keyB, "test-webhook-secret-0123456789", g.urls.CallbackURL("dep-1", ""), "a secret prompt", simToken} {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the log contains %q", secret)
 		}

@@ -115,7 +115,7 @@ func withCallbacks(o *gatewayOptions) {
 // is after the service that needs them is built.
 type lateURLs struct{ urls atomic.Pointer[webhook.URLs] }
 
-func (l *lateURLs) CallbackURL(dep string) string { return l.urls.Load().CallbackURL(dep) }
+func (l *lateURLs) CallbackURL(dep string) string { return l.urls.Load().CallbackURL(dep, "") }
 
 // startGateway runs the whole stack: simulator on a real listener, the RunComfy
 // client, the state, the service and both listeners, and a generated gRPC
@@ -303,7 +303,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 }
 
 // callbackURL is the URL RunComfy would call back for dep's requests.
-func (g *gateway) callbackURL(dep string) string { return g.urls.CallbackURL(dep) }
+func (g *gateway) callbackURL(dep string) string { return g.urls.CallbackURL(dep, "") }
 
 func (g *gateway) waitUp(t *testing.T) {
 	t.Helper()

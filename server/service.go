@@ -49,11 +49,17 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
-// CallbackURLs names the URL RunComfy calls back for a deployment's requests;
-// *webhook.URLs provides it.
+// CallbackURLs names the URL RunComfy calls back for a deployment's requests
+// of one tenant ("" without tenants); *webhook.URLs provides it. The URL
+// carries the tenant, authenticated, so that a callback can restore the
+// request's owner even after its record was lost.
 type CallbackURLs interface {
-	CallbackURL(deploymentID string) string
+	CallbackURL(deploymentID, tenant string) string
 }
+
+// DefaultRefreshTimeout bounds the upstream read of a GetStatus or GetResult
+// whose record is not fresh.
+const DefaultRefreshTimeout = 2 * time.Second
 
 // Service implements comfygatev1.GatewayServiceServer. Each RPC lives in its own
 // file: validate, call the domain, convert; errors are mapped by the interceptors.
@@ -72,6 +78,8 @@ type Service struct {
 	events        *eventCache
 	log           *slog.Logger
 	submitTimeout time.Duration
+	freshFor      time.Duration
+	refreshTO     time.Duration
 	now           func() time.Time
 }
 
@@ -100,6 +108,15 @@ type ServiceConfig struct {
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
 	SubmitTimeout time.Duration
+	// FreshFor is how long after RunComfy last confirmed a record's state
+	// (Record.SyncedAt) GetStatus and GetResult answer from the record
+	// without asking RunComfy; the poll interval, default
+	// state.DefaultPollInterval.
+	FreshFor time.Duration
+	// RefreshTimeout bounds the upstream read of a GetStatus or GetResult
+	// whose record is not fresh; past it the record is answered with a
+	// refresh_error. Default DefaultRefreshTimeout.
+	RefreshTimeout time.Duration
 	// Now is the clock, for tests; default time.Now.
 	Now func() time.Time
 }
@@ -118,6 +135,12 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FreshFor <= 0 {
+		cfg.FreshFor = state.DefaultPollInterval
+	}
+	if cfg.RefreshTimeout <= 0 {
+		cfg.RefreshTimeout = DefaultRefreshTimeout
+	}
 	return &Service{
 		upstream:      cfg.Upstream,
 		tracker:       cfg.Tracker,
@@ -131,6 +154,8 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		metrics:       cfg.Metrics,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
+		freshFor:      cfg.FreshFor,
+		refreshTO:     cfg.RefreshTimeout,
 		now:           cfg.Now,
 	}, nil
 }

@@ -46,7 +46,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	}
 	var opts runcomfy.SubmitOptions
 	if s.callbacks != nil {
-		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep), IntermediateStatus: true}
+		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep, tenantOf(ctx)), IntermediateStatus: true}
 	}
 	// Once the submit is on the wire RunComfy may start a paid job whatever the
 	// caller does next, so a caller hanging up must not abandon the answer that

@@ -74,7 +74,7 @@ func TestCallbacksAndRunComfyCallsAreTraced(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := map[string]int{}
-	token := g.urls.CallbackURL("dep-1")
+	token := g.urls.CallbackURL("dep-1", "")
 	token = token[strings.LastIndex(token, "/")+1:]
 	for _, s := range rec.Ended() {
 		names[s.Name()]++

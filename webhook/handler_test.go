@@ -161,7 +161,7 @@ func (h *harness) do(t *testing.T, method, url, contentType string, body []byte)
 // callback POSTs body as JSON to the deployment's genuine callback URL.
 func (h *harness) callback(t *testing.T, deploymentID string, body []byte) (int, string) {
 	t.Helper()
-	code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(deploymentID), "application/json", body)
+	code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(deploymentID, ""), "application/json", body)
 	return code, b
 }
 
@@ -523,7 +523,7 @@ func TestHandlerDuplicates(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 10 {
 			wg.Go(func() {
-				code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(depID), "application/json", body)
+				code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(depID, ""), "application/json", body)
 				if code != http.StatusOK {
 					t.Errorf("status = %d (%s), want 200", code, b)
 				}
@@ -809,7 +809,7 @@ func TestHandlerSecretRotation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			code, _, b := h.do(t, http.MethodPost, maker.CallbackURL(depID), "application/json",
+			code, _, b := h.do(t, http.MethodPost, maker.CallbackURL(depID, ""), "application/json",
 				fixture(t, "02_in_progress.json", rid))
 			if code != tt.wantCode {
 				t.Fatalf("status = %d (%s), want %d", code, b, tt.wantCode)
@@ -849,7 +849,7 @@ func TestHandlerMethod(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
-			url := h.urls.CallbackURL(depID)
+			url := h.urls.CallbackURL(depID, "")
 			if !tt.validTok {
 				url = h.srv.URL + webhook.PathPrefix + depID + "/" + h.signer.Token("dep-2")
 			}
@@ -890,7 +890,7 @@ func TestHandlerContentType(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t)
-			code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(depID), tt.contentType,
+			code, _, b := h.do(t, http.MethodPost, h.urls.CallbackURL(depID, ""), tt.contentType,
 				fixture(t, "02_in_progress.json", rid))
 			if code != tt.wantCode {
 				t.Fatalf("status = %d (%s), want %d", code, b, tt.wantCode)

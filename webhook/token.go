@@ -101,6 +101,6 @@ func NewURLs(publicURL string, signer *Signer) (*URLs, error) {
 }
 
 // CallbackURL is the URL RunComfy is asked to call for deploymentID's requests.
-func (u *URLs) CallbackURL(deploymentID string) string {
+func (u *URLs) CallbackURL(deploymentID, tenant string) string {
 	return u.base + PathPrefix + url.PathEscape(deploymentID) + "/" + u.signer.Token(deploymentID)
 }

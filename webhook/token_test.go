@@ -68,7 +68,7 @@ func TestTokenVectors(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := "https://gw.example.com" + webhook.PathPrefix + v.DeploymentID + "/" + v.Token
-			if got := urls.CallbackURL(v.DeploymentID); got != want {
+			if got := urls.CallbackURL(v.DeploymentID, ""); got != want {
 				t.Errorf("CallbackURL = %q, want %q", got, want)
 			}
 		})
@@ -216,14 +216,14 @@ func TestNewURLs(t *testing.T) {
 			u, err := webhook.NewURLs(tt.publicURL, s)
 			if tt.want == "" {
 				if err == nil {
-					t.Fatalf("NewURLs(%q) = %q, nil; want an error", tt.publicURL, u.CallbackURL("dep-1"))
+					t.Fatalf("NewURLs(%q) = %q, nil; want an error", tt.publicURL, u.CallbackURL("dep-1", ""))
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("NewURLs(%q): %v", tt.publicURL, err)
 			}
-			if got := u.CallbackURL("dep-1"); got != tt.want {
+			if got := u.CallbackURL("dep-1", ""); got != tt.want {
 				t.Errorf("CallbackURL = %q, want %q", got, tt.want)
 			}
 		})

@@ -48,6 +48,7 @@ type Config struct {
 	RedisPrefix        string
 	PollInterval       time.Duration
 	PollConcurrency    int
+	RefreshTimeout     time.Duration
 	APIKeysFile        string
 	Insecure           bool
 	SubmitRate         float64
@@ -129,6 +130,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.UintVar(&cfg.MaxStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most gRPC calls and watch streams one client connection may have open at once; a Go client queues more, other clients see them refused")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
+	fs.DurationVar(&cfg.RefreshTimeout, "refresh-timeout", server.DefaultRefreshTimeout, "how long GetStatus and GetResult wait for RunComfy to confirm a state that is not fresh (synced within --poll-interval, or final); past it they answer the stored state with refresh_error")
 	// The usage goes out for --help only: a bad flag is one error line (in
 	// the log format asked for, see main.go), not the whole list.
 	usage := func() {
@@ -290,6 +292,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval < 100*time.Millisecond {
 		errs = append(errs, errors.New("--poll-interval must be at least 100ms"))
+	}
+	if c.RefreshTimeout < 10*time.Millisecond {
+		errs = append(errs, errors.New("--refresh-timeout must be at least 10ms"))
 	}
 	if c.MaxStreams < 1 || c.MaxStreams > math.MaxUint32 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-streams must be between 1 and %d", uint32(math.MaxUint32)))

@@ -164,7 +164,8 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 // after runs once the gateway has drained.
 func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, tp *sdktrace.TracerProvider, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
 	metrics := server.NewMetrics(reg)
-	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, Metrics: metrics}
+	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, Metrics: metrics,
+		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout}
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
 		HTTPAddr:             cfg.HTTPAddr,
