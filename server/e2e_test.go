@@ -115,7 +115,9 @@ func withCallbacks(o *gatewayOptions) {
 // is after the service that needs them is built.
 type lateURLs struct{ urls atomic.Pointer[webhook.URLs] }
 
-func (l *lateURLs) CallbackURL(dep string) string { return l.urls.Load().CallbackURL(dep, "") }
+func (l *lateURLs) CallbackURL(dep, tenant string) string {
+	return l.urls.Load().CallbackURL(dep, tenant)
+}
 
 // startGateway runs the whole stack: simulator on a real listener, the RunComfy
 // client, the state, the service and both listeners, and a generated gRPC
