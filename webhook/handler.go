@@ -37,16 +37,22 @@ const (
 	ReasonTooLarge     = "too_large"
 	ReasonMalformed    = "malformed"
 	ReasonStore        = "store"
+	// ReasonForeignOwner: the callback's URL was issued to another tenant than
+	// the one that owns the request.
+	ReasonForeignOwner = "foreign_owner"
 )
 
-// Handler serves POST PathPrefix{deployment_id}/{token}.
+// Handler serves POST PathPrefix{deployment_id}/t/{tenant}/{token} and, for
+// URLs without a tenant, POST PathPrefix{deployment_id}/{token}.
 type Handler struct {
 	signer  *Signer
 	tracker Applier
 	log     *slog.Logger
 
-	tracer   trace.Tracer
-	outcomes [state.Unknown + 1]atomic.Int64
+	tracer trace.Tracer
+	// outcomes has a counter for every Apply outcome, so none can index past
+	// it; a Foreign one is a refusal, counted in rejected.
+	outcomes [state.Foreign + 1]atomic.Int64
 	// rejected has one counter per reason, made by NewHandler; read-only map.
 	rejected map[string]*atomic.Int64
 }
@@ -58,7 +64,7 @@ func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, er
 	}
 	h := &Handler{signer: signer, tracker: tracker, log: log, rejected: map[string]*atomic.Int64{},
 		tracer: noop.NewTracerProvider().Tracer("")}
-	for _, r := range []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore} {
+	for _, r := range []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore, ReasonForeignOwner} {
 		h.rejected[r] = new(atomic.Int64)
 	}
 	return h, nil
@@ -79,9 +85,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer span.End()
 	r = r.WithContext(ctx)
 	// Authenticate before anything else: an unauthenticated caller learns nothing
-	// and costs nothing beyond one MAC.
-	deploymentID, token, ok := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix), "/")
-	if !ok || !runcomfy.ValidID(deploymentID) || !h.signer.Verify(deploymentID, token) {
+	// and costs nothing beyond one MAC. The ids are checked on the escaped path,
+	// so an escaped spelling of either is refused, not decoded.
+	deploymentID, tenant, token, ok := parsePath(strings.TrimPrefix(r.URL.EscapedPath(), PathPrefix))
+	if !ok || !runcomfy.ValidID(deploymentID) || (tenant != "" && !runcomfy.ValidID(tenant)) ||
+		!h.signer.VerifyTenant(deploymentID, tenant, token) {
 		h.rejectUnread(w, r, ReasonUnauthorized, http.StatusUnauthorized, "missing or invalid callback token")
 		return
 	}
@@ -121,12 +129,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	u := state.UpdateFromResult(deploymentID, "callback", &cb.ResultResponse)
 	u.QueuePosition = cb.QueuePosition
+	// The URL names the tenant the request was submitted for, authenticated:
+	// a record lost from the store is created again with its owner, and one
+	// that someone else owns is not touched (Foreign).
+	u.Owner = tenant
 	outcome := state.Unknown
 	if cb.State != runcomfy.StateUnknown {
-		if _, outcome, err = h.tracker.Apply(r.Context(), u); err != nil {
+		var rec *state.Record
+		if rec, outcome, err = h.tracker.Apply(r.Context(), u); err != nil {
 			h.log.ErrorContext(r.Context(), "callback not recorded; asking RunComfy to retry",
 				"request_id", cb.RequestID, "deployment_id", deploymentID, "error", err)
 			h.reject(w, r, ReasonStore, http.StatusServiceUnavailable, "callback could not be recorded; retry later")
+			return
+		}
+		if outcome == state.Foreign {
+			// A genuine URL of one tenant naming another tenant's request: the
+			// record was taken over (an attach while it was lost) or the id was
+			// reused. Either way the request is not this URL's to change.
+			owner := ""
+			if rec != nil {
+				owner = rec.Owner
+			}
+			h.log.WarnContext(r.Context(), "callback for a request another tenant owns",
+				"request_id", cb.RequestID, "deployment_id", deploymentID, "tenant", tenant, "owner", owner)
+			span.SetAttributes(attribute.String("comfygate.request_id", cb.RequestID),
+				attribute.String("comfygate.deployment_id", deploymentID), attribute.String("comfygate.outcome", outcome.String()))
+			h.reject(w, r, ReasonForeignOwner, http.StatusForbidden, "the request belongs to another tenant than this callback URL")
 			return
 		}
 	}
@@ -134,7 +162,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	span.SetAttributes(attribute.String("comfygate.request_id", cb.RequestID),
 		attribute.String("comfygate.deployment_id", deploymentID), attribute.String("comfygate.outcome", outcome.String()))
 	h.log.InfoContext(r.Context(), "callback", "request_id", cb.RequestID, "deployment_id", deploymentID,
-		"status", cb.Status, "outcome", outcome.String(), "duration", time.Since(start))
+		"tenant", tenant, "status", cb.Status, "outcome", outcome.String(), "duration", time.Since(start))
 	writeJSON(w, http.StatusOK, map[string]string{"outcome": outcome.String()})
 }
 
@@ -164,15 +192,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // Stats counts callbacks by what became of them.
 type Stats struct {
 	// Outcomes counts accepted callbacks by state.Outcome name: applied,
-	// duplicate, stale, unknown (a status the gateway does not know).
+	// duplicate, stale, unknown (a status the gateway does not know). A
+	// callback Apply finds foreign is refused: Rejected counts it.
 	Outcomes map[string]int64
-	// Rejected counts refused callbacks by reason.
+	// Rejected counts refused callbacks by reason (the Reason constants).
 	Rejected map[string]int64
 }
 
 // Stats returns the counters.
 func (h *Handler) Stats() Stats {
 	s := Stats{Outcomes: map[string]int64{}, Rejected: map[string]int64{}}
+	// Outcomes up to Unknown are the accepted ones; Foreign is a refusal.
 	for o := state.Applied; o <= state.Unknown; o++ {
 		s.Outcomes[o.String()] = h.outcomes[o].Load()
 	}

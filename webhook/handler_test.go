@@ -201,6 +201,7 @@ func (h *harness) assertStats(t *testing.T, outcomes, rejected map[string]int64)
 		Rejected: map[string]int64{
 			webhook.ReasonMethod: 0, webhook.ReasonUnauthorized: 0, webhook.ReasonMediaType: 0,
 			webhook.ReasonTooLarge: 0, webhook.ReasonMalformed: 0, webhook.ReasonStore: 0,
+			webhook.ReasonForeignOwner: 0,
 		},
 	}
 	maps.Copy(want.Outcomes, outcomes)
@@ -766,6 +767,21 @@ func TestHandlerRejectsBadTokens(t *testing.T) {
 		{"deployment id with an escaped slash", base + "dep%2F1/" + h.signer.Token("dep/1")},
 		{"deployment id with an escaped space", base + "dep%201/" + h.signer.Token("dep 1")},
 		{"deployment id too long", base + long + "/" + h.signer.Token(long)},
+		// The form with a tenant.
+		{"tenant: another tenant's token", base + depID + "/t/tenant-b/" + h.signer.TenantToken(depID, "tenant-a")},
+		{"tenant: the token without a tenant", base + depID + "/t/tenant-a/" + good},
+		{"tenant: dropped from a tenant's URL", base + depID + "/" + h.signer.TenantToken(depID, "tenant-a")},
+		{"tenant: another deployment's token", base + depID + "/t/tenant-a/" + h.signer.TenantToken("dep-2", "tenant-a")},
+		{"tenant: empty", base + depID + "/t//" + h.signer.TenantToken(depID, "")},
+		{"tenant: another segment name", base + depID + "/tenant/tenant-a/" + h.signer.TenantToken(depID, "tenant-a")},
+		{"tenant: missing token", base + depID + "/t/tenant-a"},
+		{"tenant: empty token", base + depID + "/t/tenant-a/"},
+		{"tenant: extra path segment", base + depID + "/t/tenant-a/" + h.signer.TenantToken(depID, "tenant-a") + "/x"},
+		{"tenant: with a dot", base + depID + "/t/tenant.a/" + h.signer.TenantToken(depID, "tenant.a")},
+		{"tenant: escaped", base + depID + "/t/tenant%2Da/" + h.signer.TenantToken(depID, "tenant-a")},
+		{"tenant: with an escaped slash", base + depID + "/t/a%2Fb/" + h.signer.TenantToken(depID, "a/b")},
+		{"tenant: too long", base + depID + "/t/" + long + "/" + h.signer.TenantToken(depID, long)},
+		{"tenant: padded token", base + depID + "/t/tenant-a/" + h.signer.TenantToken(depID, "tenant-a") + "%3D"},
 	}
 	body := fixture(t, "02_in_progress.json", rid)
 	for i, tt := range tests {

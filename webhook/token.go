@@ -2,17 +2,34 @@
 // every documented payload shape, and feeds them to the state tracker. It knows
 // HTTP and nothing of gRPC.
 //
-// RunComfy does not sign callbacks, so the callback URL itself is the credential:
-// it carries an HMAC of the deployment id under the gateway's webhook secret. A
-// callback for one deployment cannot be replayed against another, and rotating
-// the secret (several are accepted, the first signs) invalidates every URL made
-// with a retired one.
+// RunComfy does not sign callbacks, so the callback URL itself is the credential.
+// It is the one thing RunComfy keeps for the gateway, so it also carries the
+// tenant that submitted the request: a record lost from the store (a Redis
+// restarted empty, an eviction) comes back with its rightful owner at the next
+// callback, never with whoever asks for the id first. Two forms are served:
+//
+//	PathPrefix + "{deployment_id}/t/{tenant}/{token}"  token: HMAC-SHA256 under
+//	    the webhook secret of "comfygate callback v2\x00", then the deployment
+//	    id and the tenant, each preceded by its length (8 bytes, big-endian)
+//	PathPrefix + "{deployment_id}/{token}"             token: HMAC-SHA256 of
+//	    "comfygate callback v1\x00" + deployment id (no tenant)
+//
+// Tokens are unpadded base64url. The first form is handed out for a tenant's
+// requests; the second when the gateway runs without API keys (tenant ""), and
+// it stays valid for the URLs handed to RunComfy before tenants were carried:
+// their callbacks set no owner. The tenant segment is a tenant name as API keys
+// files allow it (letters, digits, '-' and '_'), so it needs no escaping.
+//
+// A callback for one deployment or tenant cannot be replayed against another,
+// and rotating the secret (several are accepted, the first signs) invalidates
+// every URL made with a retired one.
 package webhook
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -20,11 +37,20 @@ import (
 )
 
 // PathPrefix is where callbacks are served on the HTTP listener:
+// PathPrefix + "{deployment_id}/t/{tenant}/{token}", or, without a tenant,
 // PathPrefix + "{deployment_id}/{token}".
 const PathPrefix = "/webhooks/runcomfy/"
 
-// tokenContext separates these MACs from any other use of the same secret.
-const tokenContext = "comfygate callback v1\x00"
+// tenantSegment introduces the tenant in a callback path.
+const tenantSegment = "t"
+
+// tokenContext and tenantTokenContext separate these MACs from any other use
+// of the same secret, and the two forms from each other: a token without a
+// tenant is never the token of some tenant.
+const (
+	tokenContext       = "comfygate callback v1\x00"
+	tenantTokenContext = "comfygate callback v2\x00"
+)
 
 // MinSecretLen is the shortest accepted secret, in bytes.
 const MinSecretLen = 16
@@ -49,21 +75,48 @@ func NewSigner(secrets []string) (*Signer, error) {
 	return s, nil
 }
 
-func mac(secret []byte, deploymentID string) []byte {
+// mac is the token's MAC. Without a tenant it is the original form, byte for
+// byte, so that URLs already handed to RunComfy keep verifying. With one, both
+// fields are length-prefixed: no (deployment, tenant) pair shares its message
+// with another, whatever bytes they hold.
+func mac(secret []byte, deploymentID, tenant string) []byte {
 	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(tokenContext))
+	if tenant == "" {
+		m.Write([]byte(tokenContext))
+		m.Write([]byte(deploymentID))
+		return m.Sum(nil)
+	}
+	m.Write([]byte(tenantTokenContext))
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(len(deploymentID))))
 	m.Write([]byte(deploymentID))
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(len(tenant))))
+	m.Write([]byte(tenant))
 	return m.Sum(nil)
 }
 
-// Token is the credential for deploymentID's callbacks.
+// Token is the credential for deploymentID's callbacks without a tenant:
+// TenantToken(deploymentID, "").
 func (s *Signer) Token(deploymentID string) string {
-	return base64.RawURLEncoding.EncodeToString(mac(s.secrets[0], deploymentID))
+	return s.TenantToken(deploymentID, "")
 }
 
-// Verify reports whether token authenticates deploymentID under any accepted
-// secret. Every secret is checked, in constant time, whatever matched.
+// TenantToken is the credential for the callbacks of tenant's requests of
+// deploymentID; tenant "" gives the form without a tenant.
+func (s *Signer) TenantToken(deploymentID, tenant string) string {
+	return base64.RawURLEncoding.EncodeToString(mac(s.secrets[0], deploymentID, tenant))
+}
+
+// Verify reports whether token authenticates deploymentID's callbacks without
+// a tenant: VerifyTenant(deploymentID, "", token).
 func (s *Signer) Verify(deploymentID, token string) bool {
+	return s.VerifyTenant(deploymentID, "", token)
+}
+
+// VerifyTenant reports whether token authenticates the callbacks of tenant's
+// requests of deploymentID (tenant "": the form without a tenant) under any
+// accepted secret. Every secret is checked, in constant time, whatever
+// matched.
+func (s *Signer) VerifyTenant(deploymentID, tenant, token string) bool {
 	got, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	// The decoder skips CR and LF; only the canonical spelling of a token is
 	// one.
@@ -72,11 +125,35 @@ func (s *Signer) Verify(deploymentID, token string) bool {
 	}
 	ok := false
 	for _, sec := range s.secrets {
-		if hmac.Equal(got, mac(sec, deploymentID)) {
+		if hmac.Equal(got, mac(sec, deploymentID, tenant)) {
 			ok = true
 		}
 	}
 	return ok
+}
+
+// Path is the callback path (under PathPrefix) for tenant's requests of
+// deploymentID; tenant "" gives the form without a tenant.
+func (s *Signer) Path(deploymentID, tenant string) string {
+	if tenant == "" {
+		return PathPrefix + url.PathEscape(deploymentID) + "/" + s.Token(deploymentID)
+	}
+	return PathPrefix + url.PathEscape(deploymentID) + "/" + tenantSegment + "/" + url.PathEscape(tenant) + "/" +
+		s.TenantToken(deploymentID, tenant)
+}
+
+// parsePath splits an escaped callback path (PathPrefix removed) into its
+// deployment id, tenant ("" for the form without one) and token. It checks
+// the shape only; the caller checks the ids and the token.
+func parsePath(p string) (deploymentID, tenant, token string, ok bool) {
+	parts := strings.Split(p, "/")
+	switch {
+	case len(parts) == 2:
+		return parts[0], "", parts[1], true
+	case len(parts) == 4 && parts[1] == tenantSegment:
+		return parts[0], parts[2], parts[3], true
+	}
+	return "", "", "", false
 }
 
 // URLs builds callback URLs under the gateway's public base URL.
@@ -100,7 +177,8 @@ func NewURLs(publicURL string, signer *Signer) (*URLs, error) {
 	return &URLs{base: strings.TrimRight(publicURL, "/"), signer: signer}, nil
 }
 
-// CallbackURL is the URL RunComfy is asked to call for deploymentID's requests.
+// CallbackURL is the URL RunComfy is asked to call for tenant's requests of
+// deploymentID (tenant "": the gateway runs without API keys).
 func (u *URLs) CallbackURL(deploymentID, tenant string) string {
-	return u.base + PathPrefix + url.PathEscape(deploymentID) + "/" + u.signer.Token(deploymentID)
+	return u.base + u.signer.Path(deploymentID, tenant)
 }

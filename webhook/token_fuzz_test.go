@@ -43,9 +43,10 @@ func fixtureIDs(f *testing.F) []string {
 }
 
 // FuzzVerify checks the callback token against an independent oracle: Verify
-// never panics, accepts exactly the tokens Token makes under one of the signer's
-// secrets (a second signer with the same secrets and a signer with the retired
-// secret alone compute them), and always accepts its own Token.
+// never panics, accepts exactly the tokens TenantToken makes for the same
+// deployment and tenant under one of the signer's secrets (a second signer with
+// the same secrets and a signer with the retired secret alone compute them),
+// and always accepts its own. Tenant "" is the form without a tenant.
 func FuzzVerify(f *testing.F) {
 	s := mustSigner(f, fuzzSecrets...)
 	same := mustSigner(f, fuzzSecrets...)
@@ -60,40 +61,60 @@ func FuzzVerify(f *testing.F) {
 		f.Fatalf("token_vectors.json: %d vectors, %v", len(vectors), err)
 	}
 	for _, v := range vectors {
-		f.Add(v.DeploymentID, v.Token) // another secret's token: must be refused
-		f.Add(v.DeploymentID, s.Token(v.DeploymentID))
-		f.Add(v.DeploymentID, old.Token(v.DeploymentID))
+		f.Add(v.DeploymentID, v.Tenant, v.Token) // another secret's token: must be refused
+		f.Add(v.DeploymentID, v.Tenant, s.TenantToken(v.DeploymentID, v.Tenant))
+		f.Add(v.DeploymentID, v.Tenant, old.TenantToken(v.DeploymentID, v.Tenant))
+		f.Add(v.DeploymentID, "", s.TenantToken(v.DeploymentID, "tenant-a")) // a tenant's token without one
+		f.Add(v.DeploymentID, "tenant-a", s.Token(v.DeploymentID))           // the old form for a tenant
+		f.Add(v.DeploymentID, "tenant-b", s.TenantToken(v.DeploymentID, "tenant-a"))
 	}
 	for _, id := range fixtureIDs(f) {
-		tok := s.Token(id)
-		raw, _ := base64.RawURLEncoding.DecodeString(tok)
-		f.Add(id, tok)
-		f.Add(id, old.Token(id))
-		f.Add(id, tok+"=")
-		f.Add(id, tok[:len(tok)-1])
-		f.Add(id, base64.StdEncoding.EncodeToString(raw))
-		f.Add(id, base64.URLEncoding.EncodeToString(raw))
-		f.Add(id, "")
+		for _, tenant := range []string{"", "tenant-a"} {
+			tok := s.TenantToken(id, tenant)
+			raw, _ := base64.RawURLEncoding.DecodeString(tok)
+			f.Add(id, tenant, tok)
+			f.Add(id, tenant, old.TenantToken(id, tenant))
+			f.Add(id, tenant, tok+"=")
+			f.Add(id, tenant, tok[:len(tok)-1])
+			f.Add(id, tenant, base64.StdEncoding.EncodeToString(raw))
+			f.Add(id, tenant, base64.URLEncoding.EncodeToString(raw))
+			f.Add(id, tenant, "")
+		}
 	}
-	f.Add("", s.Token(""))
-	f.Add("dep-1\x00", s.Token("dep-1"))
-	f.Add("../dep-1", s.Token("../dep-1"))
+	f.Add("", "", s.Token(""))
+	f.Add("dep-1\x00", "", s.Token("dep-1"))
+	f.Add("../dep-1", "", s.Token("../dep-1"))
+	f.Add("dep-", "1tenant-a", s.TenantToken("dep-1", "tenant-a"))
+	f.Add("dep-1", "tenant-a", s.Token("dep-1tenant-a"))
 
-	f.Fuzz(func(t *testing.T, dep, token string) {
-		want := token == same.Token(dep) || token == old.Token(dep)
-		if got := s.Verify(dep, token); got != want {
-			t.Fatalf("Verify(%q, %q) = %v, want %v (Token = %q, old secret's = %q)",
-				dep, token, got, want, same.Token(dep), old.Token(dep))
+	f.Fuzz(func(t *testing.T, dep, tenant, token string) {
+		want := token == same.TenantToken(dep, tenant) || token == old.TenantToken(dep, tenant)
+		if got := s.VerifyTenant(dep, tenant, token); got != want {
+			t.Fatalf("VerifyTenant(%q, %q, %q) = %v, want %v (TenantToken = %q, old secret's = %q)",
+				dep, tenant, token, got, want, same.TenantToken(dep, tenant), old.TenantToken(dep, tenant))
 		}
-		if tok := s.Token(dep); !s.Verify(dep, tok) {
-			t.Fatalf("Verify(%q, Token(%q) = %q) = false", dep, dep, tok)
+		if tenant == "" {
+			if got := s.Verify(dep, token); got != want {
+				t.Fatalf("Verify(%q, %q) = %v, VerifyTenant with no tenant = %v", dep, token, got, want)
+			}
 		}
-		if tok := old.Token(dep); !s.Verify(dep, tok) {
-			t.Fatalf("Verify(%q, old secret's token %q) = false", dep, tok)
+		if tok := s.TenantToken(dep, tenant); !s.VerifyTenant(dep, tenant, tok) {
+			t.Fatalf("VerifyTenant(%q, %q, TenantToken = %q) = false", dep, tenant, tok)
 		}
-		// The token depends on the deployment id: it is not accepted for a neighbour.
-		if s.Verify(dep+"x", s.Token(dep)) {
-			t.Fatalf("Token(%q) verifies for %q", dep, dep+"x")
+		if tok := old.TenantToken(dep, tenant); !s.VerifyTenant(dep, tenant, tok) {
+			t.Fatalf("VerifyTenant(%q, %q, old secret's token %q) = false", dep, tenant, tok)
+		}
+		// The token depends on the deployment id and the tenant: it is not
+		// accepted for a neighbour of either, nor with bytes moved between them.
+		tok := s.TenantToken(dep, tenant)
+		if s.VerifyTenant(dep+"x", tenant, tok) {
+			t.Fatalf("TenantToken(%q, %q) verifies for deployment %q", dep, tenant, dep+"x")
+		}
+		if s.VerifyTenant(dep, tenant+"x", tok) {
+			t.Fatalf("TenantToken(%q, %q) verifies for tenant %q", dep, tenant, tenant+"x")
+		}
+		if tenant != "" && s.VerifyTenant(dep+tenant[:1], tenant[1:], tok) {
+			t.Fatalf("TenantToken(%q, %q) verifies for (%q, %q)", dep, tenant, dep+tenant[:1], tenant[1:])
 		}
 	})
 }
