@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -103,6 +104,10 @@ type gatewayOptions struct {
 	// trust tlsRoots.
 	tls      *tls.Config
 	tlsRoots *x509.CertPool
+	// freshFor is the Service's FreshFor. Zero is a nanosecond: every read
+	// of an unfinished request asks RunComfy, so tests step the simulator
+	// and read the result at once.
+	freshFor time.Duration
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -217,7 +222,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		t.Fatal(err)
 	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem,
-		Limits: limits}
+		Limits: limits, FreshFor: cmp.Or(o.freshFor, time.Nanosecond)}
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}

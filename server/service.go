@@ -42,6 +42,9 @@ type Watches interface {
 	Watch(ctx context.Context, requestID string) (*state.Watcher, error)
 	// Drain ends every watcher: Next returns state.ErrDraining.
 	Drain()
+	// Describe says which deployment and owner a watched request has, so
+	// that its record can be rebuilt if it is lost while watched.
+	Describe(requestID, deploymentID, owner string)
 }
 
 // Pinger reports whether the state backend can record requests now.

@@ -127,8 +127,11 @@ func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*st
 	if err != nil {
 		return w, true, fmt.Errorf("watch request %s: %w", rid, err)
 	}
-	if s.expedite != nil && !rec.Terminal() {
-		s.expedite.Watched(ctx, rid)
+	if !rec.Terminal() {
+		s.watches.Describe(rid, rec.DeploymentID, rec.Owner)
+		if s.expedite != nil {
+			s.expedite.Watched(ctx, rid)
+		}
 	}
 	done, err := send(rec, false)
 	return w, done, err

@@ -50,6 +50,15 @@ type topic struct {
 
 	mu       sync.Mutex
 	watchers map[*Watcher]struct{}
+
+	// dep and owner describe the request (Describe), guarded by Hub.mu.
+	dep, owner string
+}
+
+// WatchedRequest is a request this replica's watchers follow, as they saw it
+// when they started: enough to rebuild its record from RunComfy if it is lost.
+type WatchedRequest struct {
+	RequestID, DeploymentID, Owner string
 }
 
 // NewHub returns a Hub on bus. buffer is each watcher's capacity; <= 0 means
@@ -177,6 +186,30 @@ func (h *Hub) Watching() []string {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// Describe records the deployment and owner of a watched request, as its
+// watcher read them, so that the request can be rebuilt (Watched) if its
+// record is lost while it is watched. The first description stays.
+func (h *Hub) Describe(requestID, deploymentID, owner string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if tp := h.topics[requestID]; tp != nil && tp.dep == "" {
+		tp.dep, tp.owner = deploymentID, owner
+	}
+}
+
+// Watched lists the described requests this hub has watchers of.
+func (h *Hub) Watched() []WatchedRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]WatchedRequest, 0, len(h.topics))
+	for id, tp := range h.topics {
+		if tp.dep != "" {
+			out = append(out, WatchedRequest{RequestID: id, DeploymentID: tp.dep, Owner: tp.owner})
+		}
+	}
+	return out
 }
 
 // IsWatching reports whether this hub has watchers of requestID.

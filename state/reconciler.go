@@ -23,6 +23,10 @@ type ReconcilerConfig struct {
 	// Watching reports whether this replica has watchers of a request, which
 	// makes it worth polling sooner; may be nil.
 	Watching func(requestID string) bool
+	// Watched lists the requests this replica's watchers follow (Hub.Watched):
+	// any whose record is lost is rebuilt from RunComfy, so that its watchers
+	// get its states and its end. May be nil.
+	Watched func() []WatchedRequest
 	// Interval is the base poll interval, default DefaultPollInterval.
 	Interval time.Duration
 	// MaxInterval caps the back-off for requests that stay unchanged (long
@@ -82,6 +86,9 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 	if cfg.Watching == nil {
 		cfg.Watching = func(string) bool { return false }
 	}
+	if cfg.Watched == nil {
+		cfg.Watched = func() []WatchedRequest { return nil }
+	}
 	return &Reconciler{cfg: cfg, missing: map[string]time.Time{}}, nil
 }
 
@@ -110,11 +117,24 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	// freed wakes the loop when a poll ends, so a free slot does not wait for
 	// the next tick.
 	freed := make(chan struct{}, 1)
+	// Watched requests are checked for lost records at the pace they are
+	// polled, by one goroutine at a time.
+	keepTick := time.NewTicker(max(r.cfg.Interval/2, 20*time.Millisecond))
+	defer keepTick.Stop()
+	var keeping atomic.Bool
 	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-keepTick.C:
+			if keeping.CompareAndSwap(false, true) {
+				wg.Go(func() {
+					defer keeping.Store(false)
+					r.keep(ctx)
+				})
+			}
+			continue
 		case <-tick.C:
 		case <-freed:
 		}
@@ -279,6 +299,10 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	now := r.cfg.Now()
 	rec, err := r.cfg.Tracker.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
+		if w, ok := r.watched(id); ok {
+			// Lost (evicted) while watched here: rebuilt, not forgotten.
+			return r.rebuild(ctx, w)
+		}
 		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id) // expired: nothing left to track
 	}
@@ -326,7 +350,7 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 		return false, nil
 	}
 	_, _, err = r.cfg.Tracker.Apply(ctx, Update{
-		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: "poll",
+		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: "poll", Owner: rec.Owner,
 		State:      runcomfy.StateFailed,
 		Error:      &runcomfy.JobError{Type: ErrorTypeUpstreamLost, Message: "RunComfy no longer knows this request (it keeps requests for about 7 days)"},
 		FinishedAt: now,
@@ -337,6 +361,80 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 	r.found(rec.RequestID)
 	r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
 	return true, r.cfg.Schedule.Forget(ctx, rec.RequestID)
+}
+
+// watched returns the description of id if this replica's watchers follow it.
+func (r *Reconciler) watched(id string) (WatchedRequest, bool) {
+	for _, w := range r.cfg.Watched() {
+		if w.RequestID == id {
+			return w, true
+		}
+	}
+	return WatchedRequest{}, false
+}
+
+// keep rebuilds the lost records of the requests this replica's watchers
+// follow. A record is lost when Redis restarted empty, failed over to a
+// replica that had not received it, or evicted it: no callback may ever come
+// for it again, and nothing else would poll it.
+func (r *Reconciler) keep(ctx context.Context) {
+	watched := r.cfg.Watched()
+	if len(watched) == 0 {
+		return
+	}
+	ids := make([]string, len(watched))
+	for i, w := range watched {
+		ids[i] = w.RequestID
+	}
+	missing, err := r.cfg.Tracker.Missing(ctx, ids)
+	if err != nil {
+		return // the backend is down: nothing to learn until it is back
+	}
+	for _, w := range watched {
+		if !slices.Contains(missing, w.RequestID) {
+			continue
+		}
+		ok, err := r.cfg.Schedule.Lease(ctx, w.RequestID, r.cfg.Owner, r.leaseTTL())
+		if err != nil || !ok {
+			continue // another replica rebuilds or polls it
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.leaseTTL()*3/4)
+		if err := r.rebuild(pctx, w); err != nil && ctx.Err() == nil {
+			r.cfg.Logger.Warn("rebuilding a lost record failed", "request_id", w.RequestID, "error", err)
+		}
+		cancel()
+		r.release(ctx, w.RequestID)
+	}
+}
+
+// rebuild records a lost request again from RunComfy, under a new epoch,
+// owned by whom its watchers saw own it; the caller holds its lease. The new
+// record is scheduled and published like any, so every replica's watchers get
+// it. RunComfy not knowing the request ends it as goneUpstream does.
+func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) error {
+	if _, err := r.cfg.Tracker.Get(ctx, w.RequestID); !errors.Is(err, ErrNotFound) {
+		return err // rebuilt meanwhile (nil), or the backend is down
+	}
+	now := r.cfg.Now()
+	r.polls.Add(1)
+	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, "rebuild", w.Owner)
+	if errors.Is(err, runcomfy.ErrNotFound) {
+		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}
+		_, gerr := r.goneUpstream(ctx, stub, now)
+		return gerr
+	}
+	if err != nil {
+		if errors.Is(err, runcomfy.ErrRateLimited) {
+			r.pause(ctx, r.cfg.Interval)
+		}
+		return fmt.Errorf("rebuild request %s: %w", w.RequestID, err)
+	}
+	r.found(w.RequestID)
+	if rec != nil {
+		r.cfg.Logger.Warn("a watched request's record was lost; rebuilt from RunComfy",
+			"request_id", w.RequestID, "status", rec.State, "epoch", rec.Epoch)
+	}
+	return nil
 }
 
 // found forgets a request's "not found" answers: RunComfy knows it, or it has

@@ -42,6 +42,12 @@ type Store interface {
 	Save(ctx context.Context, rec *Record, ttl time.Duration) error
 }
 
+// MissingChecker is a Store that can tell which of many requests have no
+// record in one call.
+type MissingChecker interface {
+	Missing(ctx context.Context, ids []string) ([]string, error)
+}
+
 // Toucher is a Store that can record that upstream confirmed a state without
 // changing it: the record's SyncedAt moves to at, nothing else changes and
 // nothing is published. The Tracker uses it when the store offers it.

@@ -87,6 +87,25 @@ func (t *Tracker) Get(ctx context.Context, requestID string) (*Record, error) {
 	return t.store.Get(ctx, requestID)
 }
 
+// Missing returns those of ids that have no record. It asks the store in one
+// call when the store can (MissingChecker), else one Get each.
+func (t *Tracker) Missing(ctx context.Context, ids []string) ([]string, error) {
+	if mc, ok := t.store.(MissingChecker); ok {
+		return mc.Missing(ctx, ids)
+	}
+	var missing []string
+	for _, id := range ids {
+		_, err := t.store.Get(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			missing = append(missing, id)
+		case err != nil:
+			return nil, err
+		}
+	}
+	return missing, nil
+}
+
 // Apply merges u into the request's record. It returns the record as it stands
 // afterwards (nil when there is none and u was not applied) and what it did. An
 // update that reports success without outputs has them fetched from upstream

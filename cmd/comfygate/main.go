@@ -270,6 +270,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		Tracker:     tracker,
 		Upstream:    pollClient,
 		Watching:    hub.IsWatching,
+		Watched:     hub.Watched,
 		Interval:    cfg.PollInterval,
 		Concurrency: cfg.PollConcurrency,
 		Retention:   cfg.Retention,

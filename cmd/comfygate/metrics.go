@@ -56,7 +56,7 @@ func registerStateMetrics(reg *prometheus.Registry, tracker *state.Tracker, reco
 			func() float64 { return float64(hook.Stats().Outcomes[outcome]) }))
 	}
 	for _, reason := range []string{webhook.ReasonMethod, webhook.ReasonUnauthorized, webhook.ReasonMediaType,
-		webhook.ReasonTooLarge, webhook.ReasonMalformed, webhook.ReasonStore} {
+		webhook.ReasonTooLarge, webhook.ReasonMalformed, webhook.ReasonStore, webhook.ReasonForeignOwner} {
 		reg.MustRegister(counter("comfygate_callbacks_rejected_total", "Callbacks refused, by reason.", prometheus.Labels{"reason": reason},
 			func() float64 { return float64(hook.Stats().Rejected[reason]) }))
 	}

@@ -132,6 +132,23 @@ func (b *Backend) Touch(ctx context.Context, requestID string, pos state.Positio
 	return nil
 }
 
+// Missing implements state.MissingChecker.
+func (b *Backend) Missing(ctx context.Context, ids []string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var missing []string
+	for _, id := range ids {
+		if e, ok := b.records[id]; !ok || !now.Before(e.expires) {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
+}
+
 // Delete removes requestID's record, as an eviction or a restart would.
 // Tests use it to lose data on purpose.
 func (b *Backend) Delete(ctx context.Context, requestID string) error {

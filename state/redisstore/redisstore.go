@@ -196,6 +196,26 @@ func (b *Backend) Touch(ctx context.Context, requestID string, pos state.Positio
 	return nil
 }
 
+// Missing implements state.MissingChecker: one EXISTS per id, in one
+// pipeline.
+func (b *Backend) Missing(ctx context.Context, ids []string) ([]string, error) {
+	pipe := b.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Exists(ctx, b.recordKey(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, unavailable(ctx, "exists", err)
+	}
+	var missing []string
+	for i, c := range cmds {
+		if c.Val() == 0 {
+			missing = append(missing, ids[i])
+		}
+	}
+	return missing, nil
+}
+
 // Delete removes requestID's record, as an eviction or a restart would.
 // Tests use it to lose data on purpose.
 func (b *Backend) Delete(ctx context.Context, requestID string) error {

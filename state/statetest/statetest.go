@@ -79,6 +79,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"Bus", busCases()},
 		{"Tracker", trackerCases()},
 		{"Hub", hubCases()},
+		{"Epoch", epochCases()},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
