@@ -125,6 +125,33 @@ func (s *Server) Restart(down time.Duration) error {
 	return s.start()
 }
 
+// RestartEmpty kills a private server (SIGKILL), throws its data away, and
+// starts it again on the same port after down: a Redis that lost everything
+// (run without persistence, or failed over to a replica that had nothing),
+// as it looks to clients.
+func (s *Server) RestartEmpty(down time.Duration) error {
+	if s.cmd == nil {
+		return errors.New("only a private server can be restarted")
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == "redis.log" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	time.Sleep(down)
+	s.cmd = exec.Command(s.cmd.Path, s.cmd.Args[1:]...)
+	return s.start()
+}
+
 // Pause stops a private server's process (SIGSTOP): its port still accepts
 // connections, but nothing answers, as a hung Redis looks to clients.
 func (s *Server) Pause() error {
