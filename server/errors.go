@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -98,6 +99,16 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		log.WarnContext(ctx, "state backend unavailable", "method", method, "error", err)
 		return status.Error(codes.Unavailable, "the gateway's state backend is unavailable; retry later")
 	case errors.Is(err, context.DeadlineExceeded):
+		var apiErr *runcomfy.APIError
+		if errors.As(err, &apiErr) {
+			// --upstream-timeout ran out on every attempt: RunComfy's fault,
+			// so it says so in the detail, as its other failures do.
+			info := errorInfo(apiErr)
+			info.Reason = "UPSTREAM_TIMEOUT"
+			log.WarnContext(ctx, "RunComfy did not answer in time", "method", method, "error", err)
+			return withDetails(status.New(codes.DeadlineExceeded, "RunComfy did not answer in time"), info)
+		}
+		// The caller's deadline: nothing upstream to report.
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before RunComfy answered")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "call cancelled")
@@ -162,11 +173,13 @@ func errNoSuchRequest() error {
 	return status.Error(codes.NotFound, "no such request")
 }
 
-// submitWithoutAnswer is the status of a submit RunComfy received but did not
-// answer (it timed out: DEADLINE_EXCEEDED, 504; or the connection broke:
-// UNAVAILABLE, 503), or nil for any other error. RunComfy may have started,
-// and will bill, a job the gateway cannot name: the error says so, so that
-// the caller retries with the same idempotency key, not blindly.
+// submitWithoutAnswer is the status of a submit RunComfy may have received
+// and started a job for without the gateway learning its id, or nil for any
+// other error: the wait ran out (DEADLINE_EXCEEDED, 504), the connection
+// broke before or during the answer, the answer was a success the gateway
+// could not use, or a proxy in front of RunComfy answered in its place
+// (HTTP 502; HTTP 504 is a timeout). RunComfy may bill that job: the error
+// says so, so that the caller does not submit again blindly.
 func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, err error) *status.Status {
 	var apiErr *runcomfy.APIError
 	if method != comfygatev1.GatewayService_Submit_FullMethodName || !errors.As(err, &apiErr) || !submitMayHaveStarted(apiErr) {
@@ -174,37 +187,69 @@ func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, e
 	}
 	log.WarnContext(ctx, "RunComfy did not answer a submit: a job may exist", "method", method, "error", err)
 	code, what := codes.Unavailable, "the connection to RunComfy broke before its answer"
-	if errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		code, what = codes.DeadlineExceeded, "RunComfy did not answer the submit in time"
+	case apiErr.HTTPStatus == http.StatusGatewayTimeout:
+		code, what = codes.DeadlineExceeded, "a proxy in front of RunComfy gave up waiting for its answer (HTTP 504)"
+	case apiErr.HTTPStatus == http.StatusBadGateway:
+		what = "a proxy in front of RunComfy got no usable answer from it (HTTP 502)"
+	case apiErr.HTTPStatus != 0 && apiErr.Err != nil:
+		what = fmt.Sprintf("RunComfy's answer (HTTP %d) broke off", apiErr.HTTPStatus)
+	case apiErr.HTTPStatus != 0:
+		what = fmt.Sprintf("RunComfy's answer (HTTP %d) named no request the gateway could read", apiErr.HTTPStatus)
 	}
 	info := errorInfo(apiErr)
 	info.Reason = "UPSTREAM_NO_ANSWER"
 	info.Metadata["job_may_exist"] = "true"
-	st, _ := status.New(code, what+"; a job may have started and be billed: retry with the same idempotency key (never without one)").WithDetails(info)
+	st, _ := status.New(code, what+"; a job may have started and be billed: "+noAnswerAdvice).WithDetails(info)
 	return st
 }
 
+// noAnswerAdvice tells the caller of a submit without an answer what to do.
+// The gateway frees the submit's idempotency key when the submit fails, so
+// a retry, with the same key or without one, is a new submit to RunComfy.
+const noAnswerAdvice = "do not retry blindly, since a retry submits again (even with the same idempotency key)"
+
 // submitMayHaveStarted reports whether a failed submit may still have
 // started a job: it was sent (the failure is not a dial or a refused
-// connection) and no answer came back.
+// connection) and no usable answer came back, or RunComfy's answer was lost
+// to a proxy. An answer that carries an error code, or any other error
+// status, says that no job started.
 func submitMayHaveStarted(e *runcomfy.APIError) bool {
-	if e.HTTPStatus != 0 || e.Err == nil {
+	success := e.HTTPStatus >= 200 && e.HTTPStatus < 300
+	switch {
+	case e.Err != nil:
+		// Nothing came back, or a success broke off before its end.
+		return !neverSent(e) && (e.HTTPStatus == 0 || success)
+	case e.Code != 0:
 		return false
+	case success:
+		// A success whose body could not be decoded, or named no request.
+		return true
 	}
-	var op *net.OpError
-	if errors.As(e.Err, &op) && op.Op == "dial" {
-		return false
-	}
-	return true
+	return e.HTTPStatus == http.StatusBadGateway || e.HTTPStatus == http.StatusGatewayTimeout
 }
 
 // unavailableReason describes an upstream outage without transport details (the
 // upstream address is the operator's business, and is logged instead).
 func unavailableReason(e *runcomfy.APIError) string {
-	if e.HTTPStatus == 0 {
+	switch {
+	case e.HTTPStatus != 0 && e.Err != nil:
+		return fmt.Sprintf("its answer (HTTP %d) broke off", e.HTTPStatus)
+	case e.HTTPStatus != 0:
+		return fmt.Sprintf("it answered HTTP %d: %s", e.HTTPStatus, e.Message)
+	case neverSent(e):
 		return "it could not be reached"
 	}
-	return fmt.Sprintf("it answered HTTP %d: %s", e.HTTPStatus, e.Message)
+	return "the connection to it broke before its answer"
+}
+
+// neverSent reports whether a call failed before it reached RunComfy: the
+// connection could not be made (refused, no route, DNS).
+func neverSent(e *runcomfy.APIError) bool {
+	var op *net.OpError
+	return e.HTTPStatus == 0 && errors.As(e.Err, &op) && op.Op == "dial"
 }
 
 func upstreamMessage(e *runcomfy.APIError) string {

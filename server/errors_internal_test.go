@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -98,6 +99,43 @@ func TestSubmitWithoutAnAnswerSaysAJobMayExist(t *testing.T) {
 				if strings.Contains(text, "secret-token") {
 					t.Errorf("the gateway's token shows: %q", text)
 				}
+			}
+		})
+	}
+}
+
+// TestSubmitMayHaveStarted: which failed submits may have started a job.
+// RunComfy's own error answers (an error code, or an error status of its
+// own) say that none started; a failure after the submit was sent, without
+// a usable answer, does not.
+func TestSubmitMayHaveStarted(t *testing.T) {
+	broken := errors.New("unexpected EOF")
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	tests := []struct {
+		name string
+		err  *runcomfy.APIError
+		want bool
+	}{
+		{"connection refused", &runcomfy.APIError{Err: refused}, false},
+		{"connection broken before the answer", &runcomfy.APIError{Err: broken}, true},
+		{"timed out", &runcomfy.APIError{Err: context.DeadlineExceeded}, true},
+		{"success broken off mid-body", &runcomfy.APIError{HTTPStatus: 200, Err: broken}, true},
+		{"error answer broken off mid-body", &runcomfy.APIError{HTTPStatus: 422, Err: broken}, false},
+		{"success naming no request", &runcomfy.APIError{HTTPStatus: 200, Message: "answer carries no request_id"}, true},
+		{"HTTP 200 with an error code", &runcomfy.APIError{HTTPStatus: 200, Code: 10002}, false},
+		{"proxy HTTP 502", &runcomfy.APIError{HTTPStatus: 502}, true},
+		{"proxy HTTP 504", &runcomfy.APIError{HTTPStatus: 504}, true},
+		{"HTTP 504 with RunComfy's code", &runcomfy.APIError{HTTPStatus: 504, Code: 500001}, false},
+		{"HTTP 500 without a code", &runcomfy.APIError{HTTPStatus: 500}, false},
+		{"HTTP 503 without a code", &runcomfy.APIError{HTTPStatus: 503}, false},
+		{"internal error 500001", &runcomfy.APIError{HTTPStatus: 500, Code: 500001}, false},
+		{"rate limited", &runcomfy.APIError{HTTPStatus: 429}, false},
+		{"token rejected", &runcomfy.APIError{HTTPStatus: 401, Code: 401001}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := submitMayHaveStarted(tt.err); got != tt.want {
+				t.Errorf("submitMayHaveStarted(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
 	}
