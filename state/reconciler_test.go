@@ -412,6 +412,36 @@ func TestBackOffForRequestThatStaysQueued(t *testing.T) {
 	}
 }
 
+// TestFailingPollsBackOff: a request whose status reads keep failing (RunComfy
+// answering 500) is polled less and less often, as one that stays unchanged
+// is, instead of at the base interval for as long as the failure lasts.
+func TestFailingPollsBackOff(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	// No retries inside a poll: each status call is one poll.
+	up := newUpstream(t, runcomfysim.Options{Manual: true}, func(c *runcomfy.Config) { c.MaxRetries = -1 })
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	rid := r.submit(t, up)
+	up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
+		"status": {HTTPStatus: 500, ErrorCode: 500001, Message: "Internal server error"},
+	}})
+	r.start(t, up, state.ReconcilerConfig{Interval: interval}) // MaxInterval: 8 × 50ms
+	start := time.Now()
+	time.Sleep(40 * interval)
+	first := up.probe.pollsBetween(rid, start, start.Add(20*interval))
+	late := up.probe.pollsBetween(rid, start.Add(20*interval), start.Add(40*interval))
+	t.Logf("failing polls in the first second: %d, in the second: %d", first, late)
+	if late >= 8 {
+		t.Errorf("%d failing polls in the second second, want well below the %d of the base interval", late, 20)
+	}
+	if late == 0 {
+		t.Error("the request was no longer polled at all")
+	}
+	if rec, err := r.tracker.Get(context.Background(), rid); err != nil || rec.Terminal() {
+		t.Errorf("after failing reads: %+v, %v; want the request still unfinished", rec, err)
+	}
+}
+
 // TestWatchedRequestIsPolledMoreOften: while someone watches a request, it is
 // polled at half the interval however long it has been unchanged; another
 // request, unwatched, backs off.
