@@ -84,8 +84,9 @@ func (c *cli) watch(ctx context.Context, id string, first *comfygatev1.RequestSt
 // follow reads WatchRequest until the request's terminal state, sending every
 // new state to events. When the stream ends with UNAVAILABLE (the gateway
 // drains on SIGTERM, or the connection broke) after the gateway has been
-// reached, it reconnects with after_seq set to the last seq seen, so nothing is
-// shown twice or missed. It returns the last state.
+// reached, it reconnects with after_epoch and after_seq set to the last state
+// seen, so nothing is shown twice or missed, even when the request's record
+// was made again meanwhile (a new epoch). It returns the last state.
 func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, id string, first *comfygatev1.RequestState, events chan<- watchEvent) (*comfygatev1.RequestState, error) {
 	emit := func(ev watchEvent) {
 		select {
@@ -93,25 +94,28 @@ func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, i
 		case <-ctx.Done():
 		}
 	}
-	last, after := first, first.GetSeq()
+	last, after, epoch := first, first.GetSeq(), first.GetEpoch()
 	// reached: the gateway has answered for this request, so UNAVAILABLE means
 	// it went away mid-watch rather than that --addr is wrong.
 	reached := first != nil
 	var lostAt time.Time
 	delay := reconnectFirstDelay
 	for {
-		stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: id, AfterSeq: after})
+		stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: id, AfterSeq: after, AfterEpoch: epoch})
 		for err == nil {
 			var msg *comfygatev1.WatchRequestResponse
 			if msg, err = stream.Recv(); err != nil {
 				break
 			}
 			st := msg.GetRequest()
-			if st.GetSeq() != 0 && st.GetSeq() <= after {
+			if st.GetSeq() != 0 && st.GetEpoch() == epoch && st.GetSeq() <= after {
 				continue // shown already; the gateway does not send these, but a replica might
 			}
 			reached, lostAt, delay = true, time.Time{}, reconnectFirstDelay
-			after, last = max(after, st.GetSeq()), st
+			if st.GetSeq() != 0 {
+				after, epoch = st.GetSeq(), st.GetEpoch()
+			}
+			last = st
 			emit(watchEvent{state: st})
 		}
 		if errors.Is(err, io.EOF) {
