@@ -87,6 +87,11 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	switch {
 	case errors.Is(err, errIdempotencyMismatch):
 		return status.Error(codes.AlreadyExists, errIdempotencyMismatch.Error())
+	case errors.Is(err, errIdempotencyUnanswered):
+		return withDetails(status.New(codes.FailedPrecondition, errIdempotencyUnanswered.Error()), &errdetails.ErrorInfo{
+			Reason: "UPSTREAM_NO_ANSWER", Domain: "comfygate",
+			Metadata: map[string]string{"job_may_exist": "true"},
+		})
 	case errors.Is(err, errInflightFull):
 		return status.Error(codes.Unavailable, errInflightFull.Error())
 	case errors.Is(err, errPublicBusy):
@@ -207,9 +212,9 @@ func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, e
 }
 
 // noAnswerAdvice tells the caller of a submit without an answer what to do.
-// The gateway frees the submit's idempotency key when the submit fails, so
-// a retry, with the same key or without one, is a new submit to RunComfy.
-const noAnswerAdvice = "do not retry blindly, since a retry submits again (even with the same idempotency key)"
+// The gateway keeps the submit's idempotency key, marked unanswered: a retry
+// with it is refused, one without a key is a new submit to RunComfy.
+const noAnswerAdvice = "do not retry blindly: a retry without an idempotency key submits again; one with this submit's key is refused, never sent twice"
 
 // submitMayHaveStarted reports whether a failed submit may still have
 // started a job: it was sent (the failure is not a dial or a refused

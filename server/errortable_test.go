@@ -832,24 +832,27 @@ func (g *tableGateway) holdInflight(t *testing.T) {
 	}
 }
 
-// TestSubmitWithoutAnswerFreesItsKey pins what the advice of a submit
+// TestSubmitWithoutAnswerKeepsItsKey pins what the advice of a submit
 // without an answer (README's error table, and the error's message) rests
-// on: the gateway frees the idempotency key of a submit that failed, this
-// one included, so a retry with the same key submits to RunComfy again and
-// may start a second job. When Submit keeps such a key instead, this test,
-// the message and the README row change together.
-func TestSubmitWithoutAnswerFreesItsKey(t *testing.T) {
+// on: the gateway keeps the idempotency key of a submit that reached RunComfy
+// and got no answer, so a retry with the same key is refused (a job may
+// exist) and never reaches RunComfy, while a submit that failed with an
+// answer saying no job started frees its key for a retry.
+func TestSubmitWithoutAnswerKeepsItsKey(t *testing.T) {
 	var mu sync.Mutex
 	submits := 0
 	fake := startFakeRunComfy(t, map[string]answer{"submit": func(w http.ResponseWriter, r *http.Request, quit <-chan struct{}) {
 		mu.Lock()
 		submits++
-		first := submits == 1
+		n := submits
 		mu.Unlock()
-		if first {
+		switch n {
+		case 1:
 			answerBreak(w, r, quit)
+		case 2:
+			answerJSON(http.StatusInternalServerError, `{"error_code":500001,"message":"Internal server error"}`)(w, r, quit)
 		}
-		answerJSON(http.StatusOK, `{"request_id":"rq-second"}`)(w, r, quit)
+		answerJSON(http.StatusOK, `{"request_id":"rq-third"}`)(w, r, quit)
 	}})
 	g := startTableGateway(t, fake.url, tableSetup{})
 	ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tableKeyAttach)
@@ -857,17 +860,41 @@ func TestSubmitWithoutAnswerFreesItsKey(t *testing.T) {
 
 	_, err := g.client.Submit(ctx, req)
 	st := status.Convert(err)
-	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "even with the same idempotency key") {
-		t.Fatalf("first submit: %v %q, want UNAVAILABLE saying a retry submits again", st.Code(), st.Message())
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "never sent twice") {
+		t.Fatalf("first submit: %v %q, want UNAVAILABLE saying a retry with the key is never sent twice", st.Code(), st.Message())
+	}
+	for i := range 2 {
+		_, err = g.client.Submit(ctx, req)
+		st = status.Convert(err)
+		info := errorInfoOf(st)
+		if st.Code() != codes.FailedPrecondition || info == nil || info.GetReason() != "UPSTREAM_NO_ANSWER" || info.GetMetadata()["job_may_exist"] != "true" {
+			t.Fatalf("retry %d with the same key: %v %q (%v), want FAILED_PRECONDITION, UPSTREAM_NO_ANSWER, job_may_exist", i+1, st.Code(), st.Message(), info)
+		}
+	}
+	if got, want := fake.upstreamCalls(), 1; got != want {
+		t.Fatalf("RunComfy saw %d submits, want %d: a retry with the key of an unanswered submit reached it", got, want)
+	}
+
+	// An answer that says no job started frees the key.
+	req.IdempotencyKey = "order-2"
+	if _, err := g.client.Submit(ctx, req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("submit answered 500001: %v, want UNAVAILABLE", err)
 	}
 	again, err := g.client.Submit(ctx, req)
 	if err != nil {
-		t.Fatalf("retry with the same key: %v", err)
+		t.Fatalf("retry after an answered failure: %v", err)
 	}
-	if got, want := again.GetRequest().GetRequestId(), "rq-second"; got != want {
+	if got, want := again.GetRequest().GetRequestId(), "rq-third"; got != want {
 		t.Errorf("retry answered %q, want %q", got, want)
 	}
-	if got, want := fake.upstreamCalls(), 2; got != want {
-		t.Errorf("RunComfy saw %d submits, want %d", got, want)
+}
+
+// errorInfoOf returns the status's ErrorInfo detail, nil when it has none.
+func errorInfoOf(st *status.Status) *errdetails.ErrorInfo {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
 	}
+	return nil
 }

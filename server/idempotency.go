@@ -24,6 +24,11 @@ const idempotencyWait = 60 * time.Second
 // errIdempotencyMismatch: the key was first used for another submit.
 var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment or input")
 
+// errIdempotencyUnanswered: the key's first submit reached RunComfy and got no
+// answer naming a request; a job may exist, so the submit is not sent again.
+var errIdempotencyUnanswered = errors.New("the submit with this idempotency key reached RunComfy and got no answer, so a job may have started and be billed; " +
+	"it is not sent again: check the deployment's requests on RunComfy, and submit with a new key to start another job")
+
 // idempotencyKey is the key from the request, or else from the
 // Idempotency-Key header the REST gateway forwards as metadata.
 func idempotencyKey(ctx context.Context, field string) (string, error) {
@@ -86,6 +91,8 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) 
 			return scope, nil, nil
 		case got.BodyHash != want.BodyHash:
 			return "", nil, errIdempotencyMismatch
+		case got.Unanswered:
+			return "", nil, errIdempotencyUnanswered
 		case got.RequestID != "":
 			rec, err := s.tracker.Get(ctx, got.RequestID)
 			if err != nil {

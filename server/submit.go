@@ -3,12 +3,37 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
+
+// releaseTimeout bounds the write that settles a failed submit's idempotency
+// key; it runs on a context of its own, since the submit's may be spent.
+const releaseTimeout = 5 * time.Second
+
+// releaseKey settles the idempotency key of a submit that failed. When no job
+// can have started, the key is freed: a retry may try again. When one may
+// have (sent, not answered), the key is kept, marked unanswered, for as long
+// as a completed key: a retry with it is refused instead of starting a second
+// paid job.
+func (s *Service) releaseKey(ctx context.Context, scope, hash string, mayHaveStarted bool) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	var err error
+	if mayHaveStarted {
+		err = s.idem.Complete(rctx, scope, state.IdempotencyEntry{BodyHash: hash, Unanswered: true}, idempotencyTTL)
+	} else {
+		err = s.idem.Drop(rctx, scope)
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "idempotency key of a failed submit not settled; it frees itself when its claim expires", "error", err)
+	}
+}
 
 // Submit validates the input, forwards it to RunComfy byte for byte, and records
 // the new request.
@@ -56,10 +81,15 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	// The input's bytes go as they are: a copy would hold a large input twice.
 	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(bytesOf(req.GetInputJson())), opts)
 	if err != nil {
+		var apiErr *runcomfy.APIError
+		if !errors.As(err, &apiErr) && upCtx.Err() != nil {
+			// The submit's own deadline ended the call: it was sent, and
+			// nothing came back.
+			err = &runcomfy.APIError{Op: "submit", Err: err}
+			errors.As(err, &apiErr)
+		}
 		if scope != "" {
-			// No request id came back: let a retry try again rather than wait
-			// for a request that may not exist.
-			_ = s.idem.Drop(upCtx, scope)
+			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson()), apiErr != nil && submitMayHaveStarted(apiErr))
 		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}

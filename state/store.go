@@ -116,6 +116,10 @@ type IdempotencyEntry struct {
 	BodyHash string `json:"body_hash"`
 	// RequestID is the request the submit started; empty while it is under way.
 	RequestID string `json:"request_id,omitempty"`
+	// Unanswered: the submit reached RunComfy and no answer naming a request
+	// came back, so a job may have started. The key then stays taken, and a
+	// retry with it is refused rather than sent again (a second paid job).
+	Unanswered bool `json:"unanswered,omitempty"`
 }
 
 // Idempotency remembers idempotency keys, shared by all replicas.
