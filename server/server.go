@@ -149,7 +149,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, DefaultReadTimeout)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxConnectionIdle = cmp.Or(cfg.MaxConnectionIdle, DefaultMaxConnectionIdle)
-	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes)
+	// Room for one whole gRPC message at least: a submit reserves its largest
+	// size before it is read, and could otherwise wait for room forever.
+	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes+64<<10)
 	s := &Server{log: cfg.Logger, drain: cfg.Drain, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
 
 	var err error
