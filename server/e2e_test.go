@@ -188,7 +188,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	var reconciler *state.Reconciler
 	if o.poll > 0 {
 		reconciler, err = state.NewReconciler(state.ReconcilerConfig{
-			Schedule: backend, Tracker: tracker, Upstream: up, Watching: hub.IsWatching,
+			Schedule: backend, Tracker: tracker, Upstream: up, Watching: hub.IsWatching, Watched: hub.Watched,
 			Interval: o.poll, Owner: "replica-" + t.Name(), Logger: log,
 		})
 		if err != nil {
