@@ -1,0 +1,262 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
+	"github.com/comfygate/comfygate/state"
+)
+
+// epochState is what the epoch tests read of a state, whatever its transport.
+type epochState struct {
+	Status string `json:"status"`
+	Seq    int64  `json:"seq,string"`
+	Epoch  int64  `json:"epoch,string"`
+}
+
+// epochStream reads one watch transport's states.
+type epochStream interface {
+	next(t *testing.T) (epochState, bool) // false: the stream ended OK
+}
+
+type grpcEpochStream struct {
+	s comfygatev1.GatewayService_WatchRequestClient
+}
+
+func (g grpcEpochStream) next(t *testing.T) (epochState, bool) {
+	t.Helper()
+	msg, err := g.s.Recv()
+	if err == io.EOF {
+		return epochState{}, false
+	}
+	if err != nil {
+		t.Fatalf("gRPC watch: %v", err)
+	}
+	st := msg.GetRequest()
+	return epochState{Status: st.GetStatus().String(), Seq: st.GetSeq(), Epoch: st.GetEpoch()}, true
+}
+
+type ndjsonEpochStream struct{ sc *bufio.Scanner }
+
+func (n ndjsonEpochStream) next(t *testing.T) (epochState, bool) {
+	t.Helper()
+	if !n.sc.Scan() {
+		if err := n.sc.Err(); err != nil {
+			t.Fatalf("NDJSON watch: %v", err)
+		}
+		return epochState{}, false
+	}
+	var line struct {
+		Result struct {
+			Request epochState `json:"request"`
+		} `json:"result"`
+		Error json.RawMessage `json:"error"`
+	}
+	if err := json.Unmarshal(n.sc.Bytes(), &line); err != nil || line.Error != nil {
+		t.Fatalf("NDJSON line %q: %v", n.sc.Text(), err)
+	}
+	return line.Result.Request, true
+}
+
+type sseEpochStream struct{ r *sseReader }
+
+func (s sseEpochStream) next(t *testing.T) (epochState, bool) {
+	t.Helper()
+	ev, err := s.r.next()
+	if err != nil {
+		t.Fatalf("SSE watch: %v", err)
+	}
+	if ev.typ == "end" {
+		return epochState{}, false
+	}
+	if ev.typ != "state" {
+		t.Fatalf("SSE event %+v, want a state", ev)
+	}
+	var st epochState
+	if err := json.Unmarshal([]byte(ev.data), &st); err != nil {
+		t.Fatalf("SSE data %q: %v", ev.data, err)
+	}
+	if want := fmt.Sprintf("%d-%d", st.Epoch, st.Seq); ev.id != want {
+		t.Errorf("SSE id %q, want %q (epoch-seq)", ev.id, want)
+	}
+	return st, true
+}
+
+// openEpochStreams opens a watch of rid on every transport, resuming after
+// after (none when zero).
+func openEpochStreams(ctx context.Context, t *testing.T, g *gateway, rid string, after state.Position) map[string]epochStream {
+	t.Helper()
+	gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid, AfterSeq: after.Seq, AfterEpoch: after.Epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := g.httpBase + "/v1/deployments/dep-1/requests/" + rid + ":watch"
+	if after != (state.Position{}) {
+		url += "?after_epoch=" + strconv.FormatInt(after.Epoch, 10) + "&after_seq=" + strconv.FormatInt(after.Seq, 10)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := g.httpc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("NDJSON watch: HTTP %d", resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	sr := sseRequest{dep: "dep-1", rid: rid}
+	if after != (state.Position{}) {
+		sr.lastEventID = fmt.Sprintf("%d-%d", after.Epoch, after.Seq)
+	}
+	events := g.openEvents(ctx, t, sr)
+	if events.StatusCode != http.StatusOK {
+		t.Fatalf("SSE watch: HTTP %d", events.StatusCode)
+	}
+	return map[string]epochStream{
+		"gRPC":   grpcEpochStream{gs},
+		"NDJSON": ndjsonEpochStream{sc},
+		"SSE":    sseEpochStream{newSSEReader(events.Body)},
+	}
+}
+
+// loseAndFinish loses rid's record, finishes the job on the simulator and
+// has the gateway record it again (a read of a request it has no record of,
+// by a caller that may attach it): the record comes back in a new epoch.
+func loseAndFinish(ctx context.Context, t *testing.T, g *gateway, rid string) *state.Record {
+	t.Helper()
+	if err := g.memory.Delete(ctx, rid); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.sim.Finish(rid, runcomfysim.Outcome{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// TestWatchFollowsANewEpochOnEveryTransport: a record lost and made again
+// under open watches (gRPC, NDJSON, SSE) reaches each as the new epoch's
+// state, although its seq repeats one already sent, and each stream ends OK
+// after it.
+func TestWatchFollowsANewEpochOnEveryTransport(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	first, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := openEpochStreams(ctx, t, g, rid, state.Position{})
+	for name, s := range streams {
+		st, ok := s.next(t)
+		if !ok || st.Epoch != first.Epoch || st.Seq != 1 || st.Status != "STATUS_QUEUED" {
+			t.Fatalf("%s: first state %+v (open %v), want queued at %d/1", name, st, ok, first.Epoch)
+		}
+	}
+	again := loseAndFinish(ctx, t, g, rid)
+	if again.Epoch == first.Epoch || again.Seq != 1 {
+		t.Fatalf("record made again at %d/%d, want seq 1 of a new epoch", again.Epoch, again.Seq)
+	}
+	for name, s := range streams {
+		st, ok := s.next(t)
+		if !ok || st.Epoch != again.Epoch || st.Seq != 1 || st.Status != "STATUS_SUCCEEDED" {
+			t.Errorf("%s: after the loss %+v (open %v), want the success at %d/1", name, st, ok, again.Epoch)
+			continue
+		}
+		if st, ok := s.next(t); ok {
+			t.Errorf("%s: %+v after the success, want the end", name, st)
+		}
+	}
+}
+
+// TestWatchResumesFromAStaleEpoch: a watch resumed from (epoch, seq) of a
+// record since lost and made again gets the current state first on every
+// transport, whatever the seqs; one resumed from the current state gets
+// nothing more and ends.
+func TestWatchResumesFromAStaleEpoch(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	g.step(ctx, t, "dep-1", rid) // running, seq 2
+	old, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := loseAndFinish(ctx, t, g, rid)
+	for name, s := range openEpochStreams(ctx, t, g, rid, old.Position()) {
+		st, ok := s.next(t)
+		if !ok || st.Epoch != again.Epoch || st.Seq != 1 || st.Status != "STATUS_SUCCEEDED" {
+			t.Errorf("%s: resumed from %d/%d: %+v (open %v), want the success at %d/1", name, old.Epoch, old.Seq, st, ok, again.Epoch)
+			continue
+		}
+		if st, ok := s.next(t); ok {
+			t.Errorf("%s: %+v after the success, want the end", name, st)
+		}
+	}
+
+	// From the current state: nothing to send, the request has ended. gRPC
+	// and NDJSON end at once; SSE answers 204, which stops EventSource.
+	gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid, AfterSeq: again.Seq, AfterEpoch: again.Epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := gs.Recv(); err != io.EOF {
+		t.Errorf("gRPC resumed at the end: %v, %v; want the end", msg, err)
+	}
+	resp := g.openEvents(ctx, t, sseRequest{dep: "dep-1", rid: rid, lastEventID: fmt.Sprintf("%d-%d", again.Epoch, again.Seq)})
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("SSE resumed at the end: HTTP %d, want 204", resp.StatusCode)
+	}
+}
+
+// TestEventsResumePointsAreChecked: Last-Event-ID takes "<epoch>-<seq>" and
+// the bare "<seq>" of earlier ids; anything else is refused before the watch
+// starts.
+func TestEventsResumePointsAreChecked(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	tests := []struct {
+		id   string
+		want int
+	}{
+		{"0", http.StatusOK},
+		{"1-0", http.StatusOK},
+		{"-1", http.StatusBadRequest},
+		{"1-", http.StatusBadRequest},
+		{"1--2", http.StatusBadRequest},
+		{"+1-2", http.StatusBadRequest},
+		{"1-+2", http.StatusBadRequest},
+		{"a-1", http.StatusBadRequest},
+		{"1-2-3", http.StatusBadRequest},
+		{"99999999999999999999-1", http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			resp := g.openEvents(ctx, t, sseRequest{dep: "dep-1", rid: rid, lastEventID: tt.id})
+			if resp.StatusCode != tt.want {
+				t.Errorf("Last-Event-ID %q: HTTP %d, want %d", tt.id, resp.StatusCode, tt.want)
+			}
+		})
+	}
+}
