@@ -661,10 +661,11 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 				g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{tt.endpoint: tt.fault}})
 			}
 
-			if tt.endpoint == "status" {
-				// A status read of a recorded request falls back to the record
-				// when upstream fails (pinned separately); read one the gateway
-				// does not know, whose only source is upstream.
+			if tt.endpoint == "status" || tt.endpoint == "result" {
+				// A read of a recorded request falls back to the record with
+				// a refresh_error when upstream fails (refresh_test.go pins
+				// it); read one the gateway does not know, whose only source
+				// is upstream.
 				rid = "untracked-request"
 			}
 			err = callEndpoint(ctx, g, tt.endpoint, rid)

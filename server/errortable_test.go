@@ -188,9 +188,7 @@ type tableGateway struct {
 type tableSetup struct {
 	limits server.LimitsConfig
 	// maxBody is --max-body-bytes, and --max-inflight-body-bytes as well
-	// (the least it may be), when set. server.New raises the budget to the
-	// largest body, not to the largest gRPC message, so with this setting a
-	// gRPC submit never finds room: rows that set it are REST only.
+	// (the least it may be), when set.
 	maxBody int64
 }
 
@@ -897,4 +895,22 @@ func errorInfoOf(st *status.Status) *errdetails.ErrorInfo {
 		}
 	}
 	return nil
+}
+
+// TestGRPCSubmitWithTheBudgetAtOneBody: with --max-inflight-body-bytes at its
+// least (one body), a gRPC submit, which reserves room for its largest
+// message before reading it, still finds room and goes through.
+func TestGRPCSubmitWithTheBudgetAtOneBody(t *testing.T) {
+	fake := startFakeRunComfy(t, nil)
+	g := startTableGateway(t, fake.url, tableSetup{maxBody: 1024})
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tableKeyAttach)
+	for i := range 3 {
+		resp, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"prompt":"a cat"}`})
+		if err != nil {
+			t.Fatalf("submit %d: %v", i+1, err)
+		}
+		if resp.GetRequest().GetRequestId() == "" {
+			t.Fatalf("submit %d answered %v", i+1, resp)
+		}
+	}
 }

@@ -149,9 +149,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, DefaultReadTimeout)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxConnectionIdle = cmp.Or(cfg.MaxConnectionIdle, DefaultMaxConnectionIdle)
-	// Room for one whole gRPC message at least: a submit reserves its largest
-	// size before it is read, and could otherwise wait for room forever.
-	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes+64<<10)
+	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes)
 	s := &Server{log: cfg.Logger, drain: cfg.Drain, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
 
 	var err error
@@ -194,7 +192,10 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	// Bodies (REST) and messages (gRPC) held at once draw from one budget.
 	inflight := newInflightBudget(cfg.MaxInflightBodyBytes, int64(maxMsg), cfg.Auth != nil)
 	guard := &streamGuard{
-		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight, maxMsg: int64(maxMsg),
+		log: cfg.Logger, metrics: cfg.Metrics, auth: cfg.Auth, inflight: inflight,
+		// A message reserves its largest size before it is read, but never
+		// more than the whole budget, which it would wait for forever.
+		maxMsg:  min(int64(maxMsg), cfg.MaxInflightBodyBytes),
 		gateway: handoff, readTimeout: cfg.ReadTimeout,
 		publicStreams: semaphore.NewWeighted(maxPublicStreams), publicMessages: semaphore.NewWeighted(maxPublicMessages),
 		waiting: map[string]int{},
