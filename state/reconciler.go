@@ -48,8 +48,10 @@ type ReconcilerConfig struct {
 // through Tracker.Apply, like any callback. Replicas share the schedule; a lease
 // per request keeps two from polling the same request at once.
 type Reconciler struct {
-	cfg   ReconcilerConfig
-	polls atomic.Int64
+	cfg     ReconcilerConfig
+	polls   atomic.Int64
+	rebuilt atomic.Int64
+	lost    atomic.Int64
 
 	mu         sync.Mutex
 	pauseUntil time.Time // set by a 429: the whole poller waits
@@ -100,6 +102,13 @@ func (r *Reconciler) Watched(ctx context.Context, requestID string) {
 
 // Polls counts status polls made since start.
 func (r *Reconciler) Polls() int64 { return r.polls.Load() }
+
+// Rebuilt counts lost records this replica made again from RunComfy.
+func (r *Reconciler) Rebuilt() int64 { return r.rebuilt.Load() }
+
+// LostUpstream counts requests this replica ended because RunComfy no longer
+// knew them.
+func (r *Reconciler) LostUpstream() int64 { return r.lost.Load() }
 
 // leaseTTL outlasts one poll (status, result, apply) with room to spare; a
 // replica that dies holding it is replaced once it expires.
@@ -359,6 +368,7 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 		return false, fmt.Errorf("record request %s as lost upstream: %w", rec.RequestID, err)
 	}
 	r.found(rec.RequestID)
+	r.lost.Add(1)
 	r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
 	return true, r.cfg.Schedule.Forget(ctx, rec.RequestID)
 }
@@ -431,6 +441,7 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) error {
 	}
 	r.found(w.RequestID)
 	if rec != nil {
+		r.rebuilt.Add(1)
 		r.cfg.Logger.Warn("a watched request's record was lost; rebuilt from RunComfy",
 			"request_id", w.RequestID, "status", rec.State, "epoch", rec.Epoch)
 	}

@@ -165,7 +165,10 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, tp *sdktrace.TracerProvider, client, pollClient *runcomfy.Client, log *slog.Logger, after func()) error {
 	metrics := server.NewMetrics(reg)
 	svcCfg := server.ServiceConfig{Upstream: client, Logger: log, Metrics: metrics,
-		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout}
+		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout,
+		// The submit's own deadline outlasts the upstream call's, so that it
+		// is the client's timeout, not this one, that ends a slow submit.
+		SubmitTimeout: max(time.Minute, cfg.UpstreamTimeout+time.Second)}
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
 		HTTPAddr:             cfg.HTTPAddr,

@@ -260,7 +260,7 @@ func (f *fakeUpstream) calls() int {
 }
 
 // runReconciler runs a reconciler on b until the test ends.
-func runReconciler(t *testing.T, b Backend, tr *state.Tracker, up state.Upstream, hub *state.Hub, interval time.Duration) {
+func runReconciler(t *testing.T, b Backend, tr *state.Tracker, up state.Upstream, hub *state.Hub, interval time.Duration) *state.Reconciler {
 	t.Helper()
 	sched, ok := b.(state.Schedule)
 	if !ok {
@@ -285,6 +285,7 @@ func runReconciler(t *testing.T, b Backend, tr *state.Tracker, up state.Upstream
 		cancel()
 		<-done
 	})
+	return rc
 }
 
 func scheduledTracker(t *testing.T, b Backend, interval time.Duration) *state.Tracker {
@@ -319,9 +320,12 @@ func testLostRecordRebuilt(t *testing.T, b Backend) {
 		status: &runcomfy.StatusResponse{Status: "completed", State: runcomfy.StateSucceeded},
 		result: &runcomfy.ResultResponse{Status: "completed", State: runcomfy.StateSucceeded, Outputs: []byte(sampleOutputs), OutputURLs: sampleURLs},
 	}
-	runReconciler(t, b, tr, up, hub, interval)
+	rc := runReconciler(t, b, tr, up, hub, interval)
 	got := fl.until(func(r *state.Record) bool { return r.Terminal() })
 	last := got[len(got)-1]
+	if n := countOnceDone(t, rc.Rebuilt); n != 1 {
+		t.Errorf("Rebuilt = %d, want 1", n)
+	}
 	if last.Epoch == a1.Epoch || last.State != runcomfy.StateSucceeded || last.Owner != "tenant-b" || len(last.Outputs) == 0 {
 		t.Fatalf("after the loss the watcher got %s, last %+v; want the success in a new epoch, owned by tenant-b, with outputs", positions(got), last)
 	}
@@ -348,9 +352,12 @@ func testLostRecordGoneUpstream(t *testing.T, b Backend) {
 	mustLose(t, b, id)
 
 	up := &fakeUpstream{err: fmt.Errorf("status: %w", runcomfy.ErrNotFound)}
-	runReconciler(t, b, tr, up, hub, interval)
+	rc := runReconciler(t, b, tr, up, hub, interval)
 	got := fl.until(func(r *state.Record) bool { return r.Terminal() })
 	last := got[len(got)-1]
+	if n := countOnceDone(t, rc.LostUpstream); n != 1 {
+		t.Errorf("LostUpstream = %d, want 1", n)
+	}
 	if last.State != runcomfy.StateFailed || last.Error == nil || last.Error.Type != state.ErrorTypeUpstreamLost || last.Owner != "tenant-b" {
 		t.Fatalf("watcher ended with %+v, want FAILED %s owned by tenant-b", last, state.ErrorTypeUpstreamLost)
 	}
@@ -402,4 +409,15 @@ func testTouch(t *testing.T, b Backend) {
 	if got := mustGet(t, b, id); !got.SyncedAt.Equal(next.SyncedAt) {
 		t.Errorf("after a save: synced %v, want the save's %v", got.SyncedAt, next.SyncedAt)
 	}
+}
+
+// countOnceDone reads a counter the reconciler moves just after what the test
+// saw happen: it waits until the counter is not zero (or the wait limit).
+func countOnceDone(t *testing.T, count func() int64) int64 {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for count() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	return count()
 }
