@@ -41,7 +41,7 @@ const es = new EventSource(%q);
 es.onopen = () => report({type: 'open'});
 es.addEventListener('state', (e) => {
   const s = JSON.parse(e.data);
-  report({type: 'state', id: e.lastEventId, seq: s.seq, status: s.status, request_id: s.request_id});
+  report({type: 'state', id: e.lastEventId, seq: s.seq, epoch: s.epoch, status: s.status, request_id: s.request_id});
 });
 es.addEventListener('end', (e) => {
   es.close(); // the request has ended: do not reconnect
@@ -55,6 +55,7 @@ type pageReport struct {
 	Type       string `json:"type"`
 	ID         string `json:"id"`
 	Seq        string `json:"seq"`
+	Epoch      string `json:"epoch"`
 	Status     string `json:"status"`
 	RequestID  string `json:"request_id"`
 	Data       string `json:"data"`
@@ -238,6 +239,7 @@ func TestEventSourceInChromium(t *testing.T) {
 	await("the end event", func(r pageReport) bool { return r.Type == "end" })
 
 	var states []string
+	var epoch string
 	opens := 0
 	for _, r := range reports {
 		switch r.Type {
@@ -245,10 +247,11 @@ func TestEventSourceInChromium(t *testing.T) {
 			if r.RequestID != rid {
 				t.Errorf("state of request %q, want %q", r.RequestID, rid)
 			}
-			if r.ID != r.Seq {
-				t.Errorf("lastEventId %q for seq %q: the event id must be the seq", r.ID, r.Seq)
+			if r.Epoch == "" || r.ID != r.Epoch+"-"+r.Seq {
+				t.Errorf("lastEventId %q for epoch %q seq %q: the event id must be epoch-seq", r.ID, r.Epoch, r.Seq)
 			}
-			states = append(states, r.ID+" "+r.Status)
+			epoch = r.Epoch
+			states = append(states, r.Seq+" "+r.Status)
 		case "open":
 			opens++
 		case "error":
@@ -259,8 +262,8 @@ func TestEventSourceInChromium(t *testing.T) {
 				t.Errorf("after the cut EventSource is in state %d, want 0 (reconnecting)", r.ReadyState)
 			}
 		case "end":
-			if r.ID != "3" || r.Data != `{"last_seq":"3"}` {
-				t.Errorf("end event: lastEventId %q, data %q; want 3", r.ID, r.Data)
+			if r.ID != epoch+"-3" || r.Data != `{"last_seq":"3","last_epoch":"`+epoch+`"}` {
+				t.Errorf("end event: lastEventId %q, data %q; want %s-3", r.ID, r.Data, epoch)
 			}
 		}
 	}
@@ -271,7 +274,7 @@ func TestEventSourceInChromium(t *testing.T) {
 	if opens != 2 {
 		t.Errorf("EventSource opened %d times, want 2 (the first stream and the reconnect)", opens)
 	}
-	if got := site.calls(); len(got) != 2 || got[0] != "" || got[1] != "2" {
-		t.Errorf("events calls with Last-Event-ID %q, want none then \"2\"", got)
+	if got := site.calls(); len(got) != 2 || got[0] != "" || got[1] != epoch+"-2" {
+		t.Errorf("events calls with Last-Event-ID %q, want none then \"%s-2\"", got, epoch)
 	}
 }

@@ -849,8 +849,9 @@ func TestSubmitWithoutAnswerKeepsItsKey(t *testing.T) {
 			answerBreak(w, r, quit)
 		case 2:
 			answerJSON(http.StatusInternalServerError, `{"error_code":500001,"message":"Internal server error"}`)(w, r, quit)
+		default:
+			answerJSON(http.StatusOK, `{"request_id":"rq-third"}`)(w, r, quit)
 		}
-		answerJSON(http.StatusOK, `{"request_id":"rq-third"}`)(w, r, quit)
 	}})
 	g := startTableGateway(t, fake.url, tableSetup{})
 	ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tableKeyAttach)

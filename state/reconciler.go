@@ -352,6 +352,14 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 	r.mu.Lock()
 	first, seen := r.missing[rec.RequestID]
 	if !seen {
+		// An entry is settled by the request's next poll, at most
+		// MaxInterval on; one older than several of those belongs to a
+		// request no longer polled here (expired, finished elsewhere).
+		for id, at := range r.missing {
+			if now.Sub(at) > 4*r.cfg.MaxInterval {
+				delete(r.missing, id)
+			}
+		}
 		r.missing[rec.RequestID] = now
 	}
 	r.mu.Unlock()
