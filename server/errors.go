@@ -100,6 +100,9 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		return status.Error(codes.Unauthenticated, errUnauthenticated.Error())
 	case errors.Is(err, state.ErrNotFound):
 		return errNoSuchRequest()
+	case errors.Is(err, state.ErrFollowUnsure):
+		log.WarnContext(ctx, "watch ended: the record's current incarnation is unknown", "method", method, "error", err)
+		return status.Error(codes.Unavailable, "the gateway could not read the request's current state; resume with after_epoch and after_seq")
 	case errors.Is(err, state.ErrUnavailable):
 		log.WarnContext(ctx, "state backend unavailable", "method", method, "error", err)
 		return status.Error(codes.Unavailable, "the gateway's state backend is unavailable; retry later")

@@ -34,7 +34,13 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 	// sent first is as old as the last change, whenever that was).
 	send := func(r *state.Record, live bool) (done bool, err error) {
 		if live {
-			if r = follow.Next(ctx, r); r == nil {
+			next, err := follow.Next(ctx, r)
+			if err != nil {
+				// The client resumes from its last state and is sent the
+				// current one then.
+				return true, fmt.Errorf("watch request %s: %w", rid, err)
+			}
+			if r = next; r == nil {
 				return false, nil
 			}
 		} else if !follow.First(r) {

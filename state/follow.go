@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Getter reads a record; every Store is one.
@@ -17,7 +18,7 @@ type Getter interface {
 type Follower struct {
 	store Getter
 	pos   Position
-	sent  bool
+	last  *Record // the last record sent; nil before the first
 }
 
 // NewFollower returns a Follower for a watcher that has seen everything up to
@@ -33,55 +34,76 @@ func (f *Follower) Position() Position { return f.pos }
 
 // First reports whether the snapshot rec, read after the watcher subscribed,
 // is to be sent: it is newer than the resume point, or of another epoch than
-// the one the watcher resumes from.
+// the one the watcher resumes from. A resume point without an epoch (the form
+// before epochs) compares seqs, except that a final state whose seq is below
+// it is sent: only a record made again can be there, and the watcher would
+// otherwise end without its final state.
 func (f *Follower) First(rec *Record) bool {
-	if f.pos.Epoch != 0 && rec.Epoch != f.pos.Epoch || rec.Seq > f.pos.Seq {
+	switch {
+	case f.pos.Epoch != 0 && rec.Epoch != f.pos.Epoch,
+		rec.Seq > f.pos.Seq,
+		f.pos.Epoch == 0 && rec.Epoch != 0 && rec.Terminal() && rec.Seq < f.pos.Seq:
 		f.advance(rec)
 		return true
 	}
 	return false
 }
 
+// ErrFollowUnsure: a record of another epoch arrived and the store could not
+// say which epoch is current. The watch should end unavailable, so that its
+// client resumes from its position and is sent the current state then.
+var ErrFollowUnsure = errors.New("state: cannot tell which incarnation of the record is current")
+
 // Next returns the record to send for rec, delivered live, or nil when rec
-// says nothing new. A record of the watcher's epoch is sent when its seq is
-// greater. One of another epoch is either a late record of an incarnation
-// already replaced, or the first news of a new one: the store tells which, and
-// the new incarnation is sent as it is stored now (perhaps later than rec).
-func (f *Follower) Next(ctx context.Context, rec *Record) *Record {
-	if rec.Epoch == f.pos.Epoch || f.pos.Epoch == 0 && !f.sent {
-		if rec.Seq <= f.pos.Seq {
-			return nil
-		}
+// says nothing new.
+//
+// A record of the watcher's epoch is sent when its seq is greater. One whose
+// seq is not greater but which was written after the last one sent means the
+// store went back within the epoch (a failover to a replica that lagged): the
+// store says where the record now stands, the watcher follows from there, and
+// is sent the stored state if it is further on than the last one sent.
+//
+// One of another epoch is either a late record of an incarnation already
+// replaced, or the first news of a new one: the store tells which, and the new
+// incarnation is sent as it is stored now (perhaps later than rec).
+func (f *Follower) Next(ctx context.Context, rec *Record) (*Record, error) {
+	sameEpoch := rec.Epoch == f.pos.Epoch || (f.pos.Epoch == 0 && f.last == nil)
+	switch {
+	case sameEpoch && rec.Seq > f.pos.Seq:
 		f.advance(rec)
-		return rec
+		return rec, nil
+	case sameEpoch && (f.last == nil || !rec.UpdatedAt.After(f.last.UpdatedAt)):
+		return nil, nil // an older record delivered late (a resync's snapshot)
 	}
 	cur, err := f.store.Get(ctx, rec.RequestID)
 	switch {
-	case err == nil && cur.Epoch == f.pos.Epoch:
-		// rec belongs to a lost incarnation; the watcher's is current.
-		if cur.Seq > f.pos.Seq {
-			f.advance(cur)
-			return cur
-		}
-		return nil
-	case err == nil:
-		f.advance(cur)
-		return cur
 	case errors.Is(err, ErrNotFound):
-		// Lost again since rec was published: the record created next is
+		// Lost again since rec was published: the record made next is
 		// published too.
-		return nil
-	default:
-		// The store cannot say: epochs are chosen from the clock, so the
-		// later one is the better guess.
-		if rec.Epoch > f.pos.Epoch {
-			f.advance(rec)
-			return rec
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrFollowUnsure, err)
+	case cur.Epoch != f.pos.Epoch:
+		f.advance(cur)
+		return cur, nil
+	case cur.Seq > f.pos.Seq:
+		// rec belongs to a lost incarnation, and the watcher's own went on.
+		f.advance(cur)
+		return cur, nil
+	case f.last != nil && (cur.Seq < f.pos.Seq || !cur.UpdatedAt.Equal(f.last.UpdatedAt)):
+		// Gone back within the epoch: follow the record from where it is.
+		// Its state is sent only if it says more than the last one sent.
+		ahead := Rank(cur.State) > Rank(f.last.State)
+		f.pos = cur.Position()
+		if ahead {
+			f.last = cur
+			return cur, nil
 		}
-		return nil
+		return nil, nil
 	}
+	return nil, nil // rec belongs to a lost incarnation; nothing new in the watcher's
 }
 
 func (f *Follower) advance(rec *Record) {
-	f.pos, f.sent = rec.Position(), true
+	f.pos, f.last = rec.Position(), rec
 }

@@ -260,12 +260,13 @@ type Watcher struct {
 	max    int
 	notify chan struct{}
 
-	mu        sync.Mutex
-	queue     []*Record
-	last      Position // of the last record pushed
-	coalesced int
-	closed    bool
-	drained   bool // the hub drains: Next ends with ErrDraining
+	mu          sync.Mutex
+	queue       []*Record
+	last        Position // of the last record pushed
+	lastUpdated time.Time
+	coalesced   int
+	closed      bool
+	drained     bool // the hub drains: Next ends with ErrDraining
 }
 
 func (w *Watcher) drain() {
@@ -280,21 +281,23 @@ func (w *Watcher) drain() {
 
 func (w *Watcher) push(rec *Record) {
 	w.mu.Lock()
-	if rec.Epoch == w.last.Epoch && rec.Seq <= w.last.Seq {
+	if rec.Epoch == w.last.Epoch && rec.Seq <= w.last.Seq && !rec.UpdatedAt.After(w.lastUpdated) {
 		// Older than what the watcher already holds or has read (a Redeliver
 		// of a snapshot read before the latest publish): it says nothing new,
 		// and in a full buffer it would displace a newer record, perhaps the
-		// terminal one. A record of another epoch always goes through: only
-		// the store can tell which epoch is current (see Follower).
+		// terminal one. A record of another epoch, or one written later at a
+		// seq already seen (the store went back within its epoch), always
+		// goes through: only the store can tell what is current (Follower).
 		w.mu.Unlock()
 		return
 	}
-	w.last = rec.Position()
-	if n := len(w.queue); n < w.max || w.queue[n-1].Epoch != rec.Epoch {
-		// A record of another epoch than the newest buffered one is kept
-		// even in a full buffer: which of the two is current is decided
-		// when they are read (Follower), so neither may displace the other.
-		// Epochs change only when a record is lost, so this stays small.
+	w.last, w.lastUpdated = rec.Position(), rec.UpdatedAt
+	if n := len(w.queue); n < w.max || !follows(rec, w.queue[n-1]) {
+		// A record that does not simply follow the newest buffered one
+		// (another epoch, or a seq not above it) is kept even in a full
+		// buffer: which of the two is current is decided when they are read
+		// (Follower), so neither may displace the other. This happens only
+		// when a record is lost or goes back, so it stays small.
 		w.queue = append(w.queue, rec)
 	} else {
 		w.queue[len(w.queue)-1] = rec
@@ -305,6 +308,12 @@ func (w *Watcher) push(rec *Record) {
 	case w.notify <- struct{}{}:
 	default:
 	}
+}
+
+// follows reports whether rec comes after prev in one incarnation of a
+// record: same epoch, greater seq.
+func follows(rec, prev *Record) bool {
+	return rec.Epoch == prev.Epoch && rec.Seq > prev.Seq
 }
 
 // Next returns the records received since the previous call, waiting for at

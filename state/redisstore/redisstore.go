@@ -33,16 +33,18 @@ import (
 //
 // KEYS[1] record key; ARGV: 1 new seq, 2 new rank, 3 record JSON, 4 TTL in ms,
 // 5 channel, 6 epoch. Returns {1} written, or {0, stored record JSON or nil,
-// synced} when the record is not at (epoch, seq-1) or the rank would go down,
-// so the writer merges again without another round trip. The 'synced' field
-// is Touch's, newer than the JSON's synced_at when set.
+// synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
+// down, so the writer merges again without another round trip. The 'synced'
+// field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
+// field is the record's epoch, which wins over the JSON's (a replica of a
+// version before epochs rewrites the JSON without one, and leaves the field).
 const saveScript = `
 local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
 if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank or (seq > 0 and (cur[3] or '0') ~= ARGV[6]) then
-  local stored = redis.call('HMGET', KEYS[1], 'data', 'synced')
-  return {0, stored[1], stored[2]}
+  local stored = redis.call('HMGET', KEYS[1], 'data', 'synced', 'epoch')
+  return {0, stored[1], stored[2], stored[3]}
 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6])
 redis.call('HDEL', KEYS[1], 'synced')
@@ -156,7 +158,7 @@ func (b *Backend) Ping(ctx context.Context) error {
 
 // Get returns the current record, or state.ErrNotFound.
 func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, error) {
-	vals, err := b.rdb.HMGet(ctx, b.recordKey(requestID), "data", "synced").Result()
+	vals, err := b.rdb.HMGet(ctx, b.recordKey(requestID), "data", "synced", "epoch").Result()
 	if err != nil {
 		return nil, unavailable(ctx, "get", err)
 	}
@@ -165,19 +167,23 @@ func (b *Backend) Get(ctx context.Context, requestID string) (*state.Record, err
 		return nil, state.ErrNotFound
 	}
 	synced, _ := vals[1].(string)
-	rec, err := decodeRecord(data, synced)
+	epoch, _ := vals[2].(string)
+	rec, err := decodeRecord(data, synced, epoch)
 	if err != nil {
 		return nil, fmt.Errorf("redis get %s: %w", requestID, err)
 	}
 	return rec, nil
 }
 
-// decodeRecord reads a stored record: its JSON, and the 'synced' field Touch
-// sets (Unix ms; empty when none).
-func decodeRecord(data, synced string) (*state.Record, error) {
+// decodeRecord reads a stored record: its JSON, the 'synced' field Touch
+// sets (Unix ms; empty when none) and the 'epoch' field (empty when none).
+func decodeRecord(data, synced, epoch string) (*state.Record, error) {
 	var rec state.Record
 	if err := json.Unmarshal([]byte(data), &rec); err != nil {
 		return nil, fmt.Errorf("stored record is not valid: %w", err)
+	}
+	if e, err := strconv.ParseInt(epoch, 10, 64); err == nil {
+		rec.Epoch = e
 	}
 	if ms, err := strconv.ParseInt(synced, 10, 64); err == nil {
 		if at := time.UnixMilli(ms); at.After(rec.SyncedAt) {
@@ -269,11 +275,12 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 	conflict := &state.ConflictError{}
 	if len(res) > 1 && res[1] != nil {
 		stored, _ := res[1].(string)
-		var synced string
-		if len(res) > 2 {
+		var synced, epoch string
+		if len(res) > 3 {
 			synced, _ = res[2].(string)
+			epoch, _ = res[3].(string)
 		}
-		cur, err := decodeRecord(stored, synced)
+		cur, err := decodeRecord(stored, synced, epoch)
 		if err != nil {
 			return fmt.Errorf("redis save %s: %w", rec.RequestID, err)
 		}

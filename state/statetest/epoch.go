@@ -27,6 +27,7 @@ func epochCases() []testCase {
 		{"LostRecordRebuiltUnderWatch", testLostRecordRebuilt},
 		{"LostRecordGoneUpstreamEnds", testLostRecordGoneUpstream},
 		{"Touch", testTouch},
+		{"RollbackWithinEpoch", testRollbackWithinEpoch},
 	}
 }
 
@@ -119,7 +120,11 @@ func (fl *follower) until(done func(last *state.Record) bool) []*state.Record {
 			fl.t.Fatalf("Next after %s: %v", positions(fl.sent), err)
 		}
 		for _, r := range recs {
-			if s := fl.f.Next(ctx, r); s != nil {
+			s, err := fl.f.Next(ctx, r)
+			if err != nil {
+				fl.t.Fatalf("Follower.Next(%d/%d): %v", r.Epoch, r.Seq, err)
+			}
+			if s != nil {
 				fl.sent = append(fl.sent, s)
 			}
 		}
@@ -420,4 +425,43 @@ func countOnceDone(t *testing.T, count func() int64) int64 {
 		time.Sleep(time.Millisecond)
 	}
 	return count()
+}
+
+// testRollbackWithinEpoch: the store comes back with an older copy of the
+// record in the same epoch (a failover to a replica that lagged, the last
+// second of an AOF lost), and the next write, by a replica that never saw
+// the lost seqs, repeats a seq the watcher has seen, with the final state.
+// The watcher gets it.
+func testRollbackWithinEpoch(t *testing.T, b Backend) {
+	ctx := testContext(t)
+	tr := newTracker(t, b, &fakeResults{})
+	hub := newHub(t, b, 0)
+	id := "req-epoch-rollback"
+	r1 := mustApply(t, tr, queued(id, 2))
+	r2 := mustApply(t, tr, running(id, ""))
+	fl := newFollowerOf(t, b, hub, id, state.Position{})
+	mustApply(t, tr, running(id, "inst-1")) // seq 3, seen by the watcher
+	fl.until(func(r *state.Record) bool { return r.Seq == 3 })
+
+	// The lagging copy: seqs 1 and 2 only, republished as a restore would.
+	mustLose(t, b, id)
+	for _, r := range []*state.Record{r1, r2} {
+		if err := b.Save(ctx, r.Clone(), longTTL); err != nil {
+			t.Fatalf("restore seq %d: %v", r.Seq, err)
+		}
+	}
+	other := newTracker(t, b, &fakeResults{})
+	fin := mustApply(t, other, succeeded(id))
+	if fin.Epoch != r1.Epoch || fin.Seq != 3 {
+		t.Fatalf("the success stored at %d/%d, want %d/3 (the seq the watcher saw)", fin.Epoch, fin.Seq, r1.Epoch)
+	}
+	got := fl.until(func(r *state.Record) bool { return r.Terminal() })
+	if last := got[len(got)-1]; last.State != runcomfy.StateSucceeded {
+		t.Errorf("after the rollback the watcher got %s, want the success", positions(got))
+	}
+	for _, r := range got {
+		if state.Rank(r.State) < state.Rank(runcomfy.StateRunning) {
+			t.Errorf("after the rollback the watcher went back to %s (%s)", r.State, positions(got))
+		}
+	}
 }
