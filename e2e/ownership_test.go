@@ -37,8 +37,9 @@ const (
 // evicted it, or came back empty). Meanwhile nobody may read, watch or cancel
 // it: tenant A gets NotFound for each, and no cancel reaches RunComfy. B's
 // next callback, whose URL names B (authenticated), creates the record again
-// with B as its owner: B reads it, A still cannot, and neither can a tenant
-// that may attach (the request is owned again).
+// with B as its owner, even after tenant C, which may attach, attached it
+// meanwhile: B reads it, A still cannot, and neither can C (the request is
+// owned again, by proof).
 func TestOwnershipSurvivesDataLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary")
@@ -129,7 +130,17 @@ func TestOwnershipSurvivesDataLoss(t *testing.T) {
 		t.Errorf("the lost record came back with owner %q before any callback", got)
 	}
 
-	// B's next callback restores it, with B as its owner.
+	// C may attach: it reads the lost request, which becomes C's, on trust
+	// only.
+	if _, err := api.GetStatus(as(ownerKeyC), &comfygatev1.GetStatusRequest{DeploymentId: deployment, RequestId: rid}); err != nil {
+		t.Fatalf("C's GetStatus of the lost request (C may attach): %v", err)
+	}
+	if got := recordOwner(ctx, t, rdb, prefix, rid); got != "c" {
+		t.Fatalf("after C attached it the record's owner = %q, want c", got)
+	}
+
+	// B's next callback restores it, with B as its owner: its URL proves
+	// what C's attach only claimed.
 	if err := sim.Advance(rid); err != nil {
 		t.Fatal(err)
 	}

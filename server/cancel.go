@@ -22,7 +22,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	if _, err := s.lookup(ctx, dep, rid); errors.Is(err, state.ErrNotFound) && !errors.Is(err, errNotYours) {
 		// Refused unless attaching worked: an unrecorded request has no owner
 		// to check the caller against.
-		if _, _, err := s.attach(ctx, dep, rid, "cancel"); err != nil {
+		if _, _, err := s.attach(ctx, dep, rid); err != nil {
 			return nil, fmt.Errorf("cancel request %s: %w", rid, err)
 		}
 	} else if err != nil {

@@ -34,7 +34,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 
 	rctx, cancel := context.WithTimeout(ctx, s.refreshTO)
 	defer cancel()
-	rec, u, err := s.result(rctx, dep, rid)
+	rec, u, err := s.result(rctx, dep, rid, "result")
 	switch {
 	case errors.Is(err, errNotYours):
 		return nil, err
@@ -63,7 +63,7 @@ func (s *Service) attachResult(ctx context.Context, dep, rid string) (*comfygate
 	if !mayAttach(ctx) {
 		return nil, errMayNotAttach
 	}
-	rec, u, err := s.result(ctx, dep, rid)
+	rec, u, err := s.result(ctx, dep, rid, "attach")
 	switch {
 	case errors.Is(err, errNotYours), u == nil:
 		return nil, err
@@ -83,12 +83,15 @@ func (s *Service) attachResult(ctx context.Context, dep, rid string) (*comfygate
 // (nil when the upstream read failed) and an error (the read's, or the
 // recording's, or errNotYours when another tenant's request was recorded
 // since the caller's lookup).
-func (s *Service) result(ctx context.Context, dep, rid string) (*state.Record, *state.Update, error) {
+//
+// source is "result", or "attach" when the caller's tenant becomes the owner
+// by attaching the request (see attach).
+func (s *Service) result(ctx context.Context, dep, rid, source string) (*state.Record, *state.Update, error) {
 	res, err := s.upstream.Result(ctx, dep, rid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("result of request %s: %w", rid, err)
 	}
-	u := state.UpdateFromResult(dep, "result", res)
+	u := state.UpdateFromResult(dep, source, res)
 	u.Owner = tenantOf(ctx)
 	if u.RequestID == "" {
 		return nil, &u, nil

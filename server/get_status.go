@@ -69,7 +69,7 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 // the caller's own deadline. There is no record to fall back on, so an
 // upstream failure is the call's error.
 func (s *Service) attachStatus(ctx context.Context, dep, rid string) (*comfygatev1.GetStatusResponse, error) {
-	rec, u, err := s.attach(ctx, dep, rid, "status")
+	rec, u, err := s.attach(ctx, dep, rid)
 	switch {
 	case errors.Is(err, errNotYours), u == nil:
 		return nil, err
@@ -148,11 +148,14 @@ func (s *Service) lookup(ctx context.Context, dep, rid string) (*state.Record, e
 // caller's tenant, if the caller may attach; otherwise it returns
 // errMayNotAttach without asking RunComfy, so a tenant cannot make the gateway
 // call upstream for ids it guesses. Its results are refresh's.
-func (s *Service) attach(ctx context.Context, dep, rid, source string) (*state.Record, *state.Update, error) {
+func (s *Service) attach(ctx context.Context, dep, rid string) (*state.Record, *state.Update, error) {
 	if !mayAttach(ctx) {
 		return nil, nil, errMayNotAttach
 	}
-	return s.refresh(ctx, dep, rid, source)
+	// Source "attach": the caller's tenant becomes the owner by attaching,
+	// not by proof, so a proven owner (the submit's tenant, named by a
+	// signed callback URL) takes the request back.
+	return s.refresh(ctx, dep, rid, "attach")
 }
 
 // refresh reads a request from RunComfy and records what it says for the

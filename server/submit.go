@@ -110,6 +110,11 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		CreatedAt:    s.now(),
 		Owner:        tenantOf(ctx),
 	})
+	if err == nil && rec != nil && rec.Owner != tenantOf(ctx) {
+		// Recorded as another tenant's (it cannot happen to a new id; the
+		// caller still learns only what it submitted).
+		rec = nil
+	}
 	if err != nil || rec == nil {
 		// The job exists and is paid for: the caller must learn its id even if
 		// it could not be recorded.

@@ -126,7 +126,7 @@ func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*st
 		// may attach and RunComfy knows it, start tracking it; otherwise it is
 		// not found, and RunComfy is not asked.
 		var u *state.Update
-		if rec, u, err = s.attach(ctx, dep, rid, "attach"); u != nil && err == nil && rec == nil {
+		if rec, u, err = s.attach(ctx, dep, rid); u != nil && err == nil && rec == nil {
 			err = state.ErrNotFound // a status this version does not know: nothing to follow
 		}
 	}

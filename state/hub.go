@@ -190,12 +190,19 @@ func (h *Hub) Watching() []string {
 
 // Describe records the deployment and owner of a watched request, as its
 // watcher read them, so that the request can be rebuilt (Watched) if its
-// record is lost while it is watched. The first description stays.
+// record is lost while it is watched. The first description stays, except
+// that an owner fills one that had none (a watcher that saw the request
+// before it was claimed).
 func (h *Hub) Describe(requestID, deploymentID, owner string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if tp := h.topics[requestID]; tp != nil && tp.dep == "" {
+	tp := h.topics[requestID]
+	switch {
+	case tp == nil:
+	case tp.dep == "":
 		tp.dep, tp.owner = deploymentID, owner
+	case tp.owner == "" && tp.dep == deploymentID:
+		tp.owner = owner
 	}
 }
 

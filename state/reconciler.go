@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/comfygate/comfygate/runcomfy"
 )
 
@@ -58,6 +60,9 @@ type Reconciler struct {
 	// missing holds, by request, when this replica's polls first found that
 	// RunComfy no longer knows it (goneUpstream).
 	missing map[string]time.Time
+	// retries holds, by request, the lost records this replica failed to
+	// make again: since when, and when to try next (rebuild).
+	retries map[string]retry
 }
 
 // ErrorTypeUpstreamLost is the error type of a request that RunComfy no
@@ -91,7 +96,7 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 	if cfg.Watched == nil {
 		cfg.Watched = func() []WatchedRequest { return nil }
 	}
-	return &Reconciler{cfg: cfg, missing: map[string]time.Time{}}, nil
+	return &Reconciler{cfg: cfg, missing: map[string]time.Time{}, retries: map[string]retry{}}, nil
 }
 
 // Watched brings a watched request's next poll forward to half an interval from
@@ -310,7 +315,15 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	if errors.Is(err, ErrNotFound) {
 		if w, ok := r.watched(id); ok {
 			// Lost (evicted) while watched here: rebuilt, not forgotten.
-			return r.rebuild(ctx, w)
+			// Until that succeeds the request stays scheduled, at the pace
+			// of a failing poll.
+			done, err := r.rebuild(ctx, w)
+			if !done {
+				if serr := r.cfg.Schedule.SetDue(ctx, id, r.retryAt(id, now)); serr != nil {
+					err = errors.Join(err, serr)
+				}
+			}
+			return err
 		}
 		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id) // expired: nothing left to track
@@ -366,7 +379,7 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 	if !seen || now.Sub(first) < r.cfg.Interval {
 		return false, nil
 	}
-	_, _, err = r.cfg.Tracker.Apply(ctx, Update{
+	_, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
 		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: "poll", Owner: rec.Owner,
 		State:      runcomfy.StateFailed,
 		Error:      &runcomfy.JobError{Type: ErrorTypeUpstreamLost, Message: "RunComfy no longer knows this request (it keeps requests for about 7 days)"},
@@ -376,8 +389,12 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 		return false, fmt.Errorf("record request %s as lost upstream: %w", rec.RequestID, err)
 	}
 	r.found(rec.RequestID)
-	r.lost.Add(1)
-	r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
+	if outcome == Applied {
+		// Otherwise the request had ended meanwhile (or is another
+		// tenant's): nothing was ended here.
+		r.lost.Add(1)
+		r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
+	}
 	return true, r.cfg.Schedule.Forget(ctx, rec.RequestID)
 }
 
@@ -391,11 +408,51 @@ func (r *Reconciler) watched(id string) (WatchedRequest, bool) {
 	return WatchedRequest{}, false
 }
 
+// retry is a lost record this replica failed to make again.
+type retry struct{ first, next time.Time }
+
+// retryAt records a failed attempt to make id again at now and returns when
+// to try next: the pace of a failing poll, backing off from the first
+// failure as for a request that stays unchanged.
+func (r *Reconciler) retryAt(id string, now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt, ok := r.retries[id]
+	if !ok {
+		rt.first = now
+		for other, o := range r.retries {
+			// Settled by the next attempt, at most MaxInterval on; older
+			// ones belong to requests no longer watched here.
+			if now.Sub(o.next) > 4*r.cfg.MaxInterval {
+				delete(r.retries, other)
+			}
+		}
+	}
+	rt.next = r.next(&Record{RequestID: id, UpdatedAt: rt.first}, now)
+	r.retries[id] = rt
+	return rt.next
+}
+
+// retryDue reports whether a lost record may be tried again at now.
+func (r *Reconciler) retryDue(id string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt, ok := r.retries[id]
+	return !ok || !now.Before(rt.next)
+}
+
 // keep rebuilds the lost records of the requests this replica's watchers
 // follow. A record is lost when Redis restarted empty, failed over to a
 // replica that had not received it, or evicted it: no callback may ever come
-// for it again, and nothing else would poll it.
+// for it again, and nothing else would poll it. Rebuilds run at most
+// Concurrency at a time, as polls do, and not while polling is paused.
 func (r *Reconciler) keep(ctx context.Context) {
+	if r.paused() > 0 {
+		return
+	}
+	if until, err := r.cfg.Schedule.PausedUntil(ctx); err != nil || until.After(r.cfg.Now()) {
+		return
+	}
 	watched := r.cfg.Watched()
 	if len(watched) == 0 {
 		return
@@ -408,52 +465,70 @@ func (r *Reconciler) keep(ctx context.Context) {
 	if err != nil {
 		return // the backend is down: nothing to learn until it is back
 	}
+	var g errgroup.Group
+	g.SetLimit(r.cfg.Concurrency)
 	for _, w := range watched {
-		if !slices.Contains(missing, w.RequestID) {
+		if !slices.Contains(missing, w.RequestID) || !r.retryDue(w.RequestID, r.cfg.Now()) {
 			continue
 		}
-		ok, err := r.cfg.Schedule.Lease(ctx, w.RequestID, r.cfg.Owner, r.leaseTTL())
-		if err != nil || !ok {
-			continue // another replica rebuilds or polls it
-		}
-		pctx, cancel := context.WithTimeout(ctx, r.leaseTTL()*3/4)
-		if err := r.rebuild(pctx, w); err != nil && ctx.Err() == nil {
-			r.cfg.Logger.Warn("rebuilding a lost record failed", "request_id", w.RequestID, "error", err)
-		}
-		cancel()
-		r.release(ctx, w.RequestID)
+		g.Go(func() error {
+			ok, err := r.cfg.Schedule.Lease(ctx, w.RequestID, r.cfg.Owner, r.leaseTTL())
+			if err != nil || !ok {
+				return nil // another replica rebuilds or polls it
+			}
+			defer r.release(ctx, w.RequestID)
+			pctx, cancel := context.WithTimeout(ctx, r.leaseTTL()*3/4)
+			defer cancel()
+			done, err := r.rebuild(pctx, w)
+			if !done {
+				r.retryAt(w.RequestID, r.cfg.Now())
+			}
+			if err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("rebuilding a lost record failed", "request_id", w.RequestID, "error", err)
+			}
+			return nil
+		})
 	}
+	_ = g.Wait() // every attempt logs its own failure
 }
 
 // rebuild records a lost request again from RunComfy, under a new epoch,
 // owned by whom its watchers saw own it; the caller holds its lease. The new
 // record is scheduled and published like any, so every replica's watchers get
-// it. RunComfy not knowing the request ends it as goneUpstream does.
-func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) error {
+// it. RunComfy not knowing the request ends it as goneUpstream does. done is
+// false while the request is neither recorded again nor ended.
+func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, err error) {
 	if _, err := r.cfg.Tracker.Get(ctx, w.RequestID); !errors.Is(err, ErrNotFound) {
-		return err // rebuilt meanwhile (nil), or the backend is down
+		return err == nil, err // rebuilt meanwhile (nil), or the backend is down
 	}
 	now := r.cfg.Now()
 	r.polls.Add(1)
 	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, "rebuild", w.Owner)
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}
-		_, gerr := r.goneUpstream(ctx, stub, now)
-		return gerr
+		return r.goneUpstream(ctx, stub, now)
 	}
 	if err != nil {
+		var apiErr *runcomfy.APIError
 		if errors.Is(err, runcomfy.ErrRateLimited) {
-			r.pause(ctx, r.cfg.Interval)
+			wait := r.cfg.Interval
+			if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
+				wait = apiErr.RetryAfter
+			}
+			r.pause(ctx, wait)
 		}
-		return fmt.Errorf("rebuild request %s: %w", w.RequestID, err)
+		return false, fmt.Errorf("rebuild request %s: %w", w.RequestID, err)
 	}
 	r.found(w.RequestID)
+	r.mu.Lock()
+	delete(r.retries, w.RequestID)
+	r.mu.Unlock()
 	if rec != nil {
 		r.rebuilt.Add(1)
 		r.cfg.Logger.Warn("a watched request's record was lost; rebuilt from RunComfy",
 			"request_id", w.RequestID, "status", rec.State, "epoch", rec.Epoch)
 	}
-	return nil
+	return true, nil
 }
 
 // found forgets a request's "not found" answers: RunComfy knows it, or it has

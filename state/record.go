@@ -24,7 +24,13 @@ type Record struct {
 	RequestID    string `json:"request_id"`
 	DeploymentID string `json:"deployment_id"`
 	// Owner is the tenant that submitted the request (empty until tenants exist).
-	Owner          string         `json:"owner,omitempty"`
+	Owner string `json:"owner,omitempty"`
+	// OwnerAttached: Owner was taken on trust (an attach, a claim, a
+	// rebuild for its watchers), not proven (the submit, a callback URL
+	// issued to the tenant). A proven owner takes the request from it: after
+	// a record was lost, a tenant with the attach permission may have
+	// attached it before the owner's callback came.
+	OwnerAttached  bool           `json:"owner_attached,omitempty"`
 	State          runcomfy.State `json:"state"`
 	UpstreamStatus string         `json:"upstream_status,omitempty"`
 	QueuePosition  *int64         `json:"queue_position,omitempty"`
@@ -99,6 +105,42 @@ type Update struct {
 	Owner          string
 }
 
+// proves reports whether u's owner is proven: the submit's tenant, or the
+// tenant a signed callback URL was issued to. Every other owner an update
+// names (an attach, a claim, a rebuild for watchers) is taken on trust.
+func (u *Update) proves() bool { return u.Source == "submit" || u.Source == "callback" }
+
+// ownerChange is the owner u gives the record r: a record nobody owns takes
+// u's owner; one owned on trust is taken by another, proven owner. ok is
+// false when r's owner stays as it is.
+func ownerChange(r *Record, u *Update) (owner string, attached, ok bool) {
+	switch {
+	case u.Owner == "":
+		return "", false, false
+	case r.Owner == "":
+		return u.Owner, !u.proves(), true
+	case r.OwnerAttached && u.proves() && u.Owner != r.Owner:
+		return u.Owner, false, true
+	}
+	return "", false, false
+}
+
+// confirms reports whether u is RunComfy's word on the request now, which
+// makes the record fresh (SyncedAt): not an owner claim, which only repeats
+// the stored state.
+func (u *Update) confirms() bool { return u.Source != "claim" }
+
+// reads reports whether u is an answer RunComfy gave to a read just made (a
+// poll, a status or result read), the only kind of observation that confirms
+// an unchanged state: a duplicate callback may be a late retry of an old one.
+func (u *Update) reads() bool {
+	switch u.Source {
+	case "poll", "status", "result", "rebuild", "attach":
+		return true
+	}
+	return false
+}
+
 // Outcome says what Apply did with an update.
 type Outcome int
 
@@ -171,7 +213,9 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		apply(next, u, true)
 		next.Seq = 1
 		next.UpdatedAt = now
-		next.SyncedAt = now
+		if u.confirms() {
+			next.SyncedAt = now
+		}
 		if next.CreatedAt.IsZero() {
 			next.CreatedAt = now
 		}
@@ -182,10 +226,11 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	}
 	cr := Rank(cur.State)
 	switch {
-	case u.Owner != "" && cur.Owner != "" && u.Owner != cur.Owner:
+	case u.Owner != "" && cur.Owner != "" && u.Owner != cur.Owner && !(cur.OwnerAttached && u.proves()):
 		// Ownership is set once, by whoever proves it first (the submit,
 		// or a callback URL issued to the tenant); another tenant's
-		// observation must not touch the request.
+		// observation must not touch the request. Only an owner by
+		// attaching gives way, to a proven one.
 		return nil, Foreign
 	case u.DeploymentID != "" && cur.DeploymentID != "" && u.DeploymentID != cur.DeploymentID:
 		// A request belongs to one deployment: an observation made under another
@@ -195,9 +240,9 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		// The state stays as it is. Ownership is not state: an update that
 		// names the owner of a request nobody owns yet still sets it (the
 		// submit's answer can arrive after the request's last callback).
-		if cur.Owner == "" && u.Owner != "" {
+		if owner, attached, ok := ownerChange(cur, u); ok {
 			next := cur.Clone()
-			next.Owner = u.Owner
+			next.Owner, next.OwnerAttached = owner, attached
 			next.Seq = cur.Seq + 1
 			next.UpdatedAt = now
 			return next, Applied
@@ -214,7 +259,9 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	}
 	next.Seq = cur.Seq + 1
 	next.UpdatedAt = now
-	next.SyncedAt = now
+	if u.confirms() {
+		next.SyncedAt = now
+	}
 	if next.Terminal() && next.FinishedAt.IsZero() {
 		next.FinishedAt = now
 	}
@@ -247,8 +294,8 @@ func apply(r *Record, u *Update, advance bool) bool {
 		r.DeploymentID = u.DeploymentID
 		changed = true
 	}
-	if r.Owner == "" && u.Owner != "" {
-		r.Owner = u.Owner
+	if owner, attached, ok := ownerChange(r, u); ok {
+		r.Owner, r.OwnerAttached = owner, attached
 		changed = true
 	}
 	// A queue position only goes down: a larger one is an older observation that

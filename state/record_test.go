@@ -98,6 +98,11 @@ func TestMergeFields(t *testing.T) {
 	urls := []string{"https://cdn.example/a.png"}
 	jobErr := &runcomfy.JobError{Type: "oom", Message: "out of memory", Code: "500"}
 
+	attachedBy := func(tenant string) *Record {
+		r := running.Clone()
+		r.Owner, r.OwnerAttached = tenant, true
+		return r
+	}
 	upd := func(s runcomfy.State, mods ...func(*Update)) *Update {
 		u := &Update{RequestID: "req-1", State: s}
 		for _, m := range mods {
@@ -163,8 +168,38 @@ func TestMergeFields(t *testing.T) {
 		// Owner and deployment are set once.
 		{
 			name: "owner is set when unknown",
-			cur:  bare, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner = "tenant-b" }),
+			cur:  bare, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-b", "callback" }),
 			want: Applied, edit: func(r *Record) { r.Owner = "tenant-b" },
+		},
+		{
+			name: "an owner by attaching is set as taken on trust",
+			cur:  bare, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-b", "attach" }),
+			want: Applied, edit: func(r *Record) { r.Owner, r.OwnerAttached = "tenant-b", true },
+		},
+		{
+			name: "a proven owner takes a request owned on trust",
+			cur:  attachedBy("tenant-b"), u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-a", "callback" }),
+			want: Applied, edit: func(r *Record) { r.Owner, r.OwnerAttached = "tenant-a", false },
+		},
+		{
+			name: "the owner on trust's own callback changes nothing",
+			cur:  attachedBy("tenant-b"), u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-b", "callback" }),
+			want: Duplicate,
+		},
+		{
+			name: "a claim is taken on trust and confirms nothing (synced_at stays)",
+			cur:  bare, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source, u.InstanceID = "tenant-b", "claim", "inst-7" }),
+			want: Applied, edit: func(r *Record) { r.Owner, r.OwnerAttached, r.InstanceID = "tenant-b", true, "inst-7" },
+		},
+		{
+			name: "another attach does not take a request owned on trust",
+			cur:  attachedBy("tenant-b"), u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-c", "attach" }),
+			want: Foreign,
+		},
+		{
+			name: "an attach does not take a proven owner's request",
+			cur:  running, u: upd(runcomfy.StateRunning, func(u *Update) { u.Owner, u.Source = "tenant-b", "attach" }),
+			want: Foreign,
 		},
 		{
 			name: "another owner's update is refused at the same rank",
@@ -304,6 +339,7 @@ func TestMergeFields(t *testing.T) {
 			name: "new record keeps the reported times",
 			u: upd(runcomfy.StateRunning, func(u *Update) {
 				u.DeploymentID, u.Owner, u.InstanceID, u.CreatedAt, u.StartedAt = "dep-1", "tenant-a", "inst-1", t1, t2
+				u.Source = "submit"
 				u.QueuePosition = ptr[int64](3) // not queued: ignored
 			}),
 			want: Applied, edit: func(r *Record) {
@@ -341,7 +377,10 @@ func TestMergeFields(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(want)
 			}
-			want.Seq, want.UpdatedAt, want.SyncedAt = 1, now, now
+			want.Seq, want.UpdatedAt = 1, now
+			if tt.u.Source != "claim" {
+				want.SyncedAt = now
+			}
 			if tt.cur != nil {
 				want.Seq = tt.cur.Seq + 1
 			}

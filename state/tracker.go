@@ -154,7 +154,7 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 				continue
 			}
 			t.counts[outcome].Add(1)
-			if outcome == Duplicate {
+			if outcome == Duplicate && u.reads() {
 				cur = t.touch(ctx, cur, now)
 			}
 			return cur, outcome, nil

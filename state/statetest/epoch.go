@@ -28,6 +28,7 @@ func epochCases() []testCase {
 		{"LostRecordGoneUpstreamEnds", testLostRecordGoneUpstream},
 		{"Touch", testTouch},
 		{"RollbackWithinEpoch", testRollbackWithinEpoch},
+		{"LostRecordRebuildPaced", testLostRecordRebuildPaced},
 	}
 }
 
@@ -463,5 +464,43 @@ func testRollbackWithinEpoch(t *testing.T, b Backend) {
 		if state.Rank(r.State) < state.Rank(runcomfy.StateRunning) {
 			t.Errorf("after the rollback the watcher went back to %s (%s)", r.State, positions(got))
 		}
+	}
+}
+
+// testLostRecordRebuildPaced: while RunComfy fails every read, a lost watched
+// record is asked for at the pace of a failing poll of a watched request (half
+// the interval), whether its schedule entry survived (an eviction) or not (a
+// Redis restarted empty): never in a loop.
+func testLostRecordRebuildPaced(t *testing.T, b Backend) {
+	const interval = 100 * time.Millisecond
+	for _, scheduled := range []bool{true, false} {
+		t.Run(fmt.Sprintf("scheduled=%v", scheduled), func(t *testing.T) {
+			tr := scheduledTracker(t, b, interval)
+			hub := newHub(t, b, 0)
+			id := fmt.Sprintf("req-epoch-paced-%v", scheduled)
+			u := queued(id, 1)
+			u.Owner = "tenant-b"
+			mustApply(t, tr, u)
+			newFollowerOf(t, b, hub, id, state.Position{})
+			hub.Describe(id, deployment, "tenant-b")
+			mustLose(t, b, id)
+			if !scheduled {
+				if err := b.(state.Schedule).Forget(testContext(t), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			up := &fakeUpstream{err: &runcomfy.APIError{Op: "status", HTTPStatus: 500, Code: 500001}}
+			runReconciler(t, b, tr, up, hub, interval)
+			time.Sleep(20 * interval)
+			n := up.calls()
+			t.Logf("status calls in 20 intervals: %d", n)
+			// Half the interval: about 40. A loop makes thousands.
+			if n > 60 {
+				t.Errorf("%d status calls in 20 intervals, want about 40 (every half interval)", n)
+			}
+			if n == 0 {
+				t.Error("the lost record was never asked for")
+			}
+		})
 	}
 }
