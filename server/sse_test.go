@@ -348,6 +348,11 @@ func TestEventsResume(t *testing.T) {
 
 	// Reconnecting after the end: 204, which stops EventSource for good.
 	// Malformed resume points are refused like any bad field.
+	fin, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endID := fmt.Sprintf("%d-%d", fin.Epoch, fin.Seq)
 	refusals := []struct {
 		name        string
 		lastEventID string
@@ -355,7 +360,11 @@ func TestEventsResume(t *testing.T) {
 		want        int
 	}{
 		{"after the terminal seq", "3", "", http.StatusNoContent},
-		{"past the terminal seq", "9", "", http.StatusNoContent},
+		// Beyond the record's seq, without an epoch: only a record made
+		// again can be behind such a resume point, so its final state is
+		// sent rather than withheld.
+		{"past the terminal seq, no epoch", "9", "", http.StatusOK},
+		{"at the terminal state, with its epoch", endID, "", http.StatusNoContent},
 		{"not a number", "abc", "", http.StatusBadRequest},
 		{"negative query", "", "-1", http.StatusBadRequest},
 		{"fraction", "1.5", "", http.StatusBadRequest},
