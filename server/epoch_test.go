@@ -260,3 +260,34 @@ func TestEventsResumePointsAreChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordMadeAgainKeepsRunComfysTimes: a running request whose record was
+// lost is recorded again (an attach, as a rebuild does) with the creation and
+// start times RunComfy reports, not the time it was recorded again.
+func TestRecordMadeAgainKeepsRunComfysTimes(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	g.step(ctx, t, "dep-1", rid) // running
+	if err := g.memory.Delete(ctx, rid); err != nil {
+		t.Fatal(err)
+	}
+	want, err := g.upstream.Result(ctx, "dep-1", rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := resp.GetRequest()
+	if st.GetStatus() != comfygatev1.Status_STATUS_RUNNING {
+		t.Fatalf("status %v, want running", st.GetStatus())
+	}
+	if got := st.GetCreatedAt().AsTime(); !got.Equal(want.CreatedAt) {
+		t.Errorf("created_at %v, want RunComfy's %v", got, want.CreatedAt)
+	}
+	if got := st.GetStartedAt().AsTime(); want.StartedAt.IsZero() || !got.Equal(want.StartedAt) {
+		t.Errorf("started_at %v, want RunComfy's %v", got, want.StartedAt)
+	}
+}

@@ -34,17 +34,25 @@ func (f *Follower) Position() Position { return f.pos }
 
 // First reports whether the snapshot rec, read after the watcher subscribed,
 // is to be sent: it is newer than the resume point, or of another epoch than
-// the one the watcher resumes from. A resume point without an epoch (the form
-// before epochs) compares seqs, except that a final state whose seq is below
-// it is sent: only a record made again can be there, and the watcher would
-// otherwise end without its final state.
+// the one the watcher resumes from.
+//
+// A snapshot below the resume point means the record was made again (a
+// resume point without an epoch, the form before epochs) or went back within
+// its epoch (a failover to a replica that lagged), or the point is made up.
+// The watcher then follows the record from where it stands, so that its next
+// states reach it; the snapshot itself is sent when it is final (the watch
+// must not end without it) or of an epoch the resume point did not name.
 func (f *Follower) First(rec *Record) bool {
 	switch {
-	case f.pos.Epoch != 0 && rec.Epoch != f.pos.Epoch,
-		rec.Seq > f.pos.Seq,
-		f.pos.Epoch == 0 && rec.Epoch != 0 && rec.Terminal() && rec.Seq < f.pos.Seq:
+	case f.pos.Epoch != 0 && rec.Epoch != f.pos.Epoch, rec.Seq > f.pos.Seq:
 		f.advance(rec)
 		return true
+	case rec.Seq < f.pos.Seq:
+		if rec.Terminal() || f.pos.Epoch == 0 && rec.Epoch != 0 {
+			f.advance(rec)
+			return true
+		}
+		f.pos = rec.Position()
 	}
 	return false
 }

@@ -36,7 +36,8 @@ func TestFollowerFirst(t *testing.T) {
 		// Only a record made again can be below a seq the watcher saw: its
 		// final state must not be withheld, or the watch ends without one.
 		{"seq only, final below", Position{Seq: 4}, rec(9, 1, runcomfy.StateSucceeded), true},
-		{"seq only, unfinished below", Position{Seq: 4}, rec(9, 1, runcomfy.StateRunning), false},
+		{"seq only, unfinished below", Position{Seq: 4}, rec(9, 1, runcomfy.StateRunning), true},
+		{"same epoch, final below", Position{Epoch: 5, Seq: 9}, rec(5, 3, runcomfy.StateSucceeded), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,7 +49,8 @@ func TestFollowerFirst(t *testing.T) {
 				t.Fatalf("First(%d/%d %s) after %+v = %v, want %v", tt.snap.Epoch, tt.snap.Seq, tt.snap.State, tt.after, got, tt.want)
 			}
 			want := tt.after
-			if tt.want {
+			if tt.want || tt.snap.Seq < tt.after.Seq {
+				// Sent, or below the resume point: followed from there.
 				want = tt.snap.Position()
 			}
 			if got := f.Position(); got != want {
@@ -135,5 +137,23 @@ func TestFollowerFollowsARollback(t *testing.T) {
 	stored = rec(3, runcomfy.StateSucceeded, 10*time.Second)
 	if got, err := f.Next(context.Background(), stored); err != nil || got != stored {
 		t.Fatalf("a success at a seq already seen: %v, %v; want it sent", got, err)
+	}
+}
+
+// TestFollowerResumeAhead: a resume point ahead of the record in its epoch
+// (the record went back, or the point is made up): the snapshot, unfinished,
+// is not sent, but the watcher follows the record from where it stands and
+// gets its next states and its end.
+func TestFollowerResumeAhead(t *testing.T) {
+	f := NewFollower(getterFunc(func(context.Context, string) (*Record, error) {
+		t.Fatal("read the store")
+		return nil, nil
+	}), Position{Epoch: 5, Seq: 999})
+	if f.First(&Record{RequestID: "r", Epoch: 5, Seq: 2, State: runcomfy.StateQueued}) {
+		t.Fatal("an unfinished snapshot below the resume point was sent")
+	}
+	got, err := f.Next(context.Background(), &Record{RequestID: "r", Epoch: 5, Seq: 3, State: runcomfy.StateSucceeded})
+	if err != nil || got == nil {
+		t.Fatalf("the final state after it: %v, %v; want it sent", got, err)
 	}
 }

@@ -382,6 +382,14 @@ func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, reques
 		st.RequestID = requestID
 	}
 	u := UpdateFromStatus(deploymentID, source, st)
+	if !st.State.Terminal() && (source == "rebuild" || source == "attach") {
+		// A record about to be made from this read would otherwise date
+		// the request from now: the result, unlike the status, says when
+		// it was created and started. Best effort.
+		if res, err := up.Result(ctx, deploymentID, requestID); err == nil {
+			u.CreatedAt, u.StartedAt = res.CreatedAt, res.StartedAt
+		}
+	}
 	if st.State.Terminal() {
 		// Best effort: without the result the status alone is still applied.
 		if res, err := up.Result(ctx, deploymentID, requestID); err == nil && res.State.Terminal() {
