@@ -291,3 +291,44 @@ func TestRecordMadeAgainKeepsRunComfysTimes(t *testing.T) {
 		t.Errorf("started_at %v, want RunComfy's %v", got, want.StartedAt)
 	}
 }
+
+// TestWatchResumedAheadOfTheRecordEnds: a watch resumed from a point ahead of
+// the record (its store went back, or the point is made up) gets the
+// request's next states and ends with its final one instead of waiting
+// forever. Over gRPC, whose stream is open before anything is sent (the REST
+// forms pass the same resume point to the same call).
+func TestWatchResumedAheadOfTheRecordEnds(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("without epoch=%v", legacy), func(t *testing.T) {
+			g := startGateway(t)
+			ctx := ctxT(t)
+			rid := g.submit(ctx, t, "dep-1")
+			rec, err := g.tracker.Get(ctx, rid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after := state.Position{Epoch: rec.Epoch, Seq: 999}
+			if legacy {
+				after.Epoch = 0
+			}
+			gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid, AfterSeq: after.Seq, AfterEpoch: after.Epoch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := grpcEpochStream{gs}
+			g.step(ctx, t, "dep-1", rid) // running
+			g.step(ctx, t, "dep-1", rid) // succeeded
+			var got []epochState
+			for {
+				st, ok := s.next(t)
+				if !ok {
+					break
+				}
+				got = append(got, st)
+			}
+			if len(got) == 0 || got[len(got)-1].Status != "STATUS_SUCCEEDED" {
+				t.Errorf("resumed at %+v: %+v, want the success last", after, got)
+			}
+		})
+	}
+}
