@@ -313,7 +313,11 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	now := r.cfg.Now()
 	rec, err := r.cfg.Tracker.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
-		if w, ok := r.watched(id); ok {
+		w, ok := r.watched(id)
+		if !ok {
+			w, ok = r.scheduled(ctx, id, now)
+		}
+		if ok {
 			// Lost (evicted) while watched here: rebuilt, not forgotten.
 			// Until that succeeds the request stays scheduled, at the pace
 			// of a failing poll.
@@ -396,6 +400,21 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 		r.cfg.Logger.Warn("RunComfy no longer knows a request; it ends failed", "request_id", rec.RequestID, "since", first)
 	}
 	return true, r.cfg.Schedule.Forget(ctx, rec.RequestID)
+}
+
+// scheduled returns the description the schedule keeps of id, when it keeps
+// one and the request is younger than the retention (an older one expired, as
+// it should have).
+func (r *Reconciler) scheduled(ctx context.Context, id string, now time.Time) (WatchedRequest, bool) {
+	sd, ok := r.cfg.Schedule.(ScheduleDescriber)
+	if !ok {
+		return WatchedRequest{}, false
+	}
+	sr, found, err := sd.Scheduled(ctx, id)
+	if err != nil || !found || sr.CreatedAt.IsZero() || now.Sub(sr.CreatedAt) > r.cfg.Retention {
+		return WatchedRequest{}, false
+	}
+	return WatchedRequest{RequestID: id, DeploymentID: sr.DeploymentID, Owner: sr.Owner}, true
 }
 
 // watched returns the description of id if this replica's watchers follow it.

@@ -109,6 +109,23 @@ type Schedule interface {
 	PausedUntil(ctx context.Context) (time.Time, error)
 }
 
+// ScheduledRequest describes a scheduled request, as its last scheduling save
+// recorded it: enough to make its record again from RunComfy if the record
+// alone is lost (evicted) while the schedule keeps it.
+type ScheduledRequest struct {
+	DeploymentID  string    `json:"d"`
+	Owner         string    `json:"o,omitempty"`
+	OwnerAttached bool      `json:"a,omitempty"`
+	CreatedAt     time.Time `json:"c,omitzero"`
+}
+
+// ScheduleDescriber is a Schedule that keeps a description of each scheduled
+// request beside it. A backend whose records can be lost without its
+// schedule (Redis, evicting records) offers it.
+type ScheduleDescriber interface {
+	Scheduled(ctx context.Context, requestID string) (ScheduledRequest, bool, error)
+}
+
 // IdempotencyEntry is what an idempotency key stands for.
 type IdempotencyEntry struct {
 	// BodyHash identifies the submit (deployment and input) the key was first

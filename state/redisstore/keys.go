@@ -41,6 +41,13 @@ func (b *Backend) pendingKey() string {
 	return b.prefix + "{pending}"
 }
 
+// scheduledKey holds a description of every scheduled request (deployment,
+// owner, creation), in the schedule's hash slot, so that an evicted record can
+// be made again.
+func (b *Backend) scheduledKey() string {
+	return b.prefix + "{pending}:about"
+}
+
 func (b *Backend) pauseKey() string {
 	return b.prefix + "{poll-pause}"
 }

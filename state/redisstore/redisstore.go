@@ -260,6 +260,10 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 	}
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())
+		op.meta, err = json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})
+		if err != nil {
+			return fmt.Errorf("encode request %s: %w", rec.RequestID, err)
+		}
 	}
 	b.saves.do(ctx, op, b.sendSaves)
 	res, err := op.cmd.Slice()
@@ -297,6 +301,7 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 		for _, op := range ops {
 			if op.due != 0 {
 				pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: op.due, Member: op.id})
+				pipe.HSet(ctx, b.scheduledKey(), op.id, op.meta)
 			}
 			if sha {
 				op.cmd = b.save.EvalSha(ctx, pipe, op.keys, op.args...)
@@ -305,6 +310,7 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 			}
 			if op.forget {
 				pipe.ZRem(ctx, b.pendingKey(), op.id)
+				pipe.HDel(ctx, b.scheduledKey(), op.id)
 			}
 		}
 		_, err := pipe.Exec(ctx)

@@ -2,10 +2,14 @@ package redisstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/state"
 )
 
 // releaseScript deletes a lease only if its owner still holds it, so a replica
@@ -56,10 +60,30 @@ func (b *Backend) Due(ctx context.Context, now time.Time, n int) ([]string, erro
 
 // Forget implements state.Schedule.
 func (b *Backend) Forget(ctx context.Context, requestID string) error {
-	if err := b.rdb.ZRem(ctx, b.pendingKey(), requestID).Err(); err != nil {
+	pipe := b.rdb.Pipeline()
+	pipe.ZRem(ctx, b.pendingKey(), requestID)
+	pipe.HDel(ctx, b.scheduledKey(), requestID)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable(ctx, "forget", err)
 	}
 	return nil
+}
+
+// Scheduled implements state.ScheduleDescriber: the description each save
+// that scheduled the request wrote beside the schedule.
+func (b *Backend) Scheduled(ctx context.Context, requestID string) (state.ScheduledRequest, bool, error) {
+	data, err := b.rdb.HGet(ctx, b.scheduledKey(), requestID).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return state.ScheduledRequest{}, false, nil
+	}
+	if err != nil {
+		return state.ScheduledRequest{}, false, unavailable(ctx, "scheduled", err)
+	}
+	var sr state.ScheduledRequest
+	if err := json.Unmarshal(data, &sr); err != nil {
+		return state.ScheduledRequest{}, false, fmt.Errorf("redis scheduled %s: stored description is not valid: %w", requestID, err)
+	}
+	return sr, true, nil
 }
 
 // Lease implements state.Schedule with SET NX PX.

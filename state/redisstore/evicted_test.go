@@ -1,0 +1,81 @@
+package redisstore_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
+)
+
+// runningUpstream answers every read with a running request created at
+// created.
+type runningUpstream struct{ created time.Time }
+
+func (u runningUpstream) Status(_ context.Context, _, id string) (*runcomfy.StatusResponse, error) {
+	return &runcomfy.StatusResponse{RequestID: id, Status: "in_progress", State: runcomfy.StateRunning}, nil
+}
+
+func (u runningUpstream) Result(_ context.Context, _, id string) (*runcomfy.ResultResponse, error) {
+	return &runcomfy.ResultResponse{RequestID: id, Status: "in_progress", State: runcomfy.StateRunning, CreatedAt: u.created}, nil
+}
+
+// TestEvictedScheduledRecordIsRebuilt: Redis evicts the record of a
+// scheduled request nobody watches (its schedule entry, which has no TTL,
+// stays). The poll that comes due finds the record gone and makes it again
+// from RunComfy, with the deployment, owner and creation time the schedule
+// kept beside it, instead of forgetting the request.
+func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b := newBackend(t)
+	created := time.Now().Add(-time.Minute).Truncate(time.Microsecond).UTC()
+	up := runningUpstream{created: created}
+	tr, err := state.NewTracker(state.TrackerConfig{Store: b, Results: noResults{}, Schedule: b, PollInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "req-evicted"
+	first, _, err := tr.Apply(ctx, state.Update{RequestID: id, DeploymentID: "dep-e", Source: "submit", State: runcomfy.StateQueued, Owner: "tenant-b", CreatedAt: created})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := state.NewReconciler(state.ReconcilerConfig{
+		Schedule: b, Tracker: tr, Upstream: up, Interval: interval, Owner: "replica-1",
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = rc.Run(rctx)
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+	var rec *state.Record
+	for rec == nil {
+		got, err := b.Get(ctx, id)
+		switch {
+		case err == nil:
+			rec = got
+		case ctx.Err() != nil:
+			t.Fatalf("the evicted record was never made again: %v", err)
+		default:
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if rec.Epoch == first.Epoch || rec.State != runcomfy.StateRunning || rec.DeploymentID != "dep-e" || rec.Owner != "tenant-b" || !rec.CreatedAt.Equal(created) {
+		t.Errorf("made again as %+v; want running in a new epoch, of dep-e, owned by tenant-b, created %v", rec, created)
+	}
+}
