@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Getter reads a record; every Store is one.
@@ -18,7 +19,13 @@ type Getter interface {
 type Follower struct {
 	store Getter
 	pos   Position
-	last  *Record // the last record sent; nil before the first
+	// Of the last record sent (sent false before the first): what tells a
+	// later write at a seen seq from a late copy, and a step forward from
+	// one back. Not the record itself, which an idle watcher would keep
+	// alive for as long as it waits.
+	sent        bool
+	lastUpdated time.Time
+	lastRank    int
 }
 
 // NewFollower returns a Follower for a watcher that has seen everything up to
@@ -75,12 +82,12 @@ var ErrFollowUnsure = errors.New("state: cannot tell which incarnation of the re
 // replaced, or the first news of a new one: the store tells which, and the new
 // incarnation is sent as it is stored now (perhaps later than rec).
 func (f *Follower) Next(ctx context.Context, rec *Record) (*Record, error) {
-	sameEpoch := rec.Epoch == f.pos.Epoch || (f.pos.Epoch == 0 && f.last == nil)
+	sameEpoch := rec.Epoch == f.pos.Epoch || (f.pos.Epoch == 0 && !f.sent)
 	switch {
 	case sameEpoch && rec.Seq > f.pos.Seq:
 		f.advance(rec)
 		return rec, nil
-	case sameEpoch && (f.last == nil || !rec.UpdatedAt.After(f.last.UpdatedAt)):
+	case sameEpoch && (!f.sent || !rec.UpdatedAt.After(f.lastUpdated)):
 		return nil, nil // an older record delivered late (a resync's snapshot)
 	}
 	cur, err := f.store.Get(ctx, rec.RequestID)
@@ -98,20 +105,19 @@ func (f *Follower) Next(ctx context.Context, rec *Record) (*Record, error) {
 		// rec belongs to a lost incarnation, and the watcher's own went on.
 		f.advance(cur)
 		return cur, nil
-	case f.last != nil && (cur.Seq < f.pos.Seq || !cur.UpdatedAt.Equal(f.last.UpdatedAt)):
+	case f.sent && (cur.Seq < f.pos.Seq || !cur.UpdatedAt.Equal(f.lastUpdated)):
 		// Gone back within the epoch: follow the record from where it is.
 		// Its state is sent only if it says more than the last one sent.
-		ahead := Rank(cur.State) > Rank(f.last.State)
-		f.pos = cur.Position()
-		if ahead {
-			f.last = cur
+		if Rank(cur.State) > f.lastRank {
+			f.advance(cur)
 			return cur, nil
 		}
+		f.pos = cur.Position()
 		return nil, nil
 	}
 	return nil, nil // rec belongs to a lost incarnation; nothing new in the watcher's
 }
 
 func (f *Follower) advance(rec *Record) {
-	f.pos, f.last = rec.Position(), rec
+	f.pos, f.sent, f.lastUpdated, f.lastRank = rec.Position(), true, rec.UpdatedAt, Rank(rec.State)
 }
