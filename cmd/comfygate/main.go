@@ -284,6 +284,7 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		return err
 	}
 	svcCfg.Tracker, svcCfg.Watches, svcCfg.Polls, svcCfg.Idempotency = tracker, hub, reconciler, idem
+	var reload func() error
 	if cfg.APIKeysFile != "" {
 		keys, err := auth.Load(cfg.APIKeysFile)
 		if err != nil {
@@ -291,10 +292,12 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		}
 		srvCfg.Auth = keys
 		// Catch SIGHUP now, before the listeners open, and for good: its
-		// default action would kill the gateway, even during the drain.
+		// default action would kill the gateway, even during the drain. The
+		// reloads start with the rest, once every part is built: a part
+		// that fails to build must find no goroutine to wait for.
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
-		g.Go(func() error { return reloadOnHangup(ctx, hup, keys, log) })
+		reload = func() error { return reloadOnHangup(ctx, hup, keys, log) }
 		log.Info("client API keys required", "file", cfg.APIKeysFile)
 	} else {
 		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
@@ -336,6 +339,9 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 			dbg.lis.Close()
 		}
 		return err
+	}
+	if reload != nil {
+		g.Go(reload)
 	}
 	if dbg != nil {
 		g.Go(func() error { return dbg.run(ctx, log) })

@@ -137,3 +137,58 @@ func TestBinaryWarnsWithoutRedisPersistence(t *testing.T) {
 		})
 	}
 }
+
+// TestStartFailuresExitWithKeys: with API keys (whose reloads on SIGHUP run
+// for the process's life), a part that fails to build after the keys are
+// loaded still ends the process, with status 1, at once.
+func TestStartFailuresExitWithKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildBinary(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	keys := t.TempDir() + "/keys"
+	if err := os.WriteFile(keys, []byte("team start-failure-key-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"gRPC port in use", []string{"--grpc-addr", taken.Addr().String()}},
+		{"HTTP port in use", []string{"--http-addr", taken.Addr().String()}},
+		{"profiler port in use", []string{"--debug-addr", taken.Addr().String()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"--simulate", "--api-keys-file", keys, "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t)}, tt.args...)
+			cmd := exec.Command(bin, args...)
+			cmd.Env = []string{"PATH=/usr/bin:/bin"}
+			var out strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			select {
+			case err := <-exited:
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+					t.Errorf("exit: %v, want status 1\n%s", err, out.String())
+				}
+				if !strings.Contains(out.String(), "address already in use") {
+					t.Errorf("output does not say why:\n%s", out.String())
+				}
+			case <-time.After(2 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+				t.Fatalf("still running 2s after a start that failed:\n%s", out.String())
+			}
+		})
+	}
+}
