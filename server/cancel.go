@@ -51,7 +51,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 		}
 		return resp, nil
 	}
-	u := state.UpdateFromStatus(dep, "cancel", st)
+	u := state.UpdateFromStatus(dep, state.SourceCancel, st)
 	u.Owner = tenantOf(ctx)
 	if rec := s.apply(ctx, u); rec != nil {
 		resp.Request = recordToProto(rec)

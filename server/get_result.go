@@ -34,7 +34,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 
 	rctx, cancel := context.WithTimeout(ctx, s.refreshTO)
 	defer cancel()
-	rec, u, err := s.result(rctx, dep, rid, "result")
+	rec, u, err := s.result(rctx, dep, rid, state.SourceResult)
 	switch {
 	case errors.Is(err, errNotYours):
 		return nil, err
@@ -63,7 +63,7 @@ func (s *Service) attachResult(ctx context.Context, dep, rid string) (*comfygate
 	if !mayAttach(ctx) {
 		return nil, errMayNotAttach
 	}
-	rec, u, err := s.result(ctx, dep, rid, "attach")
+	rec, u, err := s.result(ctx, dep, rid, state.SourceAttach)
 	switch {
 	case errors.Is(err, errNotYours), u == nil:
 		return nil, err
@@ -86,7 +86,7 @@ func (s *Service) attachResult(ctx context.Context, dep, rid string) (*comfygate
 //
 // source is "result", or "attach" when the caller's tenant becomes the owner
 // by attaching the request (see attach).
-func (s *Service) result(ctx context.Context, dep, rid, source string) (*state.Record, *state.Update, error) {
+func (s *Service) result(ctx context.Context, dep, rid string, source state.Source) (*state.Record, *state.Update, error) {
 	res, err := s.upstream.Result(ctx, dep, rid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("result of request %s: %w", rid, err)

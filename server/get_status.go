@@ -41,7 +41,7 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 
 	rctx, cancel := context.WithTimeout(ctx, s.refreshTO)
 	defer cancel()
-	rec, u, err := s.refresh(rctx, dep, rid, "status")
+	rec, u, err := s.refresh(rctx, dep, rid, state.SourceStatus)
 	switch {
 	case errors.Is(err, errNotYours):
 		return nil, err
@@ -134,7 +134,7 @@ func (s *Service) lookup(ctx context.Context, dep, rid string) (*state.Record, e
 	case rec.Owner != "", !mayAttach(ctx):
 		return nil, errNotYours
 	}
-	claimed, _, err := s.tracker.Apply(ctx, state.Update{RequestID: rid, DeploymentID: dep, Source: "claim", State: rec.State, Owner: tenant})
+	claimed, _, err := s.tracker.Apply(ctx, state.Update{RequestID: rid, DeploymentID: dep, Source: state.SourceClaim, State: rec.State, Owner: tenant})
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func (s *Service) attach(ctx context.Context, dep, rid string) (*state.Record, *
 	// Source "attach": the caller's tenant becomes the owner by attaching,
 	// not by proof, so a proven owner (the submit's tenant, named by a
 	// signed callback URL) takes the request back.
-	return s.refresh(ctx, dep, rid, "attach")
+	return s.refresh(ctx, dep, rid, state.SourceAttach)
 }
 
 // refresh reads a request from RunComfy and records what it says for the
@@ -163,7 +163,7 @@ func (s *Service) attach(ctx context.Context, dep, rid string) (*state.Record, *
 // this version does not know), the upstream observation, and an error: when the
 // upstream read failed the observation is nil. Callers make sure the caller may
 // see the request (lookup) or may attach it (attach) first.
-func (s *Service) refresh(ctx context.Context, dep, rid, source string) (*state.Record, *state.Update, error) {
+func (s *Service) refresh(ctx context.Context, dep, rid string, source state.Source) (*state.Record, *state.Update, error) {
 	rec, u, err := s.tracker.Refresh(ctx, s.upstream, dep, rid, source, tenantOf(ctx))
 	if rec != nil && (rec.Owner != tenantOf(ctx) || rec.DeploymentID != dep) {
 		// Someone else's request was recorded meanwhile.

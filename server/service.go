@@ -28,7 +28,7 @@ type Upstream interface {
 type Tracker interface {
 	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
 	Get(ctx context.Context, requestID string) (*state.Record, error)
-	Refresh(ctx context.Context, up state.Upstream, deploymentID, requestID, source, owner string) (*state.Record, *state.Update, error)
+	Refresh(ctx context.Context, up state.Upstream, deploymentID, requestID string, source state.Source, owner string) (*state.Record, *state.Update, error)
 }
 
 // Expediter brings a request's next poll forward while someone watches it;

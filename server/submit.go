@@ -105,7 +105,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	rec, _, err := s.tracker.Apply(upCtx, state.Update{
 		RequestID:    resp.RequestID,
 		DeploymentID: dep,
-		Source:       "submit",
+		Source:       state.SourceSubmit,
 		State:        runcomfy.StateQueued,
 		CreatedAt:    s.now(),
 		Owner:        tenantOf(ctx),

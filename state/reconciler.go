@@ -340,7 +340,7 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 		return r.cfg.Schedule.Forget(ctx, id)
 	}
 	r.polls.Add(1)
-	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, "poll", "")
+	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, SourcePoll, "")
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		if ended, gerr := r.goneUpstream(ctx, rec, now); ended || gerr != nil {
 			return gerr
@@ -384,7 +384,7 @@ func (r *Reconciler) goneUpstream(ctx context.Context, rec *Record, now time.Tim
 		return false, nil
 	}
 	_, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
-		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: "poll", Owner: rec.Owner,
+		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourcePoll, Owner: rec.Owner,
 		State:      runcomfy.StateFailed,
 		Error:      &runcomfy.JobError{Type: ErrorTypeUpstreamLost, Message: "RunComfy no longer knows this request (it keeps requests for about 7 days)"},
 		FinishedAt: now,
@@ -522,7 +522,7 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 	}
 	now := r.cfg.Now()
 	r.polls.Add(1)
-	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, "rebuild", w.Owner)
+	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, SourceRebuild, w.Owner)
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}
 		return r.goneUpstream(ctx, stub, now)

@@ -89,9 +89,9 @@ func (r *Record) Clone() *Record {
 type Update struct {
 	RequestID    string
 	DeploymentID string
-	// Source names where the observation came from, for logs and counters:
-	// "submit", "callback", "poll", "cancel", "status", "result".
-	Source         string
+	// Source names where the observation came from. It decides whether the
+	// update proves its owner and whether it confirms the state (SyncedAt).
+	Source         Source
 	State          runcomfy.State
 	UpstreamStatus string
 	QueuePosition  *int64
@@ -105,10 +105,35 @@ type Update struct {
 	Owner          string
 }
 
+// Source is where an observation of a request came from.
+type Source string
+
+// The sources of updates.
+const (
+	// SourceSubmit: RunComfy's answer to the submit.
+	SourceSubmit Source = "submit"
+	// SourceCallback: a RunComfy callback, to a URL issued to the owner.
+	SourceCallback Source = "callback"
+	// SourcePoll: the reconciler's read of RunComfy.
+	SourcePoll Source = "poll"
+	// SourceCancel: RunComfy's answer to a cancel.
+	SourceCancel Source = "cancel"
+	// SourceStatus and SourceResult: a client's read, passed through.
+	SourceStatus Source = "status"
+	SourceResult Source = "result"
+	// SourceClaim: a tenant that may attach claims a record nobody owns.
+	SourceClaim Source = "claim"
+	// SourceAttach: a read of a request the gateway had no record of, by a
+	// tenant that may attach it.
+	SourceAttach Source = "attach"
+	// SourceRebuild: a read of RunComfy that makes a lost record again.
+	SourceRebuild Source = "rebuild"
+)
+
 // proves reports whether u's owner is proven: the submit's tenant, or the
 // tenant a signed callback URL was issued to. Every other owner an update
 // names (an attach, a claim, a rebuild for watchers) is taken on trust.
-func (u *Update) proves() bool { return u.Source == "submit" || u.Source == "callback" }
+func (u *Update) proves() bool { return u.Source == SourceSubmit || u.Source == SourceCallback }
 
 // ownerChange is the owner u gives the record r: a record nobody owns takes
 // u's owner; one owned on trust is taken by another, proven owner. ok is
@@ -128,14 +153,14 @@ func ownerChange(r *Record, u *Update) (owner string, attached, ok bool) {
 // confirms reports whether u is RunComfy's word on the request now, which
 // makes the record fresh (SyncedAt): not an owner claim, which only repeats
 // the stored state.
-func (u *Update) confirms() bool { return u.Source != "claim" }
+func (u *Update) confirms() bool { return u.Source != SourceClaim }
 
 // reads reports whether u is an answer RunComfy gave to a read just made (a
 // poll, a status or result read), the only kind of observation that confirms
 // an unchanged state: a duplicate callback may be a late retry of an old one.
 func (u *Update) reads() bool {
 	switch u.Source {
-	case "poll", "status", "result", "rebuild", "attach":
+	case SourcePoll, SourceStatus, SourceResult, SourceRebuild, SourceAttach:
 		return true
 	}
 	return false

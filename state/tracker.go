@@ -326,7 +326,7 @@ func (t *Tracker) Stats() Stats {
 
 // UpdateFromResult turns an upstream result (a /result answer or a callback) into
 // an Update.
-func UpdateFromResult(deploymentID, source string, r *runcomfy.ResultResponse) Update {
+func UpdateFromResult(deploymentID string, source Source, r *runcomfy.ResultResponse) Update {
 	return Update{
 		RequestID:      r.RequestID,
 		DeploymentID:   deploymentID,
@@ -344,7 +344,7 @@ func UpdateFromResult(deploymentID, source string, r *runcomfy.ResultResponse) U
 }
 
 // UpdateFromStatus turns an upstream /status answer into an Update.
-func UpdateFromStatus(deploymentID, source string, s *runcomfy.StatusResponse) Update {
+func UpdateFromStatus(deploymentID string, source Source, s *runcomfy.StatusResponse) Update {
 	return Update{
 		RequestID:      s.RequestID,
 		DeploymentID:   deploymentID,
@@ -373,7 +373,7 @@ type Upstream interface {
 // err says why.
 //
 // owner, when set, claims a request nobody owns yet (see Update.Owner).
-func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID, source, owner string) (*Record, *Update, error) {
+func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID string, source Source, owner string) (*Record, *Update, error) {
 	st, err := up.Status(ctx, deploymentID, requestID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("status of request %s: %w", requestID, err)
@@ -382,7 +382,7 @@ func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, reques
 		st.RequestID = requestID
 	}
 	u := UpdateFromStatus(deploymentID, source, st)
-	if !st.State.Terminal() && (source == "rebuild" || source == "attach") {
+	if !st.State.Terminal() && (source == SourceRebuild || source == SourceAttach) {
 		// A record about to be made from this read would otherwise date
 		// the request from now: the result, unlike the status, says when
 		// it was created and started. Best effort.

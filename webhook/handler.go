@@ -127,7 +127,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"request_id", cb.RequestID, "deployment_id", deploymentID, "payload_deployment_id", cb.DeploymentID)
 	}
 
-	u := state.UpdateFromResult(deploymentID, "callback", &cb.ResultResponse)
+	u := state.UpdateFromResult(deploymentID, state.SourceCallback, &cb.ResultResponse)
 	u.QueuePosition = cb.QueuePosition
 	// The URL names the tenant the request was submitted for, authenticated:
 	// a record lost from the store is created again with its owner, and one
