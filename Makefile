@@ -6,6 +6,7 @@
 
 GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
+STATICCHECK := $(GO) tool -modfile=tools/go.mod staticcheck
 GOFILES  := $(shell git ls-files '*.go' | grep -v '^gen/')
 
 .PHONY: run deps test test-go test-clients test-short generate generate-clients check-generated lint fuzz bench bench-smoke build docker ci
@@ -46,12 +47,13 @@ check-generated: generate generate-clients
 		git status --short -- gen clients; git diff -- gen clients | head -50; \
 		echo "generated code is stale: run 'make generate generate-clients' and commit the result" >&2; exit 1; fi
 
-## lint: buf lint and format, gofmt, go vet
+## lint: buf lint and format, gofmt, go vet, staticcheck
 lint:
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:" $$out >&2; exit 1; fi
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

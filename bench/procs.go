@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -267,9 +266,6 @@ func startRedis(ctx context.Context, dir string) (*redisServer, error) {
 		}
 	}
 }
-
-// itoa is strconv.Itoa, short for the many argument lists.
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // fetch saves what url answers into path.
 func fetch(ctx context.Context, url, path string) error {

@@ -382,14 +382,8 @@ func decodeStatus(data []byte) (statusBody, error) {
 	return st, nil
 }
 
-// restCall sends a REST call as key, one that is expected to be refused, and
-// returns its HTTP status and error body.
-func (g *gateway) restCall(ctx context.Context, t *testing.T, key, method, path string) (int, statusBody) {
-	code, body, _ := g.restCallHeader(ctx, t, key, method, path)
-	return code, body
-}
-
-// restCallHeader is restCall with the answer's header.
+// restCallHeader sends a REST call as key, one that is expected to be
+// refused, and returns its HTTP status, error body and header.
 func (g *gateway) restCallHeader(ctx context.Context, t *testing.T, key, method, path string) (int, statusBody, http.Header) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, method, g.httpBase+path, nil)
