@@ -210,12 +210,9 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hook, err := webhook.NewHandler(signer, tracker, log)
+	hook, err := webhook.NewHandler(signer, tracker, log, o.tracer)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if o.tracer != nil {
-		hook.Trace(o.tracer)
 	}
 	limits, err := server.NewTenantLimits(o.limits)
 	if err != nil {

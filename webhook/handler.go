@@ -57,23 +57,28 @@ type Handler struct {
 	rejected map[string]*atomic.Int64
 }
 
-// NewHandler checks its dependencies and returns a Handler.
-func NewHandler(signer *Signer, tracker Applier, log *slog.Logger) (*Handler, error) {
+// Reasons lists every reason a callback is refused for, as Stats counts
+// them: the metrics export one series each.
+func Reasons() []string {
+	return []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore, ReasonForeignOwner}
+}
+
+// NewHandler checks its dependencies and returns a Handler. With tp, every
+// callback gets a server span (request id, deployment, outcome; never the
+// URL, which holds the token); nil traces nothing.
+func NewHandler(signer *Signer, tracker Applier, log *slog.Logger, tp trace.TracerProvider) (*Handler, error) {
 	if signer == nil || tracker == nil || log == nil {
 		return nil, errors.New("webhook: signer, tracker and logger are required")
 	}
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
 	h := &Handler{signer: signer, tracker: tracker, log: log, rejected: map[string]*atomic.Int64{},
-		tracer: noop.NewTracerProvider().Tracer("")}
-	for _, r := range []string{ReasonMethod, ReasonUnauthorized, ReasonMediaType, ReasonTooLarge, ReasonMalformed, ReasonStore, ReasonForeignOwner} {
+		tracer: tp.Tracer("github.com/comfygate/comfygate/webhook")}
+	for _, r := range Reasons() {
 		h.rejected[r] = new(atomic.Int64)
 	}
 	return h, nil
-}
-
-// Trace gives every callback a server span (request id, deployment, outcome;
-// never the URL, which holds the token).
-func (h *Handler) Trace(tp trace.TracerProvider) {
-	h.tracer = tp.Tracer("github.com/comfygate/comfygate/webhook")
 }
 
 // ServeHTTP authenticates, parses and applies one callback. It answers 2xx only

@@ -116,7 +116,7 @@ func newHarness(tb testing.TB, opts ...harnessOption) *harness {
 		tb.Fatal(err)
 	}
 	h.signer = mustSigner(tb, cfg.secrets...)
-	h.handler, err = webhook.NewHandler(h.signer, h.tracker, slog.New(slog.DiscardHandler))
+	h.handler, err = webhook.NewHandler(h.signer, h.tracker, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func TestNewHandlerRefusesNil(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := webhook.NewHandler(tt.signer, tt.tracker, tt.log); err == nil {
+			if _, err := webhook.NewHandler(tt.signer, tt.tracker, tt.log, nil); err == nil {
 				t.Error("NewHandler: want an error")
 			}
 		})

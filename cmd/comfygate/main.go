@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/comfygate/comfygate/auth"
@@ -312,11 +313,12 @@ func serve(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.
 		if err != nil {
 			return err
 		}
-		if hook, err = webhook.NewHandler(signer, tracker, log); err != nil {
-			return err
-		}
+		var hookTracer trace.TracerProvider // nil unless tracing: not a nil *sdktrace.TracerProvider
 		if tp != nil {
-			hook.Trace(tp)
+			hookTracer = tp
+		}
+		if hook, err = webhook.NewHandler(signer, tracker, log, hookTracer); err != nil {
+			return err
 		}
 		svcCfg.Callbacks = urls
 		srvCfg.Routes[webhook.PathPrefix] = hook

@@ -59,8 +59,7 @@ func registerStateMetrics(reg *prometheus.Registry, tracker *state.Tracker, reco
 		reg.MustRegister(counter("comfygate_callbacks_total", "Callbacks accepted, by what they did.", prometheus.Labels{"outcome": outcome},
 			func() float64 { return float64(hook.Stats().Outcomes[outcome]) }))
 	}
-	for _, reason := range []string{webhook.ReasonMethod, webhook.ReasonUnauthorized, webhook.ReasonMediaType,
-		webhook.ReasonTooLarge, webhook.ReasonMalformed, webhook.ReasonStore, webhook.ReasonForeignOwner} {
+	for _, reason := range webhook.Reasons() {
 		reg.MustRegister(counter("comfygate_callbacks_rejected_total", "Callbacks refused, by reason.", prometheus.Labels{"reason": reason},
 			func() float64 { return float64(hook.Stats().Rejected[reason]) }))
 	}
