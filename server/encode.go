@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"sync"
 
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/ringcache"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -74,23 +74,17 @@ type eventKey struct {
 // watchers of one request on this replica share one encoding. It evicts the
 // oldest first.
 type eventCache struct {
-	mu    sync.Mutex
-	m     map[eventKey]*encodedMessage
-	order []eventKey // ring, oldest at next
-	next  int
+	c *ringcache.Cache[eventKey, *encodedMessage]
 }
 
 func newEventCache(size int) *eventCache {
-	return &eventCache{m: make(map[eventKey]*encodedMessage, size), order: make([]eventKey, 0, size)}
+	return &eventCache{c: ringcache.New[eventKey, *encodedMessage](size)}
 }
 
 // event returns r as an encoded WatchRequestResponse.
 func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
 	k := eventKey{r.RequestID, r.Epoch, r.Seq, r.UpdatedAt.UnixNano(), r.SyncedAt.UnixNano()}
-	c.mu.Lock()
-	m := c.m[k]
-	c.mu.Unlock()
-	if m != nil {
+	if m, ok := c.c.Get(k); ok {
 		return m, nil
 	}
 	// Two watchers may both miss and both encode: the same bytes, once more.
@@ -98,19 +92,5 @@ func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode watch event: %w", err)
 	}
-	m = &encodedMessage{b: b}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[k]; ok {
-		return c.m[k], nil
-	}
-	if len(c.order) < cap(c.order) {
-		c.order = append(c.order, k)
-	} else {
-		delete(c.m, c.order[c.next])
-		c.order[c.next] = k
-		c.next = (c.next + 1) % len(c.order)
-	}
-	c.m[k] = m
-	return m, nil
+	return c.c.PutIfAbsent(k, &encodedMessage{b: b}), nil
 }

@@ -72,7 +72,7 @@ func TestEventCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := len(c.m); n != 4 {
+	if n := c.c.Len(); n != 4 {
 		t.Errorf("cache holds %d events, want its size 4", n)
 	}
 	if ev, _ := c.event(rec); ev == first {

@@ -1,6 +1,6 @@
 package state
 
-import "sync"
+import "github.com/comfygate/comfygate/internal/ringcache"
 
 // recentRecordsSize bounds the records a Tracker remembers: enough for the
 // requests in flight on a busy replica, a few MiB at most.
@@ -10,38 +10,19 @@ const recentRecordsSize = 4096
 // most recently seen requests, evicting the oldest first. Records are never
 // modified once made (merge works on a clone), so they are shared as they are.
 type recentRecords struct {
-	mu    sync.Mutex
-	recs  map[string]*Record
-	order []string // ring of the ids in recs, oldest at next
-	next  int
+	c *ringcache.Cache[string, *Record]
 }
 
 func newRecentRecords(size int) *recentRecords {
-	return &recentRecords{recs: make(map[string]*Record, size), order: make([]string, 0, size)}
+	return &recentRecords{c: ringcache.New[string, *Record](size)}
 }
 
 // get returns the remembered record of requestID, nil when there is none.
-func (c *recentRecords) get(requestID string) *Record {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.recs[requestID]
+func (r *recentRecords) get(requestID string) *Record {
+	rec, _ := r.c.Get(requestID)
+	return rec
 }
 
 // put remembers rec. Concurrent Applies may put out of order, leaving an older
 // record remembered: that costs the next Apply a retry, nothing more.
-func (c *recentRecords) put(rec *Record) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.recs[rec.RequestID]; ok {
-		c.recs[rec.RequestID] = rec
-		return
-	}
-	if len(c.order) < cap(c.order) {
-		c.order = append(c.order, rec.RequestID)
-	} else {
-		delete(c.recs, c.order[c.next])
-		c.order[c.next] = rec.RequestID
-		c.next = (c.next + 1) % len(c.order)
-	}
-	c.recs[rec.RequestID] = rec
-}
+func (r *recentRecords) put(rec *Record) { r.c.Put(rec.RequestID, rec) }
