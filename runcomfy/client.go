@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/comfygate/comfygate/internal/backoff"
 )
 
 // DefaultBaseURL is RunComfy's public API endpoint.
@@ -119,15 +120,9 @@ func New(cfg Config) (*Client, error) {
 		maxRetries: cfg.MaxRetries,
 		observe:    cfg.Observe,
 		tracer:     tracerOf(cfg.Tracer),
-		backoff: func(attempt int) time.Duration {
-			// Full jitter over a capped exponential: spreads retries of many
-			// gateways so they do not hit upstream in lockstep.
-			d := bb << min(attempt, 20)
-			if d <= 0 || d > bm {
-				d = bm
-			}
-			return time.Duration(rand.Int64N(int64(d)) + 1)
-		},
+		// Full jitter over a capped exponential: spreads retries of many
+		// gateways so they do not hit upstream in lockstep.
+		backoff: backoff.Exponential{Base: bb, Max: bm, Jitter: true}.Delay,
 	}, nil
 }
 

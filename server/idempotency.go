@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/backoff"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -79,7 +80,8 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) 
 	want := state.IdempotencyEntry{BodyHash: bodyHash(dep, input)}
 	wctx, cancel := context.WithTimeout(ctx, idempotencyWait)
 	defer cancel()
-	for wait := 20 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
+	pace := backoff.Exponential{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond}
+	for attempt := 0; ; attempt++ {
 		// A claim lives only as long as its submit may take: if this process
 		// dies before completing it, a retry may go ahead once it expires,
 		// instead of waiting on it for a day. Complete sets the full TTL.
@@ -105,7 +107,7 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) 
 			return "", &comfygatev1.SubmitResponse{Request: recordToProto(rec)}, nil
 		}
 		// The first submit with this key is under way: wait for its answer.
-		t := time.NewTimer(wait)
+		t := time.NewTimer(pace.Delay(attempt))
 		select {
 		case <-wctx.Done():
 			t.Stop()

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/backoff"
 )
 
 // Reconnecting after UNAVAILABLE. The window is how long watch keeps trying
@@ -99,7 +100,8 @@ func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, i
 	// it went away mid-watch rather than that --addr is wrong.
 	reached := first != nil
 	var lostAt time.Time
-	delay := reconnectFirstDelay
+	pace := backoff.Exponential{Base: reconnectFirstDelay, Max: reconnectMaxDelay}
+	attempt := 0
 	for {
 		stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: id, AfterSeq: after, AfterEpoch: epoch})
 		for err == nil {
@@ -111,7 +113,7 @@ func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, i
 			if st.GetSeq() != 0 && st.GetEpoch() == epoch && st.GetSeq() <= after {
 				continue // shown already; the gateway does not send these, but a replica might
 			}
-			reached, lostAt, delay = true, time.Time{}, reconnectFirstDelay
+			reached, lostAt, attempt = true, time.Time{}, 0
 			if st.GetSeq() != 0 {
 				after, epoch = st.GetSeq(), st.GetEpoch()
 			}
@@ -133,14 +135,14 @@ func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, i
 			return last, fmt.Errorf("gave up reconnecting after %s: %w", reconnectWindow, err)
 		}
 		emit(watchEvent{notice: fmt.Sprintf("%s; reconnecting to resume after seq %d", describeError(err), after)})
-		t := time.NewTimer(delay)
+		t := time.NewTimer(pace.Delay(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return last, ctx.Err()
 		case <-t.C:
 		}
-		delay = min(2*delay, reconnectMaxDelay)
+		attempt++
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/backoff"
 )
 
 // callback is one webhook POST waiting to be delivered.
@@ -93,7 +95,7 @@ func (s *Sim) deliver(cb callback) {
 		s.failed.Add(1)
 		return
 	}
-	backoff := s.opts.CallbackBackoff
+	pace := backoff.Exponential{Base: s.opts.CallbackBackoff}
 	for attempt := 0; ; attempt++ {
 		err := s.post(cb)
 		if err == nil {
@@ -101,12 +103,11 @@ func (s *Sim) deliver(cb callback) {
 			s.log.Debug("runcomfysim: callback delivered", "request_id", cb.requestID, "status", cb.status)
 			return
 		}
-		if attempt >= s.opts.CallbackRetries || !s.sleep(s.ctx, backoff) {
+		if attempt >= s.opts.CallbackRetries || !s.sleep(s.ctx, pace.Delay(attempt)) {
 			s.failed.Add(1)
 			s.log.Debug("runcomfysim: callback abandoned", "request_id", cb.requestID, "status", cb.status, "err", err)
 			return
 		}
-		backoff *= 2
 	}
 }
 
