@@ -25,6 +25,19 @@ import (
 // failures from the gateway's own.
 const errorDomain = "runcomfy.net"
 
+// gatewayDomain is the ErrorInfo domain of the gateway's own reasons, below.
+const gatewayDomain = "comfygate"
+
+// The ErrorInfo reasons the gateway itself gives.
+const (
+	// reasonDraining: a watch ends because its replica shuts down; resume
+	// elsewhere from last_epoch and last_seq.
+	reasonDraining = "DRAINING"
+	// reasonNoAnswer: a submit reached RunComfy and got no answer naming a
+	// request: a job may exist (job_may_exist).
+	reasonNoAnswer = "UPSTREAM_NO_ANSWER"
+)
+
 // defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
 // Retry-After header.
 const defaultRetryDelay = time.Second
@@ -58,7 +71,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	var de *drainingError
 	if errors.As(err, &de) {
 		return withDetails(status.New(codes.Unavailable, de.Error()), &errdetails.ErrorInfo{
-			Reason: "DRAINING", Domain: "comfygate",
+			Reason: reasonDraining, Domain: gatewayDomain,
 			Metadata: map[string]string{
 				"last_seq":   strconv.FormatInt(de.last.Seq, 10),
 				"last_epoch": strconv.FormatInt(de.last.Epoch, 10),
@@ -89,7 +102,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		return status.Error(codes.AlreadyExists, errIdempotencyMismatch.Error())
 	case errors.Is(err, errIdempotencyUnanswered):
 		return withDetails(status.New(codes.FailedPrecondition, errIdempotencyUnanswered.Error()), &errdetails.ErrorInfo{
-			Reason: "UPSTREAM_NO_ANSWER", Domain: "comfygate",
+			Reason: reasonNoAnswer, Domain: gatewayDomain,
 			Metadata: map[string]string{"job_may_exist": "true"},
 		})
 	case errors.Is(err, errInflightFull):
@@ -208,7 +221,7 @@ func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, e
 		what = fmt.Sprintf("RunComfy's answer (HTTP %d) named no request the gateway could read", apiErr.HTTPStatus)
 	}
 	info := errorInfo(apiErr)
-	info.Reason = "UPSTREAM_NO_ANSWER"
+	info.Reason = reasonNoAnswer
 	info.Metadata["job_may_exist"] = "true"
 	st, _ := status.New(code, what+"; a job may have started and be billed: "+noAnswerAdvice).WithDetails(info)
 	return st

@@ -42,13 +42,6 @@ const (
 	eventError = "error"
 )
 
-// drainReason and drainDomain name the ErrorInfo that errors.go puts on the
-// UNAVAILABLE ending a watch because its replica drains.
-const (
-	drainReason = "DRAINING"
-	drainDomain = "comfygate"
-)
-
 // marshalJSON is the REST gateway's JSON (gateway.go): proto field names, unset
 // fields included, so an event's data is what GET .../requests/{id} answers in
 // "request", and an error is what a REST call answers.
@@ -267,7 +260,7 @@ func printableASCII(s string) bool {
 // draining tells whether st ends a watch because its replica drains.
 func draining(st *status.Status) bool {
 	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == drainReason && info.GetDomain() == drainDomain {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == reasonDraining && info.GetDomain() == gatewayDomain {
 			return true
 		}
 	}
