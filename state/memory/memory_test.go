@@ -148,3 +148,7 @@ func TestExpiryByClock(t *testing.T) {
 		})
 	}
 }
+
+func TestIdempotencyConformance(t *testing.T) {
+	statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return memory.New(nil) })
+}

@@ -115,3 +115,7 @@ func TestSaveScheduledAfterScriptFlush(t *testing.T) {
 		t.Errorf("Due after the final save = %v, %v; want none", ids, err)
 	}
 }
+
+func TestIdempotencyConformance(t *testing.T) {
+	statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return newBackend(t) })
+}
