@@ -44,7 +44,7 @@ type Watches interface {
 	Drain()
 	// Describe says which deployment and owner a watched request has, so
 	// that its record can be rebuilt if it is lost while watched.
-	Describe(requestID, deploymentID, owner string)
+	Describe(requestID, deploymentID, owner string, ownerAttached bool)
 }
 
 // Pinger reports whether the state backend can record requests now.

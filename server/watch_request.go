@@ -134,7 +134,7 @@ func (s *Service) startWatch(ctx context.Context, dep, rid string, send func(*st
 		return w, true, fmt.Errorf("watch request %s: %w", rid, err)
 	}
 	if !rec.Terminal() {
-		s.watches.Describe(rid, rec.DeploymentID, rec.Owner)
+		s.watches.Describe(rid, rec.DeploymentID, rec.Owner, rec.OwnerAttached)
 		if s.expedite != nil {
 			s.expedite.Watched(ctx, rid)
 		}

@@ -51,14 +51,18 @@ type topic struct {
 	mu       sync.Mutex
 	watchers map[*Watcher]struct{}
 
-	// dep and owner describe the request (Describe), guarded by Hub.mu.
+	// dep, owner and attached describe the request (Describe), guarded by
+	// Hub.mu.
 	dep, owner string
+	attached   bool
 }
 
 // WatchedRequest is a request this replica's watchers follow, as they saw it
 // when they started: enough to rebuild its record from RunComfy if it is lost.
 type WatchedRequest struct {
 	RequestID, DeploymentID, Owner string
+	// OwnerAttached: the owner was taken on trust (Record.OwnerAttached).
+	OwnerAttached bool
 }
 
 // NewHub returns a Hub on bus. buffer is each watcher's capacity; <= 0 means
@@ -193,16 +197,16 @@ func (h *Hub) Watching() []string {
 // record is lost while it is watched. The first description stays, except
 // that an owner fills one that had none (a watcher that saw the request
 // before it was claimed).
-func (h *Hub) Describe(requestID, deploymentID, owner string) {
+func (h *Hub) Describe(requestID, deploymentID, owner string, ownerAttached bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	tp := h.topics[requestID]
 	switch {
 	case tp == nil:
 	case tp.dep == "":
-		tp.dep, tp.owner = deploymentID, owner
+		tp.dep, tp.owner, tp.attached = deploymentID, owner, ownerAttached
 	case tp.owner == "" && tp.dep == deploymentID:
-		tp.owner = owner
+		tp.owner, tp.attached = owner, ownerAttached
 	}
 }
 
@@ -213,7 +217,7 @@ func (h *Hub) Watched() []WatchedRequest {
 	out := make([]WatchedRequest, 0, len(h.topics))
 	for id, tp := range h.topics {
 		if tp.dep != "" {
-			out = append(out, WatchedRequest{RequestID: id, DeploymentID: tp.dep, Owner: tp.owner})
+			out = append(out, WatchedRequest{RequestID: id, DeploymentID: tp.dep, Owner: tp.owner, OwnerAttached: tp.attached})
 		}
 	}
 	return out

@@ -414,7 +414,7 @@ func (r *Reconciler) scheduled(ctx context.Context, id string, now time.Time) (W
 	if err != nil || !found || sr.CreatedAt.IsZero() || now.Sub(sr.CreatedAt) > r.cfg.Retention {
 		return WatchedRequest{}, false
 	}
-	return WatchedRequest{RequestID: id, DeploymentID: sr.DeploymentID, Owner: sr.Owner}, true
+	return WatchedRequest{RequestID: id, DeploymentID: sr.DeploymentID, Owner: sr.Owner, OwnerAttached: sr.OwnerAttached}, true
 }
 
 // watched returns the description of id if this replica's watchers follow it.
@@ -522,7 +522,11 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 	}
 	now := r.cfg.Now()
 	r.polls.Add(1)
-	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, SourceRebuild, w.Owner)
+	source := SourceRestore
+	if w.Owner == "" || w.OwnerAttached {
+		source = SourceRebuild
+	}
+	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, source, w.Owner)
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}
 		return r.goneUpstream(ctx, stub, now)
@@ -544,7 +548,7 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 	r.mu.Unlock()
 	if rec != nil {
 		r.rebuilt.Add(1)
-		r.cfg.Logger.Warn("a watched request's record was lost; rebuilt from RunComfy",
+		r.cfg.Logger.Warn("a request's record was lost; rebuilt from RunComfy",
 			"request_id", w.RequestID, "status", rec.State, "epoch", rec.Epoch)
 	}
 	return true, nil

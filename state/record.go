@@ -126,14 +126,21 @@ const (
 	// SourceAttach: a read of a request the gateway had no record of, by a
 	// tenant that may attach it.
 	SourceAttach Source = "attach"
-	// SourceRebuild: a read of RunComfy that makes a lost record again.
+	// SourceRebuild: a read of RunComfy that makes a lost record again, for
+	// an owner the gateway held on trust (or none).
 	SourceRebuild Source = "rebuild"
+	// SourceRestore: the same, for an owner the gateway had proven: its own
+	// description of the request (its watchers', its schedule's) is the
+	// proof, as good as the record it was taken from.
+	SourceRestore Source = "restore"
 )
 
 // proves reports whether u's owner is proven: the submit's tenant, or the
 // tenant a signed callback URL was issued to. Every other owner an update
 // names (an attach, a claim, a rebuild for watchers) is taken on trust.
-func (u *Update) proves() bool { return u.Source == SourceSubmit || u.Source == SourceCallback }
+func (u *Update) proves() bool {
+	return u.Source == SourceSubmit || u.Source == SourceCallback || u.Source == SourceRestore
+}
 
 // ownerChange is the owner u gives the record r: a record nobody owns takes
 // u's owner; one owned on trust is taken by another, proven owner. ok is
@@ -160,7 +167,7 @@ func (u *Update) confirms() bool { return u.Source != SourceClaim }
 // an unchanged state: a duplicate callback may be a late retry of an old one.
 func (u *Update) reads() bool {
 	switch u.Source {
-	case SourcePoll, SourceStatus, SourceResult, SourceRebuild, SourceAttach:
+	case SourcePoll, SourceStatus, SourceResult, SourceRebuild, SourceRestore, SourceAttach:
 		return true
 	}
 	return false

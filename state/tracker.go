@@ -382,7 +382,7 @@ func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, reques
 		st.RequestID = requestID
 	}
 	u := UpdateFromStatus(deploymentID, source, st)
-	if !st.State.Terminal() && (source == SourceRebuild || source == SourceAttach) {
+	if !st.State.Terminal() && (source == SourceRebuild || source == SourceRestore || source == SourceAttach) {
 		// A record about to be made from this read would otherwise date
 		// the request from now: the result, unlike the status, says when
 		// it was created and started. Best effort.

@@ -43,7 +43,7 @@ func registerStateMetrics(reg *prometheus.Registry, tracker *state.Tracker, reco
 			func() float64 { return float64(tracker.Stats().Applied) }),
 		counter("comfygate_polls_total", "Status polls the reconciler made to RunComfy.", nil,
 			func() float64 { return float64(reconciler.Polls()) }),
-		counter("comfygate_records_rebuilt_total", "Records of watched requests found lost (Redis emptied, evicted) and made again from RunComfy.", nil,
+		counter("comfygate_records_rebuilt_total", "Records found lost (Redis emptied, evicted) while watched or scheduled, and made again from RunComfy.", nil,
 			func() float64 { return float64(reconciler.Rebuilt()) }),
 		counter("comfygate_requests_lost_upstream_total", "Requests RunComfy no longer knew, ended FAILED with the error type upstream_lost.", nil,
 			func() float64 { return float64(reconciler.LostUpstream()) }),

@@ -16,7 +16,6 @@ type saveOp struct {
 	args   []any
 	id     string
 	due    float64 // poll due time in Unix ms; 0 leaves the schedule alone
-	meta   []byte  // the request's description, written with a due time
 	forget bool
 
 	cmd  *redis.Cmd    // the save script's, with its outcome

@@ -43,6 +43,16 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Another replica, which never saw the request, polls it and finds
+	// nothing new: its first attempt (from no record, so with no owner) is
+	// refused, and must leave the description as the owner's save wrote it.
+	other, err := state.NewTracker(state.TrackerConfig{Store: b, Results: noResults{}, Schedule: b, PollInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, outcome, err := other.Apply(ctx, state.Update{RequestID: id, DeploymentID: "dep-e", Source: state.SourcePoll, State: runcomfy.StateQueued}); err != nil || outcome != state.Duplicate {
+		t.Fatalf("the other replica's poll: %v, %v; want a duplicate", outcome, err)
+	}
 	if err := b.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +85,7 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if rec.Epoch == first.Epoch || rec.State != runcomfy.StateRunning || rec.DeploymentID != "dep-e" || rec.Owner != "tenant-b" || !rec.CreatedAt.Equal(created) {
+	if rec.Epoch == first.Epoch || rec.State != runcomfy.StateRunning || rec.DeploymentID != "dep-e" || rec.Owner != "tenant-b" || rec.OwnerAttached || !rec.CreatedAt.Equal(created) {
 		t.Errorf("made again as %+v; want running in a new epoch, of dep-e, owned by tenant-b, created %v", rec, created)
 	}
 }

@@ -41,11 +41,11 @@ func (b *Backend) pendingKey() string {
 	return b.prefix + "{pending}"
 }
 
-// scheduledKey holds a description of every scheduled request (deployment,
-// owner, creation), in the schedule's hash slot, so that an evicted record can
-// be made again.
-func (b *Backend) scheduledKey() string {
-	return b.prefix + "{pending}:about"
+// aboutKey holds the description of a scheduled request (deployment, owner,
+// creation), written by the save script beside its record, so that an
+// evicted record can be made again.
+func (b *Backend) aboutKey(requestID string) string {
+	return b.prefix + "about:{" + requestID + "}"
 }
 
 func (b *Backend) pauseKey() string {

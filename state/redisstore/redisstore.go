@@ -31,8 +31,10 @@ import (
 // duplicate. A record that was lost and created again has another epoch, so a
 // writer that still holds the lost one conflicts even where the seqs agree.
 //
-// KEYS[1] record key; ARGV: 1 new seq, 2 new rank, 3 record JSON, 4 TTL in ms,
-// 5 channel, 6 epoch. Returns {1} written, or {0, stored record JSON or nil,
+// KEYS[1] record key, KEYS[2] the request's description key; ARGV: 1 new
+// seq, 2 new rank, 3 record JSON, 4 TTL in ms, 5 channel, 6 epoch, 7 the
+// request's description for the poll schedule (written with the record, so
+// only by a save that succeeds; empty leaves it, and a final save deletes it). Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
@@ -49,6 +51,11 @@ end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6])
 redis.call('HDEL', KEYS[1], 'synced')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[4])
+elseif tonumber(ARGV[2]) == 3 then
+  redis.call('DEL', KEYS[2])
+end
 redis.call('PUBLISH', ARGV[5], ARGV[3])
 return {1}
 `
@@ -252,18 +259,19 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 		return fmt.Errorf("encode record %s: %w", rec.RequestID, err)
 	}
 	op := &saveOp{
-		keys:   []string{b.recordKey(rec.RequestID)},
-		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch},
+		keys:   []string{b.recordKey(rec.RequestID), b.aboutKey(rec.RequestID)},
+		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch, ""},
 		id:     rec.RequestID,
 		forget: forget,
 		wake:   make(chan struct{}, 1),
 	}
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())
-		op.meta, err = json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})
+		about, err := json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})
 		if err != nil {
 			return fmt.Errorf("encode request %s: %w", rec.RequestID, err)
 		}
+		op.args[6] = about
 	}
 	b.saves.do(ctx, op, b.sendSaves)
 	res, err := op.cmd.Slice()
@@ -301,7 +309,6 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 		for _, op := range ops {
 			if op.due != 0 {
 				pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: op.due, Member: op.id})
-				pipe.HSet(ctx, b.scheduledKey(), op.id, op.meta)
 			}
 			if sha {
 				op.cmd = b.save.EvalSha(ctx, pipe, op.keys, op.args...)
@@ -310,7 +317,6 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 			}
 			if op.forget {
 				pipe.ZRem(ctx, b.pendingKey(), op.id)
-				pipe.HDel(ctx, b.scheduledKey(), op.id)
 			}
 		}
 		_, err := pipe.Exec(ctx)

@@ -62,17 +62,17 @@ func (b *Backend) Due(ctx context.Context, now time.Time, n int) ([]string, erro
 func (b *Backend) Forget(ctx context.Context, requestID string) error {
 	pipe := b.rdb.Pipeline()
 	pipe.ZRem(ctx, b.pendingKey(), requestID)
-	pipe.HDel(ctx, b.scheduledKey(), requestID)
+	pipe.Del(ctx, b.aboutKey(requestID))
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable(ctx, "forget", err)
 	}
 	return nil
 }
 
-// Scheduled implements state.ScheduleDescriber: the description each save
-// that scheduled the request wrote beside the schedule.
+// Scheduled implements state.ScheduleDescriber: the description the last
+// save that scheduled the request wrote beside its record.
 func (b *Backend) Scheduled(ctx context.Context, requestID string) (state.ScheduledRequest, bool, error) {
-	data, err := b.rdb.HGet(ctx, b.scheduledKey(), requestID).Bytes()
+	data, err := b.rdb.Get(ctx, b.aboutKey(requestID)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return state.ScheduledRequest{}, false, nil
 	}

@@ -321,7 +321,7 @@ func testLostRecordRebuilt(t *testing.T, b Backend) {
 	u.Owner = "tenant-b"
 	a1 := mustApply(t, tr, u)
 	fl := newFollowerOf(t, b, hub, id, state.Position{})
-	hub.Describe(id, deployment, "tenant-b")
+	hub.Describe(id, deployment, "tenant-b", false)
 	mustLose(t, b, id)
 
 	up := &fakeUpstream{
@@ -334,7 +334,7 @@ func testLostRecordRebuilt(t *testing.T, b Backend) {
 	if n := countOnceDone(t, rc.Rebuilt); n != 1 {
 		t.Errorf("Rebuilt = %d, want 1", n)
 	}
-	if last.Epoch == a1.Epoch || last.State != runcomfy.StateSucceeded || last.Owner != "tenant-b" || len(last.Outputs) == 0 {
+	if last.Epoch == a1.Epoch || last.State != runcomfy.StateSucceeded || last.Owner != "tenant-b" || last.OwnerAttached || len(last.Outputs) == 0 {
 		t.Fatalf("after the loss the watcher got %s, last %+v; want the success in a new epoch, owned by tenant-b, with outputs", positions(got), last)
 	}
 	if stored := mustGet(t, b, id); stored.Position() != last.Position() {
@@ -356,7 +356,7 @@ func testLostRecordGoneUpstream(t *testing.T, b Backend) {
 	u.Owner = "tenant-b"
 	mustApply(t, tr, u)
 	fl := newFollowerOf(t, b, hub, id, state.Position{})
-	hub.Describe(id, deployment, "tenant-b")
+	hub.Describe(id, deployment, "tenant-b", false)
 	mustLose(t, b, id)
 
 	up := &fakeUpstream{err: fmt.Errorf("status: %w", runcomfy.ErrNotFound)}
@@ -484,7 +484,7 @@ func testLostRecordRebuildPaced(t *testing.T, b Backend) {
 			u.Owner = "tenant-b"
 			mustApply(t, tr, u)
 			newFollowerOf(t, b, hub, id, state.Position{})
-			hub.Describe(id, deployment, "tenant-b")
+			hub.Describe(id, deployment, "tenant-b", false)
 			mustLose(t, b, id)
 			if !scheduled {
 				if err := b.(state.Schedule).Forget(testContext(t), id); err != nil {
