@@ -100,7 +100,7 @@ func (s *Service) result(ctx context.Context, dep, rid string, source state.Sour
 	switch {
 	case err != nil:
 		return nil, &u, fmt.Errorf("record result of request %s: %w", rid, err)
-	case rec != nil && (rec.Owner != u.Owner || rec.DeploymentID != dep):
+	case rec != nil && !visible(ctx, rec, dep):
 		// Not the caller's to read, whatever RunComfy answered.
 		return nil, &u, errNotYours
 	}

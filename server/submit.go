@@ -110,7 +110,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		CreatedAt:    s.now(),
 		Owner:        tenantOf(ctx),
 	})
-	if err == nil && rec != nil && rec.Owner != tenantOf(ctx) {
+	if err == nil && rec != nil && !visible(ctx, rec, dep) {
 		// Recorded as another tenant's (it cannot happen to a new id; the
 		// caller still learns only what it submitted).
 		rec = nil
