@@ -9,26 +9,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	reqstatus "github.com/comfygate/comfygate/internal/status"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
 
-func toProtoStatus(s runcomfy.State) comfygatev1.Status {
-	switch s {
-	case runcomfy.StateQueued:
-		return comfygatev1.Status_STATUS_QUEUED
-	case runcomfy.StateRunning:
-		return comfygatev1.Status_STATUS_RUNNING
-	case runcomfy.StateSucceeded:
-		return comfygatev1.Status_STATUS_SUCCEEDED
-	case runcomfy.StateFailed:
-		return comfygatev1.Status_STATUS_FAILED
-	case runcomfy.StateCancelled:
-		return comfygatev1.Status_STATUS_CANCELLED
-	default:
-		return comfygatev1.Status_STATUS_UNKNOWN
-	}
-}
+func toProtoStatus(s runcomfy.State) comfygatev1.Status { return reqstatus.Of(s).Proto }
 
 func toProtoCancelOutcome(o runcomfy.CancelOutcome) comfygatev1.CancelOutcome {
 	switch o {

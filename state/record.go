@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/status"
 	"github.com/comfygate/comfygate/runcomfy"
 )
 
@@ -214,18 +215,7 @@ func (o Outcome) String() string {
 // Rank orders states: an update may only keep or raise the rank of a record. The
 // three terminal states share the top rank, so the first terminal state wins.
 // Stores may check it again when they write (the Redis script does).
-func Rank(s runcomfy.State) int {
-	switch s {
-	case runcomfy.StateQueued:
-		return 1
-	case runcomfy.StateRunning:
-		return 2
-	case runcomfy.StateSucceeded, runcomfy.StateFailed, runcomfy.StateCancelled:
-		return 3
-	default:
-		return 0
-	}
-}
+func Rank(s runcomfy.State) int { return status.Of(s).Rank }
 
 // advances reports whether u would move cur to a higher rank (or create it); the
 // tracker uses it to decide whether fetching missing outputs is worth a call.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	reqstatus "github.com/comfygate/comfygate/internal/status"
 )
 
 // writeJSON writes the state as one line of JSON, in the REST API's encoding
@@ -32,19 +33,11 @@ func writeJSON(w *errWriter, st *comfygatev1.RequestState) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// statusName is the status in lower case without its prefix: "queued".
-func statusName(s comfygatev1.Status) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "STATUS_"))
-}
+// statusName is the status's word: "queued".
+func statusName(s comfygatev1.Status) string { return reqstatus.OfProto(s).Word }
 
 // terminalStatus reports whether s is a terminal status.
-func terminalStatus(s comfygatev1.Status) bool {
-	switch s {
-	case comfygatev1.Status_STATUS_SUCCEEDED, comfygatev1.Status_STATUS_FAILED, comfygatev1.Status_STATUS_CANCELLED:
-		return true
-	}
-	return false
-}
+func terminalStatus(s comfygatev1.Status) bool { return reqstatus.OfProto(s).Terminal() }
 
 // watchExitCode is the exit code of a watch that ended in st.
 func watchExitCode(st *comfygatev1.RequestState) int {
