@@ -366,51 +366,6 @@ func ctxT(t *testing.T) context.Context {
 // float written with a trailing zero, and key order.
 const seedInput = `{"overrides":{"3":{"inputs":{"seed":18446744073709551615,"steps":20,"cfg":7.5,"denoise":1.0}},"10":{"inputs":{"image":"https://example.com/in.png"}}},"extra_data":{"z":1,"a":-9223372036854775808}}`
 
-func TestSubmitForwardsInputByteForByte(t *testing.T) {
-	g := startGateway(t)
-	inputs := map[string]string{
-		"compact":  seedInput,
-		"spaced":   "{\n  \"seed\": 18446744073709551615,\n  \"width\": 1024, \"network_multiplier\": 1.0\n}",
-		"lora":     `{"prompt":"warm","ctrl_img_1":"https://example.com/a.webp","width":1024,"height":1024,"guidance_scale":4,"seed":42,"neg":""}`,
-		"workflow": `{"workflow_api_json":{"3":{"class_type":"KSampler","inputs":{"seed":18446744073709551615}}}}`,
-	}
-	for name, input := range inputs {
-		t.Run("grpc/"+name, func(t *testing.T) {
-			resp, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input})
-			if err != nil {
-				t.Fatal(err)
-			}
-			rec, _ := g.sim.LastSubmit()
-			if got, want := string(rec.Body), input; got != want {
-				t.Errorf("upstream body = %s, want %s", got, want)
-			}
-			if got, want := rec.RequestID, resp.GetRequest().GetRequestId(); got != want || got == "" {
-				t.Errorf("request id = %q, want %q", want, got)
-			}
-			if got, want := resp.GetRequest().GetStatus(), comfygatev1.Status_STATUS_QUEUED; got != want {
-				t.Errorf("status = %v, want %v", got, want)
-			}
-		})
-		t.Run("rest/"+name, func(t *testing.T) {
-			code, body := g.rest(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(input))
-			if code != http.StatusOK {
-				t.Fatalf("HTTP %d: %v", code, body)
-			}
-			rec, _ := g.sim.LastSubmit()
-			if got, want := string(rec.Body), input; got != want {
-				t.Errorf("upstream body = %s, want %s", got, want)
-			}
-			req := body["request"].(map[string]any)
-			if got, want := req["request_id"], rec.RequestID; got != want {
-				t.Errorf("request_id = %v, want %v", got, want)
-			}
-			if got, want := req["status"], "STATUS_QUEUED"; got != want {
-				t.Errorf("status = %v, want %v", got, want)
-			}
-		})
-	}
-}
-
 func TestLifecycleOverGRPC(t *testing.T) {
 	g := startGateway(t)
 	ctx := ctxT(t)
@@ -489,30 +444,6 @@ func TestLifecycleOverGRPC(t *testing.T) {
 	}
 }
 
-func TestFailedResultCarriesError(t *testing.T) {
-	g := startGateway(t)
-	ctx := ctxT(t)
-	g.sim.SetFaults(runcomfysim.Faults{ErrorArray: true})
-	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rid := sub.GetRequest().GetRequestId()
-	if err := g.sim.Finish(rid, runcomfysim.Outcome{State: "failed"}); err != nil {
-		t.Fatal(err)
-	}
-	res, err := g.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := res.GetRequest().GetStatus(), comfygatev1.Status_STATUS_FAILED; got != want {
-		t.Fatalf("status = %v, want %v", got, want)
-	}
-	if e := res.GetRequest().GetError(); e == nil || e.GetMessage() == "" {
-		t.Errorf("error = %v, want a message", e)
-	}
-}
-
 func TestLifecycleOverREST(t *testing.T) {
 	g := startGateway(t)
 	code, body := g.rest(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(`{"prompt":"a dog"}`))
@@ -547,51 +478,6 @@ func TestLifecycleOverREST(t *testing.T) {
 	code, body = g.rest(t, http.MethodPost, base+":cancel", nil)
 	if code != http.StatusOK || body["outcome"] != "CANCEL_OUTCOME_NOT_CANCELLABLE" {
 		t.Errorf("cancel finished: HTTP %d %v", code, body)
-	}
-}
-
-func TestCancel(t *testing.T) {
-	tests := []struct {
-		name        string
-		faults      runcomfysim.Faults
-		advance     int // 0: queued, 1: running, 2: finished
-		wantOutcome comfygatev1.CancelOutcome
-		wantStatus  comfygatev1.Status
-	}{
-		{"queued", runcomfysim.Faults{}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_CANCELLED},
-		// Upstream stops a running job asynchronously: still running when Cancel answers.
-		{"running", runcomfysim.Faults{}, 1, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_RUNNING},
-		{"finished", runcomfysim.Faults{}, 2, comfygatev1.CancelOutcome_CANCEL_OUTCOME_NOT_CANCELLABLE, comfygatev1.Status_STATUS_SUCCEEDED},
-		{"older status shape, queued", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeStatus}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_REQUESTED, comfygatev1.Status_STATUS_CANCELLED},
-		{"both shapes, queued", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeBoth}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_CANCELLED, comfygatev1.Status_STATUS_CANCELLED},
-		{"canceled spelling", runcomfysim.Faults{CancelShape: runcomfysim.CancelShapeStatus, CanceledSpelling: true}, 0, comfygatev1.CancelOutcome_CANCEL_OUTCOME_REQUESTED, comfygatev1.Status_STATUS_CANCELLED},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			g := startGateway(t)
-			ctx := ctxT(t)
-			g.sim.SetFaults(tt.faults)
-			sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-			if err != nil {
-				t.Fatal(err)
-			}
-			rid := sub.GetRequest().GetRequestId()
-			for range tt.advance {
-				if err := g.sim.Advance(rid); err != nil {
-					t.Fatal(err)
-				}
-			}
-			resp, err := g.client.Cancel(ctx, &comfygatev1.CancelRequest{DeploymentId: "dep-1", RequestId: rid})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := resp.GetOutcome(); got != tt.wantOutcome {
-				t.Errorf("outcome = %v (%q), want %v", got, resp.GetUpstreamOutcome(), tt.wantOutcome)
-			}
-			if got := resp.GetRequest().GetStatus(); got != tt.wantStatus {
-				t.Errorf("status = %v, want %v", got, tt.wantStatus)
-			}
-		})
 	}
 }
 
@@ -699,72 +585,6 @@ func TestUpstreamFaultsMapToCodes(t *testing.T) {
 				t.Errorf("REST HTTP %d, want %d: %v", code, tt.wantHTTP, body)
 			}
 		})
-	}
-}
-
-func TestStatusFallsBackToTheRecordWhenUpstreamFails(t *testing.T) {
-	g := startGateway(t)
-	ctx := ctxT(t)
-	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"status": {HTTPStatus: 503}}})
-	st, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: sub.GetRequest().GetRequestId()})
-	if err != nil {
-		t.Fatalf("GetStatus of a recorded request while upstream fails: %v", err)
-	}
-	if got, want := st.GetRequest().GetSeq(), sub.GetRequest().GetSeq(); got != want || got == 0 {
-		t.Errorf("seq = %d, want the recorded %d", got, want)
-	}
-}
-
-func TestSubmitIsNeverRetried(t *testing.T) {
-	for _, fault := range []runcomfysim.FaultError{
-		{HTTPStatus: 500, ErrorCode: 500001},
-		{HTTPStatus: 503},
-		{HTTPStatus: 429, RetryAfter: "0"},
-	} {
-		g := startGateway(t)
-		g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"submit": fault}})
-		_, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-		if err == nil {
-			t.Fatal("submit succeeded against a failing upstream")
-		}
-		if got, want := g.sim.Calls("submit"), 1; got != want {
-			t.Errorf("HTTP %d: upstream submits = %d, want %d", fault.HTTPStatus, got, want)
-		}
-	}
-}
-
-func TestReadsAreRetried(t *testing.T) {
-	g := startGateway(t)
-	ctx := ctxT(t)
-	sub, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"status": {HTTPStatus: 503, Times: 2}}})
-	if _, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: sub.GetRequest().GetRequestId()}); err != nil {
-		t.Fatalf("GetStatus after two 503s: %v", err)
-	}
-	if got, want := g.sim.Calls("status"), 3; got != want {
-		t.Errorf("upstream status calls = %d, want %d", got, want)
-	}
-}
-
-func TestSlowUpstreamHonoursDeadline(t *testing.T) {
-	g := startGateway(t)
-	g.sim.SetFaults(runcomfysim.Faults{Latency: 5 * time.Second})
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: "r-1"})
-	if got, want := status.Code(err), codes.DeadlineExceeded; got != want {
-		t.Fatalf("code = %v, want %v", got, want)
-	}
-	if elapsed := time.Since(start); elapsed > 3*time.Second {
-		t.Errorf("call took %v: the deadline did not reach upstream", elapsed)
 	}
 }
 
