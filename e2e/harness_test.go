@@ -25,6 +25,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/state/redisstore"
 )
 
 const (
@@ -344,7 +345,7 @@ func (c *cluster) submit(ctx context.Context, t *testing.T, g *gateway) string {
 // key layout of state/redisstore), or 0 when there is no record.
 func (c *cluster) recordSeq(ctx context.Context, t *testing.T, requestID string) int64 {
 	t.Helper()
-	seq, err := c.rdb.HGet(ctx, c.prefix+"req:{"+requestID+"}", "seq").Int64()
+	seq, err := c.rdb.HGet(ctx, redisstore.RecordKey(c.prefix, requestID), "seq").Int64()
 	if errors.Is(err, redis.Nil) {
 		return 0
 	}

@@ -23,6 +23,7 @@ import (
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/redistest"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
+	"github.com/comfygate/comfygate/state/redisstore"
 )
 
 // The tenants of TestOwnershipSurvivesDataLoss: A and B may not attach (read
@@ -109,7 +110,7 @@ func TestOwnershipSurvivesDataLoss(t *testing.T) {
 	}
 
 	// The record is lost.
-	if n, err := rdb.Del(ctx, prefix+"req:{"+rid+"}").Result(); err != nil || n != 1 {
+	if n, err := rdb.Del(ctx, redisstore.RecordKey(prefix, rid)).Result(); err != nil || n != 1 {
 		t.Fatalf("deleting the record of %s: %d keys, %v", rid, n, err)
 	}
 
@@ -214,7 +215,7 @@ func callsOn(ctx context.Context, api comfygatev1.GatewayServiceClient, rid stri
 // layout of state/redisstore): "" when the record has none, or is gone.
 func recordOwner(ctx context.Context, t *testing.T, rdb *redis.Client, prefix, rid string) string {
 	t.Helper()
-	data, err := rdb.HGet(ctx, prefix+"req:{"+rid+"}", "data").Result()
+	data, err := rdb.HGet(ctx, redisstore.RecordKey(prefix, rid), "data").Result()
 	if errors.Is(err, redis.Nil) {
 		return ""
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/state/redisstore"
 )
 
 // The reconciler's tests need what newCluster does not vary: replicas with
@@ -136,7 +137,7 @@ func newPollCluster(ctx context.Context, t *testing.T, cfg pollConfig) *pollClus
 	c.up.holderOf = func(requestID string) string {
 		gctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		owner, err := rdb.Get(gctx, prefix+"lease:{"+requestID+"}").Result()
+		owner, err := rdb.Get(gctx, redisstore.LeaseKey(prefix, requestID)).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 			return ""
@@ -505,7 +506,7 @@ func describeCalls(calls []statusCall, t0 time.Time) string {
 // record.
 func (c *pollCluster) rank(ctx context.Context, t *testing.T, requestID string) int {
 	t.Helper()
-	r, err := c.rdb.HGet(ctx, c.prefix+"req:{"+requestID+"}", "rank").Int()
+	r, err := c.rdb.HGet(ctx, redisstore.RecordKey(c.prefix, requestID), "rank").Int()
 	if errors.Is(err, redis.Nil) {
 		return 0
 	}
@@ -518,7 +519,7 @@ func (c *pollCluster) rank(ctx context.Context, t *testing.T, requestID string) 
 // scheduled reports whether the request is in the poll schedule.
 func (c *pollCluster) scheduled(ctx context.Context, t *testing.T, requestID string) bool {
 	t.Helper()
-	_, err := c.rdb.ZScore(ctx, c.prefix+"{pending}", requestID).Result()
+	_, err := c.rdb.ZScore(ctx, redisstore.PendingKey(c.prefix), requestID).Result()
 	if errors.Is(err, redis.Nil) {
 		return false
 	}
@@ -532,7 +533,7 @@ func (c *pollCluster) scheduled(ctx context.Context, t *testing.T, requestID str
 // to live; "" when nobody holds it.
 func (c *pollCluster) lease(ctx context.Context, t *testing.T, requestID string) (string, time.Duration) {
 	t.Helper()
-	key := c.prefix + "lease:{" + requestID + "}"
+	key := redisstore.LeaseKey(c.prefix, requestID)
 	owner, err := c.rdb.Get(ctx, key).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", 0

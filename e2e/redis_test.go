@@ -16,6 +16,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/state/redisstore"
 )
 
 // startPrivateRedis starts a Redis server of the test's own: these tests kill
@@ -133,7 +134,7 @@ func TestPubSubConnectionsKilled(t *testing.T) {
 	if d := c.lb.step(ctx, t); d.Status != "succeeded" || d.Answers["B"].Code != http.StatusOK {
 		t.Fatalf("third callback %q answered %v by B, want succeeded, 200", d.Status, d.Answers["B"])
 	}
-	seq, err := admin.HGet(ctx, c.prefix+"req:{"+rid+"}", "seq").Int64() // the key layout of state/redisstore
+	seq, err := admin.HGet(ctx, redisstore.RecordKey(c.prefix, rid), "seq").Int64()
 	if err != nil || seq != 3 {
 		t.Fatalf("the record in Redis is at seq %d (%v), want 3 after the success", seq, err)
 	}

@@ -5,8 +5,12 @@ package redisstore
 // ({...}), so every key of one request lands in one Redis Cluster hash slot: the
 // Lua script that touches them stays valid on a cluster.
 //
-//	<prefix>req:{<request_id>}     hash: seq, rank, data (the record as JSON);
-//	                                expires after the retention period
+//	<prefix>req:{<request_id>}     hash: seq, rank, epoch, data (the record as
+//	                                JSON), synced (Touch); expires after the
+//	                                retention period
+//	<prefix>about:{<request_id>}   string: the request's description for the
+//	                                poll schedule (deployment, owner, creation),
+//	                                written with the record while unfinished
 //	<prefix>events:{<request_id>}  pub/sub channel: the record as JSON, once per
 //	                                applied update, in seq order
 //	<prefix>lease:{<request_id>}   string: the replica polling the request now;
@@ -25,21 +29,31 @@ package redisstore
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"
 
-func (b *Backend) recordKey(requestID string) string {
-	return b.prefix + "req:{" + requestID + "}"
+// RecordKey is the key of a request's record under prefix. Tests that lose
+// data on purpose, or read what a replica stored, name keys with it.
+func RecordKey(prefix, requestID string) string {
+	return prefix + "req:{" + requestID + "}"
 }
+
+// LeaseKey is the key of a request's poll lease under prefix.
+func LeaseKey(prefix, requestID string) string {
+	return prefix + "lease:{" + requestID + "}"
+}
+
+// PendingKey is the key of the poll schedule under prefix.
+func PendingKey(prefix string) string {
+	return prefix + "{pending}"
+}
+
+func (b *Backend) recordKey(requestID string) string { return RecordKey(b.prefix, requestID) }
 
 func (b *Backend) channel(requestID string) string {
 	return b.prefix + "events:{" + requestID + "}"
 }
 
-func (b *Backend) leaseKey(requestID string) string {
-	return b.prefix + "lease:{" + requestID + "}"
-}
+func (b *Backend) leaseKey(requestID string) string { return LeaseKey(b.prefix, requestID) }
 
-func (b *Backend) pendingKey() string {
-	return b.prefix + "{pending}"
-}
+func (b *Backend) pendingKey() string { return PendingKey(b.prefix) }
 
 // aboutKey holds the description of a scheduled request (deployment, owner,
 // creation), written by the save script beside its record, so that an
