@@ -108,6 +108,10 @@ type gatewayOptions struct {
 	// of an unfinished request asks RunComfy, so tests step the simulator
 	// and read the result at once.
 	freshFor time.Duration
+	// refreshTimeout is the Service's RefreshTimeout; zero is its default.
+	refreshTimeout time.Duration
+	// now, when set, is the clock of the tracker and the service.
+	now func() time.Time
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -173,7 +177,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if o.store != nil {
 		store = o.store(backend)
 	}
-	tcfg := state.TrackerConfig{Store: store, Results: up}
+	tcfg := state.TrackerConfig{Store: store, Results: up, Now: o.now}
 	if o.poll > 0 {
 		tcfg.Schedule, tcfg.PollInterval = backend, o.poll
 	}
@@ -219,7 +223,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		t.Fatal(err)
 	}
 	svcCfg := server.ServiceConfig{Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: idem,
-		Limits: limits, FreshFor: cmp.Or(o.freshFor, time.Nanosecond)}
+		Limits: limits, FreshFor: cmp.Or(o.freshFor, time.Nanosecond), RefreshTimeout: o.refreshTimeout, Now: o.now}
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}

@@ -4,25 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
-	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
-	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
-	"github.com/comfygate/comfygate/state/memory"
 )
 
 // The freshness settings of the gateways these tests start. refreshFreshFor
@@ -44,116 +37,19 @@ func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 // refreshGateway is a gateway on real listeners, in front of a simulator
 // whose calls the tests count, with a clock they move.
 type refreshGateway struct {
-	sim      *runcomfysim.Sim
-	client   comfygatev1.GatewayServiceClient
-	httpBase string
-	tracker  *state.Tracker
-	clock    *testClock
+	*gateway
+	clock *testClock
 }
 
-// startRefreshGateway builds the stack startGateway builds, minus what these
-// tests do not use, with FreshFor, RefreshTimeout and the clock set. Jobs in
-// the simulator move only on Advance and Finish.
+// startRefreshGateway starts a gateway with FreshFor, RefreshTimeout and the
+// clock set. Jobs in the simulator move only on Advance and Finish.
 func startRefreshGateway(t *testing.T) *refreshGateway {
 	t.Helper()
-	sim := runcomfysim.New(runcomfysim.Options{Manual: true, Token: simToken})
-	simSrv := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() {
-		simSrv.Close()
-		sim.Close()
-	})
-	up, err := runcomfy.New(runcomfy.Config{
-		BaseURL: simSrv.URL, Token: simToken,
-		MaxRetries: 2, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	clock := &testClock{}
-	backend := memory.New(nil)
-	tracker, err := state.NewTracker(state.TrackerConfig{Store: backend, Results: up, Now: clock.now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := state.NewHub(backend, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := server.NewService(server.ServiceConfig{
-		Upstream: up, Tracker: tracker, Watches: hub, Logger: log, Idempotency: backend,
-		FreshFor: refreshFreshFor, RefreshTimeout: refreshBound, Now: clock.now,
+	g := startGateway(t, func(o *gatewayOptions) {
+		o.freshFor, o.refreshTimeout, o.now = refreshFreshFor, refreshBound, clock.now
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
-		Drain: svc.Drain,
-	}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		cancel()
-		<-done
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	g := &refreshGateway{
-		sim:      sim,
-		client:   comfygatev1.NewGatewayServiceClient(conn),
-		httpBase: "http://" + srv.HTTPAddr(),
-		tracker:  tracker,
-		clock:    clock,
-	}
-	g.waitUp(t)
-	return g
-}
-
-// waitUp returns once the REST listener answers /healthz.
-func (g *refreshGateway) waitUp(t *testing.T) {
-	t.Helper()
-	ctx := ctxT(t)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.httpBase+"/healthz", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("gateway never came up")
-		case <-tick.C:
-		}
-	}
-}
-
-// submit starts a job through the gateway and returns its id.
-func (g *refreshGateway) submit(t *testing.T) string {
-	t.Helper()
-	sub, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sub.GetRequest().GetRequestId()
+	return &refreshGateway{gateway: g, clock: clock}
 }
 
 // reads counts the simulator's status and result calls: the calls a read may
@@ -298,7 +194,7 @@ func TestFreshOrFinalRecordIsReadWithoutUpstream(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := startRefreshGateway(t)
-			rid := g.submit(t)
+			rid := g.submit(ctxT(t), t, "dep-1")
 			tt.prepare(t, g, rid)
 			rec := g.record(t, rid)
 			before := g.reads()
@@ -328,7 +224,7 @@ func TestStaleRecordIsReadThrough(t *testing.T) {
 	for _, r := range readWays {
 		t.Run(r.name, func(t *testing.T) {
 			g := startRefreshGateway(t)
-			rid := g.submit(t)
+			rid := g.submit(ctxT(t), t, "dep-1")
 			if err := g.sim.Advance(rid); err != nil {
 				t.Fatal(err)
 			}
@@ -379,7 +275,7 @@ func TestStaleRecordWithUpstreamFailingIsAnsweredWithRefreshError(t *testing.T) 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := startRefreshGateway(t)
-			rid := g.submit(t)
+			rid := g.submit(ctxT(t), t, "dep-1")
 			rec := g.record(t, rid)
 			g.sim.SetFaults(tt.faults)
 			g.clock.advance(refreshFreshFor)
