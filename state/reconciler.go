@@ -484,10 +484,15 @@ func (r *Reconciler) keep(ctx context.Context) {
 	if err != nil {
 		return // the backend is down: nothing to learn until it is back
 	}
+	byID := make(map[string]WatchedRequest, len(watched))
+	for _, w := range watched {
+		byID[w.RequestID] = w
+	}
 	var g errgroup.Group
 	g.SetLimit(r.cfg.Concurrency)
-	for _, w := range watched {
-		if !slices.Contains(missing, w.RequestID) || !r.retryDue(w.RequestID, r.cfg.Now()) {
+	for _, id := range missing {
+		w := byID[id]
+		if !r.retryDue(id, r.cfg.Now()) {
 			continue
 		}
 		g.Go(func() error {
