@@ -2,6 +2,7 @@ package runcomfy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,6 +62,28 @@ type Config struct {
 	Tracer trace.TracerProvider
 }
 
+// Validate is New's check of cfg (token, base URL, API version), for a
+// configuration to be refused before anything starts. An empty BaseURL or
+// APIVersion takes its default.
+func (cfg Config) Validate() error {
+	var errs []error
+	if cfg.Token == "" {
+		errs = append(errs, errors.New("runcomfy: API token is required"))
+	}
+	if cfg.BaseURL != "" {
+		base, err := url.Parse(strings.TrimRight(cfg.BaseURL, "/"))
+		if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+			errs = append(errs, fmt.Errorf("runcomfy: base URL %q must be an absolute http(s) URL", cfg.BaseURL))
+		}
+	}
+	switch cfg.APIVersion {
+	case "", "v1", "v2":
+	default:
+		errs = append(errs, fmt.Errorf("runcomfy: API version %q must be v1 or v2", cfg.APIVersion))
+	}
+	return errors.Join(errs...)
+}
+
 // Client calls the RunComfy Serverless API. It is safe for concurrent use.
 type Client struct {
 	base       *url.URL
@@ -76,22 +99,14 @@ type Client struct {
 // New validates cfg and returns a Client. It refuses a missing token, because every
 // upstream call would fail with 401 and the operator should learn that at start-up.
 func New(cfg Config) (*Client, error) {
-	if cfg.Token == "" {
-		return nil, errors.New("runcomfy: API token is required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = DefaultBaseURL
-	}
+	cfg.BaseURL = cmp.Or(cfg.BaseURL, DefaultBaseURL)
+	cfg.APIVersion = cmp.Or(cfg.APIVersion, "v1")
 	base, err := url.Parse(strings.TrimRight(cfg.BaseURL, "/"))
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, fmt.Errorf("runcomfy: base URL %q must be an absolute http(s) URL", cfg.BaseURL)
-	}
-	switch cfg.APIVersion {
-	case "":
-		cfg.APIVersion = "v1"
-	case "v1", "v2":
-	default:
-		return nil, fmt.Errorf("runcomfy: API version %q must be v1 or v2", cfg.APIVersion)
+	if err != nil {
+		return nil, fmt.Errorf("runcomfy: base URL: %w", err)
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second

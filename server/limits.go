@@ -62,6 +62,22 @@ type LimitsConfig struct {
 	Metrics *Metrics
 }
 
+// Validate is NewTenantLimits's check of cfg, for a configuration to be
+// refused before anything starts.
+func (cfg LimitsConfig) Validate() error {
+	var errs []error
+	if cfg.SubmitRate < 0 || (cfg.SubmitRate > 0 && cfg.SubmitBurst < 1) {
+		errs = append(errs, fmt.Errorf("server: submit rate %v must not be negative, and a positive one needs a burst of at least 1 (got %d)", cfg.SubmitRate, cfg.SubmitBurst))
+	}
+	if cfg.ReadRate < 0 || (cfg.ReadRate > 0 && cfg.ReadBurst < 1) {
+		errs = append(errs, fmt.Errorf("server: read rate %v must not be negative, and a positive one needs a burst of at least 1 (got %d)", cfg.ReadRate, cfg.ReadBurst))
+	}
+	if cfg.MaxWatches < 0 {
+		errs = append(errs, fmt.Errorf("server: max watches per tenant %d must not be negative", cfg.MaxWatches))
+	}
+	return errors.Join(errs...)
+}
+
 // TenantLimits applies the per-tenant limits on what costs the gateway:
 // submits (paid jobs), reads (which may reach RunComfy) and open watch
 // streams. Tenant "" (a gateway without API keys) is one tenant like any
@@ -81,18 +97,8 @@ type TenantLimits struct {
 
 // NewTenantLimits checks cfg and returns the limits it describes.
 func NewTenantLimits(cfg LimitsConfig) (*TenantLimits, error) {
-	var errs []error
-	if cfg.SubmitRate < 0 || (cfg.SubmitRate > 0 && cfg.SubmitBurst < 1) {
-		errs = append(errs, fmt.Errorf("server: submit rate %v must not be negative, and a positive one needs a burst of at least 1 (got %d)", cfg.SubmitRate, cfg.SubmitBurst))
-	}
-	if cfg.ReadRate < 0 || (cfg.ReadRate > 0 && cfg.ReadBurst < 1) {
-		errs = append(errs, fmt.Errorf("server: read rate %v must not be negative, and a positive one needs a burst of at least 1 (got %d)", cfg.ReadRate, cfg.ReadBurst))
-	}
-	if cfg.MaxWatches < 0 {
-		errs = append(errs, fmt.Errorf("server: max watches per tenant %d must not be negative", cfg.MaxWatches))
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Rates == nil {
 		cfg.Rates = newMemoryRates()

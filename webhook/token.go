@@ -62,17 +62,28 @@ type Signer struct {
 
 // NewSigner accepts one or more secrets; the first signs, all verify.
 func NewSigner(secrets []string) (*Signer, error) {
-	if len(secrets) == 0 {
-		return nil, errors.New("webhook: at least one secret is required")
+	if err := CheckSecrets(secrets); err != nil {
+		return nil, err
 	}
 	s := &Signer{}
-	for i, sec := range secrets {
-		if len(sec) < MinSecretLen {
-			return nil, fmt.Errorf("webhook: secret %d is shorter than %d bytes", i+1, MinSecretLen)
-		}
+	for _, sec := range secrets {
 		s.secrets = append(s.secrets, []byte(sec))
 	}
 	return s, nil
+}
+
+// CheckSecrets is NewSigner's check of its secrets, for a configuration to
+// be refused before anything starts.
+func CheckSecrets(secrets []string) error {
+	if len(secrets) == 0 {
+		return errors.New("webhook: at least one secret is required")
+	}
+	for i, sec := range secrets {
+		if len(sec) < MinSecretLen {
+			return fmt.Errorf("webhook: secret %d is shorter than %d bytes", i+1, MinSecretLen)
+		}
+	}
+	return nil
 }
 
 // mac is the token's MAC. Without a tenant it is the original form, byte for
@@ -165,16 +176,25 @@ type URLs struct {
 // NewURLs checks publicURL (an absolute http(s) URL, where RunComfy reaches
 // this gateway's HTTP listener) and returns a URL builder.
 func NewURLs(publicURL string, signer *Signer) (*URLs, error) {
-	u, err := url.Parse(publicURL)
-	// ContainsAny, not only RawQuery and Fragment: a bare "?" or "#" leaves both
-	// empty, and the callback path appended after it would become query or fragment.
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(publicURL, "?#") {
-		return nil, fmt.Errorf("webhook: public URL %q must be an absolute http(s) URL without query", publicURL)
+	if err := CheckPublicURL(publicURL); err != nil {
+		return nil, err
 	}
 	if signer == nil {
 		return nil, errors.New("webhook: signer is required")
 	}
 	return &URLs{base: strings.TrimRight(publicURL, "/"), signer: signer}, nil
+}
+
+// CheckPublicURL is NewURLs's check of the public URL, for a configuration
+// to be refused before anything starts.
+func CheckPublicURL(publicURL string) error {
+	u, err := url.Parse(publicURL)
+	// ContainsAny, not only RawQuery and Fragment: a bare "?" or "#" leaves both
+	// empty, and the callback path appended after it would become query or fragment.
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(publicURL, "?#") {
+		return fmt.Errorf("webhook: public URL %q must be an absolute http(s) URL without query", publicURL)
+	}
+	return nil
 }
 
 // CallbackURL is the URL RunComfy is asked to call for tenant's requests of

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/app"
+	"github.com/comfygate/comfygate/internal/gatewaytest"
 )
 
 // TestBinaryAPIKeys runs the real binary with --api-keys-file: calls without a
@@ -61,16 +63,16 @@ func TestBinaryAPIKeys(t *testing.T) {
 	}
 	writeKeys("# comfygate test keys\ntenant-a " + keyA + "\n")
 
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, httpAddr := gatewaytest.FreeAddr(t), gatewaytest.FreeAddr(t)
 	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
 		"--api-keys-file", keysFile, "--webhook-secret", webhookSecret, "--shutdown-timeout", "10s")
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, tokenEnv+"=") {
+		if !strings.HasPrefix(kv, app.EnvPrefix) && !strings.HasPrefix(kv, app.TokenEnv+"=") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, tokenEnv+"="+upstreamToken)
-	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	cmd.Env = append(cmd.Env, app.TokenEnv+"="+upstreamToken)
+	logs := gatewaytest.NewSyncBuffer()
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -311,7 +313,7 @@ func TestBinaryRefusesBadKeysFile(t *testing.T) {
 	if err := os.WriteFile(keysFile, []byte("tenant-a "+good+"\ntenant-b "+short+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t), "--api-keys-file", keysFile)
+	cmd := exec.Command(bin, "--simulate", "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", gatewaytest.FreeAddr(t), "--api-keys-file", keysFile)
 	out, err := cmd.CombinedOutput()
 	var exitErr *exec.ExitError
 	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
@@ -340,10 +342,10 @@ func TestBinarySIGHUPDuringDrain(t *testing.T) {
 	if err := os.WriteFile(keysFile, []byte("tenant-a "+key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr := freeAddr(t)
-	cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", httpAddr,
+	httpAddr := gatewaytest.FreeAddr(t)
+	cmd := exec.Command(bin, "--simulate", "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", httpAddr,
 		"--api-keys-file", keysFile, "--shutdown-timeout", "10s")
-	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	logs := gatewaytest.NewSyncBuffer()
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -449,7 +451,7 @@ func TestBinaryKeysFilePermissions(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			writeKeys(tt.content)
-			cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t), "--api-keys-file", keysFile)
+			cmd := exec.Command(bin, "--simulate", "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", gatewaytest.FreeAddr(t), "--api-keys-file", keysFile)
 			out, err := cmd.CombinedOutput()
 			var exitErr *exec.ExitError
 			if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
@@ -464,10 +466,10 @@ func TestBinaryKeysFilePermissions(t *testing.T) {
 
 	// Two-field and three-field lines load together.
 	writeKeys("# tenant-a may attach\ntenant-a " + keyA + " attach\ntenant-b " + keyB + "\n")
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, httpAddr := gatewaytest.FreeAddr(t), gatewaytest.FreeAddr(t)
 	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
 		"--api-keys-file", keysFile, "--shutdown-timeout", "10s")
-	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	logs := gatewaytest.NewSyncBuffer()
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

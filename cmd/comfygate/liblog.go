@@ -84,11 +84,11 @@ func routeLibraryLogs(log *slog.Logger) (restore func()) {
 // libraryRoute is the process's one logRoute. It is the package's only
 // global, on purpose: the state it stands for, the logger of grpclog, is
 // process-wide in grpc-go already and cannot be set safely more than once
-// (see logRoute), while realMain runs several times in one test process.
+// (see logRoute), while serve may run several times in one process (tests).
 var libraryRoute logRoute
 
 // logRoute sends the lines of the library loggers that must not be replaced
-// while the process runs to the logger of the realMain running now (target),
+// while the process runs to the logger of the serve running now (target),
 // or, when there is none, where the library would have sent them itself.
 //
 // grpclog.SetLoggerV2 writes a plain variable that every gRPC goroutine reads

@@ -25,6 +25,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc/grpclog"
 
+	"github.com/comfygate/comfygate/internal/app"
+	"github.com/comfygate/comfygate/internal/gatewaytest"
 	"github.com/comfygate/comfygate/internal/testcert"
 )
 
@@ -273,7 +275,7 @@ func TestGRPCDefaultLoggerFollowsEnv(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			l := grpcDefaultLogger(env(tc.env))
+			l := grpcDefaultLogger(func(k string) string { return tc.env[k] })
 			if !l.V(tc.wantVerbosity) || l.V(tc.wantVerbosity+1) {
 				t.Errorf("verbosity is not %d", tc.wantVerbosity)
 			}
@@ -286,8 +288,7 @@ func TestGRPCDefaultLoggerFollowsEnv(t *testing.T) {
 // previous loggers back.
 func TestRouteLibraryLogsAndRestore(t *testing.T) {
 	// The standard log package writes to before, as a previous owner set it.
-	var before syncBuffer
-	before.ch = make(chan struct{}, 1)
+	before := gatewaytest.NewSyncBuffer()
 	prevWriter, prevFlags, prevPrefix, prevDefault := stdlog.Writer(), stdlog.Flags(), stdlog.Prefix(), slog.Default()
 	t.Cleanup(func() {
 		stdlog.SetOutput(prevWriter)
@@ -295,20 +296,19 @@ func TestRouteLibraryLogsAndRestore(t *testing.T) {
 		stdlog.SetPrefix(prevPrefix)
 		slog.SetDefault(prevDefault)
 	})
-	stdlog.SetOutput(&before)
+	stdlog.SetOutput(before)
 	stdlog.SetFlags(0)
 	stdlog.SetPrefix("before: ")
 	defaultBefore := slog.Default()
 
-	var out syncBuffer
-	out.ch = make(chan struct{}, 1)
-	restore := routeLibraryLogs(slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	out := gatewaytest.NewSyncBuffer()
+	restore := routeLibraryLogs(slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	grpclog.Component("liblogtest").Warningf("component %s", "warning")
 	if _, err := runtime.NewPattern(99, nil, nil, ""); err == nil {
 		t.Error("grpc-gateway accepted a pattern of version 99")
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: freeAddr(t), DialerRetries: 1, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: gatewaytest.FreeAddr(t), DialerRetries: 1, MaxRetries: -1})
 	if err := rdb.Ping(t.Context()).Err(); err == nil {
 		t.Error("ping of a closed port succeeded")
 	}
@@ -366,7 +366,7 @@ func TestRouteLibraryLogsAndRestore(t *testing.T) {
 // gatewayProcess is the comfygate binary running with JSON logs.
 type gatewayProcess struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *gatewaytest.SyncBuffer
 	exited         chan error
 }
 
@@ -376,12 +376,12 @@ func startGatewayProcess(t *testing.T, bin string, env []string, args ...string)
 	t.Helper()
 	p := &gatewayProcess{
 		cmd:    exec.Command(bin, args...),
-		stdout: &syncBuffer{ch: make(chan struct{}, 1)},
-		stderr: &syncBuffer{ch: make(chan struct{}, 1)},
+		stdout: gatewaytest.NewSyncBuffer(),
+		stderr: gatewaytest.NewSyncBuffer(),
 		exited: make(chan error, 1),
 	}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, "OTEL_") && !strings.HasPrefix(kv, "GRPC_GO_") {
+		if !strings.HasPrefix(kv, app.EnvPrefix) && !strings.HasPrefix(kv, "OTEL_") && !strings.HasPrefix(kv, "GRPC_GO_") {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
@@ -513,7 +513,7 @@ func TestBinaryLibraryLogsAreJSON(t *testing.T) {
 			// A healthy gateway that traces to a collector that is not there.
 			name: "plaintext, tracing",
 			env: []string{
-				"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + freeAddr(t),
+				"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + gatewaytest.FreeAddr(t),
 				"OTEL_EXPORTER_OTLP_HEADERS=bogus", // OpenTelemetry's logger: "parse headers"
 				"OTEL_BSP_SCHEDULE_DELAY=50",       // export soon after a span ends
 				"OTEL_EXPORTER_OTLP_TIMEOUT=500",   // and give up soon: the error handler
@@ -526,7 +526,7 @@ func TestBinaryLibraryLogsAreJSON(t *testing.T) {
 				rawExchange(t, httpAddr, "GARBAGE\r\n\r\n")
 				// A Content-Type grpc-gateway cannot parse (it logs it, then
 				// uses its default marshaler); the request is traced.
-				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+httpAddr+"/v1/deployments/dep-1/requests/"+unknownRequest, nil)
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+httpAddr+"/v1/deployments/dep-1/requests/00000000-0000-4000-8000-000000000000", nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -556,7 +556,7 @@ func TestBinaryLibraryLogsAreJSON(t *testing.T) {
 			name: "TLS, Redis down",
 			args: func() []string {
 				certFile, keyFile := testcert.New(t).WriteFiles(t, t.TempDir())
-				return []string{"--tls-cert", certFile, "--tls-key", keyFile, "--redis-url", "redis://" + freeAddr(t) + "/0"}
+				return []string{"--tls-cert", certFile, "--tls-key", keyFile, "--redis-url", "redis://" + gatewaytest.FreeAddr(t) + "/0"}
 			}(),
 			trigger: func(t *testing.T, grpcAddr, httpAddr string) {
 				// Plaintext on both TLS listeners.
@@ -580,7 +580,7 @@ func TestBinaryLibraryLogsAreJSON(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+			grpcAddr, httpAddr := gatewaytest.FreeAddr(t), gatewaytest.FreeAddr(t)
 			args := append(append([]string{"--grpc-addr", grpcAddr, "--http-addr", httpAddr}, common...), tc.args...)
 			p := startGatewayProcess(t, bin, tc.env, args...)
 			p.waitFor(t, []wantLine{{"", "serving"}})

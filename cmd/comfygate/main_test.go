@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/gatewaytest"
 )
 
 // buildBinary compiles the real comfygate binary once per test run.
@@ -35,34 +34,6 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// syncBuffer is a bytes.Buffer safe to read while the process writes to it.
-type syncBuffer struct {
-	ch  chan struct{}
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.ch <- struct{}{}
-	defer func() { <-b.ch }()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.ch <- struct{}{}
-	defer func() { <-b.ch }()
-	return b.buf.String()
-}
-
 // TestBinaryServesAndDrainsOnSIGTERM runs the real binary as `make run` does
 // (--simulate), takes a request through REST and gRPC, then stops it with SIGTERM:
 // the process must drain and exit 0. (In-flight calls finishing during the drain
@@ -72,10 +43,10 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	bin := buildBinary(t)
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, httpAddr := gatewaytest.FreeAddr(t), gatewaytest.FreeAddr(t)
 	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--shutdown-timeout", "10s")
 	cmd.Env = append(os.Environ(), "COMFYGATE_HTTP_ADDR="+httpAddr)
-	logs := &syncBuffer{ch: make(chan struct{}, 1)}
+	logs := gatewaytest.NewSyncBuffer()
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

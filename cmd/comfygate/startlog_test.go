@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/gatewaytest"
 	"github.com/comfygate/comfygate/internal/redistest"
 )
 
@@ -73,27 +74,6 @@ func TestStartErrorsInTheLogFormat(t *testing.T) {
 	}
 }
 
-// TestRequestedLogFormat reads the format as the flag parser would.
-func TestRequestedLogFormat(t *testing.T) {
-	for _, tt := range []struct {
-		args []string
-		env  string
-		want string
-	}{
-		{args: []string{"--log-format", "json"}, want: "json"},
-		{args: []string{"-log-format=json"}, want: "json"},
-		{args: []string{"--log-format=text"}, env: "json", want: "text"},
-		{env: "json", want: "json"},
-		{args: []string{"log-format", "json"}, want: ""},
-		{args: []string{"--log-format"}, want: ""},
-	} {
-		got := requestedLogFormat(tt.args, env(map[string]string{"COMFYGATE_LOG_FORMAT": tt.env}))
-		if got != tt.want {
-			t.Errorf("requestedLogFormat(%q, env %q) = %q, want %q", tt.args, tt.env, got, tt.want)
-		}
-	}
-}
-
 // TestBinaryWarnsWithoutRedisPersistence: with a Redis that keeps nothing on
 // disk the gateway warns at start, since a restart of Redis would lose every
 // record; with one that does, it says what it found.
@@ -116,9 +96,9 @@ func TestBinaryWarnsWithoutRedisPersistence(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(srv.Stop)
-			cmd := exec.Command(bin, "--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
+			cmd := exec.Command(bin, "--simulate", "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", gatewaytest.FreeAddr(t),
 				"--redis-url", srv.URL, "--log-format", "json")
-			logs := &syncBuffer{ch: make(chan struct{}, 1)}
+			logs := gatewaytest.NewSyncBuffer()
 			cmd.Stdout, cmd.Stderr = logs, logs
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -140,7 +120,8 @@ func TestBinaryWarnsWithoutRedisPersistence(t *testing.T) {
 
 // TestStartFailuresExitWithKeys: with API keys (whose reloads on SIGHUP run
 // for the process's life), a part that fails to build after the keys are
-// loaded still ends the process, with status 1, at once.
+// loaded still ends the process, with status 1, at once; so does every
+// configuration a constructor would refuse, found before anything is built.
 func TestStartFailuresExitWithKeys(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -155,17 +136,28 @@ func TestStartFailuresExitWithKeys(t *testing.T) {
 	if err := os.WriteFile(keys, []byte("team start-failure-key-0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	badKeys := t.TempDir() + "/bad-keys"
+	if err := os.WriteFile(badKeys, []byte("no-key-on-this-line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := t.TempDir() + "/missing"
+	inUse := "address already in use"
 	tests := []struct {
 		name string
 		args []string
+		want string
 	}{
-		{"gRPC port in use", []string{"--grpc-addr", taken.Addr().String()}},
-		{"HTTP port in use", []string{"--http-addr", taken.Addr().String()}},
-		{"profiler port in use", []string{"--debug-addr", taken.Addr().String()}},
+		{"gRPC port in use", []string{"--grpc-addr", taken.Addr().String()}, inUse},
+		{"HTTP port in use", []string{"--http-addr", taken.Addr().String()}, inUse},
+		{"profiler port in use", []string{"--debug-addr", taken.Addr().String()}, inUse},
+		{"keys file that does not load", []string{"--api-keys-file", badKeys}, "--api-keys-file"},
+		{"certificate that does not load", []string{"--tls-cert", missing, "--tls-key", missing}, "--tls-cert/--tls-key"},
+		{"public URL the callbacks cannot use", []string{"--public-url", "http://gw.example.com/#", "--webhook-secret-file", keys}, "--public-url"},
+		{"Redis URL that does not parse", []string{"--redis-url", "redis://127.0.0.1:notaport"}, "--redis-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"--simulate", "--api-keys-file", keys, "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t)}, tt.args...)
+			args := append([]string{"--simulate", "--api-keys-file", keys, "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", gatewaytest.FreeAddr(t)}, tt.args...)
 			cmd := exec.Command(bin, args...)
 			cmd.Env = []string{"PATH=/usr/bin:/bin"}
 			var out strings.Builder
@@ -181,7 +173,7 @@ func TestStartFailuresExitWithKeys(t *testing.T) {
 				if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 					t.Errorf("exit: %v, want status 1\n%s", err, out.String())
 				}
-				if !strings.Contains(out.String(), "address already in use") {
+				if !strings.Contains(out.String(), tt.want) {
 					t.Errorf("output does not say why:\n%s", out.String())
 				}
 			case <-time.After(2 * time.Second):

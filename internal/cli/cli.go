@@ -1,9 +1,8 @@
-package main
-
-// The client commands: `comfygate submit|status|result|cancel|watch` call a
-// running gateway over gRPC, for people at a shell and for scripts. They live in
-// the server's binary so that whoever can run the gateway can also try it, with
-// nothing else to install.
+// Package cli is the client commands: `comfygate submit|status|result|cancel|watch`
+// call a running gateway over gRPC, for people at a shell and for scripts. They
+// live in the server's binary so that whoever can run the gateway can also try
+// it, with nothing else to install.
+package cli
 
 import (
 	"bytes"
@@ -28,15 +27,16 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/flagenv"
 	"github.com/comfygate/comfygate/runcomfy"
 )
 
 // Environment variables of the client commands. The API key has no flag: flags
 // show in process listings.
 const (
-	addrEnv       = "COMFYGATE_ADDR"
-	deploymentEnv = "COMFYGATE_DEPLOYMENT"
-	apiKeyEnv     = "COMFYGATE_API_KEY"
+	AddrEnv       = "COMFYGATE_ADDR"
+	DeploymentEnv = "COMFYGATE_DEPLOYMENT"
+	APIKeyEnv     = "COMFYGATE_API_KEY"
 )
 
 // defaultClientAddr is where `comfygate --simulate` (and the server's default
@@ -51,17 +51,17 @@ const defaultCallTimeout = 30 * time.Second
 // without parsing the output. 1 and 2 describe the request, not the command:
 // only watch and submit --watch, which wait for the end, return them.
 const (
-	exitOK          = 0
-	exitFailed      = 1   // the request failed (or ended in a state this version does not know)
-	exitCancelled   = 2   // the request was cancelled
-	exitError       = 3   // the gateway could not be reached, refused the call, or timed out
-	exitUsage       = 4   // a bad command line or input: nothing was sent
-	exitInterrupted = 130 // stopped by SIGINT or SIGTERM, as shells report a Ctrl-C
+	ExitOK          = 0
+	ExitFailed      = 1   // the request failed (or ended in a state this version does not know)
+	ExitCancelled   = 2   // the request was cancelled
+	ExitError       = 3   // the gateway could not be reached, refused the call, or timed out
+	ExitUsage       = 4   // a bad command line or input: nothing was sent
+	ExitInterrupted = 130 // stopped by SIGINT or SIGTERM, as shells report a Ctrl-C
 )
 
-// isCommand reports whether the first argument names a client command rather
+// IsCommand reports whether the first argument names a client command rather
 // than starting the server's flags.
-func isCommand(arg string) bool {
+func IsCommand(arg string) bool {
 	switch arg {
 	case "submit", "status", "result", "cancel", "watch":
 		return true
@@ -69,17 +69,17 @@ func isCommand(arg string) bool {
 	return false
 }
 
-// stdio is a command's standard streams, passed in so that tests drive the
+// Stdio is a command's standard streams, passed in so that tests drive the
 // commands with buffers, and can pretend to be a terminal.
-type stdio struct {
+type Stdio struct {
 	in            io.Reader
 	out, err      io.Writer
 	inTTY, outTTY bool
 }
 
-// osStdio is the process's own streams.
-func osStdio() stdio {
-	return stdio{
+// OSStdio is the process's own streams.
+func OSStdio() Stdio {
+	return Stdio{
 		in: os.Stdin, out: os.Stdout, err: os.Stderr,
 		inTTY: isTerminal(os.Stdin), outTTY: isTerminal(os.Stdout),
 	}
@@ -141,13 +141,13 @@ func commandHelp(command string) (synopsis, about string) {
 // before or after the request id. It returns flag.ErrHelp after printing the
 // usage for --help; any other error is a usage error, not yet printed.
 func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cliOptions, error) {
-	o := &cliOptions{command: args[0], apiKey: strings.TrimSpace(getenv(apiKeyEnv))}
+	o := &cliOptions{command: args[0], apiKey: strings.TrimSpace(getenv(APIKeyEnv))}
 	fs := flag.NewFlagSet("comfygate "+o.command, flag.ContinueOnError)
 	// The flag package would print every error followed by the whole usage;
 	// runCLI prints one line instead, and the usage only when asked.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	envs := map[string]string{"addr": addrEnv, "deployment": deploymentEnv}
+	envOf := flagenv.Only(map[string]string{"addr": AddrEnv, "deployment": DeploymentEnv})
 	fs.StringVar(&o.addr, "addr", defaultClientAddr, "gRPC address of the gateway (`host:port`)")
 	fs.StringVar(&o.deployment, "deployment", "", "RunComfy deployment `id`")
 	fs.BoolVar(&o.json, "json", false, "print each state as one line of JSON (proto field names), for scripts")
@@ -165,16 +165,12 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	}
 
 	var errs []error
-	for name, env := range envs {
-		if v := getenv(env); v != "" {
-			if err := fs.Set(name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", env, err))
-			}
-		}
+	if err := flagenv.SetFromEnv(fs, envOf, getenv); err != nil {
+		errs = append(errs, err)
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if errors.Is(err, flag.ErrHelp) {
-		printCLIUsage(stderr, fs, o.command, envs)
+		printCLIUsage(stderr, fs, o.command, envOf)
 		return nil, err
 	}
 	if err != nil {
@@ -188,7 +184,7 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 
 	switch {
 	case o.deployment == "":
-		errs = append(errs, fmt.Errorf("no deployment: give --deployment or set %s", deploymentEnv))
+		errs = append(errs, fmt.Errorf("no deployment: give --deployment or set %s", DeploymentEnv))
 	case !runcomfy.ValidID(o.deployment):
 		errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
 	}
@@ -237,36 +233,22 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // printCLIUsage writes the usage of one command in the server's format.
-func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envs map[string]string) {
+func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envOf flagenv.EnvOf) {
 	synopsis, about := commandHelp(command)
 	fmt.Fprintf(w, "Usage: comfygate %s\n\n%s\n\nFlags:\n", synopsis, about)
-	fs.VisitAll(func(f *flag.Flag) {
-		name, usage := flag.UnquoteUsage(f)
-		fmt.Fprintf(w, "  %s\n    \t%s", strings.TrimSpace("--"+f.Name+" "+name), usage)
-		var notes []string
-		if env, ok := envs[f.Name]; ok {
-			notes = append(notes, "env "+env)
-		}
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
-			notes = append(notes, "default "+f.DefValue)
-		}
-		if len(notes) > 0 {
-			fmt.Fprintf(w, " (%s)", strings.Join(notes, ", "))
-		}
-		fmt.Fprintln(w)
-	})
-	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", apiKeyEnv)
+	flagenv.PrintFlags(w, fs, envOf)
+	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", APIKeyEnv)
 	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch; `comfygate COMMAND --help` for each.\n")
 	fmt.Fprintf(w, "Exit codes: 0 done; 1 the request failed and 2 it was cancelled (watch, submit --watch);\n"+
 		"3 the gateway was unreachable, refused the call or timed out; 4 bad usage or input; 130 interrupted.\n")
 }
 
-// runCLI runs one client command and returns its exit code. ctx ends on SIGINT
+// Run runs one client command and returns its exit code. ctx ends on SIGINT
 // or SIGTERM. Every error is reported here, once, on stderr.
-func runCLI(ctx context.Context, args []string, getenv func(string) string, sio stdio) int {
+func Run(ctx context.Context, args []string, getenv func(string) string, sio Stdio) int {
 	o, err := parseCLI(args, getenv, sio.err)
 	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
+		return ExitOK
 	}
 	if err != nil {
 		return usageFailure(sio.err, args[0], err)
@@ -302,16 +284,16 @@ func runCLI(ctx context.Context, args []string, getenv func(string) string, sio 
 		return code
 	case ctx.Err() != nil:
 		fmt.Fprintf(sio.err, "comfygate %s: interrupted\n", o.command)
-		return exitInterrupted
+		return ExitInterrupted
 	case timedOut(callCtx, err):
 		fmt.Fprintf(sio.err, "comfygate %s: gave up after --timeout %s: %s\n", o.command, o.timeout, describeError(err))
-		return exitError
+		return ExitError
 	default:
 		fmt.Fprintf(sio.err, "comfygate %s: %s\n", o.command, describeError(err))
 		if isUnavailable(err) {
-			fmt.Fprintf(sio.err, "(is the gateway running at %s? set --addr or %s)\n", o.addr, addrEnv)
+			fmt.Fprintf(sio.err, "(is the gateway running at %s? set --addr or %s)\n", o.addr, AddrEnv)
 		}
-		return exitError
+		return ExitError
 	}
 }
 
@@ -331,12 +313,12 @@ func timedOut(ctx context.Context, err error) bool {
 // usageFailure reports a problem found before anything was sent.
 func usageFailure(stderr io.Writer, command string, err error) int {
 	fmt.Fprintf(stderr, "comfygate %s: %v\nRun 'comfygate %s --help' for usage.\n", command, err, command)
-	return exitUsage
+	return ExitUsage
 }
 
 // readInput reads submit's input and applies the gateway's own check to it, so
 // that a typo costs no round trip. The bytes are returned unchanged.
-func readInput(name string, sio stdio) ([]byte, error) {
+func readInput(name string, sio Stdio) ([]byte, error) {
 	var (
 		data []byte
 		err  error
@@ -432,25 +414,25 @@ func (c *cli) run(ctx context.Context, input []byte) (int, error) {
 	case "status":
 		resp, err := c.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: dep, RequestId: id})
 		if err != nil {
-			return exitError, err
+			return ExitError, err
 		}
 		c.print(resp.GetRequest(), "")
 	case "result":
 		resp, err := c.client.GetResult(ctx, &comfygatev1.GetResultRequest{DeploymentId: dep, RequestId: id})
 		if err != nil {
-			return exitError, err
+			return ExitError, err
 		}
 		c.print(resp.GetRequest(), "")
 	case "cancel":
 		resp, err := c.client.Cancel(ctx, &comfygatev1.CancelRequest{DeploymentId: dep, RequestId: id})
 		if err != nil {
-			return exitError, err
+			return ExitError, err
 		}
 		c.print(resp.GetRequest(), cancelText(resp))
 	case "watch":
 		return c.watch(ctx, id, nil)
 	}
-	return exitOK, nil
+	return ExitOK, nil
 }
 
 // submit starts the job, prints its id (or its state as JSON) and, with
@@ -462,7 +444,7 @@ func (c *cli) submit(ctx context.Context, input []byte) (int, error) {
 		IdempotencyKey: c.opts.idempotencyKey,
 	})
 	if err != nil {
-		return exitError, err
+		return ExitError, err
 	}
 	st := resp.GetRequest()
 	if c.opts.json {
@@ -472,7 +454,7 @@ func (c *cli) submit(ctx context.Context, input []byte) (int, error) {
 		fmt.Fprintln(c.out, st.GetRequestId())
 	}
 	if !c.opts.watch {
-		return exitOK, nil
+		return ExitOK, nil
 	}
 	return c.watch(ctx, st.GetRequestId(), st)
 }

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -11,10 +11,10 @@ import (
 )
 
 // newTracer builds the tracer provider from the standard OTEL_* variables: an
-// OTLP (gRPC) exporter when an endpoint is set, nothing otherwise (nil). The
-// returned func flushes and stops it.
-func newTracer(ctx context.Context, getenv func(string) string) (*sdktrace.TracerProvider, func(context.Context) error, error) {
-	if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
+// OTLP (gRPC) exporter when enabled (Config.Tracing), nothing otherwise (nil).
+// The returned func flushes and stops it.
+func newTracer(ctx context.Context, enabled bool) (*sdktrace.TracerProvider, func(context.Context) error, error) {
+	if !enabled {
 		return nil, func(context.Context) error { return nil }, nil
 	}
 	exp, err := otlptracegrpc.New(ctx)

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -23,9 +23,9 @@ type simulator struct {
 	token string
 }
 
-// startSimulator opens the simulator's listener. With no token configured it makes
+// newSimulator opens the simulator's listener. With no token configured it makes
 // up a random one, so the bearer check is exercised as upstream would.
-func startSimulator(log *slog.Logger, token string) (*simulator, error) {
+func newSimulator(log *slog.Logger, token string) (*simulator, error) {
 	if token == "" {
 		token = randomSecret()
 	}
@@ -46,6 +46,12 @@ func startSimulator(log *slog.Logger, token string) (*simulator, error) {
 		url:   url,
 		token: token,
 	}, nil
+}
+
+// close releases a simulator that never ran.
+func (s *simulator) close() {
+	s.lis.Close()
+	s.sim.Close()
 }
 
 // run serves until ctx ends, then stops the server and the simulated jobs.

@@ -1,6 +1,7 @@
-package main
+package app
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/internal/flagenv"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
@@ -22,13 +25,16 @@ import (
 	"github.com/comfygate/comfygate/webhook"
 )
 
-// envPrefix prefixes the environment variable of every flag:
-// --grpc-addr is also COMFYGATE_GRPC_ADDR.
-const envPrefix = "COMFYGATE_"
+// EnvPrefix prefixes the environment variable of every flag: --grpc-addr is
+// also COMFYGATE_GRPC_ADDR.
+const EnvPrefix = "COMFYGATE_"
 
-// tokenEnv holds the RunComfy API token. It is deliberately not a flag, so the
+// envOf names the environment variable of a flag.
+func envOf(flagName string) string { return flagenv.Prefixed(EnvPrefix)(flagName) }
+
+// TokenEnv holds the RunComfy API token. It is deliberately not a flag, so the
 // token never shows in a process listing.
-const tokenEnv = "RUNCOMFY_API_TOKEN"
+const TokenEnv = "RUNCOMFY_API_TOKEN"
 
 // Config is everything the gateway is started with.
 type Config struct {
@@ -77,17 +83,15 @@ type Config struct {
 	ReadBurst             int
 	MaxConnections        int
 	RedisTimeout          time.Duration
+	// Tracing exports traces over OTLP; set when OTEL_EXPORTER_OTLP_ENDPOINT
+	// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is, which configure the exporter.
+	Tracing bool
 }
 
-// envName is the environment variable that sets a flag.
-func envName(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-// parseConfig reads flags from args and, for every flag not given there, its
+// ParseConfig reads flags from args and, for every flag not given there, its
 // environment variable through getenv (passed in so tests never touch the real
 // environment). It returns flag.ErrHelp for --help, after printing the usage.
-func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
+func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
 	cfg := &Config{}
 	fs := flag.NewFlagSet("comfygate", flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -132,30 +136,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.IntVar(&cfg.PollConcurrency, "poll-concurrency", 8, "most polls in flight toward RunComfy at once, per replica")
 	fs.DurationVar(&cfg.RefreshTimeout, "refresh-timeout", server.DefaultRefreshTimeout, "how long GetStatus and GetResult wait for RunComfy to confirm a state that is not fresh (synced within --poll-interval, or final); past it they answer the stored state with refresh_error")
 	// The usage goes out for --help only: a bad flag is one error line (in
-	// the log format asked for, see main.go), not the whole list.
+	// the log format asked for, see cmd/comfygate), not the whole list.
 	usage := func() {
 		fmt.Fprintf(fs.Output(), "comfygate: a gRPC and REST gateway to the RunComfy Serverless API.\n\n")
 		fmt.Fprintf(fs.Output(), "Usage: comfygate [flags]\n\nEvery flag can also be set by its environment variable; a flag on the command line wins.\n")
-		fmt.Fprintf(fs.Output(), "The RunComfy API token is read from %s only.\n\nFlags:\n", tokenEnv)
-		fs.VisitAll(func(f *flag.Flag) {
-			name, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(fs.Output(), "  --%s %s\n    \t%s (env %s", f.Name, name, usage, envName(f.Name))
-			if f.DefValue != "" && f.DefValue != "false" {
-				fmt.Fprintf(fs.Output(), ", default %s", f.DefValue)
-			}
-			fmt.Fprintln(fs.Output(), ")")
-		})
+		fmt.Fprintf(fs.Output(), "The RunComfy API token is read from %s only.\n\nFlags:\n", TokenEnv)
+		flagenv.PrintFlags(fs.Output(), fs, envOf)
 	}
 	fs.Usage = func() {}
 
 	var envErrs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-		}
-	})
+	if err := flagenv.SetFromEnv(fs, envOf, getenv); err != nil {
+		envErrs = append(envErrs, err)
+	}
 	// Only a secret on the command line shows in process listings; one from
 	// the environment does not.
 	cfg.webhookSecretFlag = false
@@ -172,7 +165,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	if fs.NArg() > 0 {
 		envErrs = append(envErrs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
-	cfg.RunComfyToken = getenv(tokenEnv)
+	cfg.RunComfyToken = getenv(TokenEnv)
+	cfg.Tracing = getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 	if cfg.WebhookSecretFile != "" {
 		if err := cfg.readSecretFile(); err != nil {
 			envErrs = append(envErrs, err)
@@ -182,6 +176,23 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// RequestedLogFormat is the --log-format that args or the environment ask
+// for, read without parsing the rest: for an error found while parsing.
+func RequestedLogFormat(args []string, getenv func(string) string) string {
+	format := getenv(envOf("log-format"))
+	for i, a := range args {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "log-format" || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if !hasValue && i+1 < len(args) {
+			value = args[i+1]
+		}
+		format = value
+	}
+	return format
 }
 
 // loopback reports whether addr listens on loopback only.
@@ -221,17 +232,21 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", a.flag, a.addr))
 		}
 	}
-	if u, err := url.Parse(c.RunComfyURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("--runcomfy-url %q: want an absolute http(s) URL", c.RunComfyURL))
+	// The RunComfy client's own checks, one setting at a time so that each
+	// error names its flag; the token is checked below, naming its variable.
+	if c.RunComfyURL == "" {
+		errs = append(errs, errors.New("--runcomfy-url must not be empty"))
+	} else if err := (runcomfy.Config{Token: "checked below", BaseURL: c.RunComfyURL}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--runcomfy-url: %w", err))
 	}
-	if c.RunComfyAPIVersion != "v1" && c.RunComfyAPIVersion != "v2" {
+	if err := (runcomfy.Config{Token: "checked below", APIVersion: c.RunComfyAPIVersion}).Validate(); err != nil || c.RunComfyAPIVersion == "" {
 		errs = append(errs, fmt.Errorf("--runcomfy-api-version %q: want v1 or v2", c.RunComfyAPIVersion))
 	}
 	if c.Simulate && c.RunComfyURL != runcomfy.DefaultBaseURL {
 		errs = append(errs, errors.New("--simulate and --runcomfy-url exclude each other: the simulator is the upstream"))
 	}
 	if !c.Simulate && c.RunComfyToken == "" {
-		errs = append(errs, fmt.Errorf("%s is not set: RunComfy needs an API token (or use --simulate)", tokenEnv))
+		errs = append(errs, fmt.Errorf("%s is not set: RunComfy needs an API token (or use --simulate)", TokenEnv))
 	}
 	if c.UpstreamTimeout <= 0 {
 		errs = append(errs, errors.New("--upstream-timeout must be positive"))
@@ -240,16 +255,16 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--shutdown-timeout must be positive"))
 	}
 	if c.PublicURL != "" {
-		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("--public-url %q: want an absolute http(s) URL", c.PublicURL))
+		if err := webhook.CheckPublicURL(c.PublicURL); err != nil {
+			errs = append(errs, fmt.Errorf("--public-url: %w", err))
 		}
 		if len(c.WebhookSecrets) == 0 {
 			errs = append(errs, errors.New("--public-url needs --webhook-secret-file (or COMFYGATE_WEBHOOK_SECRET): callback URLs must carry a token"))
 		}
 	}
-	for i, sec := range c.WebhookSecrets {
-		if len(sec) < webhook.MinSecretLen {
-			errs = append(errs, fmt.Errorf("--webhook-secret: secret %d is shorter than %d bytes", i+1, webhook.MinSecretLen))
+	if len(c.WebhookSecrets) > 0 {
+		if err := webhook.CheckSecrets(c.WebhookSecrets); err != nil {
+			errs = append(errs, fmt.Errorf("--webhook-secret: %w", err))
 		}
 	}
 	if c.Simulate && c.PublicURL == "" {
@@ -258,9 +273,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.RedisURL != "" {
-		if _, err := redis.ParseURL(c.RedisURL); err != nil {
-			// The URL may hold a password: name the flag, not the value.
-			errs = append(errs, fmt.Errorf("--redis-url: %w", redactURLError(err)))
+		if _, err := c.redisOptions(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.RedisPrefix == "" {
@@ -278,6 +292,13 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	} else if _, err := c.tlsConfig(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.APIKeysFile != "" {
+		if _, err := auth.Load(c.APIKeysFile); err != nil {
+			errs = append(errs, fmt.Errorf("--api-keys-file: %w", err))
+		}
 	}
 	for _, r := range []struct {
 		flag string
@@ -323,10 +344,69 @@ func (c *Config) Validate() error {
 	if c.ReadRate < 0 || c.ReadBurst < 1 {
 		errs = append(errs, errors.New("--read-rate must not be negative and --read-burst must be at least 1"))
 	}
+	if c.SubmitRate >= 0 && c.SubmitBurst >= 1 && c.ReadRate >= 0 && c.ReadBurst >= 1 && c.MaxWatchesPerTenant >= 0 {
+		// The limits' own check, past the flags' stricter ones above (which
+		// name the flag): whatever it refuses, the gateway would not start.
+		if err := c.limitsConfig().Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--submit-rate, --read-rate or --max-watches-per-tenant: %w", err))
+		}
+	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))
 	}
 	return errors.Join(errs...)
+}
+
+// upstreamConfig is the RunComfy client's configuration, at baseURL with
+// token (the simulator's, with --simulate).
+func (c *Config) upstreamConfig(baseURL, token string) runcomfy.Config {
+	return runcomfy.Config{BaseURL: baseURL, APIVersion: c.RunComfyAPIVersion, Token: token, Timeout: c.UpstreamTimeout}
+}
+
+// limitsConfig is the per-tenant limits' configuration, less where the
+// buckets are kept and what counts refusals.
+func (c *Config) limitsConfig() server.LimitsConfig {
+	return server.LimitsConfig{
+		SubmitRate: c.SubmitRate, SubmitBurst: c.SubmitBurst,
+		ReadRate: c.ReadRate, ReadBurst: c.ReadBurst,
+		MaxWatches: c.MaxWatchesPerTenant,
+	}
+}
+
+// tlsConfig loads --tls-cert and --tls-key; nil without them.
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	if c.TLSCert == "" || c.TLSKey == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// redisOptions are the Redis client's options from --redis-url, each call
+// bounded by --redis-timeout.
+func (c *Config) redisOptions() (*redis.Options, error) {
+	opts, err := redis.ParseURL(c.RedisURL)
+	if err != nil {
+		// The URL may hold a password: name the flag, not the value.
+		return nil, fmt.Errorf("--redis-url: %w", redactURLError(err))
+	}
+	if opts.DialerRetries == 0 {
+		// go-redis dials five times by default before a command fails; an
+		// outage should turn /readyz and Submit to unavailable promptly.
+		opts.DialerRetries = 2
+	}
+	// Every call is bounded by --redis-timeout, and so are its parts: a
+	// dial, and the wait for a pooled connection. go-redis then honours
+	// the call's deadline on the connection itself.
+	if opts.DialTimeout <= 0 || opts.DialTimeout > c.RedisTimeout {
+		opts.DialTimeout = c.RedisTimeout
+	}
+	opts.PoolTimeout = c.RedisTimeout
+	opts.ContextTimeoutEnabled = true
+	return opts, nil
 }
 
 // splitSecrets splits comma-separated secrets, dropping blanks.

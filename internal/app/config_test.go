@@ -1,9 +1,11 @@
-package main
+package app
 
 import (
 	"errors"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,15 @@ func env(m map[string]string) func(string) string {
 }
 
 func TestParseConfig(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	if err := os.WriteFile(keys, []byte("team config-test-key-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badKeys := filepath.Join(dir, "bad-keys")
+	if err := os.WriteFile(badKeys, []byte("one-field-only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -125,9 +136,9 @@ func TestParseConfig(t *testing.T) {
 		},
 		{
 			name: "open address with keys",
-			args: []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--api-keys-file", "/etc/comfygate/keys"},
+			args: []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--api-keys-file", keys},
 			check: func(t *testing.T, c *Config) {
-				if c.APIKeysFile != "/etc/comfygate/keys" || c.Insecure {
+				if c.APIKeysFile != keys || c.Insecure {
 					t.Errorf("config = %+v", c)
 				}
 			},
@@ -141,6 +152,33 @@ func TestParseConfig(t *testing.T) {
 				}
 			},
 		},
+		// Validate runs the checks the parts' constructors run, so that a
+		// configuration they would refuse is refused before anything starts.
+		{
+			name:    "keys file that does not load",
+			args:    []string{"--simulate", "--api-keys-file", badKeys},
+			wantErr: []string{"--api-keys-file", "bad-keys"},
+		},
+		{
+			name:    "missing keys file",
+			args:    []string{"--simulate", "--api-keys-file", filepath.Join(dir, "nope")},
+			wantErr: []string{"--api-keys-file", "no such file"},
+		},
+		{
+			name:    "public URL with a bare query mark",
+			args:    []string{"--simulate", "--public-url", "https://gw.example.com/?", "--webhook-secret", "0123456789abcdef0123"},
+			wantErr: []string{"--public-url", "without query"},
+		},
+		{
+			name:    "certificate that does not load",
+			args:    []string{"--simulate", "--tls-cert", filepath.Join(dir, "nope.pem"), "--tls-key", filepath.Join(dir, "nope.key")},
+			wantErr: []string{"--tls-cert/--tls-key", "no such file"},
+		},
+		{
+			name:    "empty API version",
+			args:    []string{"--simulate", "--runcomfy-api-version", ""},
+			wantErr: []string{"--runcomfy-api-version", "want v1 or v2"},
+		},
 		{
 			name:    "stray argument",
 			args:    []string{"--simulate", "serve"},
@@ -149,7 +187,7 @@ func TestParseConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := parseConfig(tt.args, env(tt.env), io.Discard)
+			c, err := ParseConfig(tt.args, env(tt.env), io.Discard)
 			if len(tt.wantErr) > 0 {
 				if err == nil {
 					t.Fatalf("no error, want one mentioning %v", tt.wantErr)
@@ -174,7 +212,7 @@ func TestParseConfig(t *testing.T) {
 
 func TestHelpListsEveryFlagWithItsEnvironmentVariable(t *testing.T) {
 	var out strings.Builder
-	_, err := parseConfig([]string{"--help"}, env(nil), &out)
+	_, err := ParseConfig([]string{"--help"}, env(nil), &out)
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err = %v, want flag.ErrHelp", err)
 	}
@@ -182,6 +220,27 @@ func TestHelpListsEveryFlagWithItsEnvironmentVariable(t *testing.T) {
 		"--runcomfy-url", "COMFYGATE_RUNCOMFY_URL", "--simulate", "COMFYGATE_SIMULATE", "RUNCOMFY_API_TOKEN"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help does not mention %s:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestRequestedLogFormat reads the format as the flag parser would.
+func TestRequestedLogFormat(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{args: []string{"--log-format", "json"}, want: "json"},
+		{args: []string{"-log-format=json"}, want: "json"},
+		{args: []string{"--log-format=text"}, env: "json", want: "text"},
+		{env: "json", want: "json"},
+		{args: []string{"log-format", "json"}, want: ""},
+		{args: []string{"--log-format"}, want: ""},
+	} {
+		got := RequestedLogFormat(tt.args, env(map[string]string{"COMFYGATE_LOG_FORMAT": tt.env}))
+		if got != tt.want {
+			t.Errorf("RequestedLogFormat(%q, env %q) = %q, want %q", tt.args, tt.env, got, tt.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -43,11 +43,11 @@ func terminalStatus(s comfygatev1.Status) bool { return reqstatus.OfProto(s).Ter
 func watchExitCode(st *comfygatev1.RequestState) int {
 	switch st.GetStatus() {
 	case comfygatev1.Status_STATUS_SUCCEEDED:
-		return exitOK
+		return ExitOK
 	case comfygatev1.Status_STATUS_CANCELLED:
-		return exitCancelled
+		return ExitCancelled
 	default:
-		return exitFailed
+		return ExitFailed
 	}
 }
 

@@ -1,28 +1,23 @@
-package main
+package cli
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/gatewaytest"
 	"github.com/comfygate/comfygate/internal/redistest"
 	"github.com/comfygate/comfygate/internal/testcert"
-	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 )
 
@@ -53,87 +48,17 @@ func cliUpstream(t *testing.T) (*runcomfysim.Sim, string) {
 	return sim, srv.URL
 }
 
-// testGateway is a gateway that realMain runs in this process, exactly as the
-// binary runs it.
-type testGateway struct {
-	grpcAddr, httpAddr string
-	logs               *syncBuffer
-	stop               func() error
-}
-
-// gatewaySetup says how to start a testGateway.
-type gatewaySetup struct {
-	upstream           string
-	grpcAddr, httpAddr string      // "" picks free ports
-	args               []string    // more flags
-	probeTLS           *tls.Config // set when the gateway serves TLS
-}
-
-// startGateway starts a gateway on upstream, with callbacks to its own HTTP
-// listener, and waits until it is ready. It stops at cleanup at the latest.
-func startGateway(t *testing.T, s gatewaySetup) *testGateway {
+// startGateway starts a gateway in this process on upstream, with callbacks to
+// its own HTTP listener, and waits until it is ready.
+func startGateway(t *testing.T, s gatewaytest.Setup) *gatewaytest.Gateway {
 	t.Helper()
-	g := &testGateway{grpcAddr: s.grpcAddr, httpAddr: s.httpAddr, logs: &syncBuffer{ch: make(chan struct{}, 1)}}
-	if g.grpcAddr == "" {
-		g.grpcAddr = freeAddr(t)
-	}
-	if g.httpAddr == "" {
-		g.httpAddr = freeAddr(t)
-	}
-	args := append([]string{
-		"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--runcomfy-url", s.upstream,
-		"--public-url", "http://" + g.httpAddr, "--webhook-secret", cliWebhookSecret,
-		"--shutdown-timeout", "5s", "--log-level", "warn",
-	}, s.args...)
-	getenv := env(map[string]string{tokenEnv: "rct-cli-test-token"})
-	ctx, cancel := context.WithCancel(context.Background())
-	var runErr error
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		runErr = realMain(ctx, args, getenv, g.logs)
-	}()
-	g.stop = sync.OnceValue(func() error {
-		cancel()
-		<-exited
-		return runErr
-	})
-	t.Cleanup(func() {
-		if err := g.stop(); err != nil {
-			t.Errorf("gateway: %v; logs:\n%s", err, g.logs)
-		}
-	})
-
-	scheme := "http"
-	if s.probeTLS != nil {
-		scheme = "https"
-	}
-	probe := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: s.probeTLS}}
-	defer probe.CloseIdleConnections()
-	waitUntil(t, "gateway ready", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("gateway exited: %v; logs:\n%s", runErr, g.logs)
-		default:
-		}
-		resp, err := probe.Get(scheme + "://" + g.httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return g
+	s.WebhookSecret = cliWebhookSecret
+	return gatewaytest.Start(t, s)
 }
 
-// waitUntil polls cond for up to 10 seconds.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not in time", what)
-		}
-	}
+// env is a getenv that reads m.
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
 }
 
 // cliCall is one client command line with what it sees.
@@ -146,16 +71,16 @@ type cliCall struct {
 
 // cliRun is a client command running in this process.
 type cliRun struct {
-	stdout, stderr *syncBuffer
+	stdout, stderr *gatewaytest.SyncBuffer
 	done           chan int
 }
 
 // startCLI runs the command on a goroutine, as main would.
 func startCLI(t *testing.T, c cliCall) *cliRun {
 	t.Helper()
-	r := &cliRun{stdout: &syncBuffer{ch: make(chan struct{}, 1)}, stderr: &syncBuffer{ch: make(chan struct{}, 1)}, done: make(chan int, 1)}
-	sio := stdio{in: strings.NewReader(c.stdin), out: r.stdout, err: r.stderr, inTTY: c.inTTY, outTTY: c.outTTY}
-	go func() { r.done <- runCLI(t.Context(), c.args, env(c.env), sio) }()
+	r := &cliRun{stdout: gatewaytest.NewSyncBuffer(), stderr: gatewaytest.NewSyncBuffer(), done: make(chan int, 1)}
+	sio := Stdio{in: strings.NewReader(c.stdin), out: r.stdout, err: r.stderr, inTTY: c.inTTY, outTTY: c.outTTY}
+	go func() { r.done <- Run(t.Context(), c.args, env(c.env), sio) }()
 	return r
 }
 
@@ -191,7 +116,7 @@ func runCLIWait(t *testing.T, c cliCall) (code int, stdout, stderr string) {
 
 // clientEnv is the environment of a person using the gateway at addr.
 func clientEnv(addr string, kv ...string) map[string]string {
-	m := map[string]string{addrEnv: addr, deploymentEnv: cliDeployment, apiKeyEnv: cliAPIKey}
+	m := map[string]string{AddrEnv: addr, DeploymentEnv: cliDeployment, APIKeyEnv: cliAPIKey}
 	for i := 0; i+1 < len(kv); i += 2 {
 		m[kv[i]] = kv[i+1]
 	}
@@ -203,7 +128,7 @@ func submitID(t *testing.T, environ map[string]string, input string) string {
 	t.Helper()
 	code, out, errOut := runCLIWait(t, cliCall{env: environ, stdin: input, args: []string{"submit"}})
 	id := strings.TrimSpace(out)
-	if code != exitOK || strings.Contains(id, "\n") || id == "" {
+	if code != ExitOK || strings.Contains(id, "\n") || id == "" {
 		t.Fatalf("submit: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	return id
@@ -270,8 +195,8 @@ func plainStates(t *testing.T, lines []string) (states, rest []string) {
 // gives.
 func TestCLIWatch(t *testing.T) {
 	sim, upstream := cliUpstream(t)
-	g := startGateway(t, gatewaySetup{upstream: upstream})
-	environ := clientEnv(g.grpcAddr, apiKeyEnv, "")
+	g := startGateway(t, gatewaytest.Setup{Upstream: upstream})
+	environ := clientEnv(g.GRPCAddr, APIKeyEnv, "")
 	inputFile := filepath.Join(t.TempDir(), "input.json")
 	if err := os.WriteFile(inputFile, []byte(`{"prompt": "a cat"}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -292,7 +217,7 @@ func TestCLIWatch(t *testing.T) {
 		{
 			name: "submit --watch from a file, on a pipe: plain lines, then the output URLs",
 			args: []string{"submit", "--watch", "--input", "{file}"},
-			want: exitOK,
+			want: ExitOK,
 			check: func(t *testing.T, out string) {
 				if strings.Contains(out, "\r") {
 					t.Errorf("a carriage return on a pipe:\n%q", out)
@@ -311,7 +236,7 @@ func TestCLIWatch(t *testing.T) {
 			name:  "submit --watch --json from stdin: one object per state; failed exits 1",
 			stdin: `{"prompt": "fail"}`,
 			args:  []string{"submit", "--watch", "--json"},
-			want:  exitFailed,
+			want:  ExitFailed,
 			check: func(t *testing.T, out string) {
 				states := jsonStates(t, out)
 				checkSeqs(t, states, comfygatev1.Status_STATUS_QUEUED, comfygatev1.Status_STATUS_RUNNING, comfygatev1.Status_STATUS_FAILED)
@@ -324,7 +249,7 @@ func TestCLIWatch(t *testing.T) {
 			name:   "watch of a request cancelled while it runs exits 2",
 			args:   []string{"watch", "{id}"},
 			cancel: true,
-			want:   exitCancelled,
+			want:   ExitCancelled,
 			check: func(t *testing.T, out string) {
 				states, rest := plainStates(t, strings.Split(strings.TrimSuffix(out, "\n"), "\n"))
 				if !slicesEqual(states, []string{"queued", "running", "cancelled"}) || len(rest) != 0 {
@@ -336,7 +261,7 @@ func TestCLIWatch(t *testing.T) {
 			name: "watch on a terminal: one live line, then the output URLs",
 			args: []string{"watch", "{id}"},
 			tty:  true,
-			want: exitOK,
+			want: ExitOK,
 			check: func(t *testing.T, out string) {
 				lines := strings.Split(out, "\n")
 				if len(lines) != 4 || lines[3] != "" {
@@ -355,7 +280,7 @@ func TestCLIWatch(t *testing.T) {
 		{
 			name: "watch --json of a request that has started: seq from 1 to the end",
 			args: []string{"watch", "--json", "{id}"},
-			want: exitOK,
+			want: ExitOK,
 			check: func(t *testing.T, out string) {
 				checkSeqs(t, jsonStates(t, out), comfygatev1.Status_STATUS_QUEUED, comfygatev1.Status_STATUS_RUNNING, comfygatev1.Status_STATUS_SUCCEEDED)
 			},
@@ -391,7 +316,7 @@ func TestCLIWatch(t *testing.T) {
 			r.waitOutput(t, "running")
 			if tc.cancel {
 				code, out, errOut := runCLIWait(t, cliCall{env: environ, args: []string{"cancel", id}})
-				if code != exitOK || !strings.Contains(out, "accepted") {
+				if code != ExitOK || !strings.Contains(out, "accepted") {
 					t.Errorf("cancel: exit %d, stdout %q, stderr %q", code, out, errOut)
 				}
 			}
@@ -416,8 +341,8 @@ func TestCLICommands(t *testing.T) {
 	if err := os.WriteFile(keysFile, []byte("tenant-cli "+cliAPIKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t, gatewaySetup{upstream: upstream, args: []string{"--api-keys-file", keysFile}})
-	environ := clientEnv(g.grpcAddr)
+	g := startGateway(t, gatewaytest.Setup{Upstream: upstream, Args: []string{"--api-keys-file", keysFile}})
+	environ := clientEnv(g.GRPCAddr)
 
 	// finish drives a submitted request to its end and waits until the
 	// gateway has recorded it.
@@ -435,8 +360,8 @@ func TestCLICommands(t *testing.T) {
 		return id
 	}
 	ids := map[string]string{
-		"{ok}":        finish(`{"prompt": "a cat"}`, exitOK),
-		"{failed}":    finish(`{"prompt": "fail"}`, exitFailed),
+		"{ok}":        finish(`{"prompt": "a cat"}`, ExitOK),
+		"{failed}":    finish(`{"prompt": "fail"}`, ExitFailed),
 		"{cancel-me}": submitID(t, environ, `{"prompt": "a queued cat"}`),
 		"{queued}":    submitID(t, environ, `{"prompt": "another queued cat"}`),
 	}
@@ -449,7 +374,7 @@ func TestCLICommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids["{missing}"] = filepath.Join(dir, "missing.json")
-	ids["{closed}"] = freeAddr(t)
+	ids["{closed}"] = gatewaytest.FreeAddr(t)
 
 	forwarded := func(want string) func(t *testing.T, out string) {
 		return func(t *testing.T, out string) {
@@ -470,40 +395,40 @@ func TestCLICommands(t *testing.T) {
 		wantStderr []string
 		check      func(t *testing.T, stdout string)
 	}{
-		{name: "status of a succeeded request", args: []string{"status", "{ok}"}, want: exitOK,
+		{name: "status of a succeeded request", args: []string{"status", "{ok}"}, want: ExitOK,
 			wantStdout: []string{"status    succeeded\n", "output    http", "finished  "}},
-		{name: "flags after the request id", args: []string{"result", "{ok}", "--json"}, want: exitOK,
+		{name: "flags after the request id", args: []string{"result", "{ok}", "--json"}, want: ExitOK,
 			check: func(t *testing.T, out string) {
 				states := jsonStates(t, out)
 				if len(states) != 1 || states[0].GetStatus() != comfygatev1.Status_STATUS_SUCCEEDED || len(states[0].GetOutputUrls()) != 2 {
 					t.Errorf("want one succeeded state with two URLs, got %v", states)
 				}
 			}},
-		{name: "result of a failed request", args: []string{"result", "{failed}"}, want: exitOK,
+		{name: "result of a failed request", args: []string{"result", "{failed}"}, want: ExitOK,
 			wantStdout: []string{"status    failed\n", "error     ValueError: the prompt is empty"}},
-		{name: "watch of a failed request exits 1", args: []string{"watch", "{failed}"}, want: exitFailed,
+		{name: "watch of a failed request exits 1", args: []string{"watch", "{failed}"}, want: ExitFailed,
 			wantStdout: []string{"failed\n", "error: ValueError: the prompt is empty\n"}},
-		{name: "status of a queued request", args: []string{"status", "{queued}"}, want: exitOK,
+		{name: "status of a queued request", args: []string{"status", "{queued}"}, want: ExitOK,
 			wantStdout: []string{"status    queued"}},
-		{name: "cancel of a queued request", args: []string{"cancel", "{cancel-me}"}, want: exitOK,
+		{name: "cancel of a queued request", args: []string{"cancel", "{cancel-me}"}, want: ExitOK,
 			wantStdout: []string{"cancel    cancelled\n", "status    cancelled\n"}},
-		{name: "cancel of a finished request", args: []string{"cancel", "{ok}"}, want: exitOK,
+		{name: "cancel of a finished request", args: []string{"cancel", "{ok}"}, want: ExitOK,
 			wantStdout: []string{"cancel    not cancellable", "status    succeeded"}},
-		{name: "watch gives up after --timeout", args: []string{"watch", "--timeout", "200ms", "{queued}"}, want: exitError,
+		{name: "watch gives up after --timeout", args: []string{"watch", "--timeout", "200ms", "{queued}"}, want: ExitError,
 			wantStderr: []string{"gave up after --timeout 200ms"}},
 		{name: "--deployment and --addr win over the environment",
-			env:  clientEnv("{closed}", deploymentEnv, "not a valid id!"),
-			args: []string{"status", "--deployment", cliDeployment, "--addr", g.grpcAddr, "{ok}"}, want: exitOK,
+			env:  clientEnv("{closed}", DeploymentEnv, "not a valid id!"),
+			args: []string{"status", "--deployment", cliDeployment, "--addr", g.GRPCAddr, "{ok}"}, want: ExitOK,
 			wantStdout: []string{"succeeded"}},
 
-		{name: "submit from a file: the id, and the bytes as written", args: []string{"submit", "--input", "{file}"}, want: exitOK,
+		{name: "submit from a file: the id, and the bytes as written", args: []string{"submit", "--input", "{file}"}, want: ExitOK,
 			check: func(t *testing.T, out string) {
 				if !regexp.MustCompile(`^[0-9a-f-]{36}\n$`).MatchString(out) {
 					t.Errorf("want the request id alone, got %q", out)
 				}
 				forwarded(exactInput)(t, out)
 			}},
-		{name: "submit --json from stdin", stdin: exactInput, args: []string{"submit", "--json", "--input", "-"}, want: exitOK,
+		{name: "submit --json from stdin", stdin: exactInput, args: []string{"submit", "--json", "--input", "-"}, want: ExitOK,
 			check: func(t *testing.T, out string) {
 				states := jsonStates(t, out)
 				if len(states) != 1 || states[0].GetStatus() != comfygatev1.Status_STATUS_QUEUED || states[0].GetSeq() < 1 {
@@ -511,10 +436,10 @@ func TestCLICommands(t *testing.T) {
 				}
 				forwarded(exactInput)(t, out)
 			}},
-		{name: "submit from a terminal says where it reads", inTTY: true, stdin: `{}`, args: []string{"submit"}, want: exitOK,
+		{name: "submit from a terminal says where it reads", inTTY: true, stdin: `{}`, args: []string{"submit"}, want: ExitOK,
 			wantStderr: []string{"end it with Ctrl-D"}},
 		{name: "submit with an idempotency key twice gives one request", stdin: `{"n": 1}`,
-			args: []string{"submit", "--idempotency-key", "job-42"}, want: exitOK,
+			args: []string{"submit", "--idempotency-key", "job-42"}, want: ExitOK,
 			check: func(t *testing.T, out string) {
 				_, again, _ := runCLIWait(t, cliCall{env: environ, stdin: `{"n": 1}`, args: []string{"submit", "--idempotency-key", "job-42"}})
 				if again != out {
@@ -522,44 +447,44 @@ func TestCLICommands(t *testing.T) {
 				}
 			}},
 
-		{name: "unknown request", args: []string{"status", unknownRequest}, want: exitError,
+		{name: "unknown request", args: []string{"status", unknownRequest}, want: ExitError,
 			wantStderr: []string{"comfygate status: NotFound: "}},
-		{name: "watch of an unknown request", args: []string{"watch", unknownRequest}, want: exitError,
+		{name: "watch of an unknown request", args: []string{"watch", unknownRequest}, want: ExitError,
 			wantStderr: []string{"comfygate watch: NotFound: "}},
-		{name: "wrong API key", env: clientEnv(g.grpcAddr, apiKeyEnv, "cgk-wrong-key-0123456789abcdef"),
-			args: []string{"status", "{ok}"}, want: exitError,
+		{name: "wrong API key", env: clientEnv(g.GRPCAddr, APIKeyEnv, "cgk-wrong-key-0123456789abcdef"),
+			args: []string{"status", "{ok}"}, want: ExitError,
 			wantStderr: []string{"comfygate status: Unauthenticated: missing or unknown API key"}},
-		{name: "no API key", env: clientEnv(g.grpcAddr, apiKeyEnv, ""), stdin: `{}`,
-			args: []string{"submit", "--watch"}, want: exitError,
+		{name: "no API key", env: clientEnv(g.GRPCAddr, APIKeyEnv, ""), stdin: `{}`,
+			args: []string{"submit", "--watch"}, want: ExitError,
 			wantStderr: []string{"comfygate submit: Unauthenticated: "}},
-		{name: "no gateway at the address", env: clientEnv("{closed}"), args: []string{"watch", "{ok}"}, want: exitError,
+		{name: "no gateway at the address", env: clientEnv("{closed}"), args: []string{"watch", "{ok}"}, want: ExitError,
 			wantStderr: []string{"comfygate watch: Unavailable: ", "is the gateway running at"}},
 
-		{name: "help", args: []string{"watch", "--help"}, want: exitOK,
+		{name: "help", args: []string{"watch", "--help"}, want: ExitOK,
 			wantStderr: []string{"Usage: comfygate watch [flags] REQUEST_ID", "--addr host:port", "env COMFYGATE_ADDR", "COMFYGATE_API_KEY", "Exit codes:"}},
-		{name: "no request id", args: []string{"status"}, want: exitUsage,
+		{name: "no request id", args: []string{"status"}, want: ExitUsage,
 			wantStderr: []string{"want one REQUEST_ID, got 0", "Run 'comfygate status --help'"}},
-		{name: "two request ids", args: []string{"result", "{ok}", "{failed}"}, want: exitUsage,
+		{name: "two request ids", args: []string{"result", "{ok}", "{failed}"}, want: ExitUsage,
 			wantStderr: []string{"want one REQUEST_ID, got 2"}},
-		{name: "malformed request id", args: []string{"cancel", "../x"}, want: exitUsage,
+		{name: "malformed request id", args: []string{"cancel", "../x"}, want: ExitUsage,
 			wantStderr: []string{`request id "../x"`}},
-		{name: "no deployment", env: clientEnv(g.grpcAddr, deploymentEnv, ""), args: []string{"status", "{ok}"}, want: exitUsage,
+		{name: "no deployment", env: clientEnv(g.GRPCAddr, DeploymentEnv, ""), args: []string{"status", "{ok}"}, want: ExitUsage,
 			wantStderr: []string{"no deployment: give --deployment or set COMFYGATE_DEPLOYMENT"}},
-		{name: "unknown flag", args: []string{"status", "--verbose", "{ok}"}, want: exitUsage,
+		{name: "unknown flag", args: []string{"status", "--verbose", "{ok}"}, want: ExitUsage,
 			wantStderr: []string{"flag provided but not defined: -verbose"}},
-		{name: "negative timeout", args: []string{"status", "--timeout", "-1s", "{ok}"}, want: exitUsage,
+		{name: "negative timeout", args: []string{"status", "--timeout", "-1s", "{ok}"}, want: ExitUsage,
 			wantStderr: []string{"--timeout must not be negative"}},
-		{name: "submit takes no arguments", args: []string{"submit", "{file}"}, want: exitUsage,
+		{name: "submit takes no arguments", args: []string{"submit", "{file}"}, want: ExitUsage,
 			wantStderr: []string{"give the input with --input FILE"}},
-		{name: "input not JSON", stdin: `{"prompt": }`, args: []string{"submit"}, want: exitUsage,
+		{name: "input not JSON", stdin: `{"prompt": }`, args: []string{"submit"}, want: ExitUsage,
 			wantStderr: []string{"the input (standard input) is not valid JSON: invalid character '}'"}},
-		{name: "input not an object", stdin: `["a", "b"]`, args: []string{"submit"}, want: exitUsage,
+		{name: "input not an object", stdin: `["a", "b"]`, args: []string{"submit"}, want: ExitUsage,
 			wantStderr: []string{"must be a JSON object"}},
-		{name: "empty input", stdin: " \n", args: []string{"submit", "--watch"}, want: exitUsage,
+		{name: "empty input", stdin: " \n", args: []string{"submit", "--watch"}, want: ExitUsage,
 			wantStderr: []string{"is empty"}},
-		{name: "missing input file", args: []string{"submit", "--input", "{missing}"}, want: exitUsage,
+		{name: "missing input file", args: []string{"submit", "--input", "{missing}"}, want: ExitUsage,
 			wantStderr: []string{"reading the input: open "}},
-		{name: "missing CA file", args: []string{"status", "--tls-ca", "{missing}", "{ok}"}, want: exitUsage,
+		{name: "missing CA file", args: []string{"status", "--tls-ca", "{missing}", "{ok}"}, want: ExitUsage,
 			wantStderr: []string{"--tls-ca: open "}},
 	}
 	for _, tc := range tests {
@@ -596,7 +521,7 @@ func TestCLICommands(t *testing.T) {
 					t.Errorf("stderr lacks %q:\n%s", s, errOut)
 				}
 			}
-			if tc.want == exitUsage && len(sim.Submits()) != submitsBefore {
+			if tc.want == ExitUsage && len(sim.Submits()) != submitsBefore {
 				t.Errorf("a usage error reached RunComfy")
 			}
 			if strings.Contains(out+errOut, cliAPIKey) {
@@ -620,20 +545,20 @@ func TestCLIWatchResumesAfterRestart(t *testing.T) {
 	}
 	t.Cleanup(rs.Stop)
 	sim, upstream := cliUpstream(t)
-	setup := gatewaySetup{
-		upstream: upstream, grpcAddr: freeAddr(t), httpAddr: freeAddr(t),
-		args: []string{"--redis-url", rs.URL, "--redis-prefix", redistest.Prefix(t)},
+	setup := gatewaytest.Setup{
+		Upstream: upstream, GRPCAddr: gatewaytest.FreeAddr(t), HTTPAddr: gatewaytest.FreeAddr(t),
+		Args: []string{"--redis-url", rs.URL, "--redis-prefix", redistest.Prefix(t)},
 	}
 	first := startGateway(t, setup)
-	environ := clientEnv(first.grpcAddr, apiKeyEnv, "")
+	environ := clientEnv(first.GRPCAddr, APIKeyEnv, "")
 	id := submitID(t, environ, `{"prompt": "a cat"}`)
 
 	r := startCLI(t, cliCall{env: environ, args: []string{"watch", "--json", id}})
 	r.waitOutput(t, "status_queued")
-	if err := first.stop(); err != nil {
-		t.Fatalf("first gateway: %v; logs:\n%s", err, first.logs)
+	if err := first.Stop(); err != nil {
+		t.Fatalf("first gateway: %v; logs:\n%s", err, first.Logs)
 	}
-	waitUntil(t, "watch notices the drain", func() bool {
+	gatewaytest.WaitUntil(t, "watch notices the drain", func() bool {
 		return strings.Contains(r.stderr.String(), "reconnecting to resume after seq 1")
 	})
 	startGateway(t, setup)
@@ -644,7 +569,7 @@ func TestCLIWatchResumesAfterRestart(t *testing.T) {
 	if err := sim.Advance(id); err != nil {
 		t.Fatal(err)
 	}
-	if code := r.wait(t); code != exitOK {
+	if code := r.wait(t); code != ExitOK {
 		t.Errorf("exit %d, want 0; stderr:\n%s", code, r.stderr)
 	}
 	checkSeqs(t, jsonStates(t, r.stdout.String()),
@@ -660,21 +585,21 @@ func TestCLITLS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, pool := selfSignedCert(t, dir)
 	_, upstream := cliUpstream(t)
-	g := startGateway(t, gatewaySetup{
-		upstream: upstream,
-		args:     []string{"--tls-cert", certFile, "--tls-key", keyFile},
-		probeTLS: &tls.Config{RootCAs: pool},
+	g := startGateway(t, gatewaytest.Setup{
+		Upstream: upstream,
+		Args:     []string{"--tls-cert", certFile, "--tls-key", keyFile},
+		ProbeTLS: &tls.Config{RootCAs: pool},
 	})
-	environ := clientEnv(g.grpcAddr, apiKeyEnv, "")
+	environ := clientEnv(g.GRPCAddr, APIKeyEnv, "")
 	tests := []struct {
 		name       string
 		args       []string
 		want       int
 		wantStderr string
 	}{
-		{"verified by --tls-ca", []string{"submit", "--tls-ca", certFile}, exitOK, ""},
-		{"system roots do not know the certificate", []string{"submit", "--tls"}, exitError, "certificate"},
-		{"plaintext", []string{"submit"}, exitError, "Unavailable"},
+		{"verified by --tls-ca", []string{"submit", "--tls-ca", certFile}, ExitOK, ""},
+		{"system roots do not know the certificate", []string{"submit", "--tls"}, ExitError, "certificate"},
+		{"plaintext", []string{"submit"}, ExitError, "Unavailable"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -692,81 +617,4 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string, pool *x
 	c := testcert.New(t)
 	certFile, keyFile = c.WriteFiles(t, dir)
 	return certFile, keyFile, c.Roots
-}
-
-// mainHelperEnv makes TestMainHelper act as the comfygate binary.
-const mainHelperEnv = "COMFYGATE_TEST_RUN_MAIN"
-
-// TestMainHelper is not a test: run by TestMainDispatchesCommands as a child
-// process (the os/exec pattern), it runs main with the arguments after "--",
-// so the real dispatch and exit codes are tested without linking a binary.
-func TestMainHelper(t *testing.T) {
-	if os.Getenv(mainHelperEnv) != "1" {
-		t.Skip("runs only as a child of TestMainDispatchesCommands")
-	}
-	for i, a := range os.Args {
-		if a == "--" {
-			os.Args = append([]string{"comfygate"}, os.Args[i+1:]...)
-			break
-		}
-	}
-	main()
-	os.Exit(0) // the server's --help returns from main
-}
-
-// TestMainDispatchesCommands runs the client commands through main in a process
-// of their own: main dispatches on the first argument, exit codes reach the
-// shell, and with no command (or a flag first) the binary is still the server.
-func TestMainDispatchesCommands(t *testing.T) {
-	sim, upstream := cliUpstream(t)
-	g := startGateway(t, gatewaySetup{upstream: upstream})
-	run := func(stdin string, args ...string) (int, string, string) {
-		t.Helper()
-		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestMainHelper$", "--"}, args...)...)
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, envPrefix) {
-				cmd.Env = append(cmd.Env, kv)
-			}
-		}
-		cmd.Env = append(cmd.Env, mainHelperEnv+"=1", addrEnv+"="+g.grpcAddr, deploymentEnv+"="+cliDeployment)
-		cmd.Stdin = strings.NewReader(stdin)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var exitErr *exec.ExitError
-		if err != nil && !errors.As(err, &exitErr) {
-			t.Fatal(err)
-		}
-		return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
-	}
-
-	code, out, errOut := run(`{"prompt": "fail"}`, "submit")
-	id := strings.TrimSpace(out)
-	if code != exitOK || !runcomfy.ValidID(id) {
-		t.Fatalf("submit: exit %d, stdout %q, stderr %q", code, out, errOut)
-	}
-	for range 2 {
-		if err := sim.Advance(id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tests := []struct {
-		name       string
-		args       []string
-		want       int
-		wantOutput string
-	}{
-		{"watch of a failed request", []string{"watch", id}, exitFailed, "error: ValueError: the prompt is empty"},
-		{"usage error", []string{"result"}, exitUsage, "want one REQUEST_ID"},
-		{"the server's help is unchanged", []string{"--help"}, exitOK, "Usage: comfygate [flags]"},
-		{"a flag first is the server", []string{"--grpc-addr", "nope", "status"}, 1, "unexpected arguments"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			code, out, errOut := run("", tc.args...)
-			if code != tc.want || !strings.Contains(out+errOut, tc.wantOutput) {
-				t.Errorf("exit %d, want %d with %q; stdout %q, stderr %q", code, tc.want, tc.wantOutput, out, errOut)
-			}
-		})
-	}
 }

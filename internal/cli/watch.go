@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -76,7 +76,7 @@ func (c *cli) watch(ctx context.Context, id string, first *comfygatev1.RequestSt
 	// events is closed: last and err are set.
 	if err != nil {
 		v.end(nil)
-		return exitError, err
+		return ExitError, err
 	}
 	v.end(last)
 	return watchExitCode(last), nil

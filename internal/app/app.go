@@ -1,0 +1,329 @@
+// Package app builds the gateway from its configuration and runs it: the
+// parts (upstream client, state, tracker, reconciler, webhook handler,
+// service, listeners) are all built by New, which starts nothing, and served
+// by Run. main parses the configuration and calls these two.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/webhook"
+)
+
+// App is a gateway built and ready to serve.
+type App struct {
+	log        *slog.Logger
+	sim        *simulator // nil without --simulate
+	backend    *backend   // where the state is kept
+	hub        *state.Hub // the watchers of this replica
+	reconciler *state.Reconciler
+	srv        *server.Server
+	dbg        *debugServer // nil without --debug-addr
+	// reload, when set, reloads the API keys on SIGHUP until its context ends.
+	reload func(context.Context) error
+	// release undoes what New acquired that Run does not stop by itself:
+	// the signal subscription and the tracer, flushed last.
+	release []func()
+}
+
+// New builds every part of the gateway from cfg, opening its listeners, and
+// starts nothing: any error (a port in use, a certificate that does not load)
+// comes back here, with what was built released, before a goroutine of the
+// gateway's runs. ctx bounds the start-up calls (the tracer's set-up, the
+// look at Redis's persistence). cfg must have passed Validate (ParseConfig
+// does it).
+func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = new(*cfg) // the simulator may fill in the public URL
+	a := &App{log: log}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	if cfg.webhookSecretFlag {
+		log.Warn("--webhook-secret on the command line shows in process listings; use --webhook-secret-file or COMFYGATE_WEBHOOK_SECRET")
+	}
+	if cfg.webhookSecretFileOpen {
+		log.Warn("--webhook-secret-file may be read by other users than its owner; chmod 600 it", "file", cfg.WebhookSecretFile)
+	}
+
+	tp, stopTracing, err := newTracer(ctx, cfg.Tracing)
+	if err != nil {
+		return nil, err
+	}
+	a.release = append(a.release, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("flushing traces failed", "error", err)
+		}
+	})
+	// An interface holding a nil *sdktrace.TracerProvider is not nil: the
+	// parts are given a nil interface unless there is a tracer.
+	var tracer trace.TracerProvider
+	if tp != nil {
+		tracer = tp
+	}
+
+	upstreamURL, token := cfg.RunComfyURL, cfg.RunComfyToken
+	if cfg.Simulate {
+		if cfg.PublicURL == "" {
+			// Let the simulator call back this gateway, so that `make run`
+			// shows live updates with no further setup.
+			cfg.PublicURL = cfg.selfURL()
+			if len(cfg.WebhookSecrets) == 0 {
+				cfg.WebhookSecrets = []string{randomSecret()}
+			}
+		}
+		if a.sim, err = newSimulator(log.With("component", "simulator"), token); err != nil {
+			return nil, err
+		}
+		upstreamURL, token = a.sim.url, a.sim.token
+	}
+
+	reg := newRegistry()
+	upstream := cfg.upstreamConfig(upstreamURL, token)
+	upstream.Observe = upstreamLatency(reg)
+	upstream.Tracer = tracer
+	client, err := runcomfy.New(upstream)
+	if err != nil {
+		return nil, err
+	}
+	// The poller retries nothing itself: a failed poll is simply due again
+	// later, and a 429 must pause every poll at once rather than after the
+	// client has waited out its own retries.
+	upstream.MaxRetries = -1
+	pollClient, err := runcomfy.New(upstream)
+	if err != nil {
+		return nil, err
+	}
+
+	if a.backend, err = newBackend(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	metrics := server.NewMetrics(reg)
+	limitsCfg := cfg.limitsConfig()
+	limitsCfg.Rates, limitsCfg.Metrics = a.backend.rates, metrics
+	limits, err := server.NewTenantLimits(limitsCfg)
+	if err != nil {
+		return nil, err
+	}
+	tracker, err := state.NewTracker(state.TrackerConfig{
+		Store: a.backend.store, Results: client, Retention: cfg.Retention,
+		Schedule: a.backend.schedule, PollInterval: cfg.PollInterval,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if a.hub, err = state.NewHub(a.backend.bus, 0); err != nil {
+		return nil, err
+	}
+	a.reconciler, err = state.NewReconciler(state.ReconcilerConfig{
+		Schedule:    a.backend.schedule,
+		Tracker:     tracker,
+		Upstream:    pollClient,
+		Watching:    a.hub.IsWatching,
+		Watched:     a.hub.Watched,
+		Interval:    cfg.PollInterval,
+		Concurrency: cfg.PollConcurrency,
+		Retention:   cfg.Retention,
+		Owner:       replicaName(),
+		Logger:      log.With("component", "reconciler"),
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	svcCfg := server.ServiceConfig{
+		Upstream: client, Logger: log, Metrics: metrics, Limits: limits,
+		Tracker: tracker, Watches: a.hub, Polls: a.reconciler, Idempotency: a.backend.idem,
+		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout,
+		// The submit's own deadline outlasts the upstream call's, so that it
+		// is the client's timeout, not this one, that ends a slow submit.
+		SubmitTimeout: max(time.Minute, cfg.UpstreamTimeout+time.Second),
+	}
+	if a.backend.pinger != nil {
+		svcCfg.Backend = a.backend.pinger
+	}
+	srvCfg := server.Config{
+		GRPCAddr:             cfg.GRPCAddr,
+		HTTPAddr:             cfg.HTTPAddr,
+		ShutdownTimeout:      cfg.ShutdownTimeout,
+		MaxBodyBytes:         cfg.MaxBodyBytes,
+		MaxConcurrentStreams: uint32(cfg.MaxStreams),
+		Logger:               log,
+		Routes:               map[string]http.Handler{},
+		Metrics:              metrics,
+		Limits:               limits,
+		Tracer:               tracer,
+		ReadTimeout:          cfg.ReadTimeout,
+		IdleTimeout:          cfg.IdleTimeout,
+		MaxConnectionIdle:    cfg.MaxConnectionIdle,
+		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,
+		MaxConnections:       cfg.MaxConnections,
+	}
+	if a.backend.pinger != nil {
+		srvCfg.Ready = a.backend.pinger.Ping
+	}
+	if srvCfg.TLS, err = cfg.tlsConfig(); err != nil {
+		return nil, err
+	}
+	if cfg.APIKeysFile != "" {
+		if srvCfg.Auth, err = a.watchKeys(cfg.APIKeysFile); err != nil {
+			return nil, err
+		}
+		log.Info("client API keys required", "file", cfg.APIKeysFile)
+	} else {
+		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
+	}
+	var hook *webhook.Handler
+	if cfg.PublicURL != "" {
+		signer, err := webhook.NewSigner(cfg.WebhookSecrets)
+		if err != nil {
+			return nil, err
+		}
+		if svcCfg.Callbacks, err = webhook.NewURLs(cfg.PublicURL, signer); err != nil {
+			return nil, err
+		}
+		if hook, err = webhook.NewHandler(signer, tracker, log, tracer); err != nil {
+			return nil, err
+		}
+		srvCfg.Routes[webhook.PathPrefix] = hook
+	}
+	registerStateMetrics(reg, tracker, a.reconciler, hook, a.backend.reconnects)
+	svc, err := server.NewService(svcCfg)
+	if err != nil {
+		return nil, err
+	}
+	srvCfg.Drain = svc.Drain
+	if cfg.DebugAddr != "" {
+		if a.dbg, err = newDebugServer(cfg.DebugAddr); err != nil {
+			return nil, err
+		}
+	}
+	if a.srv, err = server.New(srvCfg, svc); err != nil {
+		return nil, err
+	}
+	if a.sim != nil {
+		log.Info("simulating RunComfy", "url", a.sim.url, "callbacks_to", cfg.PublicURL)
+	}
+	return a, nil
+}
+
+// watchKeys loads the API keys and catches SIGHUP, for good: its default
+// action would kill the gateway, even during the drain. The reloads
+// themselves start with Run.
+func (a *App) watchKeys(file string) (*auth.Keys, error) {
+	keys, err := auth.Load(file)
+	if err != nil {
+		return nil, err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	a.release = append(a.release, func() { signal.Stop(hup) })
+	a.reload = func(ctx context.Context) error { return reloadOnHangup(ctx, hup, keys, a.log) }
+	return keys, nil
+}
+
+// Run serves until ctx ends, then drains (server.Server.Run) and stops every
+// part. It returns the first part's failure, if any; it is called once.
+func (a *App) Run(ctx context.Context) error {
+	defer a.releaseAll()
+	g, gctx := errgroup.WithContext(ctx)
+	// The simulator and the bus outlive the drain, whose in-flight calls
+	// still reach RunComfy and publish: they stop once the server has.
+	after, stopAfter := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAfter()
+	if a.sim != nil {
+		g.Go(func() error { return a.sim.run(after) })
+	}
+	if a.backend.run != nil {
+		g.Go(func() error { return a.backend.run(after, a.hub) })
+	}
+	if a.reload != nil {
+		g.Go(func() error { return a.reload(gctx) })
+	}
+	if a.dbg != nil {
+		g.Go(func() error { return a.dbg.run(gctx, a.log) })
+	}
+	g.Go(func() error { return a.reconciler.Run(gctx) })
+	g.Go(func() error {
+		defer stopAfter()
+		return a.srv.Run(gctx)
+	})
+	return g.Wait()
+}
+
+// close releases what New built, for a start that failed.
+func (a *App) close() {
+	if a.dbg != nil {
+		a.dbg.lis.Close()
+	}
+	if a.sim != nil {
+		a.sim.close()
+	}
+	if a.backend != nil && a.backend.close != nil {
+		a.backend.close()
+	}
+	a.releaseAll()
+}
+
+// releaseAll runs the releases in reverse order, once.
+func (a *App) releaseAll() {
+	for i := len(a.release) - 1; i >= 0; i-- {
+		a.release[i]()
+	}
+	a.release = nil
+}
+
+// reloadOnHangup reloads the API keys on every signal on hup until ctx ends. A
+// file that does not load leaves the keys in use unchanged. hup stays notified
+// until Run returns, so a SIGHUP during the drain is ignored rather than fatal.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, keys *auth.Keys, log *slog.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if err := keys.Reload(); err != nil {
+				log.Error("API keys not reloaded; the previous keys stay in use", "error", err)
+				continue
+			}
+			log.Info("API keys reloaded")
+		}
+	}
+}
+
+// replicaName names this process in poll leases: host, pid and a random part,
+// unique even across restarts that reuse a pid.
+func replicaName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomSecret()[:8])
+}
+
+// randomSecret makes a webhook secret for a gateway that only talks to its own
+// simulator.
+func randomSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b)
+}

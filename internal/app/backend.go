@@ -1,0 +1,98 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/state/memory"
+	"github.com/comfygate/comfygate/state/redisstore"
+)
+
+// backend is where the gateway keeps its state: in this process, or in Redis
+// shared by every replica. Adding a store is one more constructor here.
+type backend struct {
+	store    state.Store
+	bus      state.Bus
+	schedule state.Schedule
+	idem     state.Idempotency
+	// rates keeps the submit and read buckets; nil keeps them in this
+	// process.
+	rates server.RateLimiter
+	// pinger, when set, is asked whether a record can be written now
+	// (/readyz, Submit).
+	pinger *redisstore.Backend
+	// reconnects counts pub/sub reconnects; nil when there is no
+	// connection to lose.
+	reconnects func() int64
+	// run, when set, serves the bus until its context ends.
+	run func(context.Context, *state.Hub) error
+	// close releases a backend that never ran.
+	close func()
+}
+
+// newBackend builds the backend cfg names. It starts nothing.
+func newBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend, error) {
+	if cfg.RedisURL == "" {
+		return memoryBackend(), nil
+	}
+	return redisBackend(ctx, cfg, log)
+}
+
+// memoryBackend keeps everything in this process: one replica, nothing kept
+// across restarts.
+func memoryBackend() *backend {
+	mem := memory.New(nil)
+	return &backend{store: mem, bus: mem, schedule: mem, idem: mem}
+}
+
+// redisBackend keeps everything in the Redis of --redis-url.
+func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend, error) {
+	opts, err := cfg.redisOptions()
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(opts)
+	rs, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis"), CallTimeout: cfg.RedisTimeout})
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
+	checkPersistence(ctx, rs, log)
+	return &backend{
+		store: rs, bus: rs, schedule: rs, idem: rs,
+		rates:      rs.RateLimiter(),
+		pinger:     rs,
+		reconnects: rs.Reconnects,
+		run: func(ctx context.Context, hub *state.Hub) error {
+			defer rdb.Close()
+			return rs.Run(ctx, func(ctx context.Context) error { return hub.Resync(ctx, rs) })
+		},
+		close: func() { rdb.Close() },
+	}, nil
+}
+
+// persistenceCheckTimeout bounds the start-up look at Redis's settings: a
+// Redis that is down now is reported by /readyz, not here.
+const persistenceCheckTimeout = 2 * time.Second
+
+// checkPersistence warns when Redis keeps nothing on disk: a restart of it then
+// loses every record, idempotency key and poll schedule (README, Operations).
+func checkPersistence(ctx context.Context, rs *redisstore.Backend, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, persistenceCheckTimeout)
+	defer cancel()
+	p, err := rs.Persistence(ctx)
+	switch {
+	case err != nil:
+		log.Info("Redis persistence not known (CONFIG GET refused or unanswered); make sure AOF or RDB is on", "error", err)
+	case !p.AOF && !p.RDB:
+		log.Warn("Redis keeps nothing on disk (no AOF, no RDB snapshots): a restart of Redis loses every request record, idempotency key and poll schedule; turn on appendonly")
+	default:
+		log.Info("Redis persistence", "aof", p.AOF, "rdb", p.RDB)
+	}
+}
