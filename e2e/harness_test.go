@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -181,20 +179,30 @@ type clusterConfig struct {
 	queueTime, runTime time.Duration
 	// proxied puts a redisProxy of its own between each replica and Redis.
 	proxied bool
+	// pollInterval, when set, is every replica's --poll-interval.
+	pollInterval time.Duration
+	// pollOnly leaves out --public-url: the replicas ask for no callbacks
+	// and learn every state by polling.
+	pollOnly bool
 	// args are more flags for every replica.
 	args []string
 }
 
 // cluster is a simulator, three replicas A, B and C on one Redis, the load
-// balancer their callbacks come through, and a counting proxy between the
-// replicas and the simulator.
+// balancer their callbacks come through, and the upstream proxy between the
+// replicas and the simulator, which counts submits and records (and can slow
+// or throttle) every status call.
 type cluster struct {
 	redis   *redistest.Server
 	rdb     *redis.Client // the test's own Redis client
 	prefix  string
 	sim     *process
 	lb      *balancer
+	up      *upstream
 	submits atomic.Int64 // submit calls that reached the simulator
+	// simURL is the simulator itself, for requests submitted by "another
+	// tool" on the same RunComfy account.
+	simURL  string
 	a, b, c *gateway
 	httpc   *http.Client
 }
@@ -213,7 +221,7 @@ type gateway struct {
 
 // newCluster starts everything, waits until every replica is ready, and stops
 // everything when t ends; if t failed (or E2E_LOGS is set), every process's log
-// is printed.
+// is printed. Every e2e test with replicas starts them here.
 func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
 	if cfg.redis == nil {
@@ -232,15 +240,23 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	)
 	t.Cleanup(func() {
 		// The clients first (ending any stream still open, so the replicas
-		// drain at once), then the processes in reverse order of start
-		// (replicas, then the simulator), then the test's own servers.
+		// drain at once), then the replicas all at once (a replica built
+		// with the race detector lingers a second at exit), then the
+		// simulator, then the test's own servers.
 		for _, g := range c.gateways() {
 			if g != nil {
 				g.conn.Close()
 			}
 		}
-		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].stop()
+		var wg sync.WaitGroup
+		for _, p := range procs {
+			if p != c.sim {
+				wg.Go(p.stop)
+			}
+		}
+		wg.Wait()
+		if c.sim != nil {
+			c.sim.stop()
 		}
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
@@ -250,28 +266,9 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	})
 
 	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim)
-
-	// The replicas reach the simulator through a proxy that counts submits,
-	// so a test can tell that a refused Submit never reached RunComfy.
-	simURL := &url.URL{Scheme: "http", Host: simAddr}
-	proxyTr := &http.Transport{}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(simURL)
-			r.Out.Host = r.In.Host // the simulator writes result URLs from Host
-		},
-		Transport: proxyTr,
-	}
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference") {
-			c.submits.Add(1)
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	cleanups = append(cleanups, func() {
-		upstream.Close()
-		proxyTr.CloseIdleConnections()
-	})
+	c.simURL = "http://" + simAddr
+	c.up = newUpstream(&url.URL{Scheme: "http", Host: simAddr}, &c.submits)
+	cleanups = append(cleanups, c.up.close)
 
 	c.lb = newBalancer()
 	cleanups = append(cleanups, c.lb.close)
@@ -284,27 +281,88 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 			cleanups = append(cleanups, g.redis.close)
 			redisURL = "redis://" + g.redis.addr() + "/0"
 		}
-		g.proc = launch(ctx, t, "replica "+name, func() *process {
-			g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
-			p := startProcess(t, "replica "+name, gatewayBin, append([]string{
-				"--runcomfy-url", upstream.URL,
-				"--redis-url", redisURL,
-				"--redis-prefix", c.prefix,
-				"--grpc-addr", g.grpcAddr,
-				"--http-addr", g.httpAddr,
-				"--public-url", c.lb.srv.URL,
-				"--webhook-secret", webhookSecret,
-				"--upstream-timeout", "5s",
-				"--shutdown-timeout", "2s",
-			}, cfg.args...), "RUNCOMFY_API_TOKEN="+simToken)
-			procs = append(procs, p)
-			return p
-		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })
+		// Each replica has an upstream address of its own, so the proxy
+		// knows which replica made each call.
+		args := []string{
+			"--runcomfy-url", c.up.listen(name),
+			"--redis-url", redisURL,
+			"--redis-prefix", c.prefix,
+			"--upstream-timeout", "5s",
+		}
+		if !cfg.pollOnly {
+			args = append(args, "--public-url", c.lb.srv.URL, "--webhook-secret", webhookSecret)
+		}
+		if cfg.pollInterval > 0 {
+			args = append(args, "--poll-interval", cfg.pollInterval.String())
+		}
+		launchReplica(ctx, t, g, gatewayBin, append(args, cfg.args...), []string{"RUNCOMFY_API_TOKEN=" + simToken}, &procs)
+		c.up.replicaPID(g.proc.cmd.Process.Pid, name)
 		c.join(t, g)
 	}
 	// Callbacks go to B; A and C get the same callback at the same instant.
 	c.lb.setTargets(c.b, c.a, c.c)
+	// The proxy notes who holds the lease of each status call's request.
+	rdb, prefix := c.rdb, c.prefix
+	c.up.mu.Lock()
+	c.up.holderOf = func(requestID string) string {
+		gctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		owner, err := rdb.Get(gctx, redisstore.LeaseKey(prefix, requestID)).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			return ""
+		case err != nil:
+			return "unknown: " + err.Error()
+		}
+		pid, ok := leasePID(owner)
+		if !ok {
+			return "unknown owner " + owner
+		}
+		return c.up.replicaOf(pid)
+	}
+	c.up.mu.Unlock()
 	return c
+}
+
+// launchReplica starts gateway g from bin with args (and env) on fresh ports,
+// waits until it is ready, and appends each process it starts to procs, for
+// the caller to stop. A cluster's replicas and a test's lone gateway start
+// here.
+func launchReplica(ctx context.Context, t *testing.T, g *gateway, bin string, args, env []string, procs *[]*process) {
+	t.Helper()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	name := "replica " + g.name
+	g.proc = launch(ctx, t, name, func() *process {
+		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
+		p := startProcess(t, name, bin, append([]string{
+			"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--shutdown-timeout", "2s",
+		}, args...), env...)
+		*procs = append(*procs, p)
+		return p
+	}, func() bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/readyz", nil)
+		if err != nil {
+			return false
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// byPID returns the replica whose process has pid, or nil.
+func (c *cluster) byPID(pid int) *gateway {
+	for _, g := range c.gateways() {
+		if g.proc.cmd.Process.Pid == pid {
+			return g
+		}
+	}
+	return nil
 }
 
 func (c *cluster) gateways() []*gateway { return []*gateway{c.a, c.b, c.c} }
@@ -360,7 +418,7 @@ func (c *cluster) recordSeq(ctx context.Context, t *testing.T, requestID string)
 // it.
 func (c *cluster) subscribers(ctx context.Context, t *testing.T, requestID string) int64 {
 	t.Helper()
-	ch := c.prefix + "events:{" + requestID + "}"
+	ch := redisstore.Channel(c.prefix, requestID)
 	n, err := c.rdb.PubSubNumSub(ctx, ch).Result()
 	if err != nil {
 		t.Fatalf("PUBSUB NUMSUB: %v", err)

@@ -33,7 +33,7 @@ const (
 // polled by two replicas at once.
 func TestPollOnlyReplicasReachSuccess(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval, pollOnly: true})
 
 	rid := c.submit(ctx, t, c.a)
 	for _, q := range c.up.submitted() {
@@ -123,7 +123,7 @@ func checkLeased(t *testing.T, calls []statusCall, t0 time.Time) {
 // often. Once finished, a request is no longer polled.
 func TestPollOneReplicaAtATime(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval, pollOnly: true})
 	c.up.setStatusDelay(200 * time.Millisecond)
 
 	type job struct {
@@ -203,7 +203,7 @@ func TestPollOneReplicaAtATime(t *testing.T) {
 // delay at the proxy; later polls are answered at once.)
 func TestPollLeaseOfKilledReplicaIsTakenOver(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: 500 * time.Millisecond, runTime: 500 * time.Millisecond, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: 500 * time.Millisecond, runTime: 500 * time.Millisecond, pollInterval: pollInterval, pollOnly: true})
 	// A slow first poll: still in flight when its replica dies.
 	c.up.setStatusDelay(2 * time.Second)
 
@@ -279,7 +279,7 @@ func TestPollLeaseOfKilledReplicaIsTakenOver(t *testing.T) {
 // request succeeds.
 func TestPollRateLimitSlowsThePoller(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval, pollOnly: true})
 	c.up.throttle(3*time.Second, "2")
 
 	var watchers []*watcher
@@ -351,9 +351,9 @@ func checkRetryAfterHonoured(t *testing.T, calls []statusCall, retryAfter time.D
 // made.
 func TestCallbacksFlowingNoPolls(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{
+	c := newCluster(ctx, t, clusterConfig{
 		queueTime: 300 * time.Millisecond, runTime: 300 * time.Millisecond,
-		pollInterval: 5 * time.Second, callbacks: true,
+		pollInterval: 5 * time.Second,
 	})
 	gs := c.gateways()
 	var watchers []*watcher
@@ -390,7 +390,7 @@ func TestCallbacksFlowingNoPolls(t *testing.T) {
 // success (nobody asked RunComfy for a callback of them).
 func TestAttachOverGRPCAndREST(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: pollQueueTime, runTime: pollRunTime, pollInterval: pollInterval, pollOnly: true})
 
 	viaWatchGRPC := c.submitDirect(ctx, t)
 	viaWatchREST := c.submitDirect(ctx, t)
@@ -481,7 +481,7 @@ func TestAttachOverGRPCAndREST(t *testing.T) {
 // falls due, and waits too.
 func TestPollRateLimitPausesWholeReplica(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: 300 * time.Millisecond, runTime: 300 * time.Millisecond, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: 300 * time.Millisecond, runTime: 300 * time.Millisecond, pollInterval: pollInterval, pollOnly: true})
 	var wg sync.WaitGroup
 	wg.Go(c.b.proc.stop)
 	wg.Go(c.c.proc.stop)
@@ -525,7 +525,7 @@ func TestPollRateLimitPausesWholeReplica(t *testing.T) {
 // the lease's end, or its lease extended).
 func TestPollSlowerThanLease(t *testing.T) {
 	ctx := setup(t)
-	c := newPollCluster(ctx, t, pollConfig{queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond, pollInterval: pollInterval})
+	c := newCluster(ctx, t, clusterConfig{queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond, pollInterval: pollInterval, pollOnly: true})
 	c.up.setStatusDelay(3 * time.Second)
 	c.up.setResultDelay(3 * time.Second)
 

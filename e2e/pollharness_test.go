@@ -22,147 +22,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/comfygate/comfygate/internal/redistest"
 	"github.com/comfygate/comfygate/state/redisstore"
 )
-
-// The reconciler's tests need what newCluster does not vary: replicas with
-// --poll-interval and without --public-url, and an upstream proxy that slows,
-// throttles and tells apart the status calls of each replica. newPollCluster
-// starts the same processes as newCluster (and fills the same cluster, so its
-// helpers and the watcher work unchanged), with those differences.
-
-// pollConfig varies what newPollCluster starts.
-type pollConfig struct {
-	// queueTime and runTime are the simulator's job timings.
-	queueTime, runTime time.Duration
-	// pollInterval is every replica's --poll-interval.
-	pollInterval time.Duration
-	// callbacks gives the replicas the balancer as --public-url, so they ask
-	// for callbacks; without it they run poll-only.
-	callbacks bool
-}
-
-// pollCluster is a cluster whose replicas reach the simulator through an
-// upstream of the test's.
-type pollCluster struct {
-	*cluster
-	up *upstream
-	// simURL is the simulator itself, for requests submitted by "another
-	// tool" on the same RunComfy account.
-	simURL string
-}
-
-// newPollCluster starts the simulator and replicas A, B and C on the shared
-// Redis under a prefix of the test's, waits until every replica is ready, and
-// stops everything when t ends, printing every log if t failed (or E2E_LOGS is
-// set).
-func newPollCluster(ctx context.Context, t *testing.T, cfg pollConfig) *pollCluster {
-	t.Helper()
-	tr := &http.Transport{}
-	c := &pollCluster{cluster: &cluster{
-		redis:  sharedRedis,
-		rdb:    sharedRedis.Client(t),
-		prefix: redistest.Prefix(t),
-		httpc:  &http.Client{Transport: tr, Timeout: 10 * time.Second},
-	}}
-	var (
-		procs    []*process
-		cleanups []func()
-	)
-	t.Cleanup(func() {
-		for _, g := range c.gateways() {
-			if g != nil {
-				g.conn.Close()
-			}
-		}
-		// The replicas at once (a replica built with the race detector
-		// lingers a second at exit), then the simulator.
-		var wg sync.WaitGroup
-		for _, p := range procs {
-			if p != c.sim {
-				wg.Go(p.stop)
-			}
-		}
-		wg.Wait()
-		if c.sim != nil {
-			c.sim.stop()
-		}
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-		tr.CloseIdleConnections()
-		checkLogs(t, procs)
-	})
-
-	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim)
-	c.simURL = "http://" + simAddr
-	c.up = newUpstream(&url.URL{Scheme: "http", Host: simAddr}, &c.submits)
-	cleanups = append(cleanups, c.up.close)
-
-	c.lb = newBalancer()
-	cleanups = append(cleanups, c.lb.close)
-
-	for _, name := range []string{"A", "B", "C"} {
-		g := &gateway{name: name}
-		// Each replica has an upstream address of its own, so the proxy
-		// knows which replica made each call.
-		upURL := c.up.listen(name)
-		g.proc = launch(ctx, t, "replica "+name, func() *process {
-			g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
-			args := []string{
-				"--runcomfy-url", upURL,
-				"--redis-url", c.redis.URL,
-				"--redis-prefix", c.prefix,
-				"--grpc-addr", g.grpcAddr,
-				"--http-addr", g.httpAddr,
-				"--upstream-timeout", "5s",
-				"--shutdown-timeout", "2s",
-				"--poll-interval", cfg.pollInterval.String(),
-			}
-			if cfg.callbacks {
-				args = append(args, "--public-url", c.lb.srv.URL, "--webhook-secret", webhookSecret)
-			}
-			p := startProcess(t, "replica "+name, gatewayBin, args, "RUNCOMFY_API_TOKEN="+simToken)
-			procs = append(procs, p)
-			return p
-		}, func() bool { return c.readyz(ctx, g) == http.StatusOK })
-		c.up.replicaPID(g.proc.cmd.Process.Pid, name)
-		c.join(t, g)
-	}
-	c.lb.setTargets(c.b, c.a, c.c)
-	// The proxy notes who holds the lease of each status call's request.
-	rdb, prefix := c.rdb, c.prefix
-	c.up.mu.Lock()
-	c.up.holderOf = func(requestID string) string {
-		gctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		owner, err := rdb.Get(gctx, redisstore.LeaseKey(prefix, requestID)).Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-			return ""
-		case err != nil:
-			return "unknown: " + err.Error()
-		}
-		pid, ok := leasePID(owner)
-		if !ok {
-			return "unknown owner " + owner
-		}
-		return c.up.replicaOf(pid)
-	}
-	c.up.mu.Unlock()
-	return c
-}
-
-// byPID returns the replica whose process has pid, or nil.
-func (c *pollCluster) byPID(pid int) *gateway {
-	for _, g := range c.gateways() {
-		if g.proc.cmd.Process.Pid == pid {
-			return g
-		}
-	}
-	return nil
-}
 
 // ---- the upstream proxy ----
 
@@ -504,7 +365,7 @@ func describeCalls(calls []statusCall, t0 time.Time) string {
 
 // rank reads the record's rank (1 queued, 2 running, 3 finished), 0 without a
 // record.
-func (c *pollCluster) rank(ctx context.Context, t *testing.T, requestID string) int {
+func (c *cluster) rank(ctx context.Context, t *testing.T, requestID string) int {
 	t.Helper()
 	r, err := c.rdb.HGet(ctx, redisstore.RecordKey(c.prefix, requestID), "rank").Int()
 	if errors.Is(err, redis.Nil) {
@@ -517,7 +378,7 @@ func (c *pollCluster) rank(ctx context.Context, t *testing.T, requestID string) 
 }
 
 // scheduled reports whether the request is in the poll schedule.
-func (c *pollCluster) scheduled(ctx context.Context, t *testing.T, requestID string) bool {
+func (c *cluster) scheduled(ctx context.Context, t *testing.T, requestID string) bool {
 	t.Helper()
 	_, err := c.rdb.ZScore(ctx, redisstore.PendingKey(c.prefix), requestID).Result()
 	if errors.Is(err, redis.Nil) {
@@ -531,7 +392,7 @@ func (c *pollCluster) scheduled(ctx context.Context, t *testing.T, requestID str
 
 // lease returns the owner of the request's poll lease and its remaining time
 // to live; "" when nobody holds it.
-func (c *pollCluster) lease(ctx context.Context, t *testing.T, requestID string) (string, time.Duration) {
+func (c *cluster) lease(ctx context.Context, t *testing.T, requestID string) (string, time.Duration) {
 	t.Helper()
 	key := redisstore.LeaseKey(c.prefix, requestID)
 	owner, err := c.rdb.Get(ctx, key).Result()
@@ -568,7 +429,7 @@ func leasePID(owner string) (int, bool) {
 
 // submitDirect starts a job on the simulator without any gateway, as another
 // tool on the same RunComfy account would, and returns its id.
-func (c *pollCluster) submitDirect(ctx context.Context, t *testing.T) string {
+func (c *cluster) submitDirect(ctx context.Context, t *testing.T) string {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
 		c.simURL+"/prod/v1/deployments/"+deployment+"/inference",
@@ -608,7 +469,7 @@ func (s restState) pair() string {
 }
 
 // restGetStatus calls GET /v1/deployments/{d}/requests/{r} on g.
-func (c *pollCluster) restGetStatus(ctx context.Context, t *testing.T, g *gateway, requestID string) (int, restState) {
+func (c *cluster) restGetStatus(ctx context.Context, t *testing.T, g *gateway, requestID string) (int, restState) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
 		"http://"+g.httpAddr+"/v1/deployments/"+deployment+"/requests/"+requestID, nil)
@@ -644,7 +505,7 @@ type restWatcher struct {
 }
 
 // restWatch opens GET /v1/deployments/{d}/requests/{r}:watch on g.
-func (c *pollCluster) restWatch(ctx context.Context, t *testing.T, name string, g *gateway, requestID string) *restWatcher {
+func (c *cluster) restWatch(ctx context.Context, t *testing.T, name string, g *gateway, requestID string) *restWatcher {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
 		"http://"+g.httpAddr+"/v1/deployments/"+deployment+"/requests/"+requestID+":watch", nil)

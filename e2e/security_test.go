@@ -123,22 +123,7 @@ func launchGateway(ctx context.Context, t *testing.T, bin string, args []string,
 		}
 		checkLogs(t, procs)
 	})
-	hc := &http.Client{Timeout: 5 * time.Second}
-	g.proc = launch(ctx, t, "gateway", func() *process {
-		g.grpcAddr, g.httpAddr = freeAddr(t), freeAddr(t)
-		p := startProcess(t, "gateway", bin, append([]string{
-			"--grpc-addr", g.grpcAddr, "--http-addr", g.httpAddr, "--shutdown-timeout", "2s",
-		}, args...), env...)
-		procs = append(procs, p)
-		return p
-	}, func() bool {
-		resp, err := hc.Get("http://" + g.httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	launchReplica(ctx, t, g, bin, args, env, &procs)
 	return g
 }
 

@@ -40,6 +40,11 @@ func LeaseKey(prefix, requestID string) string {
 	return prefix + "lease:{" + requestID + "}"
 }
 
+// Channel is the pub/sub channel of a request's updates under prefix.
+func Channel(prefix, requestID string) string {
+	return prefix + "events:{" + requestID + "}"
+}
+
 // PendingKey is the key of the poll schedule under prefix.
 func PendingKey(prefix string) string {
 	return prefix + "{pending}"
@@ -47,9 +52,7 @@ func PendingKey(prefix string) string {
 
 func (b *Backend) recordKey(requestID string) string { return RecordKey(b.prefix, requestID) }
 
-func (b *Backend) channel(requestID string) string {
-	return b.prefix + "events:{" + requestID + "}"
-}
+func (b *Backend) channel(requestID string) string { return Channel(b.prefix, requestID) }
 
 func (b *Backend) leaseKey(requestID string) string { return LeaseKey(b.prefix, requestID) }
 

@@ -96,7 +96,7 @@ func TestOneSubscriptionConnectionPerReplica(t *testing.T) {
 		t.Errorf("pub/sub connections = %d, want %d", got, want)
 	}
 	for i := range 10 {
-		ch := fmt.Sprintf("%sevents:{req-%d}", prefix, i)
+		ch := redisstore.Channel(prefix, fmt.Sprintf("req-%d", i))
 		n, err := admin.PubSubNumSub(ctx, ch).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -115,7 +115,7 @@ func TestOneSubscriptionConnectionPerReplica(t *testing.T) {
 	for _, w := range watchers {
 		w.Close()
 	}
-	ch := prefix + "events:{req-0}"
+	ch := redisstore.Channel(prefix, "req-0")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		n, err := admin.PubSubNumSub(ctx, ch).Result()
