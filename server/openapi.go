@@ -38,11 +38,22 @@ const eventsOperation = `{
 }`
 
 // openAPIDocument is the generated OpenAPI document (comfygate.OpenAPI) with
-// eventsRoute added.
-func openAPIDocument(generated []byte) ([]byte, error) {
+// eventsRoute added and the build's version in its info.
+func openAPIDocument(generated []byte, version string) ([]byte, error) {
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(generated, &doc); err != nil {
 		return nil, fmt.Errorf("parse the generated OpenAPI document: %w", err)
+	}
+	if version != "" {
+		var info map[string]json.RawMessage
+		if err := json.Unmarshal(doc["info"], &info); err != nil {
+			return nil, fmt.Errorf("parse the generated OpenAPI info: %w", err)
+		}
+		info["version"], _ = json.Marshal(version)
+		var err error
+		if doc["info"], err = json.Marshal(info); err != nil {
+			return nil, fmt.Errorf("set the OpenAPI info's version: %w", err)
+		}
 	}
 	var paths map[string]json.RawMessage
 	if err := json.Unmarshal(doc["paths"], &paths); err != nil {
@@ -69,8 +80,8 @@ func openAPIDocument(generated []byte) ([]byte, error) {
 // is built once, here. If it cannot be (a broken generated file, which the
 // tests catch first), the error is logged and the route answers 500: the API
 // itself keeps serving.
-func newOpenAPIHandler(log *slog.Logger) http.Handler {
-	doc, err := openAPIDocument(comfygate.OpenAPI())
+func newOpenAPIHandler(log *slog.Logger, version string) http.Handler {
+	doc, err := openAPIDocument(comfygate.OpenAPI(), version)
 	if err != nil {
 		log.Error("OpenAPI document unavailable", "error", err)
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

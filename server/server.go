@@ -46,6 +46,8 @@ type Config struct {
 	// connection may have open; default DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
 	Logger               *slog.Logger
+	// Version is the build's version, shown in the OpenAPI document's info.
+	Version string
 	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
 	Routes map[string]http.Handler
 	// Tracer, when set, traces every RPC, REST call and callback, and carries
@@ -236,7 +238,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
 	mux.Handle(eventsRoute, bodies.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
-	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger))
+	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger, cfg.Version))
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
 	}

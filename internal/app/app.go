@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/internal/version"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
@@ -53,6 +54,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		return nil, err
 	}
 	cfg = new(*cfg) // the simulator may fill in the public URL
+	build := version.Get()
+	log.Info("comfygate starting", "version", build.Version, "commit", build.Commit, "go", build.Go)
 	a := &App{log: log}
 	defer func() {
 		if err != nil {
@@ -100,7 +103,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		upstreamURL, token = a.sim.url, a.sim.token
 	}
 
-	reg := newRegistry()
+	reg := newRegistry(build)
 	upstream := cfg.upstreamConfig(upstreamURL, token)
 	upstream.Observe = upstreamLatency(reg)
 	upstream.Tracer = tracer
@@ -171,6 +174,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		MaxBodyBytes:         cfg.MaxBodyBytes,
 		MaxConcurrentStreams: uint32(cfg.MaxStreams),
 		Logger:               log,
+		Version:              build.Version,
 		Routes:               map[string]http.Handler{},
 		Metrics:              metrics,
 		Limits:               limits,

@@ -7,15 +7,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/comfygate/comfygate/internal/version"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/webhook"
 )
 
 // newRegistry holds every series /metrics serves, with the Go and process
-// collectors.
-func newRegistry() *prometheus.Registry {
+// collectors and comfygate_build_info, which says which build each replica
+// runs.
+func newRegistry(build version.Info) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "comfygate_build_info",
+			Help:        "Always 1; its labels are the running build's version, commit and Go version.",
+			ConstLabels: prometheus.Labels{"version": build.Version, "commit": build.Commit, "goversion": build.Go},
+		}, func() float64 { return 1 }))
 	return reg
 }
 
