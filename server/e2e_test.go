@@ -112,6 +112,9 @@ type gatewayOptions struct {
 	refreshTimeout time.Duration
 	// now, when set, is the clock of the tracker and the service.
 	now func() time.Time
+	// corsOrigins and maxBody are the server's CORSOrigins and MaxBodyBytes.
+	corsOrigins []string
+	maxBody     int64
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -248,14 +251,16 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	drain := svc.Drain
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: log, ShutdownTimeout: 5 * time.Second,
-		Routes:  map[string]http.Handler{webhook.PathPrefix: hook},
-		Ready:   ready,
-		Auth:    o.auth,
-		TLS:     o.tls,
-		Drain:   drain,
-		Metrics: metrics,
-		Tracer:  o.tracer,
-		Limits:  limits,
+		CallbackRoutes: map[string]http.Handler{webhook.PathPrefix: hook},
+		Ready:          ready,
+		Auth:           o.auth,
+		TLS:            o.tls,
+		Drain:          drain,
+		Metrics:        metrics,
+		Tracer:         o.tracer,
+		Limits:         limits,
+		CORSOrigins:    o.corsOrigins,
+		MaxBodyBytes:   o.maxBody,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

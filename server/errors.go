@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -36,6 +37,9 @@ const (
 	// reasonNoAnswer: a submit reached RunComfy and got no answer naming a
 	// request: a job may exist (job_may_exist).
 	reasonNoAnswer = "UPSTREAM_NO_ANSWER"
+	// reasonBodyTooLarge: a request body is over --max-body-bytes; REST
+	// answers it 413.
+	reasonBodyTooLarge = "BODY_TOO_LARGE"
 )
 
 // defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
@@ -85,7 +89,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	}
 	var tooLarge *bodyTooLargeError
 	if errors.As(err, &tooLarge) {
-		return status.Error(codes.InvalidArgument, tooLarge.Error())
+		return tooLarge.status().Err()
 	}
 	if st := submitWithoutAnswer(ctx, log, method, err); st != nil {
 		return st.Err()
@@ -300,4 +304,29 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
 		return st.Err()
 	}
 	return withD.Err()
+}
+
+// status is the refusal of a body over the limit: INVALID_ARGUMENT with the
+// reason BODY_TOO_LARGE and the limit, which REST answers 413.
+func (e *bodyTooLargeError) status() *status.Status {
+	st, err := status.New(codes.InvalidArgument, e.Error()).WithDetails(&errdetails.ErrorInfo{
+		Reason: reasonBodyTooLarge, Domain: gatewayDomain,
+		Metadata: map[string]string{"limit": strconv.FormatInt(e.limit, 10)},
+	})
+	if err != nil {
+		return status.New(codes.InvalidArgument, e.Error())
+	}
+	return st
+}
+
+// restHTTPStatus is the HTTP status REST answers st with: grpc-gateway's
+// mapping of its code, but 413 for a body over the limit, which HTTP clients
+// and proxies know by that status.
+func restHTTPStatus(st *status.Status) int {
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == gatewayDomain && ei.GetReason() == reasonBodyTooLarge {
+			return http.StatusRequestEntityTooLarge
+		}
+	}
+	return runtime.HTTPStatusFromCode(st.Code())
 }

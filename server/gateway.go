@@ -55,7 +55,17 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		// A refusal that says when to retry (RetryInfo) says it to HTTP
 		// clients too, as Retry-After.
 		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-			setRetryAfter(w.Header(), status.Convert(err))
+			// A body that outgrew the limit while it was read (sent without a
+			// Content-Length) fails in the decoder, which grpc-gateway turns
+			// into a plain INVALID_ARGUMENT: say what happened.
+			if b, ok := r.Body.(*sizedBody); ok && b.overflow != nil {
+				err = (&bodyTooLargeError{limit: b.overflow.Limit}).status().Err()
+			}
+			st := status.Convert(err)
+			setRetryAfter(w.Header(), st)
+			if code := restHTTPStatus(st); code != runtime.HTTPStatusFromCode(st.Code()) {
+				err = &runtime.HTTPStatusError{HTTPStatus: code, Err: err}
+			}
 			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 		}),
 		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {

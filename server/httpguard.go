@@ -129,10 +129,21 @@ func (e *bodyTooLargeError) Error() string {
 }
 
 // sizedBody is a request body of known size (0: unknown), so that a reader
-// can make room for all of it at once (readBody in gateway.go).
+// can make room for all of it at once (readBody in gateway.go). It remembers
+// a read past the limit, for the error handler to answer 413.
 type sizedBody struct {
 	io.ReadCloser
-	size int64
+	size     int64
+	overflow *http.MaxBytesError
+}
+
+// Read reads from the limited body, noting an overflow.
+func (b *sizedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if tooBig := (*http.MaxBytesError)(nil); err != nil && errors.As(err, &tooBig) {
+		b.overflow = tooBig
+	}
+	return n, err
 }
 
 // tenant is the tenant of the request's API key, read as the gRPC

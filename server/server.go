@@ -11,10 +11,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/cors"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -48,8 +50,21 @@ type Config struct {
 	Logger               *slog.Logger
 	// Version is the build's version, shown in the OpenAPI document's info.
 	Version string
-	// Routes are more HTTP handlers by ServeMux pattern, e.g. the webhook.
-	Routes map[string]http.Handler
+	// CallbackRoutes are RunComfy's callback handlers by ServeMux pattern,
+	// served on WebhookAddr when it is set, else on HTTPAddr.
+	CallbackRoutes map[string]http.Handler
+	// WebhookAddr, when set, is a listener that serves CallbackRoutes only:
+	// the one that must face the internet.
+	WebhookAddr string
+	// AdminAddr, when set, is a listener for operators: /metrics, /healthz,
+	// /readyz and AdminRoutes (the profiler). HTTPAddr then serves no
+	// /metrics.
+	AdminAddr string
+	// AdminRoutes are more handlers for AdminAddr, by ServeMux pattern.
+	AdminRoutes map[string]http.Handler
+	// CORSOrigins are the origins browsers may call the REST API from
+	// (Access-Control-Allow-Origin, with preflight); none when empty.
+	CORSOrigins []string
 	// Tracer, when set, traces every RPC, REST call and callback, and carries
 	// the trace context from REST into gRPC (W3C trace context).
 	Tracer trace.TracerProvider
@@ -131,6 +146,15 @@ type Server struct {
 	health          *health.Server
 	gatewayConn     *grpc.ClientConn
 	ready           atomic.Bool
+	// extra are the optional listeners: webhook and admin.
+	extra []*extraListener
+}
+
+// extraListener is an optional HTTP listener with its server.
+type extraListener struct {
+	name string
+	lis  net.Listener
+	srv  *http.Server
 }
 
 // New opens both listeners and builds the servers; nothing is served until Run.
@@ -162,6 +186,17 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		s.grpcLis.Close()
 		return nil, fmt.Errorf("listen HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
+	for _, e := range []struct{ name, addr string }{{"webhook", cfg.WebhookAddr}, {"admin", cfg.AdminAddr}} {
+		if e.addr == "" {
+			continue
+		}
+		lis, err := net.Listen("tcp", e.addr)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
+		}
+		s.extra = append(s.extra, &extraListener{name: e.name, lis: lis})
+	}
 	// Past MaxConnections a listener stops accepting until one closes: new
 	// clients wait in the kernel's queue, and the process keeps descriptors
 	// for what it has (Redis, RunComfy, the connections it serves) instead
@@ -169,12 +204,18 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if cfg.MaxConnections > 0 {
 		s.grpcLis = netutil.LimitListener(s.grpcLis, cfg.MaxConnections)
 		s.httpLis = netutil.LimitListener(s.httpLis, cfg.MaxConnections)
+		for _, e := range s.extra {
+			e.lis = netutil.LimitListener(e.lis, cfg.MaxConnections)
+		}
 	}
 
 	// A message carries the input plus a little framing.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
 	if cfg.TLS != nil {
 		s.httpLis = tls.NewListener(s.httpLis, cfg.TLS.Clone())
+		for _, e := range s.extra {
+			e.lis = tls.NewListener(e.lis, cfg.TLS.Clone())
+		}
 	}
 	handoff := newHandoff()
 	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits, handoff),
@@ -224,8 +265,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 
 	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS), handoff, clientOpts...)
 	if err != nil {
-		s.grpcLis.Close()
-		s.httpLis.Close()
+		s.closeListeners()
 		return nil, err
 	}
 	s.gatewayConn = conn
@@ -234,21 +274,13 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	// The API routes authenticate and bound their bodies before grpc-gateway
 	// reads anything (httpguard.go).
 	bodies := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, inflight)
-	mux.Handle("/v1/", bodies.wrap(gw))
+	mux.Handle("/v1/", restMethods(bodies.wrap(gw)))
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
 	mux.Handle(eventsRoute, bodies.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger, cfg.Version))
-	if cfg.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
-	}
-	for pattern, h := range cfg.Routes {
-		mux.Handle(pattern, h)
-	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writePlain(w, http.StatusOK, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	healthz := func(w http.ResponseWriter, _ *http.Request) { writePlain(w, http.StatusOK, "ok") }
+	readyz := func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			writePlain(w, http.StatusServiceUnavailable, "not ready: draining")
 			return
@@ -262,10 +294,36 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 			}
 		}
 		writePlain(w, http.StatusOK, "ready")
-	})
+	}
+	// Load balancers probe the port they send to: health stays on the API
+	// listener even with an admin listener.
+	mux.HandleFunc("GET /healthz", healthz)
+	mux.HandleFunc("GET /readyz", readyz)
+	admin, callbacks := mux, mux
+	for _, e := range s.extra {
+		m := http.NewServeMux()
+		switch e.name {
+		case "admin":
+			admin = m
+			m.HandleFunc("GET /healthz", healthz)
+			m.HandleFunc("GET /readyz", readyz)
+			for pattern, h := range cfg.AdminRoutes {
+				m.Handle(pattern, h)
+			}
+		case "webhook":
+			callbacks = m
+		}
+		e.srv = s.newHTTPServer(cfg, validPath(readDeadline(limitOtherBodies(m, cfg.MaxBodyBytes), cfg.ReadTimeout)))
+	}
+	if cfg.Metrics != nil {
+		admin.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
+	}
+	for pattern, h := range cfg.CallbackRoutes {
+		callbacks.Handle(pattern, h)
+	}
 	// Every body, callbacks' included, is read within ReadTimeout; a path
 	// that is not UTF-8 is refused on every route.
-	var handler http.Handler = validPath(readDeadline(mux, cfg.ReadTimeout))
+	var handler http.Handler = validPath(readDeadline(limitOtherBodies(mux, cfg.MaxBodyBytes), cfg.ReadTimeout))
 	if cfg.Tracer != nil {
 		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 		handler = otelhttp.NewHandler(handler, "http",
@@ -275,16 +333,45 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 			otelhttp.WithFilter(func(r *http.Request) bool { return !strings.HasPrefix(r.URL.Path, "/webhooks/") }),
 			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
 	}
-	// Outermost, so the events route's access_token leaves the URL before
-	// anything (a span, a log line) can record it.
+	// Outermost but for CORS, so the events route's access_token leaves the
+	// URL before anything (a span, a log line) can record it.
 	handler = tokenFromQuery(mux, handler)
-	s.httpServer = &http.Server{
-		Handler:           handler,
+	if len(cfg.CORSOrigins) > 0 {
+		handler = corsFor(cfg.CORSOrigins).Handler(handler)
+	}
+	s.httpServer = s.newHTTPServer(cfg, handler)
+	return s, nil
+}
+
+// newHTTPServer is an HTTP server of the gateway's, with its timeouts.
+func (s *Server) newHTTPServer(cfg Config, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: min(10*time.Second, cfg.ReadTimeout),
 		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
-	return s, nil
+}
+
+// closeListeners closes the listeners of a server that will not run.
+func (s *Server) closeListeners() {
+	s.grpcLis.Close()
+	s.httpLis.Close()
+	for _, e := range s.extra {
+		e.lis.Close()
+	}
+}
+
+// corsFor lets browsers on origins call the REST API: the API's methods and
+// headers, with Retry-After readable by the page.
+func corsFor(origins []string) *cors.Cors {
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: []string{http.MethodGet, http.MethodPost},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate"},
+		ExposedHeaders: []string{"Retry-After"},
+		MaxAge:         600,
+	})
 }
 
 // GRPCAddr is the address the gRPC listener is bound to.
@@ -310,10 +397,22 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	for _, e := range s.extra {
+		g.Go(func() error {
+			if err := e.srv.Serve(e.lis); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve %s HTTP: %w", e.name, err)
+			}
+			return nil
+		})
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(comfygatev1.GatewayService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
-	s.log.Info("serving", "grpc_addr", s.GRPCAddr(), "http_addr", s.HTTPAddr())
+	attrs := []any{"grpc_addr", s.GRPCAddr(), "http_addr", s.HTTPAddr()}
+	for _, e := range s.extra {
+		attrs = append(attrs, e.name+"_addr", e.lis.Addr().String())
+	}
+	s.log.Info("serving", attrs...)
 
 	g.Go(func() error {
 		<-gctx.Done()
@@ -335,10 +434,20 @@ func (s *Server) shutdown() error {
 	// REST first: its calls ride on the gRPC server, which must outlive them.
 	// A drain cut short by the timeout is logged, not returned: the process still
 	// stops as asked, and exits 0.
+	var wg sync.WaitGroup
+	for _, e := range s.extra {
+		wg.Go(func() {
+			if err := e.srv.Shutdown(ctx); err != nil {
+				s.log.Warn("HTTP drain cut short", "listener", e.name, "error", err)
+				e.srv.Close()
+			}
+		})
+	}
 	if err := s.httpServer.Shutdown(ctx); err != nil {
 		s.log.Warn("HTTP drain cut short", "error", err)
 		s.httpServer.Close()
 	}
+	wg.Wait()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpcServer.GracefulStop()

@@ -12,7 +12,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -284,7 +283,7 @@ func refuse(w http.ResponseWriter, st *status.Status) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="comfygate"`)
 	}
 	setRetryAfter(w.Header(), st)
-	w.WriteHeader(runtime.HTTPStatusFromCode(st.Code()))
+	w.WriteHeader(restHTTPStatus(st))
 	_, _ = w.Write(statusJSON(st))
 }
 

@@ -175,7 +175,11 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		MaxConcurrentStreams: uint32(cfg.MaxStreams),
 		Logger:               log,
 		Version:              build.Version,
-		Routes:               map[string]http.Handler{},
+		CallbackRoutes:       map[string]http.Handler{},
+		WebhookAddr:          cfg.WebhookAddr,
+		AdminAddr:            cfg.AdminAddr,
+		AdminRoutes:          profilerRoutes(),
+		CORSOrigins:          cfg.CORSOrigins,
 		Metrics:              metrics,
 		Limits:               limits,
 		Tracer:               tracer,
@@ -211,7 +215,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		if hook, err = webhook.NewHandler(signer, tracker, log, tracer); err != nil {
 			return nil, err
 		}
-		srvCfg.Routes[webhook.PathPrefix] = hook
+		srvCfg.CallbackRoutes[webhook.PathPrefix] = hook
 	}
 	registerStateMetrics(reg, tracker, a.reconciler, hook, a.backend.reconnects)
 	svc, err := server.NewService(svcCfg)

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -149,5 +150,109 @@ func TestRunServesAndStopsEverything(t *testing.T) {
 		if !canListen(addr) {
 			t.Errorf("%s is still held after Run returned", addr)
 		}
+	}
+}
+
+// TestSeparateListeners: with --webhook-addr and --admin-addr, each listener
+// serves its audience only. The simulator calls back the webhook listener,
+// so a submitted job reaches its end through it; the API listener serves no
+// callbacks and no metrics; the admin listener serves metrics, health and
+// the profiler and no API.
+func TestSeparateListeners(t *testing.T) {
+	httpAddr, webhookAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", httpAddr,
+		"--webhook-addr", webhookAddr, "--admin-addr", adminAddr, "--shutdown-timeout", "2s"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	do := func(method, url, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not in time", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	until("ready", func() bool { code, _ := do("GET", "http://"+httpAddr+"/readyz", ""); return code == http.StatusOK })
+
+	for _, tt := range []struct {
+		method, url string
+		want        int
+	}{
+		{"GET", "http://" + httpAddr + "/metrics", http.StatusNotFound},
+		{"POST", "http://" + httpAddr + "/webhooks/runcomfy/dep-1/t/x/token", http.StatusNotFound},
+		{"GET", "http://" + httpAddr + "/debug/pprof/", http.StatusNotFound},
+		{"GET", "http://" + httpAddr + "/healthz", http.StatusOK},
+		{"GET", "http://" + httpAddr + "/openapi.json", http.StatusOK},
+		{"GET", "http://" + adminAddr + "/metrics", http.StatusOK},
+		{"GET", "http://" + adminAddr + "/healthz", http.StatusOK},
+		{"GET", "http://" + adminAddr + "/readyz", http.StatusOK},
+		{"GET", "http://" + adminAddr + "/debug/pprof/", http.StatusOK},
+		{"GET", "http://" + adminAddr + "/debug/pprof/cmdline", http.StatusNotFound},
+		{"GET", "http://" + adminAddr + "/v1/deployments/dep-1/requests/req-1", http.StatusNotFound},
+		{"GET", "http://" + adminAddr + "/openapi.json", http.StatusNotFound},
+		{"GET", "http://" + webhookAddr + "/metrics", http.StatusNotFound},
+		{"GET", "http://" + webhookAddr + "/healthz", http.StatusNotFound},
+		{"GET", "http://" + webhookAddr + "/v1/deployments/dep-1/requests/req-1", http.StatusNotFound},
+		{"POST", "http://" + webhookAddr + "/webhooks/runcomfy/dep-1/t/x/token", http.StatusUnauthorized},
+	} {
+		if code, body := do(tt.method, tt.url, "{}"); code != tt.want {
+			t.Errorf("%s %s: HTTP %d, want %d\n%s", tt.method, tt.url, code, tt.want, body)
+		}
+	}
+
+	// A job's callbacks come in through the webhook listener: it ends
+	// without a poll (the poll interval is far longer than the job).
+	code, body := do("POST", "http://"+httpAddr+"/v1/deployments/dep-1/requests", `{"overrides": {}}`)
+	if code != http.StatusOK {
+		t.Fatalf("submit: HTTP %d\n%s", code, body)
+	}
+	var submitted struct {
+		Request struct {
+			RequestID string `json:"request_id"`
+		} `json:"request"`
+	}
+	if err := json.Unmarshal([]byte(body), &submitted); err != nil || submitted.Request.RequestID == "" {
+		t.Fatalf("submit answered %s", body)
+	}
+	until("callbacks applied through the webhook listener", func() bool {
+		_, metrics := do("GET", "http://"+adminAddr+"/metrics", "")
+		return strings.Contains(metrics, `comfygate_callbacks_total{outcome="applied"} `) &&
+			!strings.Contains(metrics, `comfygate_callbacks_total{outcome="applied"} 0`)
+	})
+	_, metrics := do("GET", "http://"+adminAddr+"/metrics", "")
+	if !strings.Contains(metrics, "comfygate_build_info{") {
+		t.Errorf("no comfygate_build_info in /metrics")
 	}
 }

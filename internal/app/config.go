@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -83,6 +84,12 @@ type Config struct {
 	ReadBurst             int
 	MaxConnections        int
 	RedisTimeout          time.Duration
+	// WebhookAddr and AdminAddr are the optional listeners for callbacks
+	// and for operators (server.Config).
+	WebhookAddr string
+	AdminAddr   string
+	// CORSOrigins are the browser origins allowed to call the REST API.
+	CORSOrigins []string
 	// Tracing exports traces over OTLP; set when OTEL_EXPORTER_OTLP_ENDPOINT
 	// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is, which configure the exporter.
 	Tracing bool
@@ -130,6 +137,12 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log `format`: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "optional listen address (`host:port`) that serves RunComfy's callbacks only (POST /webhooks/runcomfy/...), the one listener that must face the internet; --public-url must then reach it. Empty serves callbacks on --http-addr")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "optional listen address (`host:port`) for operators: /metrics, /healthz, /readyz and /debug/pprof/; --http-addr then serves no /metrics. Keep it private")
+	fs.Func("cors-origins", "comma-separated `origins` (https://app.example.com, or *) whose browser pages may call the REST API (CORS, with preflight); empty allows none", func(v string) error {
+		cfg.CORSOrigins = splitSecrets(v)
+		return nil
+	})
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", "", "listen address (`host:port`) of Go's profiler, /debug/pprof/; empty serves none. Keep it private: profiles cost CPU")
 	fs.UintVar(&cfg.MaxStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most gRPC calls and watch streams one client connection may have open at once; a Go client queues more, other clients see them refused")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", state.DefaultPollInterval, "how long an unfinished request may go without any update before RunComfy is polled for it (backs off for long queues, with jitter; halved while watched)")
@@ -208,10 +221,13 @@ func loopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// selfURL is the URL at which a process on this machine reaches the HTTP
+// callbackAddr is the listener that serves callbacks.
+func (c *Config) callbackAddr() string { return cmp.Or(c.WebhookAddr, c.HTTPAddr) }
+
+// selfURL is the URL at which a process on this machine reaches the callback
 // listener: the simulator calls back there when no public URL is given.
 func (c *Config) selfURL() string {
-	host, port, err := net.SplitHostPort(c.HTTPAddr)
+	host, port, err := net.SplitHostPort(c.callbackAddr())
 	if err != nil {
 		return ""
 	}
@@ -224,8 +240,8 @@ func (c *Config) selfURL() string {
 // Validate reports every problem at once, so an operator fixes them in one go.
 func (c *Config) Validate() error {
 	var errs []error
-	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}} {
-		if a.addr == "" && a.flag == "--debug-addr" {
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}, {"--webhook-addr", c.WebhookAddr}, {"--admin-addr", c.AdminAddr}} {
+		if a.addr == "" && a.flag != "--grpc-addr" && a.flag != "--http-addr" {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
@@ -268,8 +284,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Simulate && c.PublicURL == "" {
-		if _, port, err := net.SplitHostPort(c.HTTPAddr); err == nil && port == "0" {
-			errs = append(errs, errors.New("--simulate without --public-url calls back to --http-addr, which needs a fixed port"))
+		if _, port, err := net.SplitHostPort(c.callbackAddr()); err == nil && port == "0" {
+			errs = append(errs, errors.New("--simulate without --public-url calls back to --http-addr (or --webhook-addr), which needs a fixed port"))
 		}
 	}
 	if c.RedisURL != "" {
@@ -281,10 +297,15 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
 	}
 	if c.APIKeysFile == "" && !c.Insecure {
-		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}} {
+		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}, {"--admin-addr", c.AdminAddr}} {
 			if a.addr != "" && !loopback(a.addr) {
 				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
 			}
+		}
+	}
+	for _, o := range c.CORSOrigins {
+		if u, err := url.Parse(o); o != "*" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "") {
+			errs = append(errs, fmt.Errorf("--cors-origins %q: want an origin such as https://app.example.com, or *", o))
 		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

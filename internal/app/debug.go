@@ -25,13 +25,9 @@ func newDebugServer(addr string) (*debugServer, error) {
 		return nil, fmt.Errorf("--debug-addr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	// No /debug/pprof/cmdline: the command line may hold a secret
-	// (--webhook-secret), and profiles need no arguments.
-	mux.HandleFunc("/debug/pprof/cmdline", http.NotFound)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	for pattern, h := range profilerRoutes() {
+		mux.Handle(pattern, h)
+	}
 	return &debugServer{lis: lis, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
@@ -44,4 +40,17 @@ func (d *debugServer) run(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("debug listener: %w", err)
 	}
 	return nil
+}
+
+// profilerRoutes are Go's profiler's handlers, for --debug-addr and
+// --admin-addr. No /debug/pprof/cmdline: the command line may hold a secret
+// (--webhook-secret), and profiles need no arguments.
+func profilerRoutes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"/debug/pprof/":        http.HandlerFunc(pprof.Index),
+		"/debug/pprof/cmdline": http.HandlerFunc(http.NotFound),
+		"/debug/pprof/profile": http.HandlerFunc(pprof.Profile),
+		"/debug/pprof/symbol":  http.HandlerFunc(pprof.Symbol),
+		"/debug/pprof/trace":   http.HandlerFunc(pprof.Trace),
+	}
 }

@@ -1,0 +1,215 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestWrongMethodIs405WithAllow: every API path answers a method it does not
+// take with 405 and the method it takes in Allow, whatever the caller's key;
+// a path that is no API path stays 404.
+func TestWrongMethodIs405WithAllow(t *testing.T) {
+	g := startGateway(t, withKeys(t))
+	const req = "/v1/deployments/dep-1/requests/req-1"
+	tests := []struct {
+		method, path, allow string
+	}{
+		{http.MethodGet, "/v1/deployments/dep-1/requests", "POST"},
+		{http.MethodPut, "/v1/deployments/dep-1/requests", "POST"},
+		{http.MethodDelete, req, "GET"},
+		{http.MethodPost, req, "GET"},
+		{http.MethodPatch, req, "GET"},
+		{http.MethodHead, req, "GET"},
+		{http.MethodGet, req + ":cancel", "POST"},
+		{http.MethodDelete, req + ":cancel", "POST"},
+		{http.MethodPost, req + ":watch", "GET"},
+		{http.MethodPost, req + "/result", "GET"},
+		{http.MethodPost, req + "/events", "GET"},
+		{http.MethodOptions, req, "GET"},
+		{http.MethodPost, "/openapi.json", "GET, HEAD"},
+		{http.MethodPost, "/healthz", "GET, HEAD"},
+		{http.MethodDelete, "/readyz", "GET, HEAD"},
+	}
+	for _, tt := range tests {
+		for _, key := range []string{"", keyA} {
+			t.Run(tt.method+" "+tt.path+" key="+key, func(t *testing.T) {
+				r, err := http.NewRequestWithContext(t.Context(), tt.method, g.httpBase+tt.path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if key != "" {
+					r.Header.Set("Authorization", "Bearer "+key)
+				}
+				resp, err := g.httpc.Do(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != tt.allow {
+					t.Fatalf("HTTP %d, Allow %q; want 405 with Allow %q\n%s", resp.StatusCode, resp.Header.Get("Allow"), tt.allow, body)
+				}
+				if strings.HasPrefix(tt.path, "/v1/") && tt.method != http.MethodHead {
+					var st struct {
+						Code    int    `json:"code"`
+						Message string `json:"message"`
+					}
+					if err := json.Unmarshal(body, &st); err != nil || st.Code != 12 || !strings.Contains(st.Message, tt.method) {
+						t.Errorf("body %s: want a google.rpc.Status UNIMPLEMENTED naming %s", body, tt.method)
+					}
+				}
+			})
+		}
+	}
+	for _, path := range []string{"/v1/deployments/dep-1", "/v1/other", "/v1/deployments/dep-1/requests/req-1/result/more", "/v1/deployments//requests"} {
+		r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, g.httpBase+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Authorization", "Bearer "+keyA)
+		resp, err := g.httpc.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("POST %s: HTTP %d, want 404", path, resp.StatusCode)
+		}
+	}
+	if n := len(g.sim.Submits()); n != 0 {
+		t.Errorf("%d submits reached RunComfy", n)
+	}
+}
+
+// TestOversizeBodyIs413OnEveryRoute: a body over --max-body-bytes is 413 on
+// every route, with its length declared or not (chunked), and reaches no
+// upstream.
+func TestOversizeBodyIs413OnEveryRoute(t *testing.T) {
+	const limit = 4096
+	g := startGateway(t, withKeys(t), func(o *gatewayOptions) { o.maxBody = limit })
+	const req = "/v1/deployments/dep-1/requests/req-1"
+	big := bytes.Repeat([]byte(" "), 3*limit)
+	big[0] = '{'
+	big[len(big)-1] = '}'
+	routes := []struct{ method, path string }{
+		{http.MethodPost, "/v1/deployments/dep-1/requests"},
+		{http.MethodPost, req + ":cancel"},
+		{http.MethodGet, req},
+		{http.MethodGet, req + "/result"},
+		{http.MethodGet, req + ":watch"},
+		{http.MethodGet, req + "/events"},
+		{http.MethodGet, "/openapi.json"},
+		{http.MethodGet, "/healthz"},
+		{http.MethodGet, "/readyz"},
+	}
+	for _, rt := range routes {
+		for _, chunked := range []bool{false, true} {
+			name := rt.method + " " + rt.path
+			if chunked {
+				name += " chunked"
+			}
+			t.Run(name, func(t *testing.T) {
+				var body io.Reader = bytes.NewReader(big)
+				if chunked {
+					body = io.MultiReader(bytes.NewReader(big)) // no length: sent chunked
+				}
+				r, err := http.NewRequestWithContext(t.Context(), rt.method, g.httpBase+rt.path, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.Header.Set("Authorization", "Bearer "+keyA)
+				r.Header.Set("Content-Type", "application/json")
+				resp, err := g.httpc.Do(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if chunked && !strings.HasPrefix(rt.path, "/v1/") {
+					// A route that takes no body never reads one it was not
+					// told the length of: it answers as usual.
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("HTTP %d, want 200\n%s", resp.StatusCode, got)
+					}
+					return
+				}
+				if chunked && rt.method == http.MethodGet && resp.StatusCode == http.StatusNotFound {
+					// A stream route does not read a GET's body it was not
+					// told the length of: it answers as it would without
+					// one (the request is unknown).
+					return
+				}
+				if resp.StatusCode != http.StatusRequestEntityTooLarge {
+					t.Fatalf("HTTP %d, want 413\n%s", resp.StatusCode, got)
+				}
+				if strings.HasPrefix(rt.path, "/v1/") && !bytes.Contains(got, []byte(`"BODY_TOO_LARGE"`)) {
+					t.Errorf("body %s: want the ErrorInfo reason BODY_TOO_LARGE", got)
+				}
+			})
+		}
+	}
+	if n := len(g.sim.Submits()); n != 0 {
+		t.Errorf("%d submits reached RunComfy", n)
+	}
+}
+
+// TestCORSPreflight: with CORS origins set, a browser's preflight from one of
+// them is answered with the API's methods and headers, and the real call
+// carries Access-Control-Allow-Origin; another origin gets neither. Without
+// the option, no CORS header is sent.
+func TestCORSPreflight(t *testing.T) {
+	const origin = "https://app.example.com"
+	g := startGateway(t, withKeys(t), func(o *gatewayOptions) { o.corsOrigins = []string{origin} })
+	plain := startGateway(t, withKeys(t))
+	preflight := func(base, from string) *http.Response {
+		t.Helper()
+		r, err := http.NewRequestWithContext(t.Context(), http.MethodOptions, base+"/v1/deployments/dep-1/requests", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Origin", from)
+		r.Header.Set("Access-Control-Request-Method", "POST")
+		r.Header.Set("Access-Control-Request-Headers", "authorization, content-type, idempotency-key")
+		resp, err := g.httpc.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := preflight(g.httpBase, origin)
+	if resp.StatusCode/100 != 2 || resp.Header.Get("Access-Control-Allow-Origin") != origin ||
+		!strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "POST") ||
+		!strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "idempotency-key") {
+		t.Errorf("preflight from %s: HTTP %d, headers %v", origin, resp.StatusCode, resp.Header)
+	}
+	if resp := preflight(g.httpBase, "https://evil.example.com"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("preflight from another origin allowed: %v", resp.Header)
+	}
+	if resp := preflight(plain.httpBase, origin); resp.Header.Get("Access-Control-Allow-Origin") != "" || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("without CORS origins: HTTP %d, headers %v; want 405 and no CORS header", resp.StatusCode, resp.Header)
+	}
+
+	// The call itself: a submit from the allowed origin, which the page may
+	// read (Allow-Origin) including Retry-After (exposed).
+	r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, g.httpBase+"/v1/deployments/dep-1/requests", strings.NewReader(`{"overrides": {}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Origin", origin)
+	r.Header.Set("Authorization", "Bearer "+keyA)
+	r.Header.Set("Content-Type", "application/json")
+	resp, err = g.httpc.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != origin ||
+		!strings.Contains(resp.Header.Get("Access-Control-Expose-Headers"), "Retry-After") {
+		t.Errorf("submit from %s: HTTP %d, headers %v", origin, resp.StatusCode, resp.Header)
+	}
+}

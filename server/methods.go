@@ -1,0 +1,72 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// allowedMethods is the method an API path takes (http.yaml, and the events
+// route of sse.go), or "" for a path that is not one of the API's: that is
+// grpc-gateway's to answer (404).
+func allowedMethods(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v1/deployments/")
+	if !ok {
+		return ""
+	}
+	seg := strings.Split(rest, "/")
+	for _, s := range seg {
+		if s == "" {
+			return ""
+		}
+	}
+	switch {
+	case len(seg) == 2 && seg[1] == "requests":
+		return http.MethodPost // Submit
+	case len(seg) == 3 && seg[1] == "requests" && strings.HasSuffix(seg[2], ":cancel"):
+		return http.MethodPost // Cancel
+	case len(seg) == 3 && seg[1] == "requests":
+		return http.MethodGet // GetStatus, and WatchRequest as ":watch"
+	case len(seg) == 4 && seg[1] == "requests" && (seg[3] == "result" || seg[3] == "events"):
+		return http.MethodGet // GetResult, WatchRequest as Server-Sent Events
+	}
+	return ""
+}
+
+// restMethods answers a call to an API path with a method the path does not
+// take: 405 with the Allow header (RFC 9110), where grpc-gateway would say
+// 501 or, for GET on a ":cancel" path, read it as a malformed request id.
+func restMethods(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		allow := allowedMethods(r.URL.Path)
+		if allow == "" || r.Method == allow {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", allow)
+		w.Header().Set("Content-Type", "application/json")
+		if hasBody(r) {
+			w.Header().Set("Connection", "close")
+		}
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		st := status.New(codes.Unimplemented, fmt.Sprintf("method %s is not allowed on this path; it takes %s", r.Method, allow))
+		_, _ = w.Write(statusJSON(st))
+	})
+}
+
+// limitOtherBodies refuses, with 413, a body over maxBody sent to a route
+// that takes none (health, metrics, the OpenAPI document): the API routes
+// and the callbacks bound their bodies themselves, after authentication.
+func limitOtherBodies(next http.Handler, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > maxBody && !strings.HasPrefix(r.URL.Path, "/v1/") && !strings.HasPrefix(r.URL.Path, "/webhooks/") {
+			w.Header().Set("Connection", "close")
+			writePlain(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBody))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
