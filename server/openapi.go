@@ -11,14 +11,82 @@ import (
 	"github.com/comfygate/comfygate"
 )
 
+// The served OpenAPI document is the one protoc-gen-openapiv2 generates
+// (comfygate.OpenAPI), with its title, description, Idempotency-Key header
+// and error statuses from proto/comfygate/v1/openapi.yaml, plus what the
+// generator cannot write, added here:
+//   - the Submit body as the REST route takes it (submitBodySchema);
+//   - the API key as optional (openAPISecurity);
+//   - the events route (eventsOperation);
+//   - the build's version.
+//
+// Every path the generator writes is served unchanged, so the routes of the
+// proto and those of the document cannot drift apart.
+
+// submitBodyDefinition is the definition the generator writes for Submit's
+// body: the fields of SubmitRequest that are not in the path.
+const submitBodyDefinition = "GatewayServiceSubmitBody"
+
+// submitBodySchema replaces submitBodyDefinition. The generator describes the
+// message that http.yaml's `body: "*"` names, {"input_json": "...",
+// "idempotency_key": "..."}, but the REST gateway takes the HTTP body itself
+// as input_json, byte for byte (restMarshaler in gateway.go), and the key from
+// the Idempotency-Key header: the body is RunComfy's own submit body. No
+// generator option can say so (options set a schema's title, type or
+// example, but cannot drop a message's fields or allow any others), so the
+// definition is written here, by hand, from RunComfy's submit body.
+const submitBodySchema = `{
+  "type": "object",
+  "title": "RunComfy's submit body",
+  "description": "The deployment's input, exactly as RunComfy's own POST /prod/v1/deployments/{deployment_id}/inference takes it: move an existing call over by changing its URL only. The gateway checks that the body is one JSON object in UTF-8, then forwards it to RunComfy byte for byte, so keys, key order, integers and 64-bit seeds (18446744073709551615) arrive exactly as written: none is re-typed, rounded or dropped. A ComfyUI deployment takes overrides (or a whole workflow_api_json); a LoRA deployment takes its own flat fields (prompt, seed, width, ...). Any other field is passed on as it is. The idempotency key is the Idempotency-Key header: in the body it would be one more field for RunComfy. Over gRPC the same text is SubmitRequest.input_json.",
+  "properties": {
+    "overrides": {
+      "type": "object",
+      "description": "The workflow inputs to change, by node id (a string, e.g. \"3\" or \"38:42\"): each value is {\"inputs\": {\"<input name>\": <value>, ...}}. Media inputs may be URLs or base64 data: URIs.",
+      "additionalProperties": {
+        "type": "object",
+        "properties": {
+          "inputs": {
+            "type": "object",
+            "description": "The node's inputs to set, by input name; any JSON value, passed on as written.",
+            "additionalProperties": true
+          }
+        },
+        "additionalProperties": true
+      }
+    },
+    "workflow_api_json": {
+      "description": "A whole ComfyUI workflow in API format, instead of overrides."
+    },
+    "extra_data": {
+      "type": "object",
+      "description": "Passed on to RunComfy as it is.",
+      "additionalProperties": true
+    }
+  },
+  "additionalProperties": true,
+  "example": {"overrides": {"3": {"inputs": {"seed": 18446744073709551615, "steps": 20, "cfg": 7.5}}}}
+}`
+
+// apiKeyScheme is the security definition proto/comfygate/v1/openapi.yaml
+// names the API key by.
+const apiKeyScheme = "ApiKey"
+
+// openAPISecurity says that a call carries the API key or nothing: a gateway
+// without --api-keys-file takes calls without one. The generator drops an
+// empty requirement, which is how OpenAPI says "or nothing", so it is set here.
+const openAPISecurity = `[{"` + apiKeyScheme + `": []}, {}]`
+
 // eventsOperation describes eventsRoute in OpenAPI 2.0. The generator cannot:
 // the route is plain HTTP beside the gateway, not an RPC of the proto, and
 // Swagger 2.0 has no way to add a path through the generator's options. Its
-// schemas are the generated ones, by reference, so they follow the proto.
+// schemas are the generated ones, by reference, so they follow the proto; its
+// error statuses are those of the other reads (openapi.yaml), answered by
+// refuse in sse.go.
 const eventsOperation = `{
   "get": {
     "summary": "WatchRequest as Server-Sent Events, for browsers' EventSource.",
-    "description": "The stream is text/event-stream. Each state change is an event of type \"state\" whose id is \"<epoch>-<seq>\" of the state and whose data is the RequestState as JSON (the same object GET /v1/deployments/{deployment_id}/requests/{request_id} answers in \"request\"). After the terminal state comes an event of type \"end\" (data {\"last_seq\": \"<seq>\", \"last_epoch\": \"<epoch>\"}): close the EventSource on it, or it reconnects; a reconnect after the end is answered 204 No Content, which stops EventSource. An error after the stream started is an event of type \"error\" whose data is the google.rpc.Status JSON of REST errors; the stream then closes. A replica that drains ends its streams so (UNAVAILABLE, ErrorInfo reason DRAINING with metadata last_epoch and last_seq), and EventSource reconnects with Last-Event-ID and resumes. Errors before the first event are HTTP statuses as for the other routes (400, 401, 404, 503). A comment line (\": keepalive\") is sent after 15 s without events.",
+    "description": "The stream is text/event-stream. Each state change is an event of type \"state\" whose id is \"<epoch>-<seq>\" of the state and whose data is the RequestState as JSON (the same object GET /v1/deployments/{deployment_id}/requests/{request_id} answers in \"request\"). After the terminal state comes an event of type \"end\" (data {\"last_seq\": \"<seq>\", \"last_epoch\": \"<epoch>\"}): close the EventSource on it, or it reconnects; a reconnect after the end is answered 204 No Content, which stops EventSource. An error after the stream started is an event of type \"error\" whose data is the google.rpc.Status JSON of REST errors; the stream then closes. A replica that drains ends its streams so (UNAVAILABLE, ErrorInfo reason DRAINING with metadata last_epoch and last_seq), and EventSource reconnects with Last-Event-ID and resumes. Errors before the first event are HTTP statuses as for the other routes, with the google.rpc.Status JSON as the body. A comment line (\": keepalive\") is sent after 15 s without events.",
     "operationId": "GatewayService_WatchRequestEvents",
     "produces": ["text/event-stream", "application/json"],
     "parameters": [
@@ -31,6 +99,14 @@ const eventsOperation = `{
     "responses": {
       "200": {"description": "A text/event-stream of state events; each event's data is this object.", "schema": {"$ref": "#/definitions/v1RequestState"}},
       "204": {"description": "The request ended at or before Last-Event-ID: there is nothing more to send."},
+      "400": {"description": "INVALID_ARGUMENT: the deployment_id or request_id is malformed (letters, digits, \"-\" and \"_\", at most 128), Last-Event-ID or last_event_id is not an event id, or an Idempotency-Key header is malformed. Or FAILED_PRECONDITION: RunComfy refused the call because the account has insufficient funds or the deployment is disabled or deleted (ErrorInfo UPSTREAM_10001, UPSTREAM_10002 or UPSTREAM_10003).", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "401": {"description": "UNAUTHENTICATED: the gateway requires API keys and the call carries none (neither the Authorization header nor access_token), an unknown one, or more than one.", "schema": {"$ref": "#/definitions/googleRpcStatus"}, "headers": {"Www-Authenticate": {"type": "string", "description": "Bearer realm=\"comfygate\""}}},
+      "404": {"description": "NOT_FOUND: no such request: an id nobody knows, another tenant's request, or one RunComfy does not know. Always the message \"no such request\" and no details, whatever the cause.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "413": {"description": "INVALID_ARGUMENT: the call carries a body, which this route does not take, larger than the gateway's --max-body-bytes (ErrorInfo reason BODY_TOO_LARGE, domain comfygate). Answered before the body is read.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "429": {"description": "RESOURCE_EXHAUSTED: the tenant's read rate is spent (RetryInfo and Retry-After), the tenant has as many watch streams open on this replica as it may (--max-watches-per-tenant), or RunComfy is rate limiting the account while the gateway had to ask it.", "schema": {"$ref": "#/definitions/googleRpcStatus"}, "headers": {"Retry-After": {"type": "integer", "description": "Seconds to wait before retrying."}}},
+      "500": {"description": "INTERNAL: RunComfy rejected the gateway's own API token (ErrorInfo UPSTREAM_401001 or UPSTREAM_HTTP_401): its operator must act. Or an internal error of the gateway.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "503": {"description": "UNAVAILABLE: the gateway's state backend is unavailable, or RunComfy failed or could not be reached while the gateway had to ask it. Safe to retry.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "504": {"description": "DEADLINE_EXCEEDED: RunComfy did not answer in time while the gateway had to ask it (ErrorInfo UPSTREAM_TIMEOUT). Safe to retry.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
       "default": {"description": "An unexpected error response.", "schema": {"$ref": "#/definitions/googleRpcStatus"}}
     },
     "tags": ["GatewayService"]
@@ -38,41 +114,73 @@ const eventsOperation = `{
 }`
 
 // openAPIDocument is the generated OpenAPI document (comfygate.OpenAPI) with
-// eventsRoute added and the build's version in its info.
+// what the generator cannot write added (see above) and the build's version
+// in its info. A generated document that lacks what these additions replace
+// or name is an error, rather than a document served half fixed.
 func openAPIDocument(generated []byte, version string) ([]byte, error) {
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(generated, &doc); err != nil {
 		return nil, fmt.Errorf("parse the generated OpenAPI document: %w", err)
 	}
 	if version != "" {
-		var info map[string]json.RawMessage
-		if err := json.Unmarshal(doc["info"], &info); err != nil {
-			return nil, fmt.Errorf("parse the generated OpenAPI info: %w", err)
-		}
-		info["version"], _ = json.Marshal(version)
-		var err error
-		if doc["info"], err = json.Marshal(info); err != nil {
-			return nil, fmt.Errorf("set the OpenAPI info's version: %w", err)
+		if err := editObject(doc, "info", func(info map[string]json.RawMessage) error {
+			var err error
+			info["version"], err = json.Marshal(version)
+			return err
+		}); err != nil {
+			return nil, err
 		}
 	}
-	var paths map[string]json.RawMessage
-	if err := json.Unmarshal(doc["paths"], &paths); err != nil {
-		return nil, fmt.Errorf("parse the generated OpenAPI paths: %w", err)
+	if err := editObject(doc, "definitions", func(defs map[string]json.RawMessage) error {
+		if _, ok := defs[submitBodyDefinition]; !ok {
+			return errors.New("the generated OpenAPI document has no definition " + submitBodyDefinition + " to replace")
+		}
+		defs[submitBodyDefinition] = json.RawMessage(submitBodySchema)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	path := strings.TrimPrefix(eventsRoute, "GET ")
-	if _, ok := paths[path]; ok {
-		return nil, errors.New("the generated OpenAPI document already has " + path)
+	if err := editObject(doc, "securityDefinitions", func(schemes map[string]json.RawMessage) error {
+		if _, ok := schemes[apiKeyScheme]; !ok {
+			return errors.New("the generated OpenAPI document has no security definition " + apiKeyScheme)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	paths[path] = json.RawMessage(eventsOperation)
-	var err error
-	if doc["paths"], err = json.Marshal(paths); err != nil {
-		return nil, fmt.Errorf("add %s to the OpenAPI paths: %w", path, err)
+	doc["security"] = json.RawMessage(openAPISecurity)
+	if err := editObject(doc, "paths", func(paths map[string]json.RawMessage) error {
+		path := strings.TrimPrefix(eventsRoute, "GET ")
+		if _, ok := paths[path]; ok {
+			return errors.New("the generated OpenAPI document already has " + path)
+		}
+		paths[path] = json.RawMessage(eventsOperation)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	out, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode the OpenAPI document: %w", err)
 	}
 	return out, nil
+}
+
+// editObject decodes the JSON object doc[key], lets edit change it, and
+// encodes it back into doc.
+func editObject(doc map[string]json.RawMessage, key string, edit func(map[string]json.RawMessage) error) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(doc[key], &obj); err != nil {
+		return fmt.Errorf("parse the generated OpenAPI %s: %w", key, err)
+	}
+	if err := edit(obj); err != nil {
+		return err
+	}
+	var err error
+	if doc[key], err = json.Marshal(obj); err != nil {
+		return fmt.Errorf("encode the OpenAPI %s: %w", key, err)
+	}
+	return nil
 }
 
 // newOpenAPIHandler serves the OpenAPI document on GET /openapi.json, without
