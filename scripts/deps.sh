@@ -15,6 +15,7 @@ command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import grpc, google.protobuf' >/dev/null 2>&1 || missing+=(python3-grpcio python3-protobuf)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -x /usr/bin/grpc_python_plugin ] || missing+=(protobuf-compiler-grpc)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool, for deploy/prometheus (deploy_test.go)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "== installing ${missing[*]}" >&2
