@@ -8,12 +8,19 @@ GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
 STATICCHECK := $(GO) tool -modfile=tools/go.mod staticcheck
 GOFILES  := $(shell git ls-files '*.go' | grep -v '^gen/')
+# The build's identity, stamped into the binary (comfygate version, the
+# start-up log line, comfygate_build_info, the OpenAPI info).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/comfygate/comfygate/internal/version.version=$(VERSION) -X github.com/comfygate/comfygate/internal/version.commit=$(COMMIT)
+# ARGS are more flags for `make run`, e.g. make run ARGS='--http-addr 127.0.0.1:8081'.
+ARGS     ?=
 
 .PHONY: run deps test test-go test-clients test-short generate generate-clients check-generated lint fuzz bench bench-smoke build docker ci
 
-## run: the gateway with --simulate on 127.0.0.1:9090 (gRPC) and :8080 (HTTP)
-run:
-	$(GO) run ./cmd/comfygate --simulate
+## run: the gateway with --simulate on 127.0.0.1:9090 (gRPC) and :8080 (HTTP); more flags in ARGS; Ctrl-C drains it
+run: build
+	@bash scripts/run.sh ./bin/comfygate --simulate $(ARGS)
 
 ## deps: the Debian packages the tests need (Redis, Chromium, Python gRPC), when missing
 deps:
@@ -75,13 +82,13 @@ bench: deps
 bench-smoke: deps
 	$(GO) run ./bench -smoke
 
-## build: static binaries in bin/
+## build: static binaries in bin/ (./bin/comfygate), stamped with VERSION and COMMIT
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
 ## docker: the container image (needs a Docker engine)
 docker:
-	docker build -t comfygate:dev .
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t ghcr.io/comfygate/comfygate:$(VERSION) .
 
 ## ci: what .ci/run runs
 ci: check-generated lint test bench-smoke

@@ -49,6 +49,7 @@ func TestMainDispatchesCommands(t *testing.T) {
 	t.Cleanup(upstream.Close)
 	t.Cleanup(sim.Close) // before upstream.Close: no callback is still in flight
 	g := gatewaytest.Start(t, gatewaytest.Setup{Upstream: upstream.URL})
+	addr := g.GRPCAddr
 	run := func(stdin string, args ...string) (int, string, string) {
 		t.Helper()
 		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestMainHelper$", "--"}, args...)...)
@@ -57,7 +58,7 @@ func TestMainDispatchesCommands(t *testing.T) {
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
-		cmd.Env = append(cmd.Env, mainHelperEnv+"=1", cli.AddrEnv+"="+g.GRPCAddr, cli.DeploymentEnv+"=dep-main")
+		cmd.Env = append(cmd.Env, mainHelperEnv+"=1", cli.AddrEnv+"="+addr, cli.DeploymentEnv+"=dep-main")
 		cmd.Stdin = strings.NewReader(stdin)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -88,7 +89,15 @@ func TestMainDispatchesCommands(t *testing.T) {
 		{"watch of a failed request", []string{"watch", id}, cli.ExitFailed, "error: ValueError: the prompt is empty"},
 		{"usage error", []string{"result"}, cli.ExitUsage, "want one REQUEST_ID"},
 		{"the server's help is unchanged", []string{"--help"}, cli.ExitOK, "Usage: comfygate [flags]"},
+		{"--help lists the commands", []string{"--help"}, cli.ExitOK, "Modes and commands:"},
+		{"help lists the commands", []string{"help"}, cli.ExitOK, "Modes and commands:"},
+		{"help names the server's flags", []string{"help"}, cli.ExitOK, "--grpc-addr"},
+		{"help of a command", []string{"help", "watch"}, cli.ExitOK, "Usage: comfygate watch [flags] REQUEST_ID"},
+		{"unknown command", []string{"sumbit"}, cli.ExitUsage, `unknown command "sumbit"; run 'comfygate help'`},
 		{"a flag first is the server", []string{"--grpc-addr", "nope", "status"}, 1, "unexpected arguments"},
+		{"a client flag first gets a hint", []string{"--deployment", "dep-main", "status", id}, 1, `"status" is a client command: give it first, then its flags`},
+		{"version", []string{"version"}, cli.ExitOK, ", go1."},
+		{"--version", []string{"--version"}, cli.ExitOK, ", go1."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,4 +107,20 @@ func TestMainDispatchesCommands(t *testing.T) {
 			}
 		})
 	}
+	t.Run("help has a line for every command", func(t *testing.T) {
+		_, out, _ := run("", "help")
+		for _, c := range append(cli.Commands(), cli.Command{Name: "version"}, cli.Command{Name: "help"}) {
+			if !strings.Contains(out, "\n  "+c.Name+" ") {
+				t.Errorf("help has no line for %s:\n%s", c.Name, out)
+			}
+		}
+	})
+	t.Run("the CLI pointed at the HTTP port says so", func(t *testing.T) {
+		addr = g.HTTPAddr
+		defer func() { addr = g.GRPCAddr }()
+		code, out, errOut := run("", "status", id)
+		if code != cli.ExitError || !strings.Contains(errOut, "it is the gateway's HTTP port") || !strings.Contains(errOut, "--grpc-addr") {
+			t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+	})
 }

@@ -12,21 +12,24 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/comfygate/comfygate/internal/app"
 	"github.com/comfygate/comfygate/internal/cli"
+	"github.com/comfygate/comfygate/internal/version"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
-		// A client command: it has exit codes of its own.
-		code := cli.Run(ctx, os.Args[1:], os.Getenv, cli.OSStdio())
+	if code, done := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr); done {
 		stop()
 		os.Exit(code)
 	}
 	err := serve(ctx, os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		printCommands(os.Stderr)
+	}
 	stop()
 	var logged loggedError
 	switch {
@@ -39,12 +42,57 @@ func main() {
 	}
 }
 
+// dispatch runs what the first argument names, other than the server: a
+// client command, version or help. done is false for the server.
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	if len(args) == 0 {
+		return 0, false
+	}
+	switch first := args[0]; {
+	case cli.IsCommand(first):
+		// A client command: it has exit codes of its own.
+		return cli.Run(ctx, args, os.Getenv, cli.OSStdio()), true
+	case first == "version" || first == "--version" || first == "-version":
+		fmt.Fprintln(stdout, version.Get())
+		return cli.ExitOK, true
+	case first == "help" && len(args) > 1 && cli.IsCommand(args[1]):
+		return cli.Run(ctx, []string{args[1], "--help"}, os.Getenv, cli.OSStdio()), true
+	case first == "help":
+		_, _ = app.ParseConfig([]string{"--help"}, os.Getenv, stdout)
+		printCommands(stdout)
+		return cli.ExitOK, true
+	case !strings.HasPrefix(first, "-"):
+		fmt.Fprintf(stderr, "comfygate: unknown command %q; run 'comfygate help' for the commands and the server's flags\n", first)
+		return cli.ExitUsage, true
+	}
+	return 0, false
+}
+
+// printCommands ends the help: the modes of the binary, one line each.
+func printCommands(w io.Writer) {
+	fmt.Fprintf(w, "\nModes and commands:\n  %-8s %s\n", "(none)", "run the gateway: comfygate [flags] (the flags above)")
+	for _, c := range cli.Commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.Name, c.Summary)
+	}
+	fmt.Fprintf(w, "  %-8s %s\n  %-8s %s\n", "version", "print the version, commit and Go version", "help", "this text; 'comfygate help COMMAND' (or COMMAND --help) for a command's flags")
+}
+
 // serve parses the configuration, builds the gateway and runs it until ctx
 // ends. An error from before the logger exists (flags, configuration) is
 // returned as it is, for main to print; one from after is logged, in the
 // chosen format, and returned as a loggedError.
 func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	cfg, err := app.ParseConfig(args, getenv, stderr)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		for _, a := range args {
+			if cli.IsCommand(a) {
+				// comfygate --deployment d status ID: a client flag before
+				// the command made this the server's command line.
+				err = fmt.Errorf("%w\n(%q is a client command: give it first, then its flags, as in 'comfygate %s --deployment ID ...')", err, a, a)
+				break
+			}
+		}
+	}
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) && app.RequestedLogFormat(args, getenv) == "json" {
 			// Before the logger exists, but the operator asked for JSON: the

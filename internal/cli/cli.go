@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -14,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -59,12 +61,29 @@ const (
 	ExitInterrupted = 130 // stopped by SIGINT or SIGTERM, as shells report a Ctrl-C
 )
 
+// Command is one client command, for the binary's help.
+type Command struct {
+	Name, Summary string
+}
+
+// Commands lists the client commands, each with its one-line summary.
+func Commands() []Command {
+	return []Command{
+		{"submit", "start a job on a deployment and print its request id (--watch: follow it)"},
+		{"status", "print a request's current state"},
+		{"result", "print a request's outputs, or its error"},
+		{"cancel", "cancel a request"},
+		{"watch", "follow a request to its end, resuming across gateway restarts"},
+	}
+}
+
 // IsCommand reports whether the first argument names a client command rather
 // than starting the server's flags.
 func IsCommand(arg string) bool {
-	switch arg {
-	case "submit", "status", "result", "cancel", "watch":
-		return true
+	for _, c := range Commands() {
+		if c.Name == arg {
+			return true
+		}
 	}
 	return false
 }
@@ -291,10 +310,31 @@ func Run(ctx context.Context, args []string, getenv func(string) string, sio Std
 	default:
 		fmt.Fprintf(sio.err, "comfygate %s: %s\n", o.command, describeError(err))
 		if isUnavailable(err) {
-			fmt.Fprintf(sio.err, "(is the gateway running at %s? set --addr or %s)\n", o.addr, AddrEnv)
+			if speaksHTTP(o.addr) {
+				fmt.Fprintf(sio.err, "(%s answers plain HTTP: it is the gateway's HTTP port, for REST and curl; the CLI speaks gRPC, on the gateway's --grpc-addr, %s by default)\n", o.addr, defaultClientAddr)
+			} else {
+				fmt.Fprintf(sio.err, "(is the gateway running at %s? set --addr or %s)\n", o.addr, AddrEnv)
+			}
 		}
 		return ExitError
 	}
+}
+
+// speaksHTTP reports whether addr answers an HTTP/1.1 request: the gateway's
+// HTTP listener, where the gRPC client finds no HTTP/2 and can only say
+// UNAVAILABLE.
+func speaksHTTP(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: comfygate\r\nConnection: close\r\n\r\n"); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "HTTP/1.")
 }
 
 // timedOut reports whether err comes from the --timeout deadline of ctx. The
