@@ -55,3 +55,11 @@ ensure_python_grpc() {
     apt_install python3 python3-grpcio python3-protobuf
   fi
 }
+
+# ensure_python_packaging: what `pip install ./clients/python` into a virtualenv
+# needs from Debian: pip, setuptools (the build backend) and venv.
+ensure_python_packaging() {
+  if ! "$DEBIAN_PYTHON" -c 'import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("pip", "setuptools", "ensurepip"))))' >/dev/null 2>&1; then
+    apt_install python3-pip python3-setuptools python3-venv
+  fi
+}

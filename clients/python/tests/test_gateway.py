@@ -47,7 +47,7 @@ def free_addr():
 class Gateway:
     """A running `comfygate --simulate`; stop() is safe to call twice."""
 
-    def __init__(self, ready_timeout=30.0):
+    def __init__(self, args=(), ready_timeout=30.0):
         self._tmp = tempfile.mkdtemp(prefix="comfygate-py-")
         self._log_path = os.path.join(self._tmp, "gateway.log")
         self._proc = None
@@ -64,7 +64,7 @@ class Gateway:
         self.grpc_addr, self.http_addr = free_addr(), free_addr()
         with open(self._log_path, "wb") as log:  # a file, so a chatty gateway never blocks on a full pipe
             self._proc = subprocess.Popen(
-                [binary, "--simulate", "--grpc-addr", self.grpc_addr, "--http-addr", self.http_addr],
+                [binary, "--simulate", "--grpc-addr", self.grpc_addr, "--http-addr", self.http_addr, *args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         self._wait_ready(ready_timeout)

@@ -9,6 +9,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { GatewayService } from "./gen/comfygate/v1/gateway_pb.js";
 
 export * from "./gen/comfygate/v1/gateway_pb.js";
+export { errorInfo, retryDelayMs, type ErrorInfo } from "./errors.js";
+// Calls fail with a ConnectError whose code is the gRPC status code: exported
+// here so that callers need no direct dependency on @connectrpc/connect.
+export { Code, ConnectError } from "@connectrpc/connect";
 
 /** A typed client for comfygate.v1.GatewayService. */
 export type GatewayClient = Client<typeof GatewayService>;

@@ -48,12 +48,19 @@ function gatewayBinary(): { bin: string; cleanup: () => void } {
   return { bin, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
+export interface GatewayOptions {
+  /** More flags for the gateway, e.g. ["--read-rate", "1"]. */
+  args?: string[];
+  /** How long to wait for /readyz to answer 200. */
+  readyTimeoutMs?: number;
+}
+
 /** startGateway runs comfygate --simulate and resolves once /readyz answers 200. */
-export async function startGateway(readyTimeoutMs = 30_000): Promise<Gateway> {
+export async function startGateway({ args = [], readyTimeoutMs = 30_000 }: GatewayOptions = {}): Promise<Gateway> {
   const { bin, cleanup } = gatewayBinary();
   const grpcAddr = `127.0.0.1:${await freePort()}`;
   const httpAddr = `127.0.0.1:${await freePort()}`;
-  const child: ChildProcess = spawn(bin, ["--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr], {
+  const child: ChildProcess = spawn(bin, ["--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let logs = "";
