@@ -1,10 +1,3 @@
-//go:build kinopenapi
-
-// Built with -tags kinopenapi: kin-openapi's own dependencies are not yet in
-// go.mod and go.sum (go get github.com/getkin/kin-openapi/openapi2conv@v0.153.0
-// adds them), and a test file that cannot build would stop every test of the
-// package.
-
 package server_test
 
 import (

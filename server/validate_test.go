@@ -107,8 +107,14 @@ func TestHostileIDsNeverReachUpstreamREST(t *testing.T) {
 				// An empty id or ".." changes the route itself (no route matches, or
 				// the path is cleaned into another one); every other id is refused by
 				// validation with 400. None reaches upstream (checked below).
+				// An id ending in ":cancel" on GET names the cancel route, which
+				// takes POST only: 405.
 				routeChanging := hostileIDs[name] == "" || hostileIDs[name] == ".."
+				cancelVerb := r.method == http.MethodGet && strings.HasSuffix(r.path, ":cancel")
 				switch {
+				case cancelVerb && code != http.StatusMethodNotAllowed:
+					t.Errorf("HTTP %d, want 405 (the cancel route takes POST): %v", code, resp)
+				case cancelVerb:
 				case routeChanging && code < 400:
 					t.Errorf("HTTP %d, want an error: %v", code, resp)
 				case !routeChanging && code != http.StatusBadRequest:
@@ -165,8 +171,8 @@ func TestBadInputNeverReachesUpstream(t *testing.T) {
 	t.Run("rest/too large", func(t *testing.T) {
 		big := `{"image":"data:image/png;base64,` + strings.Repeat("A", 11<<20) + `"}`
 		code, resp := g.rest(t, http.MethodPost, "/v1/deployments/d1/requests", []byte(big))
-		if code != http.StatusBadRequest || !strings.Contains(resp["message"].(string), "larger than") {
-			t.Fatalf("HTTP %d, want 400 naming the limit: %v", code, resp["message"])
+		if code != http.StatusRequestEntityTooLarge || !strings.Contains(resp["message"].(string), "larger than") {
+			t.Fatalf("HTTP %d, want 413 naming the limit: %v", code, resp["message"])
 		}
 	})
 	t.Run("grpc/too large", func(t *testing.T) {

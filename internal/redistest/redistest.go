@@ -1,9 +1,10 @@
 // Package redistest finds or starts a real Redis server for tests.
 //
-// Tests use COMFYGATE_TEST_REDIS_URL when it is set, else the Redis that
-// development and CI machines run on 127.0.0.1:6379, else a private redis-server
-// started on a free port (install it with `apt-get install redis-server`). Tests
-// share a server and isolate themselves with a key prefix of their own.
+// By default tests start a private redis-server on a free port (install it
+// with `apt-get install redis-server`) and stop it when done: a Redis the
+// tests did not start is never touched. COMFYGATE_TEST_REDIS_URL names a
+// shared one to use instead; tests then isolate themselves with a key prefix
+// of their own, deleted when each test ends.
 package redistest
 
 import (
@@ -27,8 +28,6 @@ import (
 // EnvURL names the variable that points tests at a Redis server.
 const EnvURL = "COMFYGATE_TEST_REDIS_URL"
 
-const defaultURL = "redis://127.0.0.1:6379/0"
-
 // Server is a Redis server tests can use.
 type Server struct {
 	URL  string
@@ -38,25 +37,27 @@ type Server struct {
 	port int
 }
 
-// Find returns the configured or local Redis, or starts a private one. Call Stop
-// when done (it stops only a server Find started).
+// Find returns the Redis COMFYGATE_TEST_REDIS_URL names, or starts a private
+// one. Call Stop when done (it stops only a server Find started).
 func Find() (*Server, error) {
 	url := os.Getenv(EnvURL)
 	if url == "" {
-		url = defaultURL
+		return StartPrivate()
 	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", EnvURL, err)
 	}
-	if answers(opts) {
-		return &Server{URL: url, Addr: opts.Addr}, nil
-	}
-	if os.Getenv(EnvURL) != "" {
+	if !answers(opts) {
 		return nil, fmt.Errorf("%s=%s does not answer", EnvURL, url)
 	}
-	return StartPrivate()
+	return &Server{URL: url, Addr: opts.Addr}, nil
 }
+
+// Shared reports whether the server is one the tests did not start
+// (COMFYGATE_TEST_REDIS_URL): nothing but keys under a test's prefix may be
+// changed on it.
+func (s *Server) Shared() bool { return s.cmd == nil }
 
 func answers(opts *redis.Options) bool {
 	c := redis.NewClient(opts)
@@ -73,7 +74,7 @@ func answers(opts *redis.Options) bool {
 func StartPrivate(extra ...string) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return nil, errors.New("no Redis answers and redis-server is not installed (apt-get install redis-server)")
+		return nil, errors.New("redis-server is not installed (apt-get install redis-server, or bash scripts/deps.sh), and COMFYGATE_TEST_REDIS_URL names no shared Redis")
 	}
 	dir, err := os.MkdirTemp("", "comfygate-redis-")
 	if err != nil {
@@ -192,7 +193,7 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 }
 
 // Prefix returns a key prefix no other test uses. When t ends, every key
-// under it is deleted from the configured (or local) Redis, so that tests
+// under it is deleted from the shared Redis (COMFYGATE_TEST_REDIS_URL), so that tests
 // leave a server they did not start as they found it; the cleanup runs after
 // the test's own (cleanups run last registered first), once the processes
 // that wrote under the prefix have stopped.
@@ -204,11 +205,13 @@ func Prefix(t testing.TB) string {
 	return prefix
 }
 
-// deletePrefix deletes the keys under prefix, on the server Find would use.
+// deletePrefix deletes the keys under prefix on the shared server
+// COMFYGATE_TEST_REDIS_URL names; a private server takes its keys with it
+// when it stops.
 func deletePrefix(prefix string) {
 	url := os.Getenv(EnvURL)
 	if url == "" {
-		url = defaultURL
+		return
 	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {

@@ -44,7 +44,13 @@ func TestMain(m *testing.M) {
 // newBackend returns a running backend on its own prefix, stopped at cleanup.
 func newBackend(t *testing.T) *redisstore.Backend {
 	t.Helper()
-	b, err := redisstore.New(server.Client(t), redisstore.Options{
+	return newBackendOn(t, server)
+}
+
+// newBackendOn is newBackend on the given server.
+func newBackendOn(t *testing.T, srv *redistest.Server) *redisstore.Backend {
+	t.Helper()
+	b, err := redisstore.New(srv.Client(t), redisstore.Options{
 		Prefix: redistest.Prefix(t),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -70,11 +76,17 @@ func TestConformance(t *testing.T) {
 
 // TestSaveScheduledAfterScriptFlush: Redis forgets loaded scripts when it
 // restarts; the pipelined save must then send the script itself, and still
-// write the record and the schedule together.
+// write the record and the schedule together. SCRIPT FLUSH empties a whole
+// server's script cache, so the test runs on a private server of its own.
 func TestSaveScheduledAfterScriptFlush(t *testing.T) {
 	ctx := context.Background()
-	b := newBackend(t)
-	rdb := server.Client(t)
+	srv, err := redistest.StartPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	b := newBackendOn(t, srv)
+	rdb := srv.Client(t)
 	due := time.UnixMilli(time.Now().Add(time.Minute).UnixMilli())
 	rec := &state.Record{RequestID: "req-flush", DeploymentID: "dep", State: runcomfy.StateQueued, Seq: 1, UpdatedAt: time.Now().UTC()}
 	for i, step := range []string{"first save loads the script", "after SCRIPT FLUSH"} {
@@ -102,7 +114,7 @@ func TestSaveScheduledAfterScriptFlush(t *testing.T) {
 	// state.ScheduledSaver): its writer retries with a final record.
 	final := rec.Clone()
 	final.State = runcomfy.StateSucceeded
-	err := b.SaveScheduled(ctx, final, time.Hour, time.Time{}, true) // seq 2 again: refused
+	err = b.SaveScheduled(ctx, final, time.Hour, time.Time{}, true) // seq 2 again: refused
 	var conflict *state.ConflictError
 	if !errors.As(err, &conflict) || conflict.Current == nil || conflict.Current.Seq != 2 {
 		t.Fatalf("SaveScheduled over the same seq = %v, want a ConflictError carrying seq 2", err)
