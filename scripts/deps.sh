@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks need, when missing, so
 # that `make test` and `make bench` work on a fresh Debian machine:
-#   redis-server, redis-tools  Redis for the state tests (and redis-benchmark)
+#   redis-server, redis-tools  Redis for the state tests, each package starting a
+#                              private server of its own (and redis-benchmark)
 #   chromium                   the browser EventSource test
 #   python3-grpcio/-protobuf   the Python client test
 #   protobuf-compiler(-grpc)   the Python stubs (make generate-clients, CI's check)
@@ -24,3 +25,8 @@ sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+# The prometheus package also ships a server that may start on :9090, the
+# gateway's gRPC port; only promtool is wanted.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+	"${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
