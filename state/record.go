@@ -55,6 +55,9 @@ type Record struct {
 	// SyncedAt is when RunComfy last confirmed this state: the last applied
 	// update, or a later observation that found nothing new (Toucher).
 	SyncedAt time.Time `json:"synced_at,omitzero"`
+	// Webhooks are the endpoints the request's events go to, set by its
+	// submit (the caller's webhook and the tenant's defaults) and kept.
+	Webhooks []WebhookTarget `json:"webhooks,omitempty"`
 }
 
 // Position is a point in a request's history: the (epoch, seq) of a state.
@@ -78,6 +81,7 @@ func (r *Record) Clone() *Record {
 		c.QueuePosition = &p
 	}
 	c.OutputURLs = slices.Clone(r.OutputURLs)
+	c.Webhooks = slices.Clone(r.Webhooks)
 	if r.Error != nil {
 		e := *r.Error
 		c.Error = &e
@@ -104,6 +108,9 @@ type Update struct {
 	StartedAt      time.Time
 	FinishedAt     time.Time
 	Owner          string
+	// Webhooks, from a submit, are the request's webhook targets; a record
+	// takes them once.
+	Webhooks []WebhookTarget
 }
 
 // Source is where an observation of a request came from.
@@ -156,6 +163,13 @@ func ownerChange(r *Record, u *Update) (owner string, attached, ok bool) {
 		return u.Owner, false, true
 	}
 	return "", false, false
+}
+
+// webhooksChange reports whether u sets r's webhook targets: only the
+// submit's answer names them, and a record takes them once (the submit's
+// answer may come after a callback created the record).
+func webhooksChange(r *Record, u *Update) bool {
+	return len(u.Webhooks) > 0 && len(r.Webhooks) == 0 && u.Source == SourceSubmit
 }
 
 // confirms reports whether u is RunComfy's word on the request now, which
@@ -262,9 +276,15 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		// The state stays as it is. Ownership is not state: an update that
 		// names the owner of a request nobody owns yet still sets it (the
 		// submit's answer can arrive after the request's last callback).
-		if owner, attached, ok := ownerChange(cur, u); ok {
+		owner, attached, ok := ownerChange(cur, u)
+		if hooks := webhooksChange(cur, u); ok || hooks {
 			next := cur.Clone()
-			next.Owner, next.OwnerAttached = owner, attached
+			if ok {
+				next.Owner, next.OwnerAttached = owner, attached
+			}
+			if hooks {
+				next.Webhooks = slices.Clone(u.Webhooks)
+			}
 			next.Seq = cur.Seq + 1
 			next.UpdatedAt = now
 			return next, Applied
@@ -318,6 +338,10 @@ func apply(r *Record, u *Update, advance bool) bool {
 	}
 	if owner, attached, ok := ownerChange(r, u); ok {
 		r.Owner, r.OwnerAttached = owner, attached
+		changed = true
+	}
+	if webhooksChange(r, u) {
+		r.Webhooks = slices.Clone(u.Webhooks)
 		changed = true
 	}
 	// A queue position only goes down: a larger one is an older observation that

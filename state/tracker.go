@@ -162,7 +162,7 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		if next.Seq == 1 {
 			next.Epoch = t.newEpoch(now, lost)
 		}
-		err := t.save(ctx, next)
+		err := t.save(ctx, next, EventFor(cur, next))
 		var conflict *ConflictError
 		switch {
 		case errors.As(err, &conflict):
@@ -243,20 +243,35 @@ func (t *Tracker) read(ctx context.Context, requestID string, cur **Record) erro
 // save stores next and keeps the poll schedule in step: an unfinished request
 // is due a poll interval after its last change, a finished one leaves the
 // schedule. With a store that is its own schedule (ScheduledSaver), both go
-// in one round trip.
-func (t *Tracker) save(ctx context.Context, next *Record) error {
+// in one round trip. A change that makes a webhook event (ev) queues it in
+// the same save (OutboxSaver).
+func (t *Tracker) save(ctx context.Context, next *Record, ev *Event) error {
 	id := next.RequestID
 	var due time.Time
 	if t.schedule != nil && !next.Terminal() {
 		due = next.UpdatedAt.Add(t.poll)
 	}
 	forget := t.schedule != nil && next.Terminal()
-	if ss, ok := t.store.(ScheduledSaver); ok && t.schedule != nil {
+	// The event goes in the save itself: recorded and queued, or neither.
+	os, queues := t.store.(OutboxSaver)
+	if ev != nil && !queues {
+		return fmt.Errorf("save request %s: the store cannot queue webhook events", id)
+	}
+	write := func(due time.Time, forget bool) error {
+		if ev != nil {
+			return os.SaveWithEvent(ctx, next, t.retention, due, forget, ev)
+		}
+		if ss, ok := t.store.(ScheduledSaver); ok && (!due.IsZero() || forget) {
+			return ss.SaveScheduled(ctx, next, t.retention, due, forget)
+		}
+		return t.store.Save(ctx, next, t.retention)
+	}
+	if _, ok := t.store.(ScheduledSaver); ok && t.schedule != nil {
 		// A refused final save has removed the request from the schedule; the
 		// caller retries it with a final record again (nothing leaves a final
 		// state), and a failing retry is answered with an error, so the
 		// callback or poll behind it comes again.
-		if err := ss.SaveScheduled(ctx, next, t.retention, due, forget); err != nil {
+		if err := write(due, forget); err != nil {
 			return fmt.Errorf("save request %s: %w", id, err)
 		}
 		return nil
@@ -268,7 +283,7 @@ func (t *Tracker) save(ctx context.Context, next *Record) error {
 			return fmt.Errorf("schedule request %s: %w", id, err)
 		}
 	}
-	if err := t.store.Save(ctx, next, t.retention); err != nil {
+	if err := write(time.Time{}, false); err != nil {
 		return fmt.Errorf("save request %s: %w", id, err)
 	}
 	if forget {

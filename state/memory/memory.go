@@ -34,6 +34,7 @@ type Backend struct {
 	// pausedUntil is the end of the polling pause a 429 imposed.
 	pausedUntil time.Time
 	idem        map[string]idemEntry
+	out         outbox
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -48,6 +49,7 @@ func New(now func() time.Time) *Backend {
 		due:     make(map[string]time.Time),
 		leases:  make(map[string]lease),
 		idem:    make(map[string]idemEntry),
+		out:     newOutbox(),
 	}
 }
 
@@ -72,10 +74,15 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	now := b.now()
-	stored := rec.Clone()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.saveLocked(rec, ttl)
+}
+
+// saveLocked is Save with b.mu held.
+func (b *Backend) saveLocked(rec *state.Record, ttl time.Duration) error {
+	now := b.now()
+	stored := rec.Clone()
 	var cur *state.Record
 	if e, ok := b.records[rec.RequestID]; ok && now.Before(e.expires) {
 		cur = e.rec
@@ -103,6 +110,7 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 				delete(b.idem, k)
 			}
 		}
+		b.out.sweep(now)
 	}
 	if deliver := b.subs[rec.RequestID]; deliver != nil {
 		// The subscriber gets a copy of its own, as from Redis: what it does

@@ -152,3 +152,7 @@ func TestExpiryByClock(t *testing.T) {
 func TestIdempotencyConformance(t *testing.T) {
 	statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return memory.New(nil) })
 }
+
+func TestOutboxConformance(t *testing.T) {
+	statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return memory.New(nil) })
+}

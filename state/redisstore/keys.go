@@ -25,6 +25,19 @@ package redisstore
 //	                                expires after 24 hours
 //	<prefix>rate:{<tenant>}:<limit> string: a tenant's submit or read bucket
 //	                                (GCRA, ratelimit.go); expires once full
+//	<prefix>hooks:{<request_id>}   stream: the request's webhook events, in
+//	                                order, appended by the save that records
+//	                                each; expires after the retention period
+//	<prefix>hookdel:{<request_id>} hash: the request's webhook deliveries
+//	                                (event id and endpoint -> JSON)
+//	<prefix>hooklease:{<request_id>} string: the replica delivering the
+//	                                request's events now; expires by itself
+//	<prefix>{hooks}                stream: delivery jobs (a request id each),
+//	                                read by the consumer group "deliverers"
+//	<prefix>{hooks}:due            sorted set: requests whose deliveries are
+//	                                retried later, scored by when (ms); in
+//	                                the jobs stream's slot, so one script
+//	                                moves due ones into it
 
 // DefaultPrefix is the key prefix when none is configured.
 const DefaultPrefix = "comfygate:"
@@ -72,3 +85,22 @@ func (b *Backend) pauseKey() string {
 func (b *Backend) idemKey(key string) string {
 	return b.prefix + "idem:{" + key + "}"
 }
+
+func (b *Backend) outboxKey(requestID string) string {
+	return b.prefix + "hooks:{" + requestID + "}"
+}
+
+func (b *Backend) deliveriesKey(requestID string) string {
+	return b.prefix + "hookdel:{" + requestID + "}"
+}
+
+func (b *Backend) outboxLeaseKey(requestID string) string {
+	return b.prefix + "hooklease:{" + requestID + "}"
+}
+
+// JobsKey is the stream of webhook delivery jobs under prefix.
+func JobsKey(prefix string) string { return prefix + "{hooks}" }
+
+func (b *Backend) jobsKey() string { return JobsKey(b.prefix) }
+
+func (b *Backend) retriesKey() string { return b.prefix + "{hooks}:due" }

@@ -34,7 +34,12 @@ import (
 // KEYS[1] record key, KEYS[2] the request's description key; ARGV: 1 new
 // seq, 2 new rank, 3 record JSON, 4 TTL in ms, 5 channel, 6 epoch, 7 the
 // request's description for the poll schedule (written with the record, so
-// only by a save that succeeds; empty leaves it, and a final save deletes it). Returns {1} written, or {0, stored record JSON or nil,
+// only by a save that succeeds; empty leaves it, and a final save deletes it).
+// A save that makes a webhook event also has KEYS[3] the request's outbox
+// stream and KEYS[4] the delivery job stream, ARGV 8 the event JSON and 9 the
+// request id: the event is appended and a job queued only when the record
+// is written. (KEYS[4] is in a slot of its own: on a Redis Cluster the job
+// goes in the save's pipeline instead.) Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
@@ -57,6 +62,11 @@ elseif tonumber(ARGV[2]) == 3 then
   redis.call('DEL', KEYS[2])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[3])
+if #KEYS == 4 then
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('XADD', KEYS[4], '*', 'r', ARGV[9])
+end
 return {1}
 `
 
@@ -103,6 +113,10 @@ type Backend struct {
 	release *redis.Script
 	pause   *redis.Script
 	touch   *redis.Script
+	// outboxLease and wakeDue serve the webhook outbox (outbox.go).
+	outboxLease *redis.Script
+	wakeDue     *redis.Script
+	callTimeout time.Duration
 
 	ps    *redis.PubSub
 	saves saveQueue
@@ -132,17 +146,20 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		rdb.AddHook(callTimeout(opts.CallTimeout))
 	}
 	return &Backend{
-		rdb:     rdb,
-		prefix:  opts.Prefix,
-		log:     opts.Logger,
-		ping:    opts.PingInterval,
-		save:    redis.NewScript(saveScript),
-		release: redis.NewScript(releaseScript),
-		pause:   redis.NewScript(pauseScript),
-		touch:   redis.NewScript(touchScript),
-		ps:      rdb.Subscribe(context.Background()),
-		subs:    make(map[string]func(*state.Record)),
-		waiters: make(map[string][]chan struct{}),
+		rdb:         rdb,
+		prefix:      opts.Prefix,
+		log:         opts.Logger,
+		ping:        opts.PingInterval,
+		save:        redis.NewScript(saveScript),
+		release:     redis.NewScript(releaseScript),
+		pause:       redis.NewScript(pauseScript),
+		touch:       redis.NewScript(touchScript),
+		outboxLease: redis.NewScript(outboxLeaseScript),
+		wakeDue:     redis.NewScript(wakeDueScript),
+		callTimeout: opts.CallTimeout,
+		ps:          rdb.Subscribe(context.Background()),
+		subs:        make(map[string]func(*state.Record)),
+		waiters:     make(map[string][]chan struct{}),
 	}, nil
 }
 
@@ -249,6 +266,13 @@ func (b *Backend) Save(ctx context.Context, rec *state.Record, ttl time.Duration
 // not one script, because the schedule is one key for all requests and a
 // script may only touch keys of one cluster hash slot.
 func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool) error {
+	return b.SaveWithEvent(ctx, rec, ttl, due, forget, nil)
+}
+
+// SaveWithEvent implements state.OutboxSaver: SaveScheduled whose script
+// also appends ev to the request's outbox and queues a delivery job, in the
+// same atomic step as the record's write.
+func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool, ev *state.Event) error {
 	if err := ctx.Err(); err != nil {
 		// Once queued, a save is sent whatever becomes of its caller; one
 		// whose caller has already gone is not.
@@ -264,6 +288,14 @@ func (b *Backend) SaveScheduled(ctx context.Context, rec *state.Record, ttl time
 		id:     rec.RequestID,
 		forget: forget,
 		wake:   make(chan struct{}, 1),
+	}
+	if ev != nil {
+		evData, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("encode event of %s: %w", rec.RequestID, err)
+		}
+		op.keys = append(op.keys, b.outboxKey(rec.RequestID), b.jobsKey())
+		op.args = append(op.args, evData, rec.RequestID)
 	}
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())

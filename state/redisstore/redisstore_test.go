@@ -131,3 +131,7 @@ func TestSaveScheduledAfterScriptFlush(t *testing.T) {
 func TestIdempotencyConformance(t *testing.T) {
 	statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return newBackend(t) })
 }
+
+func TestOutboxConformance(t *testing.T) {
+	statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return newBackend(t) })
+}
