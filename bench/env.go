@@ -140,7 +140,7 @@ type cluster struct {
 
 // startCluster starts the simulator and n replicas; stop ends them all, and
 // is to be called whatever startCluster returned.
-func (e *env) startCluster(ctx context.Context, label string, n int) (c *cluster, stop func(), err error) {
+func (e *env) startCluster(ctx context.Context, label string, n int, extra ...string) (c *cluster, stop func(), err error) {
 	c = &cluster{}
 	stop = func() {
 		for _, g := range c.replicas {
@@ -155,7 +155,7 @@ func (e *env) startCluster(ctx context.Context, label string, n int) (c *cluster
 		return nil, stop, err
 	}
 	for i := range n {
-		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true})
+		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true, extra: extra})
 		if err != nil {
 			return nil, stop, err
 		}

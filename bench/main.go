@@ -42,6 +42,7 @@ func scenarios() []scenario {
 		{"idle watchers", idleWatchers},
 		{"fan-out", fanOut},
 		{"proxy overhead", proxyOverhead},
+		{"webhook delivery", webhookDelivery},
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/server"
@@ -115,6 +116,65 @@ type gatewayOptions struct {
 	// corsOrigins and maxBody are the server's CORSOrigins and MaxBodyBytes.
 	corsOrigins []string
 	maxBody     int64
+	// hooks, when set, enables outbound webhooks: a deliverer runs on the
+	// state's outbox.
+	hooks *hooksOptions
+}
+
+// hooksOptions are the outbound webhooks of a test gateway.
+type hooksOptions struct {
+	// secrets sign every tenant's events; a tenant in unsigned has none.
+	secrets  []hooks.Secret
+	unsigned map[string]bool
+	// defaults are each tenant's default endpoints.
+	defaults map[string][]state.WebhookTarget
+	retryMin time.Duration
+}
+
+// testWebhooks is the service's view of webhooks in these tests: the
+// settings of hooksOptions, and a real deliverer.
+type testWebhooks struct {
+	o *hooksOptions
+	*hooks.Deliverer
+}
+
+func (w *testWebhooks) Tenant(tenant string) ([]state.WebhookTarget, bool) {
+	return w.o.defaults[tenant], !w.o.unsigned[tenant]
+}
+
+func (w *testWebhooks) CheckURL(raw string) error { return hooks.CheckURL(raw) }
+
+// startHooks runs a deliverer on outbox until the test ends.
+func startHooks(t *testing.T, o *hooksOptions, outbox state.Outbox, log *slog.Logger) *testWebhooks {
+	t.Helper()
+	client, err := hooks.NewGuardedClient(hooks.GuardConfig{AllowPrivate: true, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &testWebhooks{o: o}
+	w.Deliverer, err = hooks.New(hooks.Config{
+		Outbox: outbox, Client: client, Render: server.RenderEvent, Consumer: "replica-" + t.Name(),
+		Secrets: func(tenant string) []hooks.Secret {
+			if o.unsigned[tenant] {
+				return nil
+			}
+			return o.secrets
+		},
+		Timeout: 2 * time.Second, RetryMin: cmp.Or(o.retryMin, 50*time.Millisecond), RetryMax: time.Second, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("deliverer Run: %v", err)
+		}
+	})
+	return w
 }
 
 // withCallbacks has the simulator call the gateway back, with timed jobs.
@@ -238,6 +298,13 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	late := &lateURLs{}
 	if o.callbacks {
 		svcCfg.Callbacks = late
+	}
+	if o.hooks != nil {
+		var outbox state.Outbox = backend
+		if o.redis != nil {
+			outbox = o.redis
+		}
+		svcCfg.Webhooks = startHooks(t, o.hooks, outbox, log)
 	}
 	var metrics *server.Metrics
 	if o.metrics != nil {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
@@ -91,6 +92,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	if errors.As(err, &tooLarge) {
 		return tooLarge.status().Err()
 	}
+	var crossOrigin *crossOriginError
+	if errors.As(err, &crossOrigin) {
+		return status.Error(codes.PermissionDenied, crossOrigin.Error())
+	}
 	if st := submitWithoutAnswer(ctx, log, method, err); st != nil {
 		return st.Err()
 	}
@@ -109,6 +114,12 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 			Reason: reasonNoAnswer, Domain: gatewayDomain,
 			Metadata: map[string]string{"job_may_exist": "true"},
 		})
+	case errors.Is(err, errWebhooksOff), errors.Is(err, errNoSigningSecret):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errNoSuchEvent):
+		return status.Error(codes.NotFound, errNoSuchEvent.Error())
+	case errors.Is(err, hooks.ErrBusy):
+		return status.Error(codes.Unavailable, "the request's events are being delivered right now; retry")
 	case errors.Is(err, errInflightFull):
 		return status.Error(codes.Unavailable, errInflightFull.Error())
 	case errors.Is(err, errPublicBusy):

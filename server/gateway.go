@@ -77,7 +77,7 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 			}
 			return st
 		}),
-		// Only Idempotency-Key travels as gRPC metadata (grpc-gateway adds
+		// Only Idempotency-Key and the Comfygate-Webhook headers travel as gRPC metadata (grpc-gateway adds
 		// Authorization itself). No other header does: neither the
 		// Grpc-Metadata-* aliases, which would let a caller set metadata the
 		// guard never checked (a second Idempotency-Key, the handoff token),
@@ -85,6 +85,9 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
 			if strings.EqualFold(h, "Idempotency-Key") {
 				return "idempotency-key", true
+			}
+			if strings.EqualFold(h, "Comfygate-Webhook") || strings.EqualFold(h, "Comfygate-Webhook-Events") {
+				return strings.ToLower(h), true
 			}
 			return "", false
 		}),

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,10 +34,13 @@ type bodyGuard struct {
 	auth     Authenticator // nil: every caller is the one local tenant
 	maxBody  int64
 	inflight *inflightBudget
+	// originAllowed reports whether a cross-origin caller may write (the
+	// origins of --cors-origins); nil allows none.
+	originAllowed func(*http.Request) bool
 }
 
-func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *inflightBudget) *bodyGuard {
-	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: inflight}
+func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *inflightBudget, originAllowed func(*http.Request) bool) *bodyGuard {
+	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: inflight, originAllowed: originAllowed}
 }
 
 // wrap returns h behind the guard: the API key is checked (the same store and
@@ -46,6 +50,10 @@ func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, 
 // reading the body.
 func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := g.checkOrigin(r); err != nil {
+			g.refuse(w, r, status.Convert(toStatus(r.Context(), g.log, "", err)))
+			return
+		}
 		tenant, ok := g.tenant(r.Header)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="comfygate"`)
@@ -65,6 +73,17 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", &bodyTooLargeError{limit: g.maxBody})))
 			return
 		}
+		if !readsBody(r) {
+			// A route that takes no body still bounds one sent in chunks:
+			// it is read (never kept) up to the limit, and over it refused.
+			if n, _ := io.CopyN(io.Discard, r.Body, g.maxBody+1); n > g.maxBody {
+				g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", &bodyTooLargeError{limit: g.maxBody})))
+				return
+			}
+			r.Body = http.NoBody
+			h.ServeHTTP(w, r)
+			return
+		}
 		// A body of unknown length (chunked) may grow to the limit: reserve
 		// that much, so the bound holds whatever the client sends.
 		n := r.ContentLength
@@ -81,6 +100,53 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 		r.Body = &sizedBody{ReadCloser: http.MaxBytesReader(w, r.Body, g.maxBody), size: max(r.ContentLength, 0)}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// checkOrigin refuses a write (any method but GET, HEAD and OPTIONS) sent by
+// a browser from another origin that --cors-origins does not allow. A browser
+// sends a "simple" cross-origin POST (a form, or text/plain) without asking
+// first, and with whatever credentials are ambient; a gateway without API
+// keys on a developer's machine would otherwise submit and cancel jobs for
+// any web page its user opens. Callers that are not browsers send no Origin.
+func (g *bodyGuard) checkOrigin(r *http.Request) error {
+	origin := r.Header.Get("Origin")
+	if origin == "" || r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
+		return nil
+	}
+	if sameOrigin(origin, r) || (g.originAllowed != nil && g.originAllowed(r)) {
+		return nil
+	}
+	return &crossOriginError{origin: origin}
+}
+
+// sameOrigin reports whether origin names the host the request was sent to.
+func sameOrigin(origin string, r *http.Request) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return strings.EqualFold(u.Scheme, scheme) && strings.EqualFold(u.Host, r.Host)
+}
+
+// crossOriginError: a browser on another origin sent a write.
+type crossOriginError struct{ origin string }
+
+func (e *crossOriginError) Error() string {
+	o := e.origin
+	if len(o) > 200 {
+		o = o[:200] + "…"
+	}
+	return fmt.Sprintf("cross-origin request from %q refused: the gateway's operator allows browser origins with --cors-origins", o)
+}
+
+// readsBody reports whether the API route a request is for reads its body:
+// only Submit does.
+func readsBody(r *http.Request) bool {
+	return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/requests") && allowedMethods(r.URL.Path) == http.MethodPost
 }
 
 // refuseKeyed refuses the call of an authenticated caller, then reads (never

@@ -189,14 +189,16 @@ func (l *TenantLimits) openWatch(ctx context.Context, tenant string) (release fu
 }
 
 // isRead tells whether the read limit applies to a call: each of these may
-// call RunComfy. Submit has its own limit, inside Submit after the idempotency
+// call RunComfy (or, for the deliveries, reads and writes the state backend). Submit has its own limit, inside Submit after the idempotency
 // claim, so that a replay (which calls nothing) is free; WatchRequest spends
 // its read in openWatch.
 func isRead(fullMethod string) bool {
 	switch fullMethod {
 	case comfygatev1.GatewayService_GetStatus_FullMethodName,
 		comfygatev1.GatewayService_GetResult_FullMethodName,
-		comfygatev1.GatewayService_Cancel_FullMethodName:
+		comfygatev1.GatewayService_Cancel_FullMethodName,
+		comfygatev1.GatewayService_ListDeliveries_FullMethodName,
+		comfygatev1.GatewayService_RedeliverEvent_FullMethodName:
 		return true
 	}
 	return false

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 
@@ -30,8 +31,10 @@ func allowedMethods(path string) string {
 		return http.MethodPost // Cancel
 	case len(seg) == 3 && seg[1] == "requests":
 		return http.MethodGet // GetStatus, and WatchRequest as ":watch"
-	case len(seg) == 4 && seg[1] == "requests" && (seg[3] == "result" || seg[3] == "events"):
-		return http.MethodGet // GetResult, WatchRequest as Server-Sent Events
+	case len(seg) == 4 && seg[1] == "requests" && (seg[3] == "result" || seg[3] == "events" || seg[3] == "deliveries"):
+		return http.MethodGet // GetResult, WatchRequest as Server-Sent Events, ListDeliveries
+	case len(seg) == 5 && seg[1] == "requests" && seg[3] == "deliveries" && strings.HasSuffix(seg[4], ":redeliver"):
+		return http.MethodPost // RedeliverEvent
 	}
 	return ""
 }
@@ -59,10 +62,22 @@ func restMethods(next http.Handler) http.Handler {
 
 // limitOtherBodies refuses, with 413, a body over maxBody sent to a route
 // that takes none (health, metrics, the OpenAPI document): the API routes
-// and the callbacks bound their bodies themselves, after authentication.
+// and the callbacks bound their bodies themselves, after authentication. A
+// GET's body sent in chunks is read (never kept) up to the limit, and over
+// it refused the same way.
 func limitOtherBodies(next http.Handler, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > maxBody && !strings.HasPrefix(r.URL.Path, "/v1/") && !strings.HasPrefix(r.URL.Path, "/webhooks/") {
+		if strings.HasPrefix(r.URL.Path, "/v1/") || strings.HasPrefix(r.URL.Path, "/webhooks/") || !hasBody(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		tooLarge := r.ContentLength > maxBody
+		if !tooLarge && r.ContentLength < 0 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			n, _ := io.CopyN(io.Discard, r.Body, maxBody+1)
+			tooLarge = n > maxBody
+			r.Body = http.NoBody
+		}
+		if tooLarge {
 			w.Header().Set("Connection", "close")
 			writePlain(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBody))
 			return

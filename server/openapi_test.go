@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
 	"slices"
@@ -17,8 +18,10 @@ import (
 	"testing"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/server"
+	"github.com/comfygate/comfygate/state"
 )
 
 // openAPIDoc is what the tests read of the served OpenAPI (Swagger 2.0)
@@ -155,12 +158,14 @@ func fetchOpenAPIJSON(t *testing.T, httpc *http.Client, base string) []byte {
 // documentedErrors are the error statuses each route documents: those it can
 // answer (the README's error table, server/errors.go), and no others.
 var documentedErrors = map[string][]int{
-	"POST /v1/deployments/{deployment_id}/requests":                     {400, 401, 404, 409, 413, 429, 500, 503, 504},
-	"GET /v1/deployments/{deployment_id}/requests/{request_id}":         {400, 401, 404, 413, 429, 500, 503, 504},
-	"GET /v1/deployments/{deployment_id}/requests/{request_id}/result":  {400, 401, 404, 413, 429, 500, 503, 504},
-	"POST /v1/deployments/{deployment_id}/requests/{request_id}:cancel": {400, 401, 404, 413, 429, 500, 503, 504},
-	"GET /v1/deployments/{deployment_id}/requests/{request_id}:watch":   {400, 401, 404, 413, 429, 500, 503, 504},
-	"GET /v1/deployments/{deployment_id}/requests/{request_id}/events":  {400, 401, 404, 413, 429, 500, 503, 504},
+	"POST /v1/deployments/{deployment_id}/requests":                                              {400, 401, 404, 409, 413, 429, 500, 503, 504},
+	"GET /v1/deployments/{deployment_id}/requests/{request_id}":                                  {400, 401, 404, 413, 429, 500, 503, 504},
+	"GET /v1/deployments/{deployment_id}/requests/{request_id}/result":                           {400, 401, 404, 413, 429, 500, 503, 504},
+	"POST /v1/deployments/{deployment_id}/requests/{request_id}:cancel":                          {400, 401, 404, 413, 429, 500, 503, 504},
+	"GET /v1/deployments/{deployment_id}/requests/{request_id}:watch":                            {400, 401, 404, 413, 429, 500, 503, 504},
+	"GET /v1/deployments/{deployment_id}/requests/{request_id}/events":                           {400, 401, 404, 413, 429, 500, 503, 504},
+	"GET /v1/deployments/{deployment_id}/requests/{request_id}/deliveries":                       {400, 401, 404, 413, 429, 500, 503},
+	"POST /v1/deployments/{deployment_id}/requests/{request_id}/deliveries/{event_id}:redeliver": {400, 401, 404, 413, 429, 500, 503},
 }
 
 // TestOpenAPIDescribesTheRESTAPI: the served document names the gateway,
@@ -396,8 +401,21 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 	const maxBody = 4096
 	// tenant-c may attach: an id the gateway has no record of is read from
 	// RunComfy, so its failures reach the reads too.
+	// tenant-a's requests send every event to a receiver, so that its
+	// requests have deliveries to list and events to redeliver.
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	t.Cleanup(receiver.Close)
+	secret, err := hooks.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := state.KindQueued | state.KindRunning | state.KindOutput | state.KindTerminal
 	g := startGateway(t, withKeysFile(t, "tenant-a "+keyA+"\ntenant-c "+keyC+" attach\n"),
-		func(o *gatewayOptions) { o.maxBody = maxBody })
+		func(o *gatewayOptions) {
+			o.maxBody = maxBody
+			o.hooks = &hooksOptions{secrets: []hooks.Secret{secret},
+				defaults: map[string][]state.WebhookTarget{"tenant-a": {{URL: receiver.URL + "/hooks", Kinds: all}}}}
+		})
 	ctx := ctxT(t)
 	doc := fetchOpenAPI(t, g.httpc, g.httpBase)
 	routes := doc.routes(t)
@@ -414,6 +432,7 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		t.Fatalf("request %s is %v, want it finished", rid, final.GetRequest().GetStatus())
 	}
 	finalID := fmt.Sprintf("%d-%d", final.GetRequest().GetEpoch(), final.GetRequest().GetSeq())
+	eventID := state.EventID(rid, final.GetRequest().GetEpoch(), final.GetRequest().GetSeq())
 
 	// A documented parameter the test has no value for fails it: the
 	// document grew, and so must this test.
@@ -425,6 +444,10 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 			return "0"
 		case "access_token":
 			return "" // the key (routeCall.key)
+		case "Comfygate-Webhook":
+			return receiver.URL + "/named"
+		case "Comfygate-Webhook-Events":
+			return "running,terminal"
 		case "Idempotency-Key":
 			nextKey++
 			return "openapi-test-" + strconv.Itoa(nextKey)
@@ -452,6 +475,9 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		t.Run(r.String(), func(t *testing.T) {
 			// Path parameters a route does not document are not sent.
 			required := map[string]string{"deployment_id": "dep-1", "request_id": rid}
+			if _, _, ok := r.param("event_id"); ok {
+				required["event_id"] = eventID
+			}
 			every := maps.Clone(required)
 			var body []byte
 			for _, p := range r.op.Parameters {
@@ -504,8 +530,16 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 				})
 			}
 			// RunComfy's failures, met by tenant-c reading a request the
-			// gateway has no record of (or submitting).
+			// gateway has no record of (or submitting). Deliveries are the
+			// gateway's own: their routes never ask RunComfy.
 			unrecorded := with(required, "request_id", "not-recorded")
+			if strings.Contains(r.path, "/deliveries") {
+				t.Run("a request the gateway has no record of", func(t *testing.T) {
+					checkAnswer(t, r, g.callRoute(ctx, t, r, routeCall{key: keyC, params: unrecorded, body: body}),
+						routeCase{want: http.StatusNotFound, message: "no such request"})
+				})
+				return
+			}
 			for _, f := range faults {
 				t.Run(f.name, func(t *testing.T) {
 					g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
@@ -536,6 +570,9 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 				}
 			}
 			call := routeCall{key: keyA, params: map[string]string{"deployment_id": "dep-1", "request_id": rid}, body: body}
+			if _, _, ok := r.param("event_id"); ok {
+				call.params["event_id"] = eventID
+			}
 			checkAnswer(t, r, limited.callRoute(ctx, t, r, call), routeCase{want: http.StatusTooManyRequests})
 		})
 	}

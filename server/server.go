@@ -273,7 +273,11 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	mux := http.NewServeMux()
 	// The API routes authenticate and bound their bodies before grpc-gateway
 	// reads anything (httpguard.go).
-	bodies := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, inflight)
+	var originAllowed func(*http.Request) bool
+	if len(cfg.CORSOrigins) > 0 {
+		originAllowed = corsFor(cfg.CORSOrigins).OriginAllowed
+	}
+	bodies := newBodyGuard(cfg.Logger, cfg.Metrics, cfg.Auth, cfg.MaxBodyBytes, inflight, originAllowed)
 	mux.Handle("/v1/", restMethods(bodies.wrap(gw)))
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
@@ -349,9 +353,17 @@ func (s *Server) newHTTPServer(cfg Config, h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: min(10*time.Second, cfg.ReadTimeout),
 		IdleTimeout:       cfg.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		// The request line and headers travel on to the gRPC server as
+		// metadata, which takes at most 64 KiB: over this bound the answer
+		// is 431, not a failed call.
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 }
+
+// maxHeaderBytes bounds an HTTP request's line and headers (net/http allows
+// 4 KiB more, and answers 431 past it).
+const maxHeaderBytes = 32 << 10
 
 // closeListeners closes the listeners of a server that will not run.
 func (s *Server) closeListeners() {

@@ -79,6 +79,7 @@ type Service struct {
 	limits        *TenantLimits
 	metrics       *Metrics
 	events        *eventCache
+	webhooks      Webhooks
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -106,7 +107,11 @@ type ServiceConfig struct {
 	Limits *TenantLimits
 	// Metrics, when set, counts deliveries to watchers and open watchers.
 	Metrics *Metrics
-	Logger  *slog.Logger
+	// Webhooks, when set, lets Submit name webhooks (and adds the tenant's
+	// default ones) and serves the deliveries; nil refuses a submit that
+	// names one.
+	Webhooks Webhooks
+	Logger   *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -155,6 +160,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		limits:        cfg.Limits,
 		events:        newEventCache(eventCacheSize),
 		metrics:       cfg.Metrics,
+		webhooks:      cfg.Webhooks,
 		log:           cfg.Logger,
 		submitTimeout: cfg.SubmitTimeout,
 		freshFor:      cfg.FreshFor,

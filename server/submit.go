@@ -49,6 +49,10 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	hooks, err := s.submitWebhooks(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	var scope string
 	if key != "" {
 		var done *comfygatev1.SubmitResponse
@@ -109,6 +113,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		State:        runcomfy.StateQueued,
 		CreatedAt:    s.now(),
 		Owner:        tenantOf(ctx),
+		Webhooks:     hooks,
 	})
 	if err == nil && rec != nil && !visible(ctx, rec, dep) {
 		// Recorded as another tenant's (it cannot happen to a new id; the

@@ -94,6 +94,7 @@ func TestMainDispatchesCommands(t *testing.T) {
 		{"help names the server's flags", []string{"help"}, cli.ExitOK, "--grpc-addr"},
 		{"help of a command", []string{"help", "watch"}, cli.ExitOK, "Usage: comfygate watch [flags] REQUEST_ID"},
 		{"unknown command", []string{"sumbit"}, cli.ExitUsage, `unknown command "sumbit"; run 'comfygate help'`},
+		{"help of an unknown command", []string{"help", "sumbit"}, cli.ExitUsage, `unknown command "sumbit"`},
 		{"a flag first is the server", []string{"--grpc-addr", "nope", "status"}, 1, "unexpected arguments"},
 		{"a client flag first gets a hint", []string{"--deployment", "dep-main", "status", id}, 1, `"status" is a client command: give it first, then its flags`},
 		{"version", []string{"version"}, cli.ExitOK, ", go1."},

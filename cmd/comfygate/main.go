@@ -57,6 +57,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) (cod
 		return cli.ExitOK, true
 	case first == "help" && len(args) > 1 && cli.IsCommand(args[1]):
 		return cli.Run(ctx, []string{args[1], "--help"}, os.Getenv, cli.OSStdio()), true
+	case first == "help" && len(args) > 1 && args[1] != "version" && args[1] != "help":
+		fmt.Fprintf(stderr, "comfygate help: unknown command %q; run 'comfygate help' for the commands\n", args[1])
+		return cli.ExitUsage, true
 	case first == "help":
 		_, _ = app.ParseConfig([]string{"--help"}, os.Getenv, stdout)
 		printCommands(stdout)

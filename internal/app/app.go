@@ -11,15 +11,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/internal/version"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
@@ -36,6 +34,7 @@ type App struct {
 	reconciler *state.Reconciler
 	srv        *server.Server
 	dbg        *debugServer // nil without --debug-addr
+	webhooks   *webhooks    // nil without --tenants-file
 	// reload, when set, reloads the API keys on SIGHUP until its context ends.
 	reload func(context.Context) error
 	// release undoes what New acquired that Run does not stop by itself:
@@ -195,13 +194,22 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	if srvCfg.TLS, err = cfg.tlsConfig(); err != nil {
 		return nil, err
 	}
-	if cfg.APIKeysFile != "" {
-		if srvCfg.Auth, err = a.watchKeys(cfg.APIKeysFile); err != nil {
+	authn, tenants, err := a.watchAuth(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if authn != nil {
+		srvCfg.Auth = authn
+		log.Info("client API keys required", "keys_file", cfg.APIKeysFile, "tenants_file", cfg.TenantsFile)
+	} else {
+		log.Warn("no API keys (--api-keys-file, or keys in --tenants-file): every caller is accepted, as one tenant")
+	}
+	if tenants != nil {
+		if a.webhooks, err = newWebhooks(cfg, tenants, a.backend.outbox, reg, log.With("component", "webhooks")); err != nil {
 			return nil, err
 		}
-		log.Info("client API keys required", "file", cfg.APIKeysFile)
-	} else {
-		log.Warn("no --api-keys-file: every caller is accepted, as one tenant")
+		svcCfg.Webhooks = a.webhooks
+		log.Info("outbound webhooks enabled", "tenants_file", cfg.TenantsFile, "durable", a.backend.pinger != nil)
 	}
 	var hook *webhook.Handler
 	if cfg.PublicURL != "" {
@@ -232,24 +240,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		return nil, err
 	}
 	if a.sim != nil {
-		log.Info("simulating RunComfy", "url", a.sim.url, "callbacks_to", cfg.PublicURL)
+		log.Info("simulating RunComfy", "url", a.sim.url, "callbacks_to", redactedURL(cfg.PublicURL))
 	}
 	return a, nil
-}
-
-// watchKeys loads the API keys and catches SIGHUP, for good: its default
-// action would kill the gateway, even during the drain. The reloads
-// themselves start with Run.
-func (a *App) watchKeys(file string) (*auth.Keys, error) {
-	keys, err := auth.Load(file)
-	if err != nil {
-		return nil, err
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	a.release = append(a.release, func() { signal.Stop(hup) })
-	a.reload = func(ctx context.Context) error { return reloadOnHangup(ctx, hup, keys, a.log) }
-	return keys, nil
 }
 
 // Run serves until ctx ends, then drains (server.Server.Run) and stops every
@@ -274,6 +267,9 @@ func (a *App) Run(ctx context.Context) error {
 		g.Go(func() error { return a.dbg.run(gctx, a.log) })
 	}
 	g.Go(func() error { return a.reconciler.Run(gctx) })
+	if a.webhooks != nil {
+		g.Go(func() error { return a.webhooks.Run(gctx) })
+	}
 	g.Go(func() error {
 		defer stopAfter()
 		return a.srv.Run(gctx)
@@ -303,20 +299,21 @@ func (a *App) releaseAll() {
 	a.release = nil
 }
 
-// reloadOnHangup reloads the API keys on every signal on hup until ctx ends. A
-// file that does not load leaves the keys in use unchanged. hup stays notified
-// until Run returns, so a SIGHUP during the drain is ignored rather than fatal.
-func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, keys *auth.Keys, log *slog.Logger) error {
+// reloadOnHangup reloads the API keys and the tenants file on every signal
+// on hup until ctx ends. A file that does not load leaves what is in use
+// unchanged. hup stays notified until Run returns, so a SIGHUP during the
+// drain is ignored rather than fatal.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, files reloader, what string, log *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-hup:
-			if err := keys.Reload(); err != nil {
-				log.Error("API keys not reloaded; the previous keys stay in use", "error", err)
+			if err := files.Reload(); err != nil {
+				log.Error(what+" not reloaded; what was in use stays", "error", err)
 				continue
 			}
-			log.Info("API keys reloaded")
+			log.Info(what + " reloaded")
 		}
 	}
 }
@@ -334,4 +331,13 @@ func randomSecret() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
 	return hex.EncodeToString(b)
+}
+
+// redactedURL is raw with any password replaced, for a log line.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/internal/flagenv"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
@@ -90,6 +92,16 @@ type Config struct {
 	AdminAddr   string
 	// CORSOrigins are the browser origins allowed to call the REST API.
 	CORSOrigins []string
+	// TenantsFile holds the tenants' webhook settings and, optionally,
+	// their API keys.
+	TenantsFile string
+	// The outbound webhooks' guard, timeout and retry schedule (hooks).
+	WebhookAllowHosts   []string
+	WebhookAllowPrivate bool
+	WebhookTimeout      time.Duration
+	WebhookRetryMin     time.Duration
+	WebhookRetryMax     time.Duration
+	WebhookRetryHorizon time.Duration
 	// Tracing exports traces over OTLP; set when OTEL_EXPORTER_OTLP_ENDPOINT
 	// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is, which configure the exporter.
 	Tracing bool
@@ -110,7 +122,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.UpstreamTimeout, "upstream-timeout", 30*time.Second, "timeout of one HTTP attempt to RunComfy")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long in-flight calls may take to finish after SIGTERM")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", server.DefaultMaxBodyBytes, "largest accepted request body or gRPC message, in `bytes`")
-	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` at which RunComfy reaches this gateway's HTTP listener; when set, Submit asks for callbacks under it")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "base `URL` at which RunComfy reaches this gateway's callback listener (--webhook-addr, or --http-addr without it); when set, Submit asks for callbacks under it")
 	fs.Func("webhook-secret", "comma-separated `secrets` for callback URLs, at least 16 bytes each; the first signs, all are accepted (rotation). Prefer --webhook-secret-file: a flag shows in process listings", func(v string) error {
 		cfg.WebhookSecrets = splitSecrets(v)
 		cfg.webhookSecretFlag = true
@@ -129,7 +141,17 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
 	fs.DurationVar(&cfg.RedisTimeout, "redis-timeout", 2*time.Second, "bound of every Redis call, retries included: while Redis hangs, callbacks, submits and reads answer UNAVAILABLE (503) within it")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
-	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY\" per line (# comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
+	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY [PERMISSIONS]\" per line (PERMISSIONS: attach, comma-separated; # comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
+	fs.StringVar(&cfg.TenantsFile, "tenants-file", "", "YAML `file` of tenants: each tenant's webhook signing secrets (whsec_...) and default endpoints, and optionally its API keys (with or instead of --api-keys-file); validated at start, reloaded on SIGHUP. Needed for outbound webhooks")
+	fs.Func("webhook-allow-hosts", "comma-separated host names, IP addresses or CIDRs that outbound webhooks may reach although they are private or loopback (your own receivers inside your network)", func(v string) error {
+		cfg.WebhookAllowHosts = splitSecrets(v)
+		return nil
+	})
+	fs.BoolVar(&cfg.WebhookAllowPrivate, "webhook-allow-private", false, "let outbound webhooks reach any private, loopback or link-local address (for a gateway whose tenants are all trusted, and tests); off, only public addresses and --webhook-allow-hosts are reached")
+	fs.DurationVar(&cfg.WebhookTimeout, "webhook-timeout", 10*time.Second, "bound of one outbound webhook attempt, from connecting to the end of the answer")
+	fs.DurationVar(&cfg.WebhookRetryMin, "webhook-retry-min", 5*time.Second, "delay before an outbound webhook's first retry; each later one doubles it (with jitter), up to --webhook-retry-max")
+	fs.DurationVar(&cfg.WebhookRetryMax, "webhook-retry-max", time.Hour, "longest delay between two attempts of an outbound webhook (a Retry-After may ask for more)")
+	fs.DurationVar(&cfg.WebhookRetryHorizon, "webhook-retry-horizon", 24*time.Hour, "how long an outbound webhook is retried after its first attempt before it is given up as failed")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow listening on a non-loopback address without --api-keys-file")
 	fs.Float64Var(&cfg.SubmitRate, "submit-rate", 0, "submits per second each tenant may make (token bucket); cluster-wide with --redis-url; 0 is unlimited")
 	fs.IntVar(&cfg.SubmitBurst, "submit-burst", 10, "submits a tenant may make at once before --submit-rate applies")
@@ -296,10 +318,36 @@ func (c *Config) Validate() error {
 	if c.RedisPrefix == "" {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
 	}
-	if c.APIKeysFile == "" && !c.Insecure {
+	tenantKeys := false
+	if c.TenantsFile != "" {
+		tenants, err := auth.LoadTenants(c.TenantsFile)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--tenants-file: %w", err))
+		case c.APIKeysFile != "":
+			keys, kerr := auth.Load(c.APIKeysFile)
+			if kerr == nil {
+				if _, err := auth.Union(keys, tenants); err != nil {
+					errs = append(errs, fmt.Errorf("--tenants-file and --api-keys-file: %w", err))
+				}
+			}
+			tenantKeys = tenants.HasKeys()
+		default:
+			tenantKeys = tenants.HasKeys()
+		}
+	}
+	if c.WebhookTimeout <= 0 || c.WebhookRetryMin <= 0 || c.WebhookRetryMax <= 0 || c.WebhookRetryHorizon <= 0 {
+		errs = append(errs, errors.New("--webhook-timeout, --webhook-retry-min, --webhook-retry-max and --webhook-retry-horizon must be positive"))
+	} else if c.WebhookRetryMin > c.WebhookRetryMax {
+		errs = append(errs, errors.New("--webhook-retry-min must not be longer than --webhook-retry-max"))
+	}
+	if _, err := c.webhookGuard(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.APIKeysFile == "" && !tenantKeys && !c.Insecure {
 		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}, {"--admin-addr", c.AdminAddr}} {
 			if a.addr != "" && !loopback(a.addr) {
-				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there is no --api-keys-file: anyone who reaches it could spend the RunComfy account (give --api-keys-file, or --insecure to accept that)", a.flag, a.addr))
+				errs = append(errs, fmt.Errorf("%s %s is not a loopback address and there are no API keys: anyone who reaches it could spend the RunComfy account (give --api-keys-file or keys in --tenants-file, or --insecure to accept that)", a.flag, a.addr))
 			}
 		}
 	}
@@ -376,6 +424,18 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--max-body-bytes must be at least 1024"))
 	}
 	return errors.Join(errs...)
+}
+
+// webhookGuard is the outbound webhooks' client, as --webhook-allow-hosts,
+// --webhook-allow-private and --webhook-timeout set it.
+func (c *Config) webhookGuard() (*http.Client, error) {
+	client, err := hooks.NewGuardedClient(hooks.GuardConfig{
+		AllowHosts: c.WebhookAllowHosts, AllowPrivate: c.WebhookAllowPrivate, Timeout: max(c.WebhookTimeout, time.Millisecond),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--webhook-allow-hosts: %w", err)
+	}
+	return client, nil
 }
 
 // upstreamConfig is the RunComfy client's configuration, at baseURL with

@@ -25,6 +25,23 @@ func TestParseConfig(t *testing.T) {
 	if err := os.WriteFile(badKeys, []byte("one-field-only\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	const secret = "whsec_Y29tZnlnYXRlIGV4YW1wbGUgc2VjcmV0OiBmYWtlISE="
+	tenants := filepath.Join(dir, "tenants.yaml")
+	if err := os.WriteFile(tenants, []byte("tenants:\n  team:\n    keys:\n      - key: \"tenant-file-key-0123456789\"\n    webhooks:\n      secrets: [\""+secret+"\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	webhooksOnly := filepath.Join(dir, "webhooks-only.yaml")
+	if err := os.WriteFile(webhooksOnly, []byte("tenants:\n  local:\n    webhooks:\n      secrets: [\""+secret+"\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badTenants := filepath.Join(dir, "bad-tenants.yaml")
+	if err := os.WriteFile(badTenants, []byte("tenants:\n  team:\n    webhooks:\n      secrets: [\"not-a-secret\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clash := filepath.Join(dir, "clash.yaml")
+	if err := os.WriteFile(clash, []byte("tenants:\n  other:\n    keys:\n      - key: \"config-test-key-0123456789abcdef\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -178,6 +195,57 @@ func TestParseConfig(t *testing.T) {
 			name:    "empty API version",
 			args:    []string{"--simulate", "--runcomfy-api-version", ""},
 			wantErr: []string{"--runcomfy-api-version", "want v1 or v2"},
+		},
+		{
+			name: "tenants file with keys opens an address",
+			args: []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--tenants-file", tenants},
+			check: func(t *testing.T, c *Config) {
+				if c.TenantsFile != tenants || c.WebhookTimeout != 10*time.Second || c.WebhookRetryMin != 5*time.Second ||
+					c.WebhookRetryMax != time.Hour || c.WebhookRetryHorizon != 24*time.Hour || c.WebhookAllowPrivate {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "tenants file without keys does not",
+			args:    []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--tenants-file", webhooksOnly},
+			wantErr: []string{"--http-addr 0.0.0.0:8080 is not a loopback", "--tenants-file"},
+		},
+		{
+			name:    "tenants file that does not load",
+			args:    []string{"--simulate", "--tenants-file", badTenants},
+			wantErr: []string{"--tenants-file", `tenant "team"`, "secrets"},
+		},
+		{
+			name:    "tenants file and keys file disagree",
+			args:    []string{"--simulate", "--tenants-file", clash, "--api-keys-file", keys},
+			wantErr: []string{"--tenants-file and --api-keys-file"},
+		},
+		{
+			name: "webhook flags",
+			args: []string{"--simulate", "--webhook-allow-hosts", "hooks.internal,10.1.0.0/16", "--webhook-allow-private",
+				"--webhook-timeout", "3s", "--webhook-retry-min", "1s", "--webhook-retry-max", "1m", "--webhook-retry-horizon", "2h"},
+			check: func(t *testing.T, c *Config) {
+				if len(c.WebhookAllowHosts) != 2 || !c.WebhookAllowPrivate || c.WebhookTimeout != 3*time.Second ||
+					c.WebhookRetryMin != time.Second || c.WebhookRetryMax != time.Minute || c.WebhookRetryHorizon != 2*time.Hour {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "webhook retry bounds",
+			args:    []string{"--simulate", "--webhook-retry-min", "2h", "--webhook-retry-max", "1h"},
+			wantErr: []string{"--webhook-retry-min must not be longer than --webhook-retry-max"},
+		},
+		{
+			name:    "webhook timeout",
+			args:    []string{"--simulate", "--webhook-timeout", "0s"},
+			wantErr: []string{"--webhook-timeout"},
+		},
+		{
+			name:    "webhook allowed host that is not one",
+			args:    []string{"--simulate", "--webhook-allow-hosts", "http://hooks.internal/x"},
+			wantErr: []string{"--webhook-allow-hosts"},
 		},
 		{
 			name:    "stray argument",

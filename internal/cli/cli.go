@@ -224,10 +224,49 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	if o.timeout < 0 {
 		errs = append(errs, errors.New("--timeout must not be negative"))
 	}
+	if err := checkIdempotencyKey(o.idempotencyKey); err != nil {
+		errs = append(errs, fmt.Errorf("--idempotency-key: %w", err))
+	}
+	if err := checkAddr(o.addr); err != nil {
+		errs = append(errs, fmt.Errorf("--addr %q: %w", o.addr, err))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// checkIdempotencyKey applies the gateway's rule for an Idempotency-Key (at
+// most 255 printable ASCII characters) before anything is sent.
+func checkIdempotencyKey(key string) error {
+	if len(key) > 255 {
+		return errors.New("is longer than 255 characters")
+	}
+	for i := range len(key) {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return errors.New("may contain only printable ASCII")
+		}
+	}
+	return nil
+}
+
+// checkAddr refuses an address gRPC could only fail to dial: empty, or a
+// host without a port. Targets with a scheme (dns:///, unix:) are gRPC's to
+// read.
+func checkAddr(addr string) error {
+	if strings.Contains(addr, ":///") || strings.HasPrefix(addr, "unix:") {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	switch {
+	case addr == "":
+		return errors.New("is empty: want host:port")
+	case err != nil:
+		return errors.New("want host:port")
+	case port == "":
+		return errors.New("has no port: want host:port")
+	}
+	return nil
 }
 
 // parseInterspersed parses flags anywhere among the positional arguments, so

@@ -94,9 +94,13 @@ func (b *Backend) deliveriesKey(requestID string) string {
 	return b.prefix + "hookdel:{" + requestID + "}"
 }
 
-func (b *Backend) outboxLeaseKey(requestID string) string {
-	return b.prefix + "hooklease:{" + requestID + "}"
+// OutboxLeaseKey is the key of a request's webhook delivery lease under
+// prefix: its value names the replica delivering the request's events.
+func OutboxLeaseKey(prefix, requestID string) string {
+	return prefix + "hooklease:{" + requestID + "}"
 }
+
+func (b *Backend) outboxLeaseKey(requestID string) string { return OutboxLeaseKey(b.prefix, requestID) }
 
 // JobsKey is the stream of webhook delivery jobs under prefix.
 func JobsKey(prefix string) string { return prefix + "{hooks}" }

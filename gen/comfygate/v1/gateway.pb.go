@@ -9,6 +9,7 @@ package comfygatev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -94,6 +95,70 @@ func (Status) EnumDescriptor() ([]byte, []int) {
 	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{0}
 }
 
+// WebhookEvent is a kind of change a webhook can ask for. One change of a
+// request is one event; it is sent when any of its kinds was asked for.
+type WebhookEvent int32
+
+const (
+	// Not set.
+	WebhookEvent_WEBHOOK_EVENT_UNSPECIFIED WebhookEvent = 0
+	// The request entered the queue (its type is "request.queued").
+	WebhookEvent_WEBHOOK_EVENT_QUEUED WebhookEvent = 1
+	// The request started running ("request.running").
+	WebhookEvent_WEBHOOK_EVENT_RUNNING WebhookEvent = 2
+	// The request's outputs became known or changed (a success carries them:
+	// "request.succeeded").
+	WebhookEvent_WEBHOOK_EVENT_OUTPUT WebhookEvent = 3
+	// The request finished: "request.succeeded", "request.failed" or
+	// "request.cancelled".
+	WebhookEvent_WEBHOOK_EVENT_TERMINAL WebhookEvent = 4
+)
+
+// Enum value maps for WebhookEvent.
+var (
+	WebhookEvent_name = map[int32]string{
+		0: "WEBHOOK_EVENT_UNSPECIFIED",
+		1: "WEBHOOK_EVENT_QUEUED",
+		2: "WEBHOOK_EVENT_RUNNING",
+		3: "WEBHOOK_EVENT_OUTPUT",
+		4: "WEBHOOK_EVENT_TERMINAL",
+	}
+	WebhookEvent_value = map[string]int32{
+		"WEBHOOK_EVENT_UNSPECIFIED": 0,
+		"WEBHOOK_EVENT_QUEUED":      1,
+		"WEBHOOK_EVENT_RUNNING":     2,
+		"WEBHOOK_EVENT_OUTPUT":      3,
+		"WEBHOOK_EVENT_TERMINAL":    4,
+	}
+)
+
+func (x WebhookEvent) Enum() *WebhookEvent {
+	p := new(WebhookEvent)
+	*p = x
+	return p
+}
+
+func (x WebhookEvent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WebhookEvent) Descriptor() protoreflect.EnumDescriptor {
+	return file_comfygate_v1_gateway_proto_enumTypes[1].Descriptor()
+}
+
+func (WebhookEvent) Type() protoreflect.EnumType {
+	return &file_comfygate_v1_gateway_proto_enumTypes[1]
+}
+
+func (x WebhookEvent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WebhookEvent.Descriptor instead.
+func (WebhookEvent) EnumDescriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
 // CancelOutcome is what RunComfy did with a cancel.
 type CancelOutcome int32
 
@@ -141,11 +206,11 @@ func (x CancelOutcome) String() string {
 }
 
 func (CancelOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_comfygate_v1_gateway_proto_enumTypes[1].Descriptor()
+	return file_comfygate_v1_gateway_proto_enumTypes[2].Descriptor()
 }
 
 func (CancelOutcome) Type() protoreflect.EnumType {
-	return &file_comfygate_v1_gateway_proto_enumTypes[1]
+	return &file_comfygate_v1_gateway_proto_enumTypes[2]
 }
 
 func (x CancelOutcome) Number() protoreflect.EnumNumber {
@@ -154,7 +219,69 @@ func (x CancelOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CancelOutcome.Descriptor instead.
 func (CancelOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+// DeliveryState is where a webhook delivery stands.
+type DeliveryState int32
+
+const (
+	// Not set.
+	DeliveryState_DELIVERY_STATE_UNSPECIFIED DeliveryState = 0
+	// Not delivered yet: being sent, waiting for its turn (an earlier event to
+	// the same endpoint is still being retried) or for its next attempt.
+	DeliveryState_DELIVERY_STATE_PENDING DeliveryState = 1
+	// The endpoint answered 2xx.
+	DeliveryState_DELIVERY_STATE_DELIVERED DeliveryState = 2
+	// Every attempt failed until the retry horizon ran out.
+	DeliveryState_DELIVERY_STATE_FAILED DeliveryState = 3
+	// The endpoint answered 410 Gone: no more attempts to it for this request.
+	DeliveryState_DELIVERY_STATE_GONE DeliveryState = 4
+)
+
+// Enum value maps for DeliveryState.
+var (
+	DeliveryState_name = map[int32]string{
+		0: "DELIVERY_STATE_UNSPECIFIED",
+		1: "DELIVERY_STATE_PENDING",
+		2: "DELIVERY_STATE_DELIVERED",
+		3: "DELIVERY_STATE_FAILED",
+		4: "DELIVERY_STATE_GONE",
+	}
+	DeliveryState_value = map[string]int32{
+		"DELIVERY_STATE_UNSPECIFIED": 0,
+		"DELIVERY_STATE_PENDING":     1,
+		"DELIVERY_STATE_DELIVERED":   2,
+		"DELIVERY_STATE_FAILED":      3,
+		"DELIVERY_STATE_GONE":        4,
+	}
+)
+
+func (x DeliveryState) Enum() *DeliveryState {
+	p := new(DeliveryState)
+	*p = x
+	return p
+}
+
+func (x DeliveryState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeliveryState) Descriptor() protoreflect.EnumDescriptor {
+	return file_comfygate_v1_gateway_proto_enumTypes[3].Descriptor()
+}
+
+func (DeliveryState) Type() protoreflect.EnumType {
+	return &file_comfygate_v1_gateway_proto_enumTypes[3]
+}
+
+func (x DeliveryState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeliveryState.Descriptor instead.
+func (DeliveryState) EnumDescriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 // RequestState is everything known about one request.
@@ -498,8 +625,14 @@ type SubmitRequest struct {
 	// deployment or input is ALREADY_EXISTS (REST 409). Over REST, send it as the
 	// Idempotency-Key header. At most 255 printable ASCII characters.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where to send the request's state changes, signed (Standard Webhooks), in
+	// addition to any endpoints the tenant configured. Over REST, send the
+	// Comfygate-Webhook header (the URL) and optionally
+	// Comfygate-Webhook-Events (a comma-separated list: queued, running, output,
+	// terminal).
+	Webhook       *Webhook `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
@@ -553,6 +686,70 @@ func (x *SubmitRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *SubmitRequest) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+// Webhook is an endpoint of the caller's that receives a request's events.
+type Webhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An absolute http or https URL. Addresses that are not public (loopback,
+	// private, link-local, metadata) are refused when the gateway connects,
+	// unless its operator allowed them.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The events to send; empty means WEBHOOK_EVENT_TERMINAL only.
+	Events        []WebhookEvent `protobuf:"varint,2,rep,packed,name=events,proto3,enum=comfygate.v1.WebhookEvent" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Webhook) Reset() {
+	*x = Webhook{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Webhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Webhook) ProtoMessage() {}
+
+func (x *Webhook) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
+func (*Webhook) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Webhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Webhook) GetEvents() []WebhookEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // SubmitResponse is the accepted request.
 type SubmitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -564,7 +761,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +773,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +786,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitResponse) GetRequest() *RequestState {
@@ -612,7 +809,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +821,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +834,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetStatusRequest) GetDeploymentId() string {
@@ -669,7 +866,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +878,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +891,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetStatusResponse) GetRequest() *RequestState {
@@ -724,7 +921,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +933,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +946,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetResultRequest) GetDeploymentId() string {
@@ -779,7 +976,7 @@ type GetResultResponse struct {
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +988,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1001,7 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetResultResponse) GetRequest() *RequestState {
@@ -834,7 +1031,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +1043,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +1056,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelRequest) GetDeploymentId() string {
@@ -891,7 +1088,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1100,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1113,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelResponse) GetOutcome() CancelOutcome {
@@ -962,7 +1159,7 @@ type WatchRequestRequest struct {
 
 func (x *WatchRequestRequest) Reset() {
 	*x = WatchRequestRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1171,7 @@ func (x *WatchRequestRequest) String() string {
 func (*WatchRequestRequest) ProtoMessage() {}
 
 func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1184,7 @@ func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequestRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchRequestRequest) GetDeploymentId() string {
@@ -1029,7 +1226,7 @@ type WatchRequestResponse struct {
 
 func (x *WatchRequestResponse) Reset() {
 	*x = WatchRequestResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1238,7 @@ func (x *WatchRequestResponse) String() string {
 func (*WatchRequestResponse) ProtoMessage() {}
 
 func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1251,7 @@ func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestResponse.ProtoReflect.Descriptor instead.
 func (*WatchRequestResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchRequestResponse) GetRequest() *RequestState {
@@ -1064,11 +1261,424 @@ func (x *WatchRequestResponse) GetRequest() *RequestState {
 	return nil
 }
 
+// ListDeliveriesRequest names a request.
+type ListDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment the request was submitted to.
+	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// The request id returned by Submit.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesRequest) Reset() {
+	*x = ListDeliveriesRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListDeliveriesRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *ListDeliveriesRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// ListDeliveriesResponse lists a request's webhook deliveries, in event order.
+type ListDeliveriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per event and endpoint.
+	Deliveries    []*WebhookDelivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesResponse) Reset() {
+	*x = ListDeliveriesResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+// WebhookDelivery is one event sent to one endpoint.
+type WebhookDelivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's webhook-id: the same on every attempt and redelivery.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The event's type, e.g. "request.succeeded".
+	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// The state the event carries.
+	Seq int64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The epoch of that state.
+	Epoch int64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The endpoint, without its query (which may hold a credential).
+	Endpoint string `protobuf:"bytes,5,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// Where the delivery stands.
+	State DeliveryState `protobuf:"varint,6,opt,name=state,proto3,enum=comfygate.v1.DeliveryState" json:"state,omitempty"`
+	// Every attempt, oldest first (the last 20 when there were more).
+	Attempts []*DeliveryAttempt `protobuf:"bytes,7,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// When the next attempt is due, while the delivery is pending after a
+	// failure.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// When the event was recorded.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// How many attempts were made in all.
+	AttemptCount  int32 `protobuf:"varint,10,opt,name=attempt_count,json=attemptCount,proto3" json:"attempt_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebhookDelivery) Reset() {
+	*x = WebhookDelivery{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookDelivery) ProtoMessage() {}
+
+func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
+func (*WebhookDelivery) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WebhookDelivery) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *WebhookDelivery) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *WebhookDelivery) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *WebhookDelivery) GetAttempts() []*DeliveryAttempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetAttemptCount() int32 {
+	if x != nil {
+		return x.AttemptCount
+	}
+	return 0
+}
+
+// DeliveryAttempt is one try to send an event.
+type DeliveryAttempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the attempt started.
+	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// The endpoint's HTTP status; 0 when no answer came.
+	HttpStatus int32 `protobuf:"varint,2,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	// Why the attempt failed (a status, a timeout, a refused address, ...);
+	// empty when it succeeded.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// How long the attempt took.
+	Duration      *durationpb.Duration `protobuf:"bytes,4,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeliveryAttempt) Reset() {
+	*x = DeliveryAttempt{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliveryAttempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliveryAttempt) ProtoMessage() {}
+
+func (x *DeliveryAttempt) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliveryAttempt.ProtoReflect.Descriptor instead.
+func (*DeliveryAttempt) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeliveryAttempt) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *DeliveryAttempt) GetHttpStatus() int32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *DeliveryAttempt) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DeliveryAttempt) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+// RedeliverEventRequest names one event of a request.
+type RedeliverEventRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment the request was submitted to.
+	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// The request id returned by Submit.
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The event's webhook-id (WebhookDelivery.event_id).
+	EventId       string `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverEventRequest) Reset() {
+	*x = RedeliverEventRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverEventRequest) ProtoMessage() {}
+
+func (x *RedeliverEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverEventRequest.ProtoReflect.Descriptor instead.
+func (*RedeliverEventRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RedeliverEventRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *RedeliverEventRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RedeliverEventRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+// RedeliverEventResponse is the event's deliveries, as queued again.
+type RedeliverEventResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per endpoint of the event, pending.
+	Deliveries    []*WebhookDelivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverEventResponse) Reset() {
+	*x = RedeliverEventResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverEventResponse) ProtoMessage() {}
+
+func (x *RedeliverEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverEventResponse.ProtoReflect.Descriptor instead.
+func (*RedeliverEventResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RedeliverEventResponse) GetDeliveries() []*WebhookDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
 var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x05\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x05\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -1100,12 +1710,16 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\fRequestError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
-	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"|\n" +
+	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"\xad\x01\n" +
 	"\rSubmitRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
 	"input_json\x18\x02 \x01(\tR\tinputJson\x12'\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"F\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12/\n" +
+	"\awebhook\x18\x04 \x01(\v2\x15.comfygate.v1.WebhookR\awebhook\"O\n" +
+	"\aWebhook\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x122\n" +
+	"\x06events\x18\x02 \x03(\x0e2\x1a.comfygate.v1.WebhookEventR\x06events\"F\n" +
 	"\x0eSubmitResponse\x124\n" +
 	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"V\n" +
 	"\x10GetStatusRequest\x12#\n" +
@@ -1138,7 +1752,44 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\vafter_epoch\x18\x04 \x01(\x03R\n" +
 	"afterEpoch\"L\n" +
 	"\x14WatchRequestResponse\x124\n" +
-	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest*\x9a\x01\n" +
+	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"[\n" +
+	"\x15ListDeliveriesRequest\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"W\n" +
+	"\x16ListDeliveriesResponse\x12=\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1d.comfygate.v1.WebhookDeliveryR\n" +
+	"deliveries\"\xa1\x03\n" +
+	"\x0fWebhookDelivery\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\x12\x1a\n" +
+	"\bendpoint\x18\x05 \x01(\tR\bendpoint\x121\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1b.comfygate.v1.DeliveryStateR\x05state\x129\n" +
+	"\battempts\x18\a \x03(\v2\x1d.comfygate.v1.DeliveryAttemptR\battempts\x12B\n" +
+	"\x0fnext_attempt_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x129\n" +
+	"\n" +
+	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12#\n" +
+	"\rattempt_count\x18\n" +
+	" \x01(\x05R\fattemptCount\"\xab\x01\n" +
+	"\x0fDeliveryAttempt\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1f\n" +
+	"\vhttp_status\x18\x02 \x01(\x05R\n" +
+	"httpStatus\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x125\n" +
+	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"v\n" +
+	"\x15RedeliverEventRequest\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\x19\n" +
+	"\bevent_id\x18\x03 \x01(\tR\aeventId\"W\n" +
+	"\x16RedeliverEventResponse\x12=\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1d.comfygate.v1.WebhookDeliveryR\n" +
+	"deliveries*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATUS_QUEUED\x10\x01\x12\x12\n" +
@@ -1146,19 +1797,33 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x10STATUS_SUCCEEDED\x10\x03\x12\x11\n" +
 	"\rSTATUS_FAILED\x10\x04\x12\x14\n" +
 	"\x10STATUS_CANCELLED\x10\x05\x12\x12\n" +
-	"\x0eSTATUS_UNKNOWN\x10\x06*\xab\x01\n" +
+	"\x0eSTATUS_UNKNOWN\x10\x06*\x98\x01\n" +
+	"\fWebhookEvent\x12\x1d\n" +
+	"\x19WEBHOOK_EVENT_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14WEBHOOK_EVENT_QUEUED\x10\x01\x12\x19\n" +
+	"\x15WEBHOOK_EVENT_RUNNING\x10\x02\x12\x18\n" +
+	"\x14WEBHOOK_EVENT_OUTPUT\x10\x03\x12\x1a\n" +
+	"\x16WEBHOOK_EVENT_TERMINAL\x10\x04*\xab\x01\n" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_REQUESTED\x10\x02\x12\"\n" +
 	"\x1eCANCEL_OUTCOME_NOT_CANCELLABLE\x10\x03\x12\x1a\n" +
-	"\x16CANCEL_OUTCOME_UNKNOWN\x10\x042\x8f\x03\n" +
+	"\x16CANCEL_OUTCOME_UNKNOWN\x10\x04*\x9d\x01\n" +
+	"\rDeliveryState\x12\x1e\n" +
+	"\x1aDELIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
+	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
+	"\x15DELIVERY_STATE_FAILED\x10\x03\x12\x17\n" +
+	"\x13DELIVERY_STATE_GONE\x10\x042\xc9\x04\n" +
 	"\x0eGatewayService\x12C\n" +
 	"\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n" +
 	"\tGetResult\x12\x1e.comfygate.v1.GetResultRequest\x1a\x1f.comfygate.v1.GetResultResponse\x12C\n" +
 	"\x06Cancel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n" +
-	"\fWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01B=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
+	"\fWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n" +
+	"\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n" +
+	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponseB=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
 
 var (
 	file_comfygate_v1_gateway_proto_rawDescOnce sync.Once
@@ -1172,58 +1837,82 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_comfygate_v1_gateway_proto_rawDescData
 }
 
-var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
-	(Status)(0),                   // 0: comfygate.v1.Status
-	(CancelOutcome)(0),            // 1: comfygate.v1.CancelOutcome
-	(*RequestState)(nil),          // 2: comfygate.v1.RequestState
-	(*RefreshError)(nil),          // 3: comfygate.v1.RefreshError
-	(*RequestError)(nil),          // 4: comfygate.v1.RequestError
-	(*SubmitRequest)(nil),         // 5: comfygate.v1.SubmitRequest
-	(*SubmitResponse)(nil),        // 6: comfygate.v1.SubmitResponse
-	(*GetStatusRequest)(nil),      // 7: comfygate.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 8: comfygate.v1.GetStatusResponse
-	(*GetResultRequest)(nil),      // 9: comfygate.v1.GetResultRequest
-	(*GetResultResponse)(nil),     // 10: comfygate.v1.GetResultResponse
-	(*CancelRequest)(nil),         // 11: comfygate.v1.CancelRequest
-	(*CancelResponse)(nil),        // 12: comfygate.v1.CancelResponse
-	(*WatchRequestRequest)(nil),   // 13: comfygate.v1.WatchRequestRequest
-	(*WatchRequestResponse)(nil),  // 14: comfygate.v1.WatchRequestResponse
-	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(Status)(0),                    // 0: comfygate.v1.Status
+	(WebhookEvent)(0),              // 1: comfygate.v1.WebhookEvent
+	(CancelOutcome)(0),             // 2: comfygate.v1.CancelOutcome
+	(DeliveryState)(0),             // 3: comfygate.v1.DeliveryState
+	(*RequestState)(nil),           // 4: comfygate.v1.RequestState
+	(*RefreshError)(nil),           // 5: comfygate.v1.RefreshError
+	(*RequestError)(nil),           // 6: comfygate.v1.RequestError
+	(*SubmitRequest)(nil),          // 7: comfygate.v1.SubmitRequest
+	(*Webhook)(nil),                // 8: comfygate.v1.Webhook
+	(*SubmitResponse)(nil),         // 9: comfygate.v1.SubmitResponse
+	(*GetStatusRequest)(nil),       // 10: comfygate.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),      // 11: comfygate.v1.GetStatusResponse
+	(*GetResultRequest)(nil),       // 12: comfygate.v1.GetResultRequest
+	(*GetResultResponse)(nil),      // 13: comfygate.v1.GetResultResponse
+	(*CancelRequest)(nil),          // 14: comfygate.v1.CancelRequest
+	(*CancelResponse)(nil),         // 15: comfygate.v1.CancelResponse
+	(*WatchRequestRequest)(nil),    // 16: comfygate.v1.WatchRequestRequest
+	(*WatchRequestResponse)(nil),   // 17: comfygate.v1.WatchRequestResponse
+	(*ListDeliveriesRequest)(nil),  // 18: comfygate.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil), // 19: comfygate.v1.ListDeliveriesResponse
+	(*WebhookDelivery)(nil),        // 20: comfygate.v1.WebhookDelivery
+	(*DeliveryAttempt)(nil),        // 21: comfygate.v1.DeliveryAttempt
+	(*RedeliverEventRequest)(nil),  // 22: comfygate.v1.RedeliverEventRequest
+	(*RedeliverEventResponse)(nil), // 23: comfygate.v1.RedeliverEventResponse
+	(*structpb.Struct)(nil),        // 24: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 26: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	15, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
-	4,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	16, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	16, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	16, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	16, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
-	2,  // 7: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
-	2,  // 8: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
-	3,  // 9: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	2,  // 10: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
-	3,  // 11: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	1,  // 12: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
-	2,  // 13: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	2,  // 14: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 15: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	7,  // 16: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	9,  // 17: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	11, // 18: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	13, // 19: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	6,  // 20: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	8,  // 21: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	10, // 22: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	12, // 23: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	14, // 24: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	24, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	6,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
+	25, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	25, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	25, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	25, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	8,  // 7: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
+	1,  // 8: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
+	4,  // 9: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
+	4,  // 10: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 11: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	4,  // 12: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 13: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	2,  // 14: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
+	4,  // 15: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
+	4,  // 16: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	20, // 17: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	3,  // 18: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
+	21, // 19: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
+	25, // 20: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	25, // 21: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	25, // 22: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	26, // 23: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	20, // 24: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	7,  // 25: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	10, // 26: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	12, // 27: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	14, // 28: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	16, // 29: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	18, // 30: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	22, // 31: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	9,  // 32: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	11, // 33: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	13, // 34: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	15, // 35: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	17, // 36: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	19, // 37: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	23, // 38: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	32, // [32:39] is the sub-list for method output_type
+	25, // [25:32] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -1237,8 +1926,8 @@ func file_comfygate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   13,
+			NumEnums:      4,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

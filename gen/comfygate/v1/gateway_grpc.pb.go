@@ -19,11 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GatewayService_Submit_FullMethodName       = "/comfygate.v1.GatewayService/Submit"
-	GatewayService_GetStatus_FullMethodName    = "/comfygate.v1.GatewayService/GetStatus"
-	GatewayService_GetResult_FullMethodName    = "/comfygate.v1.GatewayService/GetResult"
-	GatewayService_Cancel_FullMethodName       = "/comfygate.v1.GatewayService/Cancel"
-	GatewayService_WatchRequest_FullMethodName = "/comfygate.v1.GatewayService/WatchRequest"
+	GatewayService_Submit_FullMethodName         = "/comfygate.v1.GatewayService/Submit"
+	GatewayService_GetStatus_FullMethodName      = "/comfygate.v1.GatewayService/GetStatus"
+	GatewayService_GetResult_FullMethodName      = "/comfygate.v1.GatewayService/GetResult"
+	GatewayService_Cancel_FullMethodName         = "/comfygate.v1.GatewayService/Cancel"
+	GatewayService_WatchRequest_FullMethodName   = "/comfygate.v1.GatewayService/WatchRequest"
+	GatewayService_ListDeliveries_FullMethodName = "/comfygate.v1.GatewayService/ListDeliveries"
+	GatewayService_RedeliverEvent_FullMethodName = "/comfygate.v1.GatewayService/RedeliverEvent"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -80,6 +82,15 @@ type GatewayServiceClient interface {
 	// another tool; an unknown request is NOT_FOUND. Over REST the stream is
 	// newline-delimited JSON (application/x-ndjson).
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
+	// ListDeliveries lists the webhook deliveries of a request (see
+	// SubmitRequest.webhook): one per event and endpoint, each with its
+	// attempts, its outcome and, while it is retried, its next attempt. Only the
+	// request's tenant sees them; another tenant gets NOT_FOUND.
+	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
+	// RedeliverEvent sends one event of a request again, with the same
+	// webhook-id, to the endpoints it was meant for: a delivery that failed,
+	// gave up or was delivered is retried from its first attempt.
+	RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -149,6 +160,26 @@ func (c *gatewayServiceClient) WatchRequest(ctx context.Context, in *WatchReques
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_WatchRequestClient = grpc.ServerStreamingClient[WatchRequestResponse]
 
+func (c *gatewayServiceClient) ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeliveriesResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedeliverEventResponse)
+	err := c.cc.Invoke(ctx, GatewayService_RedeliverEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -203,6 +234,15 @@ type GatewayServiceServer interface {
 	// another tool; an unknown request is NOT_FOUND. Over REST the stream is
 	// newline-delimited JSON (application/x-ndjson).
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
+	// ListDeliveries lists the webhook deliveries of a request (see
+	// SubmitRequest.webhook): one per event and endpoint, each with its
+	// attempts, its outcome and, while it is retried, its next attempt. Only the
+	// request's tenant sees them; another tenant gets NOT_FOUND.
+	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
+	// RedeliverEvent sends one event of a request again, with the same
+	// webhook-id, to the endpoints it was meant for: a delivery that failed,
+	// gave up or was delivered is retried from its first attempt.
+	RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -227,6 +267,12 @@ func (UnimplementedGatewayServiceServer) Cancel(context.Context, *CancelRequest)
 }
 func (UnimplementedGatewayServiceServer) WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRequest not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeliveries not implemented")
+}
+func (UnimplementedGatewayServiceServer) RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RedeliverEvent not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -332,6 +378,42 @@ func _GatewayService_WatchRequest_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_WatchRequestServer = grpc.ServerStreamingServer[WatchRequestResponse]
 
+func _GatewayService_ListDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListDeliveries(ctx, req.(*ListDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_RedeliverEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeliverEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).RedeliverEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_RedeliverEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).RedeliverEvent(ctx, req.(*RedeliverEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -354,6 +436,14 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Cancel",
 			Handler:    _GatewayService_Cancel_Handler,
+		},
+		{
+			MethodName: "ListDeliveries",
+			Handler:    _GatewayService_ListDeliveries_Handler,
+		},
+		{
+			MethodName: "RedeliverEvent",
+			Handler:    _GatewayService_RedeliverEvent_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

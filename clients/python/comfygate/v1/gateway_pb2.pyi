@@ -1,3 +1,4 @@
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -11,6 +12,11 @@ CANCEL_OUTCOME_NOT_CANCELLABLE: CancelOutcome
 CANCEL_OUTCOME_REQUESTED: CancelOutcome
 CANCEL_OUTCOME_UNKNOWN: CancelOutcome
 CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
+DELIVERY_STATE_DELIVERED: DeliveryState
+DELIVERY_STATE_FAILED: DeliveryState
+DELIVERY_STATE_GONE: DeliveryState
+DELIVERY_STATE_PENDING: DeliveryState
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
 DESCRIPTOR: _descriptor.FileDescriptor
 STATUS_CANCELLED: Status
 STATUS_FAILED: Status
@@ -19,6 +25,11 @@ STATUS_RUNNING: Status
 STATUS_SUCCEEDED: Status
 STATUS_UNKNOWN: Status
 STATUS_UNSPECIFIED: Status
+WEBHOOK_EVENT_OUTPUT: WebhookEvent
+WEBHOOK_EVENT_QUEUED: WebhookEvent
+WEBHOOK_EVENT_RUNNING: WebhookEvent
+WEBHOOK_EVENT_TERMINAL: WebhookEvent
+WEBHOOK_EVENT_UNSPECIFIED: WebhookEvent
 
 class CancelRequest(_message.Message):
     __slots__ = ["deployment_id", "request_id"]
@@ -37,6 +48,18 @@ class CancelResponse(_message.Message):
     request: RequestState
     upstream_outcome: str
     def __init__(self, outcome: _Optional[_Union[CancelOutcome, str]] = ..., upstream_outcome: _Optional[str] = ..., request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
+
+class DeliveryAttempt(_message.Message):
+    __slots__ = ["at", "duration", "error", "http_status"]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    duration: _duration_pb2.Duration
+    error: str
+    http_status: int
+    def __init__(self, at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., error: _Optional[str] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetResultRequest(_message.Message):
     __slots__ = ["deployment_id", "request_id"]
@@ -69,6 +92,36 @@ class GetStatusResponse(_message.Message):
     refresh_error: RefreshError
     request: RequestState
     def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., refresh_error: _Optional[_Union[RefreshError, _Mapping]] = ...) -> None: ...
+
+class ListDeliveriesRequest(_message.Message):
+    __slots__ = ["deployment_id", "request_id"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListDeliveriesResponse(_message.Message):
+    __slots__ = ["deliveries"]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
+
+class RedeliverEventRequest(_message.Message):
+    __slots__ = ["deployment_id", "event_id", "request_id"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    event_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class RedeliverEventResponse(_message.Message):
+    __slots__ = ["deliveries"]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
 
 class RefreshError(_message.Message):
     __slots__ = ["code", "message", "upstream_code"]
@@ -125,14 +178,16 @@ class RequestState(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ["deployment_id", "idempotency_key", "input_json"]
+    __slots__ = ["deployment_id", "idempotency_key", "input_json", "webhook"]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     idempotency_key: str
     input_json: str
-    def __init__(self, deployment_id: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    webhook: Webhook
+    def __init__(self, deployment_id: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ["request"]
@@ -158,8 +213,46 @@ class WatchRequestResponse(_message.Message):
     request: RequestState
     def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ...) -> None: ...
 
+class Webhook(_message.Message):
+    __slots__ = ["events", "url"]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedScalarFieldContainer[WebhookEvent]
+    url: str
+    def __init__(self, url: _Optional[str] = ..., events: _Optional[_Iterable[_Union[WebhookEvent, str]]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ["attempt_count", "attempts", "created_at", "endpoint", "epoch", "event_id", "event_type", "next_attempt_at", "seq", "state"]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    attempt_count: int
+    attempts: _containers.RepeatedCompositeFieldContainer[DeliveryAttempt]
+    created_at: _timestamp_pb2.Timestamp
+    endpoint: str
+    epoch: int
+    event_id: str
+    event_type: str
+    next_attempt_at: _timestamp_pb2.Timestamp
+    seq: int
+    state: DeliveryState
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., endpoint: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_count: _Optional[int] = ...) -> None: ...
+
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
+class WebhookEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
 class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []

@@ -59,6 +59,16 @@ class GatewayServiceStub(object):
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.WatchRequestRequest.SerializeToString,
                 response_deserializer=comfygate_dot_v1_dot_gateway__pb2.WatchRequestResponse.FromString,
                 )
+        self.ListDeliveries = channel.unary_unary(
+                '/comfygate.v1.GatewayService/ListDeliveries',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.FromString,
+                )
+        self.RedeliverEvent = channel.unary_unary(
+                '/comfygate.v1.GatewayService/RedeliverEvent',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
+                )
 
 
 class GatewayServiceServicer(object):
@@ -138,6 +148,25 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeliveries(self, request, context):
+        """ListDeliveries lists the webhook deliveries of a request (see
+        SubmitRequest.webhook): one per event and endpoint, each with its
+        attempts, its outcome and, while it is retried, its next attempt. Only the
+        request's tenant sees them; another tenant gets NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverEvent(self, request, context):
+        """RedeliverEvent sends one event of a request again, with the same
+        webhook-id, to the endpoints it was meant for: a delivery that failed,
+        gave up or was delivered is retried from its first attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +194,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchRequest,
                     request_deserializer=comfygate_dot_v1_dot_gateway__pb2.WatchRequestRequest.FromString,
                     response_serializer=comfygate_dot_v1_dot_gateway__pb2.WatchRequestResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'RedeliverEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverEvent,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -278,5 +317,39 @@ class GatewayService(object):
         return grpc.experimental.unary_stream(request, target, '/comfygate.v1.GatewayService/WatchRequest',
             comfygate_dot_v1_dot_gateway__pb2.WatchRequestRequest.SerializeToString,
             comfygate_dot_v1_dot_gateway__pb2.WatchRequestResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/ListDeliveries',
+            comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RedeliverEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/RedeliverEvent',
+            comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

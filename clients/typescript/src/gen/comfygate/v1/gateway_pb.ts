@@ -4,15 +4,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file comfygate/v1/gateway.proto.
  */
 export const file_comfygate_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIoMECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIRCg9fcXVldWVfcG9zaXRpb24iRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJTCg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSqaAQoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19RVUVVRUQQARISCg5TVEFUVVNfUlVOTklORxACEhQKEFNUQVRVU19TVUNDRUVERUQQAxIRCg1TVEFUVVNfRkFJTEVEEAQSFAoQU1RBVFVTX0NBTkNFTExFRBAFEhIKDlNUQVRVU19VTktOT1dOEAYqqwEKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIcChhDQU5DRUxfT1VUQ09NRV9SRVFVRVNURUQQAhIiCh5DQU5DRUxfT1VUQ09NRV9OT1RfQ0FOQ0VMTEFCTEUQAxIaChZDQU5DRUxfT1VUQ09NRV9VTktOT1dOEAQyjwMKDkdhdGV3YXlTZXJ2aWNlEkMKBlN1Ym1pdBIbLmNvbWZ5Z2F0ZS52MS5TdWJtaXRSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLlN1Ym1pdFJlc3BvbnNlEkwKCUdldFN0YXR1cxIeLmNvbWZ5Z2F0ZS52MS5HZXRTdGF0dXNSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFN0YXR1c1Jlc3BvbnNlEkwKCUdldFJlc3VsdBIeLmNvbWZ5Z2F0ZS52MS5HZXRSZXN1bHRSZXF1ZXN0Gh8uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlc3BvbnNlEkMKBkNhbmNlbBIbLmNvbWZ5Z2F0ZS52MS5DYW5jZWxSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLkNhbmNlbFJlc3BvbnNlElcKDFdhdGNoUmVxdWVzdBIhLmNvbWZ5Z2F0ZS52MS5XYXRjaFJlcXVlc3RSZXF1ZXN0GiIuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlc3BvbnNlMAFCPVo7Z2l0aHViLmNvbS9jb21meWdhdGUvY29tZnlnYXRlL2dlbi9jb21meWdhdGUvdjE7Y29tZnlnYXRldjFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIoMECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIRCg9fcXVldWVfcG9zaXRpb24iRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJ7Cg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoHd2ViaG9vaxgEIAEoCzIVLmNvbWZ5Z2F0ZS52MS5XZWJob29rIkIKB1dlYmhvb2sSCwoDdXJsGAEgASgJEioKBmV2ZW50cxgCIAMoDjIaLmNvbWZ5Z2F0ZS52MS5XZWJob29rRXZlbnQiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSJCChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIksKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USMQoKZGVsaXZlcmllcxgBIAMoCzIdLmNvbWZ5Z2F0ZS52MS5XZWJob29rRGVsaXZlcnkivgIKD1dlYmhvb2tEZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEgsKA3NlcRgDIAEoAxINCgVlcG9jaBgEIAEoAxIQCghlbmRwb2ludBgFIAEoCRIqCgVzdGF0ZRgGIAEoDjIbLmNvbWZ5Z2F0ZS52MS5EZWxpdmVyeVN0YXRlEi8KCGF0dGVtcHRzGAcgAygLMh0uY29tZnlnYXRlLnYxLkRlbGl2ZXJ5QXR0ZW1wdBIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWF0dGVtcHRfY291bnQYCiABKAUiigEKD0RlbGl2ZXJ5QXR0ZW1wdBImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaHR0cF9zdGF0dXMYAiABKAUSDQoFZXJyb3IYAyABKAkSKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVAoVUmVkZWxpdmVyRXZlbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSJLChZSZWRlbGl2ZXJFdmVudFJlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5jb21meWdhdGUudjEuV2ViaG9va0RlbGl2ZXJ5KpoBCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1FVRVVFRBABEhIKDlNUQVRVU19SVU5OSU5HEAISFAoQU1RBVFVTX1NVQ0NFRURFRBADEhEKDVNUQVRVU19GQUlMRUQQBBIUChBTVEFUVVNfQ0FOQ0VMTEVEEAUSEgoOU1RBVFVTX1VOS05PV04QBiqYAQoMV2ViaG9va0V2ZW50Eh0KGVdFQkhPT0tfRVZFTlRfVU5TUEVDSUZJRUQQABIYChRXRUJIT09LX0VWRU5UX1FVRVVFRBABEhkKFVdFQkhPT0tfRVZFTlRfUlVOTklORxACEhgKFFdFQkhPT0tfRVZFTlRfT1VUUFVUEAMSGgoWV0VCSE9PS19FVkVOVF9URVJNSU5BTBAEKqsBCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESHAoYQ0FOQ0VMX09VVENPTUVfUkVRVUVTVEVEEAISIgoeQ0FOQ0VMX09VVENPTUVfTk9UX0NBTkNFTExBQkxFEAMSGgoWQ0FOQ0VMX09VVENPTUVfVU5LTk9XThAEKp0BCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWREVMSVZFUllfU1RBVEVfUEVORElORxABEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBADEhcKE0RFTElWRVJZX1NUQVRFX0dPTkUQBDLJBAoOR2F0ZXdheVNlcnZpY2USQwoGU3VibWl0EhsuY29tZnlnYXRlLnYxLlN1Ym1pdFJlcXVlc3QaHC5jb21meWdhdGUudjEuU3VibWl0UmVzcG9uc2USTAoJR2V0U3RhdHVzEh4uY29tZnlnYXRlLnYxLkdldFN0YXR1c1JlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0U3RhdHVzUmVzcG9uc2USTAoJR2V0UmVzdWx0Eh4uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0UmVzdWx0UmVzcG9uc2USQwoGQ2FuY2VsEhsuY29tZnlnYXRlLnYxLkNhbmNlbFJlcXVlc3QaHC5jb21meWdhdGUudjEuQ2FuY2VsUmVzcG9uc2USVwoMV2F0Y2hSZXF1ZXN0EiEuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlcXVlc3QaIi5jb21meWdhdGUudjEuV2F0Y2hSZXF1ZXN0UmVzcG9uc2UwARJbCg5MaXN0RGVsaXZlcmllcxIjLmNvbWZ5Z2F0ZS52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaJC5jb21meWdhdGUudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZRJbCg5SZWRlbGl2ZXJFdmVudBIjLmNvbWZ5Z2F0ZS52MS5SZWRlbGl2ZXJFdmVudFJlcXVlc3QaJC5jb21meWdhdGUudjEuUmVkZWxpdmVyRXZlbnRSZXNwb25zZUI9WjtnaXRodWIuY29tL2NvbWZ5Z2F0ZS9jb21meWdhdGUvZ2VuL2NvbWZ5Z2F0ZS92MTtjb21meWdhdGV2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * RequestState is everything known about one request.
@@ -261,6 +261,17 @@ export type SubmitRequest = Message<"comfygate.v1.SubmitRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * Where to send the request's state changes, signed (Standard Webhooks), in
+   * addition to any endpoints the tenant configured. Over REST, send the
+   * Comfygate-Webhook header (the URL) and optionally
+   * Comfygate-Webhook-Events (a comma-separated list: queued, running, output,
+   * terminal).
+   *
+   * @generated from field: comfygate.v1.Webhook webhook = 4;
+   */
+  webhook?: Webhook | undefined;
 };
 
 /**
@@ -269,6 +280,36 @@ export type SubmitRequest = Message<"comfygate.v1.SubmitRequest"> & {
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
   messageDesc(file_comfygate_v1_gateway, 3);
+
+/**
+ * Webhook is an endpoint of the caller's that receives a request's events.
+ *
+ * @generated from message comfygate.v1.Webhook
+ */
+export type Webhook = Message<"comfygate.v1.Webhook"> & {
+  /**
+   * An absolute http or https URL. Addresses that are not public (loopback,
+   * private, link-local, metadata) are refused when the gateway connects,
+   * unless its operator allowed them.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The events to send; empty means WEBHOOK_EVENT_TERMINAL only.
+   *
+   * @generated from field: repeated comfygate.v1.WebhookEvent events = 2;
+   */
+  events: WebhookEvent[];
+};
+
+/**
+ * Describes the message comfygate.v1.Webhook.
+ * Use `create(WebhookSchema)` to create a new message.
+ */
+export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 4);
 
 /**
  * SubmitResponse is the accepted request.
@@ -289,7 +330,7 @@ export type SubmitResponse = Message<"comfygate.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 4);
+  messageDesc(file_comfygate_v1_gateway, 5);
 
 /**
  * GetStatusRequest names a request.
@@ -317,7 +358,7 @@ export type GetStatusRequest = Message<"comfygate.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 5);
+  messageDesc(file_comfygate_v1_gateway, 6);
 
 /**
  * GetStatusResponse carries the request's state.
@@ -347,7 +388,7 @@ export type GetStatusResponse = Message<"comfygate.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 6);
+  messageDesc(file_comfygate_v1_gateway, 7);
 
 /**
  * GetResultRequest names a request.
@@ -375,7 +416,7 @@ export type GetResultRequest = Message<"comfygate.v1.GetResultRequest"> & {
  * Use `create(GetResultRequestSchema)` to create a new message.
  */
 export const GetResultRequestSchema: GenMessage<GetResultRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 7);
+  messageDesc(file_comfygate_v1_gateway, 8);
 
 /**
  * GetResultResponse carries the request's state and outputs.
@@ -403,7 +444,7 @@ export type GetResultResponse = Message<"comfygate.v1.GetResultResponse"> & {
  * Use `create(GetResultResponseSchema)` to create a new message.
  */
 export const GetResultResponseSchema: GenMessage<GetResultResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 8);
+  messageDesc(file_comfygate_v1_gateway, 9);
 
 /**
  * CancelRequest names the request to cancel.
@@ -431,7 +472,7 @@ export type CancelRequest = Message<"comfygate.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 9);
+  messageDesc(file_comfygate_v1_gateway, 10);
 
 /**
  * CancelResponse says what happened.
@@ -466,7 +507,7 @@ export type CancelResponse = Message<"comfygate.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 10);
+  messageDesc(file_comfygate_v1_gateway, 11);
 
 /**
  * WatchRequestRequest names the request to watch.
@@ -513,7 +554,7 @@ export type WatchRequestRequest = Message<"comfygate.v1.WatchRequestRequest"> & 
  * Use `create(WatchRequestRequestSchema)` to create a new message.
  */
 export const WatchRequestRequestSchema: GenMessage<WatchRequestRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 11);
+  messageDesc(file_comfygate_v1_gateway, 12);
 
 /**
  * WatchRequestResponse is one state change.
@@ -534,7 +575,240 @@ export type WatchRequestResponse = Message<"comfygate.v1.WatchRequestResponse"> 
  * Use `create(WatchRequestResponseSchema)` to create a new message.
  */
 export const WatchRequestResponseSchema: GenMessage<WatchRequestResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 12);
+  messageDesc(file_comfygate_v1_gateway, 13);
+
+/**
+ * ListDeliveriesRequest names a request.
+ *
+ * @generated from message comfygate.v1.ListDeliveriesRequest
+ */
+export type ListDeliveriesRequest = Message<"comfygate.v1.ListDeliveriesRequest"> & {
+  /**
+   * The deployment the request was submitted to.
+   *
+   * @generated from field: string deployment_id = 1;
+   */
+  deploymentId: string;
+
+  /**
+   * The request id returned by Submit.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message comfygate.v1.ListDeliveriesRequest.
+ * Use `create(ListDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListDeliveriesRequestSchema: GenMessage<ListDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 14);
+
+/**
+ * ListDeliveriesResponse lists a request's webhook deliveries, in event order.
+ *
+ * @generated from message comfygate.v1.ListDeliveriesResponse
+ */
+export type ListDeliveriesResponse = Message<"comfygate.v1.ListDeliveriesResponse"> & {
+  /**
+   * One per event and endpoint.
+   *
+   * @generated from field: repeated comfygate.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+};
+
+/**
+ * Describes the message comfygate.v1.ListDeliveriesResponse.
+ * Use `create(ListDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListDeliveriesResponseSchema: GenMessage<ListDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 15);
+
+/**
+ * WebhookDelivery is one event sent to one endpoint.
+ *
+ * @generated from message comfygate.v1.WebhookDelivery
+ */
+export type WebhookDelivery = Message<"comfygate.v1.WebhookDelivery"> & {
+  /**
+   * The event's webhook-id: the same on every attempt and redelivery.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * The event's type, e.g. "request.succeeded".
+   *
+   * @generated from field: string event_type = 2;
+   */
+  eventType: string;
+
+  /**
+   * The state the event carries.
+   *
+   * @generated from field: int64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * The epoch of that state.
+   *
+   * @generated from field: int64 epoch = 4;
+   */
+  epoch: bigint;
+
+  /**
+   * The endpoint, without its query (which may hold a credential).
+   *
+   * @generated from field: string endpoint = 5;
+   */
+  endpoint: string;
+
+  /**
+   * Where the delivery stands.
+   *
+   * @generated from field: comfygate.v1.DeliveryState state = 6;
+   */
+  state: DeliveryState;
+
+  /**
+   * Every attempt, oldest first (the last 20 when there were more).
+   *
+   * @generated from field: repeated comfygate.v1.DeliveryAttempt attempts = 7;
+   */
+  attempts: DeliveryAttempt[];
+
+  /**
+   * When the next attempt is due, while the delivery is pending after a
+   * failure.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_at = 8;
+   */
+  nextAttemptAt?: Timestamp | undefined;
+
+  /**
+   * When the event was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 9;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * How many attempts were made in all.
+   *
+   * @generated from field: int32 attempt_count = 10;
+   */
+  attemptCount: number;
+};
+
+/**
+ * Describes the message comfygate.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 16);
+
+/**
+ * DeliveryAttempt is one try to send an event.
+ *
+ * @generated from message comfygate.v1.DeliveryAttempt
+ */
+export type DeliveryAttempt = Message<"comfygate.v1.DeliveryAttempt"> & {
+  /**
+   * When the attempt started.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The endpoint's HTTP status; 0 when no answer came.
+   *
+   * @generated from field: int32 http_status = 2;
+   */
+  httpStatus: number;
+
+  /**
+   * Why the attempt failed (a status, a timeout, a refused address, ...);
+   * empty when it succeeded.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+
+  /**
+   * How long the attempt took.
+   *
+   * @generated from field: google.protobuf.Duration duration = 4;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message comfygate.v1.DeliveryAttempt.
+ * Use `create(DeliveryAttemptSchema)` to create a new message.
+ */
+export const DeliveryAttemptSchema: GenMessage<DeliveryAttempt> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 17);
+
+/**
+ * RedeliverEventRequest names one event of a request.
+ *
+ * @generated from message comfygate.v1.RedeliverEventRequest
+ */
+export type RedeliverEventRequest = Message<"comfygate.v1.RedeliverEventRequest"> & {
+  /**
+   * The deployment the request was submitted to.
+   *
+   * @generated from field: string deployment_id = 1;
+   */
+  deploymentId: string;
+
+  /**
+   * The request id returned by Submit.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+
+  /**
+   * The event's webhook-id (WebhookDelivery.event_id).
+   *
+   * @generated from field: string event_id = 3;
+   */
+  eventId: string;
+};
+
+/**
+ * Describes the message comfygate.v1.RedeliverEventRequest.
+ * Use `create(RedeliverEventRequestSchema)` to create a new message.
+ */
+export const RedeliverEventRequestSchema: GenMessage<RedeliverEventRequest> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 18);
+
+/**
+ * RedeliverEventResponse is the event's deliveries, as queued again.
+ *
+ * @generated from message comfygate.v1.RedeliverEventResponse
+ */
+export type RedeliverEventResponse = Message<"comfygate.v1.RedeliverEventResponse"> & {
+  /**
+   * One per endpoint of the event, pending.
+   *
+   * @generated from field: repeated comfygate.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+};
+
+/**
+ * Describes the message comfygate.v1.RedeliverEventResponse.
+ * Use `create(RedeliverEventResponseSchema)` to create a new message.
+ */
+export const RedeliverEventResponseSchema: GenMessage<RedeliverEventResponse> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 19);
 
 /**
  * Status is the normalised lifecycle state of a request. The order is the
@@ -601,6 +875,57 @@ export const StatusSchema: GenEnum<Status> = /*@__PURE__*/
   enumDesc(file_comfygate_v1_gateway, 0);
 
 /**
+ * WebhookEvent is a kind of change a webhook can ask for. One change of a
+ * request is one event; it is sent when any of its kinds was asked for.
+ *
+ * @generated from enum comfygate.v1.WebhookEvent
+ */
+export enum WebhookEvent {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: WEBHOOK_EVENT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The request entered the queue (its type is "request.queued").
+   *
+   * @generated from enum value: WEBHOOK_EVENT_QUEUED = 1;
+   */
+  QUEUED = 1,
+
+  /**
+   * The request started running ("request.running").
+   *
+   * @generated from enum value: WEBHOOK_EVENT_RUNNING = 2;
+   */
+  RUNNING = 2,
+
+  /**
+   * The request's outputs became known or changed (a success carries them:
+   * "request.succeeded").
+   *
+   * @generated from enum value: WEBHOOK_EVENT_OUTPUT = 3;
+   */
+  OUTPUT = 3,
+
+  /**
+   * The request finished: "request.succeeded", "request.failed" or
+   * "request.cancelled".
+   *
+   * @generated from enum value: WEBHOOK_EVENT_TERMINAL = 4;
+   */
+  TERMINAL = 4,
+}
+
+/**
+ * Describes the enum comfygate.v1.WebhookEvent.
+ */
+export const WebhookEventSchema: GenEnum<WebhookEvent> = /*@__PURE__*/
+  enumDesc(file_comfygate_v1_gateway, 1);
+
+/**
  * CancelOutcome is what RunComfy did with a cancel.
  *
  * @generated from enum comfygate.v1.CancelOutcome
@@ -648,7 +973,56 @@ export enum CancelOutcome {
  * Describes the enum comfygate.v1.CancelOutcome.
  */
 export const CancelOutcomeSchema: GenEnum<CancelOutcome> = /*@__PURE__*/
-  enumDesc(file_comfygate_v1_gateway, 1);
+  enumDesc(file_comfygate_v1_gateway, 2);
+
+/**
+ * DeliveryState is where a webhook delivery stands.
+ *
+ * @generated from enum comfygate.v1.DeliveryState
+ */
+export enum DeliveryState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: DELIVERY_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Not delivered yet: being sent, waiting for its turn (an earlier event to
+   * the same endpoint is still being retried) or for its next attempt.
+   *
+   * @generated from enum value: DELIVERY_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The endpoint answered 2xx.
+   *
+   * @generated from enum value: DELIVERY_STATE_DELIVERED = 2;
+   */
+  DELIVERED = 2,
+
+  /**
+   * Every attempt failed until the retry horizon ran out.
+   *
+   * @generated from enum value: DELIVERY_STATE_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * The endpoint answered 410 Gone: no more attempts to it for this request.
+   *
+   * @generated from enum value: DELIVERY_STATE_GONE = 4;
+   */
+  GONE = 4,
+}
+
+/**
+ * Describes the enum comfygate.v1.DeliveryState.
+ */
+export const DeliveryStateSchema: GenEnum<DeliveryState> = /*@__PURE__*/
+  enumDesc(file_comfygate_v1_gateway, 3);
 
 /**
  * GatewayService runs ComfyUI workflows on RunComfy Serverless deployments and
@@ -743,6 +1117,31 @@ export const GatewayService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRequestRequestSchema;
     output: typeof WatchRequestResponseSchema;
+  },
+  /**
+   * ListDeliveries lists the webhook deliveries of a request (see
+   * SubmitRequest.webhook): one per event and endpoint, each with its
+   * attempts, its outcome and, while it is retried, its next attempt. Only the
+   * request's tenant sees them; another tenant gets NOT_FOUND.
+   *
+   * @generated from rpc comfygate.v1.GatewayService.ListDeliveries
+   */
+  listDeliveries: {
+    methodKind: "unary";
+    input: typeof ListDeliveriesRequestSchema;
+    output: typeof ListDeliveriesResponseSchema;
+  },
+  /**
+   * RedeliverEvent sends one event of a request again, with the same
+   * webhook-id, to the endpoints it was meant for: a delivery that failed,
+   * gave up or was delivered is retried from its first attempt.
+   *
+   * @generated from rpc comfygate.v1.GatewayService.RedeliverEvent
+   */
+  redeliverEvent: {
+    methodKind: "unary";
+    input: typeof RedeliverEventRequestSchema;
+    output: typeof RedeliverEventResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_comfygate_v1_gateway, 0);

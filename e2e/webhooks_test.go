@@ -1,0 +1,332 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/hooks"
+	"github.com/comfygate/comfygate/state/redisstore"
+)
+
+// checkSignature verifies a delivery as the Standard Webhooks specification
+// tells a receiver to, written from the specification and not with the
+// gateway's code: HMAC-SHA256 keyed with the base64 part of the whsec_
+// secret, over "id.timestamp.body", must equal one "v1," entry.
+func checkSignature(secret string, h http.Header, body []byte) error {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return err
+	}
+	id, ts := h.Get("webhook-id"), h.Get("webhook-timestamp")
+	unix, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || id == "" {
+		return fmt.Errorf("webhook-id %q, webhook-timestamp %q", id, ts)
+	}
+	if d := time.Since(time.Unix(unix, 0)); d > 5*time.Minute || d < -5*time.Minute {
+		return fmt.Errorf("timestamp %v away", d)
+	}
+	mac := hmac.New(sha256.New, key)
+	fmt.Fprintf(mac, "%s.%s.", id, ts)
+	mac.Write(body)
+	want := base64.StdEncoding.EncodeToString(mac.Sum(nil))
+	for _, s := range strings.Fields(h.Get("webhook-signature")) {
+		if v, ok := strings.CutPrefix(s, "v1,"); ok && hmac.Equal([]byte(v), []byte(want)) {
+			return nil
+		}
+	}
+	return errors.New("no v1 signature matches")
+}
+
+// hookAttempt is one attempt a hookReceiver got.
+type hookAttempt struct {
+	path, id  string
+	at        time.Time
+	answered  int // the status answered; 0 when the sender went away first
+	requestID string
+	typ       string
+	seq       int64
+}
+
+// hookReceiver is the tenant's service: it verifies every delivery with each
+// of secrets, and records it. Paths under /hang wait, without answering,
+// until release.
+type hookReceiver struct {
+	t       *testing.T
+	secrets []string
+	srv     *httptest.Server
+	release chan struct{}
+	mu      sync.Mutex
+	got     []hookAttempt
+	changed chan struct{}
+}
+
+func newHookReceiver(t *testing.T, secrets []string) *hookReceiver {
+	r := &hookReceiver{t: t, secrets: secrets, release: make(chan struct{}), changed: make(chan struct{}, 1)}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *hookReceiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	for _, s := range r.secrets {
+		if err := checkSignature(s, req.Header, body); err != nil {
+			r.t.Errorf("delivery %s: %v", req.Header.Get("webhook-id"), err)
+		}
+	}
+	var ev struct {
+		Type string `json:"type"`
+		Data struct {
+			RequestID string `json:"request_id"`
+			Seq       string `json:"seq"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &ev); err != nil {
+		r.t.Errorf("delivery body %q: %v", body, err)
+	}
+	a := hookAttempt{path: req.URL.Path, id: req.Header.Get("webhook-id"), at: time.Now(), requestID: ev.Data.RequestID, typ: ev.Type}
+	a.seq, _ = strconv.ParseInt(ev.Data.Seq, 10, 64)
+	if strings.HasPrefix(req.URL.Path, "/hang") {
+		r.record(a) // the attempt arrived
+		select {
+		case <-r.release:
+		case <-req.Context().Done():
+			return
+		}
+	}
+	a.answered = http.StatusOK
+	r.record(a)
+}
+
+func (r *hookReceiver) record(a hookAttempt) {
+	r.mu.Lock()
+	r.got = append(r.got, a)
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// until waits until done holds of the attempts so far, and returns them.
+func (r *hookReceiver) until(ctx context.Context, t *testing.T, what string, done func([]hookAttempt) bool) []hookAttempt {
+	t.Helper()
+	for {
+		r.mu.Lock()
+		got := append([]hookAttempt(nil), r.got...)
+		r.mu.Unlock()
+		if done(got) {
+			return got
+		}
+		select {
+		case <-r.changed:
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %d attempts so far", what, len(got))
+		}
+	}
+}
+
+// webhookCluster is a cluster whose replicas send the local tenant's
+// webhooks (signed with secrets, two of them: a rotation) to loopback
+// receivers.
+func webhookCluster(ctx context.Context, t *testing.T, timeout time.Duration) (*cluster, []string) {
+	t.Helper()
+	var secrets []string
+	for range 2 {
+		s, err := hooks.NewSecret()
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets = append(secrets, s.String())
+	}
+	file := filepath.Join(t.TempDir(), "tenants.yaml")
+	content := fmt.Sprintf("tenants:\n  local:\n    webhooks:\n      secrets: [%q, %q]\n", secrets[0], secrets[1])
+	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(ctx, t, clusterConfig{queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond, args: []string{
+		"--tenants-file", file, "--webhook-allow-private",
+		"--webhook-timeout", timeout.String(), "--webhook-retry-min", "100ms", "--webhook-retry-max", "500ms",
+	}})
+	return c, secrets
+}
+
+// submitHooked submits through g with a webhook to url for every event.
+func submitHooked(ctx context.Context, t *testing.T, g *gateway, url string) string {
+	t.Helper()
+	resp, err := g.api.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: deployment, InputJson: `{"overrides": {}}`,
+		Webhook: &comfygatev1.Webhook{Url: url, Events: []comfygatev1.WebhookEvent{
+			comfygatev1.WebhookEvent_WEBHOOK_EVENT_QUEUED, comfygatev1.WebhookEvent_WEBHOOK_EVENT_RUNNING,
+			comfygatev1.WebhookEvent_WEBHOOK_EVENT_OUTPUT, comfygatev1.WebhookEvent_WEBHOOK_EVENT_TERMINAL,
+		}}})
+	if err != nil {
+		t.Fatalf("submit on %s: %v", g.name, err)
+	}
+	return resp.GetRequest().GetRequestId()
+}
+
+// deliveredOn reads comfygate_webhook_deliveries_total{outcome="delivered"}
+// from g's /metrics.
+func deliveredOn(ctx context.Context, t *testing.T, c *cluster, g *gateway) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.httpc.Do(req)
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", g.name, err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), `comfygate_webhook_deliveries_total{outcome="delivered"} `); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return 0
+}
+
+// TestWebhooksDeliveredOnceAcrossReplicas: requests submitted on all three
+// replicas, their callbacks recorded by any of them: every event reaches the
+// receiver, signed with both secrets of a rotation, once (each by one
+// replica: the replicas' delivered counts add up to the events), and in seq
+// order per request.
+func TestWebhooksDeliveredOnceAcrossReplicas(t *testing.T) {
+	ctx := setup(t)
+	c, secrets := webhookCluster(ctx, t, 2*time.Second)
+	rcv := newHookReceiver(t, secrets)
+	const perReplica = 4
+	var rids []string
+	for _, g := range c.gateways() {
+		for range perReplica {
+			rids = append(rids, submitHooked(ctx, t, g, rcv.srv.URL+"/ok"))
+		}
+	}
+	got := rcv.until(ctx, t, "every request's terminal event", func(got []hookAttempt) bool {
+		done := map[string]bool{}
+		for _, a := range got {
+			if a.typ == "request.succeeded" {
+				done[a.requestID] = true
+			}
+		}
+		return len(done) == len(rids)
+	})
+	seen := map[string]bool{}
+	lastSeq := map[string]int64{}
+	for _, a := range got {
+		if seen[a.id] {
+			t.Errorf("event %s (%s of %s) delivered twice", a.id, a.typ, a.requestID)
+		}
+		seen[a.id] = true
+		if a.seq <= lastSeq[a.requestID] {
+			t.Errorf("request %s: event at seq %d after seq %d", a.requestID, a.seq, lastSeq[a.requestID])
+		}
+		lastSeq[a.requestID] = a.seq
+	}
+	for _, rid := range rids {
+		var types []string
+		for _, a := range got {
+			if a.requestID == rid {
+				types = append(types, a.typ)
+			}
+		}
+		if len(types) < 2 || types[0] != "request.queued" || types[len(types)-1] != "request.succeeded" {
+			t.Errorf("request %s: events %v, want queued first and succeeded last", rid, types)
+		}
+	}
+	// Each delivery counted once, by the replica that made it.
+	var total int
+	eventually(ctx, t, "the replicas to count every delivery", func() bool {
+		total = 0
+		for _, g := range c.gateways() {
+			total += deliveredOn(ctx, t, c, g)
+		}
+		return total >= len(seen)
+	})
+	if total != len(seen) {
+		t.Errorf("the replicas count %d deliveries, the receiver got %d events", total, len(seen))
+	}
+}
+
+// TestWebhookOfKilledReplicaDeliveredByAnother: the replica delivering an
+// event is killed mid-attempt (the receiver holds the attempt open); another
+// replica takes the delivery over once the dead one's job has been idle for
+// its bound, and delivers the same event, with the same webhook-id.
+func TestWebhookOfKilledReplicaDeliveredByAnother(t *testing.T) {
+	ctx := setup(t)
+	const timeout = time.Second // the lease, and the idle bound: 3×timeout+1s
+	c, secrets := webhookCluster(ctx, t, timeout)
+	rcv := newHookReceiver(t, secrets)
+	rid := submitHooked(ctx, t, c.a, rcv.srv.URL+"/hang")
+	first := rcv.until(ctx, t, "the first attempt", func(got []hookAttempt) bool { return len(got) > 0 })[0]
+
+	owner, err := c.rdb.Get(ctx, redisstore.OutboxLeaseKey(c.prefix, rid)).Result()
+	if errors.Is(err, redis.Nil) {
+		t.Fatal("no replica holds the delivery lease of a delivery in flight")
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	pid, ok := leasePID(owner)
+	victim := c.byPID(pid)
+	if !ok || victim == nil {
+		t.Fatalf("the delivery lease is held by %q, not a replica", owner)
+	}
+	victim.proc.kill(t)
+	killedAt := time.Now()
+	close(rcv.release) // from now on the receiver answers
+	t.Logf("killed %s mid-attempt of %s", victim.name, first.id)
+
+	got := rcv.until(ctx, t, "the event delivered by another replica", func(got []hookAttempt) bool {
+		for _, a := range got {
+			if a.id == first.id && a.answered == http.StatusOK && a.at.After(killedAt) {
+				return true
+			}
+		}
+		return false
+	})
+	for _, a := range got {
+		if a.requestID != rid {
+			t.Errorf("an attempt for request %s", a.requestID)
+		}
+	}
+	// The request's later events follow, in order, from the survivors.
+	got = rcv.until(ctx, t, "the terminal event", func(got []hookAttempt) bool {
+		for _, a := range got {
+			if a.typ == "request.succeeded" && a.answered == http.StatusOK {
+				return true
+			}
+		}
+		return false
+	})
+	var lastSeq int64
+	for _, a := range got {
+		if a.answered != http.StatusOK {
+			continue
+		}
+		if a.seq < lastSeq {
+			t.Errorf("event at seq %d delivered after seq %d", a.seq, lastSeq)
+		}
+		lastSeq = a.seq
+	}
+}
