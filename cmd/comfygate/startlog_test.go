@@ -140,6 +140,14 @@ func TestStartFailuresExitWithKeys(t *testing.T) {
 	if err := os.WriteFile(badKeys, []byte("no-key-on-this-line\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	badTenants := t.TempDir() + "/bad-tenants.yaml"
+	if err := os.WriteFile(badTenants, []byte("tenants:\n  team:\n    webhooks:\n      secrets: [not-a-secret]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clashingTenants := t.TempDir() + "/clashing-tenants.yaml"
+	if err := os.WriteFile(clashingTenants, []byte("tenants:\n  other:\n    keys:\n      - key: start-failure-key-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	missing := t.TempDir() + "/missing"
 	inUse := "address already in use"
 	tests := []struct {
@@ -151,6 +159,9 @@ func TestStartFailuresExitWithKeys(t *testing.T) {
 		{"HTTP port in use", []string{"--http-addr", taken.Addr().String()}, inUse},
 		{"profiler port in use", []string{"--debug-addr", taken.Addr().String()}, inUse},
 		{"keys file that does not load", []string{"--api-keys-file", badKeys}, "--api-keys-file"},
+		{"tenants file that does not load", []string{"--tenants-file", badTenants}, "--tenants-file"},
+		{"tenants file that disagrees with the keys file", []string{"--tenants-file", clashingTenants}, "--tenants-file and --api-keys-file"},
+		{"webhook allowed hosts that are not hosts", []string{"--webhook-allow-hosts", "http://x/y"}, "--webhook-allow-hosts"},
 		{"certificate that does not load", []string{"--tls-cert", missing, "--tls-key", missing}, "--tls-cert/--tls-key"},
 		{"public URL the callbacks cannot use", []string{"--public-url", "http://gw.example.com/#", "--webhook-secret-file", keys}, "--public-url"},
 		{"Redis URL that does not parse", []string{"--redis-url", "redis://127.0.0.1:notaport"}, "--redis-url"},
