@@ -19,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/runcomfy"
 )
 
@@ -476,6 +477,8 @@ func checkEndpointURL(raw string) error {
 		return errors.New("has no host")
 	case u.User != nil:
 		return errors.New("has user info (credentials belong in the signature, not the URL)")
+	case hooks.IsCallbackURL(u):
+		return errors.New("is a comfygate's RunComfy callback URL (its path is under /webhooks/runcomfy/)")
 	}
 	return nil
 }

@@ -487,6 +487,7 @@ tenants:
         - url: http://[::1/$TOKEN
         - url: "https://hooks.example/\x01$TOKEN"
         - url: //hooks.example/$TOKEN
+        - url: https://gw.example/Webhooks/RunComfy/dep-1/$TOKEN
 `,
 			wantErr: []string{
 				`endpoints\[0\]\.url: is not an absolute http or https URL`,
@@ -501,6 +502,7 @@ tenants:
 				`endpoints\[9\]\.url: is not a URL`,
 				`endpoints\[10\]\.url: is not a URL`,
 				`endpoints\[11\]\.url: is not an absolute http or https URL`,
+				`endpoints\[12\]\.url: is a comfygate's RunComfy callback URL`,
 			},
 		},
 		{

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -328,5 +329,83 @@ func TestWebhookOfKilledReplicaDeliveredByAnother(t *testing.T) {
 			t.Errorf("event at seq %d delivered after seq %d", a.seq, lastSeq)
 		}
 		lastSeq = a.seq
+	}
+}
+
+// TestWebhooksWaitForAReceiverThatIsDown: the receiver is not listening
+// (connections refused) while requests on all three replicas run to their
+// end; the attempts fail and are retried; once the receiver listens on its
+// address, every event arrives, in seq order per request, each once.
+func TestWebhooksWaitForAReceiverThatIsDown(t *testing.T) {
+	ctx := setup(t)
+	c, secrets := webhookCluster(ctx, t, 2*time.Second)
+	addr := freeAddr(t) // nothing listens there yet
+	var rids []string
+	for _, g := range c.gateways() {
+		rids = append(rids, submitHooked(ctx, t, g, "http://"+addr+"/late"))
+	}
+	// Every request ends, and some attempt has failed, before the receiver
+	// comes up.
+	for _, rid := range rids {
+		eventually(ctx, t, "request "+rid+" to end", func() bool {
+			st, err := c.a.api.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: deployment, RequestId: rid})
+			return err == nil && st.GetRequest().GetStatus() == comfygatev1.Status_STATUS_SUCCEEDED
+		})
+	}
+	eventually(ctx, t, "a failed attempt", func() bool {
+		list, err := c.b.api.ListDeliveries(ctx, &comfygatev1.ListDeliveriesRequest{DeploymentId: deployment, RequestId: rids[0]})
+		if err != nil {
+			return false
+		}
+		for _, d := range list.GetDeliveries() {
+			for _, a := range d.GetAttempts() {
+				if a.GetError() != "" && d.GetState() == comfygatev1.DeliveryState_DELIVERY_STATE_PENDING {
+					return true
+				}
+			}
+		}
+		return false
+	})
+
+	rcv := &hookReceiver{t: t, secrets: secrets, release: make(chan struct{}), changed: make(chan struct{}, 1)}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on the receiver's address %s: %v", addr, err)
+	}
+	rcv.srv = &httptest.Server{Listener: lis, Config: &http.Server{Handler: http.HandlerFunc(rcv.serve), ReadHeaderTimeout: 5 * time.Second}}
+	rcv.srv.Start()
+	t.Cleanup(rcv.srv.Close)
+
+	got := rcv.until(ctx, t, "every request's terminal event", func(got []hookAttempt) bool {
+		done := 0
+		for _, a := range got {
+			if a.typ == "request.succeeded" {
+				done++
+			}
+		}
+		return done == len(rids)
+	})
+	seen := map[string]bool{}
+	lastSeq := map[string]int64{}
+	for _, a := range got {
+		if seen[a.id] {
+			t.Errorf("event %s delivered twice", a.id)
+		}
+		seen[a.id] = true
+		if a.seq <= lastSeq[a.requestID] {
+			t.Errorf("request %s: seq %d after %d", a.requestID, a.seq, lastSeq[a.requestID])
+		}
+		lastSeq[a.requestID] = a.seq
+	}
+	for _, rid := range rids {
+		var types []string
+		for _, a := range got {
+			if a.requestID == rid {
+				types = append(types, a.typ)
+			}
+		}
+		if len(types) < 3 || types[0] != "request.queued" || types[len(types)-1] != "request.succeeded" {
+			t.Errorf("request %s: events %v, want queued, running (and output) and succeeded", rid, types)
+		}
 	}
 }

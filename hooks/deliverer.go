@@ -781,8 +781,6 @@ func (d *Deliverer) attempt(ctx context.Context, ev *state.Event, del *state.Del
 func (d *Deliverer) logAttempt(ev *state.Event, del *state.Delivery, ans answer) {
 	level := slog.LevelInfo
 	switch del.State {
-	case state.DeliveryDelivered:
-		level = slog.LevelDebug
 	case state.DeliveryFailed, state.DeliveryGone:
 		level = slog.LevelWarn
 	}

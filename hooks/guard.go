@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,7 +160,27 @@ func CheckURL(raw string) error {
 		}
 		return fmt.Errorf("%w: %w", ErrInvalidURL, err)
 	}
-	return checkParsed(u)
+	if err := checkParsed(u); err != nil {
+		return err
+	}
+	if IsCallbackURL(u) {
+		return fmt.Errorf("%w: is a comfygate's own RunComfy callback URL (its path is under %s)", ErrInvalidURL, callbackPath)
+	}
+	return nil
+}
+
+// callbackPath is where a comfygate takes RunComfy's callbacks
+// (webhook.PathPrefix).
+const callbackPath = "/webhooks/runcomfy/"
+
+// IsCallbackURL reports whether u points at a comfygate's RunComfy callbacks,
+// this gateway's or another's, whatever its host: the gateway may be reached
+// by names it does not know, and an event fed back as a callback would be
+// refused there and retried for a day. The path is compared cleaned and in
+// any case, as servers may read it.
+func IsCallbackURL(u *url.URL) bool {
+	p := strings.ToLower(path.Clean("/" + u.Path))
+	return strings.Contains(p+"/", callbackPath)
 }
 
 // checkParsed holds the checks of CheckURL that a parsed URL still allows; the

@@ -737,6 +737,13 @@ func TestCheckURL(t *testing.T) {
 		{"HTTPS://Example.COM/hook", ""},
 		{"https://[2001:db8::1]:8443/hook", ""},
 		{"http://127.0.0.1/hook", ""}, // the address is the dialer's business
+		{"https://example.com/webhooks/runcomfyx/a", ""},
+
+		{"https://gw.example.com/webhooks/runcomfy/dep-1/token", "callback URL"},
+		{"https://gw.example.com/prefix/WEBHOOKS/RunComfy/dep-1/token", "callback URL"},
+		{"https://gw.example.com/a/../webhooks/runcomfy/dep-1", "callback URL"},
+		{"https://gw.example.com/webhooks//runcomfy/dep-1", "callback URL"},
+		{"https://gw.example.com/webhooks/runcomfy", "callback URL"},
 		{"https://example.com", ""},
 		{long, ""},
 

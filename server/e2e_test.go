@@ -119,6 +119,8 @@ type gatewayOptions struct {
 	// hooks, when set, enables outbound webhooks: a deliverer runs on the
 	// state's outbox.
 	hooks *hooksOptions
+	// localHostsOnly is the server's LocalHostsOnly.
+	localHostsOnly bool
 }
 
 // hooksOptions are the outbound webhooks of a test gateway.
@@ -328,6 +330,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		Limits:         limits,
 		CORSOrigins:    o.corsOrigins,
 		MaxBodyBytes:   o.maxBody,
+		LocalHostsOnly: o.localHostsOnly,
 	}, svc)
 	if err != nil {
 		t.Fatal(err)

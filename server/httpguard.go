@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/url"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -60,7 +62,7 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 			g.refuse(w, r, status.Convert(toStatus(r.Context(), g.log, "", errUnauthenticated)))
 			return
 		}
-		if err := validIdempotencyHeader(r.Header); err != nil {
+		if err := errors.Join(validIdempotencyHeader(r.Header), validWebhookHeaders(r.Header)); err != nil {
 			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", err)))
 			return
 		}
@@ -103,7 +105,8 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 }
 
 // checkOrigin refuses a write (any method but GET, HEAD and OPTIONS) sent by
-// a browser from another origin that --cors-origins does not allow. A browser
+// a browser page that --cors-origins does not allow: the gateway serves no
+// page of its own, so every Origin is another site's. A browser
 // sends a "simple" cross-origin POST (a form, or text/plain) without asking
 // first, and with whatever credentials are ambient; a gateway without API
 // keys on a developer's machine would otherwise submit and cancel jobs for
@@ -113,23 +116,47 @@ func (g *bodyGuard) checkOrigin(r *http.Request) error {
 	if origin == "" || r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
 		return nil
 	}
-	if sameOrigin(origin, r) || (g.originAllowed != nil && g.originAllowed(r)) {
+	if g.originAllowed != nil && g.originAllowed(r) {
 		return nil
 	}
 	return &crossOriginError{origin: origin}
 }
 
-// sameOrigin reports whether origin names the host the request was sent to.
-func sameOrigin(origin string, r *http.Request) bool {
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
+// localHosts, when on, refuses a request whose Host is neither a loopback
+// name nor an IP address (403). A page whose DNS name an attacker rebinds to
+// 127.0.0.1 reaches a gateway on loopback as its own origin, with its own
+// name as Host; a name that is not local is how it shows.
+func localHosts(on bool, next http.Handler) http.Handler {
+	if !on {
+		return next
 	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if localHost(r.Host) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		host := r.Host
+		if len(host) > 200 {
+			host = host[:200] + "…"
+		}
+		refuseUnread(w, r, status.New(codes.PermissionDenied, fmt.Sprintf(
+			"Host %q is not this gateway's: without API keys it answers only to localhost and IP addresses (give it --api-keys-file to serve other names)", host)))
+	})
+}
+
+// localHost reports whether a Host header names this machine by a loopback
+// name or names an IP address (which no DNS answer can rebind).
+func localHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
 	}
-	return strings.EqualFold(u.Scheme, scheme) && strings.EqualFold(u.Host, r.Host)
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if host == "" || host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }
 
 // crossOriginError: a browser on another origin sent a write.
@@ -241,6 +268,23 @@ func validIdempotencyHeader(h http.Header) error {
 		return &fieldError{field: "Idempotency-Key", reason: "must not be empty"}
 	}
 	return checkIdempotencyKey("Idempotency-Key", vals[0])
+}
+
+// validWebhookHeaders refuses a Comfygate-Webhook or Comfygate-Webhook-Events
+// value grpc-gateway would drop (not printable ASCII): the submit would go
+// on without the webhook its caller named.
+func validWebhookHeaders(h http.Header) error {
+	for _, name := range []string{"Comfygate-Webhook", "Comfygate-Webhook-Events"} {
+		if len(h.Values("Grpc-Metadata-"+name)) > 0 {
+			return &fieldError{field: "Grpc-Metadata-" + name, reason: "is not read: send " + name}
+		}
+		for _, v := range h.Values(name) {
+			if !printableASCII(v) {
+				return &fieldError{field: name, reason: "may contain only printable ASCII (percent-encode the URL)"}
+			}
+		}
+	}
+	return nil
 }
 
 // hasBody reports whether a request has a body to read: a declared length,

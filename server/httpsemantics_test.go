@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -159,7 +160,7 @@ func TestCORSPreflight(t *testing.T) {
 		}
 		r.Header.Set("Origin", from)
 		r.Header.Set("Access-Control-Request-Method", "POST")
-		r.Header.Set("Access-Control-Request-Headers", "authorization, content-type, idempotency-key")
+		r.Header.Set("Access-Control-Request-Headers", "authorization, comfygate-webhook, comfygate-webhook-events, content-type, idempotency-key")
 		resp, err := g.httpc.Do(r)
 		if err != nil {
 			t.Fatal(err)
@@ -200,12 +201,11 @@ func TestCORSPreflight(t *testing.T) {
 	}
 }
 
-// TestCrossOriginWritesRefused: a browser page on another origin cannot
-// submit or cancel through a gateway (one without API keys, as on a
-// developer's machine) with a "simple" request, which browsers send without
-// a preflight: it is refused with 403 and reaches no upstream. The same
-// origin, an origin --cors-origins allows, callers that send no Origin, and
-// reads are served.
+// TestCrossOriginWritesRefused: a browser page cannot submit or cancel
+// through a gateway (one without API keys, as on a developer's machine) with
+// a "simple" request, which browsers send without a preflight: it is refused
+// with 403 and reaches no upstream. An origin --cors-origins allows, callers
+// that send no Origin, and reads are served.
 func TestCrossOriginWritesRefused(t *testing.T) {
 	const allowed = "https://app.example.com"
 	g := startGateway(t, func(o *gatewayOptions) { o.corsOrigins = []string{allowed} })
@@ -228,7 +228,9 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 		return resp.StatusCode, string(body)
 	}
 	const submit = "/v1/deployments/dep-1/requests"
-	for _, origin := range []string{"https://evil.example.com", "null", "http://" + strings.TrimPrefix(g.httpBase, "http://") + ".evil.example"} {
+	// The gateway serves no page: even its own origin is not one of its
+	// pages, and a rebound DNS name looks just like it.
+	for _, origin := range []string{"https://evil.example.com", "null", g.httpBase + ".evil.example", g.httpBase} {
 		for _, path := range []string{submit, "/v1/deployments/dep-1/requests/req-1:cancel"} {
 			code, body := post(path, origin)
 			if code != http.StatusForbidden || !strings.Contains(body, "--cors-origins") {
@@ -239,7 +241,7 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 	if n := len(g.sim.Submits()); n != 0 {
 		t.Fatalf("%d refused submits reached RunComfy", n)
 	}
-	for _, origin := range []string{"", allowed, g.httpBase} {
+	for _, origin := range []string{"", allowed} {
 		if code, body := post(submit, origin); code != http.StatusOK {
 			t.Errorf("POST from origin %q: HTTP %d %s, want 200", origin, code, body)
 		}
@@ -303,5 +305,69 @@ func TestOversizeHeadersAre431(t *testing.T) {
 	}
 	if n := len(g.sim.Submits()); n != 0 {
 		t.Errorf("%d submits reached RunComfy", n)
+	}
+}
+
+// TestLocalHostsOnly: a gateway without keys on loopback answers only
+// requests whose Host is a loopback name or an IP address, so a page whose
+// DNS name was rebound to 127.0.0.1 (and which sends its own name as Host
+// and Origin) reaches nothing, reads included.
+func TestLocalHostsOnly(t *testing.T) {
+	g := startGateway(t, func(o *gatewayOptions) { o.localHostsOnly = true })
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(g.httpBase, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(method, path, host string) (int, string) {
+		t.Helper()
+		var body io.Reader
+		if method == http.MethodPost {
+			body = strings.NewReader(`{"overrides": {}}`)
+		}
+		r, err := http.NewRequestWithContext(t.Context(), method, g.httpBase+path, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Host = host
+		resp, err := g.httpc.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	const submit = "/v1/deployments/dep-1/requests"
+	for _, host := range []string{"attacker.example:" + port, "attacker.example", "localhost.attacker.example:" + port, "127.0.0.1.nip.io:" + port} {
+		for _, c := range []struct{ method, path string }{{http.MethodPost, submit}, {http.MethodGet, "/openapi.json"}, {http.MethodGet, submit + "/req-1"}} {
+			if code, body := call(c.method, c.path, host); code != http.StatusForbidden || !strings.Contains(body, "not this gateway's") {
+				t.Errorf("%s %s with Host %s: HTTP %d %.200s, want 403", c.method, c.path, host, code, body)
+			}
+		}
+	}
+	if n := len(g.sim.Submits()); n != 0 {
+		t.Fatalf("%d refused submits reached RunComfy", n)
+	}
+	for _, host := range []string{"localhost:" + port, "LOCALHOST.:" + port, "app.localhost:" + port, "127.0.0.1:" + port, "[::1]:" + port, "10.1.2.3"} {
+		if code, body := call(http.MethodPost, submit, host); code != http.StatusOK {
+			t.Errorf("POST with Host %s: HTTP %d %.200s, want 200", host, code, body)
+		}
+	}
+	open := startGateway(t)
+	if code, _ := call(http.MethodGet, "/healthz", "attacker.example"); code != http.StatusForbidden {
+		t.Errorf("/healthz by another name: HTTP %d, want 403", code)
+	}
+	r, err := http.NewRequestWithContext(t.Context(), http.MethodGet, open.httpBase+"/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Host = "gateway.example"
+	resp, err := open.httpc.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("without the option, another name: HTTP %d, want 200", resp.StatusCode)
 	}
 }

@@ -57,19 +57,25 @@ func checkIdempotencyKey(field, key string) error {
 	return nil
 }
 
-// bodyHash identifies a submit: its deployment and its exact input.
-func bodyHash(dep, input string) string {
+// bodyHash identifies a submit: its deployment, its exact input and the
+// webhook it names (named, "" for none: a submit naming none hashes as
+// before webhooks existed), so a retry that names another webhook is not
+// taken for the same submit.
+func bodyHash(dep, input, named string) string {
 	h := sha256.New()
 	h.Write([]byte(dep))
 	h.Write([]byte{0})
 	h.Write(bytesOf(input)) // read only: no copy of a large input
+	if named != "" {
+		h.Write([]byte("\x00webhook\x00" + named))
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
 // claimIdempotency claims key for this tenant and submit. It returns the claim's
 // scope when the caller must submit, or the response of the submit the key
 // already stands for (waiting for it when still under way).
-func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) (string, *comfygatev1.SubmitResponse, error) {
+func (s *Service) claimIdempotency(ctx context.Context, key, dep, input, named string) (string, *comfygatev1.SubmitResponse, error) {
 	if s.idem == nil {
 		return "", nil, errors.New("idempotency keys are not configured")
 	}
@@ -77,7 +83,7 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input string) 
 	// storage key as it is.
 	sum := sha256.Sum256([]byte(tenantOf(ctx) + "\x00" + key))
 	scope := hex.EncodeToString(sum[:])
-	want := state.IdempotencyEntry{BodyHash: bodyHash(dep, input)}
+	want := state.IdempotencyEntry{BodyHash: bodyHash(dep, input, named)}
 	wctx, cancel := context.WithTimeout(ctx, idempotencyWait)
 	defer cancel()
 	pace := backoff.Exponential{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond}

@@ -65,6 +65,11 @@ type Config struct {
 	// CORSOrigins are the origins browsers may call the REST API from
 	// (Access-Control-Allow-Origin, with preflight); none when empty.
 	CORSOrigins []string
+	// LocalHostsOnly answers only requests whose Host is a loopback name
+	// (localhost) or an IP address, on every listener: for a gateway
+	// without API keys on loopback, which a web page whose DNS name was
+	// rebound to 127.0.0.1 could otherwise call as its own origin.
+	LocalHostsOnly bool
 	// Tracer, when set, traces every RPC, REST call and callback, and carries
 	// the trace context from REST into gRPC (W3C trace context).
 	Tracer trace.TracerProvider
@@ -317,7 +322,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		case "webhook":
 			callbacks = m
 		}
-		e.srv = s.newHTTPServer(cfg, validPath(readDeadline(limitOtherBodies(m, cfg.MaxBodyBytes), cfg.ReadTimeout)))
+		e.srv = s.newHTTPServer(cfg, localHosts(cfg.LocalHostsOnly, validPath(readDeadline(limitOtherBodies(m, cfg.MaxBodyBytes), cfg.ReadTimeout))))
 	}
 	if cfg.Metrics != nil {
 		admin.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
@@ -343,7 +348,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	if len(cfg.CORSOrigins) > 0 {
 		handler = corsFor(cfg.CORSOrigins).Handler(handler)
 	}
-	s.httpServer = s.newHTTPServer(cfg, handler)
+	s.httpServer = s.newHTTPServer(cfg, localHosts(cfg.LocalHostsOnly, handler))
 	return s, nil
 }
 
@@ -361,9 +366,9 @@ func (s *Server) newHTTPServer(cfg Config, h http.Handler) *http.Server {
 	}
 }
 
-// maxHeaderBytes bounds an HTTP request's line and headers (net/http allows
-// 4 KiB more, and answers 431 past it).
-const maxHeaderBytes = 32 << 10
+// maxHeaderBytes bounds an HTTP request's line and headers: net/http reads
+// 4 KiB more than it, so 32 KiB in all, and answers 431 past that.
+const maxHeaderBytes = 28 << 10
 
 // closeListeners closes the listeners of a server that will not run.
 func (s *Server) closeListeners() {
@@ -380,7 +385,7 @@ func corsFor(origins []string) *cors.Cors {
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
 		AllowedMethods: []string{http.MethodGet, http.MethodPost},
-		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate"},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate", "Comfygate-Webhook", "Comfygate-Webhook-Events"},
 		ExposedHeaders: []string{"Retry-After"},
 		MaxAge:         600,
 	})

@@ -49,14 +49,14 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	hooks, err := s.submitWebhooks(ctx, req)
+	hooks, named, err := s.submitWebhooks(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	var scope string
 	if key != "" {
 		var done *comfygatev1.SubmitResponse
-		scope, done, err = s.claimIdempotency(ctx, key, dep, req.GetInputJson())
+		scope, done, err = s.claimIdempotency(ctx, key, dep, req.GetInputJson(), named)
 		if err != nil || done != nil {
 			return done, err
 		}
@@ -93,12 +93,12 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			errors.As(err, &apiErr)
 		}
 		if scope != "" {
-			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson()), apiErr != nil && submitMayHaveStarted(apiErr))
+			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson(), named), apiErr != nil && submitMayHaveStarted(apiErr))
 		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}
 	if scope != "" {
-		e := state.IdempotencyEntry{BodyHash: bodyHash(dep, req.GetInputJson()), RequestID: resp.RequestID}
+		e := state.IdempotencyEntry{BodyHash: bodyHash(dep, req.GetInputJson(), named), RequestID: resp.RequestID}
 		if err := s.idem.Complete(upCtx, scope, e, idempotencyTTL); err != nil {
 			s.log.ErrorContext(ctx, "idempotency key not completed", "request_id", resp.RequestID, "error", err)
 		}

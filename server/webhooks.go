@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"path"
 	"strings"
 	"time"
 
@@ -48,39 +47,37 @@ var errNoSigningSecret = errors.New("the tenant has no webhook signing secret: i
 var errNoSuchEvent = errors.New("no such event")
 
 // submitWebhooks resolves the webhook targets of a submit: the one it names
-// (the webhook field, or the REST headers) and the tenant's defaults.
+// (the webhook field, or the REST headers) and the tenant's defaults. named
+// identifies the one it names ("" for none), for its idempotency key.
 // Nothing is sent upstream when they cannot be honoured.
-func (s *Service) submitWebhooks(ctx context.Context, req *comfygatev1.SubmitRequest) ([]state.WebhookTarget, error) {
+func (s *Service) submitWebhooks(ctx context.Context, req *comfygatev1.SubmitRequest) (targets []state.WebhookTarget, named string, err error) {
 	raw, events, err := requestedWebhook(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if s.webhooks == nil {
 		if raw != "" {
-			return nil, errWebhooksOff
+			return nil, "", errWebhooksOff
 		}
-		return nil, nil
+		return nil, "", nil
 	}
 	defaults, canSign := s.webhooks.Tenant(tenantOf(ctx))
-	var targets []state.WebhookTarget
 	if raw != "" {
 		if err := s.webhooks.CheckURL(raw); err != nil {
-			return nil, &fieldError{field: "webhook.url", reason: err.Error()}
-		}
-		if s.ownCallback(raw) {
-			return nil, &fieldError{field: "webhook.url", reason: "is the gateway's own callback URL"}
+			return nil, "", &fieldError{field: "webhook.url", reason: err.Error()}
 		}
 		kinds, err := state.ParseEventKinds(events)
 		if err != nil {
-			return nil, &fieldError{field: "webhook.events", reason: err.Error()}
+			return nil, "", &fieldError{field: "webhook.events", reason: err.Error()}
 		}
 		targets = append(targets, state.WebhookTarget{URL: raw, Kinds: kinds})
+		named = raw + " " + strings.Join(kinds.Names(), ",")
 	}
 	targets = append(targets, defaults...)
 	if len(targets) > 0 && !canSign {
-		return nil, errNoSigningSecret
+		return nil, "", errNoSigningSecret
 	}
-	return targets, nil
+	return targets, named, nil
 }
 
 // requestedWebhook is the webhook a submit names: the field, or over REST
@@ -119,20 +116,6 @@ func requestedWebhook(ctx context.Context, req *comfygatev1.SubmitRequest) (stri
 		list = strings.Split(events[0], ",")
 	}
 	return strings.TrimSpace(urls[0]), list, nil
-}
-
-// ownCallback reports whether raw points at RunComfy callbacks of a
-// comfygate, this one included (under --public-url, which may have a path
-// prefix): an event must never be fed back as a RunComfy callback. Any URL
-// whose path holds /webhooks/runcomfy is refused, whatever its host, since
-// the gateway may be reached under names it does not know.
-func (s *Service) ownCallback(raw string) bool {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return true
-	}
-	p := strings.ToLower(path.Clean("/" + u.Path))
-	return strings.Contains(p+"/", "/webhooks/runcomfy/")
 }
 
 // ListDeliveries lists a request's webhook deliveries, for its tenant.

@@ -260,8 +260,8 @@ func TestSubmitWebhookRefused(t *testing.T) {
 		{"not http", g, keyA, &comfygatev1.Webhook{Url: "ftp://hooks.example.com/x"}, codes.InvalidArgument, "webhook.url"},
 		{"relative", g, keyA, &comfygatev1.Webhook{Url: "/hooks"}, codes.InvalidArgument, "webhook.url"},
 		{"user info", g, keyA, &comfygatev1.Webhook{Url: "https://user:pw@hooks.example.com/x"}, codes.InvalidArgument, "webhook.url"},
-		{"the gateway's own callback", g, keyA, &comfygatev1.Webhook{Url: g.callbackURL("dep-1")}, codes.InvalidArgument, "own callback"},
-		{"another comfygate's callback", g, keyA, &comfygatev1.Webhook{Url: "https://other.example.com/Webhooks/RunComfy/dep-1/t"}, codes.InvalidArgument, "own callback"},
+		{"the gateway's own callback", g, keyA, &comfygatev1.Webhook{Url: g.callbackURL("dep-1")}, codes.InvalidArgument, "callback URL"},
+		{"another comfygate's callback", g, keyA, &comfygatev1.Webhook{Url: "https://other.example.com/Webhooks/RunComfy/dep-1/t"}, codes.InvalidArgument, "callback URL"},
 		{"unspecified event", g, keyA, &comfygatev1.Webhook{Url: "https://hooks.example.com/x", Events: []comfygatev1.WebhookEvent{0}}, codes.InvalidArgument, "webhook.events"},
 		{"an event twice", g, keyA, &comfygatev1.Webhook{Url: "https://hooks.example.com/x", Events: []comfygatev1.WebhookEvent{4, 4}}, codes.InvalidArgument, "listed twice"},
 		{"tenant without a secret", g, keyB, &comfygatev1.Webhook{Url: "https://hooks.example.com/x"}, codes.FailedPrecondition, "signing secret"},
@@ -285,6 +285,10 @@ func TestSubmitWebhookRefused(t *testing.T) {
 		{"two webhooks", [][2]string{{"Comfygate-Webhook", "https://a.example.com/x"}, {"Comfygate-Webhook", "https://b.example.com/x"}}, "must be given once"},
 		{"empty webhook", [][2]string{{"Comfygate-Webhook", " "}}, "must not be empty"},
 		{"not a URL", [][2]string{{"Comfygate-Webhook", "hooks"}}, "webhook.url"},
+		{"not ASCII", [][2]string{{"Comfygate-Webhook", "https://hooks.example.com/ä"}}, "Comfygate-Webhook: may contain only printable ASCII"},
+		{"a control character", [][2]string{{"Comfygate-Webhook", "https://hooks.example.com/a\tb"}}, "Comfygate-Webhook: may contain only printable ASCII"},
+		{"events not ASCII", [][2]string{{"Comfygate-Webhook", "https://hooks.example.com/x"}, {"Comfygate-Webhook-Events", "quéued"}}, "Comfygate-Webhook-Events: may contain only printable ASCII"},
+		{"grpc-gateway's alias", [][2]string{{"Grpc-Metadata-Comfygate-Webhook", "https://hooks.example.com/x"}}, "is not read: send Comfygate-Webhook"},
 	}
 	for _, tc := range rest {
 		t.Run("REST "+tc.name, func(t *testing.T) {
@@ -420,5 +424,42 @@ func TestDeliveriesTenantScoped(t *testing.T) {
 		if code := g.restAs(t, keyA, method, "/v1/deployments/dep-1/requests/"+rid+path, ""); code != http.StatusOK {
 			t.Errorf("%s %s as the owner: HTTP %d, want 200", method, path, code)
 		}
+	}
+}
+
+// TestIdempotencyKeyCoversTheWebhook: a retry with the same key and body
+// that names the same webhook is the same submit; one that names another
+// webhook (or other events, or none) is not, and is refused as a key reused
+// for another submit, never sent upstream.
+func TestIdempotencyKeyCoversTheWebhook(t *testing.T) {
+	secrets, _ := newSecrets(t, 1)
+	g := startGateway(t, withKeys(t), func(o *gatewayOptions) { o.hooks = &hooksOptions{secrets: secrets} })
+	ctx := ctxT(t)
+	submit := func(w *comfygatev1.Webhook) (string, error) {
+		sub, err := g.client.Submit(as(ctx, keyA), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`, IdempotencyKey: "same-key", Webhook: w})
+		return sub.GetRequest().GetRequestId(), err
+	}
+	first := &comfygatev1.Webhook{Url: "https://hooks.example.com/one", Events: []comfygatev1.WebhookEvent{comfygatev1.WebhookEvent_WEBHOOK_EVENT_TERMINAL}}
+	rid, err := submit(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same webhook, its events in another spelling (terminal is the
+	// default): the same submit.
+	again, err := submit(&comfygatev1.Webhook{Url: first.GetUrl()})
+	if err != nil || again != rid {
+		t.Fatalf("retry naming the same webhook: %s, %v; want %s", again, err, rid)
+	}
+	for _, w := range []*comfygatev1.Webhook{
+		{Url: "https://hooks.example.com/two"},
+		{Url: first.GetUrl(), Events: []comfygatev1.WebhookEvent{comfygatev1.WebhookEvent_WEBHOOK_EVENT_RUNNING}},
+		nil,
+	} {
+		if _, err := submit(w); status.Code(err) != codes.AlreadyExists {
+			t.Errorf("retry naming webhook %v: %v, want AlreadyExists", w, err)
+		}
+	}
+	if n := len(g.sim.Submits()); n != 1 {
+		t.Errorf("%d submits reached RunComfy, want 1", n)
 	}
 }

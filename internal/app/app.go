@@ -203,6 +203,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		log.Info("client API keys required", "keys_file", cfg.APIKeysFile, "tenants_file", cfg.TenantsFile)
 	} else {
 		log.Warn("no API keys (--api-keys-file, or keys in --tenants-file): every caller is accepted, as one tenant")
+		// On loopback, only local names: a web page whose DNS name is
+		// rebound to 127.0.0.1 must not become a caller.
+		srvCfg.LocalHostsOnly = loopback(cfg.HTTPAddr)
 	}
 	if tenants != nil {
 		if a.webhooks, err = newWebhooks(cfg, tenants, a.backend.outbox, reg, log.With("component", "webhooks")); err != nil {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -254,5 +256,72 @@ func TestSeparateListeners(t *testing.T) {
 	_, metrics := do("GET", "http://"+adminAddr+"/metrics", "")
 	if !strings.Contains(metrics, "comfygate_build_info{") {
 		t.Errorf("no comfygate_build_info in /metrics")
+	}
+}
+
+// TestLocalNamesOnlyWithoutKeys: a gateway without API keys on loopback
+// answers only localhost and IP addresses as Host (a page whose name is
+// rebound to 127.0.0.1 is refused); with keys, any name.
+func TestLocalNamesOnlyWithoutKeys(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("team local-names-key-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		rebound int // the answer to Host: rebound.example
+	}{
+		{"without keys", nil, http.StatusForbidden},
+		{"with keys", []string{"--api-keys-file", keys}, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			httpAddr := freeAddr(t)
+			cfg, err := ParseConfig(append([]string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", httpAddr, "--shutdown-timeout", "2s"}, tc.args...), env(nil), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run = %v", err)
+				}
+			}()
+			client := &http.Client{Timeout: time.Second}
+			defer client.CloseIdleConnections()
+			get := func(host string) int {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/healthz", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Host = host
+				resp, err := client.Do(req)
+				if err != nil {
+					return 0
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			for get(httpAddr) != http.StatusOK {
+				select {
+				case err := <-done:
+					t.Fatalf("Run returned early: %v", err)
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			if code := get("rebound.example"); code != tc.rebound {
+				t.Errorf("Host rebound.example: HTTP %d, want %d", code, tc.rebound)
+			}
+			if code := get("localhost"); code != http.StatusOK {
+				t.Errorf("Host localhost: HTTP %d, want 200", code)
+			}
+		})
 	}
 }
