@@ -18,9 +18,10 @@ import (
 // generator shares the cores with what it measures, so it spends as little CPU
 // per request as it can (no client pool, no goroutine per connection).
 type httpConn struct {
-	c   net.Conn
-	br  *bufio.Reader
-	buf []byte
+	c    net.Conn
+	br   *bufio.Reader
+	buf  []byte
+	host string // the Host header: the address dialed
 }
 
 func dialHTTP(addr string) (*httpConn, error) {
@@ -28,7 +29,7 @@ func dialHTTP(addr string) (*httpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &httpConn{c: c, br: bufio.NewReaderSize(c, 4096), buf: make([]byte, 0, 2048)}, nil
+	return &httpConn{c: c, br: bufio.NewReaderSize(c, 4096), buf: make([]byte, 0, 2048), host: addr}, nil
 }
 
 // post sends one JSON POST and reads the whole answer.
@@ -36,7 +37,9 @@ func (h *httpConn) post(path string, body []byte) (int, error) {
 	b := h.buf[:0]
 	b = append(b, "POST "...)
 	b = append(b, path...)
-	b = append(b, " HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: "...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, h.host...)
+	b = append(b, "\r\nContent-Type: application/json\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)

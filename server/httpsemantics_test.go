@@ -353,16 +353,34 @@ func TestLocalHostsOnly(t *testing.T) {
 			t.Errorf("POST with Host %s: HTTP %d %.200s, want 200", host, code, body)
 		}
 	}
+	// A callback comes by the public URL's name (a tunnel's): its token
+	// proves it, whatever the Host.
+	rid := g.submit(t.Context(), t, "dep-1")
+	cb := strings.NewReader(`{"request_id": "` + rid + `", "status": "in_progress"}`)
+	r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, g.callbackURL("dep-1"), cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Host = "my-tunnel.example"
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := g.httpc.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("callback by the tunnel's name: HTTP %d, want 200", resp.StatusCode)
+	}
 	open := startGateway(t)
 	if code, _ := call(http.MethodGet, "/healthz", "attacker.example"); code != http.StatusForbidden {
 		t.Errorf("/healthz by another name: HTTP %d, want 403", code)
 	}
-	r, err := http.NewRequestWithContext(t.Context(), http.MethodGet, open.httpBase+"/healthz", nil)
+	r, err = http.NewRequestWithContext(t.Context(), http.MethodGet, open.httpBase+"/healthz", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.Host = "gateway.example"
-	resp, err := open.httpc.Do(r)
+	resp, err = open.httpc.Do(r)
 	if err != nil {
 		t.Fatal(err)
 	}
