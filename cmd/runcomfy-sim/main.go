@@ -53,6 +53,7 @@ type config struct {
 	// retries. Multi-process tests raise it so retries outlast a Redis outage.
 	callbackRetries int
 	callbackBackoff time.Duration
+	outputBytes     int
 }
 
 // parseConfig reads flags, falling back to the environment for the token. getenv is
@@ -73,6 +74,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		"how many times a callback answered with a non-2xx status (or not answered) is sent again; 0 never retries")
 	fs.DurationVar(&cfg.callbackBackoff, "callback-backoff", defaultCallbackBackoff,
 		"wait before the first callback retry; it doubles with each retry")
+	fs.IntVar(&cfg.outputBytes, "output-bytes", 0, "size of each output image file in bytes (a PNG padded to it); 0 serves a small PNG")
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("parse flags: %w", err)
 	}
@@ -89,6 +91,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	if cfg.callbackRetries < 0 {
 		problems = append(problems, fmt.Errorf("--callback-retries must not be negative, got %d", cfg.callbackRetries))
+	}
+	if cfg.outputBytes < 0 {
+		problems = append(problems, fmt.Errorf("--output-bytes must not be negative, got %d", cfg.outputBytes))
 	}
 	if cfg.callbackBackoff <= 0 {
 		problems = append(problems, fmt.Errorf("--callback-backoff must be positive, got %v", cfg.callbackBackoff))
@@ -135,6 +140,7 @@ func serve(ctx context.Context, ln net.Listener, cfg config, logger *slog.Logger
 		Logger:          logger,
 		CallbackRetries: retries,
 		CallbackBackoff: cfg.callbackBackoff,
+		OutputBytes:     cfg.outputBytes,
 	})
 	defer sim.Close()
 	srv := &http.Server{

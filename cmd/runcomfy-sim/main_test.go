@@ -39,10 +39,11 @@ func TestParseConfig(t *testing.T) {
 		{
 			name: "flags win",
 			args: []string{"--token", "flag-tok", "--addr", ":0", "--queue-time", "0s", "--run-time", "10ms",
-				"--cancel-delay", "0s", "--public-url", "http://sim:8090", "--callback-retries", "8", "--callback-backoff", "100ms"},
+				"--cancel-delay", "0s", "--public-url", "http://sim:8090", "--callback-retries", "8", "--callback-backoff", "100ms",
+				"--output-bytes", "4194304"},
 			env: map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
 			want: config{addr: ":0", token: "flag-tok", publicURL: "http://sim:8090", runTime: 10 * time.Millisecond,
-				callbackRetries: 8, callbackBackoff: 100 * time.Millisecond},
+				callbackRetries: 8, callbackBackoff: 100 * time.Millisecond, outputBytes: 4 << 20},
 		},
 		{
 			name: "zero retries",
@@ -53,8 +54,8 @@ func TestParseConfig(t *testing.T) {
 		{
 			name: "every problem reported",
 			args: []string{"--queue-time", "-1s", "--run-time", "-1s", "--addr", "", "--callback-retries", "-1",
-				"--callback-backoff", "0s", "extra"},
-			wantErr: []string{"queue-time", "run-time", "addr", "callback-retries", "callback-backoff", "unexpected arguments"},
+				"--callback-backoff", "0s", "--output-bytes", "-1", "extra"},
+			wantErr: []string{"queue-time", "run-time", "addr", "callback-retries", "callback-backoff", "output-bytes", "unexpected arguments"},
 		},
 	}
 	for _, tt := range tests {

@@ -380,7 +380,10 @@ func (s *Sim) handleMedia(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "image/png")
-	w.Header().Set("Content-Length", strconv.Itoa(len(s.png)))
+	w.Header().Set("Content-Length", strconv.Itoa(s.outputSize()))
 	w.Header().Set("Cache-Control", "public, max-age=604800")
-	_, _ = w.Write(s.png)
+	if r.Method == http.MethodHead {
+		return
+	}
+	_ = s.WriteOutput(w, id, name)
 }

@@ -2,9 +2,14 @@ package runcomfysim
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
 	"image"
 	"image/color"
 	"image/png"
+	"io"
+	"math/rand/v2"
 )
 
 // tinyPNG encodes the 16x16 gradient served for every output image. It is built
@@ -23,4 +28,61 @@ func tinyPNG() []byte {
 		panic("runcomfysim: encode png: " + err.Error())
 	}
 	return buf.Bytes()
+}
+
+// paddingChunk is the PNG chunk type of an output's padding: ancillary
+// (lower-case first letter), private (lower-case second) and safe to copy,
+// so image readers skip it.
+const paddingChunk = "cgPd"
+
+// outputSize is the size of every output image file.
+func (s *Sim) outputSize() int {
+	if min := len(s.png) + 12; s.opts.OutputBytes > min {
+		return s.opts.OutputBytes
+	}
+	return len(s.png)
+}
+
+// WriteOutput writes the bytes the simulator serves for output file name of
+// requestID: its small PNG, padded to Options.OutputBytes with a chunk of
+// bytes derived from the request and the name, streamed in blocks so a file
+// of many MiB is never held whole. Tests compare stored copies with it.
+func (s *Sim) WriteOutput(w io.Writer, requestID, name string) error {
+	size := s.outputSize()
+	if size == len(s.png) {
+		_, err := w.Write(s.png)
+		return err
+	}
+	iend := len(s.png) - 12 // the IEND chunk closes every PNG
+	if _, err := w.Write(s.png[:iend]); err != nil {
+		return err
+	}
+	n := size - len(s.png) - 12
+	var head [8]byte
+	binary.BigEndian.PutUint32(head[:4], uint32(n))
+	copy(head[4:], paddingChunk)
+	if _, err := w.Write(head[:]); err != nil {
+		return err
+	}
+	sum := crc32.NewIEEE()
+	sum.Write(head[4:])
+	seed := sha256.Sum256([]byte(requestID + "/" + name))
+	rng := rand.NewChaCha8(seed)
+	buf := make([]byte, 32<<10)
+	for n > 0 {
+		b := buf[:min(n, len(buf))]
+		_, _ = rng.Read(b)
+		sum.Write(b)
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		n -= len(b)
+	}
+	var crc [4]byte
+	binary.BigEndian.PutUint32(crc[:], sum.Sum32())
+	if _, err := w.Write(crc[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(s.png[iend:])
+	return err
 }

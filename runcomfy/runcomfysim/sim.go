@@ -117,6 +117,12 @@ type Options struct {
 	// long benchmark does not hold every body in memory. Zero means 1000; negative
 	// keeps none.
 	SubmitHistory int
+	// OutputBytes is the size of each output image served under /media. Zero
+	// serves a small PNG; a larger size pads that PNG with an ancillary chunk of
+	// bytes derived from the request and the file name (the same on every
+	// download; WriteOutput writes them), so that copying outputs meets files
+	// of a realistic size.
+	OutputBytes int
 }
 
 // DefaultOptions returns timings that make a job's life visible to a human watching
