@@ -134,6 +134,8 @@ func EventFor(prev, next *Record) *Event {
 	if len(next.Outputs) > 0 && (prev == nil || !bytes.Equal(prev.Outputs, next.Outputs)) {
 		kinds |= KindOutput
 	}
+	stored := storageKinds(prev, next)
+	kinds |= stored
 	if kinds == 0 {
 		return nil
 	}
@@ -148,6 +150,10 @@ func EventFor(prev, next *Record) *Event {
 	}
 	typ := "request.output"
 	switch {
+	case stored != 0 && next.Storage.State == StorageStored:
+		typ = "request.outputs_stored"
+	case stored != 0:
+		typ = "request.outputs_not_stored"
 	case next.Terminal():
 		typ = "request." + terminalWord(next.State)
 	case kinds&KindOutput != 0:

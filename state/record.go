@@ -58,6 +58,9 @@ type Record struct {
 	// Webhooks are the endpoints the request's events go to, set by its
 	// submit (the caller's webhook and the tenant's defaults) and kept.
 	Webhooks []WebhookTarget `json:"webhooks,omitempty"`
+	// Storage is the copy of the outputs to the operator's object storage,
+	// once the request succeeded; nil without storage.
+	Storage *Storage `json:"storage,omitempty"`
 }
 
 // Position is a point in a request's history: the (epoch, seq) of a state.
@@ -82,6 +85,7 @@ func (r *Record) Clone() *Record {
 	}
 	c.OutputURLs = slices.Clone(r.OutputURLs)
 	c.Webhooks = slices.Clone(r.Webhooks)
+	c.Storage = r.Storage.Clone()
 	if r.Error != nil {
 		e := *r.Error
 		c.Error = &e
@@ -111,6 +115,9 @@ type Update struct {
 	// Webhooks, from a submit, are the request's webhook targets; a record
 	// takes them once.
 	Webhooks []WebhookTarget
+	// Storage, from the copier (SourceStorage), is where the copy of the
+	// outputs stands.
+	Storage *Storage
 }
 
 // Source is where an observation of a request came from.
@@ -141,6 +148,9 @@ const (
 	// description of the request (its watchers', its schedule's) is the
 	// proof, as good as the record it was taken from.
 	SourceRestore Source = "restore"
+	// SourceStorage: the copier's report on the copy of the outputs; the
+	// gateway's own work, not RunComfy's word.
+	SourceStorage Source = "storage"
 )
 
 // proves reports whether u's owner is proven: the submit's tenant, or the
@@ -175,7 +185,7 @@ func webhooksChange(r *Record, u *Update) bool {
 // confirms reports whether u is RunComfy's word on the request now, which
 // makes the record fresh (SyncedAt): not an owner claim, which only repeats
 // the stored state.
-func (u *Update) confirms() bool { return u.Source != SourceClaim }
+func (u *Update) confirms() bool { return u.Source != SourceClaim && u.Source != SourceStorage }
 
 // reads reports whether u is an answer RunComfy gave to a read just made (a
 // poll, a status or result read), the only kind of observation that confirms
@@ -277,13 +287,17 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		// names the owner of a request nobody owns yet still sets it (the
 		// submit's answer can arrive after the request's last callback).
 		owner, attached, ok := ownerChange(cur, u)
-		if hooks := webhooksChange(cur, u); ok || hooks {
+		hooks, stored := webhooksChange(cur, u), storageChange(cur, u)
+		if ok || hooks || stored {
 			next := cur.Clone()
 			if ok {
 				next.Owner, next.OwnerAttached = owner, attached
 			}
 			if hooks {
 				next.Webhooks = slices.Clone(u.Webhooks)
+			}
+			if stored {
+				next.Storage = u.Storage.Clone()
 			}
 			next.Seq = cur.Seq + 1
 			next.UpdatedAt = now

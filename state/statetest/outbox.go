@@ -39,6 +39,7 @@ func RunOutbox(t *testing.T, newBackend func(t *testing.T) OutboxBackend) {
 		{"RetriesWakeWhenDue", testRetriesWakeWhenDue},
 		{"DeliveriesRoundTrip", testDeliveriesRoundTrip},
 		{"TrackerQueuesMatchingEvents", testTrackerQueuesMatchingEvents},
+		{"StorageReportsMoveForward", testStorageReportsMoveForward},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -381,4 +382,88 @@ func testTrackerQueuesMatchingEvents(t *testing.T, b OutboxBackend) {
 	}
 	takeAll(t, b, "c", 3)
 	noJob(t, b, "c")
+}
+
+// testStorageReportsMoveForward: the copier's reports on a succeeded
+// request are recorded forward only (a pending copy takes later attempts and
+// its end; an ended copy stays; a request that did not succeed takes none),
+// they do not count as RunComfy's word (SyncedAt stays), and the copy's end
+// is an event for endpoints that follow outputs or the request's end.
+func testStorageReportsMoveForward(t *testing.T, b OutboxBackend) {
+	ctx := context.Background()
+	tr, err := state.NewTracker(state.TrackerConfig{Store: b, Results: &fakeResults{}, Retention: longTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks := []state.WebhookTarget{{URL: "https://hooks.example/end", Kinds: state.KindTerminal}, {URL: "https://hooks.example/queued", Kinds: state.KindQueued}}
+	apply := func(u state.Update, want state.Outcome) *state.Record {
+		t.Helper()
+		rec, outcome, err := tr.Apply(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if outcome != want {
+			t.Fatalf("%s %v: outcome %v, want %v", u.Source, u.Storage, outcome, want)
+		}
+		return rec
+	}
+	report := func(id string, st state.StorageState, attempts int) state.Update {
+		s := &state.Storage{State: st, Attempts: attempts}
+		switch st {
+		case state.StorageStored:
+			s.Objects = []state.StoredObject{{Node: "9", File: "a.png", Key: "p/t/d/" + id + "/9/a.png", Size: 3, ContentType: "image/png", SHA256: "abc"}}
+		default:
+			s.Error = fmt.Sprintf("attempt %d failed", attempts)
+		}
+		return state.Update{RequestID: id, Source: state.SourceStorage, State: runcomfy.StateSucceeded, Storage: s}
+	}
+	apply(state.Update{RequestID: "req-st", DeploymentID: deployment, Source: state.SourceSubmit, State: runcomfy.StateQueued, Owner: "team-a", Webhooks: hooks}, state.Applied)
+	done := apply(state.Update{RequestID: "req-st", Source: state.SourceCallback, State: runcomfy.StateSucceeded,
+		Outputs: []byte(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), OutputURLs: []string{"https://x/a.png"}}, state.Applied)
+
+	apply(report("req-st", state.StoragePending, 1), state.Applied)
+	apply(report("req-st", state.StoragePending, 1), state.Duplicate) // the same attempt again
+	rec := apply(report("req-st", state.StoragePending, 2), state.Applied)
+	if rec.Storage.Error != "attempt 2 failed" || !rec.SyncedAt.Equal(done.SyncedAt) {
+		t.Errorf("after attempt 2: storage %+v, synced %v (was %v)", rec.Storage, rec.SyncedAt, done.SyncedAt)
+	}
+	rec = apply(report("req-st", state.StorageStored, 3), state.Applied)
+	if rec.Storage.State != state.StorageStored || len(rec.Storage.Objects) != 1 || rec.Seq != done.Seq+3 {
+		t.Errorf("stored: %+v at seq %d", rec.Storage, rec.Seq)
+	}
+	apply(report("req-st", state.StoragePending, 4), state.Duplicate)
+	apply(report("req-st", state.StorageFailed, 4), state.Duplicate)
+	if got := mustGetOutbox(t, b, "req-st"); got.Storage.State != state.StorageStored || got.Storage.Objects[0].SHA256 != "abc" {
+		t.Errorf("stored record's storage: %+v", got.Storage)
+	}
+
+	// A request that did not succeed has nothing to store.
+	apply(state.Update{RequestID: "req-st-failed", DeploymentID: deployment, Source: state.SourceSubmit, State: runcomfy.StateQueued, Owner: "team-a"}, state.Applied)
+	apply(state.Update{RequestID: "req-st-failed", Source: state.SourceCallback, State: runcomfy.StateFailed}, state.Applied)
+	apply(report("req-st-failed", state.StoragePending, 1), state.Stale)
+
+	evs, err := b.Events(ctx, "req-st")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%s %s", e.Type, strings.Join(e.Targets, ",")))
+	}
+	want := []string{"request.queued https://hooks.example/queued", "request.succeeded https://hooks.example/end", "request.outputs_stored https://hooks.example/end"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %q\nwant %q", got, want)
+	}
+	if last := evs[len(evs)-1]; last.Record.Storage == nil || last.Record.Storage.Objects[0].Key != "p/t/d/req-st/9/a.png" {
+		t.Errorf("the stored event carries storage %+v", last.Record.Storage)
+	}
+}
+
+func mustGetOutbox(t *testing.T, b OutboxBackend, id string) *state.Record {
+	t.Helper()
+	rec, err := b.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("Get %s: %v", id, err)
+	}
+	return rec
 }
