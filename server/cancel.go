@@ -45,7 +45,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	if err != nil {
 		s.log.WarnContext(ctx, "reading state after cancel", "request_id", rid, "error", err)
 		if rec, err := s.lookup(ctx, dep, rid); err == nil {
-			resp.Request = recordToProto(rec)
+			resp.Request = recordToProto(rec, s.urls)
 		} else {
 			resp.Request = &comfygatev1.RequestState{RequestId: rid, DeploymentId: dep}
 		}
@@ -54,7 +54,7 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	u := state.UpdateFromStatus(dep, state.SourceCancel, st)
 	u.Owner = tenantOf(ctx)
 	if rec := s.apply(ctx, u); rec != nil {
-		resp.Request = recordToProto(rec)
+		resp.Request = recordToProto(rec, s.urls)
 	} else {
 		resp.Request = unrecorded(u)
 	}

@@ -45,7 +45,7 @@ func unrecorded(u state.Update) *comfygatev1.RequestState {
 		CreatedAt:      u.CreatedAt,
 		StartedAt:      u.StartedAt,
 		FinishedAt:     u.FinishedAt,
-	})
+	}, nil)
 }
 
 // outputsStruct converts the per-node outputs to a Struct. Outputs hold file
@@ -73,8 +73,15 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// recordToProto is the API view of a record.
-func recordToProto(r *state.Record) *comfygatev1.RequestState {
+// ObjectURLs gives callers a URL for a stored output: presigned for a
+// while, or under the bucket's public base (expires zero).
+type ObjectURLs interface {
+	ObjectURL(key string) (url string, expires time.Time, err error)
+}
+
+// recordToProto is the API view of a record; urls, when set, signs the
+// stored outputs' URLs.
+func recordToProto(r *state.Record, urls ObjectURLs) *comfygatev1.RequestState {
 	st := &comfygatev1.RequestState{
 		RequestId:      r.RequestID,
 		DeploymentId:   r.DeploymentID,
@@ -97,5 +104,32 @@ func recordToProto(r *state.Record) *comfygatev1.RequestState {
 	if r.Error != nil {
 		st.Error = &comfygatev1.RequestError{Type: r.Error.Type, Message: r.Error.Message, UpstreamCode: r.Error.Code}
 	}
+	st.Storage = storageToProto(r.Storage, urls)
 	return st
+}
+
+var storageStates = map[state.StorageState]comfygatev1.StorageState{
+	state.StoragePending: comfygatev1.StorageState_STORAGE_STATE_PENDING,
+	state.StorageStored:  comfygatev1.StorageState_STORAGE_STATE_STORED,
+	state.StorageFailed:  comfygatev1.StorageState_STORAGE_STATE_FAILED,
+}
+
+// storageToProto is the API view of the copy of the outputs. A URL that
+// cannot be signed is left out: the object is there, and the next read
+// signs it again.
+func storageToProto(s *state.Storage, urls ObjectURLs) *comfygatev1.OutputStorage {
+	if s == nil {
+		return nil
+	}
+	out := &comfygatev1.OutputStorage{State: storageStates[s.State], Error: s.Error, Attempts: int32(min(s.Attempts, 1<<31-1))}
+	for _, o := range s.Objects {
+		so := &comfygatev1.StoredOutput{Node: o.Node, File: o.File, Key: o.Key, Size: o.Size, ContentType: o.ContentType, Sha256: o.SHA256}
+		if urls != nil {
+			if u, exp, err := urls.ObjectURL(o.Key); err == nil {
+				so.Url, so.UrlExpiresAt = u, timestamp(exp)
+			}
+		}
+		out.Objects = append(out.Objects, so)
+	}
+	return out
 }

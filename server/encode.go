@@ -74,11 +74,12 @@ type eventKey struct {
 // watchers of one request on this replica share one encoding. It evicts the
 // oldest first.
 type eventCache struct {
-	c *ringcache.Cache[eventKey, *encodedMessage]
+	c    *ringcache.Cache[eventKey, *encodedMessage]
+	urls ObjectURLs // signs stored outputs' URLs; nil without storage
 }
 
-func newEventCache(size int) *eventCache {
-	return &eventCache{c: ringcache.New[eventKey, *encodedMessage](size)}
+func newEventCache(size int, urls ObjectURLs) *eventCache {
+	return &eventCache{c: ringcache.New[eventKey, *encodedMessage](size), urls: urls}
 }
 
 // event returns r as an encoded WatchRequestResponse.
@@ -88,7 +89,7 @@ func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
 		return m, nil
 	}
 	// Two watchers may both miss and both encode: the same bytes, once more.
-	b, err := proto.Marshal(&comfygatev1.WatchRequestResponse{Request: recordToProto(r)})
+	b, err := proto.Marshal(&comfygatev1.WatchRequestResponse{Request: recordToProto(r, c.urls)})
 	if err != nil {
 		return nil, fmt.Errorf("encode watch event: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 // exactly what encoding the record directly gives; another seq, or the same
 // seq of a request that expired and started again, is another event.
 func TestEventCache(t *testing.T) {
-	c := newEventCache(4)
+	c := newEventCache(4, nil)
 	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	pos := int64(3)
 	rec := &state.Record{RequestID: "req-1", DeploymentID: "dep-1", State: runcomfy.StateQueued, UpstreamStatus: "in_queue",
@@ -38,7 +38,7 @@ func TestEventCache(t *testing.T) {
 	if err := proto.Unmarshal(first.b, &got); err != nil {
 		t.Fatal(err)
 	}
-	if want := (&comfygatev1.WatchRequestResponse{Request: recordToProto(rec)}); !proto.Equal(&got, want) {
+	if want := (&comfygatev1.WatchRequestResponse{Request: recordToProto(rec, nil)}); !proto.Equal(&got, want) {
 		t.Errorf("encoded event decodes to %v, want %v", &got, want)
 	}
 

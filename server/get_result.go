@@ -29,7 +29,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	case err != nil:
 		return nil, fmt.Errorf("result of request %s: %w", rid, err)
 	case s.fresh(stored):
-		return &comfygatev1.GetResultResponse{Request: recordToProto(stored)}, nil
+		return &comfygatev1.GetResultResponse{Request: recordToProto(stored, s.urls)}, nil
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, s.refreshTO)
@@ -39,7 +39,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	case errors.Is(err, errNotYours):
 		return nil, err
 	case err == nil && rec != nil:
-		return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
+		return &comfygatev1.GetResultResponse{Request: recordToProto(rec, s.urls)}, nil
 	case err == nil:
 		// Nothing to record it under (or a state this version does not
 		// know); the answer is still what RunComfy says now.
@@ -50,7 +50,7 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	}
 	s.log.WarnContext(ctx, "result not refreshed; answering from the record", "request_id", rid, "error", err)
 	return &comfygatev1.GetResultResponse{
-		Request:      recordToProto(stored),
+		Request:      recordToProto(stored, s.urls),
 		RefreshError: s.refreshError(ctx, comfygatev1.GatewayService_GetResult_FullMethodName, err),
 	}, nil
 }
@@ -73,7 +73,7 @@ func (s *Service) attachResult(ctx context.Context, dep, rid string) (*comfygate
 	case rec == nil:
 		return &comfygatev1.GetResultResponse{Request: unrecorded(*u)}, nil
 	}
-	return &comfygatev1.GetResultResponse{Request: recordToProto(rec)}, nil
+	return &comfygatev1.GetResultResponse{Request: recordToProto(rec, s.urls)}, nil
 }
 
 // result reads a request's result from RunComfy (outputs or error once

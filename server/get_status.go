@@ -36,7 +36,7 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	case err != nil:
 		return nil, fmt.Errorf("status of request %s: %w", rid, err)
 	case s.fresh(stored):
-		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored)}, nil
+		return &comfygatev1.GetStatusResponse{Request: recordToProto(stored, s.urls)}, nil
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, s.refreshTO)
@@ -46,7 +46,7 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	case errors.Is(err, errNotYours):
 		return nil, err
 	case err == nil && rec != nil:
-		return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
+		return &comfygatev1.GetStatusResponse{Request: recordToProto(rec, s.urls)}, nil
 	case err == nil:
 		// An upstream status this version does not know: not recorded, but
 		// it is what RunComfy says now.
@@ -59,7 +59,7 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	// record is the best knowledge there is, and the caller is told so.
 	s.log.WarnContext(ctx, "status not refreshed; answering from the record", "request_id", rid, "error", err)
 	return &comfygatev1.GetStatusResponse{
-		Request:      recordToProto(stored),
+		Request:      recordToProto(stored, s.urls),
 		RefreshError: s.refreshError(ctx, comfygatev1.GatewayService_GetStatus_FullMethodName, err),
 	}, nil
 }
@@ -79,7 +79,7 @@ func (s *Service) attachStatus(ctx context.Context, dep, rid string) (*comfygate
 		}
 		return &comfygatev1.GetStatusResponse{Request: unrecorded(*u)}, nil
 	}
-	return &comfygatev1.GetStatusResponse{Request: recordToProto(rec)}, nil
+	return &comfygatev1.GetStatusResponse{Request: recordToProto(rec, s.urls)}, nil
 }
 
 // fresh reports whether rec may be answered without asking RunComfy: it is

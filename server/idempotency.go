@@ -110,7 +110,7 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input, named s
 					RequestId: got.RequestID, DeploymentId: dep,
 				}}, nil
 			}
-			return "", &comfygatev1.SubmitResponse{Request: recordToProto(rec)}, nil
+			return "", &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}, nil
 		}
 		// The first submit with this key is under way: wait for its answer.
 		t := time.NewTimer(pace.Delay(attempt))

@@ -80,6 +80,7 @@ type Service struct {
 	metrics       *Metrics
 	events        *eventCache
 	webhooks      Webhooks
+	urls          ObjectURLs
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -111,7 +112,10 @@ type ServiceConfig struct {
 	// default ones) and serves the deliveries; nil refuses a submit that
 	// names one.
 	Webhooks Webhooks
-	Logger   *slog.Logger
+	// ObjectURLs, when set, signs the URLs of stored outputs in every state
+	// the service answers or streams.
+	ObjectURLs ObjectURLs
+	Logger     *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -158,7 +162,8 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		expedite:      cfg.Polls,
 		idem:          cfg.Idempotency,
 		limits:        cfg.Limits,
-		events:        newEventCache(eventCacheSize),
+		events:        newEventCache(eventCacheSize, cfg.ObjectURLs),
+		urls:          cfg.ObjectURLs,
 		metrics:       cfg.Metrics,
 		webhooks:      cfg.Webhooks,
 		log:           cfg.Logger,

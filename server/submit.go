@@ -131,5 +131,5 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			CreatedAt:    timestamp(s.now()),
 		}}, nil
 	}
-	return &comfygatev1.SubmitResponse{Request: recordToProto(rec)}, nil
+	return &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}, nil
 }

@@ -209,8 +209,16 @@ func endpointShown(raw string) string {
 // recorded, and the request's state as the REST API shows it.
 //
 //	{"type": "request.succeeded", "timestamp": "2026-...Z", "data": {"request_id": ..., "status": "STATUS_SUCCEEDED", ...}}
-func RenderEvent(ev *state.Event) ([]byte, error) {
-	data, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(recordToProto(ev.Record))
+func RenderEvent(ev *state.Event) ([]byte, error) { return renderEvent(ev, nil) }
+
+// EventRenderer is RenderEvent for a gateway with object storage: the
+// stored outputs' URLs are signed when the event is sent.
+func EventRenderer(urls ObjectURLs) func(*state.Event) ([]byte, error) {
+	return func(ev *state.Event) ([]byte, error) { return renderEvent(ev, urls) }
+}
+
+func renderEvent(ev *state.Event, urls ObjectURLs) ([]byte, error) {
+	data, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(recordToProto(ev.Record, urls))
 	if err != nil {
 		return nil, fmt.Errorf("encode event %s: %w", ev.ID, err)
 	}

@@ -95,6 +95,63 @@ func (Status) EnumDescriptor() ([]byte, []int) {
 	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{0}
 }
 
+// StorageState is where the copy of the outputs stands.
+type StorageState int32
+
+const (
+	StorageState_STORAGE_STATE_UNSPECIFIED StorageState = 0
+	// The copy is under way or waits for its next try (see error).
+	StorageState_STORAGE_STATE_PENDING StorageState = 1
+	// Every output is stored.
+	StorageState_STORAGE_STATE_STORED StorageState = 2
+	// The copy was given up; the outputs remain at RunComfy's URLs while
+	// RunComfy keeps them.
+	StorageState_STORAGE_STATE_FAILED StorageState = 3
+)
+
+// Enum value maps for StorageState.
+var (
+	StorageState_name = map[int32]string{
+		0: "STORAGE_STATE_UNSPECIFIED",
+		1: "STORAGE_STATE_PENDING",
+		2: "STORAGE_STATE_STORED",
+		3: "STORAGE_STATE_FAILED",
+	}
+	StorageState_value = map[string]int32{
+		"STORAGE_STATE_UNSPECIFIED": 0,
+		"STORAGE_STATE_PENDING":     1,
+		"STORAGE_STATE_STORED":      2,
+		"STORAGE_STATE_FAILED":      3,
+	}
+)
+
+func (x StorageState) Enum() *StorageState {
+	p := new(StorageState)
+	*p = x
+	return p
+}
+
+func (x StorageState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StorageState) Descriptor() protoreflect.EnumDescriptor {
+	return file_comfygate_v1_gateway_proto_enumTypes[1].Descriptor()
+}
+
+func (StorageState) Type() protoreflect.EnumType {
+	return &file_comfygate_v1_gateway_proto_enumTypes[1]
+}
+
+func (x StorageState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StorageState.Descriptor instead.
+func (StorageState) EnumDescriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
 // WebhookEvent is a kind of change a webhook can ask for. One change of a
 // request is one event; it is sent when any of its kinds was asked for.
 type WebhookEvent int32
@@ -143,11 +200,11 @@ func (x WebhookEvent) String() string {
 }
 
 func (WebhookEvent) Descriptor() protoreflect.EnumDescriptor {
-	return file_comfygate_v1_gateway_proto_enumTypes[1].Descriptor()
+	return file_comfygate_v1_gateway_proto_enumTypes[2].Descriptor()
 }
 
 func (WebhookEvent) Type() protoreflect.EnumType {
-	return &file_comfygate_v1_gateway_proto_enumTypes[1]
+	return &file_comfygate_v1_gateway_proto_enumTypes[2]
 }
 
 func (x WebhookEvent) Number() protoreflect.EnumNumber {
@@ -156,7 +213,7 @@ func (x WebhookEvent) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookEvent.Descriptor instead.
 func (WebhookEvent) EnumDescriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
 // CancelOutcome is what RunComfy did with a cancel.
@@ -206,11 +263,11 @@ func (x CancelOutcome) String() string {
 }
 
 func (CancelOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_comfygate_v1_gateway_proto_enumTypes[2].Descriptor()
+	return file_comfygate_v1_gateway_proto_enumTypes[3].Descriptor()
 }
 
 func (CancelOutcome) Type() protoreflect.EnumType {
-	return &file_comfygate_v1_gateway_proto_enumTypes[2]
+	return &file_comfygate_v1_gateway_proto_enumTypes[3]
 }
 
 func (x CancelOutcome) Number() protoreflect.EnumNumber {
@@ -219,7 +276,7 @@ func (x CancelOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CancelOutcome.Descriptor instead.
 func (CancelOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 // DeliveryState is where a webhook delivery stands.
@@ -268,11 +325,11 @@ func (x DeliveryState) String() string {
 }
 
 func (DeliveryState) Descriptor() protoreflect.EnumDescriptor {
-	return file_comfygate_v1_gateway_proto_enumTypes[3].Descriptor()
+	return file_comfygate_v1_gateway_proto_enumTypes[4].Descriptor()
 }
 
 func (DeliveryState) Type() protoreflect.EnumType {
-	return &file_comfygate_v1_gateway_proto_enumTypes[3]
+	return &file_comfygate_v1_gateway_proto_enumTypes[4]
 }
 
 func (x DeliveryState) Number() protoreflect.EnumNumber {
@@ -281,7 +338,7 @@ func (x DeliveryState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeliveryState.Descriptor instead.
 func (DeliveryState) EnumDescriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 // RequestState is everything known about one request.
@@ -328,7 +385,12 @@ type RequestState struct {
 	// When RunComfy last confirmed this state (a callback, a poll, a read or
 	// the submit's answer). A GetStatus or GetResult that could not refresh the
 	// state says so in refresh_error, and this says how old the answer is.
-	SyncedAt      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=synced_at,json=syncedAt,proto3" json:"synced_at,omitempty"`
+	SyncedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=synced_at,json=syncedAt,proto3" json:"synced_at,omitempty"`
+	// The copy of the outputs to the gateway's object storage (--storage-url),
+	// once the request succeeded; absent without storage. The request's
+	// terminal state comes first, with RunComfy's URLs; the copy's end is a
+	// later state (a new seq) of the same request.
+	Storage       *OutputStorage `protobuf:"bytes,16,opt,name=storage,proto3" json:"storage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -468,6 +530,191 @@ func (x *RequestState) GetSyncedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *RequestState) GetStorage() *OutputStorage {
+	if x != nil {
+		return x.Storage
+	}
+	return nil
+}
+
+// OutputStorage is where the copy of a request's outputs stands.
+type OutputStorage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State StorageState           `protobuf:"varint,1,opt,name=state,proto3,enum=comfygate.v1.StorageState" json:"state,omitempty"`
+	// The stored files, once stored.
+	Objects []*StoredOutput `protobuf:"bytes,2,rep,name=objects,proto3" json:"objects,omitempty"`
+	// The last attempt's failure while the copy is retried, or why it failed.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// How many copies were tried.
+	Attempts      int32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputStorage) Reset() {
+	*x = OutputStorage{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputStorage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputStorage) ProtoMessage() {}
+
+func (x *OutputStorage) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputStorage.ProtoReflect.Descriptor instead.
+func (*OutputStorage) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OutputStorage) GetState() StorageState {
+	if x != nil {
+		return x.State
+	}
+	return StorageState_STORAGE_STATE_UNSPECIFIED
+}
+
+func (x *OutputStorage) GetObjects() []*StoredOutput {
+	if x != nil {
+		return x.Objects
+	}
+	return nil
+}
+
+func (x *OutputStorage) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *OutputStorage) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+// StoredOutput is one output file kept in the object storage.
+type StoredOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The output's node id and file name in RunComfy's outputs.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	File string `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
+	// The object's key in the bucket: prefix/tenant/deployment/request/node/file.
+	Key         string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Size        int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	ContentType string `protobuf:"bytes,5,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Hex SHA-256 of the object's bytes.
+	Sha256 string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// A URL to fetch it: presigned for a while (url_expires_at), or under the
+	// bucket's public base URL (no expiry). Read the state again for a fresh one.
+	Url           string                 `protobuf:"bytes,7,opt,name=url,proto3" json:"url,omitempty"`
+	UrlExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=url_expires_at,json=urlExpiresAt,proto3" json:"url_expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredOutput) Reset() {
+	*x = StoredOutput{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredOutput) ProtoMessage() {}
+
+func (x *StoredOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredOutput.ProtoReflect.Descriptor instead.
+func (*StoredOutput) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StoredOutput) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *StoredOutput) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *StoredOutput) GetUrlExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UrlExpiresAt
+	}
+	return nil
+}
+
 // RefreshError says why a read could not confirm the stored state with
 // RunComfy: the response then carries the gateway's record as it stands, as
 // old as RequestState.synced_at says.
@@ -487,7 +734,7 @@ type RefreshError struct {
 
 func (x *RefreshError) Reset() {
 	*x = RefreshError{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +746,7 @@ func (x *RefreshError) String() string {
 func (*RefreshError) ProtoMessage() {}
 
 func (x *RefreshError) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[1]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +759,7 @@ func (x *RefreshError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshError.ProtoReflect.Descriptor instead.
 func (*RefreshError) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RefreshError) GetCode() string {
@@ -552,7 +799,7 @@ type RequestError struct {
 
 func (x *RequestError) Reset() {
 	*x = RequestError{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +811,7 @@ func (x *RequestError) String() string {
 func (*RequestError) ProtoMessage() {}
 
 func (x *RequestError) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[2]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +824,7 @@ func (x *RequestError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestError.ProtoReflect.Descriptor instead.
 func (*RequestError) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RequestError) GetType() string {
@@ -637,7 +884,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +896,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[3]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +909,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitRequest) GetDeploymentId() string {
@@ -708,7 +955,7 @@ type Webhook struct {
 
 func (x *Webhook) Reset() {
 	*x = Webhook{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +967,7 @@ func (x *Webhook) String() string {
 func (*Webhook) ProtoMessage() {}
 
 func (x *Webhook) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[4]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +980,7 @@ func (x *Webhook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
 func (*Webhook) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Webhook) GetUrl() string {
@@ -761,7 +1008,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +1020,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[5]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +1033,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitResponse) GetRequest() *RequestState {
@@ -809,7 +1056,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1068,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[6]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1081,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetStatusRequest) GetDeploymentId() string {
@@ -866,7 +1113,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1125,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[7]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1138,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetStatusResponse) GetRequest() *RequestState {
@@ -921,7 +1168,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1180,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[8]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1193,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetResultRequest) GetDeploymentId() string {
@@ -976,7 +1223,7 @@ type GetResultResponse struct {
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1235,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[9]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1248,7 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetResultResponse) GetRequest() *RequestState {
@@ -1031,7 +1278,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1290,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[10]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1303,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelRequest) GetDeploymentId() string {
@@ -1088,7 +1335,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1347,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[11]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1360,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelResponse) GetOutcome() CancelOutcome {
@@ -1159,7 +1406,7 @@ type WatchRequestRequest struct {
 
 func (x *WatchRequestRequest) Reset() {
 	*x = WatchRequestRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1418,7 @@ func (x *WatchRequestRequest) String() string {
 func (*WatchRequestRequest) ProtoMessage() {}
 
 func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[12]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1431,7 @@ func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequestRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchRequestRequest) GetDeploymentId() string {
@@ -1226,7 +1473,7 @@ type WatchRequestResponse struct {
 
 func (x *WatchRequestResponse) Reset() {
 	*x = WatchRequestResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1485,7 @@ func (x *WatchRequestResponse) String() string {
 func (*WatchRequestResponse) ProtoMessage() {}
 
 func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[13]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1498,7 @@ func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestResponse.ProtoReflect.Descriptor instead.
 func (*WatchRequestResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchRequestResponse) GetRequest() *RequestState {
@@ -1274,7 +1521,7 @@ type ListDeliveriesRequest struct {
 
 func (x *ListDeliveriesRequest) Reset() {
 	*x = ListDeliveriesRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1533,7 @@ func (x *ListDeliveriesRequest) String() string {
 func (*ListDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[14]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1546,7 @@ func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListDeliveriesRequest) GetDeploymentId() string {
@@ -1327,7 +1574,7 @@ type ListDeliveriesResponse struct {
 
 func (x *ListDeliveriesResponse) Reset() {
 	*x = ListDeliveriesResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1586,7 @@ func (x *ListDeliveriesResponse) String() string {
 func (*ListDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[15]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1599,7 @@ func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
@@ -1392,7 +1639,7 @@ type WebhookDelivery struct {
 
 func (x *WebhookDelivery) Reset() {
 	*x = WebhookDelivery{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1651,7 @@ func (x *WebhookDelivery) String() string {
 func (*WebhookDelivery) ProtoMessage() {}
 
 func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[16]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1664,7 @@ func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
 func (*WebhookDelivery) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WebhookDelivery) GetEventId() string {
@@ -1508,7 +1755,7 @@ type DeliveryAttempt struct {
 
 func (x *DeliveryAttempt) Reset() {
 	*x = DeliveryAttempt{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1767,7 @@ func (x *DeliveryAttempt) String() string {
 func (*DeliveryAttempt) ProtoMessage() {}
 
 func (x *DeliveryAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[17]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1780,7 @@ func (x *DeliveryAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliveryAttempt.ProtoReflect.Descriptor instead.
 func (*DeliveryAttempt) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeliveryAttempt) GetAt() *timestamppb.Timestamp {
@@ -1579,7 +1826,7 @@ type RedeliverEventRequest struct {
 
 func (x *RedeliverEventRequest) Reset() {
 	*x = RedeliverEventRequest{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1838,7 @@ func (x *RedeliverEventRequest) String() string {
 func (*RedeliverEventRequest) ProtoMessage() {}
 
 func (x *RedeliverEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[18]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1851,7 @@ func (x *RedeliverEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverEventRequest.ProtoReflect.Descriptor instead.
 func (*RedeliverEventRequest) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RedeliverEventRequest) GetDeploymentId() string {
@@ -1639,7 +1886,7 @@ type RedeliverEventResponse struct {
 
 func (x *RedeliverEventResponse) Reset() {
 	*x = RedeliverEventResponse{}
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1651,7 +1898,7 @@ func (x *RedeliverEventResponse) String() string {
 func (*RedeliverEventResponse) ProtoMessage() {}
 
 func (x *RedeliverEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfygate_v1_gateway_proto_msgTypes[19]
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1664,7 +1911,7 @@ func (x *RedeliverEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverEventResponse.ProtoReflect.Descriptor instead.
 func (*RedeliverEventResponse) Descriptor() ([]byte, []int) {
-	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RedeliverEventResponse) GetDeliveries() []*WebhookDelivery {
@@ -1678,7 +1925,7 @@ var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x05\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x05\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -1701,8 +1948,23 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"finishedAt\x12\x10\n" +
 	"\x03seq\x18\r \x01(\x03R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x0e \x01(\x03R\x05epoch\x127\n" +
-	"\tsynced_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bsyncedAtB\x11\n" +
-	"\x0f_queue_position\"a\n" +
+	"\tsynced_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bsyncedAt\x125\n" +
+	"\astorage\x18\x10 \x01(\v2\x1b.comfygate.v1.OutputStorageR\astorageB\x11\n" +
+	"\x0f_queue_position\"\xa9\x01\n" +
+	"\rOutputStorage\x120\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1a.comfygate.v1.StorageStateR\x05state\x124\n" +
+	"\aobjects\x18\x02 \x03(\v2\x1a.comfygate.v1.StoredOutputR\aobjects\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\"\xeb\x01\n" +
+	"\fStoredOutput\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04file\x18\x02 \x01(\tR\x04file\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12!\n" +
+	"\fcontent_type\x18\x05 \x01(\tR\vcontentType\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12\x10\n" +
+	"\x03url\x18\a \x01(\tR\x03url\x12@\n" +
+	"\x0eurl_expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\furlExpiresAt\"a\n" +
 	"\fRefreshError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
@@ -1797,7 +2059,12 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x10STATUS_SUCCEEDED\x10\x03\x12\x11\n" +
 	"\rSTATUS_FAILED\x10\x04\x12\x14\n" +
 	"\x10STATUS_CANCELLED\x10\x05\x12\x12\n" +
-	"\x0eSTATUS_UNKNOWN\x10\x06*\x98\x01\n" +
+	"\x0eSTATUS_UNKNOWN\x10\x06*|\n" +
+	"\fStorageState\x12\x1d\n" +
+	"\x19STORAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15STORAGE_STATE_PENDING\x10\x01\x12\x18\n" +
+	"\x14STORAGE_STATE_STORED\x10\x02\x12\x18\n" +
+	"\x14STORAGE_STATE_FAILED\x10\x03*\x98\x01\n" +
 	"\fWebhookEvent\x12\x1d\n" +
 	"\x19WEBHOOK_EVENT_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14WEBHOOK_EVENT_QUEUED\x10\x01\x12\x19\n" +
@@ -1837,82 +2104,89 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_comfygate_v1_gateway_proto_rawDescData
 }
 
-var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                    // 0: comfygate.v1.Status
-	(WebhookEvent)(0),              // 1: comfygate.v1.WebhookEvent
-	(CancelOutcome)(0),             // 2: comfygate.v1.CancelOutcome
-	(DeliveryState)(0),             // 3: comfygate.v1.DeliveryState
-	(*RequestState)(nil),           // 4: comfygate.v1.RequestState
-	(*RefreshError)(nil),           // 5: comfygate.v1.RefreshError
-	(*RequestError)(nil),           // 6: comfygate.v1.RequestError
-	(*SubmitRequest)(nil),          // 7: comfygate.v1.SubmitRequest
-	(*Webhook)(nil),                // 8: comfygate.v1.Webhook
-	(*SubmitResponse)(nil),         // 9: comfygate.v1.SubmitResponse
-	(*GetStatusRequest)(nil),       // 10: comfygate.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),      // 11: comfygate.v1.GetStatusResponse
-	(*GetResultRequest)(nil),       // 12: comfygate.v1.GetResultRequest
-	(*GetResultResponse)(nil),      // 13: comfygate.v1.GetResultResponse
-	(*CancelRequest)(nil),          // 14: comfygate.v1.CancelRequest
-	(*CancelResponse)(nil),         // 15: comfygate.v1.CancelResponse
-	(*WatchRequestRequest)(nil),    // 16: comfygate.v1.WatchRequestRequest
-	(*WatchRequestResponse)(nil),   // 17: comfygate.v1.WatchRequestResponse
-	(*ListDeliveriesRequest)(nil),  // 18: comfygate.v1.ListDeliveriesRequest
-	(*ListDeliveriesResponse)(nil), // 19: comfygate.v1.ListDeliveriesResponse
-	(*WebhookDelivery)(nil),        // 20: comfygate.v1.WebhookDelivery
-	(*DeliveryAttempt)(nil),        // 21: comfygate.v1.DeliveryAttempt
-	(*RedeliverEventRequest)(nil),  // 22: comfygate.v1.RedeliverEventRequest
-	(*RedeliverEventResponse)(nil), // 23: comfygate.v1.RedeliverEventResponse
-	(*structpb.Struct)(nil),        // 24: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 26: google.protobuf.Duration
+	(StorageState)(0),              // 1: comfygate.v1.StorageState
+	(WebhookEvent)(0),              // 2: comfygate.v1.WebhookEvent
+	(CancelOutcome)(0),             // 3: comfygate.v1.CancelOutcome
+	(DeliveryState)(0),             // 4: comfygate.v1.DeliveryState
+	(*RequestState)(nil),           // 5: comfygate.v1.RequestState
+	(*OutputStorage)(nil),          // 6: comfygate.v1.OutputStorage
+	(*StoredOutput)(nil),           // 7: comfygate.v1.StoredOutput
+	(*RefreshError)(nil),           // 8: comfygate.v1.RefreshError
+	(*RequestError)(nil),           // 9: comfygate.v1.RequestError
+	(*SubmitRequest)(nil),          // 10: comfygate.v1.SubmitRequest
+	(*Webhook)(nil),                // 11: comfygate.v1.Webhook
+	(*SubmitResponse)(nil),         // 12: comfygate.v1.SubmitResponse
+	(*GetStatusRequest)(nil),       // 13: comfygate.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),      // 14: comfygate.v1.GetStatusResponse
+	(*GetResultRequest)(nil),       // 15: comfygate.v1.GetResultRequest
+	(*GetResultResponse)(nil),      // 16: comfygate.v1.GetResultResponse
+	(*CancelRequest)(nil),          // 17: comfygate.v1.CancelRequest
+	(*CancelResponse)(nil),         // 18: comfygate.v1.CancelResponse
+	(*WatchRequestRequest)(nil),    // 19: comfygate.v1.WatchRequestRequest
+	(*WatchRequestResponse)(nil),   // 20: comfygate.v1.WatchRequestResponse
+	(*ListDeliveriesRequest)(nil),  // 21: comfygate.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil), // 22: comfygate.v1.ListDeliveriesResponse
+	(*WebhookDelivery)(nil),        // 23: comfygate.v1.WebhookDelivery
+	(*DeliveryAttempt)(nil),        // 24: comfygate.v1.DeliveryAttempt
+	(*RedeliverEventRequest)(nil),  // 25: comfygate.v1.RedeliverEventRequest
+	(*RedeliverEventResponse)(nil), // 26: comfygate.v1.RedeliverEventResponse
+	(*structpb.Struct)(nil),        // 27: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 29: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	24, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
-	6,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	25, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	25, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	25, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	25, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
-	8,  // 7: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
-	1,  // 8: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
-	4,  // 9: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
-	4,  // 10: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 11: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	4,  // 12: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 13: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	2,  // 14: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
-	4,  // 15: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	4,  // 16: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	20, // 17: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	3,  // 18: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
-	21, // 19: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	25, // 20: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	25, // 21: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	25, // 22: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	26, // 23: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
-	20, // 24: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	7,  // 25: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	10, // 26: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	12, // 27: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	14, // 28: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	16, // 29: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	18, // 30: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	22, // 31: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	9,  // 32: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	11, // 33: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	13, // 34: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	15, // 35: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	17, // 36: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	19, // 37: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	23, // 38: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	32, // [32:39] is the sub-list for method output_type
-	25, // [25:32] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	27, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	9,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
+	28, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	28, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	28, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	28, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
+	1,  // 8: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
+	7,  // 9: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
+	28, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 11: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
+	2,  // 12: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
+	5,  // 13: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 14: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 15: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	5,  // 16: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 17: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	3,  // 18: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
+	5,  // 19: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 20: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	23, // 21: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	4,  // 22: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
+	24, // 23: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
+	28, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	28, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	28, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	29, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	23, // 28: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	10, // 29: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 30: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 31: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 32: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 33: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 34: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 35: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	12, // 36: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 37: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 38: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 39: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 40: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 41: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 42: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	36, // [36:43] is the sub-list for method output_type
+	29, // [29:36] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -1926,8 +2200,8 @@ func file_comfygate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   20,
+			NumEnums:      5,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

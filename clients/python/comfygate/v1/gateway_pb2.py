@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63omfygate/v1/gateway.proto\x12\x0c\x63omfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x04\n\x0cRequestState\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.comfygate.v1.Status\x12\x17\n\x0fupstream_status\x18\x04 \x01(\t\x12\x1b\n\x0equeue_position\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0boutput_urls\x18\x08 \x03(\t\x12)\n\x05\x65rror\x18\t \x01(\x0b\x32\x1a.comfygate.v1.RequestError\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\r \x01(\x03\x12\r\n\x05\x65poch\x18\x0e \x01(\x03\x12-\n\tsynced_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0f_queue_position\"D\n\x0cRefreshError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rupstream_code\x18\x03 \x01(\t\"D\n\x0cRequestError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rupstream_code\x18\x03 \x01(\t\"{\n\rSubmitRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12&\n\x07webhook\x18\x04 \x01(\x0b\x32\x15.comfygate.v1.Webhook\"B\n\x07Webhook\x12\x0b\n\x03url\x18\x01 \x01(\t\x12*\n\x06\x65vents\x18\x02 \x03(\x0e\x32\x1a.comfygate.v1.WebhookEvent\"=\n\x0eSubmitResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"=\n\x10GetStatusRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"s\n\x11GetStatusResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\x12\x31\n\rrefresh_error\x18\x02 \x01(\x0b\x32\x1a.comfygate.v1.RefreshError\"=\n\x10GetResultRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"s\n\x11GetResultResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\x12\x31\n\rrefresh_error\x18\x02 \x01(\x0b\x32\x1a.comfygate.v1.RefreshError\":\n\rCancelRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x85\x01\n\x0e\x43\x61ncelResponse\x12,\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.comfygate.v1.CancelOutcome\x12\x18\n\x10upstream_outcome\x18\x02 \x01(\t\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"h\n\x13WatchRequestRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x13\n\x0b\x61\x66ter_epoch\x18\x04 \x01(\x03\"C\n\x14WatchRequestResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"B\n\x15ListDeliveriesRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x16ListDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.comfygate.v1.WebhookDelivery\"\xbe\x02\n\x0fWebhookDelivery\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.comfygate.v1.DeliveryState\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.comfygate.v1.DeliveryAttempt\x12\x33\n\x0fnext_attempt_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rattempt_count\x18\n \x01(\x05\"\x8a\x01\n\x0f\x44\x65liveryAttempt\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"T\n\x15RedeliverEventRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"K\n\x16RedeliverEventResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.comfygate.v1.WebhookDelivery*\x9a\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_QUEUED\x10\x01\x12\x12\n\x0eSTATUS_RUNNING\x10\x02\x12\x14\n\x10STATUS_SUCCEEDED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\x12\x14\n\x10STATUS_CANCELLED\x10\x05\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x06*\x98\x01\n\x0cWebhookEvent\x12\x1d\n\x19WEBHOOK_EVENT_UNSPECIFIED\x10\x00\x12\x18\n\x14WEBHOOK_EVENT_QUEUED\x10\x01\x12\x19\n\x15WEBHOOK_EVENT_RUNNING\x10\x02\x12\x18\n\x14WEBHOOK_EVENT_OUTPUT\x10\x03\x12\x1a\n\x16WEBHOOK_EVENT_TERMINAL\x10\x04*\xab\x01\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_REQUESTED\x10\x02\x12\"\n\x1e\x43\x41NCEL_OUTCOME_NOT_CANCELLABLE\x10\x03\x12\x1a\n\x16\x43\x41NCEL_OUTCOME_UNKNOWN\x10\x04*\x9d\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x12\x17\n\x13\x44\x45LIVERY_STATE_GONE\x10\x04\x32\xc9\x04\n\x0eGatewayService\x12\x43\n\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n\tGetResult\x12\x1e.comfygate.v1.GetResultRequest\x1a\x1f.comfygate.v1.GetResultResponse\x12\x43\n\x06\x43\x61ncel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n\x0cWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponseB=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63omfygate/v1/gateway.proto\x12\x0c\x63omfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x04\n\x0cRequestState\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.comfygate.v1.Status\x12\x17\n\x0fupstream_status\x18\x04 \x01(\t\x12\x1b\n\x0equeue_position\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0boutput_urls\x18\x08 \x03(\t\x12)\n\x05\x65rror\x18\t \x01(\x0b\x32\x1a.comfygate.v1.RequestError\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\r \x01(\x03\x12\r\n\x05\x65poch\x18\x0e \x01(\x03\x12-\n\tsynced_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07storage\x18\x10 \x01(\x0b\x32\x1b.comfygate.v1.OutputStorageB\x11\n\x0f_queue_position\"\x88\x01\n\rOutputStorage\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.comfygate.v1.StorageState\x12+\n\x07objects\x18\x02 \x03(\x0b\x32\x1a.comfygate.v1.StoredOutput\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"\xac\x01\n\x0cStoredOutput\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0b\n\x03url\x18\x07 \x01(\t\x12\x32\n\x0eurl_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x0cRefreshError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rupstream_code\x18\x03 \x01(\t\"D\n\x0cRequestError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rupstream_code\x18\x03 \x01(\t\"{\n\rSubmitRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12&\n\x07webhook\x18\x04 \x01(\x0b\x32\x15.comfygate.v1.Webhook\"B\n\x07Webhook\x12\x0b\n\x03url\x18\x01 \x01(\t\x12*\n\x06\x65vents\x18\x02 \x03(\x0e\x32\x1a.comfygate.v1.WebhookEvent\"=\n\x0eSubmitResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"=\n\x10GetStatusRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"s\n\x11GetStatusResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\x12\x31\n\rrefresh_error\x18\x02 \x01(\x0b\x32\x1a.comfygate.v1.RefreshError\"=\n\x10GetResultRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"s\n\x11GetResultResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\x12\x31\n\rrefresh_error\x18\x02 \x01(\x0b\x32\x1a.comfygate.v1.RefreshError\":\n\rCancelRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x85\x01\n\x0e\x43\x61ncelResponse\x12,\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.comfygate.v1.CancelOutcome\x12\x18\n\x10upstream_outcome\x18\x02 \x01(\t\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"h\n\x13WatchRequestRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x13\n\x0b\x61\x66ter_epoch\x18\x04 \x01(\x03\"C\n\x14WatchRequestResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.comfygate.v1.RequestState\"B\n\x15ListDeliveriesRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x16ListDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.comfygate.v1.WebhookDelivery\"\xbe\x02\n\x0fWebhookDelivery\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.comfygate.v1.DeliveryState\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.comfygate.v1.DeliveryAttempt\x12\x33\n\x0fnext_attempt_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rattempt_count\x18\n \x01(\x05\"\x8a\x01\n\x0f\x44\x65liveryAttempt\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"T\n\x15RedeliverEventRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"K\n\x16RedeliverEventResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.comfygate.v1.WebhookDelivery*\x9a\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_QUEUED\x10\x01\x12\x12\n\x0eSTATUS_RUNNING\x10\x02\x12\x14\n\x10STATUS_SUCCEEDED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\x12\x14\n\x10STATUS_CANCELLED\x10\x05\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x06*|\n\x0cStorageState\x12\x1d\n\x19STORAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STORAGE_STATE_PENDING\x10\x01\x12\x18\n\x14STORAGE_STATE_STORED\x10\x02\x12\x18\n\x14STORAGE_STATE_FAILED\x10\x03*\x98\x01\n\x0cWebhookEvent\x12\x1d\n\x19WEBHOOK_EVENT_UNSPECIFIED\x10\x00\x12\x18\n\x14WEBHOOK_EVENT_QUEUED\x10\x01\x12\x19\n\x15WEBHOOK_EVENT_RUNNING\x10\x02\x12\x18\n\x14WEBHOOK_EVENT_OUTPUT\x10\x03\x12\x1a\n\x16WEBHOOK_EVENT_TERMINAL\x10\x04*\xab\x01\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_REQUESTED\x10\x02\x12\"\n\x1e\x43\x41NCEL_OUTCOME_NOT_CANCELLABLE\x10\x03\x12\x1a\n\x16\x43\x41NCEL_OUTCOME_UNKNOWN\x10\x04*\x9d\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x12\x17\n\x13\x44\x45LIVERY_STATE_GONE\x10\x04\x32\xc9\x04\n\x0eGatewayService\x12\x43\n\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n\tGetResult\x12\x1e.comfygate.v1.GetResultRequest\x1a\x1f.comfygate.v1.GetResultResponse\x12\x43\n\x06\x43\x61ncel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n\x0cWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponseB=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'comfygate.v1.gateway_pb2', globals())
@@ -24,54 +24,60 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1'
-  _STATUS._serialized_start=2555
-  _STATUS._serialized_end=2709
-  _WEBHOOKEVENT._serialized_start=2712
-  _WEBHOOKEVENT._serialized_end=2864
-  _CANCELOUTCOME._serialized_start=2867
-  _CANCELOUTCOME._serialized_end=3038
-  _DELIVERYSTATE._serialized_start=3041
-  _DELIVERYSTATE._serialized_end=3198
+  _STATUS._serialized_start=2915
+  _STATUS._serialized_end=3069
+  _STORAGESTATE._serialized_start=3071
+  _STORAGESTATE._serialized_end=3195
+  _WEBHOOKEVENT._serialized_start=3198
+  _WEBHOOKEVENT._serialized_end=3350
+  _CANCELOUTCOME._serialized_start=3353
+  _CANCELOUTCOME._serialized_end=3524
+  _DELIVERYSTATE._serialized_start=3527
+  _DELIVERYSTATE._serialized_end=3684
   _REQUESTSTATE._serialized_start=140
-  _REQUESTSTATE._serialized_end=655
-  _REFRESHERROR._serialized_start=657
-  _REFRESHERROR._serialized_end=725
-  _REQUESTERROR._serialized_start=727
-  _REQUESTERROR._serialized_end=795
-  _SUBMITREQUEST._serialized_start=797
-  _SUBMITREQUEST._serialized_end=920
-  _WEBHOOK._serialized_start=922
-  _WEBHOOK._serialized_end=988
-  _SUBMITRESPONSE._serialized_start=990
-  _SUBMITRESPONSE._serialized_end=1051
-  _GETSTATUSREQUEST._serialized_start=1053
-  _GETSTATUSREQUEST._serialized_end=1114
-  _GETSTATUSRESPONSE._serialized_start=1116
-  _GETSTATUSRESPONSE._serialized_end=1231
-  _GETRESULTREQUEST._serialized_start=1233
-  _GETRESULTREQUEST._serialized_end=1294
-  _GETRESULTRESPONSE._serialized_start=1296
-  _GETRESULTRESPONSE._serialized_end=1411
-  _CANCELREQUEST._serialized_start=1413
-  _CANCELREQUEST._serialized_end=1471
-  _CANCELRESPONSE._serialized_start=1474
-  _CANCELRESPONSE._serialized_end=1607
-  _WATCHREQUESTREQUEST._serialized_start=1609
-  _WATCHREQUESTREQUEST._serialized_end=1713
-  _WATCHREQUESTRESPONSE._serialized_start=1715
-  _WATCHREQUESTRESPONSE._serialized_end=1782
-  _LISTDELIVERIESREQUEST._serialized_start=1784
-  _LISTDELIVERIESREQUEST._serialized_end=1850
-  _LISTDELIVERIESRESPONSE._serialized_start=1852
-  _LISTDELIVERIESRESPONSE._serialized_end=1927
-  _WEBHOOKDELIVERY._serialized_start=1930
-  _WEBHOOKDELIVERY._serialized_end=2248
-  _DELIVERYATTEMPT._serialized_start=2251
-  _DELIVERYATTEMPT._serialized_end=2389
-  _REDELIVEREVENTREQUEST._serialized_start=2391
-  _REDELIVEREVENTREQUEST._serialized_end=2475
-  _REDELIVEREVENTRESPONSE._serialized_start=2477
-  _REDELIVEREVENTRESPONSE._serialized_end=2552
-  _GATEWAYSERVICE._serialized_start=3201
-  _GATEWAYSERVICE._serialized_end=3786
+  _REQUESTSTATE._serialized_end=701
+  _OUTPUTSTORAGE._serialized_start=704
+  _OUTPUTSTORAGE._serialized_end=840
+  _STOREDOUTPUT._serialized_start=843
+  _STOREDOUTPUT._serialized_end=1015
+  _REFRESHERROR._serialized_start=1017
+  _REFRESHERROR._serialized_end=1085
+  _REQUESTERROR._serialized_start=1087
+  _REQUESTERROR._serialized_end=1155
+  _SUBMITREQUEST._serialized_start=1157
+  _SUBMITREQUEST._serialized_end=1280
+  _WEBHOOK._serialized_start=1282
+  _WEBHOOK._serialized_end=1348
+  _SUBMITRESPONSE._serialized_start=1350
+  _SUBMITRESPONSE._serialized_end=1411
+  _GETSTATUSREQUEST._serialized_start=1413
+  _GETSTATUSREQUEST._serialized_end=1474
+  _GETSTATUSRESPONSE._serialized_start=1476
+  _GETSTATUSRESPONSE._serialized_end=1591
+  _GETRESULTREQUEST._serialized_start=1593
+  _GETRESULTREQUEST._serialized_end=1654
+  _GETRESULTRESPONSE._serialized_start=1656
+  _GETRESULTRESPONSE._serialized_end=1771
+  _CANCELREQUEST._serialized_start=1773
+  _CANCELREQUEST._serialized_end=1831
+  _CANCELRESPONSE._serialized_start=1834
+  _CANCELRESPONSE._serialized_end=1967
+  _WATCHREQUESTREQUEST._serialized_start=1969
+  _WATCHREQUESTREQUEST._serialized_end=2073
+  _WATCHREQUESTRESPONSE._serialized_start=2075
+  _WATCHREQUESTRESPONSE._serialized_end=2142
+  _LISTDELIVERIESREQUEST._serialized_start=2144
+  _LISTDELIVERIESREQUEST._serialized_end=2210
+  _LISTDELIVERIESRESPONSE._serialized_start=2212
+  _LISTDELIVERIESRESPONSE._serialized_end=2287
+  _WEBHOOKDELIVERY._serialized_start=2290
+  _WEBHOOKDELIVERY._serialized_end=2608
+  _DELIVERYATTEMPT._serialized_start=2611
+  _DELIVERYATTEMPT._serialized_end=2749
+  _REDELIVEREVENTREQUEST._serialized_start=2751
+  _REDELIVEREVENTREQUEST._serialized_end=2835
+  _REDELIVEREVENTRESPONSE._serialized_start=2837
+  _REDELIVEREVENTRESPONSE._serialized_end=2912
+  _GATEWAYSERVICE._serialized_start=3687
+  _GATEWAYSERVICE._serialized_end=4272
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,10 @@ STATUS_RUNNING: Status
 STATUS_SUCCEEDED: Status
 STATUS_UNKNOWN: Status
 STATUS_UNSPECIFIED: Status
+STORAGE_STATE_FAILED: StorageState
+STORAGE_STATE_PENDING: StorageState
+STORAGE_STATE_STORED: StorageState
+STORAGE_STATE_UNSPECIFIED: StorageState
 WEBHOOK_EVENT_OUTPUT: WebhookEvent
 WEBHOOK_EVENT_QUEUED: WebhookEvent
 WEBHOOK_EVENT_RUNNING: WebhookEvent
@@ -107,6 +111,18 @@ class ListDeliveriesResponse(_message.Message):
     deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
     def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
 
+class OutputStorage(_message.Message):
+    __slots__ = ["attempts", "error", "objects", "state"]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    attempts: int
+    error: str
+    objects: _containers.RepeatedCompositeFieldContainer[StoredOutput]
+    state: StorageState
+    def __init__(self, state: _Optional[_Union[StorageState, str]] = ..., objects: _Optional[_Iterable[_Union[StoredOutput, _Mapping]]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
 class RedeliverEventRequest(_message.Message):
     __slots__ = ["deployment_id", "event_id", "request_id"]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -144,7 +160,7 @@ class RequestError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
 
 class RequestState(_message.Message):
-    __slots__ = ["created_at", "deployment_id", "epoch", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_position", "request_id", "seq", "started_at", "status", "synced_at", "upstream_status"]
+    __slots__ = ["created_at", "deployment_id", "epoch", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_position", "request_id", "seq", "started_at", "status", "storage", "synced_at", "upstream_status"]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +174,7 @@ class RequestState(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     SYNCED_AT_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
     created_at: _timestamp_pb2.Timestamp
@@ -173,9 +190,30 @@ class RequestState(_message.Message):
     seq: int
     started_at: _timestamp_pb2.Timestamp
     status: Status
+    storage: OutputStorage
     synced_at: _timestamp_pb2.Timestamp
     upstream_status: str
-    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[OutputStorage, _Mapping]] = ...) -> None: ...
+
+class StoredOutput(_message.Message):
+    __slots__ = ["content_type", "file", "key", "node", "sha256", "size", "url", "url_expires_at"]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    URL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    file: str
+    key: str
+    node: str
+    sha256: str
+    size: int
+    url: str
+    url_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, node: _Optional[str] = ..., file: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., content_type: _Optional[str] = ..., sha256: _Optional[str] = ..., url: _Optional[str] = ..., url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ["deployment_id", "idempotency_key", "input_json", "webhook"]
@@ -246,6 +284,9 @@ class WebhookDelivery(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., endpoint: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_count: _Optional[int] = ...) -> None: ...
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class StorageState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class WebhookEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file comfygate/v1/gateway.proto.
  */
 export const file_comfygate_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIoMECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIRCg9fcXVldWVfcG9zaXRpb24iRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJ7Cg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoHd2ViaG9vaxgEIAEoCzIVLmNvbWZ5Z2F0ZS52MS5XZWJob29rIkIKB1dlYmhvb2sSCwoDdXJsGAEgASgJEioKBmV2ZW50cxgCIAMoDjIaLmNvbWZ5Z2F0ZS52MS5XZWJob29rRXZlbnQiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSJCChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIksKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USMQoKZGVsaXZlcmllcxgBIAMoCzIdLmNvbWZ5Z2F0ZS52MS5XZWJob29rRGVsaXZlcnkivgIKD1dlYmhvb2tEZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEgsKA3NlcRgDIAEoAxINCgVlcG9jaBgEIAEoAxIQCghlbmRwb2ludBgFIAEoCRIqCgVzdGF0ZRgGIAEoDjIbLmNvbWZ5Z2F0ZS52MS5EZWxpdmVyeVN0YXRlEi8KCGF0dGVtcHRzGAcgAygLMh0uY29tZnlnYXRlLnYxLkRlbGl2ZXJ5QXR0ZW1wdBIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWF0dGVtcHRfY291bnQYCiABKAUiigEKD0RlbGl2ZXJ5QXR0ZW1wdBImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaHR0cF9zdGF0dXMYAiABKAUSDQoFZXJyb3IYAyABKAkSKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVAoVUmVkZWxpdmVyRXZlbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSJLChZSZWRlbGl2ZXJFdmVudFJlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5jb21meWdhdGUudjEuV2ViaG9va0RlbGl2ZXJ5KpoBCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1FVRVVFRBABEhIKDlNUQVRVU19SVU5OSU5HEAISFAoQU1RBVFVTX1NVQ0NFRURFRBADEhEKDVNUQVRVU19GQUlMRUQQBBIUChBTVEFUVVNfQ0FOQ0VMTEVEEAUSEgoOU1RBVFVTX1VOS05PV04QBiqYAQoMV2ViaG9va0V2ZW50Eh0KGVdFQkhPT0tfRVZFTlRfVU5TUEVDSUZJRUQQABIYChRXRUJIT09LX0VWRU5UX1FVRVVFRBABEhkKFVdFQkhPT0tfRVZFTlRfUlVOTklORxACEhgKFFdFQkhPT0tfRVZFTlRfT1VUUFVUEAMSGgoWV0VCSE9PS19FVkVOVF9URVJNSU5BTBAEKqsBCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESHAoYQ0FOQ0VMX09VVENPTUVfUkVRVUVTVEVEEAISIgoeQ0FOQ0VMX09VVENPTUVfTk9UX0NBTkNFTExBQkxFEAMSGgoWQ0FOQ0VMX09VVENPTUVfVU5LTk9XThAEKp0BCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWREVMSVZFUllfU1RBVEVfUEVORElORxABEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBADEhcKE0RFTElWRVJZX1NUQVRFX0dPTkUQBDLJBAoOR2F0ZXdheVNlcnZpY2USQwoGU3VibWl0EhsuY29tZnlnYXRlLnYxLlN1Ym1pdFJlcXVlc3QaHC5jb21meWdhdGUudjEuU3VibWl0UmVzcG9uc2USTAoJR2V0U3RhdHVzEh4uY29tZnlnYXRlLnYxLkdldFN0YXR1c1JlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0U3RhdHVzUmVzcG9uc2USTAoJR2V0UmVzdWx0Eh4uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0UmVzdWx0UmVzcG9uc2USQwoGQ2FuY2VsEhsuY29tZnlnYXRlLnYxLkNhbmNlbFJlcXVlc3QaHC5jb21meWdhdGUudjEuQ2FuY2VsUmVzcG9uc2USVwoMV2F0Y2hSZXF1ZXN0EiEuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlcXVlc3QaIi5jb21meWdhdGUudjEuV2F0Y2hSZXF1ZXN0UmVzcG9uc2UwARJbCg5MaXN0RGVsaXZlcmllcxIjLmNvbWZ5Z2F0ZS52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaJC5jb21meWdhdGUudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZRJbCg5SZWRlbGl2ZXJFdmVudBIjLmNvbWZ5Z2F0ZS52MS5SZWRlbGl2ZXJFdmVudFJlcXVlc3QaJC5jb21meWdhdGUudjEuUmVkZWxpdmVyRXZlbnRSZXNwb25zZUI9WjtnaXRodWIuY29tL2NvbWZ5Z2F0ZS9jb21meWdhdGUvZ2VuL2NvbWZ5Z2F0ZS92MTtjb21meWdhdGV2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIrEECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgdzdG9yYWdlGBAgASgLMhsuY29tZnlnYXRlLnYxLk91dHB1dFN0b3JhZ2VCEQoPX3F1ZXVlX3Bvc2l0aW9uIogBCg1PdXRwdXRTdG9yYWdlEikKBXN0YXRlGAEgASgOMhouY29tZnlnYXRlLnYxLlN0b3JhZ2VTdGF0ZRIrCgdvYmplY3RzGAIgAygLMhouY29tZnlnYXRlLnYxLlN0b3JlZE91dHB1dBINCgVlcnJvchgDIAEoCRIQCghhdHRlbXB0cxgEIAEoBSKsAQoMU3RvcmVkT3V0cHV0EgwKBG5vZGUYASABKAkSDAoEZmlsZRgCIAEoCRILCgNrZXkYAyABKAkSDAoEc2l6ZRgEIAEoAxIUCgxjb250ZW50X3R5cGUYBSABKAkSDgoGc2hhMjU2GAYgASgJEgsKA3VybBgHIAEoCRIyCg51cmxfZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJ7Cg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoHd2ViaG9vaxgEIAEoCzIVLmNvbWZ5Z2F0ZS52MS5XZWJob29rIkIKB1dlYmhvb2sSCwoDdXJsGAEgASgJEioKBmV2ZW50cxgCIAMoDjIaLmNvbWZ5Z2F0ZS52MS5XZWJob29rRXZlbnQiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSJCChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIksKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USMQoKZGVsaXZlcmllcxgBIAMoCzIdLmNvbWZ5Z2F0ZS52MS5XZWJob29rRGVsaXZlcnkivgIKD1dlYmhvb2tEZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEgsKA3NlcRgDIAEoAxINCgVlcG9jaBgEIAEoAxIQCghlbmRwb2ludBgFIAEoCRIqCgVzdGF0ZRgGIAEoDjIbLmNvbWZ5Z2F0ZS52MS5EZWxpdmVyeVN0YXRlEi8KCGF0dGVtcHRzGAcgAygLMh0uY29tZnlnYXRlLnYxLkRlbGl2ZXJ5QXR0ZW1wdBIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWF0dGVtcHRfY291bnQYCiABKAUiigEKD0RlbGl2ZXJ5QXR0ZW1wdBImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaHR0cF9zdGF0dXMYAiABKAUSDQoFZXJyb3IYAyABKAkSKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVAoVUmVkZWxpdmVyRXZlbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSJLChZSZWRlbGl2ZXJFdmVudFJlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5jb21meWdhdGUudjEuV2ViaG9va0RlbGl2ZXJ5KpoBCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1FVRVVFRBABEhIKDlNUQVRVU19SVU5OSU5HEAISFAoQU1RBVFVTX1NVQ0NFRURFRBADEhEKDVNUQVRVU19GQUlMRUQQBBIUChBTVEFUVVNfQ0FOQ0VMTEVEEAUSEgoOU1RBVFVTX1VOS05PV04QBip8CgxTdG9yYWdlU3RhdGUSHQoZU1RPUkFHRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNUT1JBR0VfU1RBVEVfUEVORElORxABEhgKFFNUT1JBR0VfU1RBVEVfU1RPUkVEEAISGAoUU1RPUkFHRV9TVEFURV9GQUlMRUQQAyqYAQoMV2ViaG9va0V2ZW50Eh0KGVdFQkhPT0tfRVZFTlRfVU5TUEVDSUZJRUQQABIYChRXRUJIT09LX0VWRU5UX1FVRVVFRBABEhkKFVdFQkhPT0tfRVZFTlRfUlVOTklORxACEhgKFFdFQkhPT0tfRVZFTlRfT1VUUFVUEAMSGgoWV0VCSE9PS19FVkVOVF9URVJNSU5BTBAEKqsBCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESHAoYQ0FOQ0VMX09VVENPTUVfUkVRVUVTVEVEEAISIgoeQ0FOQ0VMX09VVENPTUVfTk9UX0NBTkNFTExBQkxFEAMSGgoWQ0FOQ0VMX09VVENPTUVfVU5LTk9XThAEKp0BCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWREVMSVZFUllfU1RBVEVfUEVORElORxABEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBADEhcKE0RFTElWRVJZX1NUQVRFX0dPTkUQBDLJBAoOR2F0ZXdheVNlcnZpY2USQwoGU3VibWl0EhsuY29tZnlnYXRlLnYxLlN1Ym1pdFJlcXVlc3QaHC5jb21meWdhdGUudjEuU3VibWl0UmVzcG9uc2USTAoJR2V0U3RhdHVzEh4uY29tZnlnYXRlLnYxLkdldFN0YXR1c1JlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0U3RhdHVzUmVzcG9uc2USTAoJR2V0UmVzdWx0Eh4uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0UmVzdWx0UmVzcG9uc2USQwoGQ2FuY2VsEhsuY29tZnlnYXRlLnYxLkNhbmNlbFJlcXVlc3QaHC5jb21meWdhdGUudjEuQ2FuY2VsUmVzcG9uc2USVwoMV2F0Y2hSZXF1ZXN0EiEuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlcXVlc3QaIi5jb21meWdhdGUudjEuV2F0Y2hSZXF1ZXN0UmVzcG9uc2UwARJbCg5MaXN0RGVsaXZlcmllcxIjLmNvbWZ5Z2F0ZS52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaJC5jb21meWdhdGUudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZRJbCg5SZWRlbGl2ZXJFdmVudBIjLmNvbWZ5Z2F0ZS52MS5SZWRlbGl2ZXJFdmVudFJlcXVlc3QaJC5jb21meWdhdGUudjEuUmVkZWxpdmVyRXZlbnRSZXNwb25zZUI9WjtnaXRodWIuY29tL2NvbWZ5Z2F0ZS9jb21meWdhdGUvZ2VuL2NvbWZ5Z2F0ZS92MTtjb21meWdhdGV2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * RequestState is everything known about one request.
@@ -136,6 +136,16 @@ export type RequestState = Message<"comfygate.v1.RequestState"> & {
    * @generated from field: google.protobuf.Timestamp synced_at = 15;
    */
   syncedAt?: Timestamp | undefined;
+
+  /**
+   * The copy of the outputs to the gateway's object storage (--storage-url),
+   * once the request succeeded; absent without storage. The request's
+   * terminal state comes first, with RunComfy's URLs; the copy's end is a
+   * later state (a new seq) of the same request.
+   *
+   * @generated from field: comfygate.v1.OutputStorage storage = 16;
+   */
+  storage?: OutputStorage | undefined;
 };
 
 /**
@@ -144,6 +154,109 @@ export type RequestState = Message<"comfygate.v1.RequestState"> & {
  */
 export const RequestStateSchema: GenMessage<RequestState> = /*@__PURE__*/
   messageDesc(file_comfygate_v1_gateway, 0);
+
+/**
+ * OutputStorage is where the copy of a request's outputs stands.
+ *
+ * @generated from message comfygate.v1.OutputStorage
+ */
+export type OutputStorage = Message<"comfygate.v1.OutputStorage"> & {
+  /**
+   * @generated from field: comfygate.v1.StorageState state = 1;
+   */
+  state: StorageState;
+
+  /**
+   * The stored files, once stored.
+   *
+   * @generated from field: repeated comfygate.v1.StoredOutput objects = 2;
+   */
+  objects: StoredOutput[];
+
+  /**
+   * The last attempt's failure while the copy is retried, or why it failed.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+
+  /**
+   * How many copies were tried.
+   *
+   * @generated from field: int32 attempts = 4;
+   */
+  attempts: number;
+};
+
+/**
+ * Describes the message comfygate.v1.OutputStorage.
+ * Use `create(OutputStorageSchema)` to create a new message.
+ */
+export const OutputStorageSchema: GenMessage<OutputStorage> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 1);
+
+/**
+ * StoredOutput is one output file kept in the object storage.
+ *
+ * @generated from message comfygate.v1.StoredOutput
+ */
+export type StoredOutput = Message<"comfygate.v1.StoredOutput"> & {
+  /**
+   * The output's node id and file name in RunComfy's outputs.
+   *
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * @generated from field: string file = 2;
+   */
+  file: string;
+
+  /**
+   * The object's key in the bucket: prefix/tenant/deployment/request/node/file.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * @generated from field: int64 size = 4;
+   */
+  size: bigint;
+
+  /**
+   * @generated from field: string content_type = 5;
+   */
+  contentType: string;
+
+  /**
+   * Hex SHA-256 of the object's bytes.
+   *
+   * @generated from field: string sha256 = 6;
+   */
+  sha256: string;
+
+  /**
+   * A URL to fetch it: presigned for a while (url_expires_at), or under the
+   * bucket's public base URL (no expiry). Read the state again for a fresh one.
+   *
+   * @generated from field: string url = 7;
+   */
+  url: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp url_expires_at = 8;
+   */
+  urlExpiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message comfygate.v1.StoredOutput.
+ * Use `create(StoredOutputSchema)` to create a new message.
+ */
+export const StoredOutputSchema: GenMessage<StoredOutput> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 2);
 
 /**
  * RefreshError says why a read could not confirm the stored state with
@@ -182,7 +295,7 @@ export type RefreshError = Message<"comfygate.v1.RefreshError"> & {
  * Use `create(RefreshErrorSchema)` to create a new message.
  */
 export const RefreshErrorSchema: GenMessage<RefreshError> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 1);
+  messageDesc(file_comfygate_v1_gateway, 3);
 
 /**
  * RequestError describes a failed request, normalised from the several shapes
@@ -218,7 +331,7 @@ export type RequestError = Message<"comfygate.v1.RequestError"> & {
  * Use `create(RequestErrorSchema)` to create a new message.
  */
 export const RequestErrorSchema: GenMessage<RequestError> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 2);
+  messageDesc(file_comfygate_v1_gateway, 4);
 
 /**
  * SubmitRequest starts a job.
@@ -279,7 +392,7 @@ export type SubmitRequest = Message<"comfygate.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 3);
+  messageDesc(file_comfygate_v1_gateway, 5);
 
 /**
  * Webhook is an endpoint of the caller's that receives a request's events.
@@ -309,7 +422,7 @@ export type Webhook = Message<"comfygate.v1.Webhook"> & {
  * Use `create(WebhookSchema)` to create a new message.
  */
 export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 4);
+  messageDesc(file_comfygate_v1_gateway, 6);
 
 /**
  * SubmitResponse is the accepted request.
@@ -330,7 +443,7 @@ export type SubmitResponse = Message<"comfygate.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 5);
+  messageDesc(file_comfygate_v1_gateway, 7);
 
 /**
  * GetStatusRequest names a request.
@@ -358,7 +471,7 @@ export type GetStatusRequest = Message<"comfygate.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 6);
+  messageDesc(file_comfygate_v1_gateway, 8);
 
 /**
  * GetStatusResponse carries the request's state.
@@ -388,7 +501,7 @@ export type GetStatusResponse = Message<"comfygate.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 7);
+  messageDesc(file_comfygate_v1_gateway, 9);
 
 /**
  * GetResultRequest names a request.
@@ -416,7 +529,7 @@ export type GetResultRequest = Message<"comfygate.v1.GetResultRequest"> & {
  * Use `create(GetResultRequestSchema)` to create a new message.
  */
 export const GetResultRequestSchema: GenMessage<GetResultRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 8);
+  messageDesc(file_comfygate_v1_gateway, 10);
 
 /**
  * GetResultResponse carries the request's state and outputs.
@@ -444,7 +557,7 @@ export type GetResultResponse = Message<"comfygate.v1.GetResultResponse"> & {
  * Use `create(GetResultResponseSchema)` to create a new message.
  */
 export const GetResultResponseSchema: GenMessage<GetResultResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 9);
+  messageDesc(file_comfygate_v1_gateway, 11);
 
 /**
  * CancelRequest names the request to cancel.
@@ -472,7 +585,7 @@ export type CancelRequest = Message<"comfygate.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 10);
+  messageDesc(file_comfygate_v1_gateway, 12);
 
 /**
  * CancelResponse says what happened.
@@ -507,7 +620,7 @@ export type CancelResponse = Message<"comfygate.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 11);
+  messageDesc(file_comfygate_v1_gateway, 13);
 
 /**
  * WatchRequestRequest names the request to watch.
@@ -554,7 +667,7 @@ export type WatchRequestRequest = Message<"comfygate.v1.WatchRequestRequest"> & 
  * Use `create(WatchRequestRequestSchema)` to create a new message.
  */
 export const WatchRequestRequestSchema: GenMessage<WatchRequestRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 12);
+  messageDesc(file_comfygate_v1_gateway, 14);
 
 /**
  * WatchRequestResponse is one state change.
@@ -575,7 +688,7 @@ export type WatchRequestResponse = Message<"comfygate.v1.WatchRequestResponse"> 
  * Use `create(WatchRequestResponseSchema)` to create a new message.
  */
 export const WatchRequestResponseSchema: GenMessage<WatchRequestResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 13);
+  messageDesc(file_comfygate_v1_gateway, 15);
 
 /**
  * ListDeliveriesRequest names a request.
@@ -603,7 +716,7 @@ export type ListDeliveriesRequest = Message<"comfygate.v1.ListDeliveriesRequest"
  * Use `create(ListDeliveriesRequestSchema)` to create a new message.
  */
 export const ListDeliveriesRequestSchema: GenMessage<ListDeliveriesRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 14);
+  messageDesc(file_comfygate_v1_gateway, 16);
 
 /**
  * ListDeliveriesResponse lists a request's webhook deliveries, in event order.
@@ -624,7 +737,7 @@ export type ListDeliveriesResponse = Message<"comfygate.v1.ListDeliveriesRespons
  * Use `create(ListDeliveriesResponseSchema)` to create a new message.
  */
 export const ListDeliveriesResponseSchema: GenMessage<ListDeliveriesResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 15);
+  messageDesc(file_comfygate_v1_gateway, 17);
 
 /**
  * WebhookDelivery is one event sent to one endpoint.
@@ -709,7 +822,7 @@ export type WebhookDelivery = Message<"comfygate.v1.WebhookDelivery"> & {
  * Use `create(WebhookDeliverySchema)` to create a new message.
  */
 export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 16);
+  messageDesc(file_comfygate_v1_gateway, 18);
 
 /**
  * DeliveryAttempt is one try to send an event.
@@ -752,7 +865,7 @@ export type DeliveryAttempt = Message<"comfygate.v1.DeliveryAttempt"> & {
  * Use `create(DeliveryAttemptSchema)` to create a new message.
  */
 export const DeliveryAttemptSchema: GenMessage<DeliveryAttempt> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 17);
+  messageDesc(file_comfygate_v1_gateway, 19);
 
 /**
  * RedeliverEventRequest names one event of a request.
@@ -787,7 +900,7 @@ export type RedeliverEventRequest = Message<"comfygate.v1.RedeliverEventRequest"
  * Use `create(RedeliverEventRequestSchema)` to create a new message.
  */
 export const RedeliverEventRequestSchema: GenMessage<RedeliverEventRequest> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 18);
+  messageDesc(file_comfygate_v1_gateway, 20);
 
 /**
  * RedeliverEventResponse is the event's deliveries, as queued again.
@@ -808,7 +921,7 @@ export type RedeliverEventResponse = Message<"comfygate.v1.RedeliverEventRespons
  * Use `create(RedeliverEventResponseSchema)` to create a new message.
  */
 export const RedeliverEventResponseSchema: GenMessage<RedeliverEventResponse> = /*@__PURE__*/
-  messageDesc(file_comfygate_v1_gateway, 19);
+  messageDesc(file_comfygate_v1_gateway, 21);
 
 /**
  * Status is the normalised lifecycle state of a request. The order is the
@@ -875,6 +988,46 @@ export const StatusSchema: GenEnum<Status> = /*@__PURE__*/
   enumDesc(file_comfygate_v1_gateway, 0);
 
 /**
+ * StorageState is where the copy of the outputs stands.
+ *
+ * @generated from enum comfygate.v1.StorageState
+ */
+export enum StorageState {
+  /**
+   * @generated from enum value: STORAGE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The copy is under way or waits for its next try (see error).
+   *
+   * @generated from enum value: STORAGE_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Every output is stored.
+   *
+   * @generated from enum value: STORAGE_STATE_STORED = 2;
+   */
+  STORED = 2,
+
+  /**
+   * The copy was given up; the outputs remain at RunComfy's URLs while
+   * RunComfy keeps them.
+   *
+   * @generated from enum value: STORAGE_STATE_FAILED = 3;
+   */
+  FAILED = 3,
+}
+
+/**
+ * Describes the enum comfygate.v1.StorageState.
+ */
+export const StorageStateSchema: GenEnum<StorageState> = /*@__PURE__*/
+  enumDesc(file_comfygate_v1_gateway, 1);
+
+/**
  * WebhookEvent is a kind of change a webhook can ask for. One change of a
  * request is one event; it is sent when any of its kinds was asked for.
  *
@@ -923,7 +1076,7 @@ export enum WebhookEvent {
  * Describes the enum comfygate.v1.WebhookEvent.
  */
 export const WebhookEventSchema: GenEnum<WebhookEvent> = /*@__PURE__*/
-  enumDesc(file_comfygate_v1_gateway, 1);
+  enumDesc(file_comfygate_v1_gateway, 2);
 
 /**
  * CancelOutcome is what RunComfy did with a cancel.
@@ -973,7 +1126,7 @@ export enum CancelOutcome {
  * Describes the enum comfygate.v1.CancelOutcome.
  */
 export const CancelOutcomeSchema: GenEnum<CancelOutcome> = /*@__PURE__*/
-  enumDesc(file_comfygate_v1_gateway, 2);
+  enumDesc(file_comfygate_v1_gateway, 3);
 
 /**
  * DeliveryState is where a webhook delivery stands.
@@ -1022,7 +1175,7 @@ export enum DeliveryState {
  * Describes the enum comfygate.v1.DeliveryState.
  */
 export const DeliveryStateSchema: GenEnum<DeliveryState> = /*@__PURE__*/
-  enumDesc(file_comfygate_v1_gateway, 3);
+  enumDesc(file_comfygate_v1_gateway, 4);
 
 /**
  * GatewayService runs ComfyUI workflows on RunComfy Serverless deployments and
