@@ -35,6 +35,7 @@ type Backend struct {
 	pausedUntil time.Time
 	idem        map[string]idemEntry
 	out         outbox
+	queues      map[string]*queue // work queues by name (Queue)
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -50,6 +51,7 @@ func New(now func() time.Time) *Backend {
 		leases:  make(map[string]lease),
 		idem:    make(map[string]idemEntry),
 		out:     newOutbox(),
+		queues:  make(map[string]*queue),
 	}
 }
 

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"testing"
 
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/statetest"
 )
 
@@ -11,4 +12,8 @@ import (
 // never holds another's requests.
 func TestScheduleConformance(t *testing.T) {
 	statetest.RunSchedule(t, func(t *testing.T) statetest.ScheduleBackend { return newBackend(t) })
+}
+
+func TestQueueConformance(t *testing.T) {
+	statetest.RunQueue(t, func(t *testing.T) state.Queues { return newBackend(t) })
 }
