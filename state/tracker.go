@@ -44,6 +44,7 @@ type Tracker struct {
 	counts    [Foreign + 1]atomic.Int64
 	epoch     atomic.Int64 // the last epoch newEpoch gave
 	recent    *recentRecords
+	copies    WorkQueue
 }
 
 // TrackerConfig holds the Tracker's dependencies.
@@ -54,6 +55,12 @@ type TrackerConfig struct {
 	// PollInterval after its last change, and forgets finished ones.
 	Schedule     Schedule
 	PollInterval time.Duration
+	// Copies, when set, is the queue of outputs to copy to object storage:
+	// a request that succeeds is recorded with its copy pending and queued
+	// before the record is saved, so that no success is left uncopied (a
+	// save that then fails leaves a queued request the copier finds with
+	// nothing to do).
+	Copies WorkQueue
 	// Retention is each record's time to live after its last write; default
 	// DefaultRetention.
 	Retention time.Duration
@@ -79,7 +86,7 @@ func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 		cfg.PollInterval = DefaultPollInterval
 	}
 	return &Tracker{store: cfg.Store, schedule: cfg.Schedule, poll: cfg.PollInterval, results: cfg.Results, retention: cfg.Retention, now: cfg.Now,
-		recent: newRecentRecords(recentRecordsSize)}, nil
+		recent: newRecentRecords(recentRecordsSize), copies: cfg.Copies}, nil
 }
 
 // Get returns the current record of a request, or ErrNotFound.
@@ -162,6 +169,9 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		if next.Seq == 1 {
 			next.Epoch = t.newEpoch(now, lost)
 		}
+		if err := t.queueCopy(ctx, cur, next, now); err != nil {
+			return nil, 0, err
+		}
 		err := t.save(ctx, next, EventFor(cur, next))
 		var conflict *ConflictError
 		switch {
@@ -185,6 +195,20 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// queueCopy marks the copy of a request that succeeds with next pending
+// and queues it, before next is saved.
+func (t *Tracker) queueCopy(ctx context.Context, cur, next *Record, now time.Time) error {
+	if t.copies == nil || next.State != runcomfy.StateSucceeded || next.Storage != nil ||
+		(cur != nil && cur.State == runcomfy.StateSucceeded) {
+		return nil
+	}
+	next.Storage = &Storage{State: StoragePending}
+	if err := t.copies.Add(ctx, next.RequestID, now); err != nil {
+		return fmt.Errorf("queue the copy of request %s's outputs: %w", next.RequestID, err)
+	}
+	return nil
 }
 
 // newEpoch is the epoch of a record created now: the clock in microseconds,
