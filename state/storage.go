@@ -2,6 +2,7 @@ package state
 
 import (
 	"slices"
+	"time"
 
 	"github.com/comfygate/comfygate/runcomfy"
 )
@@ -40,6 +41,8 @@ type Storage struct {
 	Error string `json:"error,omitempty"`
 	// Attempts counts the copies tried.
 	Attempts int `json:"attempts,omitempty"`
+	// FirstAttempt starts the copy's retry horizon.
+	FirstAttempt time.Time `json:"first_attempt,omitzero"`
 }
 
 // Clone returns a deep copy.
