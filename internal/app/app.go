@@ -35,6 +35,7 @@ type App struct {
 	srv        *server.Server
 	dbg        *debugServer // nil without --debug-addr
 	webhooks   *webhooks    // nil without --tenants-file
+	stored     *stored      // nil without --storage-url
 	// reload, when set, reloads the API keys on SIGHUP until its context ends.
 	reload func(context.Context) error
 	// release undoes what New acquired that Run does not stop by itself:
@@ -129,12 +130,21 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	var copies state.WorkQueue
+	if cfg.StorageURL != "" {
+		copies = a.backend.queues.Queue(copyQueue)
+	}
 	tracker, err := state.NewTracker(state.TrackerConfig{
 		Store: a.backend.store, Results: client, Retention: cfg.Retention,
-		Schedule: a.backend.schedule, PollInterval: cfg.PollInterval,
+		Schedule: a.backend.schedule, PollInterval: cfg.PollInterval, Copies: copies,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if copies != nil {
+		if a.stored, err = newStored(ctx, cfg, copies, tracker, reg, log.With("component", "outputs")); err != nil {
+			return nil, err
+		}
 	}
 	if a.hub, err = state.NewHub(a.backend.bus, 0); err != nil {
 		return nil, err
@@ -165,6 +175,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	}
 	if a.backend.pinger != nil {
 		svcCfg.Backend = a.backend.pinger
+	}
+	if a.stored != nil {
+		svcCfg.ObjectURLs = a.stored.urls(cfg.StorageURLLifetime)
 	}
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
@@ -208,7 +221,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		srvCfg.LocalHostsOnly = loopback(cfg.HTTPAddr)
 	}
 	if tenants != nil {
-		if a.webhooks, err = newWebhooks(cfg, tenants, a.backend.outbox, reg, log.With("component", "webhooks")); err != nil {
+		if a.webhooks, err = newWebhooks(cfg, tenants, a.backend.outbox, svcCfg.ObjectURLs, reg, log.With("component", "webhooks")); err != nil {
 			return nil, err
 		}
 		svcCfg.Webhooks = a.webhooks
@@ -273,6 +286,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.webhooks != nil {
 		g.Go(func() error { return a.webhooks.Run(gctx) })
 	}
+	if a.stored != nil {
+		g.Go(func() error { return a.stored.run(gctx) })
+	}
 	g.Go(func() error {
 		defer stopAfter()
 		return a.srv.Run(gctx)
@@ -290,6 +306,9 @@ func (a *App) close() {
 	}
 	if a.backend != nil && a.backend.close != nil {
 		a.backend.close()
+	}
+	if a.stored != nil {
+		a.stored.store.Close()
 	}
 	a.releaseAll()
 }

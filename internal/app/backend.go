@@ -21,6 +21,7 @@ type backend struct {
 	schedule state.Schedule
 	idem     state.Idempotency
 	outbox   state.Outbox
+	queues   state.Queues
 	// rates keeps the submit and read buckets; nil keeps them in this
 	// process.
 	rates server.RateLimiter
@@ -48,7 +49,7 @@ func newBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend, e
 // across restarts.
 func memoryBackend() *backend {
 	mem := memory.New(nil)
-	return &backend{store: mem, bus: mem, schedule: mem, idem: mem, outbox: mem}
+	return &backend{store: mem, bus: mem, schedule: mem, idem: mem, outbox: mem, queues: mem}
 }
 
 // redisBackend keeps everything in the Redis of --redis-url.
@@ -66,7 +67,7 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 	log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
 	checkPersistence(ctx, rs, log)
 	return &backend{
-		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs,
+		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs, queues: rs,
 		rates:      rs.RateLimiter(),
 		pinger:     rs,
 		reconnects: rs.Reconnects,

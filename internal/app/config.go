@@ -25,6 +25,7 @@ import (
 	"github.com/comfygate/comfygate/server"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/redisstore"
+	"github.com/comfygate/comfygate/storage"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -92,6 +93,19 @@ type Config struct {
 	AdminAddr   string
 	// CORSOrigins are the browser origins allowed to call the REST API.
 	CORSOrigins []string
+	// StorageURL names the object store outputs are copied to (storage).
+	StorageURL string
+	// StorageURLLifetime is how long a presigned URL of a stored output
+	// works; StorageMaxOutputBytes bounds one output; StorageRetention, when
+	// positive, is how long stored objects are kept; StorageCopyTimeout
+	// bounds the copy of one request's outputs.
+	StorageURLLifetime    time.Duration
+	StorageMaxOutputBytes int64
+	StorageRetention      time.Duration
+	StorageCopyTimeout    time.Duration
+	// getenv reads the environment ParseConfig was given, for the object
+	// store's credentials (AWS_*).
+	getenv func(string) string
 	// TenantsFile holds the tenants' webhook settings and, optionally,
 	// their API keys.
 	TenantsFile string
@@ -142,6 +156,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.DurationVar(&cfg.RedisTimeout, "redis-timeout", 2*time.Second, "bound of every Redis call, retries included: while Redis hangs, callbacks, submits and reads answer UNAVAILABLE (503) within it")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY [PERMISSIONS]\" per line (PERMISSIONS: attach, comma-separated; # comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
+	fs.StringVar(&cfg.StorageURL, "storage-url", "", "S3-compatible object `store` the outputs of succeeded requests are copied to: s3://BUCKET[/PREFIX][?endpoint=http://host:port&region=R&public_base=URL]; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_SHARED_CREDENTIALS_FILE); empty copies nothing")
+	fs.DurationVar(&cfg.StorageURLLifetime, "storage-url-lifetime", time.Hour, "how long the presigned URL of a stored output works (1s to 168h); a new one comes with every read")
+	fs.Int64Var(&cfg.StorageMaxOutputBytes, "storage-max-output-bytes", 1<<30, "largest output file copied, in `bytes`; a larger one fails the copy")
+	fs.DurationVar(&cfg.StorageRetention, "storage-retention", 0, "how long stored objects are kept (a bucket lifecycle rule, or a sweep where the store has none); 0 keeps them")
+	fs.DurationVar(&cfg.StorageCopyTimeout, "storage-copy-timeout", 10*time.Minute, "bound of one attempt to copy a request's outputs; a replica that dies mid-copy is replaced after it")
 	fs.StringVar(&cfg.TenantsFile, "tenants-file", "", "YAML `file` of tenants: each tenant's webhook signing secrets (whsec_...) and default endpoints, and optionally its API keys (with or instead of --api-keys-file); validated at start, reloaded on SIGHUP. Needed for outbound webhooks")
 	fs.Func("webhook-allow-hosts", "comma-separated host names, IP addresses or CIDRs that outbound webhooks may reach although they are private or loopback (your own receivers inside your network)", func(v string) error {
 		cfg.WebhookAllowHosts = splitSecrets(v)
@@ -201,6 +220,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		envErrs = append(envErrs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
 	cfg.RunComfyToken = getenv(TokenEnv)
+	cfg.getenv = getenv
 	cfg.Tracing = getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 	if cfg.WebhookSecretFile != "" {
 		if err := cfg.readSecretFile(); err != nil {
@@ -343,6 +363,20 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.webhookGuard(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.StorageURL != "" {
+		if _, err := storage.ParseURL(c.StorageURL); err != nil {
+			errs = append(errs, fmt.Errorf("--storage-url: %w", err))
+		}
+	}
+	if c.StorageURLLifetime < time.Second || c.StorageURLLifetime > 7*24*time.Hour {
+		errs = append(errs, errors.New("--storage-url-lifetime must be between 1s and 168h (what a presigned URL allows)"))
+	}
+	if c.StorageMaxOutputBytes < 1 || c.StorageRetention < 0 || c.StorageCopyTimeout <= 0 {
+		errs = append(errs, errors.New("--storage-max-output-bytes and --storage-copy-timeout must be positive, --storage-retention not negative"))
+	}
+	if c.StorageRetention > 0 && c.StorageRetention < 24*time.Hour {
+		errs = append(errs, errors.New("--storage-retention must be at least 24h (object stores expire by the day)"))
 	}
 	if c.APIKeysFile == "" && !tenantKeys && !c.Insecure {
 		for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}, {"--debug-addr", c.DebugAddr}, {"--admin-addr", c.AdminAddr}} {

@@ -248,6 +248,27 @@ func TestParseConfig(t *testing.T) {
 			wantErr: []string{"--webhook-allow-hosts"},
 		},
 		{
+			name: "storage flags",
+			args: []string{"--simulate", "--storage-url", "s3://bucket/prefix?endpoint=http://127.0.0.1:8333", "--storage-url-lifetime", "2h",
+				"--storage-max-output-bytes", "1048576", "--storage-retention", "720h", "--storage-copy-timeout", "1m"},
+			check: func(t *testing.T, c *Config) {
+				if c.StorageURL == "" || c.StorageURLLifetime != 2*time.Hour || c.StorageMaxOutputBytes != 1<<20 ||
+					c.StorageRetention != 720*time.Hour || c.StorageCopyTimeout != time.Minute {
+					t.Errorf("config = %+v", c)
+				}
+			},
+		},
+		{
+			name:    "storage URL that does not parse",
+			args:    []string{"--simulate", "--storage-url", "http://bucket/prefix"},
+			wantErr: []string{"--storage-url"},
+		},
+		{
+			name:    "storage bounds",
+			args:    []string{"--simulate", "--storage-url-lifetime", "200h", "--storage-retention", "1h", "--storage-max-output-bytes", "0"},
+			wantErr: []string{"--storage-url-lifetime must be between 1s and 168h", "--storage-retention must be at least 24h", "--storage-max-output-bytes"},
+		},
+		{
 			name:    "stray argument",
 			args:    []string{"--simulate", "serve"},
 			wantErr: []string{"unexpected arguments"},

@@ -128,7 +128,7 @@ func (w *webhooks) secrets(tenant string) []hooks.Secret {
 
 // newWebhooks builds the deliverer of the tenants' webhooks, on the state's
 // outbox; it starts nothing.
-func newWebhooks(cfg *Config, tenants *auth.Tenants, outbox state.Outbox, reg prometheus.Registerer, log *slog.Logger) (*webhooks, error) {
+func newWebhooks(cfg *Config, tenants *auth.Tenants, outbox state.Outbox, urls server.ObjectURLs, reg prometheus.Registerer, log *slog.Logger) (*webhooks, error) {
 	client, err := cfg.webhookGuard()
 	if err != nil {
 		return nil, err
@@ -138,7 +138,7 @@ func newWebhooks(cfg *Config, tenants *auth.Tenants, outbox state.Outbox, reg pr
 		Outbox:   outbox,
 		Client:   client,
 		Secrets:  w.secrets,
-		Render:   server.RenderEvent,
+		Render:   server.EventRenderer(urls),
 		Consumer: replicaName(),
 		Timeout:  cfg.WebhookTimeout,
 		RetryMin: cfg.WebhookRetryMin,

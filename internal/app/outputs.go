@@ -1,0 +1,147 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/comfygate/comfygate/outputs"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/storage"
+)
+
+// copyQueue names the work queue of outputs to copy.
+const copyQueue = "copies"
+
+// objectStore is the copier's view of the store (outputs.ObjectStore).
+type objectStore struct{ s *storage.Store }
+
+func (o objectStore) Key(parts ...string) string { return o.s.Key(parts...) }
+
+func (o objectStore) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string, maxBytes int64) (outputs.Stored, error) {
+	obj, err := o.s.Put(ctx, key, r, size, contentType, maxBytes)
+	if errors.Is(err, storage.ErrTooLarge) {
+		return outputs.Stored{}, fmt.Errorf("%w: %w", outputs.ErrTooLarge, err)
+	}
+	if err != nil {
+		return outputs.Stored{}, err
+	}
+	return outputs.Stored{Key: obj.Key, Size: obj.Size, ContentType: obj.ContentType, SHA256: obj.SHA256}, nil
+}
+
+// objectURLs signs stored outputs' URLs for the API (server.ObjectURLs).
+type objectURLs struct {
+	s        *storage.Store
+	lifetime time.Duration
+}
+
+func (u objectURLs) ObjectURL(key string) (string, time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	signed, err := u.s.Presign(ctx, key, u.lifetime)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if u.s.Config().PublicBase != nil {
+		return signed, time.Time{}, nil
+	}
+	return signed, time.Now().Add(u.lifetime), nil
+}
+
+// stored is the object storage of a gateway with --storage-url: the store,
+// the copier, and the retention of what it keeps.
+type stored struct {
+	store     *storage.Store
+	copies    state.WorkQueue
+	copier    *outputs.Copier
+	retention time.Duration
+	log       *slog.Logger
+}
+
+// newStored opens the store (and checks that its bucket answers: a gateway
+// that could copy nothing must not start) and builds the copier; it starts
+// nothing.
+func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker outputs.Tracker, reg prometheus.Registerer, log *slog.Logger) (*stored, error) {
+	scfg, err := storage.ParseURL(cfg.StorageURL)
+	if err != nil {
+		return nil, fmt.Errorf("--storage-url: %w", err)
+	}
+	scfg.Getenv = cfg.getenv
+	store, err := storage.New(ctx, scfg)
+	if err != nil {
+		return nil, fmt.Errorf("--storage-url: %w", err)
+	}
+	if err := store.Check(ctx); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("--storage-url %s: %w", scfg, err)
+	}
+	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, log: log}
+	s.copier, err = outputs.New(outputs.Config{
+		Queue: s.copies, Tracker: tracker, Store: objectStore{store},
+		// RunComfy's output storage is public and answers large files:
+		// the copy's own timeout bounds each attempt.
+		Client:   &http.Client{},
+		Owner:    replicaName(),
+		MaxBytes: cfg.StorageMaxOutputBytes,
+		Timeout:  cfg.StorageCopyTimeout,
+		Logger:   log,
+		Registry: reg,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	log.Info("outputs copied to object storage", "store", scfg.String(), "retention", cfg.StorageRetention)
+	return s, nil
+}
+
+// urls signs the stored outputs' URLs for lifetime.
+func (s *stored) urls(lifetime time.Duration) objectURLs { return objectURLs{s: s.store, lifetime: lifetime} }
+
+// run copies until ctx ends, and keeps the retention: a lifecycle rule when
+// the store has them, else a sweep every hour.
+func (s *stored) run(ctx context.Context) error {
+	defer s.store.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.retention > 0 {
+		dir := s.store.Key()
+		days := int((s.retention + 24*time.Hour - 1) / (24 * time.Hour))
+		err := s.store.SetExpiry(ctx, dir, days)
+		switch {
+		case errors.Is(err, storage.ErrUnsupported):
+			s.log.Info("the object store has no lifecycle rules: the gateway sweeps expired objects every hour")
+			wg.Go(func() { s.sweep(ctx) })
+		case err != nil:
+			s.log.Warn("setting the object store's expiry rule failed; sweeping instead", "error", err)
+			wg.Go(func() { s.sweep(ctx) })
+		}
+	}
+	return s.copier.Run(ctx)
+}
+
+// sweep deletes objects older than the retention, now and every hour.
+func (s *stored) sweep(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := s.store.DeleteOlderThan(ctx, s.store.Key(), time.Now().Add(-s.retention))
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("sweeping expired objects failed", "error", err)
+		} else if n > 0 {
+			s.log.Info("expired objects deleted", "objects", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

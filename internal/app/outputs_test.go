@@ -1,0 +1,145 @@
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/s3test"
+)
+
+// TestOutputsCopiedToTheStore: a gateway with --storage-url (a real S3
+// server) copies a succeeded request's outputs: the state says stored, each
+// object's URL fetches exactly RunComfy's bytes, with the size and SHA-256
+// the state gives, under tenant/deployment/request/node/file; another tenant
+// cannot read the request, so cannot obtain the URLs.
+func TestOutputsCopiedToTheStore(t *testing.T) {
+	s3 := s3test.Start(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	const keyA, keyB = "outputs-key-a-0123456789abcdef", "outputs-key-b-0123456789abcdef"
+	if err := os.WriteFile(keys, []byte("tenant-a "+keyA+"\ntenant-b "+keyB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s",
+		"--api-keys-file", keys, "--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m"}, s3.Getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	api := comfygatev1.NewGatewayServiceClient(conn)
+	as := func(key string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	}
+	var sub *comfygatev1.SubmitResponse
+	for {
+		if sub, err = api.Submit(as(keyA), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"overrides": {}}`}); status.Code(err) != codes.Unavailable {
+			break // Unavailable: the gateway is not serving yet
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := sub.GetRequest().GetRequestId()
+	var st *comfygatev1.RequestState
+	for {
+		res, err := api.GetResult(as(keyA), &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = res.GetRequest()
+		if st.GetStorage().GetState() == comfygatev1.StorageState_STORAGE_STATE_STORED {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("request %s not stored in time: %v", rid, st)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	objects := st.GetStorage().GetObjects()
+	if len(objects) == 0 || len(objects) != len(st.GetOutputUrls()) {
+		t.Fatalf("%d objects for %d outputs: %v", len(objects), len(st.GetOutputUrls()), st.GetStorage())
+	}
+	for i, o := range objects {
+		want := fetch(t, st.GetOutputUrls()[i])
+		got := fetch(t, o.GetUrl())
+		sum := sha256.Sum256(got)
+		if string(got) != string(want) || o.GetSize() != int64(len(got)) || o.GetSha256() != hex.EncodeToString(sum[:]) {
+			t.Errorf("object %s: %d bytes (state says %d, sha %s), RunComfy's %d", o.GetKey(), len(got), o.GetSize(), o.GetSha256(), len(want))
+		}
+		if !strings.HasPrefix(o.GetKey(), "outputs/tenant-a/dep-1/"+rid+"/") || o.GetUrlExpiresAt() == nil {
+			t.Errorf("object %v: want a key under outputs/tenant-a/dep-1/%s/ and an expiring URL", o, rid)
+		}
+	}
+	if _, err := api.GetResult(as(keyB), &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid}); status.Code(err) != codes.NotFound {
+		t.Errorf("another tenant's GetResult: %v, want NotFound", err)
+	}
+}
+
+// TestStoreThatDoesNotAnswerStopsTheStart: a --storage-url whose bucket
+// does not exist, or whose server is down, is refused by New.
+func TestStoreThatDoesNotAnswerStopsTheStart(t *testing.T) {
+	s3 := s3test.Start(t)
+	for _, tc := range []struct{ name, url string }{
+		{"no such bucket", strings.Replace(s3.URL("p"), s3.Bucket, "no-such-bucket", 1)},
+		{"no server", "s3://bucket/p?endpoint=http://" + freeAddr(t)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t), "--storage-url", tc.url}, s3.Getenv, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler)); err == nil || a != nil || !strings.Contains(err.Error(), "--storage-url") {
+				t.Fatalf("New = %v, %v; want the store refused", a, err)
+			}
+		})
+	}
+}
+
+func fetch(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: HTTP %d, %v", url, resp.StatusCode, err)
+	}
+	return b
+}
