@@ -103,7 +103,9 @@ func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker
 }
 
 // urls signs the stored outputs' URLs for lifetime.
-func (s *stored) urls(lifetime time.Duration) objectURLs { return objectURLs{s: s.store, lifetime: lifetime} }
+func (s *stored) urls(lifetime time.Duration) objectURLs {
+	return objectURLs{s: s.store, lifetime: lifetime}
+}
 
 // run copies until ctx ends, and keeps the retention: a lifecycle rule when
 // the store has them, else a sweep every hour.
