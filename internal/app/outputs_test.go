@@ -35,61 +35,14 @@ func TestOutputsCopiedToTheStore(t *testing.T) {
 	if err := os.WriteFile(keys, []byte("tenant-a "+keyA+"\ntenant-b "+keyB+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
-	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s",
-		"--api-keys-file", keys, "--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m"}, s3.Getenv, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	}()
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	api := comfygatev1.NewGatewayServiceClient(conn)
+	ctx, api := startStored(t, s3, keys)
 	as := func(key string) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
-	var sub *comfygatev1.SubmitResponse
-	for {
-		if sub, err = api.Submit(as(keyA), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"overrides": {}}`}); status.Code(err) != codes.Unavailable {
-			break // Unavailable: the gateway is not serving yet
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	rid := sub.GetRequest().GetRequestId()
-	var st *comfygatev1.RequestState
-	for {
-		res, err := api.GetResult(as(keyA), &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st = res.GetRequest()
-		if st.GetStorage().GetState() == comfygatev1.StorageState_STORAGE_STATE_STORED {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("request %s not stored in time: %v", rid, st)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	rid := submitStored(ctx, t, api, as(keyA))
+	st := untilStorage(ctx, t, api, as(keyA), rid, func(s *comfygatev1.OutputStorage) bool {
+		return s.GetState() == comfygatev1.StorageState_STORAGE_STATE_STORED
+	})
 	objects := st.GetStorage().GetObjects()
 	if len(objects) == 0 || len(objects) != len(st.GetOutputUrls()) {
 		t.Fatalf("%d objects for %d outputs: %v", len(objects), len(st.GetOutputUrls()), st.GetStorage())
@@ -127,6 +80,107 @@ func TestStoreThatDoesNotAnswerStopsTheStart(t *testing.T) {
 				t.Fatalf("New = %v, %v; want the store refused", a, err)
 			}
 		})
+	}
+}
+
+// startStored runs a gateway with --simulate, the keys file keys and its
+// outputs copied to s3, until the test ends; it returns the test's context
+// and a client.
+func startStored(t *testing.T, s3 *s3test.Server, keys string) (context.Context, comfygatev1.GatewayServiceClient) {
+	t.Helper()
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s",
+		"--api-keys-file", keys, "--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m"}, s3.Getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	return ctx, comfygatev1.NewGatewayServiceClient(conn)
+}
+
+// submitStored submits once the gateway serves, and returns the request id.
+func submitStored(ctx context.Context, t *testing.T, api comfygatev1.GatewayServiceClient, as context.Context) string {
+	t.Helper()
+	for {
+		sub, err := api.Submit(as, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"overrides": {}}`})
+		if status.Code(err) != codes.Unavailable { // Unavailable: not serving yet
+			if err != nil {
+				t.Fatal(err)
+			}
+			return sub.GetRequest().GetRequestId()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the gateway did not serve in time")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// untilStorage reads rid until its storage satisfies done.
+func untilStorage(ctx context.Context, t *testing.T, api comfygatev1.GatewayServiceClient, as context.Context, rid string, done func(*comfygatev1.OutputStorage) bool) *comfygatev1.RequestState {
+	t.Helper()
+	for {
+		res, err := api.GetResult(as, &comfygatev1.GetResultRequest{DeploymentId: "dep-1", RequestId: rid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := res.GetRequest(); done(st.GetStorage()) {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("request %s: storage not as wanted in time: %v", rid, res.GetRequest().GetStorage())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// TestOutputsWaitForAStoreThatIsDown: the bucket's server stops before a
+// request succeeds: the request shows its copy pending with the failure
+// while it is retried, and is stored once the server is back.
+func TestOutputsWaitForAStoreThatIsDown(t *testing.T) {
+	s3 := s3test.Start(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	const key = "outputs-down-key-0123456789abcdef"
+	if err := os.WriteFile(keys, []byte("tenant-a "+key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, api := startStored(t, s3, keys)
+	as := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	rid := submitStored(ctx, t, api, as)
+	if err := s3.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	st := untilStorage(ctx, t, api, as, rid, func(s *comfygatev1.OutputStorage) bool {
+		return s.GetState() == comfygatev1.StorageState_STORAGE_STATE_PENDING && s.GetError() != "" && s.GetAttempts() >= 1
+	})
+	t.Logf("while the store is down: %v", st.GetStorage())
+	if err := s3.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	st = untilStorage(ctx, t, api, as, rid, func(s *comfygatev1.OutputStorage) bool {
+		return s.GetState() == comfygatev1.StorageState_STORAGE_STATE_STORED
+	})
+	if o := st.GetStorage().GetObjects(); len(o) == 0 || string(fetch(t, o[0].GetUrl())) != string(fetch(t, st.GetOutputUrls()[0])) || st.GetStorage().GetError() != "" {
+		t.Errorf("after the store came back: %v", st.GetStorage())
 	}
 }
 
