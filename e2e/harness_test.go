@@ -184,8 +184,11 @@ type clusterConfig struct {
 	// pollOnly leaves out --public-url: the replicas ask for no callbacks
 	// and learn every state by polling.
 	pollOnly bool
-	// args are more flags for every replica.
-	args []string
+	// args are more flags for every replica, env more variables of theirs,
+	// simArgs more flags for the simulator.
+	args    []string
+	env     []string
+	simArgs []string
 }
 
 // cluster is a simulator, three replicas A, B and C on one Redis, the load
@@ -265,7 +268,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 		checkLogs(t, procs)
 	})
 
-	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim)
+	simAddr := startSimulator(ctx, t, cfg.queueTime, cfg.runTime, &procs, &c.sim, cfg.simArgs...)
 	c.simURL = "http://" + simAddr
 	c.up = newUpstream(&url.URL{Scheme: "http", Host: simAddr}, &c.submits)
 	cleanups = append(cleanups, c.up.close)
@@ -295,7 +298,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 		if cfg.pollInterval > 0 {
 			args = append(args, "--poll-interval", cfg.pollInterval.String())
 		}
-		launchReplica(ctx, t, g, gatewayBin, append(args, cfg.args...), []string{"RUNCOMFY_API_TOKEN=" + simToken}, &procs)
+		launchReplica(ctx, t, g, gatewayBin, append(args, cfg.args...), append([]string{"RUNCOMFY_API_TOKEN=" + simToken}, cfg.env...), &procs)
 		c.up.replicaPID(g.proc.cmd.Process.Pid, name)
 		c.join(t, g)
 	}
@@ -429,16 +432,16 @@ func (c *cluster) subscribers(ctx context.Context, t *testing.T, requestID strin
 // startSimulator launches the simulator binary, with callback retries that
 // outlast a Redis restart (8 retries, the first after 100ms, doubling: 25s in
 // all), records its process in procs and sim, and returns its address.
-func startSimulator(ctx context.Context, t *testing.T, queueTime, runTime time.Duration, procs *[]*process, sim **process) string {
+func startSimulator(ctx context.Context, t *testing.T, queueTime, runTime time.Duration, procs *[]*process, sim **process, extra ...string) string {
 	t.Helper()
 	var simAddr string
 	*sim = launch(ctx, t, "the simulator", func() *process {
 		simAddr = freeAddr(t)
-		p := startProcess(t, "runcomfy-sim", simBin, []string{
+		p := startProcess(t, "runcomfy-sim", simBin, append([]string{
 			"--addr", simAddr,
 			"--queue-time", queueTime.String(), "--run-time", runTime.String(),
 			"--callback-retries", "8", "--callback-backoff", "100ms",
-		}, "RUNCOMFY_API_TOKEN="+simToken)
+		}, extra...), "RUNCOMFY_API_TOKEN="+simToken)
 		*procs = append(*procs, p)
 		return p
 	}, func() bool {

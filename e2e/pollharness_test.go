@@ -56,6 +56,26 @@ type upstream struct {
 	// ("" for none); pids maps the replicas' pids to their names for it.
 	holderOf func(requestID string) string
 	pids     map[int]string
+	// mediaHeld, when set, holds every output download (GET /media/...)
+	// until it is closed; mediaCalls counts the downloads that arrived.
+	mediaHeld  chan struct{}
+	mediaCalls int
+}
+
+// holdMedia holds output downloads until the returned function is called.
+func (u *upstream) holdMedia() (release func()) {
+	ch := make(chan struct{})
+	u.mu.Lock()
+	u.mediaHeld = ch
+	u.mu.Unlock()
+	return sync.OnceFunc(func() { close(ch) })
+}
+
+// media returns how many output downloads arrived.
+func (u *upstream) media() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.mediaCalls
 }
 
 // statusCall is one GET .../status (or .../result) as the proxy saw it.
@@ -129,6 +149,20 @@ func (u *upstream) serve(replica string, w http.ResponseWriter, r *http.Request)
 		u.mu.Lock()
 		u.submitQueries = append(u.submitQueries, r.URL.Query())
 		u.mu.Unlock()
+	}
+	if strings.HasPrefix(r.URL.Path, "/media/") {
+		u.mu.Lock()
+		u.mediaCalls++
+		held := u.mediaHeld
+		u.notifyLocked()
+		u.mu.Unlock()
+		if held != nil {
+			select {
+			case <-held:
+			case <-r.Context().Done():
+				return
+			}
+		}
 	}
 	kind, rid, ok := readCall(r)
 	if !ok {
