@@ -66,6 +66,7 @@ type gwOpts struct {
 	// callbacks gives the replica a public URL, so Submit asks for callbacks.
 	callbacks bool
 	extra     []string
+	env       []string // more environment variables
 }
 
 // startGateway starts a replica against the simulator at simURL. Polling is
@@ -94,7 +95,7 @@ func (e *env) startGateway(ctx context.Context, name, simURL string, o gwOpts) (
 		args = append(args, "--redis-url", e.redis.url, "--redis-prefix", o.redisPrefix)
 	}
 	args = append(args, o.extra...)
-	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, "RUNCOMFY_API_TOKEN="+benchToken, "COMFYGATE_WEBHOOK_SECRET="+benchSecret); err != nil {
+	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, append([]string{"RUNCOMFY_API_TOKEN=" + benchToken, "COMFYGATE_WEBHOOK_SECRET=" + benchSecret}, o.env...)...); err != nil {
 		return nil, err
 	}
 	if err := waitHTTP(ctx, g.proc, "http://"+g.httpAddr+"/readyz"); err != nil {
@@ -141,6 +142,12 @@ type cluster struct {
 // startCluster starts the simulator and n replicas; stop ends them all, and
 // is to be called whatever startCluster returned.
 func (e *env) startCluster(ctx context.Context, label string, n int, extra ...string) (c *cluster, stop func(), err error) {
+	return e.startClusterEnv(ctx, label, n, nil, extra...)
+}
+
+// startClusterEnv is startCluster with more environment variables for the
+// replicas.
+func (e *env) startClusterEnv(ctx context.Context, label string, n int, environ []string, extra ...string) (c *cluster, stop func(), err error) {
 	c = &cluster{}
 	stop = func() {
 		for _, g := range c.replicas {
@@ -155,7 +162,7 @@ func (e *env) startCluster(ctx context.Context, label string, n int, extra ...st
 		return nil, stop, err
 	}
 	for i := range n {
-		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true, extra: extra})
+		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true, extra: extra, env: environ})
 		if err != nil {
 			return nil, stop, err
 		}

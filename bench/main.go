@@ -43,6 +43,7 @@ func scenarios() []scenario {
 		{"fan-out", fanOut},
 		{"proxy overhead", proxyOverhead},
 		{"webhook delivery", webhookDelivery},
+		{"output copies", outputCopies},
 	}
 }
 

@@ -68,7 +68,8 @@ type Config struct {
 	RetryMin, RetryMax, Horizon time.Duration
 	// Workers is how many requests this replica copies at once; default 4.
 	Workers int
-	// Interval is how often the queue is read for due copies; default 1s.
+	// Interval is how often the queue is read for due copies (a copy waits
+	// at most this long to start); default 200ms.
 	Interval time.Duration
 	Logger   *slog.Logger
 	// Registry, when set, receives the copier's metrics.
@@ -96,7 +97,7 @@ func New(cfg Config) (*Copier, error) {
 	def(&cfg.RetryMin, 5*time.Second)
 	def(&cfg.RetryMax, 10*time.Minute)
 	def(&cfg.Horizon, 24*time.Hour)
-	def(&cfg.Interval, time.Second)
+	def(&cfg.Interval, 200*time.Millisecond)
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = 1 << 30
 	}

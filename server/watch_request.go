@@ -44,7 +44,7 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 				return false, nil
 			}
 		} else if !follow.First(r) {
-			return r.Terminal(), nil
+			return r.Final(), nil
 		}
 		ev, err := s.events.event(r)
 		if err != nil {
@@ -58,7 +58,7 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		} else {
 			s.metrics.sent(time.Time{})
 		}
-		return r.Terminal(), nil
+		return r.Final(), nil
 	}
 
 	// The start (subscribe, read or attach the record, send it) goes through

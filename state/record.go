@@ -74,6 +74,13 @@ func (r *Record) Position() Position { return Position{Epoch: r.Epoch, Seq: r.Se
 // Terminal reports whether the request has finished.
 func (r *Record) Terminal() bool { return r.State.Terminal() }
 
+// Final reports whether the record will change no more: the request has
+// finished, and the copy of its outputs, when there is one, has ended. A
+// watch ends at the final state.
+func (r *Record) Final() bool {
+	return r.Terminal() && (r.Storage == nil || r.Storage.State != StoragePending)
+}
+
 // Clone returns a deep copy. Stores hand out and keep copies, so that a record
 // held by a caller never changes under it, as with one that went through Redis.
 func (r *Record) Clone() *Record {

@@ -24,7 +24,8 @@ import (
 )
 
 // TestOutputsCopiedToTheStore: a gateway with --storage-url (a real S3
-// server) copies a succeeded request's outputs: the state says stored, each
+// server) copies a succeeded request's outputs: a watch goes on past the
+// success until the copy's end, the state says stored, each
 // object's URL fetches exactly RunComfy's bytes, with the size and SHA-256
 // the state gives, under tenant/deployment/request/node/file; another tenant
 // cannot read the request, so cannot obtain the URLs.
@@ -40,6 +41,27 @@ func TestOutputsCopiedToTheStore(t *testing.T) {
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	rid := submitStored(ctx, t, api, as(keyA))
+	// A watcher follows the request past its success to the copy's end.
+	stream, err := api.WatchRequest(as(keyA), &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *comfygatev1.RequestState
+	var statuses []string
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		last = msg.GetRequest()
+		statuses = append(statuses, last.GetStatus().String()+"/"+last.GetStorage().GetState().String())
+	}
+	if last.GetStorage().GetState() != comfygatev1.StorageState_STORAGE_STATE_STORED || last.GetStatus() != comfygatev1.Status_STATUS_SUCCEEDED {
+		t.Errorf("the watch ended at %v, want the stored state last (states %v)", last, statuses)
+	}
 	st := untilStorage(ctx, t, api, as(keyA), rid, func(s *comfygatev1.OutputStorage) bool {
 		return s.GetState() == comfygatev1.StorageState_STORAGE_STATE_STORED
 	})
