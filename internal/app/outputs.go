@@ -21,17 +21,29 @@ import (
 const copyQueue = "copies"
 
 // objectStore is the copier's view of the store (outputs.ObjectStore).
-type objectStore struct{ s *storage.Store }
+type objectStore struct {
+	s   *storage.Store
+	log *slog.Logger
+}
 
 func (o objectStore) Key(parts ...string) string { return o.s.Key(parts...) }
+
+// errStoreFailed is what a request's copy shows of a store's failure: the
+// store's own error names the operator's endpoint and bucket, which are not
+// the tenant's to see; the log has it.
+var errStoreFailed = errors.New("the object store did not take the output (the gateway's log says why); the copy is retried")
 
 func (o objectStore) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string, maxBytes int64) (outputs.Stored, error) {
 	obj, err := o.s.Put(ctx, key, r, size, contentType, maxBytes)
 	if errors.Is(err, storage.ErrTooLarge) {
-		return outputs.Stored{}, fmt.Errorf("%w: %w", outputs.ErrTooLarge, err)
+		return outputs.Stored{}, fmt.Errorf("%w (%d bytes)", outputs.ErrTooLarge, maxBytes)
 	}
 	if err != nil {
-		return outputs.Stored{}, err
+		if ctx.Err() != nil {
+			return outputs.Stored{}, fmt.Errorf("%w: %w", errStoreFailed, ctx.Err())
+		}
+		o.log.Warn("the object store did not take an output", "key", key, "error", err)
+		return outputs.Stored{}, errStoreFailed
 	}
 	return outputs.Stored{Key: obj.Key, Size: obj.Size, ContentType: obj.ContentType, SHA256: obj.SHA256}, nil
 }
@@ -84,7 +96,7 @@ func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker
 	}
 	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, log: log}
 	s.copier, err = outputs.New(outputs.Config{
-		Queue: s.copies, Tracker: tracker, Store: objectStore{store},
+		Queue: s.copies, Tracker: tracker, Store: objectStore{s: store, log: log},
 		// RunComfy's output storage is public and answers large files:
 		// the copy's own timeout bounds each attempt.
 		Client:   &http.Client{},

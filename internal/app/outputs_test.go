@@ -195,6 +195,9 @@ func TestOutputsWaitForAStoreThatIsDown(t *testing.T) {
 		return s.GetState() == comfygatev1.StorageState_STORAGE_STATE_PENDING && s.GetError() != "" && s.GetAttempts() >= 1
 	})
 	t.Logf("while the store is down: %v", st.GetStorage())
+	if e := st.GetStorage().GetError(); strings.Contains(e, s3.Endpoint) || strings.Contains(e, s3.Bucket) {
+		t.Errorf("the tenant is shown the operator's store: %q", e)
+	}
 	if err := s3.Restart(); err != nil {
 		t.Fatal(err)
 	}
