@@ -166,3 +166,31 @@ func withExpiryRule(cfg *lifecycle.Configuration, prefix string, days int) *life
 	}
 	return out
 }
+
+// AbortStaleUploads aborts the multipart uploads below dir begun before
+// before, and returns how many: what a copy that died mid-upload left
+// behind, which no listing of objects shows and whose parts the bucket keeps
+// until aborted.
+func (s *Store) AbortStaleUploads(ctx context.Context, dir string, before time.Time) (int, error) {
+	prefix, err := s.listPrefix(dir)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the listing when an abort fails
+	core := minio.Core{Client: s.client}
+	n := 0
+	for u := range s.client.ListIncompleteUploads(ctx, s.cfg.Bucket, prefix, true) {
+		if u.Err != nil {
+			return n, fmt.Errorf("storage: list unfinished uploads: %w", u.Err)
+		}
+		if !u.Initiated.Before(before) {
+			continue
+		}
+		if err := core.AbortMultipartUpload(ctx, s.cfg.Bucket, u.Key, u.UploadID); err != nil {
+			return n, fmt.Errorf("storage: abort the unfinished upload of %s: %w", u.Key, err)
+		}
+		n++
+	}
+	return n, nil
+}

@@ -680,3 +680,35 @@ func ExampleStore_Key() {
 	fmt.Println(st.Key("outputs", "tenant/a", "req-1", "image.png"))
 	// Output: gateway/outputs/tenant%2Fa/req-1/image.png
 }
+
+// TestAbortStaleUploads: multipart uploads that a dead copier left (begun,
+// a part sent, never completed) are aborted once older than the bound;
+// newer ones, and those outside the store's prefix, are left alone.
+func TestAbortStaleUploads(t *testing.T) {
+	t.Parallel()
+	st, srv := newStore(t, "outputs")
+	ctx := context.Background()
+	core := minio.Core{Client: rawClient(t, srv)}
+	begin := func(key string) {
+		t.Helper()
+		id, err := core.NewMultipartUpload(ctx, srv.Bucket, key, minio.PutObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		part := data(5<<20, 1)
+		if _, err := core.PutObjectPart(ctx, srv.Bucket, key, id, 1, bytes.NewReader(part), int64(len(part)), minio.PutObjectPartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	begin(st.Key("team", "dep", "req", "9", "a.png"))
+	begin("elsewhere/a.png")
+	if n, err := st.AbortStaleUploads(ctx, st.Key(), time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Errorf("uploads begun within the bound: aborted %d, %v; want none", n, err)
+	}
+	if n, err := st.AbortStaleUploads(ctx, st.Key(), time.Now().Add(time.Minute)); err != nil || n != 1 {
+		t.Errorf("AbortStaleUploads = %d, %v; want the one under the prefix", n, err)
+	}
+	if _, uploads := bucketContents(t, srv); len(uploads) != 1 || uploads[0] != "elsewhere/a.png" {
+		t.Errorf("unfinished uploads left: %v, want only the one outside the prefix", uploads)
+	}
+}

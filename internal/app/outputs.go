@@ -74,7 +74,10 @@ type stored struct {
 	copies    state.WorkQueue
 	copier    *outputs.Copier
 	retention time.Duration
-	log       *slog.Logger
+	// copyTimeout bounds a live copy: an upload older than twice it is a
+	// dead copy's.
+	copyTimeout time.Duration
+	log         *slog.Logger
 }
 
 // newStored opens the store (and checks that its bucket answers: a gateway
@@ -94,7 +97,7 @@ func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker
 		store.Close()
 		return nil, fmt.Errorf("--storage-url %s: %w", scfg, err)
 	}
-	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, log: log}
+	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, copyTimeout: cfg.StorageCopyTimeout, log: log}
 	s.copier, err = outputs.New(outputs.Config{
 		Queue: s.copies, Tracker: tracker, Store: objectStore{s: store, log: log},
 		// RunComfy's output storage is public and answers large files:
@@ -119,38 +122,48 @@ func (s *stored) urls(lifetime time.Duration) objectURLs {
 	return objectURLs{s: s.store, lifetime: lifetime}
 }
 
-// run copies until ctx ends, and keeps the retention: a lifecycle rule when
-// the store has them, else a sweep every hour.
+// run copies until ctx ends, and keeps the bucket tidy: the retention by a
+// lifecycle rule when the store has them, else by an hourly sweep; and the
+// unfinished uploads of copies that died, aborted every hour.
 func (s *stored) run(ctx context.Context) error {
 	defer s.store.Close()
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	sweep := false
 	if s.retention > 0 {
-		dir := s.store.Key()
 		days := int((s.retention + 24*time.Hour - 1) / (24 * time.Hour))
-		err := s.store.SetExpiry(ctx, dir, days)
+		err := s.store.SetExpiry(ctx, s.store.Key(), days)
 		switch {
 		case errors.Is(err, storage.ErrUnsupported):
 			s.log.Info("the object store has no lifecycle rules: the gateway sweeps expired objects every hour")
-			wg.Go(func() { s.sweep(ctx) })
+			sweep = true
 		case err != nil:
 			s.log.Warn("setting the object store's expiry rule failed; sweeping instead", "error", err)
-			wg.Go(func() { s.sweep(ctx) })
+			sweep = true
 		}
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.maintain(ctx, sweep) })
 	return s.copier.Run(ctx)
 }
 
-// sweep deletes objects older than the retention, now and every hour.
-func (s *stored) sweep(ctx context.Context) {
+// maintain, now and every hour until ctx ends, aborts the multipart uploads
+// older than two copy timeouts (no live copy runs that long) and, with
+// sweep, deletes objects older than the retention.
+func (s *stored) maintain(ctx context.Context, sweep bool) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
-		n, err := s.store.DeleteOlderThan(ctx, s.store.Key(), time.Now().Add(-s.retention))
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("sweeping expired objects failed", "error", err)
+		if n, err := s.store.AbortStaleUploads(ctx, s.store.Key(), time.Now().Add(-2*s.copyTimeout)); err != nil && ctx.Err() == nil {
+			s.log.Warn("aborting the unfinished uploads of dead copies failed", "error", err)
 		} else if n > 0 {
-			s.log.Info("expired objects deleted", "objects", n)
+			s.log.Info("unfinished uploads of dead copies aborted", "uploads", n)
+		}
+		if sweep {
+			if n, err := s.store.DeleteOlderThan(ctx, s.store.Key(), time.Now().Add(-s.retention)); err != nil && ctx.Err() == nil {
+				s.log.Warn("sweeping expired objects failed", "error", err)
+			} else if n > 0 {
+				s.log.Info("expired objects deleted", "objects", n)
+			}
 		}
 		select {
 		case <-ctx.Done():
