@@ -66,6 +66,8 @@ type gateway struct {
 	httpc *http.Client
 	// stop drains the gateway and returns what Run returned; safe to call twice.
 	stop func() error
+	// svc is the service itself, for calls no client can make.
+	svc *server.Service
 }
 
 // gatewayOptions vary the stack startGateway builds.
@@ -370,6 +372,7 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 		upstream: up,
 		webhook:  hook,
 		urls:     urls,
+		svc:      svc,
 	}
 	g.stop = sync.OnceValue(func() error {
 		cancel()

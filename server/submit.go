@@ -73,6 +73,16 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		// The caller gave up (its deadline, or gone) while the submit
+		// waited (for room in the bytes in flight, for the store): nothing
+		// has been sent, and nothing is, since its answer would reach no one
+		// and a retry would start the job again.
+		if scope != "" {
+			_ = s.idem.Drop(context.WithoutCancel(ctx), scope)
+		}
+		return nil, fmt.Errorf("submit to deployment %s not sent: %w", dep, err)
+	}
 	var opts runcomfy.SubmitOptions
 	if s.callbacks != nil {
 		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep, tenantOf(ctx)), IntermediateStatus: true}

@@ -1,8 +1,11 @@
 package server_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
@@ -68,5 +71,39 @@ func TestSubmitIsNeverRetried(t *testing.T) {
 		if got, want := g.sim.Calls("submit"), 1; got != want {
 			t.Errorf("HTTP %d: upstream submits = %d, want %d", fault.HTTPStatus, got, want)
 		}
+	}
+}
+
+// TestSubmitOfACallerThatGaveUpIsNotSent: a submit whose caller's context
+// ended while it waited (its deadline passed, or it went away) is not sent
+// to RunComfy: its answer would reach no one, and a retry would start the
+// job again.
+func TestSubmitOfACallerThatGaveUpIsNotSent(t *testing.T) {
+	g := startGateway(t)
+	for _, tc := range []struct {
+		name string
+		ctx  func() context.Context
+		want error
+	}{
+		{"deadline passed", func() context.Context {
+			ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+			t.Cleanup(cancel)
+			return ctx
+		}, context.DeadlineExceeded},
+		{"caller gone", func() context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx
+		}, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := g.svc.Submit(tc.ctx(), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Submit = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if n := len(g.sim.Submits()); n != 0 {
+		t.Errorf("%d submits reached RunComfy", n)
 	}
 }
