@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,28 +22,6 @@ import (
 
 // outputBytes is the size of each output file the simulator serves here.
 const outputBytes = 3<<20 + 1234
-
-// copiesOn reads comfygate_output_copies_total{outcome} from g's /metrics.
-func copiesOn(ctx context.Context, t *testing.T, c *cluster, g *gateway, outcome string) int {
-	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := c.httpc.Do(req)
-	if err != nil {
-		t.Fatalf("metrics of %s: %v", g.name, err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `comfygate_output_copies_total{outcome="`+outcome+`"} `); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int(n)
-		}
-	}
-	return 0
-}
 
 // TestCopyOfAKilledReplicaCompletesOnAnother: three replicas on one Redis
 // copy outputs (files of several MiB) to a real S3 server. The replica
@@ -116,7 +92,7 @@ func TestCopyOfAKilledReplicaCompletesOnAnother(t *testing.T) {
 	total := 0
 	for _, g := range c.gateways() {
 		if g != victim {
-			total += copiesOn(ctx, t, c, g, "stored")
+			total += counterOn(ctx, t, c, g, `comfygate_output_copies_total{outcome="stored"}`)
 		}
 	}
 	if total != 1 {

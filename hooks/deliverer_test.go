@@ -2,9 +2,6 @@ package hooks_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +20,7 @@ import (
 
 	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/internal/webhooktest"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/memory"
@@ -327,29 +325,6 @@ func settled(t *testing.T, d *hooks.Deliverer, rid string, want int) bool {
 	return true
 }
 
-// signedBy is a receiver's check, written from the Standard Webhooks text
-// and sharing no code with the package: one of the "v1,<base64>" entries of
-// webhook-signature is HMAC-SHA256 over "id.timestamp.body", keyed with the
-// bytes the whsec_ secret encodes.
-func signedBy(t *testing.T, h http.Header, body []byte, secret string) bool {
-	t.Helper()
-	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
-	if err != nil {
-		t.Fatalf("secret: %v", err)
-	}
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(h.Get("webhook-id") + "." + h.Get("webhook-timestamp") + "." + string(body)))
-	want := m.Sum(nil)
-	for _, entry := range strings.Fields(h.Get("webhook-signature")) {
-		version, enc, _ := strings.Cut(entry, ",")
-		got, err := base64.StdEncoding.DecodeString(enc)
-		if version == "v1" && err == nil && hmac.Equal(got, want) {
-			return true
-		}
-	}
-	return false
-}
-
 func TestDeliveredSigned(t *testing.T) {
 	t.Parallel()
 	h := newMemoryHarness(t)
@@ -383,11 +358,11 @@ func TestDeliveredSigned(t *testing.T) {
 		t.Errorf("webhook-signature has %d entries, want one per active secret", n)
 	}
 	for name, s := range map[string]hooks.Secret{"old": oldSecret, "new": newSecret} {
-		if !signedBy(t, got.header, got.body, s.String()) {
+		if webhooktest.Verify(s.String(), got.header, got.body, time.Now()) != nil {
 			t.Errorf("no signature verifies with the %s secret", name)
 		}
 	}
-	if signedBy(t, got.header, got.body, stranger.String()) {
+	if webhooktest.Verify(stranger.String(), got.header, got.body, time.Now()) == nil {
 		t.Error("a signature verifies with a secret the tenant does not have")
 	}
 
@@ -591,7 +566,7 @@ func TestNoSecretNeverSendsUnsigned(t *testing.T) {
 	h.secrets.set(tenant, s) // the operator restores it
 	waitUntil(t, h.n, "the delivery", func() bool { return settled(t, d, "req-nosecret", 1) })
 	hits := r.got("")
-	if len(hits) != 1 || !signedBy(t, hits[0].header, hits[0].body, s.String()) {
+	if len(hits) != 1 || webhooktest.Verify(s.String(), hits[0].header, hits[0].body, time.Now()) != nil {
 		t.Fatalf("receiver got %d requests, want 1 signed with the restored secret", len(hits))
 	}
 }

@@ -3,12 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,41 +18,9 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/hooks"
+	"github.com/comfygate/comfygate/internal/webhooktest"
 	"github.com/comfygate/comfygate/state"
 )
-
-// verifyStandardWebhook checks a delivery as the Standard Webhooks
-// specification says a receiver does, written from the specification alone
-// (not with the sender's code): the HMAC-SHA256, keyed with the base64 part of
-// a whsec_ secret, of "id.timestamp.body" must match one "v1," entry of
-// webhook-signature, and the timestamp must be within five minutes.
-func verifyStandardWebhook(secret string, h http.Header, body []byte) error {
-	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
-	if err != nil {
-		return err
-	}
-	id, ts := h.Get("webhook-id"), h.Get("webhook-timestamp")
-	if id == "" || ts == "" {
-		return errors.New("missing webhook-id or webhook-timestamp")
-	}
-	unix, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return fmt.Errorf("webhook-timestamp %q: %w", ts, err)
-	}
-	if d := time.Since(time.Unix(unix, 0)); d > 5*time.Minute || d < -5*time.Minute {
-		return fmt.Errorf("webhook-timestamp %s is %v away", ts, d)
-	}
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(id + "." + ts + "."))
-	mac.Write(body)
-	want := base64.StdEncoding.EncodeToString(mac.Sum(nil))
-	for _, sig := range strings.Fields(h.Get("webhook-signature")) {
-		if v, ok := strings.CutPrefix(sig, "v1,"); ok && hmac.Equal([]byte(v), []byte(want)) {
-			return nil
-		}
-	}
-	return fmt.Errorf("no v1 signature in %q matches", h.Get("webhook-signature"))
-}
 
 // received is one delivery a receiver got.
 type received struct {
@@ -90,7 +53,7 @@ func newReceiver(t *testing.T, secrets ...string) *receiver {
 		body, _ := io.ReadAll(req.Body)
 		rec := received{path: req.URL.Path, header: req.Header.Clone(), body: body}
 		for _, s := range r.secrets {
-			if err := verifyStandardWebhook(s, req.Header, body); err != nil {
+			if err := webhooktest.Verify(s, req.Header, body, time.Now()); err != nil {
 				t.Errorf("delivery %s to %s: %v", req.Header.Get("webhook-id"), req.URL.Path, err)
 			}
 		}
