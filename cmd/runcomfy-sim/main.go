@@ -54,6 +54,9 @@ type config struct {
 	callbackRetries int
 	callbackBackoff time.Duration
 	outputBytes     int
+	// fetchInputs makes submits download their media inputs, so multi-process
+	// tests see a URL the gateway forwarded refused when RunComfy could not read it.
+	fetchInputs bool
 }
 
 // parseConfig reads flags, falling back to the environment for the token. getenv is
@@ -75,6 +78,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.DurationVar(&cfg.callbackBackoff, "callback-backoff", defaultCallbackBackoff,
 		"wait before the first callback retry; it doubles with each retry")
 	fs.IntVar(&cfg.outputBytes, "output-bytes", 0, "size of each output image file in bytes (a PNG padded to it); 0 serves a small PNG")
+	fs.BoolVar(&cfg.fetchInputs, "fetch-inputs", false,
+		"download every http(s) URL and decode every base64 data: URI in a submit body, refusing the submit (422) when one fails, as RunComfy does")
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("parse flags: %w", err)
 	}
@@ -141,6 +146,7 @@ func serve(ctx context.Context, ln net.Listener, cfg config, logger *slog.Logger
 		CallbackRetries: retries,
 		CallbackBackoff: cfg.callbackBackoff,
 		OutputBytes:     cfg.outputBytes,
+		FetchInputs:     cfg.fetchInputs,
 	})
 	defer sim.Close()
 	srv := &http.Server{
@@ -152,7 +158,7 @@ func serve(ctx context.Context, ln net.Listener, cfg config, logger *slog.Logger
 	go func() { served <- srv.Serve(ln) }()
 	logger.Info("runcomfy-sim listening", "addr", ln.Addr().String(),
 		"queue_time", cfg.queueTime, "run_time", cfg.runTime, "token_required", cfg.token != "",
-		"callback_retries", cfg.callbackRetries, "callback_backoff", cfg.callbackBackoff)
+		"callback_retries", cfg.callbackRetries, "callback_backoff", cfg.callbackBackoff, "fetch_inputs", cfg.fetchInputs)
 
 	select {
 	case err := <-served:

@@ -40,10 +40,10 @@ func TestParseConfig(t *testing.T) {
 			name: "flags win",
 			args: []string{"--token", "flag-tok", "--addr", ":0", "--queue-time", "0s", "--run-time", "10ms",
 				"--cancel-delay", "0s", "--public-url", "http://sim:8090", "--callback-retries", "8", "--callback-backoff", "100ms",
-				"--output-bytes", "4194304"},
+				"--output-bytes", "4194304", "--fetch-inputs"},
 			env: map[string]string{"RUNCOMFY_API_TOKEN": "env-tok"},
 			want: config{addr: ":0", token: "flag-tok", publicURL: "http://sim:8090", runTime: 10 * time.Millisecond,
-				callbackRetries: 8, callbackBackoff: 100 * time.Millisecond, outputBytes: 4 << 20},
+				callbackRetries: 8, callbackBackoff: 100 * time.Millisecond, outputBytes: 4 << 20, fetchInputs: true},
 		},
 		{
 			name: "zero retries",
@@ -170,5 +170,60 @@ func TestServeCallbackRetries(t *testing.T) {
 func TestRealMainHelp(t *testing.T) {
 	if err := realMain(context.Background(), []string{"-h"}, func(string) string { return "" }, io.Discard); err != nil {
 		t.Errorf("help: got %v, want nil", err)
+	}
+}
+
+// TestServeFetchInputs checks that --fetch-inputs reaches the simulator: a submit
+// naming an input URL that answers 404 is refused with 422, one that answers 200 is
+// accepted, and both URLs were fetched.
+func TestServeFetchInputs(t *testing.T) {
+	var fetched atomic.Int64
+	media := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		if r.URL.Path != "/ok.png" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, "png bytes")
+	}))
+	defer media.Close()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cfg := config{token: "tok", queueTime: time.Hour, fetchInputs: true}
+	go func() { done <- serve(ctx, ln, cfg, slog.New(slog.DiscardHandler)) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for _, tt := range []struct {
+		path string
+		want int
+	}{
+		{"/missing.png", http.StatusUnprocessableEntity},
+		{"/ok.png", http.StatusOK},
+	} {
+		body := `{"overrides":{"12":{"inputs":{"image":"` + media.URL + tt.path + `"}}}}`
+		req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/prod/v1/deployments/d/inference", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer tok")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("submit %s: %v", tt.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("submit %s: got %d, want %d", tt.path, resp.StatusCode, tt.want)
+		}
+	}
+	if got := fetched.Load(); got != 2 {
+		t.Errorf("inputs fetched: got %d, want 2", got)
 	}
 }

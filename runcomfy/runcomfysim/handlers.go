@@ -66,6 +66,11 @@ func validationAnswer(loc []string, msg, typ string) answer {
 	return errorAnswer(http.StatusUnprocessableEntity, runcomfy.CodeValidation, "Validation error", detail, false)
 }
 
+// closedAnswer is the answer to any call once Close was called.
+func closedAnswer() answer {
+	return errorAnswer(http.StatusServiceUnavailable, runcomfy.CodeInternal, "simulator closed", nil, false)
+}
+
 func notFoundAnswer(what string) answer {
 	return errorAnswer(http.StatusNotFound, runcomfy.CodeNotFound, what+" not found", nil, false)
 }
@@ -118,7 +123,7 @@ func (s *Sim) api(endpoint string, h func(http.ResponseWriter, *http.Request)) h
 			}
 		}
 		if s.isClosed() {
-			errorAnswer(http.StatusServiceUnavailable, runcomfy.CodeInternal, "simulator closed", nil, false).write(w)
+			closedAnswer().write(w)
 			return
 		}
 		if v := r.PathValue("version"); v != "v1" && v != "v2" {
@@ -225,6 +230,14 @@ func (s *Sim) submit(r *http.Request, rec *SubmitRecord, readErr error) (answer,
 		u, err := url.Parse(rec.Webhook)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return validationAnswer([]string{"query", "webhook"}, "Input should be a valid URL", "url_parsing"), nil
+		}
+	}
+
+	if s.opts.FetchInputs {
+		inputs, refused := s.fetchInputs(r.Context(), rec.Body)
+		rec.Inputs = inputs
+		if refused != nil {
+			return *refused, nil
 		}
 	}
 

@@ -100,8 +100,8 @@ type Options struct {
 	// still run on real time, so a fake clock only changes what is reported. Nil uses
 	// time.Now.
 	Now func() time.Time
-	// HTTPClient posts webhook callbacks. Nil uses a client owned by the Sim, whose
-	// idle connections are closed by Close.
+	// HTTPClient posts webhook callbacks and fetches inputs (FetchInputs). Nil uses
+	// a client owned by the Sim, whose idle connections are closed by Close.
 	HTTPClient *http.Client
 	// CallbackRetries is how many times a callback answered with a non-2xx status (or
 	// not answered) is sent again, with exponential backoff. Zero means 5; negative
@@ -123,6 +123,14 @@ type Options struct {
 	// download; WriteOutput writes them), so that copying outputs meets files
 	// of a realistic size.
 	OutputBytes int
+	// FetchInputs makes a submit read its media inputs the way RunComfy does before
+	// it queues a job: every string value of the body that is an absolute http(s)
+	// URL is downloaded with a GET (30s and 256 MiB at most each), every base64
+	// data: URI decoded, and a failure refuses the submit with 422001. Tests then
+	// prove the gateway handed over a URL RunComfy can reach, and the right bytes
+	// (SubmitRecord.Inputs). The legacy body key "webhook" is not an input. Off by
+	// default because most tests submit placeholder URLs that lead nowhere.
+	FetchInputs bool
 }
 
 // DefaultOptions returns timings that make a job's life visible to a human watching
@@ -219,6 +227,9 @@ type SubmitRecord struct {
 	// HTTPStatus is the status answered; RequestID is empty unless a job was created.
 	HTTPStatus int
 	RequestID  string
+	// Inputs is what Options.FetchInputs read, in document order; on a submit
+	// refused because an input could not be read, those read before it.
+	Inputs []FetchedInput
 	// At is when the call arrived, on Options.Now.
 	At time.Time
 }
