@@ -185,7 +185,7 @@ func (m *meter) Read(p []byte) (int, error) {
 	if m.n+int64(k) > m.max {
 		m.n += int64(k)
 		if m.want >= 0 {
-			m.err = fmt.Errorf("the source yields more than the %d bytes declared", m.want)
+			m.err = fmt.Errorf("the source yields more than the %d bytes declared: %w", m.want, ErrSizeMismatch)
 		} else {
 			m.err = fmt.Errorf("more than %d bytes: %w", m.max, ErrTooLarge)
 		}
@@ -196,7 +196,7 @@ func (m *meter) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		if m.want >= 0 && m.n != m.want {
-			m.err = fmt.Errorf("the source ended after %d of the %d bytes declared: %w", m.n, m.want, io.ErrUnexpectedEOF)
+			m.err = fmt.Errorf("the source ended after %d of the %d bytes declared: %w (%w)", m.n, m.want, ErrSizeMismatch, io.ErrUnexpectedEOF)
 			return k, m.err
 		}
 		return k, io.EOF

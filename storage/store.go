@@ -19,6 +19,9 @@ var (
 	ErrNotFound = errors.New("object not found")
 	// ErrTooLarge: Put received more bytes than its limit allowed.
 	ErrTooLarge = errors.New("object too large")
+	// ErrSizeMismatch: Put's source yielded another number of bytes than
+	// the size it was given.
+	ErrSizeMismatch = errors.New("source size differs from the size declared")
 	// ErrUnsupported: the server does not implement the operation (such as
 	// lifecycle rules on a gateway that has none); the caller falls back
 	// (for expiry, to DeleteOlderThan).

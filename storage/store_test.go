@@ -262,8 +262,9 @@ func TestPutBadSource(t *testing.T) {
 		{"fails early", &failing{bytes.NewReader(data(100, 1))}, -1, errSource, ""},
 		{"fails after a part", &failing{bytes.NewReader(data(10*mib, 1))}, -1, errSource, ""},
 		{"shorter than declared", bytes.NewReader(data(50, 1)), 100, io.ErrUnexpectedEOF, ""},
-		{"longer than declared", bytes.NewReader(data(150, 1)), 100, nil, "more than the 100 bytes declared"},
-		{"longer than declared, large", &opaque{bytes.NewReader(data(10*mib, 1))}, 9 * mib, nil, "more than the 9437184 bytes declared"},
+		{"shorter than declared, a mismatch", bytes.NewReader(data(50, 1)), 100, storage.ErrSizeMismatch, ""},
+		{"longer than declared", bytes.NewReader(data(150, 1)), 100, storage.ErrSizeMismatch, "more than the 100 bytes declared"},
+		{"longer than declared, large", &opaque{bytes.NewReader(data(10*mib, 1))}, 9 * mib, storage.ErrSizeMismatch, "more than the 9437184 bytes declared"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := st.Put(ctx, st.Key(tc.name), tc.src, tc.declared, "", 64*mib)
