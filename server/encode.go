@@ -35,22 +35,24 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal decodes a large SubmitRequest straight from the received frames
 // into its strings (submitwire.go); everything else as the proto codec does,
-// but for a message larger than any legitimate one of its kind, which is
+// but for a message (other than an upload's chunk) larger than any legitimate one of its kind, which is
 // refused without being decoded (decoding copies it, twice).
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	req, submit := v.(*comfygatev1.SubmitRequest)
+	_, upload := v.(*comfygatev1.UploadRequest)
 	switch {
 	case submit && data.Len() >= largeSubmit:
 		if err := unmarshalSubmit(data, req); !errors.Is(err, errNotFastPath) {
 			return err
 		}
-	case !submit && data.Len() > maxSmallMessage:
+	case !submit && !upload && data.Len() > maxSmallMessage:
 		return fmt.Errorf("a %T is at most %d bytes; this one has %d", v, maxSmallMessage, data.Len())
 	}
 	return c.CodecV2.Unmarshal(data, v)
 }
 
-// maxSmallMessage bounds every request message but a submit's: ids of up to
+// maxSmallMessage bounds every request message but a submit's and an
+// upload's chunks (bounded by the server's message limit): ids of up to
 // 128 characters, a seq, a health check's service name.
 const maxSmallMessage = 64 << 10
 

@@ -21,6 +21,7 @@ import (
 	"github.com/comfygate/comfygate/hooks"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/uploads"
 )
 
 // errorDomain names RunComfy in ErrorInfo details, so clients can tell upstream
@@ -41,6 +42,9 @@ const (
 	// reasonBodyTooLarge: a request body is over --max-body-bytes; REST
 	// answers it 413.
 	reasonBodyTooLarge = "BODY_TOO_LARGE"
+	// reasonUnsupportedType: an upload's content type is not taken, or its
+	// bytes are of another kind; REST answers it 415.
+	reasonUnsupportedType = "UNSUPPORTED_MEDIA_TYPE"
 )
 
 // defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
@@ -116,6 +120,18 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		})
 	case errors.Is(err, errWebhooksOff), errors.Is(err, errNoSigningSecret):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errNoUploads):
+		return status.Error(codes.FailedPrecondition, errNoUploads.Error())
+	case errors.Is(err, uploads.ErrType):
+		return withDetails(status.New(codes.InvalidArgument, err.Error()), &errdetails.ErrorInfo{
+			Reason: reasonUnsupportedType, Domain: gatewayDomain,
+		})
+	case errors.Is(err, uploads.ErrEmpty), errors.Is(err, uploads.ErrSizeMismatch):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, uploads.ErrBusy):
+		return status.Error(codes.ResourceExhausted, uploads.ErrBusy.Error())
+	case errors.Is(err, uploads.ErrStore):
+		return status.Error(codes.Unavailable, uploads.ErrStore.Error())
 	case errors.Is(err, errNoSuchEvent):
 		return status.Error(codes.NotFound, errNoSuchEvent.Error())
 	case errors.Is(err, hooks.ErrBusy):
@@ -331,12 +347,20 @@ func (e *bodyTooLargeError) status() *status.Status {
 }
 
 // restHTTPStatus is the HTTP status REST answers st with: grpc-gateway's
-// mapping of its code, but 413 for a body over the limit, which HTTP clients
-// and proxies know by that status.
+// mapping of its code, but 413 for a body over the limit and 415 for an
+// upload of a type not taken, which HTTP clients and proxies know by those
+// statuses.
 func restHTTPStatus(st *status.Status) int {
 	for _, d := range st.Details() {
-		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == gatewayDomain && ei.GetReason() == reasonBodyTooLarge {
+		ei, ok := d.(*errdetails.ErrorInfo)
+		if !ok || ei.GetDomain() != gatewayDomain {
+			continue
+		}
+		switch ei.GetReason() {
+		case reasonBodyTooLarge:
 			return http.StatusRequestEntityTooLarge
+		case reasonUnsupportedType:
+			return http.StatusUnsupportedMediaType
 		}
 	}
 	return runtime.HTTPStatusFromCode(st.Code())

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,10 +40,21 @@ type bodyGuard struct {
 	// originAllowed reports whether a cross-origin caller may write (the
 	// origins of --cors-origins); nil allows none.
 	originAllowed func(*http.Request) bool
+	// hold, when set, is the most of a body the route holds at once (it
+	// streams the body on): what it reserves of the bytes in flight.
+	hold int64
 }
 
 func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *inflightBudget, originAllowed func(*http.Request) bool) *bodyGuard {
 	return &bodyGuard{log: log, metrics: m, auth: a, maxBody: maxBody, inflight: inflight, originAllowed: originAllowed}
+}
+
+// streaming is g for a route that holds at most hold bytes of a body at
+// once, with bodies up to maxBody.
+func (g *bodyGuard) streaming(maxBody, hold int64) *bodyGuard {
+	c := *g
+	c.maxBody, c.hold = maxBody, hold
+	return &c
 }
 
 // wrap returns h behind the guard: the API key is checked (the same store and
@@ -91,6 +103,9 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 		n := r.ContentLength
 		if n < 0 {
 			n = g.maxBody
+		}
+		if g.hold > 0 {
+			n = min(n, g.hold)
 		}
 		if !g.inflight.acquire(tenant, n) {
 			g.metrics.refused(limitInflight)
@@ -175,9 +190,10 @@ func (e *crossOriginError) Error() string {
 }
 
 // readsBody reports whether the API route a request is for reads its body:
-// only Submit does.
+// only Submit and Upload do.
 func readsBody(r *http.Request) bool {
-	return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/requests") && allowedMethods(r.URL.Path) == http.MethodPost
+	return r.Method == http.MethodPost && (r.URL.Path == uploadsPath ||
+		strings.HasSuffix(r.URL.Path, "/requests") && allowedMethods(r.URL.Path) == http.MethodPost)
 }
 
 // refuseKeyed refuses the call of an authenticated caller, then reads (never
@@ -219,10 +235,13 @@ func (g *bodyGuard) refuse(w http.ResponseWriter, r *http.Request, st *status.St
 const maxLoggedPath = 256
 
 // bodyTooLargeError: a request body is over --max-body-bytes.
-type bodyTooLargeError struct{ limit int64 }
+type bodyTooLargeError struct {
+	limit int64
+	what  string // what is too large; "" is the request body
+}
 
 func (e *bodyTooLargeError) Error() string {
-	return fmt.Sprintf("request body is larger than %d bytes", e.limit)
+	return fmt.Sprintf("%s is larger than %d bytes", cmp.Or(e.what, "request body"), e.limit)
 }
 
 // sizedBody is a request body of known size (0: unknown), so that a reader
@@ -341,11 +360,16 @@ func validPath(h http.Handler) http.Handler {
 // ends before the body does (a refusal) leaves the deadline set instead, so
 // that the server's discard of the rest is bounded too. Requests without a
 // body (watch streams, SSE) are not touched.
-func readDeadline(h http.Handler, d time.Duration) http.Handler {
+// An upload (uploadsPath) has the longer deadline upload.
+func readDeadline(h http.Handler, d, upload time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !hasBody(r) {
 			h.ServeHTTP(w, r)
 			return
+		}
+		d := d
+		if r.URL.Path == uploadsPath {
+			d = upload
 		}
 		b := &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), deadline: time.Now().Add(d)}
 		b.timer = time.AfterFunc(d, b.expire)

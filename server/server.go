@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/uploads"
 )
 
 // Config holds the listener settings.
@@ -106,6 +107,12 @@ type Config struct {
 	// MaxConnections bounds the connections each listener holds open; 0 is
 	// no bound.
 	MaxConnections int
+	// MaxUploadBytes bounds a REST upload's body; default
+	// uploads.DefaultMaxBytes. (The service bounds the file itself.)
+	MaxUploadBytes int64
+	// UploadTimeout bounds the time a client may take to send an upload's
+	// body; default DefaultUploadTimeout.
+	UploadTimeout time.Duration
 }
 
 // Defaults of the limits every listener applies; the flags of the same names
@@ -180,6 +187,8 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, DefaultReadTimeout)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxConnectionIdle = cmp.Or(cfg.MaxConnectionIdle, DefaultMaxConnectionIdle)
+	cfg.MaxUploadBytes = cmp.Or(cfg.MaxUploadBytes, uploads.DefaultMaxBytes)
+	cfg.UploadTimeout = cmp.Or(cfg.UploadTimeout, DefaultUploadTimeout)
 	cfg.MaxInflightBodyBytes = max(cmp.Or(cfg.MaxInflightBodyBytes, DefaultMaxInflightBodyBytes), cfg.MaxBodyBytes)
 	s := &Server{log: cfg.Logger, drain: cfg.Drain, shutdownTimeout: cfg.ShutdownTimeout, health: health.NewServer()}
 
@@ -287,6 +296,9 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	// WatchRequest as Server-Sent Events, over the REST gateway's connection
 	// (sse.go), and the API's OpenAPI document (openapi.go).
 	mux.Handle(eventsRoute, bodies.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
+	// Upload with the file as the body (upload.go), streamed: the body may
+	// be as large as an upload, and is held a few chunks at a time.
+	mux.Handle(uploadsRoute, bodies.streaming(cfg.MaxUploadBytes, 2*uploadChunk).wrap(&uploadHandler{client: comfygatev1.NewGatewayServiceClient(conn), log: cfg.Logger}))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger, cfg.Version))
 	healthz := func(w http.ResponseWriter, _ *http.Request) { writePlain(w, http.StatusOK, "ok") }
 	readyz := func(w http.ResponseWriter, r *http.Request) {
@@ -322,7 +334,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		case "webhook":
 			callbacks = m
 		}
-		e.srv = s.newHTTPServer(cfg, localHosts(cfg.LocalHostsOnly, validPath(readDeadline(limitOtherBodies(m, cfg.MaxBodyBytes), cfg.ReadTimeout))))
+		e.srv = s.newHTTPServer(cfg, localHosts(cfg.LocalHostsOnly, validPath(readDeadline(limitOtherBodies(m, cfg.MaxBodyBytes), cfg.ReadTimeout, cfg.UploadTimeout))))
 	}
 	if cfg.Metrics != nil {
 		admin.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.registry, promhttp.HandlerOpts{}))
@@ -332,7 +344,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	}
 	// Every body, callbacks' included, is read within ReadTimeout; a path
 	// that is not UTF-8 is refused on every route.
-	var handler http.Handler = validPath(readDeadline(limitOtherBodies(mux, cfg.MaxBodyBytes), cfg.ReadTimeout))
+	var handler http.Handler = validPath(readDeadline(limitOtherBodies(mux, cfg.MaxBodyBytes), cfg.ReadTimeout, cfg.UploadTimeout))
 	if cfg.Tracer != nil {
 		prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 		handler = otelhttp.NewHandler(handler, "http",

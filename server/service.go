@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -81,6 +82,8 @@ type Service struct {
 	events        *eventCache
 	webhooks      Webhooks
 	urls          ObjectURLs
+	uploads       Uploads
+	uploadTimeout time.Duration
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -115,7 +118,13 @@ type ServiceConfig struct {
 	// ObjectURLs, when set, signs the URLs of stored outputs in every state
 	// the service answers or streams.
 	ObjectURLs ObjectURLs
-	Logger     *slog.Logger
+	// Uploads, when set, serves Upload and resolves the references to
+	// uploads in submitted inputs; nil refuses both.
+	Uploads Uploads
+	// UploadTimeout bounds one Upload, from its first message to the file
+	// stored; default DefaultUploadTimeout.
+	UploadTimeout time.Duration
+	Logger        *slog.Logger
 	// SubmitTimeout bounds an upstream submit once sent. The submit is detached from
 	// the caller's cancellation so that a job RunComfy accepts is always answered
 	// for; default 60s.
@@ -164,6 +173,8 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		limits:        cfg.Limits,
 		events:        newEventCache(eventCacheSize, cfg.ObjectURLs),
 		urls:          cfg.ObjectURLs,
+		uploads:       cfg.Uploads,
+		uploadTimeout: cmp.Or(cfg.UploadTimeout, DefaultUploadTimeout),
 		metrics:       cfg.Metrics,
 		webhooks:      cfg.Webhooks,
 		log:           cfg.Logger,

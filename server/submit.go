@@ -73,6 +73,13 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 		}
 	}
+	input, err := s.resolveUploads(ctx, req.GetInputJson())
+	if err != nil {
+		if scope != "" {
+			_ = s.idem.Drop(context.WithoutCancel(ctx), scope)
+		}
+		return nil, fmt.Errorf("submit to deployment %s not sent: %w", dep, err)
+	}
 	if err := ctx.Err(); err != nil {
 		// The caller gave up (its deadline, or gone) while the submit
 		// waited (for room in the bytes in flight, for the store): nothing
@@ -93,7 +100,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	upCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.submitTimeout)
 	defer cancel()
 	// The input's bytes go as they are: a copy would hold a large input twice.
-	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(bytesOf(req.GetInputJson())), opts)
+	resp, err := s.upstream.Submit(upCtx, dep, json.RawMessage(bytesOf(input)), opts)
 	if err != nil {
 		var apiErr *runcomfy.APIError
 		if !errors.As(err, &apiErr) && upCtx.Err() != nil {

@@ -178,7 +178,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	}
 	if a.stored != nil {
 		svcCfg.ObjectURLs = a.stored.urls(cfg.StorageURLLifetime)
+		svcCfg.Uploads = a.stored.uploads
 	}
+	svcCfg.UploadTimeout = cfg.UploadTimeout
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
 		HTTPAddr:             cfg.HTTPAddr,
@@ -196,6 +198,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		Limits:               limits,
 		Tracer:               tracer,
 		ReadTimeout:          cfg.ReadTimeout,
+		// A form's framing comes on top of the file.
+		MaxUploadBytes:       cfg.UploadMaxBytes + 64<<10,
+		UploadTimeout:        cfg.UploadTimeout,
 		IdleTimeout:          cfg.IdleTimeout,
 		MaxConnectionIdle:    cfg.MaxConnectionIdle,
 		MaxInflightBodyBytes: cfg.MaxInflightBodyBytes,

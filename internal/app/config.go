@@ -26,6 +26,7 @@ import (
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/redisstore"
 	"github.com/comfygate/comfygate/storage"
+	"github.com/comfygate/comfygate/uploads"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -103,6 +104,15 @@ type Config struct {
 	StorageMaxOutputBytes int64
 	StorageRetention      time.Duration
 	StorageCopyTimeout    time.Duration
+	// UploadMaxBytes bounds one upload; UploadLifetime is how long one can
+	// be referred to; UploadInlineMaxBytes is the size up to which a
+	// reference becomes a data: URI; UploadTypes are the media types taken;
+	// UploadTimeout bounds the time to send one (uploads).
+	UploadMaxBytes       int64
+	UploadLifetime       time.Duration
+	UploadInlineMaxBytes int64
+	UploadTypes          string
+	UploadTimeout        time.Duration
 	// getenv reads the environment ParseConfig was given, for the object
 	// store's credentials (AWS_*).
 	getenv func(string) string
@@ -161,6 +171,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.Int64Var(&cfg.StorageMaxOutputBytes, "storage-max-output-bytes", 1<<30, "largest output file copied, in `bytes`; a larger one fails the copy")
 	fs.DurationVar(&cfg.StorageRetention, "storage-retention", 0, "how long stored objects are kept (a bucket lifecycle rule, or a sweep where the store has none); 0 keeps them")
 	fs.DurationVar(&cfg.StorageCopyTimeout, "storage-copy-timeout", 10*time.Minute, "bound of one attempt to copy a request's outputs; a replica that dies mid-copy is replaced after it")
+	fs.Int64Var(&cfg.UploadMaxBytes, "upload-max-bytes", uploads.DefaultMaxBytes, "largest file POST /v1/uploads (and Upload) takes, in `bytes` (needs --storage-url)")
+	fs.DurationVar(&cfg.UploadLifetime, "upload-lifetime", uploads.DefaultLifetime, "how long an upload can be referred to from a submit's input (1m to 168h); then it is refused and deleted")
+	fs.Int64Var(&cfg.UploadInlineMaxBytes, "upload-inline-max-bytes", 0, "an upload of at most this many `bytes` reaches RunComfy as a data: URI inside the input instead of a presigned URL (for a store RunComfy cannot reach); 0 never")
+	fs.StringVar(&cfg.UploadTypes, "upload-types", strings.Join(uploads.DefaultTypes, ","), "media `types` an upload may have, comma-separated, exact (image/png) or by family (image/*)")
+	fs.DurationVar(&cfg.UploadTimeout, "upload-timeout", server.DefaultUploadTimeout, "how long a client may take to send one upload")
 	fs.StringVar(&cfg.TenantsFile, "tenants-file", "", "YAML `file` of tenants: each tenant's webhook signing secrets (whsec_...) and default endpoints, and optionally its API keys (with or instead of --api-keys-file); validated at start, reloaded on SIGHUP. Needed for outbound webhooks")
 	fs.Func("webhook-allow-hosts", "comma-separated host names, IP addresses or CIDRs that outbound webhooks may reach although they are private or loopback (your own receivers inside your network)", func(v string) error {
 		cfg.WebhookAllowHosts = splitSecrets(v)
@@ -375,6 +390,18 @@ func (c *Config) Validate() error {
 	if c.StorageMaxOutputBytes < 1 || c.StorageRetention < 0 || c.StorageCopyTimeout <= 0 {
 		errs = append(errs, errors.New("--storage-max-output-bytes and --storage-copy-timeout must be positive, --storage-retention not negative"))
 	}
+	if c.UploadMaxBytes < 1 || c.UploadInlineMaxBytes < 0 || c.UploadTimeout <= 0 {
+		errs = append(errs, errors.New("--upload-max-bytes and --upload-timeout must be positive, --upload-inline-max-bytes not negative"))
+	}
+	if c.UploadLifetime < time.Minute || c.UploadLifetime > 7*24*time.Hour {
+		errs = append(errs, errors.New("--upload-lifetime must be between 1m and 168h (what a presigned URL allows)"))
+	}
+	if c.StorageRetention > 0 && c.UploadLifetime > c.StorageRetention {
+		errs = append(errs, errors.New("--upload-lifetime must not exceed --storage-retention, which deletes every object older"))
+	}
+	if err := uploads.CheckTypes(uploadTypes(c.UploadTypes)); err != nil {
+		errs = append(errs, fmt.Errorf("--upload-types: %w", err))
+	}
 	if c.StorageRetention > 0 && c.StorageRetention < 24*time.Hour {
 		errs = append(errs, errors.New("--storage-retention must be at least 24h (object stores expire by the day)"))
 	}
@@ -571,4 +598,15 @@ func redactURLError(err error) error {
 		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
 	}
 	return errors.New("not a valid Redis URL")
+}
+
+// uploadTypes is --upload-types as a list.
+func uploadTypes(v string) []string {
+	var types []string
+	for t := range strings.SplitSeq(v, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			types = append(types, t)
+		}
+	}
+	return types
 }

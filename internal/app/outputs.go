@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/outputs"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/storage"
+	"github.com/comfygate/comfygate/uploads"
 )
 
 // copyQueue names the work queue of outputs to copy.
@@ -73,9 +74,11 @@ type stored struct {
 	store     *storage.Store
 	copies    state.WorkQueue
 	copier    *outputs.Copier
+	uploads   *uploads.Uploads
 	retention time.Duration
-	// copyTimeout bounds a live copy: an upload older than twice it is a
-	// dead copy's.
+	// copyTimeout bounds a live copy or upload (the longer of
+	// --storage-copy-timeout and --upload-timeout): a multipart upload
+	// older than twice it is a dead one's.
 	copyTimeout time.Duration
 	log         *slog.Logger
 }
@@ -97,7 +100,7 @@ func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker
 		store.Close()
 		return nil, fmt.Errorf("--storage-url %s: %w", scfg, err)
 	}
-	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, copyTimeout: cfg.StorageCopyTimeout, log: log}
+	s := &stored{store: store, copies: copies, retention: cfg.StorageRetention, copyTimeout: max(cfg.StorageCopyTimeout, cfg.UploadTimeout), log: log}
 	s.copier, err = outputs.New(outputs.Config{
 		Queue: s.copies, Tracker: tracker, Store: objectStore{s: store, log: log},
 		// RunComfy's output storage is public and answers large files:
@@ -113,7 +116,16 @@ func newStored(ctx context.Context, cfg *Config, copies state.WorkQueue, tracker
 		store.Close()
 		return nil, err
 	}
-	log.Info("outputs copied to object storage", "store", scfg.String(), "retention", cfg.StorageRetention)
+	s.uploads, err = uploads.New(uploads.Config{
+		Store: store, Lifetime: cfg.UploadLifetime, MaxBytes: cfg.UploadMaxBytes,
+		InlineMaxBytes: cfg.UploadInlineMaxBytes, Types: uploadTypes(cfg.UploadTypes),
+		Logger: log.With("component", "uploads"),
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	log.Info("outputs copied to object storage, uploads kept there", "store", scfg.String(), "retention", cfg.StorageRetention, "upload_lifetime", cfg.UploadLifetime)
 	return s, nil
 }
 
@@ -147,8 +159,9 @@ func (s *stored) run(ctx context.Context) error {
 }
 
 // maintain, now and every hour until ctx ends, aborts the multipart uploads
-// older than two copy timeouts (no live copy runs that long) and, with
-// sweep, deletes objects older than the retention.
+// older than two copy timeouts (no live copy runs that long), deletes the
+// uploads past their lifetime and, with sweep, the objects older than the
+// retention.
 func (s *stored) maintain(ctx context.Context, sweep bool) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -157,6 +170,11 @@ func (s *stored) maintain(ctx context.Context, sweep bool) {
 			s.log.Warn("aborting the unfinished uploads of dead copies failed", "error", err)
 		} else if n > 0 {
 			s.log.Info("unfinished uploads of dead copies aborted", "uploads", n)
+		}
+		if n, err := s.uploads.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("deleting expired uploads failed", "error", err)
+		} else if n > 0 {
+			s.log.Info("expired uploads deleted", "uploads", n)
 		}
 		if sweep {
 			if n, err := s.store.DeleteOlderThan(ctx, s.store.Key(), time.Now().Add(-s.retention)); err != nil && ctx.Err() == nil {

@@ -110,9 +110,17 @@ func TestStoreThatDoesNotAnswerStopsTheStart(t *testing.T) {
 // and a client.
 func startStored(t *testing.T, s3 *s3test.Server, keys string) (context.Context, comfygatev1.GatewayServiceClient) {
 	t.Helper()
+	ctx, api, _ := runGateway(t, s3.Getenv, "--simulate", "--api-keys-file", keys,
+		"--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m")
+	return ctx, api
+}
+
+// runGateway runs a gateway on free ports with args until the test ends; it
+// returns the test's context, a gRPC client and the HTTP listener's base URL.
+func runGateway(t *testing.T, getenv func(string) string, args ...string) (context.Context, comfygatev1.GatewayServiceClient, string) {
+	t.Helper()
 	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
-	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s",
-		"--api-keys-file", keys, "--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m"}, s3.Getenv, io.Discard)
+	cfg, err := ParseConfig(append([]string{"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s"}, args...), getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +142,7 @@ func startStored(t *testing.T, s3 *s3test.Server, keys string) (context.Context,
 			t.Errorf("Run = %v", err)
 		}
 	})
-	return ctx, comfygatev1.NewGatewayServiceClient(conn)
+	return ctx, comfygatev1.NewGatewayServiceClient(conn), "http://" + httpAddr
 }
 
 // submitStored submits once the gateway serves, and returns the request id.

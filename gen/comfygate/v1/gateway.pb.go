@@ -1921,6 +1921,294 @@ func (x *RedeliverEventResponse) GetDeliveries() []*WebhookDelivery {
 	return nil
 }
 
+// UploadRequest is one message of an upload: the header first, then chunks.
+type UploadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*UploadRequest_Header
+	//	*UploadRequest_Chunk
+	Part          isUploadRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadRequest) Reset() {
+	*x = UploadRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadRequest) ProtoMessage() {}
+
+func (x *UploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
+func (*UploadRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UploadRequest) GetPart() isUploadRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetHeader() *UploadHeader {
+	if x != nil {
+		if x, ok := x.Part.(*UploadRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*UploadRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isUploadRequest_Part interface {
+	isUploadRequest_Part()
+}
+
+type UploadRequest_Header struct {
+	// The first message, and only the first.
+	Header *UploadHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type UploadRequest_Chunk struct {
+	// The file's next bytes; any size up to the message limit (a few hundred
+	// KiB to a MiB each is a good size).
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*UploadRequest_Header) isUploadRequest_Part() {}
+
+func (*UploadRequest_Chunk) isUploadRequest_Part() {}
+
+// UploadHeader describes the file that follows.
+type UploadHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's media type, such as "image/png". It must be one the gateway
+	// takes (--upload-types; images, videos and audio by default), and the
+	// file's first bytes must agree with it.
+	ContentType string `protobuf:"bytes,1,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// The file's size in bytes when known: a larger upload is refused before
+	// its bytes are sent, and one that ends at another size fails. 0 is
+	// unknown.
+	Size          int64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadHeader) Reset() {
+	*x = UploadHeader{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadHeader) ProtoMessage() {}
+
+func (x *UploadHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
+func (*UploadHeader) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UploadHeader) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// UploadResponse is the stored upload.
+type UploadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Upload        *Upload                `protobuf:"bytes,1,opt,name=upload,proto3" json:"upload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadResponse) Reset() {
+	*x = UploadResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadResponse) ProtoMessage() {}
+
+func (x *UploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
+func (*UploadResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UploadResponse) GetUpload() *Upload {
+	if x != nil {
+		return x.Upload
+	}
+	return nil
+}
+
+// Upload is a file stored for the tenant's jobs.
+type Upload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upload's id: "up_" and 26 letters and digits.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What a submit's input names it by: "comfygate://uploads/<id>".
+	Reference   string `protobuf:"bytes,2,opt,name=reference,proto3" json:"reference,omitempty"`
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Size        int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// Hex SHA-256 of the stored bytes.
+	Sha256    string                 `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// After this a reference to it is refused and the file is deleted
+	// (--upload-lifetime after its creation).
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Upload) Reset() {
+	*x = Upload{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Upload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Upload) ProtoMessage() {}
+
+func (x *Upload) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Upload.ProtoReflect.Descriptor instead.
+func (*Upload) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Upload) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Upload) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *Upload) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Upload) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Upload) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Upload) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Upload) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
@@ -2051,7 +2339,26 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x16RedeliverEventResponse\x12=\n" +
 	"\n" +
 	"deliveries\x18\x01 \x03(\v2\x1d.comfygate.v1.WebhookDeliveryR\n" +
-	"deliveries*\x9a\x01\n" +
+	"deliveries\"e\n" +
+	"\rUploadRequest\x124\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.comfygate.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
+	"\x04part\"E\n" +
+	"\fUploadHeader\x12!\n" +
+	"\fcontent_type\x18\x01 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\">\n" +
+	"\x0eUploadResponse\x12,\n" +
+	"\x06upload\x18\x01 \x01(\v2\x14.comfygate.v1.UploadR\x06upload\"\xfb\x01\n" +
+	"\x06Upload\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\treference\x18\x02 \x01(\tR\treference\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\tR\x06sha256\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATUS_QUEUED\x10\x01\x12\x12\n" +
@@ -2082,7 +2389,7 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13DELIVERY_STATE_GONE\x10\x042\xc9\x04\n" +
+	"\x13DELIVERY_STATE_GONE\x10\x042\x90\x05\n" +
 	"\x0eGatewayService\x12C\n" +
 	"\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n" +
@@ -2090,7 +2397,8 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x06Cancel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n" +
 	"\fWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n" +
 	"\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n" +
-	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponseB=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
+	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12E\n" +
+	"\x06Upload\x12\x1b.comfygate.v1.UploadRequest\x1a\x1c.comfygate.v1.UploadResponse(\x01B=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
 
 var (
 	file_comfygate_v1_gateway_proto_rawDescOnce sync.Once
@@ -2105,7 +2413,7 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                    // 0: comfygate.v1.Status
 	(StorageState)(0),              // 1: comfygate.v1.StorageState
@@ -2134,22 +2442,26 @@ var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(*DeliveryAttempt)(nil),        // 24: comfygate.v1.DeliveryAttempt
 	(*RedeliverEventRequest)(nil),  // 25: comfygate.v1.RedeliverEventRequest
 	(*RedeliverEventResponse)(nil), // 26: comfygate.v1.RedeliverEventResponse
-	(*structpb.Struct)(nil),        // 27: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 29: google.protobuf.Duration
+	(*UploadRequest)(nil),          // 27: comfygate.v1.UploadRequest
+	(*UploadHeader)(nil),           // 28: comfygate.v1.UploadHeader
+	(*UploadResponse)(nil),         // 29: comfygate.v1.UploadResponse
+	(*Upload)(nil),                 // 30: comfygate.v1.Upload
+	(*structpb.Struct)(nil),        // 31: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 33: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	27, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	31, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
 	9,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	28, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	28, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	28, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	28, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	32, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	32, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
 	1,  // 8: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
 	7,  // 9: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	28, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	32, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 11: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
 	2,  // 12: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
 	5,  // 13: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
@@ -2163,30 +2475,36 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	23, // 21: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	4,  // 22: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
 	24, // 23: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	28, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	28, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	28, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	29, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	32, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	32, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	32, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	33, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
 	23, // 28: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	10, // 29: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 30: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 31: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 32: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 33: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 34: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 35: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	12, // 36: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 37: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 38: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 39: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 40: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 41: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 42: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	28, // 29: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
+	30, // 30: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
+	32, // 31: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	32, // 32: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	10, // 33: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 34: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 35: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 36: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 37: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 38: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 39: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	27, // 40: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 41: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 42: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 43: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 44: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 45: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 46: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 47: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	29, // 48: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -2195,13 +2513,17 @@ func file_comfygate_v1_gateway_proto_init() {
 		return
 	}
 	file_comfygate_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{}
+	file_comfygate_v1_gateway_proto_msgTypes[22].OneofWrappers = []any{
+		(*UploadRequest_Header)(nil),
+		(*UploadRequest_Chunk)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   22,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

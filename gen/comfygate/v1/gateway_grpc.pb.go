@@ -26,6 +26,7 @@ const (
 	GatewayService_WatchRequest_FullMethodName   = "/comfygate.v1.GatewayService/WatchRequest"
 	GatewayService_ListDeliveries_FullMethodName = "/comfygate.v1.GatewayService/ListDeliveries"
 	GatewayService_RedeliverEvent_FullMethodName = "/comfygate.v1.GatewayService/RedeliverEvent"
+	GatewayService_Upload_FullMethodName         = "/comfygate.v1.GatewayService/Upload"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -91,6 +92,24 @@ type GatewayServiceClient interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error)
+	// Upload stores a file in the gateway's object storage (--storage-url) for
+	// the caller's jobs to take as an input: the first message is the header,
+	// the others the file's bytes in order, then the client closes its side.
+	// The answer's reference ("comfygate://uploads/<id>") may then stand as a
+	// string value anywhere in a submit's input; the gateway replaces it with a
+	// URL RunComfy can fetch (or a data: URI for a small file). Only the
+	// uploader's tenant can refer to it, until it expires. Over REST: POST the
+	// file as the body to /v1/uploads with its Content-Type.
+	//
+	// Errors: INVALID_ARGUMENT for a content type the gateway does not take or
+	// bytes that are not of the declared type (ErrorInfo reason
+	// UNSUPPORTED_MEDIA_TYPE; REST 415), for a file past the size limit
+	// (--upload-max-bytes, default 100 MiB; reason BODY_TOO_LARGE, REST 413),
+	// for an empty file or one whose size is not the declared one;
+	// RESOURCE_EXHAUSTED when the tenant has too many uploads in progress;
+	// FAILED_PRECONDITION when the gateway has no object storage; UNAVAILABLE
+	// when the store could not take the file.
+	Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error)
 }
 
 type gatewayServiceClient struct {
@@ -180,6 +199,19 @@ func (c *gatewayServiceClient) RedeliverEvent(ctx context.Context, in *Redeliver
 	return out, nil
 }
 
+func (c *gatewayServiceClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_Upload_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[UploadRequest, UploadResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_UploadClient = grpc.ClientStreamingClient[UploadRequest, UploadResponse]
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -243,6 +275,24 @@ type GatewayServiceServer interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error)
+	// Upload stores a file in the gateway's object storage (--storage-url) for
+	// the caller's jobs to take as an input: the first message is the header,
+	// the others the file's bytes in order, then the client closes its side.
+	// The answer's reference ("comfygate://uploads/<id>") may then stand as a
+	// string value anywhere in a submit's input; the gateway replaces it with a
+	// URL RunComfy can fetch (or a data: URI for a small file). Only the
+	// uploader's tenant can refer to it, until it expires. Over REST: POST the
+	// file as the body to /v1/uploads with its Content-Type.
+	//
+	// Errors: INVALID_ARGUMENT for a content type the gateway does not take or
+	// bytes that are not of the declared type (ErrorInfo reason
+	// UNSUPPORTED_MEDIA_TYPE; REST 415), for a file past the size limit
+	// (--upload-max-bytes, default 100 MiB; reason BODY_TOO_LARGE, REST 413),
+	// for an empty file or one whose size is not the declared one;
+	// RESOURCE_EXHAUSTED when the tenant has too many uploads in progress;
+	// FAILED_PRECONDITION when the gateway has no object storage; UNAVAILABLE
+	// when the store could not take the file.
+	Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -273,6 +323,9 @@ func (UnimplementedGatewayServiceServer) ListDeliveries(context.Context, *ListDe
 }
 func (UnimplementedGatewayServiceServer) RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RedeliverEvent not implemented")
+}
+func (UnimplementedGatewayServiceServer) Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error {
+	return status.Error(codes.Unimplemented, "method Upload not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -414,6 +467,13 @@ func _GatewayService_RedeliverEvent_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).Upload(&grpc.GenericServerStream[UploadRequest, UploadResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_UploadServer = grpc.ClientStreamingServer[UploadRequest, UploadResponse]
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -451,6 +511,11 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchRequest",
 			Handler:       _GatewayService_WatchRequest_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Upload",
+			Handler:       _GatewayService_Upload_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "comfygate/v1/gateway.proto",

@@ -69,6 +69,11 @@ class GatewayServiceStub(object):
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
                 response_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
                 )
+        self.Upload = channel.stream_unary(
+                '/comfygate.v1.GatewayService/Upload',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.UploadResponse.FromString,
+                )
 
 
 class GatewayServiceServicer(object):
@@ -167,6 +172,29 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upload(self, request_iterator, context):
+        """Upload stores a file in the gateway's object storage (--storage-url) for
+        the caller's jobs to take as an input: the first message is the header,
+        the others the file's bytes in order, then the client closes its side.
+        The answer's reference ("comfygate://uploads/<id>") may then stand as a
+        string value anywhere in a submit's input; the gateway replaces it with a
+        URL RunComfy can fetch (or a data: URI for a small file). Only the
+        uploader's tenant can refer to it, until it expires. Over REST: POST the
+        file as the body to /v1/uploads with its Content-Type.
+
+        Errors: INVALID_ARGUMENT for a content type the gateway does not take or
+        bytes that are not of the declared type (ErrorInfo reason
+        UNSUPPORTED_MEDIA_TYPE; REST 415), for a file past the size limit
+        (--upload-max-bytes, default 100 MiB; reason BODY_TOO_LARGE, REST 413),
+        for an empty file or one whose size is not the declared one;
+        RESOURCE_EXHAUSTED when the tenant has too many uploads in progress;
+        FAILED_PRECONDITION when the gateway has no object storage; UNAVAILABLE
+        when the store could not take the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +232,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RedeliverEvent,
                     request_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.FromString,
                     response_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.SerializeToString,
+            ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.UploadRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.UploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,5 +384,22 @@ class GatewayService(object):
         return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/RedeliverEvent',
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/comfygate.v1.GatewayService/Upload',
+            comfygate_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.UploadResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

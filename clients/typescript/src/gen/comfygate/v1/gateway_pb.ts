@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file comfygate/v1/gateway.proto.
  */
 export const file_comfygate_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIrEECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgdzdG9yYWdlGBAgASgLMhsuY29tZnlnYXRlLnYxLk91dHB1dFN0b3JhZ2VCEQoPX3F1ZXVlX3Bvc2l0aW9uIogBCg1PdXRwdXRTdG9yYWdlEikKBXN0YXRlGAEgASgOMhouY29tZnlnYXRlLnYxLlN0b3JhZ2VTdGF0ZRIrCgdvYmplY3RzGAIgAygLMhouY29tZnlnYXRlLnYxLlN0b3JlZE91dHB1dBINCgVlcnJvchgDIAEoCRIQCghhdHRlbXB0cxgEIAEoBSKsAQoMU3RvcmVkT3V0cHV0EgwKBG5vZGUYASABKAkSDAoEZmlsZRgCIAEoCRILCgNrZXkYAyABKAkSDAoEc2l6ZRgEIAEoAxIUCgxjb250ZW50X3R5cGUYBSABKAkSDgoGc2hhMjU2GAYgASgJEgsKA3VybBgHIAEoCRIyCg51cmxfZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJ7Cg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoHd2ViaG9vaxgEIAEoCzIVLmNvbWZ5Z2F0ZS52MS5XZWJob29rIkIKB1dlYmhvb2sSCwoDdXJsGAEgASgJEioKBmV2ZW50cxgCIAMoDjIaLmNvbWZ5Z2F0ZS52MS5XZWJob29rRXZlbnQiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSJCChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIksKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USMQoKZGVsaXZlcmllcxgBIAMoCzIdLmNvbWZ5Z2F0ZS52MS5XZWJob29rRGVsaXZlcnkivgIKD1dlYmhvb2tEZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEgsKA3NlcRgDIAEoAxINCgVlcG9jaBgEIAEoAxIQCghlbmRwb2ludBgFIAEoCRIqCgVzdGF0ZRgGIAEoDjIbLmNvbWZ5Z2F0ZS52MS5EZWxpdmVyeVN0YXRlEi8KCGF0dGVtcHRzGAcgAygLMh0uY29tZnlnYXRlLnYxLkRlbGl2ZXJ5QXR0ZW1wdBIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWF0dGVtcHRfY291bnQYCiABKAUiigEKD0RlbGl2ZXJ5QXR0ZW1wdBImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaHR0cF9zdGF0dXMYAiABKAUSDQoFZXJyb3IYAyABKAkSKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVAoVUmVkZWxpdmVyRXZlbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSJLChZSZWRlbGl2ZXJFdmVudFJlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5jb21meWdhdGUudjEuV2ViaG9va0RlbGl2ZXJ5KpoBCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1FVRVVFRBABEhIKDlNUQVRVU19SVU5OSU5HEAISFAoQU1RBVFVTX1NVQ0NFRURFRBADEhEKDVNUQVRVU19GQUlMRUQQBBIUChBTVEFUVVNfQ0FOQ0VMTEVEEAUSEgoOU1RBVFVTX1VOS05PV04QBip8CgxTdG9yYWdlU3RhdGUSHQoZU1RPUkFHRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNUT1JBR0VfU1RBVEVfUEVORElORxABEhgKFFNUT1JBR0VfU1RBVEVfU1RPUkVEEAISGAoUU1RPUkFHRV9TVEFURV9GQUlMRUQQAyqYAQoMV2ViaG9va0V2ZW50Eh0KGVdFQkhPT0tfRVZFTlRfVU5TUEVDSUZJRUQQABIYChRXRUJIT09LX0VWRU5UX1FVRVVFRBABEhkKFVdFQkhPT0tfRVZFTlRfUlVOTklORxACEhgKFFdFQkhPT0tfRVZFTlRfT1VUUFVUEAMSGgoWV0VCSE9PS19FVkVOVF9URVJNSU5BTBAEKqsBCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESHAoYQ0FOQ0VMX09VVENPTUVfUkVRVUVTVEVEEAISIgoeQ0FOQ0VMX09VVENPTUVfTk9UX0NBTkNFTExBQkxFEAMSGgoWQ0FOQ0VMX09VVENPTUVfVU5LTk9XThAEKp0BCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWREVMSVZFUllfU1RBVEVfUEVORElORxABEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBADEhcKE0RFTElWRVJZX1NUQVRFX0dPTkUQBDLJBAoOR2F0ZXdheVNlcnZpY2USQwoGU3VibWl0EhsuY29tZnlnYXRlLnYxLlN1Ym1pdFJlcXVlc3QaHC5jb21meWdhdGUudjEuU3VibWl0UmVzcG9uc2USTAoJR2V0U3RhdHVzEh4uY29tZnlnYXRlLnYxLkdldFN0YXR1c1JlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0U3RhdHVzUmVzcG9uc2USTAoJR2V0UmVzdWx0Eh4uY29tZnlnYXRlLnYxLkdldFJlc3VsdFJlcXVlc3QaHy5jb21meWdhdGUudjEuR2V0UmVzdWx0UmVzcG9uc2USQwoGQ2FuY2VsEhsuY29tZnlnYXRlLnYxLkNhbmNlbFJlcXVlc3QaHC5jb21meWdhdGUudjEuQ2FuY2VsUmVzcG9uc2USVwoMV2F0Y2hSZXF1ZXN0EiEuY29tZnlnYXRlLnYxLldhdGNoUmVxdWVzdFJlcXVlc3QaIi5jb21meWdhdGUudjEuV2F0Y2hSZXF1ZXN0UmVzcG9uc2UwARJbCg5MaXN0RGVsaXZlcmllcxIjLmNvbWZ5Z2F0ZS52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaJC5jb21meWdhdGUudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZRJbCg5SZWRlbGl2ZXJFdmVudBIjLmNvbWZ5Z2F0ZS52MS5SZWRlbGl2ZXJFdmVudFJlcXVlc3QaJC5jb21meWdhdGUudjEuUmVkZWxpdmVyRXZlbnRSZXNwb25zZUI9WjtnaXRodWIuY29tL2NvbWZ5Z2F0ZS9jb21meWdhdGUvZ2VuL2NvbWZ5Z2F0ZS92MTtjb21meWdhdGV2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chpjb21meWdhdGUvdjEvZ2F0ZXdheS5wcm90bxIMY29tZnlnYXRlLnYxIrEECgxSZXF1ZXN0U3RhdGUSEgoKcmVxdWVzdF9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEiQKBnN0YXR1cxgDIAEoDjIULmNvbWZ5Z2F0ZS52MS5TdGF0dXMSFwoPdXBzdHJlYW1fc3RhdHVzGAQgASgJEhsKDnF1ZXVlX3Bvc2l0aW9uGAUgASgFSACIAQESEwoLaW5zdGFuY2VfaWQYBiABKAkSKAoHb3V0cHV0cxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLb3V0cHV0X3VybHMYCCADKAkSKQoFZXJyb3IYCSABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdEVycm9yEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYDSABKAMSDQoFZXBvY2gYDiABKAMSLQoJc3luY2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgdzdG9yYWdlGBAgASgLMhsuY29tZnlnYXRlLnYxLk91dHB1dFN0b3JhZ2VCEQoPX3F1ZXVlX3Bvc2l0aW9uIogBCg1PdXRwdXRTdG9yYWdlEikKBXN0YXRlGAEgASgOMhouY29tZnlnYXRlLnYxLlN0b3JhZ2VTdGF0ZRIrCgdvYmplY3RzGAIgAygLMhouY29tZnlnYXRlLnYxLlN0b3JlZE91dHB1dBINCgVlcnJvchgDIAEoCRIQCghhdHRlbXB0cxgEIAEoBSKsAQoMU3RvcmVkT3V0cHV0EgwKBG5vZGUYASABKAkSDAoEZmlsZRgCIAEoCRILCgNrZXkYAyABKAkSDAoEc2l6ZRgEIAEoAxIUCgxjb250ZW50X3R5cGUYBSABKAkSDgoGc2hhMjU2GAYgASgJEgsKA3VybBgHIAEoCRIyCg51cmxfZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoMUmVmcmVzaEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIVCg11cHN0cmVhbV9jb2RlGAMgASgJIkQKDFJlcXVlc3RFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFQoNdXBzdHJlYW1fY29kZRgDIAEoCSJ7Cg1TdWJtaXRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKaW5wdXRfanNvbhgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoHd2ViaG9vaxgEIAEoCzIVLmNvbWZ5Z2F0ZS52MS5XZWJob29rIkIKB1dlYmhvb2sSCwoDdXJsGAEgASgJEioKBmV2ZW50cxgCIAMoDjIaLmNvbWZ5Z2F0ZS52MS5XZWJob29rRXZlbnQiPQoOU3VibWl0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUiPQoQR2V0U3RhdHVzUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0U3RhdHVzUmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiPQoQR2V0UmVzdWx0UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkicwoRR2V0UmVzdWx0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZXF1ZXN0U3RhdGUSMQoNcmVmcmVzaF9lcnJvchgCIAEoCzIaLmNvbWZ5Z2F0ZS52MS5SZWZyZXNoRXJyb3IiOgoNQ2FuY2VsUmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkihQEKDkNhbmNlbFJlc3BvbnNlEiwKB291dGNvbWUYASABKA4yGy5jb21meWdhdGUudjEuQ2FuY2VsT3V0Y29tZRIYChB1cHN0cmVhbV9vdXRjb21lGAIgASgJEisKB3JlcXVlc3QYAyABKAsyGi5jb21meWdhdGUudjEuUmVxdWVzdFN0YXRlImgKE1dhdGNoUmVxdWVzdFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoAxITCgthZnRlcl9lcG9jaBgEIAEoAyJDChRXYXRjaFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY29tZnlnYXRlLnYxLlJlcXVlc3RTdGF0ZSJCChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIksKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USMQoKZGVsaXZlcmllcxgBIAMoCzIdLmNvbWZ5Z2F0ZS52MS5XZWJob29rRGVsaXZlcnkivgIKD1dlYmhvb2tEZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEgsKA3NlcRgDIAEoAxINCgVlcG9jaBgEIAEoAxIQCghlbmRwb2ludBgFIAEoCRIqCgVzdGF0ZRgGIAEoDjIbLmNvbWZ5Z2F0ZS52MS5EZWxpdmVyeVN0YXRlEi8KCGF0dGVtcHRzGAcgAygLMh0uY29tZnlnYXRlLnYxLkRlbGl2ZXJ5QXR0ZW1wdBIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWF0dGVtcHRfY291bnQYCiABKAUiigEKD0RlbGl2ZXJ5QXR0ZW1wdBImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaHR0cF9zdGF0dXMYAiABKAUSDQoFZXJyb3IYAyABKAkSKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVAoVUmVkZWxpdmVyRXZlbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSJLChZSZWRlbGl2ZXJFdmVudFJlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5jb21meWdhdGUudjEuV2ViaG9va0RlbGl2ZXJ5IlYKDVVwbG9hZFJlcXVlc3QSLAoGaGVhZGVyGAEgASgLMhouY29tZnlnYXRlLnYxLlVwbG9hZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCIyCgxVcGxvYWRIZWFkZXISFAoMY29udGVudF90eXBlGAEgASgJEgwKBHNpemUYAiABKAMiNgoOVXBsb2FkUmVzcG9uc2USJAoGdXBsb2FkGAEgASgLMhQuY29tZnlnYXRlLnYxLlVwbG9hZCK7AQoGVXBsb2FkEgoKAmlkGAEgASgJEhEKCXJlZmVyZW5jZRgCIAEoCRIUCgxjb250ZW50X3R5cGUYAyABKAkSDAoEc2l6ZRgEIAEoAxIOCgZzaGEyNTYYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqmgEKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfUVVFVUVEEAESEgoOU1RBVFVTX1JVTk5JTkcQAhIUChBTVEFUVVNfU1VDQ0VFREVEEAMSEQoNU1RBVFVTX0ZBSUxFRBAEEhQKEFNUQVRVU19DQU5DRUxMRUQQBRISCg5TVEFUVVNfVU5LTk9XThAGKnwKDFN0b3JhZ2VTdGF0ZRIdChlTVE9SQUdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVU1RPUkFHRV9TVEFURV9QRU5ESU5HEAESGAoUU1RPUkFHRV9TVEFURV9TVE9SRUQQAhIYChRTVE9SQUdFX1NUQVRFX0ZBSUxFRBADKpgBCgxXZWJob29rRXZlbnQSHQoZV0VCSE9PS19FVkVOVF9VTlNQRUNJRklFRBAAEhgKFFdFQkhPT0tfRVZFTlRfUVVFVUVEEAESGQoVV0VCSE9PS19FVkVOVF9SVU5OSU5HEAISGAoUV0VCSE9PS19FVkVOVF9PVVRQVVQQAxIaChZXRUJIT09LX0VWRU5UX1RFUk1JTkFMEAQqqwEKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIcChhDQU5DRUxfT1VUQ09NRV9SRVFVRVNURUQQAhIiCh5DQU5DRUxfT1VUQ09NRV9OT1RfQ0FOQ0VMTEFCTEUQAxIaChZDQU5DRUxfT1VUQ09NRV9VTktOT1dOEAQqnQEKDURlbGl2ZXJ5U3RhdGUSHgoaREVMSVZFUllfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZERUxJVkVSWV9TVEFURV9QRU5ESU5HEAESHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAISGQoVREVMSVZFUllfU1RBVEVfRkFJTEVEEAMSFwoTREVMSVZFUllfU1RBVEVfR09ORRAEMpAFCg5HYXRld2F5U2VydmljZRJDCgZTdWJtaXQSGy5jb21meWdhdGUudjEuU3VibWl0UmVxdWVzdBocLmNvbWZ5Z2F0ZS52MS5TdWJtaXRSZXNwb25zZRJMCglHZXRTdGF0dXMSHi5jb21meWdhdGUudjEuR2V0U3RhdHVzUmVxdWVzdBofLmNvbWZ5Z2F0ZS52MS5HZXRTdGF0dXNSZXNwb25zZRJMCglHZXRSZXN1bHQSHi5jb21meWdhdGUudjEuR2V0UmVzdWx0UmVxdWVzdBofLmNvbWZ5Z2F0ZS52MS5HZXRSZXN1bHRSZXNwb25zZRJDCgZDYW5jZWwSGy5jb21meWdhdGUudjEuQ2FuY2VsUmVxdWVzdBocLmNvbWZ5Z2F0ZS52MS5DYW5jZWxSZXNwb25zZRJXCgxXYXRjaFJlcXVlc3QSIS5jb21meWdhdGUudjEuV2F0Y2hSZXF1ZXN0UmVxdWVzdBoiLmNvbWZ5Z2F0ZS52MS5XYXRjaFJlcXVlc3RSZXNwb25zZTABElsKDkxpc3REZWxpdmVyaWVzEiMuY29tZnlnYXRlLnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBokLmNvbWZ5Z2F0ZS52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlElsKDlJlZGVsaXZlckV2ZW50EiMuY29tZnlnYXRlLnYxLlJlZGVsaXZlckV2ZW50UmVxdWVzdBokLmNvbWZ5Z2F0ZS52MS5SZWRlbGl2ZXJFdmVudFJlc3BvbnNlEkUKBlVwbG9hZBIbLmNvbWZ5Z2F0ZS52MS5VcGxvYWRSZXF1ZXN0GhwuY29tZnlnYXRlLnYxLlVwbG9hZFJlc3BvbnNlKAFCPVo7Z2l0aHViLmNvbS9jb21meWdhdGUvY29tZnlnYXRlL2dlbi9jb21meWdhdGUvdjE7Y29tZnlnYXRldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * RequestState is everything known about one request.
@@ -924,6 +924,151 @@ export const RedeliverEventResponseSchema: GenMessage<RedeliverEventResponse> = 
   messageDesc(file_comfygate_v1_gateway, 21);
 
 /**
+ * UploadRequest is one message of an upload: the header first, then chunks.
+ *
+ * @generated from message comfygate.v1.UploadRequest
+ */
+export type UploadRequest = Message<"comfygate.v1.UploadRequest"> & {
+  /**
+   * @generated from oneof comfygate.v1.UploadRequest.part
+   */
+  part: {
+    /**
+     * The first message, and only the first.
+     *
+     * @generated from field: comfygate.v1.UploadHeader header = 1;
+     */
+    value: UploadHeader;
+    case: "header";
+  } | {
+    /**
+     * The file's next bytes; any size up to the message limit (a few hundred
+     * KiB to a MiB each is a good size).
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message comfygate.v1.UploadRequest.
+ * Use `create(UploadRequestSchema)` to create a new message.
+ */
+export const UploadRequestSchema: GenMessage<UploadRequest> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 22);
+
+/**
+ * UploadHeader describes the file that follows.
+ *
+ * @generated from message comfygate.v1.UploadHeader
+ */
+export type UploadHeader = Message<"comfygate.v1.UploadHeader"> & {
+  /**
+   * The file's media type, such as "image/png". It must be one the gateway
+   * takes (--upload-types; images, videos and audio by default), and the
+   * file's first bytes must agree with it.
+   *
+   * @generated from field: string content_type = 1;
+   */
+  contentType: string;
+
+  /**
+   * The file's size in bytes when known: a larger upload is refused before
+   * its bytes are sent, and one that ends at another size fails. 0 is
+   * unknown.
+   *
+   * @generated from field: int64 size = 2;
+   */
+  size: bigint;
+};
+
+/**
+ * Describes the message comfygate.v1.UploadHeader.
+ * Use `create(UploadHeaderSchema)` to create a new message.
+ */
+export const UploadHeaderSchema: GenMessage<UploadHeader> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 23);
+
+/**
+ * UploadResponse is the stored upload.
+ *
+ * @generated from message comfygate.v1.UploadResponse
+ */
+export type UploadResponse = Message<"comfygate.v1.UploadResponse"> & {
+  /**
+   * @generated from field: comfygate.v1.Upload upload = 1;
+   */
+  upload?: Upload | undefined;
+};
+
+/**
+ * Describes the message comfygate.v1.UploadResponse.
+ * Use `create(UploadResponseSchema)` to create a new message.
+ */
+export const UploadResponseSchema: GenMessage<UploadResponse> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 24);
+
+/**
+ * Upload is a file stored for the tenant's jobs.
+ *
+ * @generated from message comfygate.v1.Upload
+ */
+export type Upload = Message<"comfygate.v1.Upload"> & {
+  /**
+   * The upload's id: "up_" and 26 letters and digits.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * What a submit's input names it by: "comfygate://uploads/<id>".
+   *
+   * @generated from field: string reference = 2;
+   */
+  reference: string;
+
+  /**
+   * @generated from field: string content_type = 3;
+   */
+  contentType: string;
+
+  /**
+   * @generated from field: int64 size = 4;
+   */
+  size: bigint;
+
+  /**
+   * Hex SHA-256 of the stored bytes.
+   *
+   * @generated from field: string sha256 = 5;
+   */
+  sha256: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * After this a reference to it is refused and the file is deleted
+   * (--upload-lifetime after its creation).
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message comfygate.v1.Upload.
+ * Use `create(UploadSchema)` to create a new message.
+ */
+export const UploadSchema: GenMessage<Upload> = /*@__PURE__*/
+  messageDesc(file_comfygate_v1_gateway, 25);
+
+/**
  * Status is the normalised lifecycle state of a request. The order is the
  * lifecycle order; the three terminal states are final.
  *
@@ -1295,6 +1440,32 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof RedeliverEventRequestSchema;
     output: typeof RedeliverEventResponseSchema;
+  },
+  /**
+   * Upload stores a file in the gateway's object storage (--storage-url) for
+   * the caller's jobs to take as an input: the first message is the header,
+   * the others the file's bytes in order, then the client closes its side.
+   * The answer's reference ("comfygate://uploads/<id>") may then stand as a
+   * string value anywhere in a submit's input; the gateway replaces it with a
+   * URL RunComfy can fetch (or a data: URI for a small file). Only the
+   * uploader's tenant can refer to it, until it expires. Over REST: POST the
+   * file as the body to /v1/uploads with its Content-Type.
+   *
+   * Errors: INVALID_ARGUMENT for a content type the gateway does not take or
+   * bytes that are not of the declared type (ErrorInfo reason
+   * UNSUPPORTED_MEDIA_TYPE; REST 415), for a file past the size limit
+   * (--upload-max-bytes, default 100 MiB; reason BODY_TOO_LARGE, REST 413),
+   * for an empty file or one whose size is not the declared one;
+   * RESOURCE_EXHAUSTED when the tenant has too many uploads in progress;
+   * FAILED_PRECONDITION when the gateway has no object storage; UNAVAILABLE
+   * when the store could not take the file.
+   *
+   * @generated from rpc comfygate.v1.GatewayService.Upload
+   */
+  upload: {
+    methodKind: "client_streaming";
+    input: typeof UploadRequestSchema;
+    output: typeof UploadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_comfygate_v1_gateway, 0);
