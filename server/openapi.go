@@ -17,7 +17,8 @@ import (
 // generator cannot write, added here:
 //   - the Submit body as the REST route takes it (submitBodySchema);
 //   - the API key as optional (openAPISecurity);
-//   - the events route (eventsOperation);
+//   - the events route (eventsOperation) and the uploads route
+//     (uploadsOperation);
 //   - the build's version.
 //
 // Every path the generator writes is served unchanged, so the routes of the
@@ -113,6 +114,51 @@ const eventsOperation = `{
   }
 }`
 
+// uploadsOperation describes uploadsRoute, plain HTTP beside the gateway
+// like the events route. The Upload RPC has no REST rule (a client stream
+// has no REST form), so the generator writes none of its messages: the
+// answer's schema is written here, from UploadResponse.
+const uploadsOperation = `{
+  "post": {
+    "summary": "Upload stores a file for the tenant's jobs to take as an input.",
+    "description": "The body is the file, with its media type as Content-Type (image/*, video/* and audio/* unless the operator set --upload-types); or a multipart/form-data form whose first file part is taken, with the type its part declares (curl -F file=@photo.png). The file's first bytes must agree with the type: an HTML page sent as image/png is refused. The answer's reference, \"comfygate://uploads/<id>\", may stand as a string value anywhere in a submit's body; the gateway replaces it with a presigned URL of the file (or a data: URI for a file of at most --upload-inline-max-bytes) before calling RunComfy. Only the uploader's tenant can refer to it, until expires_at (--upload-lifetime after its creation); then it is refused and deleted. Needs the gateway's object storage (--storage-url).",
+    "operationId": "GatewayService_UploadFile",
+    "consumes": ["image/png", "image/jpeg", "image/webp", "video/mp4", "audio/wav", "multipart/form-data"],
+    "produces": ["application/json"],
+    "parameters": [
+      {"name": "body", "in": "body", "required": true, "description": "The file's bytes, at most --upload-max-bytes (100 MiB by default).", "schema": {"type": "string", "format": "binary"}}
+    ],
+    "responses": {
+      "201": {"description": "The stored upload.", "schema": {
+        "type": "object",
+        "properties": {
+          "upload": {
+            "type": "object",
+            "properties": {
+              "id": {"type": "string", "description": "\"up_\" and 26 letters and digits."},
+              "reference": {"type": "string", "description": "What a submit's input names it by: \"comfygate://uploads/<id>\"."},
+              "content_type": {"type": "string"},
+              "size": {"type": "string", "format": "int64"},
+              "sha256": {"type": "string", "description": "Hex SHA-256 of the stored bytes."},
+              "created_at": {"type": "string", "format": "date-time"},
+              "expires_at": {"type": "string", "format": "date-time", "description": "After this a reference to the upload is refused and the file deleted."}
+            }
+          }
+        }
+      }},
+      "400": {"description": "INVALID_ARGUMENT: the file is empty, a form holds no file or does not parse, or the body did not arrive within --upload-timeout. Or FAILED_PRECONDITION: the gateway has no object storage (--storage-url).", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "401": {"description": "UNAUTHENTICATED: the gateway requires API keys and the call carries none, an unknown one, or more than one.", "schema": {"$ref": "#/definitions/googleRpcStatus"}, "headers": {"Www-Authenticate": {"type": "string", "description": "Bearer realm=\"comfygate\""}}},
+      "403": {"description": "PERMISSION_DENIED: a browser page of an origin the gateway's --cors-origins does not allow.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "413": {"description": "INVALID_ARGUMENT: the file is larger than --upload-max-bytes (ErrorInfo reason BODY_TOO_LARGE, domain comfygate); a Content-Length over it is refused before the body is read.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "415": {"description": "INVALID_ARGUMENT: the Content-Type is missing or not one the gateway takes, or the file's bytes are of another kind (ErrorInfo reason UNSUPPORTED_MEDIA_TYPE, domain comfygate).", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "429": {"description": "RESOURCE_EXHAUSTED: the tenant has as many uploads in progress as it may.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "503": {"description": "UNAVAILABLE: the object store could not take the file, or the gateway holds as many request bodies as it may (Retry-After). Safe to retry.", "schema": {"$ref": "#/definitions/googleRpcStatus"}},
+      "default": {"description": "An unexpected error response.", "schema": {"$ref": "#/definitions/googleRpcStatus"}}
+    },
+    "tags": ["GatewayService"]
+  }
+}`
+
 // openAPIDocument is the generated OpenAPI document (comfygate.OpenAPI) with
 // what the generator cannot write added (see above) and the build's version
 // in its info. A generated document that lacks what these additions replace
@@ -155,6 +201,10 @@ func openAPIDocument(generated []byte, version string) ([]byte, error) {
 			return errors.New("the generated OpenAPI document already has " + path)
 		}
 		paths[path] = json.RawMessage(eventsOperation)
+		if _, ok := paths[uploadsPath]; ok {
+			return errors.New("the generated OpenAPI document already has " + uploadsPath)
+		}
+		paths[uploadsPath] = json.RawMessage(uploadsOperation)
 		return nil
 	}); err != nil {
 		return nil, err

@@ -166,6 +166,7 @@ var documentedErrors = map[string][]int{
 	"GET /v1/deployments/{deployment_id}/requests/{request_id}/events":                           {400, 401, 404, 413, 429, 500, 503, 504},
 	"GET /v1/deployments/{deployment_id}/requests/{request_id}/deliveries":                       {400, 401, 404, 413, 429, 500, 503},
 	"POST /v1/deployments/{deployment_id}/requests/{request_id}/deliveries/{event_id}:redeliver": {400, 401, 404, 413, 429, 500, 503},
+	"POST /v1/uploads": {400, 401, 403, 413, 415, 429, 503},
 }
 
 // TestOpenAPIDescribesTheRESTAPI: the served document names the gateway,
@@ -471,6 +472,10 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		{"RunComfy knows no such thing", runcomfysim.FaultError{HTTPStatus: 404, ErrorCode: 404001}, 404},
 	}
 
+	// The uploads route needs object storage, which these gateways lack:
+	// internal/app's TestUploadsRefused checks its answers against the
+	// document, on a gateway with an S3 server.
+	routes = slices.DeleteFunc(routes, func(r documentedRoute) bool { return r.path == "/v1/uploads" })
 	for _, r := range routes {
 		t.Run(r.String(), func(t *testing.T) {
 			// Path parameters a route does not document are not sent.

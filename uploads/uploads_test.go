@@ -301,3 +301,62 @@ func TestNewRefusesBadTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestPerTenantBound: a tenant with PerTenant uploads in progress is
+// refused another (ErrBusy) while other tenants are not; once one ends,
+// the tenant may upload again.
+func TestPerTenantBound(t *testing.T) {
+	f := newFixture(t)
+	u := f.uploads(t, uploads.Config{PerTenant: 1})
+	ctx := t.Context()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := u.Put(ctx, "acme", "image/png", -1, pr)
+		done <- err
+	}()
+	// The first bytes arrive: the upload is in progress.
+	if _, err := pw.Write(pngBytes(600)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.Put(ctx, "acme", "image/png", -1, bytes.NewReader(pngBytes(100))); !errors.Is(err, uploads.ErrBusy) {
+		t.Errorf("a second upload of the tenant: %v, want ErrBusy", err)
+	}
+	if _, err := u.Put(ctx, "other", "image/png", -1, bytes.NewReader(pngBytes(100))); err != nil {
+		t.Errorf("another tenant's upload: %v", err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.Put(ctx, "acme", "image/png", -1, bytes.NewReader(pngBytes(100))); err != nil {
+		t.Errorf("after the first ended: %v", err)
+	}
+}
+
+// TestKeylessTenant: a gateway without API keys has one tenant, "": its
+// uploads are stored and resolve like any other's.
+func TestKeylessTenant(t *testing.T) {
+	f := newFixture(t)
+	u := f.uploads(t, uploads.Config{})
+	ctx := t.Context()
+	data := pngBytes(2000)
+	up, err := u.Put(ctx, "", "image/png", -1, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := u.Resolve(ctx, "", `"`+up.Reference()+`"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var url string
+	if err := json.Unmarshal([]byte(out), &url); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(fetch(t, url), data) {
+		t.Error("the URL does not fetch the upload")
+	}
+	if _, err := u.Resolve(ctx, "acme", `"`+up.Reference()+`"`); !errors.Is(err, uploads.ErrNotFound) {
+		t.Errorf("a keyed tenant resolving the keyless upload: %v", err)
+	}
+}

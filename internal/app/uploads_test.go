@@ -13,6 +13,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -260,6 +261,10 @@ func TestUploadsRefused(t *testing.T) {
 	g := startUploads(t)
 	over := png(g.maxBytes+1, 4)
 	html := []byte("<!DOCTYPE html><html><body>not an image</body></html>")
+	documented := uploadStatuses(t, g.http)
+	if !documented["201"] {
+		t.Errorf("the OpenAPI document does not document 201 for POST /v1/uploads: %v", documented)
+	}
 	for _, tc := range []struct {
 		name, key, ctype string
 		body             io.Reader
@@ -279,6 +284,9 @@ func TestUploadsRefused(t *testing.T) {
 			code, body := g.post(t, "/v1/uploads", tc.key, tc.ctype, tc.body)
 			if code != tc.code || !strings.Contains(string(body), tc.msg) {
 				t.Errorf("POST /v1/uploads: %d %s; want %d with %q", code, body, tc.code, tc.msg)
+			}
+			if !documented[strconv.Itoa(code)] {
+				t.Errorf("POST /v1/uploads answered %d, which the OpenAPI document does not document", code)
 			}
 		})
 	}
@@ -327,6 +335,32 @@ func TestUploadsRefused(t *testing.T) {
 	}
 }
 
+// uploadStatuses are the statuses the served OpenAPI document gives POST
+// /v1/uploads.
+func uploadStatuses(t *testing.T, base string) map[string]bool {
+	t.Helper()
+	resp, err := http.Get(base + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		Paths map[string]struct {
+			Post struct {
+				Responses map[string]json.RawMessage `json:"responses"`
+			} `json:"post"`
+		} `json:"paths"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for code := range doc.Paths["/v1/uploads"].Post.Responses {
+		out[code] = true
+	}
+	return out
+}
+
 func hasReason(st *status.Status, reason string) bool {
 	for _, d := range st.Details() {
 		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetReason() == reason {
@@ -365,8 +399,9 @@ func TestUploadsNeedStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusPreconditionFailed {
-		t.Errorf("POST /v1/uploads: %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "--storage-url") {
+		t.Errorf("POST /v1/uploads: %d %s", resp.StatusCode, body)
 	}
 }
