@@ -1,4 +1,4 @@
-// Package cli is the client commands: `comfygate submit|status|result|cancel|watch`
+// Package cli is the client commands: `comfygate submit|status|result|cancel|watch|upload`
 // call a running gateway over gRPC, for people at a shell and for scripts. They
 // live in the server's binary so that whoever can run the gateway can also try
 // it, with nothing else to install.
@@ -74,6 +74,7 @@ func Commands() []Command {
 		{"result", "print a request's outputs, or its error"},
 		{"cancel", "cancel a request"},
 		{"watch", "follow a request to its end, resuming across gateway restarts"},
+		{"upload", "store a file for inputs to refer to, and print its reference"},
 	}
 }
 
@@ -127,6 +128,9 @@ type cliOptions struct {
 	input          string // submit: a file name, or "-" for standard input
 	idempotencyKey string // submit
 	watch          bool   // submit
+
+	file      string // upload
+	mediaType string // upload
 }
 
 // commandHelp is the synopsis and description of each command.
@@ -148,6 +152,13 @@ func commandHelp(command string) (synopsis, about string) {
 			"Asks RunComfy to cancel the request and prints the outcome and the state read\n" +
 				"back (with --json, the state alone: its status says whether the cancel took).\n" +
 				"A running request stops asynchronously: watch it to see it end."
+	case "upload":
+		return "upload [flags] FILE",
+			"Stores FILE (an image, video or audio file) in the gateway's object storage\n" +
+				"and prints its reference, comfygate://uploads/<id>. Put the reference in a\n" +
+				"submit's input wherever a URL of the file would go: the gateway hands RunComfy\n" +
+				"a URL of the file instead. The media type is guessed from the file's name and\n" +
+				"its first bytes, or given with --type."
 	default:
 		return "watch [flags] REQUEST_ID",
 			"Follows the request until it finishes: a live status line on a terminal, one\n" +
@@ -182,6 +193,9 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		fs.StringVar(&o.idempotencyKey, "idempotency-key", "", "a `key` that makes a retried submit return the first request instead of starting another")
 		fs.BoolVar(&o.watch, "watch", false, "follow the request to its end, as watch does (then --timeout defaults to 0)")
 	}
+	if o.command == "upload" {
+		fs.StringVar(&o.mediaType, "type", "", "the file's media `type` (image/png, ...); empty guesses it from the name and the first bytes")
+	}
 
 	var errs []error
 	if err := flagenv.SetFromEnv(fs, envOf, getenv); err != nil {
@@ -202,16 +216,25 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	}
 
 	switch {
+	case o.command == "upload":
+		// An upload belongs to the tenant, not to a deployment.
+		if len(pos) != 1 {
+			errs = append(errs, fmt.Errorf("want one FILE, got %d arguments", len(pos)))
+		} else {
+			o.file = pos[0]
+		}
 	case o.deployment == "":
 		errs = append(errs, fmt.Errorf("no deployment: give --deployment or set %s", DeploymentEnv))
 	case !runcomfy.ValidID(o.deployment):
 		errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
 	}
-	if o.command == "submit" {
+	switch o.command {
+	case "upload":
+	case "submit":
 		if len(pos) > 0 {
 			errs = append(errs, fmt.Errorf("unexpected arguments %q: give the input with --input FILE", pos))
 		}
-	} else {
+	default:
 		switch {
 		case len(pos) != 1:
 			errs = append(errs, fmt.Errorf("want one REQUEST_ID, got %d arguments", len(pos)))
@@ -296,7 +319,7 @@ func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envOf flagenv.
 	fmt.Fprintf(w, "Usage: comfygate %s\n\n%s\n\nFlags:\n", synopsis, about)
 	flagenv.PrintFlags(w, fs, envOf)
 	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", APIKeyEnv)
-	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch; `comfygate COMMAND --help` for each.\n")
+	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch, upload; `comfygate COMMAND --help` for each.\n")
 	fmt.Fprintf(w, "Exit codes: 0 done; 1 the request failed and 2 it was cancelled (watch, submit --watch);\n"+
 		"3 the gateway was unreachable, refused the call or timed out; 4 bad usage or input; 130 interrupted.\n")
 }
@@ -311,11 +334,20 @@ func Run(ctx context.Context, args []string, getenv func(string) string, sio Std
 	if err != nil {
 		return usageFailure(sio.err, args[0], err)
 	}
-	var input []byte
-	if o.command == "submit" {
+	var (
+		input []byte
+		file  *upload
+	)
+	switch o.command {
+	case "submit":
 		if input, err = readInput(o.input, sio); err != nil {
 			return usageFailure(sio.err, o.command, err)
 		}
+	case "upload":
+		if file, err = openUpload(o.file, o.mediaType); err != nil {
+			return usageFailure(sio.err, o.command, err)
+		}
+		defer file.Close()
 	}
 	conn, err := dial(o)
 	if err != nil {
@@ -332,7 +364,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, sio Std
 	if o.apiKey != "" {
 		callCtx = metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer "+o.apiKey)
 	}
-	c := &cli{opts: o, client: comfygatev1.NewGatewayServiceClient(conn), out: &errWriter{w: sio.out}, stderr: sio.err, tty: sio.outTTY}
+	c := &cli{opts: o, client: comfygatev1.NewGatewayServiceClient(conn), out: &errWriter{w: sio.out}, stderr: sio.err, tty: sio.outTTY, file: file}
 	code, err := c.run(callCtx, input)
 	if err == nil {
 		err = c.out.err
@@ -480,7 +512,8 @@ type cli struct {
 	client comfygatev1.GatewayServiceClient
 	out    *errWriter
 	stderr io.Writer
-	tty    bool // stdout is a terminal
+	tty    bool    // stdout is a terminal
+	file   *upload // upload
 }
 
 // run makes the command's calls and prints their answers. The exit code it
@@ -510,6 +543,16 @@ func (c *cli) run(ctx context.Context, input []byte) (int, error) {
 		c.print(resp.GetRequest(), cancelText(resp))
 	case "watch":
 		return c.watch(ctx, id, nil)
+	case "upload":
+		up, err := c.upload(ctx)
+		if err != nil {
+			return ExitError, err
+		}
+		if c.opts.json {
+			writeJSON(c.out, up)
+		} else {
+			fmt.Fprintln(c.out, up.GetReference())
+		}
 	}
 	return ExitOK, nil
 }

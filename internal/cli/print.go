@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -20,7 +21,7 @@ import (
 // writeJSON writes the state as one line of JSON, in the REST API's encoding
 // (proto field names, every field present) so that a script reads the same
 // shape from both. protojson's compact form never holds a newline.
-func writeJSON(w *errWriter, st *comfygatev1.RequestState) {
+func writeJSON(w *errWriter, st proto.Message) {
 	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
 	if err != nil {
 		// A state that cannot be encoded is a bug; say so rather than print

@@ -39,6 +39,9 @@ type Setup struct {
 	GRPCAddr, HTTPAddr string      // "" picks free ports
 	Args               []string    // more flags
 	ProbeTLS           *tls.Config // set when the gateway serves TLS
+	// Getenv answers the environment variables but the token (an object
+	// store's credentials); nil answers none.
+	Getenv func(string) string
 }
 
 // Start starts a gateway on s.Upstream and waits until /readyz says ready.
@@ -65,6 +68,9 @@ func Start(t *testing.T, s Setup) *Gateway {
 	cfg, err := app.ParseConfig(args, func(k string) string {
 		if k == app.TokenEnv {
 			return s.Token
+		}
+		if s.Getenv != nil {
+			return s.Getenv(k)
 		}
 		return ""
 	}, g.Logs)
