@@ -223,6 +223,16 @@ func (s *Store) Presign(ctx context.Context, key string, lifetime time.Duration)
 	if s.cfg.PublicBase != nil {
 		return s.publicURL(key), nil
 	}
+	return s.Sign(ctx, key, lifetime)
+}
+
+// Sign returns a presigned GET URL of the object on the store's own
+// endpoint, for lifetime (1s to 7 days), even with a public base: for
+// objects that must not be public. No request is made.
+func (s *Store) Sign(ctx context.Context, key string, lifetime time.Duration) (string, error) {
+	if err := s.checkKey(key); err != nil {
+		return "", err
+	}
 	if lifetime < time.Second || lifetime > maxPresign {
 		return "", fmt.Errorf("storage: presign %s: lifetime %v outside 1s..%v", key, lifetime, maxPresign)
 	}

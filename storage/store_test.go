@@ -430,6 +430,11 @@ func TestPresignPublicBase(t *testing.T) {
 	if _, err := st.Presign(context.Background(), "team/other/x", time.Hour); err == nil {
 		t.Error("Presign of a key outside the prefix succeeded")
 	}
+	// Sign ignores the public base: a signed URL on the store's endpoint.
+	signed, err := st.Sign(context.Background(), st.Key("req1", "out.png"), time.Hour)
+	if err != nil || !strings.HasPrefix(signed, "http://127.0.0.1:1/bucket/team/outputs/req1/out.png?") || !strings.Contains(signed, "X-Amz-Signature=") {
+		t.Errorf("Sign = %s, %v; want a presigned URL on the endpoint", signed, err)
+	}
 }
 
 // TestKey: parts become single, safe, distinct segments under the prefix.

@@ -75,7 +75,7 @@ func (u *Uploads) resolve(ctx context.Context, tenant, ref string) (string, erro
 	if !validID(id) {
 		return "", fmt.Errorf("%w: %q (want %sup_ and 26 letters and digits)", ErrBadReference, truncate(ref), Scheme)
 	}
-	key := u.cfg.Store.Key(dir, tenant, id)
+	key := u.key(tenant, id)
 	obj, err := u.cfg.Store.Stat(ctx, key)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
@@ -91,7 +91,9 @@ func (u *Uploads) resolve(ctx context.Context, tenant, ref string) (string, erro
 	if obj.Size <= u.cfg.InlineMaxBytes {
 		return u.inline(ctx, tenant, id, key)
 	}
-	url, err := u.cfg.Store.Presign(ctx, key, min(left, 7*24*time.Hour))
+	// Signed on the store's endpoint even when outputs are served under a
+	// public base: an upload is the tenant's, not the public's.
+	url, err := u.cfg.Store.Sign(ctx, key, min(left, 7*24*time.Hour))
 	if err != nil {
 		u.cfg.Logger.WarnContext(ctx, "an upload's URL could not be signed", "tenant", tenant, "upload", id, "error", err)
 		return "", ErrStore

@@ -96,7 +96,7 @@ type Store interface {
 	Put(ctx context.Context, key string, r io.Reader, size int64, contentType string, maxBytes int64) (storage.Object, error)
 	Stat(ctx context.Context, key string) (storage.Object, error)
 	Get(ctx context.Context, key string) (io.ReadCloser, storage.Object, error)
-	Presign(ctx context.Context, key string, lifetime time.Duration) (string, error)
+	Sign(ctx context.Context, key string, lifetime time.Duration) (string, error)
 	DeleteOlderThan(ctx context.Context, dir string, before time.Time) (int, error)
 }
 
@@ -227,7 +227,7 @@ func (u *Uploads) Put(ctx context.Context, tenant, contentType string, size int6
 	if err != nil {
 		return Upload{}, err
 	}
-	key := u.cfg.Store.Key(dir, tenant, id)
+	key := u.key(tenant, id)
 	obj, err := u.cfg.Store.Put(ctx, key, io.MultiReader(bytes.NewReader(head[:n]), src), size, ct, u.cfg.MaxBytes)
 	switch {
 	case src.err != nil:
@@ -246,6 +246,15 @@ func (u *Uploads) Put(ctx context.Context, tenant, contentType string, size int6
 	}
 	now := u.cfg.Now()
 	return Upload{ID: id, ContentType: ct, Size: obj.Size, SHA256: obj.SHA256, CreatedAt: now, ExpiresAt: now.Add(u.cfg.Lifetime)}, nil
+}
+
+// key is the object key of tenant's upload id. A gateway without API keys
+// has one tenant, "", whose directory is "_" as for its outputs.
+func (u *Uploads) key(tenant, id string) string {
+	if tenant == "" {
+		tenant = "_"
+	}
+	return u.cfg.Store.Key(dir, tenant, id)
 }
 
 // enter counts an upload of tenant's in progress, or refuses one past the

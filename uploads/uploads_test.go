@@ -356,6 +356,9 @@ func TestKeylessTenant(t *testing.T) {
 	if !bytes.Equal(fetch(t, url), data) {
 		t.Error("the URL does not fetch the upload")
 	}
+	if _, err := f.store.Stat(ctx, f.store.Key(".uploads", "_", up.ID)); err != nil {
+		t.Errorf("the keyless upload is not under .uploads/_/: %v", err)
+	}
 	if _, err := u.Resolve(ctx, "acme", `"`+up.Reference()+`"`); !errors.Is(err, uploads.ErrNotFound) {
 		t.Errorf("a keyed tenant resolving the keyless upload: %v", err)
 	}
