@@ -33,7 +33,7 @@ func Refers(input string) bool {
 	if !HasReferences(input) {
 		return false
 	}
-	_, err := rewrite([]byte(input), func(string) (string, error) { return "", errFound })
+	_, err := rewrite(input, func(string) (string, error) { return "", errFound })
 	return errors.Is(err, errFound)
 }
 
@@ -49,7 +49,7 @@ func (u *Uploads) Resolve(ctx context.Context, tenant, input string) (string, er
 		return input, nil
 	}
 	done := map[string]string{}
-	out, err := rewrite([]byte(input), func(ref string) (string, error) {
+	out, err := rewrite(input, func(ref string) (string, error) {
 		if v, ok := done[ref]; ok {
 			return v, nil
 		}
@@ -66,7 +66,7 @@ func (u *Uploads) Resolve(ctx context.Context, tenant, input string) (string, er
 	if err != nil {
 		return "", err
 	}
-	return string(out), nil
+	return out, nil
 }
 
 // resolve is what one reference stands for.
@@ -122,63 +122,77 @@ func (u *Uploads) inline(ctx context.Context, tenant, id, key string) (string, e
 
 // rewrite returns input with each string value (not object key) that decodes
 // to a text beginning with Scheme replaced by the JSON string of
-// replace(text). The bytes between replacements are copied as they are. It
-// expects valid JSON; on anything else it copies what it does not
-// understand.
-func rewrite(input []byte, replace func(ref string) (string, error)) ([]byte, error) {
-	var out []byte
+// replace(text). The bytes between replacements are copied as they are; an
+// input without any is returned as it is, uncopied. It expects valid JSON;
+// on anything else it copies what it does not understand.
+func rewrite(input string, replace func(ref string) (string, error)) (string, error) {
+	var out *strings.Builder
 	last := 0 // input[:last] is in out
 	for i := 0; i < len(input); i++ {
-		if input[i] != '"' {
-			continue
+		// Between strings there is no quote to skip: jump to the next.
+		k := strings.IndexByte(input[i:], '"')
+		if k < 0 {
+			break
 		}
+		i += k
 		end := stringEnd(input, i)
 		if end < 0 {
 			break
 		}
 		raw := input[i:end]
 		i = end - 1
-		if !bytes.Contains(raw, []byte(marker)) || isKey(input, end) {
+		if !strings.Contains(raw, marker) || isKey(input, end) {
 			continue
 		}
 		var text string
-		if json.Unmarshal(raw, &text) != nil || !strings.HasPrefix(text, Scheme) {
+		if json.Unmarshal([]byte(raw), &text) != nil || !strings.HasPrefix(text, Scheme) {
 			continue
 		}
 		v, err := replace(text)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		if out == nil {
-			out = make([]byte, 0, len(input)+len(v))
+			out = &strings.Builder{}
+			out.Grow(len(input) + len(v))
 		}
-		out = append(out, input[last:end-len(raw)]...)
-		out = appendString(out, v)
+		out.WriteString(input[last : end-len(raw)])
+		writeString(out, v)
 		last = end
 	}
 	if out == nil {
 		return input, nil
 	}
-	return append(out, input[last:]...), nil
+	out.WriteString(input[last:])
+	return out.String(), nil
 }
 
 // stringEnd is the index just past the JSON string that opens at
 // input[start], or -1 when it does not close.
-func stringEnd(input []byte, start int) int {
-	for j := start + 1; j < len(input); j++ {
-		switch input[j] {
-		case '\\':
-			j++
-		case '"':
+func stringEnd(input string, start int) int {
+	for j := start + 1; j < len(input); {
+		k := strings.IndexByte(input[j:], '"')
+		if k < 0 {
+			return -1
+		}
+		j += k
+		// The quote closes the string unless an odd run of backslashes
+		// escapes it.
+		n := 0
+		for b := j - 1; b > start && input[b] == '\\'; b-- {
+			n++
+		}
+		if n%2 == 0 {
 			return j + 1
 		}
+		j++
 	}
 	return -1
 }
 
 // isKey reports whether the string ending at input[end] is an object key:
 // the next thing after it is a colon.
-func isKey(input []byte, end int) bool {
+func isKey(input string, end int) bool {
 	for ; end < len(input); end++ {
 		switch input[end] {
 		case ' ', '\t', '\r', '\n':
@@ -191,14 +205,14 @@ func isKey(input []byte, end int) bool {
 	return false
 }
 
-// appendString appends s as a JSON string, with &, < and > as they are (a
+// writeString writes s as a JSON string, with &, < and > as they are (a
 // URL's query is read by RunComfy, not by a browser).
-func appendString(dst []byte, s string) []byte {
+func writeString(dst *strings.Builder, s string) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(s) // a string always encodes
-	return append(dst, bytes.TrimSuffix(b.Bytes(), []byte("\n"))...)
+	dst.Write(bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }
 
 // Sweep deletes the uploads older than their lifetime and returns how many;
