@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -21,6 +22,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/s3test"
+	"github.com/comfygate/comfygate/storage"
 )
 
 // TestOutputsCopiedToTheStore: a gateway with --storage-url (a real S3
@@ -229,4 +231,58 @@ func fetch(t *testing.T, url string) []byte {
 		t.Fatalf("GET %s: HTTP %d, %v", url, resp.StatusCode, err)
 	}
 	return b
+}
+
+// TestRetentionSweepsAtStart: on a store without lifecycle rules (the test
+// server has none), a gateway with --storage-retention deletes, as it
+// starts and hourly after, the objects older than the retention, and the
+// uploads older than --upload-lifetime; younger ones stay.
+func TestRetentionSweepsAtStart(t *testing.T) {
+	s3 := s3test.Start(t)
+	scfg, err := storage.ParseURL(s3.URL("outputs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg.Getenv = s3.Getenv
+	st, err := storage.New(t.Context(), scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	put := func(age time.Duration, parts ...string) string {
+		key := st.Key(parts...)
+		if _, err := st.Put(t.Context(), key, strings.NewReader("x"), 1, "image/png", 10); err != nil {
+			t.Fatal(err)
+		}
+		if err := s3.Backdate(key, time.Now().Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+		return key
+	}
+	oldOutput := put(49*time.Hour, "tenant-a", "dep-1", "req-1", "9", "old.png")
+	newOutput := put(47*time.Hour, "tenant-a", "dep-1", "req-2", "9", "new.png")
+	oldUpload := put(2*time.Hour, ".uploads", "tenant-a", "up_aaaaaaaaaaaaaaaaaaaaaaaaaa")
+	newUpload := put(30*time.Minute, ".uploads", "tenant-a", "up_bbbbbbbbbbbbbbbbbbbbbbbbbb")
+
+	ctx, _, _ := runGateway(t, s3.Getenv, "--simulate", "--storage-url", s3.URL("outputs"),
+		"--storage-retention", "48h", "--upload-lifetime", "1h")
+	for _, key := range []string{oldOutput, oldUpload} {
+		for {
+			if _, err := st.Stat(ctx, key); errors.Is(err, storage.ErrNotFound) {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s was not deleted", key)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	for _, key := range []string{newOutput, newUpload} {
+		if _, err := st.Stat(ctx, key); err != nil {
+			t.Errorf("%s: %v; want it kept", key, err)
+		}
+	}
 }
