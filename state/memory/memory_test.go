@@ -23,6 +23,10 @@ func TestConformance(t *testing.T) {
 	statetest.Run(t, func(t *testing.T) statetest.Backend { return memory.New(nil) })
 }
 
+func TestListConformance(t *testing.T) {
+	statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return memory.New(nil) })
+}
+
 // clock is a settable clock for expiry.
 type clock struct {
 	mu  sync.Mutex

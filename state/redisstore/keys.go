@@ -1,5 +1,7 @@
 package redisstore
 
+import "github.com/comfygate/comfygate/runcomfy"
+
 // Every Redis key and channel comfygate uses is named here, under a
 // configurable prefix (default "comfygate:"). The request id is a hash tag
 // ({...}), so every key of one request lands in one Redis Cluster hash slot: the
@@ -34,6 +36,11 @@ package redisstore
 //	                                request's events now; expires by itself
 //	<prefix>{hooks}                stream: delivery jobs (a request id each),
 //	                                read by the consumer group "deliverers"
+//	<prefix>ls:{<owner>}:<state>    sorted set: the owner's requests in a
+//	                                state, scored by creation time (ms);
+//	                                written by the save script, expires
+//	                                after the last record in it
+//	<prefix>ls:{<owner>}:<deployment>:<state> the same, for one deployment
 //	<prefix>{hooks}:due            sorted set: requests whose deliveries are
 //	                                retried later, scored by when (ms); in
 //	                                the jobs stream's slot, so one script
@@ -108,3 +115,17 @@ func JobsKey(prefix string) string { return prefix + "{hooks}" }
 func (b *Backend) jobsKey() string { return JobsKey(b.prefix) }
 
 func (b *Backend) retriesKey() string { return b.prefix + "{hooks}:due" }
+
+// ListKey is the listing index of owner's requests in state st, on
+// deployment dep ("" for all of the owner's). The owner is the hash tag:
+// every index of one tenant is in one slot, for the list script.
+func ListKey(prefix, owner, dep string, st runcomfy.State) string {
+	if dep == "" {
+		return prefix + "ls:{" + owner + "}:" + st.String()
+	}
+	return prefix + "ls:{" + owner + "}:" + dep + ":" + st.String()
+}
+
+func (b *Backend) listKey(owner, dep string, st runcomfy.State) string {
+	return ListKey(b.prefix, owner, dep, st)
+}

@@ -37,16 +37,21 @@ import (
 // only by a save that succeeds; empty leaves it, and a final save deletes it).
 // A save that makes a webhook event also has KEYS[3] the request's outbox
 // stream and KEYS[4] the delivery job stream, ARGV 8 the event JSON and 9 the
-// request id: the event is appended and a job queued only when the record
-// is written. (KEYS[4] is in a slot of its own: on a Redis Cluster the job
-// goes in the save's pipeline instead.) Returns {1} written, or {0, stored record JSON or nil,
+// request id (both '' without an event): the event is appended and a job
+// queued only when the record is written. (KEYS[4] is in a slot of its own:
+// on a Redis Cluster the job goes in the save's pipeline instead.) The last
+// two KEYS are the listing indexes the record belongs in now (its owner's,
+// by state; its owner's on its deployment, by state; list.go), ARGV 10 its
+// creation time in ms (the score) and 11 its id: a written record is added
+// to both, and removed from the ones it was in (the 'ix' field) if they
+// differ; each index lives at least as long as the records in it. Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
 // field is the record's epoch, which wins over the JSON's (a replica of a
 // version before epochs rewrites the JSON without one, and leaves the field).
 const saveScript = `
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch', 'ix')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
 if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank or (seq > 0 and (cur[3] or '0') ~= ARGV[6]) then
@@ -62,11 +67,27 @@ elseif tonumber(ARGV[2]) == 3 then
   redis.call('DEL', KEYS[2])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[3])
-if #KEYS == 4 then
+if ARGV[8] ~= '' then
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[9])
 end
+local byState, byDep = KEYS[#KEYS-1], KEYS[#KEYS]
+if cur[4] then
+  local sep = string.find(cur[4], '\n', 1, true)
+  if sep then
+    local oldState, oldDep = string.sub(cur[4], 1, sep - 1), string.sub(cur[4], sep + 1)
+    if oldState ~= byState then redis.call('ZREM', oldState, ARGV[11]) end
+    if oldDep ~= byDep then redis.call('ZREM', oldDep, ARGV[11]) end
+  end
+end
+for _, k in ipairs({byState, byDep}) do
+  redis.call('ZADD', k, ARGV[10], ARGV[11])
+  if redis.call('PTTL', k) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', k, ARGV[4])
+  end
+end
+redis.call('HSET', KEYS[1], 'ix', byState .. '\n' .. byDep)
 return {1}
 `
 
@@ -113,6 +134,7 @@ type Backend struct {
 	release *redis.Script
 	pause   *redis.Script
 	touch   *redis.Script
+	list    *redis.Script
 	// outboxLease and wakeDue serve the webhook outbox (outbox.go).
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
@@ -154,6 +176,7 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		release:     redis.NewScript(releaseScript),
 		pause:       redis.NewScript(pauseScript),
 		touch:       redis.NewScript(touchScript),
+		list:        redis.NewScript(listScript),
 		outboxLease: redis.NewScript(outboxLeaseScript),
 		wakeDue:     redis.NewScript(wakeDueScript),
 		callTimeout: opts.CallTimeout,
@@ -284,7 +307,7 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 	}
 	op := &saveOp{
 		keys:   []string{b.recordKey(rec.RequestID), b.aboutKey(rec.RequestID)},
-		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch, ""},
+		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch, "", "", ""},
 		id:     rec.RequestID,
 		forget: forget,
 		wake:   make(chan struct{}, 1),
@@ -295,8 +318,11 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 			return fmt.Errorf("encode event of %s: %w", rec.RequestID, err)
 		}
 		op.keys = append(op.keys, b.outboxKey(rec.RequestID), b.jobsKey())
-		op.args = append(op.args, evData, rec.RequestID)
+		op.args[7], op.args[8] = evData, rec.RequestID
 	}
+	st := state.ListState(rec.State)
+	op.keys = append(op.keys, b.listKey(rec.Owner, "", st), b.listKey(rec.Owner, rec.DeploymentID, st))
+	op.args = append(op.args, rec.CreatedMs(), rec.RequestID)
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())
 		about, err := json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})

@@ -74,6 +74,10 @@ func TestConformance(t *testing.T) {
 	statetest.Run(t, func(t *testing.T) statetest.Backend { return newBackend(t) })
 }
 
+func TestListConformance(t *testing.T) {
+	statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return newBackend(t) })
+}
+
 // TestSaveScheduledAfterScriptFlush: Redis forgets loaded scripts when it
 // restarts; the pipelined save must then send the script itself, and still
 // write the record and the schedule together. SCRIPT FLUSH empties a whole
