@@ -14,7 +14,7 @@ import (
 // listScript finds the next entries of a listing in one atomic read of all
 // the indexes it spans, so that a record moving between two of them (a new
 // state) is seen in exactly one. KEYS: the indexes; ARGV: 1 the highest
-// score (ms) taken, 2 the lowest, 3 the cursor's score ('' at the start), 4
+// score (ms) taken, 2 the lowest, 3 the cursor's score (” at the start), 4
 // the cursor's id, 5 how many. Each index is read from the top score down,
 // past the entries at the cursor's score that were listed already (ties);
 // returns up to n (id, score) pairs, newest first, ties by id descending.

@@ -37,7 +37,7 @@ import (
 // only by a save that succeeds; empty leaves it, and a final save deletes it).
 // A save that makes a webhook event also has KEYS[3] the request's outbox
 // stream and KEYS[4] the delivery job stream, ARGV 8 the event JSON and 9 the
-// request id (both '' without an event): the event is appended and a job
+// request id (both ” without an event): the event is appended and a job
 // queued only when the record is written. (KEYS[4] is in a slot of its own:
 // on a Redis Cluster the job goes in the save's pipeline instead.) The last
 // two KEYS are the listing indexes the record belongs in now (its owner's,
