@@ -294,6 +294,10 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}
+	svcCfg.Lister = backend
+	if o.redis != nil {
+		svcCfg.Lister = o.redis
+	}
 	var ready func(context.Context) error
 	if o.backend != nil {
 		svcCfg.Backend = o.backend

@@ -120,6 +120,8 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		})
 	case errors.Is(err, errWebhooksOff), errors.Is(err, errNoSigningSecret):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errNoListing):
+		return status.Error(codes.Unimplemented, errNoListing.Error())
 	case errors.Is(err, errNoUploads):
 		return status.Error(codes.FailedPrecondition, errNoUploads.Error())
 	case errors.Is(err, uploads.ErrType):

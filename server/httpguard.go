@@ -193,7 +193,7 @@ func (e *crossOriginError) Error() string {
 // only Submit and Upload do.
 func readsBody(r *http.Request) bool {
 	return r.Method == http.MethodPost && (r.URL.Path == uploadsPath ||
-		strings.HasSuffix(r.URL.Path, "/requests") && allowedMethods(r.URL.Path) == http.MethodPost)
+		strings.HasPrefix(r.URL.Path, "/v1/deployments/") && strings.HasSuffix(r.URL.Path, "/requests") && allows(allowedMethods(r.URL.Path), http.MethodPost))
 }
 
 // refuseKeyed refuses the call of an authenticated caller, then reads (never

@@ -19,8 +19,10 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 	tests := []struct {
 		method, path, allow string
 	}{
-		{http.MethodGet, "/v1/deployments/dep-1/requests", "POST"},
-		{http.MethodPut, "/v1/deployments/dep-1/requests", "POST"},
+		{http.MethodPut, "/v1/deployments/dep-1/requests", "GET, POST"},
+		{http.MethodDelete, "/v1/deployments/dep-1/requests", "GET, POST"},
+		{http.MethodPost, "/v1/requests", "GET"},
+		{http.MethodGet, "/v1/uploads", "POST"},
 		{http.MethodDelete, req, "GET"},
 		{http.MethodPost, req, "GET"},
 		{http.MethodPatch, req, "GET"},

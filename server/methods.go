@@ -10,10 +10,17 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// allowedMethods is the method an API path takes (http.yaml, and the events
-// route of sse.go), or "" for a path that is not one of the API's: that is
-// grpc-gateway's to answer (404).
+// allowedMethods are the methods an API path takes (http.yaml, and the
+// routes of sse.go and upload.go), as the Allow header lists them, or ""
+// for a path that is not one of the API's: that is grpc-gateway's to answer
+// (404).
 func allowedMethods(path string) string {
+	switch path {
+	case "/v1/requests":
+		return http.MethodGet // ListRequests
+	case uploadsPath:
+		return http.MethodPost // Upload
+	}
 	rest, ok := strings.CutPrefix(path, "/v1/deployments/")
 	if !ok {
 		return ""
@@ -26,7 +33,7 @@ func allowedMethods(path string) string {
 	}
 	switch {
 	case len(seg) == 2 && seg[1] == "requests":
-		return http.MethodPost // Submit
+		return http.MethodGet + ", " + http.MethodPost // ListRequests, Submit
 	case len(seg) == 3 && seg[1] == "requests" && strings.HasSuffix(seg[2], ":cancel"):
 		return http.MethodPost // Cancel
 	case len(seg) == 3 && seg[1] == "requests":
@@ -39,13 +46,23 @@ func allowedMethods(path string) string {
 	return ""
 }
 
+// allows reports whether the Allow list allow has method.
+func allows(allow, method string) bool {
+	for m := range strings.SplitSeq(allow, ", ") {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
 // restMethods answers a call to an API path with a method the path does not
 // take: 405 with the Allow header (RFC 9110), where grpc-gateway would say
 // 501 or, for GET on a ":cancel" path, read it as a malformed request id.
 func restMethods(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		allow := allowedMethods(r.URL.Path)
-		if allow == "" || r.Method == allow {
+		if allow == "" || allows(allow, r.Method) {
 			next.ServeHTTP(w, r)
 			return
 		}

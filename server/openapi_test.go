@@ -167,6 +167,8 @@ var documentedErrors = map[string][]int{
 	"GET /v1/deployments/{deployment_id}/requests/{request_id}/deliveries":                       {400, 401, 404, 413, 429, 500, 503},
 	"POST /v1/deployments/{deployment_id}/requests/{request_id}/deliveries/{event_id}:redeliver": {400, 401, 404, 413, 429, 500, 503},
 	"POST /v1/uploads": {400, 401, 403, 413, 415, 429, 503},
+	"GET /v1/requests": {400, 401, 413, 429, 500, 503},
+	"GET /v1/deployments/{deployment_id}/requests": {400, 401, 413, 429, 500, 503},
 }
 
 // TestOpenAPIDescribesTheRESTAPI: the served document names the gateway,
@@ -452,6 +454,18 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		case "Idempotency-Key":
 			nextKey++
 			return "openapi-test-" + strconv.Itoa(nextKey)
+		case "statuses":
+			return "STATUS_SUCCEEDED"
+		case "created_after":
+			return "2020-01-01T00:00:00Z"
+		case "created_before":
+			return "2100-01-01T00:00:00Z"
+		case "page_size":
+			return "10"
+		case "page_token":
+			return ""
+		case "deployment_id": // ListRequests on /v1/requests: a query parameter
+			return "dep-1"
 		}
 		t.Fatalf("no test value for the documented parameter %s", name)
 		return ""
@@ -538,6 +552,9 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 			// gateway has no record of (or submitting). Deliveries are the
 			// gateway's own: their routes never ask RunComfy.
 			unrecorded := with(required, "request_id", "not-recorded")
+			if strings.HasSuffix(r.path, "/requests") && r.method == http.MethodGet {
+				return // ListRequests reads the gateway's indexes only
+			}
 			if strings.Contains(r.path, "/deliveries") {
 				t.Run("a request the gateway has no record of", func(t *testing.T) {
 					checkAnswer(t, r, g.callRoute(ctx, t, r, routeCall{key: keyC, params: unrecorded, body: body}),

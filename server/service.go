@@ -84,6 +84,7 @@ type Service struct {
 	urls          ObjectURLs
 	uploads       Uploads
 	uploadTimeout time.Duration
+	lister        Lister
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -118,6 +119,8 @@ type ServiceConfig struct {
 	// ObjectURLs, when set, signs the URLs of stored outputs in every state
 	// the service answers or streams.
 	ObjectURLs ObjectURLs
+	// Lister, when set, serves ListRequests (both state backends are one).
+	Lister Lister
 	// Uploads, when set, serves Upload and resolves the references to
 	// uploads in submitted inputs; nil refuses both.
 	Uploads Uploads
@@ -174,6 +177,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		events:        newEventCache(eventCacheSize, cfg.ObjectURLs),
 		urls:          cfg.ObjectURLs,
 		uploads:       cfg.Uploads,
+		lister:        cfg.Lister,
 		uploadTimeout: cmp.Or(cfg.UploadTimeout, DefaultUploadTimeout),
 		metrics:       cfg.Metrics,
 		webhooks:      cfg.Webhooks,

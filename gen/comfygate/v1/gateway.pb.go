@@ -2209,6 +2209,154 @@ func (x *Upload) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ListRequestsRequest selects the requests to list.
+type ListRequestsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this deployment's requests; empty for all.
+	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// Only requests in one of these statuses; empty for all.
+	Statuses []Status `protobuf:"varint,2,rep,packed,name=statuses,proto3,enum=comfygate.v1.Status" json:"statuses,omitempty"`
+	// Only requests created at or after this time.
+	CreatedAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	// Only requests created before this time.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// The most requests on the page: default 50, at most 500 (more is read
+	// as 500).
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, with the same filters; empty
+	// for the first page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsRequest) Reset() {
+	*x = ListRequestsRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsRequest) ProtoMessage() {}
+
+func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListRequestsRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetStatuses() []Status {
+	if x != nil {
+		return x.Statuses
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRequestsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListRequestsResponse is one page of requests.
+type ListRequestsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Requests []*RequestState `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	// Reads the next page; empty on the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsResponse) Reset() {
+	*x = ListRequestsResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsResponse) ProtoMessage() {}
+
+func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListRequestsResponse) GetRequests() []*RequestState {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+func (x *ListRequestsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
@@ -2358,7 +2506,18 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*\x9a\x01\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xac\x02\n" +
+	"\x13ListRequestsRequest\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x120\n" +
+	"\bstatuses\x18\x02 \x03(\x0e2\x14.comfygate.v1.StatusR\bstatuses\x12?\n" +
+	"\rcreated_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"v\n" +
+	"\x14ListRequestsResponse\x126\n" +
+	"\brequests\x18\x01 \x03(\v2\x1a.comfygate.v1.RequestStateR\brequests\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATUS_QUEUED\x10\x01\x12\x12\n" +
@@ -2389,7 +2548,7 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13DELIVERY_STATE_GONE\x10\x042\x90\x05\n" +
+	"\x13DELIVERY_STATE_GONE\x10\x042\xe7\x05\n" +
 	"\x0eGatewayService\x12C\n" +
 	"\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n" +
@@ -2397,7 +2556,8 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x06Cancel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n" +
 	"\fWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n" +
 	"\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n" +
-	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12E\n" +
+	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12U\n" +
+	"\fListRequests\x12!.comfygate.v1.ListRequestsRequest\x1a\".comfygate.v1.ListRequestsResponse\x12E\n" +
 	"\x06Upload\x12\x1b.comfygate.v1.UploadRequest\x1a\x1c.comfygate.v1.UploadResponse(\x01B=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
 
 var (
@@ -2413,7 +2573,7 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                    // 0: comfygate.v1.Status
 	(StorageState)(0),              // 1: comfygate.v1.StorageState
@@ -2446,22 +2606,24 @@ var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(*UploadHeader)(nil),           // 28: comfygate.v1.UploadHeader
 	(*UploadResponse)(nil),         // 29: comfygate.v1.UploadResponse
 	(*Upload)(nil),                 // 30: comfygate.v1.Upload
-	(*structpb.Struct)(nil),        // 31: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 33: google.protobuf.Duration
+	(*ListRequestsRequest)(nil),    // 31: comfygate.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),   // 32: comfygate.v1.ListRequestsResponse
+	(*structpb.Struct)(nil),        // 33: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 35: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	31, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	33, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
 	9,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	32, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	32, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	32, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	34, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	34, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	34, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
 	1,  // 8: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
 	7,  // 9: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	32, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	34, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 11: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
 	2,  // 12: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
 	5,  // 13: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
@@ -2475,36 +2637,42 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	23, // 21: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	4,  // 22: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
 	24, // 23: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	32, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	32, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	32, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	33, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	34, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	34, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	34, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	35, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
 	23, // 28: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	28, // 29: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
 	30, // 30: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	32, // 31: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	32, // 32: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
-	10, // 33: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 34: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 35: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 36: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 37: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 38: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 39: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	27, // 40: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 41: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 42: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 43: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 44: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 45: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 46: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 47: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	29, // 48: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	41, // [41:49] is the sub-list for method output_type
-	33, // [33:41] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	34, // 31: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	34, // 32: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 33: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
+	34, // 34: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	34, // 35: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	5,  // 36: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
+	10, // 37: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 38: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 39: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 40: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 41: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 42: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 43: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	31, // 44: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	27, // 45: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 46: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 47: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 48: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 49: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 50: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 51: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 52: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	32, // 53: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	29, // 54: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	46, // [46:55] is the sub-list for method output_type
+	37, // [37:46] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -2523,7 +2691,7 @@ func file_comfygate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	GatewayService_WatchRequest_FullMethodName   = "/comfygate.v1.GatewayService/WatchRequest"
 	GatewayService_ListDeliveries_FullMethodName = "/comfygate.v1.GatewayService/ListDeliveries"
 	GatewayService_RedeliverEvent_FullMethodName = "/comfygate.v1.GatewayService/RedeliverEvent"
+	GatewayService_ListRequests_FullMethodName   = "/comfygate.v1.GatewayService/ListRequests"
 	GatewayService_Upload_FullMethodName         = "/comfygate.v1.GatewayService/Upload"
 )
 
@@ -92,6 +93,15 @@ type GatewayServiceClient interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error)
+	// ListRequests lists the caller's requests, newest first (by creation,
+	// then by id), optionally of one deployment, in some statuses, created in
+	// a time range; in pages of page_size (default 50, at most 500), each
+	// with the token of the next. A token stays valid while new requests
+	// arrive (they come before it): reading every page lists each request
+	// that existed at the first page once, except those whose status left the
+	// statuses asked for meanwhile. Only the caller's own requests appear;
+	// requests whose records expired (after the retention period) do not.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
 	// Upload stores a file in the gateway's object storage (--storage-url) for
 	// the caller's jobs to take as an input: the first message is the header,
 	// the others the file's bytes in order, then the client closes its side.
@@ -199,6 +209,16 @@ func (c *gatewayServiceClient) RedeliverEvent(ctx context.Context, in *Redeliver
 	return out, nil
 }
 
+func (c *gatewayServiceClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_Upload_FullMethodName, cOpts...)
@@ -275,6 +295,15 @@ type GatewayServiceServer interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error)
+	// ListRequests lists the caller's requests, newest first (by creation,
+	// then by id), optionally of one deployment, in some statuses, created in
+	// a time range; in pages of page_size (default 50, at most 500), each
+	// with the token of the next. A token stays valid while new requests
+	// arrive (they come before it): reading every page lists each request
+	// that existed at the first page once, except those whose status left the
+	// statuses asked for meanwhile. Only the caller's own requests appear;
+	// requests whose records expired (after the retention period) do not.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
 	// Upload stores a file in the gateway's object storage (--storage-url) for
 	// the caller's jobs to take as an input: the first message is the header,
 	// the others the file's bytes in order, then the client closes its side.
@@ -323,6 +352,9 @@ func (UnimplementedGatewayServiceServer) ListDeliveries(context.Context, *ListDe
 }
 func (UnimplementedGatewayServiceServer) RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RedeliverEvent not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
 }
 func (UnimplementedGatewayServiceServer) Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error {
 	return status.Error(codes.Unimplemented, "method Upload not implemented")
@@ -467,6 +499,24 @@ func _GatewayService_RedeliverEvent_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(GatewayServiceServer).Upload(&grpc.GenericServerStream[UploadRequest, UploadResponse]{ServerStream: stream})
 }
@@ -504,6 +554,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RedeliverEvent",
 			Handler:    _GatewayService_RedeliverEvent_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _GatewayService_ListRequests_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -111,6 +111,30 @@ class ListDeliveriesResponse(_message.Message):
     deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
     def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
 
+class ListRequestsRequest(_message.Message):
+    __slots__ = ["created_after", "created_before", "deployment_id", "page_size", "page_token", "statuses"]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    deployment_id: str
+    page_size: int
+    page_token: str
+    statuses: _containers.RepeatedScalarFieldContainer[Status]
+    def __init__(self, deployment_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[Status, str]]] = ..., created_after: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRequestsResponse(_message.Message):
+    __slots__ = ["next_page_token", "requests"]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    next_page_token: str
+    requests: _containers.RepeatedCompositeFieldContainer[RequestState]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RequestState, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class OutputStorage(_message.Message):
     __slots__ = ["attempts", "error", "objects", "state"]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class GatewayServiceStub(object):
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
                 response_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
                 )
+        self.ListRequests = channel.unary_unary(
+                '/comfygate.v1.GatewayService/ListRequests',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.FromString,
+                )
         self.Upload = channel.stream_unary(
                 '/comfygate.v1.GatewayService/Upload',
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
@@ -172,6 +177,20 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRequests(self, request, context):
+        """ListRequests lists the caller's requests, newest first (by creation,
+        then by id), optionally of one deployment, in some statuses, created in
+        a time range; in pages of page_size (default 50, at most 500), each
+        with the token of the next. A token stays valid while new requests
+        arrive (they come before it): reading every page lists each request
+        that existed at the first page once, except those whose status left the
+        statuses asked for meanwhile. Only the caller's own requests appear;
+        requests whose records expired (after the retention period) do not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request_iterator, context):
         """Upload stores a file in the gateway's object storage (--storage-url) for
         the caller's jobs to take as an input: the first message is the header,
@@ -232,6 +251,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RedeliverEvent,
                     request_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.FromString,
                     response_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
@@ -384,6 +408,23 @@ class GatewayService(object):
         return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/RedeliverEvent',
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/ListRequests',
+            comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
