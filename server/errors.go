@@ -47,6 +47,10 @@ const (
 	reasonUnsupportedType = "UNSUPPORTED_MEDIA_TYPE"
 )
 
+// storeRetryDelay is the RetryInfo hint when the object store failed: a
+// store that refused a connection is usually back within seconds.
+const storeRetryDelay = 5 * time.Second
+
 // defaultRetryDelay is the RetryInfo hint when RunComfy rate limits without a
 // Retry-After header.
 const defaultRetryDelay = time.Second
@@ -133,7 +137,8 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	case errors.Is(err, uploads.ErrBusy):
 		return status.Error(codes.ResourceExhausted, uploads.ErrBusy.Error())
 	case errors.Is(err, uploads.ErrStore):
-		return status.Error(codes.Unavailable, uploads.ErrStore.Error())
+		return withDetails(status.New(codes.Unavailable, uploads.ErrStore.Error()),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(storeRetryDelay)})
 	case errors.Is(err, errNoSuchEvent):
 		return status.Error(codes.NotFound, errNoSuchEvent.Error())
 	case errors.Is(err, hooks.ErrBusy):

@@ -41,8 +41,14 @@ type bodyGuard struct {
 	// origins of --cors-origins); nil allows none.
 	originAllowed func(*http.Request) bool
 	// hold, when set, is the most of a body the route holds at once (it
-	// streams the body on): what it reserves of the bytes in flight.
+	// streams the body on): what it reserves of the bytes in flight. Its
+	// refusals read nothing of the body: a body the size of a file is not
+	// worth reading for courtesy.
 	hold int64
+	// what and shownLimit name the body and its limit in the refusal of an
+	// over-size one ("" and 0: the request body, maxBody).
+	what       string
+	shownLimit int64
 }
 
 func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, inflight *inflightBudget, originAllowed func(*http.Request) bool) *bodyGuard {
@@ -50,11 +56,17 @@ func newBodyGuard(log *slog.Logger, m *Metrics, a Authenticator, maxBody int64, 
 }
 
 // streaming is g for a route that holds at most hold bytes of a body at
-// once, with bodies up to maxBody.
-func (g *bodyGuard) streaming(maxBody, hold int64) *bodyGuard {
+// once, with bodies up to maxBody, refused over it as a what larger than
+// shownLimit.
+func (g *bodyGuard) streaming(maxBody, hold int64, what string, shownLimit int64) *bodyGuard {
 	c := *g
-	c.maxBody, c.hold = maxBody, hold
+	c.maxBody, c.hold, c.what, c.shownLimit = maxBody, hold, what, shownLimit
 	return &c
+}
+
+// tooLarge is the refusal of a body over the limit.
+func (g *bodyGuard) tooLarge() error {
+	return &bodyTooLargeError{limit: cmp.Or(g.shownLimit, g.maxBody), what: g.what}
 }
 
 // wrap returns h behind the guard: the API key is checked (the same store and
@@ -84,14 +96,14 @@ func (g *bodyGuard) wrap(h http.Handler) http.Handler {
 			return
 		}
 		if r.ContentLength > g.maxBody {
-			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", &bodyTooLargeError{limit: g.maxBody})))
+			g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", g.tooLarge())))
 			return
 		}
 		if !readsBody(r) {
 			// A route that takes no body still bounds one sent in chunks:
 			// it is read (never kept) up to the limit, and over it refused.
 			if n, _ := io.CopyN(io.Discard, r.Body, g.maxBody+1); n > g.maxBody {
-				g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", &bodyTooLargeError{limit: g.maxBody})))
+				g.refuseKeyed(w, r, status.Convert(toStatus(r.Context(), g.log, "", g.tooLarge())))
 				return
 			}
 			r.Body = http.NoBody
@@ -202,7 +214,7 @@ func readsBody(r *http.Request) bool {
 // caller without a key gets no such courtesy (refuse).
 func (g *bodyGuard) refuseKeyed(w http.ResponseWriter, r *http.Request, st *status.Status) {
 	g.refuse(w, r, st)
-	if hasBody(r) {
+	if hasBody(r) && g.hold == 0 {
 		n := r.ContentLength
 		if n < 0 || n > drainLimit(g.maxBody) {
 			n = drainLimit(g.maxBody)

@@ -107,8 +107,9 @@ type Config struct {
 	// MaxConnections bounds the connections each listener holds open; 0 is
 	// no bound.
 	MaxConnections int
-	// MaxUploadBytes bounds a REST upload's body; default
-	// uploads.DefaultMaxBytes. (The service bounds the file itself.)
+	// MaxUploadBytes bounds a REST upload's file (its body, and a form's
+	// framing around it); default uploads.DefaultMaxBytes. (The service
+	// bounds the file itself.)
 	MaxUploadBytes int64
 	// UploadTimeout bounds the time a client may take to send an upload's
 	// body; default DefaultUploadTimeout.
@@ -298,7 +299,8 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	mux.Handle(eventsRoute, bodies.wrap(newEventsHandler(comfygatev1.NewGatewayServiceClient(conn), cfg.Logger)))
 	// Upload with the file as the body (upload.go), streamed: the body may
 	// be as large as an upload, and is held a few chunks at a time.
-	mux.Handle(uploadsRoute, bodies.streaming(cfg.MaxUploadBytes, 2*uploadChunk).wrap(&uploadHandler{client: comfygatev1.NewGatewayServiceClient(conn), log: cfg.Logger}))
+	mux.Handle(uploadsRoute, bodies.streaming(cfg.MaxUploadBytes+uploadFormSlack, 2*uploadChunk, "upload", cfg.MaxUploadBytes).
+		wrap(&uploadHandler{client: comfygatev1.NewGatewayServiceClient(conn), log: cfg.Logger}))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger, cfg.Version))
 	healthz := func(w http.ResponseWriter, _ *http.Request) { writePlain(w, http.StatusOK, "ok") }
 	readyz := func(w http.ResponseWriter, r *http.Request) {

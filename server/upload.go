@@ -39,6 +39,10 @@ const (
 // so what it holds of a body at once.
 const uploadChunk = 256 << 10
 
+// uploadFormSlack is what a multipart/form-data body may hold beyond its
+// file: the boundaries, the part headers and small fields.
+const uploadFormSlack = 64 << 10
+
 // errNoUploads: a gateway without object storage has nowhere to keep an
 // upload, nor any to refer to.
 var errNoUploads = errors.New("this gateway keeps no uploads: it runs without object storage (--storage-url)")
@@ -157,11 +161,11 @@ func (h *uploadHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err = stream.Send(&comfygatev1.UploadRequest{Part: &comfygatev1.UploadRequest_Header{Header: &comfygatev1.UploadHeader{ContentType: ctype, Size: size}}})
 	buf := make([]byte, uploadChunk)
 	for err == nil {
-		n, rerr := io.ReadFull(body, buf)
-		if n > 0 {
+		n, rerr := fill(body, buf)
+		if n > 0 && (rerr == nil || rerr == io.EOF) {
 			err = stream.Send(&comfygatev1.UploadRequest{Part: &comfygatev1.UploadRequest_Chunk{Chunk: buf[:n]}})
 		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil && err == nil {
@@ -187,6 +191,22 @@ func (h *uploadHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
 	_, _ = w.Write(data)
+}
+
+// fill reads into buf until it is full or r ends, and returns io.EOF only
+// when r ended cleanly. (io.ReadFull would also call a body cut short, whose
+// reader says io.ErrUnexpectedEOF, a short read: a truncated file must not
+// be stored as a whole one.)
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // uploadBody is the file an upload's request carries, its declared type and
@@ -231,6 +251,9 @@ func bodyError(err error) error {
 	}
 	if errors.Is(err, errBadForm) || errors.Is(err, errBodyTimeout) {
 		return &fieldError{field: "body", reason: err.Error()}
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return &fieldError{field: "body", reason: "ended before the file did (a form without its closing boundary, or a body cut short): nothing was stored"}
 	}
 	// The connection broke: no one reads the answer.
 	return fmt.Errorf("reading the upload: %w (%w)", err, context.Canceled)

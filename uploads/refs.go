@@ -49,12 +49,13 @@ func (u *Uploads) Resolve(ctx context.Context, tenant, input string) (string, er
 		return input, nil
 	}
 	done := map[string]string{}
+	refs := 0
 	out, err := rewrite(input, func(ref string) (string, error) {
+		if refs++; refs > maxRefs {
+			return "", fmt.Errorf("%w: an input may hold at most %d references to uploads", ErrBadReference, maxRefs)
+		}
 		if v, ok := done[ref]; ok {
 			return v, nil
-		}
-		if len(done) == maxRefs {
-			return "", fmt.Errorf("%w: an input may name at most %d uploads", ErrBadReference, maxRefs)
 		}
 		v, err := u.resolve(ctx, tenant, ref)
 		if err != nil {

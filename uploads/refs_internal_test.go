@@ -129,15 +129,26 @@ func TestAgree(t *testing.T) {
 		ok                bool
 	}{
 		{"image/png", "image/png", true},
-		{"image/jpeg", "image/png", true},
-		{"image/avif", "application/octet-stream", true},
-		{"audio/mp4", "video/mp4", true},
+		{"image/jpg", "image/jpeg", true},
+		{"audio/wav", "audio/wave", true},
+		{"audio/x-wav", "audio/wave", true},
+		{"audio/mp3", "audio/mpeg", true},
 		{"audio/ogg", "application/ogg", true},
+		{"image/avif", "application/octet-stream", true},
+		{"video/quicktime", "application/octet-stream", true},
+		{"video/quicktime", "video/mp4", true},
+		{"audio/mp4", "video/mp4", true},
+		{"audio/webm", "video/webm", true},
+		{"application/octet-stream", "text/html; charset=utf-8", true},
+		{"image/jpeg", "image/png", false},
+		{"image/gif", "image/png", false},
+		{"image/svg+xml", "image/png", false},
+		{"image/png", "application/octet-stream", false},
 		{"image/png", "text/html; charset=utf-8", false},
 		{"image/svg+xml", "text/xml; charset=utf-8", false},
 		{"video/mp4", "image/png", false},
+		{"image/avif", "image/png", false},
 		{"image/png", "application/pdf", false},
-		{"application/octet-stream", "text/html; charset=utf-8", true},
 	} {
 		if err := agree(tc.declared, tc.sniffed); (err == nil) != tc.ok {
 			t.Errorf("agree(%s, %s) = %v", tc.declared, tc.sniffed, err)

@@ -78,11 +78,15 @@ const (
 	// defaultMemory bounds the bytes the uploads in progress hold at once
 	// (each holds up to a few parts of the store's multipart upload).
 	defaultMemory = 256 << 20
-	// partMemory is what one upload of unknown or large size may hold: the
-	// store's part buffer, the part in flight and the next.
-	partMemory = 24 << 20
-	// maxRefs bounds the distinct uploads one input may name, and so the
-	// store round trips a submit makes before RunComfy is called.
+	// partMemory is what one upload of unknown or large size holds, as
+	// measured (RSS over concurrent 100 MiB uploads): the store's first
+	// part buffer, the parts in flight, the client's buffers and the
+	// stream's window, about 43 MiB.
+	partMemory = 48 << 20
+	// maxRefs bounds the references in one input (each occurrence, so
+	// that a body of repeated references cannot grow many times over on
+	// its way to RunComfy), and so the store round trips a submit makes
+	// before RunComfy is called.
 	maxRefs = 64
 )
 
@@ -361,8 +365,8 @@ func (u *Uploads) checkType(contentType string) (string, error) {
 		return "", &TypeError{Reason: "missing: say what the file is (such as image/png)"}
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil || !strings.Contains(mt, "/") {
-		return "", &TypeError{Declared: truncate(contentType), Reason: "not a media type"}
+	if err != nil || !strings.Contains(mt, "/") || strings.Contains(mt, "*") {
+		return "", &TypeError{Declared: truncate(contentType), Reason: "not the media type of a file"}
 	}
 	for _, p := range u.cfg.Types {
 		p = strings.ToLower(p)
@@ -374,26 +378,65 @@ func (u *Uploads) checkType(contentType string) (string, error) {
 }
 
 // agree refuses a file whose first bytes say it is of another kind than
-// declared (sniffed as net/http does): an "image" that is an HTML page
-// would be served from the bucket as an image to whatever fetches it. A
-// kind the sniffer does not know (application/octet-stream) passes; within
-// one family (image/jpeg declared, PNG bytes) passes, as does a media
-// container sniffed as video or application/ogg for audio, since the same
-// containers carry both.
+// declared (sniffed as net/http does): an "image" that is an HTML page, an
+// executable or zeros would be served from the bucket under the declared
+// type to whatever fetches it. A declared type the sniffer recognises must
+// be what it finds (names of one type, such as audio/wav and audio/wave,
+// are one); one it cannot recognise (image/avif, video/quicktime) passes
+// when it finds nothing it knows, or, for the ISO media file formats, an
+// MP4. application/octet-stream, when the operator takes it, takes any
+// bytes.
 func agree(declared, sniffed string) error {
 	sniffed, _, _ = strings.Cut(sniffed, ";")
-	if sniffed == declared || sniffed == "application/octet-stream" || declared == "application/octet-stream" {
-		return nil
-	}
-	dFamily, _, _ := strings.Cut(declared, "/")
-	sFamily, _, _ := strings.Cut(sniffed, "/")
+	d, sn := canonicalType(declared), canonicalType(sniffed)
 	switch {
-	case dFamily == sFamily:
+	case d == "application/octet-stream", d == sn:
 		return nil
-	case (dFamily == "audio" || dFamily == "video") && (sFamily == "video" || sniffed == "application/ogg"):
+	case sn == "application/octet-stream" && !sniffable[d]:
+		return nil
+	case sn == "video/mp4" && isoMedia[d]:
+		return nil
+	case sn == "video/webm" && d == "audio/webm":
 		return nil
 	}
-	return &TypeError{Declared: declared, Reason: "the file's bytes are " + sniffed + ", not that"}
+	what := sniffed
+	if sniffed == "application/octet-stream" {
+		what = "not recognisable as such"
+	}
+	return &TypeError{Declared: declared, Reason: "the file's bytes are " + what + ", not that"}
+}
+
+// typeAliases are other names of one media type, by the name the sniffer
+// gives it.
+var typeAliases = map[string]string{
+	"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg",
+	"image/vnd.microsoft.icon": "image/x-icon", "image/x-ms-bmp": "image/bmp",
+	"audio/wav": "audio/wave", "audio/x-wav": "audio/wave", "audio/vnd.wave": "audio/wave",
+	"audio/mp3": "audio/mpeg", "audio/x-aiff": "audio/aiff", "audio/mid": "audio/midi",
+	"audio/ogg": "application/ogg", "video/ogg": "application/ogg",
+	"video/x-msvideo": "video/avi", "video/msvideo": "video/avi",
+}
+
+func canonicalType(t string) string {
+	if c, ok := typeAliases[t]; ok {
+		return c
+	}
+	return t
+}
+
+// sniffable are the media types net/http's sniffer recognises (of the
+// families an upload may be), by their canonical names.
+var sniffable = map[string]bool{
+	"image/x-icon": true, "image/bmp": true, "image/gif": true, "image/webp": true, "image/png": true, "image/jpeg": true,
+	"audio/aiff": true, "audio/mpeg": true, "application/ogg": true, "audio/midi": true, "audio/wave": true,
+	"video/avi": true, "video/mp4": true, "video/webm": true,
+}
+
+// isoMedia are the types of the ISO base media file format, which the
+// sniffer may call video/mp4.
+var isoMedia = map[string]bool{
+	"audio/mp4": true, "audio/x-m4a": true, "audio/m4a": true, "video/quicktime": true, "video/x-m4v": true,
+	"video/3gpp": true, "video/3gpp2": true, "audio/3gpp": true, "image/avif": true, "image/heic": true, "image/heif": true,
 }
 
 // truncate bounds a caller's string quoted in an error.

@@ -182,6 +182,12 @@ func TestResolveRefuses(t *testing.T) {
 			}
 		})
 	}
+	// An input may hold at most 64 references, counted each time: a body of
+	// repeated ones would grow many times over on its way to RunComfy.
+	many := `["` + strings.Repeat(up.Reference()+`","`, 64) + up.Reference() + `"]`
+	if _, err := u.Resolve(ctx, "acme", many); !errors.Is(err, uploads.ErrBadReference) {
+		t.Errorf("65 references: %v, want ErrBadReference", err)
+	}
 	// The upload itself still resolves for its tenant.
 	if _, err := u.Resolve(ctx, "acme", `{"image": "`+up.Reference()+`"}`); err != nil {
 		t.Fatal(err)
@@ -245,6 +251,10 @@ func TestPutRefuses(t *testing.T) {
 		{"type not taken", "application/pdf", -1, pngBytes(100), uploads.ErrType},
 		{"html as an image", "image/png", -1, html, uploads.ErrType},
 		{"svg as an image", "image/svg+xml", -1, []byte(`<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>`), uploads.ErrType},
+		{"a wildcard", "image/*", -1, pngBytes(100), uploads.ErrType},
+		{"png as jpeg", "image/jpeg", -1, pngBytes(100), uploads.ErrType},
+		{"zeros as png", "image/png", -1, make([]byte, 600), uploads.ErrType},
+		{"an executable as png", "image/png", -1, append([]byte("MZ\x90\x00"), make([]byte, 600)...), uploads.ErrType},
 		{"empty", "image/png", -1, nil, uploads.ErrEmpty},
 		{"declared empty", "image/png", 0, nil, uploads.ErrEmpty},
 		{"declared too large", "image/png", 4097, pngBytes(4097), uploads.ErrTooLarge},

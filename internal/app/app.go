@@ -198,8 +198,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		Limits:               limits,
 		Tracer:               tracer,
 		ReadTimeout:          cfg.ReadTimeout,
-		// A form's framing comes on top of the file.
-		MaxUploadBytes:       cfg.UploadMaxBytes + 64<<10,
+		MaxUploadBytes:       cfg.UploadMaxBytes,
 		UploadTimeout:        cfg.UploadTimeout,
 		IdleTimeout:          cfg.IdleTimeout,
 		MaxConnectionIdle:    cfg.MaxConnectionIdle,

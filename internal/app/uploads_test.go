@@ -1,13 +1,16 @@
 package app
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
@@ -16,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -313,6 +317,35 @@ func TestUploadsRefused(t *testing.T) {
 			}
 		})
 	}
+	// A form cut short (no closing boundary) is refused, not stored short.
+	cut := "--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n" + string(png(3000, 5))
+	for _, body := range []string{cut, cut + "\r\n--X"} {
+		code, answer := g.post(t, "/v1/uploads", g.keyA, "multipart/form-data; boundary=XYZ", strings.NewReader(body))
+		if code != http.StatusBadRequest || !strings.Contains(string(answer), "ended before the file did") {
+			t.Errorf("a form cut short: %d %s", code, answer)
+		}
+	}
+	// A Content-Length over the limit is answered at once, before any of
+	// the body is read: the client sends the headers and waits.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.http, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: image/png\r\nContent-Length: 200000000\r\n\r\n\x89PNG", g.keyA)
+	if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to an over-size Content-Length: %v", err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(answer), "upload is larger than 4194304 bytes") {
+		t.Errorf("an over-size Content-Length: %d %s", resp.StatusCode, answer)
+	}
+
 	// A size declared and not kept.
 	stream, err := g.api.Upload(g.as(g.keyA))
 	if err != nil {

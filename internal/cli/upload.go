@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
@@ -41,15 +42,17 @@ func openUpload(name, mediaType string) (*upload, error) {
 		return nil, fmt.Errorf("reading the file %s: %w", name, err)
 	}
 	if mediaType == "" {
-		mediaType = mime.TypeByExtension(filepath.Ext(name))
-	}
-	if mediaType == "" {
+		// What the bytes are, when they say (a PNG named photo.jpg is a
+		// PNG, and the gateway checks); else what the name says.
 		head := make([]byte, 512)
 		n, _ := io.ReadFull(f, head)
-		mediaType = http.DetectContentType(head[:n])
+		mediaType, _, _ = strings.Cut(http.DetectContentType(head[:n]), ";")
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("reading the file %s: %w", name, err)
+		}
+		if byName := mime.TypeByExtension(filepath.Ext(name)); byName != "" && (mediaType == "application/octet-stream" || strings.HasPrefix(mediaType, "text/")) {
+			mediaType = byName
 		}
 	}
 	return &upload{File: f, size: fi.Size(), mediaType: mediaType}, nil
