@@ -44,7 +44,9 @@ import (
 // by state; its owner's on its deployment, by state; list.go), ARGV 10 its
 // creation time in ms (the score) and 11 its id: a written record is added
 // to both, and removed from the ones it was in (the 'ix' field) if they
-// differ; each index lives at least as long as the records in it. Returns {1} written, or {0, stored record JSON or nil,
+// differ (a record already in them is left as it is); each index lives at
+// least as long as the records in it (extended by an hour more whenever a
+// record would outlive it, so that most saves leave its TTL alone). Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
@@ -73,21 +75,26 @@ if ARGV[8] ~= '' then
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[9])
 end
 local byState, byDep = KEYS[#KEYS-1], KEYS[#KEYS]
-if cur[4] then
-  local sep = string.find(cur[4], '\n', 1, true)
-  if sep then
-    local oldState, oldDep = string.sub(cur[4], 1, sep - 1), string.sub(cur[4], sep + 1)
-    if oldState ~= byState then redis.call('ZREM', oldState, ARGV[11]) end
-    if oldDep ~= byDep then redis.call('ZREM', oldDep, ARGV[11]) end
+local ix = byState .. '\n' .. byDep
+if cur[4] ~= ix then
+  if cur[4] then
+    local sep = string.find(cur[4], '\n', 1, true)
+    if sep then
+      local oldState, oldDep = string.sub(cur[4], 1, sep - 1), string.sub(cur[4], sep + 1)
+      if oldState ~= byState then redis.call('ZREM', oldState, ARGV[11]) end
+      if oldDep ~= byDep then redis.call('ZREM', oldDep, ARGV[11]) end
+    end
   end
+  redis.call('ZADD', byState, ARGV[10], ARGV[11])
+  redis.call('ZADD', byDep, ARGV[10], ARGV[11])
+  redis.call('HSET', KEYS[1], 'ix', ix)
 end
+local ttl = tonumber(ARGV[4])
 for _, k in ipairs({byState, byDep}) do
-  redis.call('ZADD', k, ARGV[10], ARGV[11])
-  if redis.call('PTTL', k) < tonumber(ARGV[4]) then
-    redis.call('PEXPIRE', k, ARGV[4])
+  if redis.call('PTTL', k) < ttl then
+    redis.call('PEXPIRE', k, ttl + 3600000)
   end
 end
-redis.call('HSET', KEYS[1], 'ix', byState .. '\n' .. byDep)
 return {1}
 `
 
@@ -550,12 +557,19 @@ func (b *Backend) confirm(ch string) bool {
 	return len(ws) > 0
 }
 
+// dispatch hands a record to its channel's subscriber. A record that
+// arrives while a Subscribe of the channel awaits its confirmation was
+// published before that subscription was active (the connection delivers in
+// order): it is an old subscription's, still in flight after its
+// Unsubscribe, and is dropped, so that a new subscriber gets nothing saved
+// before it subscribed.
 func (b *Backend) dispatch(m *redis.Message) {
 	b.mu.Lock()
 	deliver := b.subs[m.Channel]
+	pending := len(b.waiters[m.Channel]) > 0
 	b.mu.Unlock()
-	if deliver == nil {
-		return // unsubscribed meanwhile
+	if deliver == nil || pending {
+		return // unsubscribed meanwhile, or an old subscription's
 	}
 	var rec state.Record
 	if err := json.Unmarshal([]byte(m.Payload), &rec); err != nil {
