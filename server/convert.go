@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -105,7 +106,29 @@ func recordToProto(r *state.Record, urls ObjectURLs) *comfygatev1.RequestState {
 		st.Error = &comfygatev1.RequestError{Type: r.Error.Type, Message: r.Error.Message, UpstreamCode: r.Error.Code}
 	}
 	st.Storage = storageToProto(r.Storage, urls)
+	st.QueuedAt = st.CreatedAt
+	if d, ok := queueDuration(r); ok {
+		st.QueueDuration = durationpb.New(d)
+	}
+	if !r.StartedAt.IsZero() && !r.FinishedAt.IsZero() {
+		st.RunDuration = durationpb.New(max(r.FinishedAt.Sub(r.StartedAt), 0))
+	}
 	return st
+}
+
+// queueDuration is how long r waited for an instance: until it started, or
+// until it ended without starting. Clocks of RunComfy and the gateway may
+// disagree by a little: a negative wait is none.
+func queueDuration(r *state.Record) (time.Duration, bool) {
+	switch {
+	case r.CreatedAt.IsZero():
+		return 0, false
+	case !r.StartedAt.IsZero():
+		return max(r.StartedAt.Sub(r.CreatedAt), 0), true
+	case !r.FinishedAt.IsZero():
+		return max(r.FinishedAt.Sub(r.CreatedAt), 0), true
+	}
+	return 0, false
 }
 
 var storageStates = map[state.StorageState]comfygatev1.StorageState{

@@ -272,9 +272,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		if next.CreatedAt.IsZero() {
 			next.CreatedAt = now
 		}
-		if next.Terminal() && next.FinishedAt.IsZero() {
-			next.FinishedAt = now
-		}
+		stamp(next, now, true)
 		return next, Applied
 	}
 	cr := Rank(cur.State)
@@ -325,10 +323,22 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	if u.confirms() {
 		next.SyncedAt = now
 	}
-	if next.Terminal() && next.FinishedAt.IsZero() {
-		next.FinishedAt = now
-	}
+	stamp(next, now, ur > cr)
 	return next, Applied
+}
+
+// stamp sets the times of the states r has reached that no report gave:
+// a request that has just entered running (entered: a record that was
+// running before it had times is left without) started no later than now,
+// and one seen final finished no later than now. (The first time each was
+// seen, whichever source saw it: later observations keep them.)
+func stamp(r *Record, now time.Time, entered bool) {
+	if entered && r.State == runcomfy.StateRunning && r.StartedAt.IsZero() {
+		r.StartedAt = now
+	}
+	if r.Terminal() && r.FinishedAt.IsZero() {
+		r.FinishedAt = now
+	}
 }
 
 // apply copies what u observed into r and reports whether anything changed. With

@@ -127,6 +127,7 @@ func TestMergeFields(t *testing.T) {
 			cur:  queued, u: upd(runcomfy.StateRunning, func(u *Update) { u.UpstreamStatus = "in_progress" }),
 			want: Applied, edit: func(r *Record) {
 				r.State, r.UpstreamStatus, r.QueuePosition = runcomfy.StateRunning, "in_progress", nil
+				r.StartedAt = now // first seen running, as no report said when
 			},
 		},
 		{
@@ -232,7 +233,34 @@ func TestMergeFields(t *testing.T) {
 			want: Stale,
 		},
 
-		// Timestamps: the first report wins; terminal records get a FinishedAt.
+		// Timestamps: the first report wins; terminal records get a FinishedAt,
+		// and records that enter running a StartedAt, when no report gave one.
+		{
+			name: "a record seen running for the first time started then",
+			cur:  queued, u: upd(runcomfy.StateRunning),
+			want: Applied, edit: func(r *Record) {
+				r.UpstreamStatus = ""
+				r.State, r.QueuePosition, r.StartedAt = runcomfy.StateRunning, nil, now
+			},
+		},
+		{
+			name: "a record first seen running is stamped at creation",
+			cur:  nil, u: upd(runcomfy.StateRunning, func(u *Update) { u.CreatedAt = t1 }),
+			want: Applied, edit: func(r *Record) { r.State, r.CreatedAt, r.StartedAt = runcomfy.StateRunning, t1, now },
+		},
+		{
+			name: "a record running before it had times is not stamped later",
+			cur:  bare, u: upd(runcomfy.StateRunning, func(u *Update) { u.InstanceID = "inst-3" }),
+			want: Applied, edit: func(r *Record) { r.InstanceID = "inst-3" },
+		},
+		{
+			name: "a request cancelled in the queue never started",
+			cur:  queued, u: upd(runcomfy.StateCancelled),
+			want: Applied, edit: func(r *Record) {
+				r.UpstreamStatus = ""
+				r.State, r.QueuePosition, r.FinishedAt = runcomfy.StateCancelled, nil, now
+			},
+		},
 		{
 			name: "created_at is kept",
 			cur:  running, u: upd(runcomfy.StateRunning, func(u *Update) { u.CreatedAt = t3 }),
@@ -282,12 +310,18 @@ func TestMergeFields(t *testing.T) {
 		{
 			name: "queue position is cleared when leaving queued",
 			cur:  queued, u: upd(runcomfy.StateRunning),
-			want: Applied, edit: func(r *Record) { r.UpstreamStatus = ""; r.State, r.QueuePosition = runcomfy.StateRunning, nil },
+			want: Applied, edit: func(r *Record) {
+				r.UpstreamStatus = ""
+				r.State, r.QueuePosition, r.StartedAt = runcomfy.StateRunning, nil, now
+			},
 		},
 		{
 			name: "queue position is cleared even if the advancing update has one",
 			cur:  queued, u: upd(runcomfy.StateRunning, func(u *Update) { u.QueuePosition = ptr[int64](1) }),
-			want: Applied, edit: func(r *Record) { r.UpstreamStatus = ""; r.State, r.QueuePosition = runcomfy.StateRunning, nil },
+			want: Applied, edit: func(r *Record) {
+				r.UpstreamStatus = ""
+				r.State, r.QueuePosition, r.StartedAt = runcomfy.StateRunning, nil, now
+			},
 		},
 		{
 			name: "a running record takes no queue position",

@@ -398,7 +398,7 @@ func TestHandlerSeedFixtures(t *testing.T) {
 			name: "status only as outcome",
 			body: `{"request_id":"{request_id}","deployment_id":"{deployment_id}","outcome":"in_progress","instance_id":"{instance_id}"}`,
 			want: state.Record{
-				State: runcomfy.StateRunning, UpstreamStatus: "in_progress", InstanceID: instanceID, CreatedAt: trackerNow,
+				State: runcomfy.StateRunning, UpstreamStatus: "in_progress", InstanceID: instanceID, CreatedAt: trackerNow, StartedAt: trackerNow,
 			},
 		},
 		{
@@ -448,7 +448,8 @@ func TestHandlerSeedFixtures(t *testing.T) {
 		{
 			name: "status in upper case",
 			body: `{"request_id":"{request_id}","status":"IN_PROGRESS"}`,
-			want: state.Record{State: runcomfy.StateRunning, UpstreamStatus: "IN_PROGRESS", CreatedAt: trackerNow},
+			// First seen running now: started no later than now.
+			want: state.Record{State: runcomfy.StateRunning, UpstreamStatus: "IN_PROGRESS", CreatedAt: trackerNow, StartedAt: trackerNow},
 		},
 		{
 			// The URL is authenticated, the payload is not: the record belongs to

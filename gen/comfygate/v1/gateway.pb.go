@@ -390,7 +390,18 @@ type RequestState struct {
 	// once the request succeeded; absent without storage. The request's
 	// terminal state comes first, with RunComfy's URLs; the copy's end is a
 	// later state (a new seq) of the same request.
-	Storage       *OutputStorage `protobuf:"bytes,16,opt,name=storage,proto3" json:"storage,omitempty"`
+	Storage *OutputStorage `protobuf:"bytes,16,opt,name=storage,proto3" json:"storage,omitempty"`
+	// When the request entered RunComfy's queue: its creation, as created_at.
+	QueuedAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
+	// How long it waited for an instance: from queued_at to started_at, or
+	// to finished_at for a request that ended (cancelled) before it started.
+	// Absent while it waits. started_at is RunComfy's when it reports one, else
+	// when the gateway first saw the request running (a callback, a poll or a
+	// read, whichever came first).
+	QueueDuration *durationpb.Duration `protobuf:"bytes,18,opt,name=queue_duration,json=queueDuration,proto3" json:"queue_duration,omitempty"`
+	// How long it ran: from started_at to finished_at. Absent until it has
+	// finished, and for a request that never started.
+	RunDuration   *durationpb.Duration `protobuf:"bytes,19,opt,name=run_duration,json=runDuration,proto3" json:"run_duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -533,6 +544,27 @@ func (x *RequestState) GetSyncedAt() *timestamppb.Timestamp {
 func (x *RequestState) GetStorage() *OutputStorage {
 	if x != nil {
 		return x.Storage
+	}
+	return nil
+}
+
+func (x *RequestState) GetQueuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.QueuedAt
+	}
+	return nil
+}
+
+func (x *RequestState) GetQueueDuration() *durationpb.Duration {
+	if x != nil {
+		return x.QueueDuration
+	}
+	return nil
+}
+
+func (x *RequestState) GetRunDuration() *durationpb.Duration {
+	if x != nil {
+		return x.RunDuration
 	}
 	return nil
 }
@@ -2361,7 +2393,7 @@ var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x05\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\a\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -2385,7 +2417,10 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x03seq\x18\r \x01(\x03R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x0e \x01(\x03R\x05epoch\x127\n" +
 	"\tsynced_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bsyncedAt\x125\n" +
-	"\astorage\x18\x10 \x01(\v2\x1b.comfygate.v1.OutputStorageR\astorageB\x11\n" +
+	"\astorage\x18\x10 \x01(\v2\x1b.comfygate.v1.OutputStorageR\astorage\x127\n" +
+	"\tqueued_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x12@\n" +
+	"\x0equeue_duration\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\rqueueDuration\x12<\n" +
+	"\frun_duration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\vrunDurationB\x11\n" +
 	"\x0f_queue_position\"\xa9\x01\n" +
 	"\rOutputStorage\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.comfygate.v1.StorageStateR\x05state\x124\n" +
@@ -2621,58 +2656,61 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	34, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
 	34, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
-	1,  // 8: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
-	7,  // 9: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	34, // 10: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 11: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
-	2,  // 12: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
-	5,  // 13: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 14: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
-	8,  // 15: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	5,  // 16: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
-	8,  // 17: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	3,  // 18: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
-	5,  // 19: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 20: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	23, // 21: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	4,  // 22: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
-	24, // 23: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	34, // 24: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	34, // 25: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	34, // 26: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	35, // 27: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
-	23, // 28: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	28, // 29: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
-	30, // 30: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	34, // 31: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	34, // 32: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 33: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
-	34, // 34: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
-	34, // 35: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
-	5,  // 36: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
-	10, // 37: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 38: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 39: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 40: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 41: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 42: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 43: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	31, // 44: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
-	27, // 45: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 46: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 47: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 48: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 49: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 50: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 51: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 52: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	32, // 53: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
-	29, // 54: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	46, // [46:55] is the sub-list for method output_type
-	37, // [37:46] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	34, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
+	35, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
+	35, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
+	1,  // 11: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
+	7,  // 12: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
+	34, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 14: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
+	2,  // 15: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
+	5,  // 16: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 17: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 18: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	5,  // 19: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 20: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	3,  // 21: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
+	5,  // 22: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 23: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	23, // 24: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	4,  // 25: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
+	24, // 26: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
+	34, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	34, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	34, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	35, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	23, // 31: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	28, // 32: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
+	30, // 33: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
+	34, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	34, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 36: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
+	34, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	34, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	5,  // 39: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
+	10, // 40: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 41: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 42: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 43: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 44: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 45: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 46: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	31, // 47: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	27, // 48: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 49: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 50: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 51: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 52: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 53: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 54: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 55: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	32, // 56: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	29, // 57: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	49, // [49:58] is the sub-list for method output_type
+	40, // [40:49] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
