@@ -1,4 +1,4 @@
-// Package cli is the client commands: `comfygate submit|status|result|cancel|watch|upload`
+// Package cli is the client commands: `comfygate submit|status|result|cancel|watch|ls|upload`
 // call a running gateway over gRPC, for people at a shell and for scripts. They
 // live in the server's binary so that whoever can run the gateway can also try
 // it, with nothing else to install.
@@ -74,6 +74,7 @@ func Commands() []Command {
 		{"result", "print a request's outputs, or its error"},
 		{"cancel", "cancel a request"},
 		{"watch", "follow a request to its end, resuming across gateway restarts"},
+		{"ls", "list your requests, newest first (--watch: refresh)"},
 		{"upload", "store a file for inputs to refer to, and print its reference"},
 	}
 }
@@ -131,6 +132,11 @@ type cliOptions struct {
 
 	file      string // upload
 	mediaType string // upload
+
+	statuses []comfygatev1.Status // ls
+	since    time.Duration        // ls
+	limit    int                  // ls
+	every    time.Duration        // ls --watch: the refresh interval; 0 lists once
 }
 
 // commandHelp is the synopsis and description of each command.
@@ -152,6 +158,11 @@ func commandHelp(command string) (synopsis, about string) {
 			"Asks RunComfy to cancel the request and prints the outcome and the state read\n" +
 				"back (with --json, the state alone: its status says whether the cancel took).\n" +
 				"A running request stops asynchronously: watch it to see it end."
+	case "ls":
+		return "ls [flags]",
+			"Lists your requests, newest first: id, deployment, status, when created,\n" +
+				"and how long each waited and ran. --deployment (or " + DeploymentEnv + ") and\n" +
+				"--status filter; --watch refreshes the list until interrupted."
 	case "upload":
 		return "upload [flags] FILE",
 			"Stores FILE (an image, video or audio file) in the gateway's object storage\n" +
@@ -196,6 +207,14 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	if o.command == "upload" {
 		fs.StringVar(&o.mediaType, "type", "", "the file's media `type` (image/png, ...); empty guesses it from the name and the first bytes")
 	}
+	var statuses string
+	watchLs := false
+	if o.command == "ls" {
+		fs.StringVar(&statuses, "status", "", "only requests in these `statuses`, comma-separated (queued, running, succeeded, failed, cancelled, unknown)")
+		fs.DurationVar(&o.since, "since", 0, "only requests created in this last `duration` (1h, 30m); 0 is all")
+		fs.IntVar(&o.limit, "limit", 50, "the most requests listed")
+		fs.BoolVar(&watchLs, "watch", false, "list again every 2 seconds until interrupted")
+	}
 
 	var errs []error
 	if err := flagenv.SetFromEnv(fs, envOf, getenv); err != nil {
@@ -211,11 +230,36 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	}
 	timeoutSet := false
 	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
-	if o.watch && !timeoutSet {
+	if (o.watch || watchLs) && !timeoutSet {
 		o.timeout = 0
 	}
 
+	if watchLs {
+		o.every = 2 * time.Second
+	}
+	for word := range strings.SplitSeq(statuses, ",") {
+		if word = strings.TrimSpace(word); word == "" {
+			continue
+		}
+		st, ok := statusOfWord(word)
+		if !ok {
+			errs = append(errs, fmt.Errorf("--status %q: want queued, running, succeeded, failed, cancelled or unknown", word))
+			continue
+		}
+		o.statuses = append(o.statuses, st)
+	}
+	if o.command == "ls" && (o.limit < 1 || o.since < 0) {
+		errs = append(errs, errors.New("--limit must be positive and --since not negative"))
+	}
 	switch {
+	case o.command == "ls":
+		// A listing spans deployments unless --deployment names one.
+		if len(pos) > 0 {
+			errs = append(errs, fmt.Errorf("unexpected arguments %q", pos))
+		}
+		if o.deployment != "" && !runcomfy.ValidID(o.deployment) {
+			errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
+		}
 	case o.command == "upload":
 		// An upload belongs to the tenant, not to a deployment.
 		if len(pos) != 1 {
@@ -229,7 +273,7 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
 	}
 	switch o.command {
-	case "upload":
+	case "upload", "ls":
 	case "submit":
 		if len(pos) > 0 {
 			errs = append(errs, fmt.Errorf("unexpected arguments %q: give the input with --input FILE", pos))
@@ -319,7 +363,7 @@ func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envOf flagenv.
 	fmt.Fprintf(w, "Usage: comfygate %s\n\n%s\n\nFlags:\n", synopsis, about)
 	flagenv.PrintFlags(w, fs, envOf)
 	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", APIKeyEnv)
-	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch, upload; `comfygate COMMAND --help` for each.\n")
+	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch, ls, upload; `comfygate COMMAND --help` for each.\n")
 	fmt.Fprintf(w, "Exit codes: 0 done; 1 the request failed and 2 it was cancelled (watch, submit --watch);\n"+
 		"3 the gateway was unreachable, refused the call or timed out; 4 bad usage or input; 130 interrupted.\n")
 }
@@ -543,6 +587,8 @@ func (c *cli) run(ctx context.Context, input []byte) (int, error) {
 		c.print(resp.GetRequest(), cancelText(resp))
 	case "watch":
 		return c.watch(ctx, id, nil)
+	case "ls":
+		return c.ls(ctx)
 	case "upload":
 		up, err := c.upload(ctx)
 		if err != nil {
