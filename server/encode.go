@@ -40,19 +40,21 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	req, submit := v.(*comfygatev1.SubmitRequest)
 	_, upload := v.(*comfygatev1.UploadRequest)
+	_, submitAndWait := v.(*comfygatev1.SubmitAndWaitRequest)
 	switch {
 	case submit && data.Len() >= largeSubmit:
 		if err := unmarshalSubmit(data, req); !errors.Is(err, errNotFastPath) {
 			return err
 		}
-	case !submit && !upload && data.Len() > maxSmallMessage:
+	case !submit && !upload && !submitAndWait && data.Len() > maxSmallMessage:
 		return fmt.Errorf("a %T is at most %d bytes; this one has %d", v, maxSmallMessage, data.Len())
 	}
 	return c.CodecV2.Unmarshal(data, v)
 }
 
-// maxSmallMessage bounds every request message but a submit's and an
-// upload's chunks (bounded by the server's message limit): ids of up to
+// maxSmallMessage bounds every request message but a submit's (alone or in
+// SubmitAndWait) and an upload's chunks (bounded by the server's message
+// limit): ids of up to
 // 128 characters, a seq, a health check's service name.
 const maxSmallMessage = 64 << 10
 

@@ -70,6 +70,11 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.field + ": " + e.reason }
 
+// isSubmit reports whether method submits a job: Submit, or SubmitAndWait.
+func isSubmit(method string) bool {
+	return method == comfygatev1.GatewayService_Submit_FullMethodName || method == comfygatev1.GatewayService_SubmitAndWait_FullMethodName
+}
+
 // toStatus is the one place where domain errors become gRPC statuses. Handlers
 // return plain errors; the unary and stream interceptors call toStatus once. An
 // error that is already a status (from gRPC itself) passes through; anything
@@ -185,7 +190,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	switch {
 	case errors.Is(err, runcomfy.ErrInvalidInput):
 		code, msg = codes.InvalidArgument, "RunComfy rejected the input: "+upstreamMessage(apiErr)
-	case errors.Is(err, runcomfy.ErrNotFound) && method != comfygatev1.GatewayService_Submit_FullMethodName:
+	case errors.Is(err, runcomfy.ErrNotFound) && !isSubmit(method):
 		// A request RunComfy does not know (only a caller that may attach
 		// gets it asked) is answered as one the gateway does not know, and as
 		// another tenant's: any upstream detail would tell them apart.
@@ -241,7 +246,7 @@ func errNoSuchRequest() error {
 // says so, so that the caller does not submit again blindly.
 func submitWithoutAnswer(ctx context.Context, log *slog.Logger, method string, err error) *status.Status {
 	var apiErr *runcomfy.APIError
-	if method != comfygatev1.GatewayService_Submit_FullMethodName || !errors.As(err, &apiErr) || !submitMayHaveStarted(apiErr) {
+	if !isSubmit(method) || !errors.As(err, &apiErr) || !submitMayHaveStarted(apiErr) {
 		return nil
 	}
 	log.WarnContext(ctx, "RunComfy did not answer a submit: a job may exist", "method", method, "error", err)

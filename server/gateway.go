@@ -82,9 +82,17 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 		// Grpc-Metadata-* aliases, which would let a caller set metadata the
 		// guard never checked (a second Idempotency-Key, the handoff token),
 		// nor the "permanent" headers, which no handler reads.
+		// The service's answer metadata is not an HTTP header: what a REST
+		// answer needs of it (a status, Preference-Applied) forwardStatus
+		// writes.
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithForwardResponseOption(forwardStatus),
 		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
 			if strings.EqualFold(h, "Idempotency-Key") {
 				return "idempotency-key", true
+			}
+			if strings.EqualFold(h, "Prefer") {
+				return "prefer", true // a submit's "Prefer: wait=N" (submit_and_wait.go)
 			}
 			if strings.EqualFold(h, "Comfygate-Webhook") || strings.EqualFold(h, "Comfygate-Webhook-Events") {
 				return strings.ToLower(h), true

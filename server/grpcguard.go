@@ -13,8 +13,6 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
-
-	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
 // gRPC reads a call's message before any interceptor runs, so what must hold
@@ -124,7 +122,7 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 	// reserved, until the call ends. Once it has room, the message must
 	// arrive in time: a submit's within the read timeout, any other (a few
 	// bytes) within smallReceiveTimeout.
-	submit := info.FullMethodName == comfygatev1.GatewayService_Submit_FullMethodName
+	submit := isSubmit(info.FullMethodName)
 	if submit && !g.startWaiting(tenant) {
 		g.metrics.refused(limitInflight)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)

@@ -454,6 +454,8 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		case "Idempotency-Key":
 			nextKey++
 			return "openapi-test-" + strconv.Itoa(nextKey)
+		case "Prefer":
+			return "wait=0" // no wait: the answer stays 200
 		case "statuses":
 			return "STATUS_SUCCEEDED"
 		case "created_after":

@@ -399,8 +399,8 @@ func corsFor(origins []string) *cors.Cors {
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
 		AllowedMethods: []string{http.MethodGet, http.MethodPost},
-		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate", "Comfygate-Webhook", "Comfygate-Webhook-Events"},
-		ExposedHeaders: []string{"Retry-After"},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate", "Comfygate-Webhook", "Comfygate-Webhook-Events", "Prefer"},
+		ExposedHeaders: []string{"Retry-After", "Preference-Applied"},
 		MaxAge:         600,
 	})
 }

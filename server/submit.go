@@ -57,8 +57,12 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if key != "" {
 		var done *comfygatev1.SubmitResponse
 		scope, done, err = s.claimIdempotency(ctx, key, dep, req.GetInputJson(), named)
-		if err != nil || done != nil {
-			return done, err
+		if err != nil {
+			return nil, err
+		}
+		if done != nil {
+			// A replay waits as the first submit would have.
+			return s.waitPreferred(ctx, done), nil
 		}
 	}
 	// Only submits that reach RunComfy count: a replay of a known key is free.
@@ -148,5 +152,5 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			CreatedAt:    timestamp(s.now()),
 		}}, nil
 	}
-	return &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}, nil
+	return s.waitPreferred(ctx, &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}), nil
 }

@@ -2389,6 +2389,116 @@ func (x *ListRequestsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// SubmitAndWaitRequest is a submit and how long to wait for its end.
+type SubmitAndWaitRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Submit *SubmitRequest         `protobuf:"bytes,1,opt,name=submit,proto3" json:"submit,omitempty"`
+	// How long to wait for the request to end: default 60 s, at most 300 s
+	// (more is read as 300 s). The call's own deadline, when shorter, wins.
+	Wait          *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitAndWaitRequest) Reset() {
+	*x = SubmitAndWaitRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitAndWaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitAndWaitRequest) ProtoMessage() {}
+
+func (x *SubmitAndWaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitAndWaitRequest.ProtoReflect.Descriptor instead.
+func (*SubmitAndWaitRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SubmitAndWaitRequest) GetSubmit() *SubmitRequest {
+	if x != nil {
+		return x.Submit
+	}
+	return nil
+}
+
+func (x *SubmitAndWaitRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+// SubmitAndWaitResponse is the request as it stood when the wait ended.
+type SubmitAndWaitResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Request *RequestState          `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// The request ended (succeeded, failed or was cancelled) within the wait:
+	// request is its final state. Otherwise request is its current state.
+	Done          bool `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitAndWaitResponse) Reset() {
+	*x = SubmitAndWaitResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitAndWaitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitAndWaitResponse) ProtoMessage() {}
+
+func (x *SubmitAndWaitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitAndWaitResponse.ProtoReflect.Descriptor instead.
+func (*SubmitAndWaitResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SubmitAndWaitResponse) GetRequest() *RequestState {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *SubmitAndWaitResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
@@ -2552,7 +2662,13 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"page_token\x18\x06 \x01(\tR\tpageToken\"v\n" +
 	"\x14ListRequestsResponse\x126\n" +
 	"\brequests\x18\x01 \x03(\v2\x1a.comfygate.v1.RequestStateR\brequests\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x9a\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"z\n" +
+	"\x14SubmitAndWaitRequest\x123\n" +
+	"\x06submit\x18\x01 \x01(\v2\x1b.comfygate.v1.SubmitRequestR\x06submit\x12-\n" +
+	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"a\n" +
+	"\x15SubmitAndWaitResponse\x124\n" +
+	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\x12\x12\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATUS_QUEUED\x10\x01\x12\x12\n" +
@@ -2583,7 +2699,7 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13DELIVERY_STATE_GONE\x10\x042\xe7\x05\n" +
+	"\x13DELIVERY_STATE_GONE\x10\x042\xc1\x06\n" +
 	"\x0eGatewayService\x12C\n" +
 	"\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n" +
@@ -2591,7 +2707,8 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x06Cancel\x12\x1b.comfygate.v1.CancelRequest\x1a\x1c.comfygate.v1.CancelResponse\x12W\n" +
 	"\fWatchRequest\x12!.comfygate.v1.WatchRequestRequest\x1a\".comfygate.v1.WatchRequestResponse0\x01\x12[\n" +
 	"\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n" +
-	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12U\n" +
+	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12X\n" +
+	"\rSubmitAndWait\x12\".comfygate.v1.SubmitAndWaitRequest\x1a#.comfygate.v1.SubmitAndWaitResponse\x12U\n" +
 	"\fListRequests\x12!.comfygate.v1.ListRequestsRequest\x1a\".comfygate.v1.ListRequestsResponse\x12E\n" +
 	"\x06Upload\x12\x1b.comfygate.v1.UploadRequest\x1a\x1c.comfygate.v1.UploadResponse(\x01B=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
 
@@ -2608,7 +2725,7 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                    // 0: comfygate.v1.Status
 	(StorageState)(0),              // 1: comfygate.v1.StorageState
@@ -2643,25 +2760,27 @@ var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(*Upload)(nil),                 // 30: comfygate.v1.Upload
 	(*ListRequestsRequest)(nil),    // 31: comfygate.v1.ListRequestsRequest
 	(*ListRequestsResponse)(nil),   // 32: comfygate.v1.ListRequestsResponse
-	(*structpb.Struct)(nil),        // 33: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 35: google.protobuf.Duration
+	(*SubmitAndWaitRequest)(nil),   // 33: comfygate.v1.SubmitAndWaitRequest
+	(*SubmitAndWaitResponse)(nil),  // 34: comfygate.v1.SubmitAndWaitResponse
+	(*structpb.Struct)(nil),        // 35: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 37: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	33, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	35, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
 	9,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	34, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	34, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	34, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	36, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	36, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	36, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	36, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
-	34, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
-	35, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
-	35, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
+	36, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
+	37, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
+	37, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
 	1,  // 11: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
 	7,  // 12: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	34, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	36, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 14: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
 	2,  // 15: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
 	5,  // 16: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
@@ -2675,42 +2794,47 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	23, // 24: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	4,  // 25: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
 	24, // 26: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	34, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	34, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	34, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	35, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	36, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	36, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	36, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	37, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
 	23, // 31: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	28, // 32: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
 	30, // 33: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	34, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	34, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	36, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	36, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 36: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
-	34, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
-	34, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	36, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	36, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
 	5,  // 39: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
-	10, // 40: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 41: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 42: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 43: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 44: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 45: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 46: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	31, // 47: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
-	27, // 48: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 49: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 50: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 51: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 52: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 53: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 54: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 55: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	32, // 56: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
-	29, // 57: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	49, // [49:58] is the sub-list for method output_type
-	40, // [40:49] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	10, // 40: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
+	37, // 41: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
+	5,  // 42: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
+	10, // 43: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 44: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 45: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 46: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 47: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 48: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 49: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	33, // 50: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
+	31, // 51: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	27, // 52: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 53: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 54: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 55: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 56: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 57: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 58: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 59: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	34, // 60: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
+	32, // 61: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	29, // 62: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	53, // [53:63] is the sub-list for method output_type
+	43, // [43:53] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -2729,7 +2853,7 @@ func file_comfygate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	GatewayService_WatchRequest_FullMethodName   = "/comfygate.v1.GatewayService/WatchRequest"
 	GatewayService_ListDeliveries_FullMethodName = "/comfygate.v1.GatewayService/ListDeliveries"
 	GatewayService_RedeliverEvent_FullMethodName = "/comfygate.v1.GatewayService/RedeliverEvent"
+	GatewayService_SubmitAndWait_FullMethodName  = "/comfygate.v1.GatewayService/SubmitAndWait"
 	GatewayService_ListRequests_FullMethodName   = "/comfygate.v1.GatewayService/ListRequests"
 	GatewayService_Upload_FullMethodName         = "/comfygate.v1.GatewayService/Upload"
 )
@@ -93,6 +94,13 @@ type GatewayServiceClient interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error)
+	// SubmitAndWait submits as Submit does, then waits up to wait (default
+	// 60 s, at most 300 s) for the request to end, and answers its final state
+	// (done) or, when it has not ended in time, its current state (not done):
+	// follow it then with WatchRequest. Errors are Submit's; the wait itself
+	// fails nothing. Over REST, send the header "Prefer: wait=N" (seconds) with
+	// a submit: 200 with the final state, or 202 with the current one.
+	SubmitAndWait(ctx context.Context, in *SubmitAndWaitRequest, opts ...grpc.CallOption) (*SubmitAndWaitResponse, error)
 	// ListRequests lists the caller's requests, newest first (by creation,
 	// then by id), optionally of one deployment, in some statuses, created in
 	// a time range; in pages of page_size (default 50, at most 500), each
@@ -209,6 +217,16 @@ func (c *gatewayServiceClient) RedeliverEvent(ctx context.Context, in *Redeliver
 	return out, nil
 }
 
+func (c *gatewayServiceClient) SubmitAndWait(ctx context.Context, in *SubmitAndWaitRequest, opts ...grpc.CallOption) (*SubmitAndWaitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitAndWaitResponse)
+	err := c.cc.Invoke(ctx, GatewayService_SubmitAndWait_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListRequestsResponse)
@@ -295,6 +313,13 @@ type GatewayServiceServer interface {
 	// webhook-id, to the endpoints it was meant for: a delivery that failed,
 	// gave up or was delivered is retried from its first attempt.
 	RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error)
+	// SubmitAndWait submits as Submit does, then waits up to wait (default
+	// 60 s, at most 300 s) for the request to end, and answers its final state
+	// (done) or, when it has not ended in time, its current state (not done):
+	// follow it then with WatchRequest. Errors are Submit's; the wait itself
+	// fails nothing. Over REST, send the header "Prefer: wait=N" (seconds) with
+	// a submit: 200 with the final state, or 202 with the current one.
+	SubmitAndWait(context.Context, *SubmitAndWaitRequest) (*SubmitAndWaitResponse, error)
 	// ListRequests lists the caller's requests, newest first (by creation,
 	// then by id), optionally of one deployment, in some statuses, created in
 	// a time range; in pages of page_size (default 50, at most 500), each
@@ -352,6 +377,9 @@ func (UnimplementedGatewayServiceServer) ListDeliveries(context.Context, *ListDe
 }
 func (UnimplementedGatewayServiceServer) RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RedeliverEvent not implemented")
+}
+func (UnimplementedGatewayServiceServer) SubmitAndWait(context.Context, *SubmitAndWaitRequest) (*SubmitAndWaitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitAndWait not implemented")
 }
 func (UnimplementedGatewayServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
@@ -499,6 +527,24 @@ func _GatewayService_RedeliverEvent_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_SubmitAndWait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitAndWaitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).SubmitAndWait(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_SubmitAndWait_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).SubmitAndWait(ctx, req.(*SubmitAndWaitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListRequestsRequest)
 	if err := dec(in); err != nil {
@@ -554,6 +600,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RedeliverEvent",
 			Handler:    _GatewayService_RedeliverEvent_Handler,
+		},
+		{
+			MethodName: "SubmitAndWait",
+			Handler:    _GatewayService_SubmitAndWait_Handler,
 		},
 		{
 			MethodName: "ListRequests",

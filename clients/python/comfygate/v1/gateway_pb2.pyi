@@ -245,6 +245,22 @@ class StoredOutput(_message.Message):
     url_expires_at: _timestamp_pb2.Timestamp
     def __init__(self, node: _Optional[str] = ..., file: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., content_type: _Optional[str] = ..., sha256: _Optional[str] = ..., url: _Optional[str] = ..., url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class SubmitAndWaitRequest(_message.Message):
+    __slots__ = ["submit", "wait"]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRequest
+    wait: _duration_pb2.Duration
+    def __init__(self, submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., wait: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SubmitAndWaitResponse(_message.Message):
+    __slots__ = ["done", "request"]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    done: bool
+    request: RequestState
+    def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., done: bool = ...) -> None: ...
+
 class SubmitRequest(_message.Message):
     __slots__ = ["deployment_id", "idempotency_key", "input_json", "webhook"]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]

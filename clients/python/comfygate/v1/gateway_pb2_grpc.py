@@ -69,6 +69,11 @@ class GatewayServiceStub(object):
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
                 response_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
                 )
+        self.SubmitAndWait = channel.unary_unary(
+                '/comfygate.v1.GatewayService/SubmitAndWait',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitResponse.FromString,
+                )
         self.ListRequests = channel.unary_unary(
                 '/comfygate.v1.GatewayService/ListRequests',
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
@@ -177,6 +182,18 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitAndWait(self, request, context):
+        """SubmitAndWait submits as Submit does, then waits up to wait (default
+        60 s, at most 300 s) for the request to end, and answers its final state
+        (done) or, when it has not ended in time, its current state (not done):
+        follow it then with WatchRequest. Errors are Submit's; the wait itself
+        fails nothing. Over REST, send the header "Prefer: wait=N" (seconds) with
+        a submit: 200 with the final state, or 202 with the current one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRequests(self, request, context):
         """ListRequests lists the caller's requests, newest first (by creation,
         then by id), optionally of one deployment, in some statuses, created in
@@ -251,6 +268,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RedeliverEvent,
                     request_deserializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.FromString,
                     response_serializer=comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.SerializeToString,
+            ),
+            'SubmitAndWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitAndWait,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitResponse.SerializeToString,
             ),
             'ListRequests': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRequests,
@@ -408,6 +430,23 @@ class GatewayService(object):
         return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/RedeliverEvent',
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventRequest.SerializeToString,
             comfygate_dot_v1_dot_gateway__pb2.RedeliverEventResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SubmitAndWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/SubmitAndWait',
+            comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.SubmitAndWaitResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
