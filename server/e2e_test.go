@@ -294,9 +294,9 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}
-	svcCfg.Lister = backend
+	svcCfg.Lister, svcCfg.Usage = backend, backend
 	if o.redis != nil {
-		svcCfg.Lister = o.redis
+		svcCfg.Lister, svcCfg.Usage = o.redis, o.redis
 	}
 	var ready func(context.Context) error
 	if o.backend != nil {

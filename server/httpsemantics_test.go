@@ -22,6 +22,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{http.MethodPut, "/v1/deployments/dep-1/requests", "GET, POST"},
 		{http.MethodDelete, "/v1/deployments/dep-1/requests", "GET, POST"},
 		{http.MethodPost, "/v1/requests", "GET"},
+		{http.MethodDelete, "/v1/usage", "GET"},
 		{http.MethodGet, "/v1/uploads", "POST"},
 		{http.MethodDelete, req, "GET"},
 		{http.MethodPost, req, "GET"},

@@ -199,6 +199,7 @@ func isRead(fullMethod string) bool {
 		comfygatev1.GatewayService_Cancel_FullMethodName,
 		comfygatev1.GatewayService_ListDeliveries_FullMethodName,
 		comfygatev1.GatewayService_ListRequests_FullMethodName,
+		comfygatev1.GatewayService_GetUsage_FullMethodName,
 		comfygatev1.GatewayService_RedeliverEvent_FullMethodName:
 		return true
 	}

@@ -28,8 +28,8 @@ type Lister interface {
 	List(ctx context.Context, q state.ListQuery) (state.ListPage, error)
 }
 
-// errNoListing: a service built without a Lister.
-var errNoListing = fmt.Errorf("listing requests is not available on this gateway")
+// errNoListing: a service built without a Lister or a UsageReader.
+var errNoListing = fmt.Errorf("listing requests and usage is not available on this gateway")
 
 // ListRequests lists the caller's requests, newest first, from the state
 // backend's indexes: no call reaches RunComfy.

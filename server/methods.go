@@ -18,6 +18,8 @@ func allowedMethods(path string) string {
 	switch path {
 	case "/v1/requests":
 		return http.MethodGet // ListRequests
+	case "/v1/usage":
+		return http.MethodGet // GetUsage
 	case uploadsPath:
 		return http.MethodPost // Upload
 	}

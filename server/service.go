@@ -85,6 +85,7 @@ type Service struct {
 	uploads       Uploads
 	uploadTimeout time.Duration
 	lister        Lister
+	usage         UsageReader
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -119,8 +120,10 @@ type ServiceConfig struct {
 	// ObjectURLs, when set, signs the URLs of stored outputs in every state
 	// the service answers or streams.
 	ObjectURLs ObjectURLs
-	// Lister, when set, serves ListRequests (both state backends are one).
+	// Lister and Usage, when set, serve ListRequests and GetUsage (both
+	// state backends are both).
 	Lister Lister
+	Usage  UsageReader
 	// Uploads, when set, serves Upload and resolves the references to
 	// uploads in submitted inputs; nil refuses both.
 	Uploads Uploads
@@ -178,6 +181,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		urls:          cfg.ObjectURLs,
 		uploads:       cfg.Uploads,
 		lister:        cfg.Lister,
+		usage:         cfg.Usage,
 		uploadTimeout: cmp.Or(cfg.UploadTimeout, DefaultUploadTimeout),
 		metrics:       cfg.Metrics,
 		webhooks:      cfg.Webhooks,

@@ -167,7 +167,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 
 	svcCfg := server.ServiceConfig{
 		Upstream: client, Logger: log, Metrics: metrics, Limits: limits,
-		Tracker: tracker, Watches: a.hub, Polls: a.reconciler, Idempotency: a.backend.idem, Lister: a.backend.lister,
+		Tracker: tracker, Watches: a.hub, Polls: a.reconciler, Idempotency: a.backend.idem, Lister: a.backend.lister, Usage: a.backend.usage,
 		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout,
 		// The submit's own deadline outlasts the upstream call's, so that it
 		// is the client's timeout, not this one, that ends a slow submit.

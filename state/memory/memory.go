@@ -36,6 +36,8 @@ type Backend struct {
 	idem        map[string]idemEntry
 	out         outbox
 	queues      map[string]*queue // work queues by name (Queue)
+	// usage are the hourly usage buckets: owner -> Unix hour -> counter.
+	usage map[string]map[int64]map[string]int64
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -52,6 +54,7 @@ func New(now func() time.Time) *Backend {
 		idem:    make(map[string]idemEntry),
 		out:     newOutbox(),
 		queues:  make(map[string]*queue),
+		usage:   make(map[string]map[int64]map[string]int64),
 	}
 }
 
@@ -96,7 +99,11 @@ func (b *Backend) saveLocked(rec *state.Record, ttl time.Duration) error {
 		return &state.ConflictError{Current: cur}
 	}
 	b.records[rec.RequestID] = entry{rec: stored, expires: now.Add(ttl)}
+	if state.CountsEnd(cur, stored) {
+		b.countEnd(stored)
+	}
 	if b.writes++; b.writes%sweepEvery == 0 {
+		b.sweepUsage(now)
 		for id, e := range b.records {
 			if !now.Before(e.expires) {
 				delete(b.records, id)

@@ -23,6 +23,10 @@ func TestConformance(t *testing.T) {
 	statetest.Run(t, func(t *testing.T) statetest.Backend { return memory.New(nil) })
 }
 
+func TestUsageConformance(t *testing.T) {
+	statetest.RunUsage(t, func(t *testing.T) statetest.UsageBackend { return memory.New(nil) })
+}
+
 func TestListConformance(t *testing.T) {
 	statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return memory.New(nil) })
 }

@@ -1,6 +1,10 @@
 package redisstore
 
-import "github.com/comfygate/comfygate/runcomfy"
+import (
+	"strconv"
+
+	"github.com/comfygate/comfygate/runcomfy"
+)
 
 // Every Redis key and channel comfygate uses is named here, under a
 // configurable prefix (default "comfygate:"). The request id is a hash tag
@@ -41,6 +45,9 @@ import "github.com/comfygate/comfygate/runcomfy"
 //	                                written by the save script, expires
 //	                                after the last record in it
 //	<prefix>ls:{<owner>}:<deployment>:<state> the same, for one deployment
+//	<prefix>usage:{<owner>}:<hour>  hash: the owner's requests that ended in
+//	                                that Unix hour, counted by the save
+//	                                script (state/usage.go); 90 days
 //	<prefix>{hooks}:due            sorted set: requests whose deliveries are
 //	                                retried later, scored by when (ms); in
 //	                                the jobs stream's slot, so one script
@@ -129,3 +136,11 @@ func ListKey(prefix, owner, dep string, st runcomfy.State) string {
 func (b *Backend) listKey(owner, dep string, st runcomfy.State) string {
 	return ListKey(b.prefix, owner, dep, st)
 }
+
+// UsageKey is the usage bucket of owner's requests that ended in the Unix
+// hour hour; in the slot of the owner's listing indexes.
+func UsageKey(prefix, owner string, hour int64) string {
+	return prefix + "usage:{" + owner + "}:" + strconv.FormatInt(hour, 10)
+}
+
+func (b *Backend) usageKey(owner string, hour int64) string { return UsageKey(b.prefix, owner, hour) }

@@ -46,7 +46,11 @@ import (
 // to both, and removed from the ones it was in (the 'ix' field) if they
 // differ (a record already in them is left as it is); each index lives at
 // least as long as the records in it (extended by an hour more whenever a
-// record would outlive it, so that most saves leave its TTL alone). Returns {1} written, or {0, stored record JSON or nil,
+// record would outlive it, so that most saves leave its TTL alone). Before
+// them is the usage bucket of the hour the record ended (state/usage.go),
+// ARGV 12 its TTL (” for a record that has not ended) and the rest the
+// counters and increments: a save that makes the record final-state for the
+// first time (the stored rank below 3) adds them. Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
@@ -93,6 +97,15 @@ local ttl = tonumber(ARGV[4])
 for _, k in ipairs({byState, byDep}) do
   if redis.call('PTTL', k) < ttl then
     redis.call('PEXPIRE', k, ttl + 3600000)
+  end
+end
+if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then
+  local usage = KEYS[#KEYS-2]
+  for i = 13, #ARGV, 2 do
+    redis.call('HINCRBY', usage, ARGV[i], ARGV[i + 1])
+  end
+  if redis.call('PTTL', usage) < 0 then
+    redis.call('PEXPIRE', usage, ARGV[12])
   end
 end
 return {1}
@@ -328,8 +341,16 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 		op.args[7], op.args[8] = evData, rec.RequestID
 	}
 	st := state.ListState(rec.State)
-	op.keys = append(op.keys, b.listKey(rec.Owner, "", st), b.listKey(rec.Owner, rec.DeploymentID, st))
+	op.keys = append(op.keys, b.usageKey(rec.Owner, state.UsageHour(rec)), b.listKey(rec.Owner, "", st), b.listKey(rec.Owner, rec.DeploymentID, st))
 	op.args = append(op.args, rec.CreatedMs(), rec.RequestID)
+	if incs := state.UsageIncrements(rec); len(incs) > 0 {
+		op.args = append(op.args, state.UsageRetention.Milliseconds())
+		for _, inc := range incs {
+			op.args = append(op.args, inc.Field, inc.By)
+		}
+	} else {
+		op.args = append(op.args, "")
+	}
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())
 		about, err := json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})

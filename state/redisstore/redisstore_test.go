@@ -74,6 +74,10 @@ func TestConformance(t *testing.T) {
 	statetest.Run(t, func(t *testing.T) statetest.Backend { return newBackend(t) })
 }
 
+func TestUsageConformance(t *testing.T) {
+	statetest.RunUsage(t, func(t *testing.T) statetest.UsageBackend { return newBackend(t) })
+}
+
 func TestListConformance(t *testing.T) {
 	statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return newBackend(t) })
 }

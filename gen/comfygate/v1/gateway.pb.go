@@ -2499,6 +2499,311 @@ func (x *SubmitAndWaitResponse) GetDone() bool {
 	return false
 }
 
+// GetUsageRequest selects the usage to sum.
+type GetUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// From this time (its hour included); default 24 hours before end.
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	// Until this time (its hour included when it is not on the hour);
+	// default now.
+	End *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// Only this deployment; empty for all.
+	DeploymentId  string `protobuf:"bytes,3,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageRequest) Reset() {
+	*x = GetUsageRequest{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageRequest) ProtoMessage() {}
+
+func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageRequest) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetUsageRequest) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+// GetUsageResponse is the usage of a range.
+type GetUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The range summed: whole hours.
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// By deployment, in id order.
+	Deployments []*DeploymentUsage `protobuf:"bytes,3,rep,name=deployments,proto3" json:"deployments,omitempty"`
+	// All of them together (no deployment_id).
+	Total         *DeploymentUsage `protobuf:"bytes,4,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageResponse) Reset() {
+	*x = GetUsageResponse{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageResponse) ProtoMessage() {}
+
+func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageResponse) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetUsageResponse) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetDeployments() []*DeploymentUsage {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetTotal() *DeploymentUsage {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+// DeploymentUsage is what the requests of one deployment that ended in the
+// range add up to.
+type DeploymentUsage struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DeploymentId string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// How many ended in each final status.
+	Succeeded int64 `protobuf:"varint,2,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Failed    int64 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	Cancelled int64 `protobuf:"varint,4,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// Ended in a status this version does not know.
+	Unknown int64 `protobuf:"varint,5,opt,name=unknown,proto3" json:"unknown,omitempty"`
+	// The time from queued_at to the start (or to the end, for one that
+	// never started).
+	Queue *DurationStats `protobuf:"bytes,6,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The time from the start to the end, of those that started.
+	Run           *DurationStats `protobuf:"bytes,7,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeploymentUsage) Reset() {
+	*x = DeploymentUsage{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentUsage) ProtoMessage() {}
+
+func (x *DeploymentUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentUsage.ProtoReflect.Descriptor instead.
+func (*DeploymentUsage) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeploymentUsage) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *DeploymentUsage) GetSucceeded() int64 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *DeploymentUsage) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *DeploymentUsage) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *DeploymentUsage) GetUnknown() int64 {
+	if x != nil {
+		return x.Unknown
+	}
+	return 0
+}
+
+func (x *DeploymentUsage) GetQueue() *DurationStats {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+func (x *DeploymentUsage) GetRun() *DurationStats {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+// DurationStats sums up durations.
+type DurationStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Sum           *durationpb.Duration   `protobuf:"bytes,2,opt,name=sum,proto3" json:"sum,omitempty"`
+	P50           *durationpb.Duration   `protobuf:"bytes,3,opt,name=p50,proto3" json:"p50,omitempty"`
+	P95           *durationpb.Duration   `protobuf:"bytes,4,opt,name=p95,proto3" json:"p95,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DurationStats) Reset() {
+	*x = DurationStats{}
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DurationStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DurationStats) ProtoMessage() {}
+
+func (x *DurationStats) ProtoReflect() protoreflect.Message {
+	mi := &file_comfygate_v1_gateway_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DurationStats.ProtoReflect.Descriptor instead.
+func (*DurationStats) Descriptor() ([]byte, []int) {
+	return file_comfygate_v1_gateway_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DurationStats) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DurationStats) GetSum() *durationpb.Duration {
+	if x != nil {
+		return x.Sum
+	}
+	return nil
+}
+
+func (x *DurationStats) GetP50() *durationpb.Duration {
+	if x != nil {
+		return x.P50
+	}
+	return nil
+}
+
+func (x *DurationStats) GetP95() *durationpb.Duration {
+	if x != nil {
+		return x.P95
+	}
+	return nil
+}
+
 var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
@@ -2668,7 +2973,29 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"a\n" +
 	"\x15SubmitAndWaitResponse\x124\n" +
 	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\x12\x12\n" +
-	"\x04done\x18\x02 \x01(\bR\x04done*\x9a\x01\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done\"\x96\x01\n" +
+	"\x0fGetUsageRequest\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12#\n" +
+	"\rdeployment_id\x18\x03 \x01(\tR\fdeploymentId\"\xe8\x01\n" +
+	"\x10GetUsageResponse\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12?\n" +
+	"\vdeployments\x18\x03 \x03(\v2\x1d.comfygate.v1.DeploymentUsageR\vdeployments\x123\n" +
+	"\x05total\x18\x04 \x01(\v2\x1d.comfygate.v1.DeploymentUsageR\x05total\"\x86\x02\n" +
+	"\x0fDeploymentUsage\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1c\n" +
+	"\tsucceeded\x18\x02 \x01(\x03R\tsucceeded\x12\x16\n" +
+	"\x06failed\x18\x03 \x01(\x03R\x06failed\x12\x1c\n" +
+	"\tcancelled\x18\x04 \x01(\x03R\tcancelled\x12\x18\n" +
+	"\aunknown\x18\x05 \x01(\x03R\aunknown\x121\n" +
+	"\x05queue\x18\x06 \x01(\v2\x1b.comfygate.v1.DurationStatsR\x05queue\x12-\n" +
+	"\x03run\x18\a \x01(\v2\x1b.comfygate.v1.DurationStatsR\x03run\"\xac\x01\n" +
+	"\rDurationStats\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12+\n" +
+	"\x03sum\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03sum\x12+\n" +
+	"\x03p50\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03p50\x12+\n" +
+	"\x03p95\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03p95*\x9a\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATUS_QUEUED\x10\x01\x12\x12\n" +
@@ -2699,7 +3026,7 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13DELIVERY_STATE_GONE\x10\x042\xc1\x06\n" +
+	"\x13DELIVERY_STATE_GONE\x10\x042\x8c\a\n" +
 	"\x0eGatewayService\x12C\n" +
 	"\x06Submit\x12\x1b.comfygate.v1.SubmitRequest\x1a\x1c.comfygate.v1.SubmitResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.comfygate.v1.GetStatusRequest\x1a\x1f.comfygate.v1.GetStatusResponse\x12L\n" +
@@ -2709,7 +3036,8 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x0eListDeliveries\x12#.comfygate.v1.ListDeliveriesRequest\x1a$.comfygate.v1.ListDeliveriesResponse\x12[\n" +
 	"\x0eRedeliverEvent\x12#.comfygate.v1.RedeliverEventRequest\x1a$.comfygate.v1.RedeliverEventResponse\x12X\n" +
 	"\rSubmitAndWait\x12\".comfygate.v1.SubmitAndWaitRequest\x1a#.comfygate.v1.SubmitAndWaitResponse\x12U\n" +
-	"\fListRequests\x12!.comfygate.v1.ListRequestsRequest\x1a\".comfygate.v1.ListRequestsResponse\x12E\n" +
+	"\fListRequests\x12!.comfygate.v1.ListRequestsRequest\x1a\".comfygate.v1.ListRequestsResponse\x12I\n" +
+	"\bGetUsage\x12\x1d.comfygate.v1.GetUsageRequest\x1a\x1e.comfygate.v1.GetUsageResponse\x12E\n" +
 	"\x06Upload\x12\x1b.comfygate.v1.UploadRequest\x1a\x1c.comfygate.v1.UploadResponse(\x01B=Z;github.com/comfygate/comfygate/gen/comfygate/v1;comfygatev1b\x06proto3"
 
 var (
@@ -2725,7 +3053,7 @@ func file_comfygate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_comfygate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_comfygate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(Status)(0),                    // 0: comfygate.v1.Status
 	(StorageState)(0),              // 1: comfygate.v1.StorageState
@@ -2762,25 +3090,29 @@ var file_comfygate_v1_gateway_proto_goTypes = []any{
 	(*ListRequestsResponse)(nil),   // 32: comfygate.v1.ListRequestsResponse
 	(*SubmitAndWaitRequest)(nil),   // 33: comfygate.v1.SubmitAndWaitRequest
 	(*SubmitAndWaitResponse)(nil),  // 34: comfygate.v1.SubmitAndWaitResponse
-	(*structpb.Struct)(nil),        // 35: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 37: google.protobuf.Duration
+	(*GetUsageRequest)(nil),        // 35: comfygate.v1.GetUsageRequest
+	(*GetUsageResponse)(nil),       // 36: comfygate.v1.GetUsageResponse
+	(*DeploymentUsage)(nil),        // 37: comfygate.v1.DeploymentUsage
+	(*DurationStats)(nil),          // 38: comfygate.v1.DurationStats
+	(*structpb.Struct)(nil),        // 39: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 41: google.protobuf.Duration
 }
 var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: comfygate.v1.RequestState.status:type_name -> comfygate.v1.Status
-	35, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
+	39, // 1: comfygate.v1.RequestState.outputs:type_name -> google.protobuf.Struct
 	9,  // 2: comfygate.v1.RequestState.error:type_name -> comfygate.v1.RequestError
-	36, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
-	36, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
-	36, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
-	36, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
+	40, // 3: comfygate.v1.RequestState.created_at:type_name -> google.protobuf.Timestamp
+	40, // 4: comfygate.v1.RequestState.started_at:type_name -> google.protobuf.Timestamp
+	40, // 5: comfygate.v1.RequestState.finished_at:type_name -> google.protobuf.Timestamp
+	40, // 6: comfygate.v1.RequestState.synced_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: comfygate.v1.RequestState.storage:type_name -> comfygate.v1.OutputStorage
-	36, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
-	37, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
-	37, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
+	40, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
+	41, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
+	41, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
 	1,  // 11: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
 	7,  // 12: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	36, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	40, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 14: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
 	2,  // 15: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
 	5,  // 16: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
@@ -2794,47 +3126,60 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	23, // 24: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	4,  // 25: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
 	24, // 26: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	36, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	36, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	36, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	37, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	40, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	40, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	40, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	41, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
 	23, // 31: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
 	28, // 32: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
 	30, // 33: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	36, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	36, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	40, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 36: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
-	36, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
-	36, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	40, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	40, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
 	5,  // 39: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
 	10, // 40: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
-	37, // 41: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
+	41, // 41: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
 	5,  // 42: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
-	10, // 43: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 44: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 45: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 46: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 47: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 48: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 49: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	33, // 50: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
-	31, // 51: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
-	27, // 52: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 53: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 54: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 55: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 56: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 57: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 58: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 59: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	34, // 60: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
-	32, // 61: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
-	29, // 62: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	53, // [53:63] is the sub-list for method output_type
-	43, // [43:53] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	40, // 43: comfygate.v1.GetUsageRequest.start:type_name -> google.protobuf.Timestamp
+	40, // 44: comfygate.v1.GetUsageRequest.end:type_name -> google.protobuf.Timestamp
+	40, // 45: comfygate.v1.GetUsageResponse.start:type_name -> google.protobuf.Timestamp
+	40, // 46: comfygate.v1.GetUsageResponse.end:type_name -> google.protobuf.Timestamp
+	37, // 47: comfygate.v1.GetUsageResponse.deployments:type_name -> comfygate.v1.DeploymentUsage
+	37, // 48: comfygate.v1.GetUsageResponse.total:type_name -> comfygate.v1.DeploymentUsage
+	38, // 49: comfygate.v1.DeploymentUsage.queue:type_name -> comfygate.v1.DurationStats
+	38, // 50: comfygate.v1.DeploymentUsage.run:type_name -> comfygate.v1.DurationStats
+	41, // 51: comfygate.v1.DurationStats.sum:type_name -> google.protobuf.Duration
+	41, // 52: comfygate.v1.DurationStats.p50:type_name -> google.protobuf.Duration
+	41, // 53: comfygate.v1.DurationStats.p95:type_name -> google.protobuf.Duration
+	10, // 54: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 55: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 56: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 57: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 58: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 59: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 60: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	33, // 61: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
+	31, // 62: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	35, // 63: comfygate.v1.GatewayService.GetUsage:input_type -> comfygate.v1.GetUsageRequest
+	27, // 64: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 65: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 66: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 67: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 68: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 69: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 70: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 71: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	34, // 72: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
+	32, // 73: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	36, // 74: comfygate.v1.GatewayService.GetUsage:output_type -> comfygate.v1.GetUsageResponse
+	29, // 75: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	65, // [65:76] is the sub-list for method output_type
+	54, // [54:65] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }
@@ -2853,7 +3198,7 @@ func file_comfygate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfygate_v1_gateway_proto_rawDesc), len(file_comfygate_v1_gateway_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	GatewayService_RedeliverEvent_FullMethodName = "/comfygate.v1.GatewayService/RedeliverEvent"
 	GatewayService_SubmitAndWait_FullMethodName  = "/comfygate.v1.GatewayService/SubmitAndWait"
 	GatewayService_ListRequests_FullMethodName   = "/comfygate.v1.GatewayService/ListRequests"
+	GatewayService_GetUsage_FullMethodName       = "/comfygate.v1.GatewayService/GetUsage"
 	GatewayService_Upload_FullMethodName         = "/comfygate.v1.GatewayService/Upload"
 )
 
@@ -110,6 +111,13 @@ type GatewayServiceClient interface {
 	// statuses asked for meanwhile. Only the caller's own requests appear;
 	// requests whose records expired (after the retention period) do not.
 	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
+	// GetUsage sums up the caller's requests that ended in a time range (by
+	// the hour they ended: the range is widened to whole hours), by
+	// deployment: how many ended in each final status, and the count, sum,
+	// median and 95th percentile of their queue and run durations (the
+	// percentiles to about 10%). Kept as hourly counters written with each
+	// request's end, for 90 days.
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
 	// Upload stores a file in the gateway's object storage (--storage-url) for
 	// the caller's jobs to take as an input: the first message is the header,
 	// the others the file's bytes in order, then the client closes its side.
@@ -237,6 +245,16 @@ func (c *gatewayServiceClient) ListRequests(ctx context.Context, in *ListRequest
 	return out, nil
 }
 
+func (c *gatewayServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, GatewayService_GetUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_Upload_FullMethodName, cOpts...)
@@ -329,6 +347,13 @@ type GatewayServiceServer interface {
 	// statuses asked for meanwhile. Only the caller's own requests appear;
 	// requests whose records expired (after the retention period) do not.
 	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
+	// GetUsage sums up the caller's requests that ended in a time range (by
+	// the hour they ended: the range is widened to whole hours), by
+	// deployment: how many ended in each final status, and the count, sum,
+	// median and 95th percentile of their queue and run durations (the
+	// percentiles to about 10%). Kept as hourly counters written with each
+	// request's end, for 90 days.
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
 	// Upload stores a file in the gateway's object storage (--storage-url) for
 	// the caller's jobs to take as an input: the first message is the header,
 	// the others the file's bytes in order, then the client closes its side.
@@ -383,6 +408,9 @@ func (UnimplementedGatewayServiceServer) SubmitAndWait(context.Context, *SubmitA
 }
 func (UnimplementedGatewayServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
+}
+func (UnimplementedGatewayServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
 }
 func (UnimplementedGatewayServiceServer) Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error {
 	return status.Error(codes.Unimplemented, "method Upload not implemented")
@@ -563,6 +591,24 @@ func _GatewayService_ListRequests_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_GetUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(GatewayServiceServer).Upload(&grpc.GenericServerStream[UploadRequest, UploadResponse]{ServerStream: stream})
 }
@@ -608,6 +654,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRequests",
 			Handler:    _GatewayService_ListRequests_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _GatewayService_GetUsage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -65,6 +65,36 @@ class DeliveryAttempt(_message.Message):
     http_status: int
     def __init__(self, at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., error: _Optional[str] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class DeploymentUsage(_message.Message):
+    __slots__ = ["cancelled", "deployment_id", "failed", "queue", "run", "succeeded", "unknown"]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    deployment_id: str
+    failed: int
+    queue: DurationStats
+    run: DurationStats
+    succeeded: int
+    unknown: int
+    def __init__(self, deployment_id: _Optional[str] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., unknown: _Optional[int] = ..., queue: _Optional[_Union[DurationStats, _Mapping]] = ..., run: _Optional[_Union[DurationStats, _Mapping]] = ...) -> None: ...
+
+class DurationStats(_message.Message):
+    __slots__ = ["count", "p50", "p95", "sum"]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    p50: _duration_pb2.Duration
+    p95: _duration_pb2.Duration
+    sum: _duration_pb2.Duration
+    def __init__(self, count: _Optional[int] = ..., sum: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., p50: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
 class GetResultRequest(_message.Message):
     __slots__ = ["deployment_id", "request_id"]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +126,28 @@ class GetStatusResponse(_message.Message):
     refresh_error: RefreshError
     request: RequestState
     def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., refresh_error: _Optional[_Union[RefreshError, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ["deployment_id", "end", "start"]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    end: _timestamp_pb2.Timestamp
+    start: _timestamp_pb2.Timestamp
+    def __init__(self, start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., deployment_id: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ["deployments", "end", "start", "total"]
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[DeploymentUsage]
+    end: _timestamp_pb2.Timestamp
+    start: _timestamp_pb2.Timestamp
+    total: DeploymentUsage
+    def __init__(self, start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentUsage, _Mapping]]] = ..., total: _Optional[_Union[DeploymentUsage, _Mapping]] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
     __slots__ = ["deployment_id", "request_id"]

@@ -79,6 +79,11 @@ class GatewayServiceStub(object):
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
                 response_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.FromString,
                 )
+        self.GetUsage = channel.unary_unary(
+                '/comfygate.v1.GatewayService/GetUsage',
+                request_serializer=comfygate_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=comfygate_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
+                )
         self.Upload = channel.stream_unary(
                 '/comfygate.v1.GatewayService/Upload',
                 request_serializer=comfygate_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
@@ -208,6 +213,18 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage sums up the caller's requests that ended in a time range (by
+        the hour they ended: the range is widened to whole hours), by
+        deployment: how many ended in each final status, and the count, sum,
+        median and 95th percentile of their queue and run durations (the
+        percentiles to about 10%). Kept as hourly counters written with each
+        request's end, for 90 days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request_iterator, context):
         """Upload stores a file in the gateway's object storage (--storage-url) for
         the caller's jobs to take as an input: the first message is the header,
@@ -278,6 +295,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListRequests,
                     request_deserializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.FromString,
                     response_serializer=comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=comfygate_dot_v1_dot_gateway__pb2.GetUsageRequest.FromString,
+                    response_serializer=comfygate_dot_v1_dot_gateway__pb2.GetUsageResponse.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
@@ -464,6 +486,23 @@ class GatewayService(object):
         return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/ListRequests',
             comfygate_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
             comfygate_dot_v1_dot_gateway__pb2.ListRequestsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/comfygate.v1.GatewayService/GetUsage',
+            comfygate_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
+            comfygate_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
