@@ -21,12 +21,10 @@ import (
 func TestGetUsage(t *testing.T) {
 	g := startGateway(t, withKeys(t))
 	ctx := ctxT(t)
-	var ended []string
 	for range 3 {
 		rid := g.submitAs(ctx, t, keyA)
 		g.stepAs(ctx, t, keyA, rid)
 		g.stepAs(ctx, t, keyA, rid)
-		ended = append(ended, rid)
 	}
 	cancelled := g.submitAs(ctx, t, keyA)
 	if _, err := g.client.Cancel(as(ctx, keyA), &comfygatev1.CancelRequest{DeploymentId: "dep-1", RequestId: cancelled}); err != nil {
