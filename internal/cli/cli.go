@@ -1,4 +1,4 @@
-// Package cli is the client commands: `comfygate submit|status|result|cancel|watch|ls|upload`
+// Package cli is the client commands: `comfygate submit|status|result|cancel|watch|ls|usage|upload`
 // call a running gateway over gRPC, for people at a shell and for scripts. They
 // live in the server's binary so that whoever can run the gateway can also try
 // it, with nothing else to install.
@@ -75,6 +75,7 @@ func Commands() []Command {
 		{"cancel", "cancel a request"},
 		{"watch", "follow a request to its end, resuming across gateway restarts"},
 		{"ls", "list your requests, newest first (--watch: refresh)"},
+		{"usage", "sum up your ended requests by deployment: counts, queue and run times"},
 		{"upload", "store a file for inputs to refer to, and print its reference"},
 	}
 }
@@ -163,6 +164,12 @@ func commandHelp(command string) (synopsis, about string) {
 			"Lists your requests, newest first: id, deployment, status, when created,\n" +
 				"and how long each waited and ran. --deployment (or " + DeploymentEnv + ") and\n" +
 				"--status filter; --watch refreshes the list until interrupted."
+	case "usage":
+		return "usage [flags]",
+			"Sums up your requests that ended in the last --since (24h by default), by\n" +
+				"deployment and in total: how many succeeded, failed or were cancelled, and\n" +
+				"the median and 95th percentile of their queue and run times. --deployment\n" +
+				"(or " + DeploymentEnv + ") limits it to one deployment."
 	case "upload":
 		return "upload [flags] FILE",
 			"Stores FILE (an image, video or audio file) in the gateway's object storage\n" +
@@ -209,6 +216,9 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	}
 	var statuses string
 	watchLs := false
+	if o.command == "usage" {
+		fs.DurationVar(&o.since, "since", 24*time.Hour, "sum up the requests that ended in this last `duration` (at most 2160h)")
+	}
 	if o.command == "ls" {
 		fs.StringVar(&statuses, "status", "", "only requests in these `statuses`, comma-separated (queued, running, succeeded, failed, cancelled, unknown)")
 		fs.DurationVar(&o.since, "since", 0, "only requests created in this last `duration` (1h, 30m); 0 is all")
@@ -248,11 +258,14 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		}
 		o.statuses = append(o.statuses, st)
 	}
+	if o.command == "usage" && o.since <= 0 {
+		errs = append(errs, errors.New("--since must be positive"))
+	}
 	if o.command == "ls" && (o.limit < 1 || o.since < 0) {
 		errs = append(errs, errors.New("--limit must be positive and --since not negative"))
 	}
 	switch {
-	case o.command == "ls":
+	case o.command == "ls" || o.command == "usage":
 		// A listing spans deployments unless --deployment names one.
 		if len(pos) > 0 {
 			errs = append(errs, fmt.Errorf("unexpected arguments %q", pos))
@@ -273,7 +286,7 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		errs = append(errs, fmt.Errorf("--deployment %q: want letters, digits, '-' and '_', at most %d", o.deployment, runcomfy.MaxIDLen))
 	}
 	switch o.command {
-	case "upload", "ls":
+	case "upload", "ls", "usage":
 	case "submit":
 		if len(pos) > 0 {
 			errs = append(errs, fmt.Errorf("unexpected arguments %q: give the input with --input FILE", pos))
@@ -363,7 +376,7 @@ func printCLIUsage(w io.Writer, fs *flag.FlagSet, command string, envOf flagenv.
 	fmt.Fprintf(w, "Usage: comfygate %s\n\n%s\n\nFlags:\n", synopsis, about)
 	flagenv.PrintFlags(w, fs, envOf)
 	fmt.Fprintf(w, "\nThe API key, when the gateway requires one, is read from %s only.\n", APIKeyEnv)
-	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch, ls, upload; `comfygate COMMAND --help` for each.\n")
+	fmt.Fprintf(w, "Commands: submit, status, result, cancel, watch, ls, usage, upload; `comfygate COMMAND --help` for each.\n")
 	fmt.Fprintf(w, "Exit codes: 0 done; 1 the request failed and 2 it was cancelled (watch, submit --watch);\n"+
 		"3 the gateway was unreachable, refused the call or timed out; 4 bad usage or input; 130 interrupted.\n")
 }
@@ -589,6 +602,8 @@ func (c *cli) run(ctx context.Context, input []byte) (int, error) {
 		return c.watch(ctx, id, nil)
 	case "ls":
 		return c.ls(ctx)
+	case "usage":
+		return c.usage(ctx)
 	case "upload":
 		up, err := c.upload(ctx)
 		if err != nil {

@@ -112,3 +112,44 @@ func span(d *durationpb.Duration) string {
 	}
 	return v.Round(time.Second).String()
 }
+
+// usage prints the usage of the last --since, as a table or as JSON.
+func (c *cli) usage(ctx context.Context) (int, error) {
+	now := time.Now()
+	resp, err := c.client.GetUsage(ctx, &comfygatev1.GetUsageRequest{
+		DeploymentId: c.opts.deployment, Start: timestamppb.New(now.Add(-c.opts.since)), End: timestamppb.New(now),
+	})
+	if err != nil {
+		return ExitError, err
+	}
+	if c.opts.json {
+		writeJSON(c.out, resp)
+		return ExitOK, nil
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEPLOYMENT\tSUCCEEDED\tFAILED\tCANCELLED\tQUEUE p50\tQUEUE p95\tRUN p50\tRUN p95\tRUN TOTAL")
+	row := func(name string, d *comfygatev1.DeploymentUsage) {
+		q, r := d.GetQueue(), d.GetRun()
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", name, d.GetSucceeded(), d.GetFailed(), d.GetCancelled(),
+			stat(q.GetCount(), q.GetP50()), stat(q.GetCount(), q.GetP95()), stat(r.GetCount(), r.GetP50()), stat(r.GetCount(), r.GetP95()), stat(r.GetCount(), r.GetSum()))
+	}
+	for _, d := range resp.GetDeployments() {
+		row(d.GetDeploymentId(), d)
+	}
+	if len(resp.GetDeployments()) > 1 {
+		row("(all)", resp.GetTotal())
+	}
+	_ = tw.Flush()
+	if len(resp.GetDeployments()) == 0 {
+		fmt.Fprintln(c.out, "(no request ended)")
+	}
+	return ExitOK, nil
+}
+
+// stat is a duration of a distribution, "-" when it has none.
+func stat(n int64, d *durationpb.Duration) string {
+	if n == 0 {
+		return "-"
+	}
+	return span(d)
+}

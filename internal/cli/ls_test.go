@@ -63,6 +63,20 @@ func TestCLIList(t *testing.T) {
 		t.Errorf("ls --status done: exit %d, stderr %q", code, errOut)
 	}
 
+	// usage: the one that ended, by deployment.
+	code, out, errOut = runCLIWait(t, cliCall{env: environ, args: []string{"usage"}})
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != ExitOK || len(lines) != 2 ||
+		!strings.HasPrefix(lines[1], cliDeployment) || strings.Fields(lines[1])[1] != "1" {
+		t.Errorf("usage: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ = runCLIWait(t, cliCall{env: environ, args: []string{"usage", "--json"}})
+	if code != ExitOK || !strings.Contains(out, `"succeeded":"1"`) {
+		t.Errorf("usage --json: exit %d, %s", code, out)
+	}
+	if code, _, errOut := runCLIWait(t, cliCall{env: environ, args: []string{"usage", "--since", "0s"}}); code != ExitUsage || !strings.Contains(errOut, "--since") {
+		t.Errorf("usage --since 0s: exit %d, %s", code, errOut)
+	}
+
 	// --watch lists again until interrupted.
 	r := &cliRun{stdout: gatewaytest.NewSyncBuffer(), stderr: gatewaytest.NewSyncBuffer(), done: make(chan int, 1)}
 	ctx, cancel := context.WithCancel(t.Context())
