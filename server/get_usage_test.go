@@ -1,8 +1,6 @@
 package server_test
 
 import (
-	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -53,24 +51,13 @@ func TestGetUsage(t *testing.T) {
 		t.Errorf("A's usage of dep-2: %v, %v", other, err)
 	}
 
-	req, err := http.NewRequest(http.MethodGet, g.httpBase+"/v1/usage?deployment_id=dep-1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+keyA)
-	hr, err := g.httpc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(hr.Body)
-	hr.Body.Close()
 	var rest struct {
 		Total struct {
 			Succeeded string `json:"succeeded"`
 		} `json:"total"`
 	}
-	if err := json.Unmarshal(body, &rest); err != nil || hr.StatusCode != http.StatusOK || rest.Total.Succeeded != "3" {
-		t.Errorf("GET /v1/usage: %d %s", hr.StatusCode, body)
+	if code, body := g.getJSON(t, keyA, "/v1/usage?deployment_id=dep-1", &rest); code != http.StatusOK || rest.Total.Succeeded != "3" {
+		t.Errorf("GET /v1/usage: %d %s", code, body)
 	}
 
 	now := time.Now()

@@ -17,6 +17,30 @@ import (
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
+// getJSON GETs path over REST as the tenant of key and decodes the answer
+// into out; it returns the status and the body.
+func (g *gateway) getJSON(t *testing.T, key, path string, out any) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, g.httpBase+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := g.httpc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s: %d, not JSON: %s", path, resp.StatusCode, body)
+	}
+	return resp.StatusCode, body
+}
+
 // listIDs reads every page of req as the tenant of key and returns the ids.
 func listIDs(t *testing.T, g *gateway, key string, req *comfygatev1.ListRequestsRequest) []string {
 	t.Helper()
@@ -104,25 +128,14 @@ func TestListRequests(t *testing.T) {
 		{"/v1/deployments/dep-1/requests", dep1},
 		{"/v1/requests?statuses=STATUS_SUCCEEDED", []string{done}},
 	} {
-		req, err := http.NewRequest(http.MethodGet, g.httpBase+tc.path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+keyA)
-		resp, err := g.httpc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
 		var page struct {
 			Requests []struct {
 				RequestID string `json:"request_id"`
 			} `json:"requests"`
 			NextPageToken string `json:"next_page_token"`
 		}
-		if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s: %d %s", tc.path, resp.StatusCode, body)
+		if code, body := g.getJSON(t, keyA, tc.path, &page); code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", tc.path, code, body)
 		}
 		var got []string
 		for _, r := range page.Requests {

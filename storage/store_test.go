@@ -38,20 +38,7 @@ func newStore(t *testing.T, prefix string) (*storage.Store, *s3test.Server) {
 
 func storeOn(t *testing.T, srv *s3test.Server, prefix string) *storage.Store {
 	t.Helper()
-	cfg, err := storage.ParseURL(srv.URL(prefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Getenv = srv.Getenv
-	st, err := storage.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if err := st.Check(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return srv.Store(t, prefix)
 }
 
 // rawClient is a plain client of srv, to look at the bucket behind the

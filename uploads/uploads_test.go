@@ -45,17 +45,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	srv := s3test.Start(t)
-	cfg, err := storage.ParseURL(srv.URL("team"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Getenv = srv.Getenv
-	st, err := storage.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	return &fixture{srv: srv, store: st}
+	return &fixture{srv: srv, store: srv.Store(t, "team")}
 }
 
 func (f *fixture) uploads(t *testing.T, cfg uploads.Config) *uploads.Uploads {

@@ -239,16 +239,7 @@ func fetch(t *testing.T, url string) []byte {
 // uploads older than --upload-lifetime; younger ones stay.
 func TestRetentionSweepsAtStart(t *testing.T) {
 	s3 := s3test.Start(t)
-	scfg, err := storage.ParseURL(s3.URL("outputs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg.Getenv = s3.Getenv
-	st, err := storage.New(t.Context(), scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := s3.Store(t, "outputs")
 	put := func(age time.Duration, parts ...string) string {
 		key := st.Key(parts...)
 		if _, err := st.Put(t.Context(), key, strings.NewReader("x"), 1, "image/png", 10); err != nil {

@@ -34,6 +34,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/comfygate/comfygate/storage"
 )
 
 const (
@@ -279,6 +281,26 @@ func (s *Server) Getenv(name string) string {
 		return s.SecretKey
 	}
 	return ""
+}
+
+// Store is a store of the gateway's on the server's bucket under prefix,
+// checked to answer, and closed when t ends.
+func (s *Server) Store(t testing.TB, prefix string) *storage.Store {
+	t.Helper()
+	cfg, err := storage.ParseURL(s.URL(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Getenv = s.Getenv
+	st, err := storage.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	if err := st.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // Backdate sets the modification time of the object key in the bucket to t,

@@ -22,17 +22,26 @@ type ListBackend interface {
 // RunList runs the Lister cases, each on a fresh backend.
 func RunList(t *testing.T, newBackend func(t *testing.T) ListBackend) {
 	t.Helper()
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, b ListBackend)
-	}{
+	runParallel(t, newBackend, []namedCase[ListBackend]{
 		{"Filters", testListFilters},
 		{"StateChangesMoveRecords", testListStateChanges},
 		{"OwnerChangeMovesRecord", testListOwnerChange},
 		{"PagesWhileRequestsArrive", testListPagesWhileArriving},
 		{"TiesInOneMillisecond", testListTies},
 		{"ExpiredRecordsLeave", testListExpiry},
-	} {
+	})
+}
+
+// namedCase is a subtest of a suite on a backend of kind B.
+type namedCase[B any] struct {
+	name string
+	run  func(t *testing.T, b B)
+}
+
+// runParallel runs each case as a parallel subtest on a fresh backend.
+func runParallel[B any](t *testing.T, newBackend func(t *testing.T) B, cases []namedCase[B]) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tc.run(t, newBackend(t))

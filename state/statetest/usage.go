@@ -22,18 +22,10 @@ type UsageBackend interface {
 // RunUsage runs the UsageReader cases, each on a fresh backend.
 func RunUsage(t *testing.T, newBackend func(t *testing.T) UsageBackend) {
 	t.Helper()
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, b UsageBackend)
-	}{
+	runParallel(t, newBackend, []namedCase[UsageBackend]{
 		{"CountsAndDurations", testUsageCounts},
 		{"EndCountedOnce", testUsageOnce},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			tc.run(t, newBackend(t))
-		})
-	}
+	})
 }
 
 // lifecycle saves a request from queued to its end: created at created,
