@@ -35,20 +35,24 @@ func (s *Service) GetUsage(ctx context.Context, req *comfygatev1.GetUsageRequest
 			return nil, err
 		}
 	}
-	if t := req.GetEnd(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return nil, &fieldError{field: "end", reason: err.Error()}
-		}
-		q.To = t.AsTime()
+	until, err := requestTime("end", req.GetEnd())
+	if err != nil {
+		return nil, err
+	}
+	if !until.IsZero() {
+		q.To = until
 	}
 	q.From = q.To.Add(-defaultUsageRange)
-	if t := req.GetStart(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return nil, &fieldError{field: "start", reason: err.Error()}
-		}
-		q.From = t.AsTime()
+	since, err := requestTime("start", req.GetStart())
+	if err != nil {
+		return nil, err
+	}
+	if !since.IsZero() {
+		q.From = since
 	}
 	switch {
+	case q.From.Before(earliestTime):
+		return nil, &fieldError{field: "end", reason: "is less than a day after 1970: give start"}
 	case !q.From.Before(q.To):
 		return nil, &fieldError{field: "end", reason: "is not after start"}
 	case q.To.Sub(q.From) > state.UsageRetention:

@@ -69,6 +69,10 @@ func TestGetUsage(t *testing.T) {
 		{"end before start", &comfygatev1.GetUsageRequest{Start: timestamppb.New(now), End: timestamppb.New(now.Add(-time.Hour))}, "end"},
 		{"longer than kept", &comfygatev1.GetUsageRequest{Start: timestamppb.New(now.Add(-100 * 24 * time.Hour))}, "start"},
 		{"malformed deployment", &comfygatev1.GetUsageRequest{DeploymentId: "dep 1"}, "deployment_id"},
+		{"the last of all times", &comfygatev1.GetUsageRequest{Start: timestamppb.New(time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)), End: timestamppb.New(time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC))}, "after 9000"},
+		{"the first of all times", &comfygatev1.GetUsageRequest{End: timestamppb.New(time.Time{})}, "end"},
+		{"a day after 1970", &comfygatev1.GetUsageRequest{End: timestamppb.New(time.Unix(3600, 0))}, "end"},
+		{"before 1970", &comfygatev1.GetUsageRequest{Start: timestamppb.New(time.Unix(-1800, 0)), End: timestamppb.New(time.Unix(3600, 0))}, "start"},
 	} {
 		if _, err := g.client.GetUsage(as(ctx, keyA), tc.req); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("%s: %v", tc.name, err)

@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -82,17 +83,12 @@ func listQuery(req *comfygatev1.ListRequestsRequest) (state.ListQuery, error) {
 			q.States = append(q.States, info.State)
 		}
 	}
-	if t := req.GetCreatedAfter(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return q, &fieldError{field: "created_after", reason: err.Error()}
-		}
-		q.From = t.AsTime()
+	var err error
+	if q.From, err = requestTime("created_after", req.GetCreatedAfter()); err != nil {
+		return q, err
 	}
-	if t := req.GetCreatedBefore(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return q, &fieldError{field: "created_before", reason: err.Error()}
-		}
-		q.To = t.AsTime()
+	if q.To, err = requestTime("created_before", req.GetCreatedBefore()); err != nil {
+		return q, err
 	}
 	if !q.From.IsZero() && !q.To.IsZero() && !q.From.Before(q.To) {
 		return q, &fieldError{field: "created_before", reason: "is not after created_after"}
@@ -108,6 +104,30 @@ func listQuery(req *comfygatev1.ListRequestsRequest) (state.ListQuery, error) {
 		q.After = after
 	}
 	return q, nil
+}
+
+// earliestTime and latestTime bound the times a listing or usage query
+// takes: no request was made before 1970, and none after 9000 (the bounds
+// keep an hour's rounding inside what a Timestamp can say).
+var (
+	earliestTime = time.Unix(0, 0)
+	latestTime   = time.Date(9000, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// requestTime is a filter's time: zero when t is not set, refused when it
+// is not a valid time between 1970 and 9000.
+func requestTime(field string, t *timestamppb.Timestamp) (time.Time, error) {
+	if t == nil {
+		return time.Time{}, nil
+	}
+	if err := t.CheckValid(); err != nil {
+		return time.Time{}, &fieldError{field: field, reason: err.Error()}
+	}
+	at := t.AsTime()
+	if at.Before(earliestTime) || at.After(latestTime) {
+		return time.Time{}, &fieldError{field: field, reason: "is before 1970 or after 9000"}
+	}
+	return at, nil
 }
 
 // pageToken is what a page token holds: where the page ended, and which

@@ -172,6 +172,8 @@ func TestListRequestsRefuses(t *testing.T) {
 		{"empty range", &comfygatev1.ListRequestsRequest{CreatedAfter: now, CreatedBefore: now}, "created_before"},
 		{"invalid time", &comfygatev1.ListRequestsRequest{CreatedAfter: &timestamppb.Timestamp{Nanos: -1}}, "created_after"},
 		{"garbage token", &comfygatev1.ListRequestsRequest{PageToken: "not a token"}, "page_token"},
+		{"the first of all times", &comfygatev1.ListRequestsRequest{CreatedBefore: timestamppb.New(time.Time{})}, "created_before"},
+		{"after 9000", &comfygatev1.ListRequestsRequest{CreatedAfter: timestamppb.New(time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC))}, "created_after"},
 		{"token of other filters", &comfygatev1.ListRequestsRequest{PageToken: first.GetNextPageToken(), DeploymentId: "dep-2"}, "page_token"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

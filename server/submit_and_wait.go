@@ -107,15 +107,20 @@ func preferredWait(ctx context.Context) time.Duration {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("prefer") {
 		for pref := range strings.SplitSeq(v, ",") {
+			pref, _, _ = strings.Cut(pref, ";") // a preference's parameters
 			name, val, ok := strings.Cut(strings.TrimSpace(pref), "=")
 			if !ok || !strings.EqualFold(strings.TrimSpace(name), "wait") {
 				continue
 			}
-			secs, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`))
-			if err != nil || secs <= 0 {
+			secs, err := strconv.ParseInt(strings.Trim(strings.TrimSpace(val), `"`), 10, 64)
+			var numErr *strconv.NumError
+			switch {
+			case errors.As(err, &numErr) && errors.Is(numErr.Err, strconv.ErrRange) && !strings.HasPrefix(strings.TrimSpace(val), "-"):
+				return maxSubmitWait // more than any wait: the longest
+			case err != nil || secs <= 0:
 				return 0
 			}
-			return min(time.Duration(secs)*time.Second, maxSubmitWait)
+			return min(time.Duration(min(secs, int64(maxSubmitWait/time.Second)))*time.Second, maxSubmitWait)
 		}
 	}
 	return 0

@@ -37,9 +37,9 @@ type ListQuery struct {
 }
 
 // ListCursor is a position in a listing: the creation time (Unix ms) and id
-// of the last request of a page. Requests are ordered by creation time,
-// then by id, both descending, so a position stays valid while new requests
-// arrive (they come before it).
+// of the last request of a page. Requests are ordered by creation time to
+// the millisecond, then by id, both descending, so a position stays valid
+// while new requests arrive (they come before it).
 type ListCursor struct {
 	CreatedMs int64
 	ID        string
@@ -88,8 +88,7 @@ func (q ListQuery) Matches(r *Record) bool {
 	if len(q.States) > 0 && !slices.Contains(q.States, listState(r.State)) {
 		return false
 	}
-	ms := r.CreatedMs()
-	return (q.From.IsZero() || ms >= q.From.UnixMilli()) && (q.To.IsZero() || ms < q.To.UnixMilli())
+	return (q.From.IsZero() || !r.CreatedAt.Before(q.From)) && (q.To.IsZero() || r.CreatedAt.Before(q.To))
 }
 
 // listState is the index a state is kept in: one this version does not know

@@ -198,7 +198,7 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	envOf := flagenv.Only(map[string]string{"addr": AddrEnv, "deployment": DeploymentEnv})
 	fs.StringVar(&o.addr, "addr", defaultClientAddr, "gRPC address of the gateway (`host:port`)")
 	fs.StringVar(&o.deployment, "deployment", "", "RunComfy deployment `id`")
-	fs.BoolVar(&o.json, "json", false, "print each state as one line of JSON (proto field names), for scripts")
+	fs.BoolVar(&o.json, "json", false, "print JSON (proto field names), one object a line, for scripts")
 	fs.BoolVar(&o.tls, "tls", false, "connect over TLS, verified against the system's root certificates")
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "connect over TLS, verified against the PEM certificates in `file` instead")
 	callTimeout := defaultCallTimeout

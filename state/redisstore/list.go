@@ -63,7 +63,9 @@ func (b *Backend) List(ctx context.Context, q state.ListQuery) (state.ListPage, 
 	}
 	high, low := "+inf", "-inf"
 	if !q.To.IsZero() {
-		high = "(" + strconv.FormatInt(q.To.UnixMilli(), 10)
+		// The scores are milliseconds: the bound's own millisecond may
+		// hold requests created before it, which Matches keeps.
+		high = strconv.FormatInt(q.To.UnixMilli(), 10)
 	}
 	if !q.From.IsZero() {
 		low = strconv.FormatInt(q.From.UnixMilli(), 10)

@@ -29,6 +29,7 @@ func RunList(t *testing.T, newBackend func(t *testing.T) ListBackend) {
 		{"PagesWhileRequestsArrive", testListPagesWhileArriving},
 		{"TiesInOneMillisecond", testListTies},
 		{"ExpiredRecordsLeave", testListExpiry},
+		{"BoundsToTheNanosecond", testListBounds},
 	})
 }
 
@@ -241,6 +242,34 @@ func testListExpiry(t *testing.T, b ListBackend) {
 			q := state.ListQuery{Owner: "tenant-a", DeploymentID: dep, Limit: limit}
 			if got := listAll(t, b, q); !slices.Equal(got, []string{"req-long"}) {
 				t.Errorf("List(deployment %q, limit %d) = %v, want [req-long]", dep, limit, got)
+			}
+		}
+	}
+}
+
+// testListBounds: the creation range is exact to the nanosecond, though
+// the order is by millisecond: created_after includes its instant,
+// created_before excludes its own.
+func testListBounds(t *testing.T, b ListBackend) {
+	created := listBase.Add(999114770 * time.Nanosecond)
+	mustSave(t, b, listRecord("req-bound", "tenant-a", "dep-1", runcomfy.StateQueued, created), longTTL)
+	mustSave(t, b, listRecord("req-same-ms-before", "tenant-a", "dep-1", runcomfy.StateQueued, created.Add(-1000)), longTTL)
+	for _, tc := range []struct {
+		name     string
+		from, to time.Time
+		want     []string
+	}{
+		{"from its instant", created, time.Time{}, []string{"req-bound"}},
+		{"from a nanosecond later", created.Add(1), time.Time{}, nil},
+		{"before a nanosecond later", time.Time{}, created.Add(1), []string{"req-bound", "req-same-ms-before"}},
+		{"before its instant", time.Time{}, created, []string{"req-same-ms-before"}},
+	} {
+		for _, dep := range []string{"", "dep-1"} {
+			q := state.ListQuery{Owner: "tenant-a", DeploymentID: dep, From: tc.from, To: tc.to, Limit: 10}
+			got := listAll(t, b, q)
+			slices.Sort(got)
+			if !equalIDs(got, tc.want) {
+				t.Errorf("%s (deployment %q): %v, want %v", tc.name, dep, got, tc.want)
 			}
 		}
 	}

@@ -1,0 +1,38 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// TestPreferredWait: the wait a Prefer header asks for (RFC 7240), at most
+// five minutes; none for what is not a positive number of seconds.
+func TestPreferredWait(t *testing.T) {
+	for _, tc := range []struct {
+		prefer []string
+		want   time.Duration
+	}{
+		{nil, 0},
+		{[]string{"wait=30"}, 30 * time.Second},
+		{[]string{"respond-async, wait=10"}, 10 * time.Second},
+		{[]string{"wait=2;x=y"}, 2 * time.Second},
+		{[]string{`wait="5"`}, 5 * time.Second},
+		{[]string{"WAIT = 7"}, 7 * time.Second},
+		{[]string{"wait=301"}, 300 * time.Second},
+		{[]string{"wait=99999999999999999999"}, 300 * time.Second},
+		{[]string{"wait=0"}, 0},
+		{[]string{"wait=-1"}, 0},
+		{[]string{"wait=-99999999999999999999"}, 0},
+		{[]string{"wait=abc"}, 0},
+		{[]string{"wait=1.5"}, 0},
+		{[]string{"return=minimal"}, 0},
+		{[]string{"wait=3", "wait=9"}, 3 * time.Second},
+	} {
+		ctx := metadata.NewIncomingContext(t.Context(), metadata.MD{"prefer": tc.prefer})
+		if got := preferredWait(ctx); got != tc.want {
+			t.Errorf("Prefer %q: %v, want %v", tc.prefer, got, tc.want)
+		}
+	}
+}
