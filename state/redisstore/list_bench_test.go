@@ -80,11 +80,19 @@ func BenchmarkList(b *testing.B) {
 	}{
 		{"reference: Get of one record", func() error { _, err := be.Get(ctx, "req-00000003"); return err }},
 		{"List 50, a tenant's newest", func() error {
-			_, err := be.List(ctx, state.ListQuery{Owner: "tenant-3", Limit: 50})
+			page, err := be.List(ctx, state.ListQuery{Owner: "tenant-3", Limit: 50})
+			if err == nil && len(page.Records) != 50 {
+				err = fmt.Errorf("a page of %d", len(page.Records))
+			}
 			return err
 		}},
 		{"List 50, one deployment and status", func() error {
-			_, err := be.List(ctx, state.ListQuery{Owner: "tenant-3", DeploymentID: "dep-1", States: []runcomfy.State{runcomfy.StateSucceeded}, Limit: 50})
+			// tenant-3's requests are all failed (i%10 == 3, so i%5 == 3):
+			// a full page of one deployment's.
+			page, err := be.List(ctx, state.ListQuery{Owner: "tenant-3", DeploymentID: "dep-1", States: []runcomfy.State{runcomfy.StateFailed}, Limit: 50})
+			if err == nil && len(page.Records) != 50 {
+				err = fmt.Errorf("a page of %d", len(page.Records))
+			}
 			return err
 		}},
 		{"List 50, after 500", func() error {
