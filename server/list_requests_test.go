@@ -3,7 +3,6 @@ package server_test
 import (
 	"cmp"
 	"encoding/json"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -17,28 +16,15 @@ import (
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
 
-// getJSON GETs path over REST as the tenant of key and decodes the answer
-// into out; it returns the status and the body.
+// getJSON GETs path over REST as the tenant of key (rawCall) and decodes
+// the answer into out; it returns the status and the body.
 func (g *gateway) getJSON(t *testing.T, key, path string, out any) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, g.httpBase+path, nil)
-	if err != nil {
-		t.Fatal(err)
+	a := g.rawCall(t.Context(), t, key, http.MethodGet, path)
+	if err := json.Unmarshal(a.body, out); err != nil {
+		t.Fatalf("GET %s: %d, not JSON: %s", path, a.http, a.body)
 	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := g.httpc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %d, not JSON: %s", path, resp.StatusCode, body)
-	}
-	return resp.StatusCode, body
+	return a.http, a.body
 }
 
 // listIDs reads every page of req as the tenant of key and returns the ids.
