@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/redistest"
 )
 
@@ -33,6 +36,36 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// runGateway runs a gateway on free ports with args until the test ends; it
+// returns the test's context, a gRPC client and the HTTP listener's base URL.
+func runGateway(t *testing.T, getenv func(string) string, args ...string) (context.Context, comfygatev1.GatewayServiceClient, string) {
+	t.Helper()
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cfg, err := ParseConfig(append([]string{"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s"}, args...), getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	return ctx, comfygatev1.NewGatewayServiceClient(conn), "http://" + httpAddr
 }
 
 // canListen reports whether addr can be listened on now.
@@ -161,25 +194,9 @@ func TestRunServesAndStopsEverything(t *testing.T) {
 // callbacks and no metrics; the admin listener serves metrics, health and
 // the profiler and no API.
 func TestSeparateListeners(t *testing.T) {
-	httpAddr, webhookAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg, err := ParseConfig([]string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", httpAddr,
-		"--webhook-addr", webhookAddr, "--admin-addr", adminAddr, "--shutdown-timeout", "2s"}, env(nil), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	}()
+	webhookAddr, adminAddr := freeAddr(t), freeAddr(t)
+	_, _, base := runGateway(t, env(nil), "--simulate", "--webhook-addr", webhookAddr, "--admin-addr", adminAddr)
+	httpAddr := strings.TrimPrefix(base, "http://")
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	do := func(method, url, body string) (int, string) {
@@ -276,24 +293,8 @@ func TestLocalNamesOnlyWithoutKeys(t *testing.T) {
 		{"with keys", []string{"--api-keys-file", keys}, http.StatusOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			httpAddr := freeAddr(t)
-			cfg, err := ParseConfig(append([]string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", httpAddr, "--shutdown-timeout", "2s"}, tc.args...), env(nil), io.Discard)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run = %v", err)
-				}
-			}()
+			ctx, _, base := runGateway(t, env(nil), append([]string{"--simulate"}, tc.args...)...)
+			httpAddr := strings.TrimPrefix(base, "http://")
 			client := &http.Client{Timeout: time.Second}
 			defer client.CloseIdleConnections()
 			get := func(host string) int {
@@ -311,8 +312,8 @@ func TestLocalNamesOnlyWithoutKeys(t *testing.T) {
 			}
 			for get(httpAddr) != http.StatusOK {
 				select {
-				case err := <-done:
-					t.Fatalf("Run returned early: %v", err)
+				case <-ctx.Done():
+					t.Fatal("the gateway did not serve in time")
 				case <-time.After(10 * time.Millisecond):
 				}
 			}

@@ -14,9 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -115,36 +113,6 @@ func startStored(t *testing.T, s3 *s3test.Server, keys string) (context.Context,
 	ctx, api, _ := runGateway(t, s3.Getenv, "--simulate", "--api-keys-file", keys,
 		"--storage-url", s3.URL("outputs"), "--storage-url-lifetime", "10m")
 	return ctx, api
-}
-
-// runGateway runs a gateway on free ports with args until the test ends; it
-// returns the test's context, a gRPC client and the HTTP listener's base URL.
-func runGateway(t *testing.T, getenv func(string) string, args ...string) (context.Context, comfygatev1.GatewayServiceClient, string) {
-	t.Helper()
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
-	cfg, err := ParseConfig(append([]string{"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--shutdown-timeout", "2s"}, args...), getenv, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	})
-	return ctx, comfygatev1.NewGatewayServiceClient(conn), "http://" + httpAddr
 }
 
 // submitStored submits once the gateway serves, and returns the request id.
