@@ -22,14 +22,16 @@ func TestCLIList(t *testing.T) {
 	for range 3 {
 		ids = append(ids, submitID(t, withDep, `{"overrides": {}}`))
 	}
-	// The first one runs to its end.
+	// The first one runs to its end, and the gateway records it.
 	for range 2 {
 		if err := sim.Advance(ids[0]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if code, _, errOut := runCLIWait(t, cliCall{env: withDep, args: []string{"status", ids[0]}}); code != ExitOK {
-		t.Fatalf("status: %d %s", code, errOut)
+	// watch ends once the gateway has recorded the end (a callback may
+	// still be on its way when Advance returns).
+	if code, _, errOut := runCLIWait(t, cliCall{env: withDep, args: []string{"watch", ids[0]}}); code != ExitOK {
+		t.Fatalf("watch: %d %s", code, errOut)
 	}
 
 	code, out, errOut := runCLIWait(t, cliCall{env: environ, args: []string{"ls"}})
