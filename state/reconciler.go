@@ -39,6 +39,9 @@ type ReconcilerConfig struct {
 	// Retention: requests older than this are dropped, not polled; default
 	// DefaultRetention.
 	Retention time.Duration
+	// Canceller cancels requests on RunComfy whose deadline passed (see
+	// Record.Deadline); without it deadlines are not kept.
+	Canceller Canceller
 	// Owner names this replica in leases; required.
 	Owner  string
 	Logger *slog.Logger
@@ -54,6 +57,7 @@ type Reconciler struct {
 	polls   atomic.Int64
 	rebuilt atomic.Int64
 	lost    atomic.Int64
+	expired atomic.Int64
 
 	mu         sync.Mutex
 	pauseUntil time.Time // set by a 429: the whole poller waits
@@ -110,6 +114,15 @@ func (r *Reconciler) Polls() int64 { return r.polls.Load() }
 
 // Rebuilt counts lost records this replica made again from RunComfy.
 func (r *Reconciler) Rebuilt() int64 { return r.rebuilt.Load() }
+
+// Expired counts requests this replica cancelled at a deadline.
+func (r *Reconciler) Expired() int64 { return r.expired.Load() }
+
+// Canceller is what the reconciler cancels with; *runcomfy.Client
+// provides it.
+type Canceller interface {
+	Cancel(ctx context.Context, deploymentID, requestID string) (*runcomfy.CancelResponse, error)
+}
 
 // LostUpstream counts requests this replica ended because RunComfy no longer
 // knew them.
@@ -290,7 +303,59 @@ func (r *Reconciler) next(rec *Record, now time.Time) time.Time {
 		d = min(d, r.cfg.Interval/2)
 	}
 	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
-	return now.Add(d + jitter)
+	due := now.Add(d + jitter)
+	if at, kind := rec.Deadline(); kind != "" && at.Before(due) && r.cfg.Canceller != nil {
+		due = at // a deadline is kept to the tick, not to the back-off
+	}
+	return due
+}
+
+// expire cancels on RunComfy a request whose deadline (kind) passed, and
+// records it CANCELLED with kind as its error type. The caller holds the
+// request's lease, and the request was still due in the schedule once it
+// did (claim): one replica cancels it, once. A request RunComfy says has
+// finished (not cancellable) is polled instead, so its real end is
+// recorded.
+func (r *Reconciler) expire(ctx context.Context, rec *Record, kind string, now time.Time) error {
+	res, err := r.cfg.Canceller.Cancel(ctx, rec.DeploymentID, rec.RequestID)
+	if err != nil {
+		return r.failed(ctx, rec, fmt.Errorf("cancel at %s: %w", kind, err))
+	}
+	if res.Outcome == runcomfy.CancelNotCancellable {
+		r.polls.Add(1)
+		after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, rec.RequestID, SourcePoll, "")
+		if err != nil {
+			return r.failed(ctx, rec, err)
+		}
+		if after != nil && after.Terminal() {
+			return r.cfg.Schedule.Forget(ctx, rec.RequestID)
+		}
+		// Not cancellable, yet not finished: RunComfy will end it; poll
+		// it as any other, at the pace of an unchanged request.
+		return r.cfg.Schedule.SetDue(ctx, rec.RequestID, now.Add(r.cfg.Interval))
+	}
+	limit := rec.MaxQueue
+	if kind == ErrorTypeMaxRunDuration {
+		limit = rec.MaxRun
+	}
+	state := "queued"
+	if kind == ErrorTypeMaxRunDuration {
+		state = "running"
+	}
+	_, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
+		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceCancel, Owner: rec.Owner,
+		State:      runcomfy.StateCancelled,
+		Error:      &runcomfy.JobError{Type: kind, Message: fmt.Sprintf("cancelled by the gateway: still %s after %s", state, limit)},
+		FinishedAt: now,
+	})
+	if err != nil {
+		return fmt.Errorf("record request %s as cancelled at %s: %w", rec.RequestID, kind, err)
+	}
+	if outcome == Applied {
+		r.expired.Add(1)
+		r.cfg.Logger.Info("a request passed its deadline; cancelled", "request_id", rec.RequestID, "deadline", kind, "limit", limit)
+	}
+	return r.cfg.Schedule.Forget(ctx, rec.RequestID)
 }
 
 // pollLeased polls one request whose lease claim took, and releases it.
@@ -338,6 +403,9 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 	if rec.Terminal() || now.Sub(rec.CreatedAt) > r.cfg.Retention {
 		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id)
+	}
+	if at, kind := rec.Deadline(); kind != "" && !now.Before(at) && r.cfg.Canceller != nil {
+		return r.expire(ctx, rec, kind, now)
 	}
 	r.polls.Add(1)
 	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, id, SourcePoll, "")

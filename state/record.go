@@ -61,6 +61,31 @@ type Record struct {
 	// Storage is the copy of the outputs to the operator's object storage,
 	// once the request succeeded; nil without storage.
 	Storage *Storage `json:"storage,omitempty"`
+	// MaxQueue and MaxRun are the request's deadlines, set by its submit
+	// and kept: the reconciler cancels a request still queued MaxQueue
+	// after its creation, or still running MaxRun after its start. Zero:
+	// none.
+	MaxQueue time.Duration `json:"max_queue,omitempty"`
+	MaxRun   time.Duration `json:"max_run,omitempty"`
+}
+
+// The error types of a request the gateway cancelled at a deadline.
+const (
+	ErrorTypeMaxQueueDuration = "max_queue_duration_exceeded"
+	ErrorTypeMaxRunDuration   = "max_run_duration_exceeded"
+)
+
+// Deadline is when r is cancelled if it is still in its state, and the
+// error type it then ends with; kind is empty when no deadline applies (no
+// limit for its state, or it has finished).
+func (r *Record) Deadline() (at time.Time, kind string) {
+	switch {
+	case r.State == runcomfy.StateQueued && r.MaxQueue > 0 && !r.CreatedAt.IsZero():
+		return r.CreatedAt.Add(r.MaxQueue), ErrorTypeMaxQueueDuration
+	case r.State == runcomfy.StateRunning && r.MaxRun > 0 && !r.StartedAt.IsZero():
+		return r.StartedAt.Add(r.MaxRun), ErrorTypeMaxRunDuration
+	}
+	return time.Time{}, ""
 }
 
 // Position is a point in a request's history: the (epoch, seq) of a state.
@@ -125,6 +150,9 @@ type Update struct {
 	// Storage, from the copier (SourceStorage), is where the copy of the
 	// outputs stands.
 	Storage *Storage
+	// MaxQueue and MaxRun, from a submit, are the request's deadlines; a
+	// record takes them once.
+	MaxQueue, MaxRun time.Duration
 }
 
 // Source is where an observation of a request came from.
@@ -187,6 +215,12 @@ func ownerChange(r *Record, u *Update) (owner string, attached, ok bool) {
 // answer may come after a callback created the record).
 func webhooksChange(r *Record, u *Update) bool {
 	return len(u.Webhooks) > 0 && len(r.Webhooks) == 0 && u.Source == SourceSubmit
+}
+
+// deadlinesChange reports whether u sets r's deadlines: as with webhooks,
+// only the submit's answer names them, once.
+func deadlinesChange(r *Record, u *Update) bool {
+	return (u.MaxQueue > 0 || u.MaxRun > 0) && r.MaxQueue == 0 && r.MaxRun == 0 && u.Source == SourceSubmit
 }
 
 // confirms reports whether u is RunComfy's word on the request now, which
@@ -292,8 +326,8 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		// names the owner of a request nobody owns yet still sets it (the
 		// submit's answer can arrive after the request's last callback).
 		owner, attached, ok := ownerChange(cur, u)
-		hooks, stored := webhooksChange(cur, u), storageChange(cur, u)
-		if ok || hooks || stored {
+		hooks, stored, limits := webhooksChange(cur, u), storageChange(cur, u), !cur.Terminal() && deadlinesChange(cur, u)
+		if ok || hooks || stored || limits {
 			next := cur.Clone()
 			if ok {
 				next.Owner, next.OwnerAttached = owner, attached
@@ -303,6 +337,9 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 			}
 			if stored {
 				next.Storage = u.Storage.Clone()
+			}
+			if limits {
+				next.MaxQueue, next.MaxRun = u.MaxQueue, u.MaxRun
 			}
 			next.Seq = cur.Seq + 1
 			next.UpdatedAt = now
@@ -373,6 +410,10 @@ func apply(r *Record, u *Update, advance bool) bool {
 	}
 	if webhooksChange(r, u) {
 		r.Webhooks = slices.Clone(u.Webhooks)
+		changed = true
+	}
+	if deadlinesChange(r, u) {
+		r.MaxQueue, r.MaxRun = u.MaxQueue, u.MaxRun
 		changed = true
 	}
 	// A queue position only goes down: a larger one is an older observation that

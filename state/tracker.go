@@ -274,6 +274,11 @@ func (t *Tracker) save(ctx context.Context, next *Record, ev *Event) error {
 	var due time.Time
 	if t.schedule != nil && !next.Terminal() {
 		due = next.UpdatedAt.Add(t.poll)
+		// A deadline is kept by the reconciler: the request is due then
+		// at the latest.
+		if at, kind := next.Deadline(); kind != "" && at.Before(due) {
+			due = at
+		}
 	}
 	forget := t.schedule != nil && next.Terminal()
 	// The event goes in the save itself: recorded and queued, or neither.

@@ -38,6 +38,9 @@ type Backend struct {
 	queues      map[string]*queue // work queues by name (Queue)
 	// usage are the hourly usage buckets: owner -> Unix hour -> counter.
 	usage map[string]map[int64]map[string]int64
+	// slots are the concurrency counts (Slots), by deployment and by
+	// deployment and tenant.
+	slots map[string]*slotSet
 }
 
 // New returns an empty Backend. now is the clock for expiry; nil means time.Now.
@@ -55,6 +58,7 @@ func New(now func() time.Time) *Backend {
 		out:     newOutbox(),
 		queues:  make(map[string]*queue),
 		usage:   make(map[string]map[int64]map[string]int64),
+		slots:   make(map[string]*slotSet),
 	}
 }
 

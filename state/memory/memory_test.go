@@ -164,3 +164,7 @@ func TestIdempotencyConformance(t *testing.T) {
 func TestOutboxConformance(t *testing.T) {
 	statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return memory.New(nil) })
 }
+
+func TestSlotsConformance(t *testing.T) {
+	statetest.RunSlots(t, func(t *testing.T) statetest.SlotsBackend { return memory.New(nil) })
+}

@@ -50,14 +50,17 @@ import (
 // them is the usage bucket of the hour the record ended (state/usage.go),
 // ARGV 12 its TTL (” for a record that has not ended) and the rest the
 // counters and increments: a save that makes the record final-state for the
-// first time (the stored rank below 3) adds them. Returns {1} written, or {0, stored record JSON or nil,
+// first time (the stored rank below 3) adds them. A record that holds a
+// concurrency slot (its 'cap' field names the two counts, slots.go) gives it
+// back when it becomes final, and otherwise has the slot's expiry follow its
+// own. Returns {1} written, or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
 // field is the record's epoch, which wins over the JSON's (a replica of a
 // version before epochs rewrites the JSON without one, and leaves the field).
 const saveScript = `
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch', 'ix')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch', 'ix', 'cap')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
 if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank or (seq > 0 and (cur[3] or '0') ~= ARGV[6]) then
@@ -97,6 +100,20 @@ local ttl = tonumber(ARGV[4])
 for _, k in ipairs({byState, byDep}) do
   if redis.call('PTTL', k) < ttl then
     redis.call('PEXPIRE', k, ttl + 3600000)
+  end
+end
+if cur[5] then
+  local sep = string.find(cur[5], '\n', 1, true)
+  local capDep, capTenant = string.sub(cur[5], 1, sep - 1), string.sub(cur[5], sep + 1)
+  if tonumber(ARGV[2]) == 3 then
+    redis.call('ZREM', capDep, ARGV[11])
+    redis.call('ZREM', capTenant, ARGV[11])
+    redis.call('HDEL', KEYS[1], 'cap')
+  else
+    local t = redis.call('TIME')
+    local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
+    redis.call('ZADD', capDep, 'XX', expires, ARGV[11])
+    redis.call('ZADD', capTenant, 'XX', expires, ARGV[11])
   end
 end
 if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then
@@ -155,6 +172,8 @@ type Backend struct {
 	pause   *redis.Script
 	touch   *redis.Script
 	list    *redis.Script
+	// reserve and bind serve the concurrency counts (slots.go).
+	reserve, bind *redis.Script
 	// outboxLease and wakeDue serve the webhook outbox (outbox.go).
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
@@ -197,6 +216,8 @@ func New(rdb *redis.Client, opts Options) (*Backend, error) {
 		pause:       redis.NewScript(pauseScript),
 		touch:       redis.NewScript(touchScript),
 		list:        redis.NewScript(listScript),
+		reserve:     redis.NewScript(reserveScript),
+		bind:        redis.NewScript(bindScript),
 		outboxLease: redis.NewScript(outboxLeaseScript),
 		wakeDue:     redis.NewScript(wakeDueScript),
 		callTimeout: opts.CallTimeout,

@@ -143,3 +143,7 @@ func TestIdempotencyConformance(t *testing.T) {
 func TestOutboxConformance(t *testing.T) {
 	statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return newBackend(t) })
 }
+
+func TestSlotsConformance(t *testing.T) {
+	statetest.RunSlots(t, func(t *testing.T) statetest.SlotsBackend { return newBackend(t) })
+}

@@ -401,7 +401,18 @@ type RequestState struct {
 	QueueDuration *durationpb.Duration `protobuf:"bytes,18,opt,name=queue_duration,json=queueDuration,proto3" json:"queue_duration,omitempty"`
 	// How long it ran: from started_at to finished_at. Absent until it has
 	// finished, and for a request that never started.
-	RunDuration   *durationpb.Duration `protobuf:"bytes,19,opt,name=run_duration,json=runDuration,proto3" json:"run_duration,omitempty"`
+	RunDuration *durationpb.Duration `protobuf:"bytes,19,opt,name=run_duration,json=runDuration,proto3" json:"run_duration,omitempty"`
+	// The deadlines the request was submitted with (its own, or its
+	// deployment's defaults from the gateway's deployments file); absent when
+	// none. A request still queued max_queue_duration after created_at, or
+	// still running max_run_duration after started_at, is cancelled on
+	// RunComfy by the gateway and ends CANCELLED with error.type
+	// "max_queue_duration_exceeded" or "max_run_duration_exceeded".
+	MaxQueueDuration *durationpb.Duration `protobuf:"bytes,20,opt,name=max_queue_duration,json=maxQueueDuration,proto3" json:"max_queue_duration,omitempty"`
+	MaxRunDuration   *durationpb.Duration `protobuf:"bytes,21,opt,name=max_run_duration,json=maxRunDuration,proto3" json:"max_run_duration,omitempty"`
+	// When the deadline of the request's current state passes, while it is
+	// queued or running under one; absent otherwise.
+	Deadline      *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -565,6 +576,27 @@ func (x *RequestState) GetQueueDuration() *durationpb.Duration {
 func (x *RequestState) GetRunDuration() *durationpb.Duration {
 	if x != nil {
 		return x.RunDuration
+	}
+	return nil
+}
+
+func (x *RequestState) GetMaxQueueDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxQueueDuration
+	}
+	return nil
+}
+
+func (x *RequestState) GetMaxRunDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxRunDuration
+	}
+	return nil
+}
+
+func (x *RequestState) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
 	}
 	return nil
 }
@@ -909,9 +941,19 @@ type SubmitRequest struct {
 	// Comfygate-Webhook header (the URL) and optionally
 	// Comfygate-Webhook-Events (a comma-separated list: queued, running, output,
 	// terminal).
-	Webhook       *Webhook `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Webhook *Webhook `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// Cancel the job on RunComfy if it is still queued this long after the
+	// submit: it then ends CANCELLED with error.type
+	// "max_queue_duration_exceeded". From 1 s to 168 h; absent takes the
+	// deployment's default from the gateway's deployments file, if any. Over
+	// REST, send the Comfygate-Max-Queue-Duration header ("90s", "10m").
+	MaxQueueDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=max_queue_duration,json=maxQueueDuration,proto3" json:"max_queue_duration,omitempty"`
+	// Cancel the job if it is still running this long after it started: it
+	// then ends CANCELLED with error.type "max_run_duration_exceeded". Same
+	// range and default; over REST the Comfygate-Max-Run-Duration header.
+	MaxRunDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=max_run_duration,json=maxRunDuration,proto3" json:"max_run_duration,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
@@ -968,6 +1010,20 @@ func (x *SubmitRequest) GetIdempotencyKey() string {
 func (x *SubmitRequest) GetWebhook() *Webhook {
 	if x != nil {
 		return x.Webhook
+	}
+	return nil
+}
+
+func (x *SubmitRequest) GetMaxQueueDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxQueueDuration
+	}
+	return nil
+}
+
+func (x *SubmitRequest) GetMaxRunDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxRunDuration
 	}
 	return nil
 }
@@ -2808,7 +2864,7 @@ var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\a\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\b\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -2835,7 +2891,10 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\astorage\x18\x10 \x01(\v2\x1b.comfygate.v1.OutputStorageR\astorage\x127\n" +
 	"\tqueued_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x12@\n" +
 	"\x0equeue_duration\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\rqueueDuration\x12<\n" +
-	"\frun_duration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\vrunDurationB\x11\n" +
+	"\frun_duration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\vrunDuration\x12G\n" +
+	"\x12max_queue_duration\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\x10maxQueueDuration\x12C\n" +
+	"\x10max_run_duration\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0emaxRunDuration\x126\n" +
+	"\bdeadline\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadlineB\x11\n" +
 	"\x0f_queue_position\"\xa9\x01\n" +
 	"\rOutputStorage\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.comfygate.v1.StorageStateR\x05state\x124\n" +
@@ -2858,13 +2917,15 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\fRequestError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
-	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"\xad\x01\n" +
+	"\rupstream_code\x18\x03 \x01(\tR\fupstreamCode\"\xbb\x02\n" +
 	"\rSubmitRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
 	"input_json\x18\x02 \x01(\tR\tinputJson\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12/\n" +
-	"\awebhook\x18\x04 \x01(\v2\x15.comfygate.v1.WebhookR\awebhook\"O\n" +
+	"\awebhook\x18\x04 \x01(\v2\x15.comfygate.v1.WebhookR\awebhook\x12G\n" +
+	"\x12max_queue_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10maxQueueDuration\x12C\n" +
+	"\x10max_run_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0emaxRunDuration\"O\n" +
 	"\aWebhook\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x122\n" +
 	"\x06events\x18\x02 \x03(\x0e2\x1a.comfygate.v1.WebhookEventR\x06events\"F\n" +
@@ -3110,76 +3171,81 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	40, // 8: comfygate.v1.RequestState.queued_at:type_name -> google.protobuf.Timestamp
 	41, // 9: comfygate.v1.RequestState.queue_duration:type_name -> google.protobuf.Duration
 	41, // 10: comfygate.v1.RequestState.run_duration:type_name -> google.protobuf.Duration
-	1,  // 11: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
-	7,  // 12: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
-	40, // 13: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 14: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
-	2,  // 15: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
-	5,  // 16: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 17: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
-	8,  // 18: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	5,  // 19: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
-	8,  // 20: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
-	3,  // 21: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
-	5,  // 22: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 23: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	23, // 24: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	4,  // 25: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
-	24, // 26: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	40, // 27: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	40, // 28: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	40, // 29: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	41, // 30: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
-	23, // 31: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	28, // 32: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
-	30, // 33: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	40, // 34: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	40, // 35: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 36: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
-	40, // 37: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
-	40, // 38: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
-	5,  // 39: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
-	10, // 40: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
-	41, // 41: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
-	5,  // 42: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
-	40, // 43: comfygate.v1.GetUsageRequest.start:type_name -> google.protobuf.Timestamp
-	40, // 44: comfygate.v1.GetUsageRequest.end:type_name -> google.protobuf.Timestamp
-	40, // 45: comfygate.v1.GetUsageResponse.start:type_name -> google.protobuf.Timestamp
-	40, // 46: comfygate.v1.GetUsageResponse.end:type_name -> google.protobuf.Timestamp
-	37, // 47: comfygate.v1.GetUsageResponse.deployments:type_name -> comfygate.v1.DeploymentUsage
-	37, // 48: comfygate.v1.GetUsageResponse.total:type_name -> comfygate.v1.DeploymentUsage
-	38, // 49: comfygate.v1.DeploymentUsage.queue:type_name -> comfygate.v1.DurationStats
-	38, // 50: comfygate.v1.DeploymentUsage.run:type_name -> comfygate.v1.DurationStats
-	41, // 51: comfygate.v1.DurationStats.sum:type_name -> google.protobuf.Duration
-	41, // 52: comfygate.v1.DurationStats.p50:type_name -> google.protobuf.Duration
-	41, // 53: comfygate.v1.DurationStats.p95:type_name -> google.protobuf.Duration
-	10, // 54: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 55: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 56: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 57: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 58: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 59: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 60: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	33, // 61: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
-	31, // 62: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
-	35, // 63: comfygate.v1.GatewayService.GetUsage:input_type -> comfygate.v1.GetUsageRequest
-	27, // 64: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 65: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 66: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 67: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 68: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 69: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 70: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 71: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	34, // 72: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
-	32, // 73: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
-	36, // 74: comfygate.v1.GatewayService.GetUsage:output_type -> comfygate.v1.GetUsageResponse
-	29, // 75: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	65, // [65:76] is the sub-list for method output_type
-	54, // [54:65] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	41, // 11: comfygate.v1.RequestState.max_queue_duration:type_name -> google.protobuf.Duration
+	41, // 12: comfygate.v1.RequestState.max_run_duration:type_name -> google.protobuf.Duration
+	40, // 13: comfygate.v1.RequestState.deadline:type_name -> google.protobuf.Timestamp
+	1,  // 14: comfygate.v1.OutputStorage.state:type_name -> comfygate.v1.StorageState
+	7,  // 15: comfygate.v1.OutputStorage.objects:type_name -> comfygate.v1.StoredOutput
+	40, // 16: comfygate.v1.StoredOutput.url_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 17: comfygate.v1.SubmitRequest.webhook:type_name -> comfygate.v1.Webhook
+	41, // 18: comfygate.v1.SubmitRequest.max_queue_duration:type_name -> google.protobuf.Duration
+	41, // 19: comfygate.v1.SubmitRequest.max_run_duration:type_name -> google.protobuf.Duration
+	2,  // 20: comfygate.v1.Webhook.events:type_name -> comfygate.v1.WebhookEvent
+	5,  // 21: comfygate.v1.SubmitResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 22: comfygate.v1.GetStatusResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 23: comfygate.v1.GetStatusResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	5,  // 24: comfygate.v1.GetResultResponse.request:type_name -> comfygate.v1.RequestState
+	8,  // 25: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
+	3,  // 26: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
+	5,  // 27: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
+	5,  // 28: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	23, // 29: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	4,  // 30: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
+	24, // 31: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
+	40, // 32: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	40, // 33: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	40, // 34: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	41, // 35: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	23, // 36: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	28, // 37: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
+	30, // 38: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
+	40, // 39: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	40, // 40: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 41: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
+	40, // 42: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	40, // 43: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	5,  // 44: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
+	10, // 45: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
+	41, // 46: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
+	5,  // 47: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
+	40, // 48: comfygate.v1.GetUsageRequest.start:type_name -> google.protobuf.Timestamp
+	40, // 49: comfygate.v1.GetUsageRequest.end:type_name -> google.protobuf.Timestamp
+	40, // 50: comfygate.v1.GetUsageResponse.start:type_name -> google.protobuf.Timestamp
+	40, // 51: comfygate.v1.GetUsageResponse.end:type_name -> google.protobuf.Timestamp
+	37, // 52: comfygate.v1.GetUsageResponse.deployments:type_name -> comfygate.v1.DeploymentUsage
+	37, // 53: comfygate.v1.GetUsageResponse.total:type_name -> comfygate.v1.DeploymentUsage
+	38, // 54: comfygate.v1.DeploymentUsage.queue:type_name -> comfygate.v1.DurationStats
+	38, // 55: comfygate.v1.DeploymentUsage.run:type_name -> comfygate.v1.DurationStats
+	41, // 56: comfygate.v1.DurationStats.sum:type_name -> google.protobuf.Duration
+	41, // 57: comfygate.v1.DurationStats.p50:type_name -> google.protobuf.Duration
+	41, // 58: comfygate.v1.DurationStats.p95:type_name -> google.protobuf.Duration
+	10, // 59: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 60: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 61: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 62: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 63: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 64: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 65: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	33, // 66: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
+	31, // 67: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	35, // 68: comfygate.v1.GatewayService.GetUsage:input_type -> comfygate.v1.GetUsageRequest
+	27, // 69: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 70: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 71: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 72: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 73: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 74: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 75: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 76: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	34, // 77: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
+	32, // 78: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	36, // 79: comfygate.v1.GatewayService.GetUsage:output_type -> comfygate.v1.GetUsageResponse
+	29, // 80: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	70, // [70:81] is the sub-list for method output_type
+	59, // [59:70] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }

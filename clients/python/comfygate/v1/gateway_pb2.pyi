@@ -236,13 +236,16 @@ class RequestError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
 
 class RequestState(_message.Message):
-    __slots__ = ["created_at", "deployment_id", "epoch", "error", "finished_at", "instance_id", "output_urls", "outputs", "queue_duration", "queue_position", "queued_at", "request_id", "run_duration", "seq", "started_at", "status", "storage", "synced_at", "upstream_status"]
+    __slots__ = ["created_at", "deadline", "deployment_id", "epoch", "error", "finished_at", "instance_id", "max_queue_duration", "max_run_duration", "output_urls", "outputs", "queue_duration", "queue_position", "queued_at", "request_id", "run_duration", "seq", "started_at", "status", "storage", "synced_at", "upstream_status"]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUN_DURATION_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URLS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -257,11 +260,14 @@ class RequestState(_message.Message):
     SYNCED_AT_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
     created_at: _timestamp_pb2.Timestamp
+    deadline: _timestamp_pb2.Timestamp
     deployment_id: str
     epoch: int
     error: RequestError
     finished_at: _timestamp_pb2.Timestamp
     instance_id: str
+    max_queue_duration: _duration_pb2.Duration
+    max_run_duration: _duration_pb2.Duration
     output_urls: _containers.RepeatedScalarFieldContainer[str]
     outputs: _struct_pb2.Struct
     queue_duration: _duration_pb2.Duration
@@ -275,7 +281,7 @@ class RequestState(_message.Message):
     storage: OutputStorage
     synced_at: _timestamp_pb2.Timestamp
     upstream_status: str
-    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[OutputStorage, _Mapping]] = ..., queued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[OutputStorage, _Mapping]] = ..., queued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StoredOutput(_message.Message):
     __slots__ = ["content_type", "file", "key", "node", "sha256", "size", "url", "url_expires_at"]
@@ -314,16 +320,20 @@ class SubmitAndWaitResponse(_message.Message):
     def __init__(self, request: _Optional[_Union[RequestState, _Mapping]] = ..., done: bool = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ["deployment_id", "idempotency_key", "input_json", "webhook"]
+    __slots__ = ["deployment_id", "idempotency_key", "input_json", "max_queue_duration", "max_run_duration", "webhook"]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUN_DURATION_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     idempotency_key: str
     input_json: str
+    max_queue_duration: _duration_pb2.Duration
+    max_run_duration: _duration_pb2.Duration
     webhook: Webhook
-    def __init__(self, deployment_id: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+    def __init__(self, deployment_id: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., max_queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ["request"]

@@ -18,8 +18,10 @@ class GatewayServiceStub(object):
     - NOT_FOUND: no such deployment or request;
     - FAILED_PRECONDITION: the deployment cannot run jobs (insufficient funds,
     disabled, deleted);
-    - RESOURCE_EXHAUSTED: RunComfy is rate limiting; a RetryInfo detail says when
-    to retry;
+    - RESOURCE_EXHAUSTED: RunComfy is rate limiting, or the tenant is (a
+    RetryInfo detail says when to retry), or a submit would pass a
+    deployment's concurrency cap (the reason CONCURRENCY_CAP: retry once one
+    of the deployment's requests has ended);
     - UNAVAILABLE: RunComfy failed or could not be reached; safe to retry for
     reads and cancel (see Submit for submit);
     - INTERNAL: the gateway itself is misconfigured.
@@ -104,8 +106,10 @@ class GatewayServiceServicer(object):
     - NOT_FOUND: no such deployment or request;
     - FAILED_PRECONDITION: the deployment cannot run jobs (insufficient funds,
     disabled, deleted);
-    - RESOURCE_EXHAUSTED: RunComfy is rate limiting; a RetryInfo detail says when
-    to retry;
+    - RESOURCE_EXHAUSTED: RunComfy is rate limiting, or the tenant is (a
+    RetryInfo detail says when to retry), or a submit would pass a
+    deployment's concurrency cap (the reason CONCURRENCY_CAP: retry once one
+    of the deployment's requests has ended);
     - UNAVAILABLE: RunComfy failed or could not be reached; safe to retry for
     reads and cancel (see Submit for submit);
     - INTERNAL: the gateway itself is misconfigured.
@@ -326,8 +330,10 @@ class GatewayService(object):
     - NOT_FOUND: no such deployment or request;
     - FAILED_PRECONDITION: the deployment cannot run jobs (insufficient funds,
     disabled, deleted);
-    - RESOURCE_EXHAUSTED: RunComfy is rate limiting; a RetryInfo detail says when
-    to retry;
+    - RESOURCE_EXHAUSTED: RunComfy is rate limiting, or the tenant is (a
+    RetryInfo detail says when to retry), or a submit would pass a
+    deployment's concurrency cap (the reason CONCURRENCY_CAP: retry once one
+    of the deployment's requests has ended);
     - UNAVAILABLE: RunComfy failed or could not be reached; safe to retry for
     reads and cancel (see Submit for submit);
     - INTERNAL: the gateway itself is misconfigured.
