@@ -60,6 +60,17 @@ type upstream struct {
 	// until it is closed; mediaCalls counts the downloads that arrived.
 	mediaHeld  chan struct{}
 	mediaCalls int
+	// cancels lists, by request, the replicas whose cancel calls reached
+	// RunComfy.
+	cancels map[string][]string
+}
+
+// cancelsOf names the replicas whose cancels of requestID reached RunComfy,
+// one entry per call.
+func (u *upstream) cancelsOf(requestID string) []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.cancels[requestID])
 }
 
 // holdMedia holds output downloads until the returned function is called.
@@ -148,6 +159,15 @@ func (u *upstream) serve(replica string, w http.ResponseWriter, r *http.Request)
 		u.submits.Add(1)
 		u.mu.Lock()
 		u.submitQueries = append(u.submitQueries, r.URL.Query())
+		u.mu.Unlock()
+	}
+	if rid, ok := strings.CutSuffix(r.URL.Path, "/cancel"); ok && r.Method == http.MethodPost {
+		rid = rid[strings.LastIndexByte(rid, '/')+1:]
+		u.mu.Lock()
+		if u.cancels == nil {
+			u.cancels = map[string][]string{}
+		}
+		u.cancels[rid] = append(u.cancels[rid], replica)
 		u.mu.Unlock()
 	}
 	if strings.HasPrefix(r.URL.Path, "/media/") {

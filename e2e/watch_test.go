@@ -26,8 +26,14 @@ type watcher struct {
 // watch opens a WatchRequest stream on g, resuming after afterSeq.
 func watch(ctx context.Context, t *testing.T, name string, g *gateway, requestID string, afterSeq int64) *watcher {
 	t.Helper()
+	return watchOn(ctx, t, name, g, deployment, requestID, afterSeq)
+}
+
+// watchOn is watch of a request of another deployment.
+func watchOn(ctx context.Context, t *testing.T, name string, g *gateway, dep, requestID string, afterSeq int64) *watcher {
+	t.Helper()
 	stream, err := g.api.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{
-		DeploymentId: deployment, RequestId: requestID, AfterSeq: afterSeq,
+		DeploymentId: dep, RequestId: requestID, AfterSeq: afterSeq,
 	})
 	if err != nil {
 		t.Fatalf("%s: WatchRequest on %s: %v", name, g.name, err)

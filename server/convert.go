@@ -113,6 +113,15 @@ func recordToProto(r *state.Record, urls ObjectURLs) *comfygatev1.RequestState {
 	if !r.StartedAt.IsZero() && !r.FinishedAt.IsZero() {
 		st.RunDuration = durationpb.New(max(r.FinishedAt.Sub(r.StartedAt), 0))
 	}
+	if r.MaxQueue > 0 {
+		st.MaxQueueDuration = durationpb.New(r.MaxQueue)
+	}
+	if r.MaxRun > 0 {
+		st.MaxRunDuration = durationpb.New(r.MaxRun)
+	}
+	if at, kind := r.Deadline(); kind != "" {
+		st.Deadline = timestamppb.New(at)
+	}
 	return st
 }
 

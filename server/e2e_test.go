@@ -123,6 +123,9 @@ type gatewayOptions struct {
 	hooks *hooksOptions
 	// localHostsOnly is the server's LocalHostsOnly.
 	localHostsOnly bool
+	// policies, when set, are the deployments' default deadlines and caps
+	// (counted by the backend's slots).
+	policies server.Policies
 }
 
 // hooksOptions are the outbound webhooks of a test gateway.
@@ -294,10 +297,11 @@ func startGateway(t *testing.T, opts ...func(*gatewayOptions)) *gateway {
 	if reconciler != nil {
 		svcCfg.Polls = reconciler
 	}
-	svcCfg.Lister, svcCfg.Usage = backend, backend
+	svcCfg.Lister, svcCfg.Usage, svcCfg.Slots = backend, backend, backend
 	if o.redis != nil {
-		svcCfg.Lister, svcCfg.Usage = o.redis, o.redis
+		svcCfg.Lister, svcCfg.Usage, svcCfg.Slots = o.redis, o.redis, o.redis
 	}
+	svcCfg.Policies = o.policies
 	var ready func(context.Context) error
 	if o.backend != nil {
 		svcCfg.Backend = o.backend

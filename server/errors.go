@@ -45,6 +45,9 @@ const (
 	// reasonUnsupportedType: an upload's content type is not taken, or its
 	// bytes are of another kind; REST answers it 415.
 	reasonUnsupportedType = "UNSUPPORTED_MEDIA_TYPE"
+	// reasonConcurrencyCap: a submit would pass one of its deployment's
+	// concurrency caps (the deployments file); nothing was sent to RunComfy.
+	reasonConcurrencyCap = "CONCURRENCY_CAP"
 )
 
 // storeRetryDelay is the RetryInfo hint when the object store failed: a
@@ -93,6 +96,21 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 			Metadata: map[string]string{
 				"last_seq":   strconv.FormatInt(de.last.Seq, 10),
 				"last_epoch": strconv.FormatInt(de.last.Epoch, 10),
+			},
+		})
+	}
+	var ce *state.CapError
+	if errors.As(err, &ce) {
+		scope := "deployment"
+		if ce.PerTenant {
+			scope = "tenant"
+		}
+		return withDetails(status.New(codes.ResourceExhausted, ce.Error()), &errdetails.ErrorInfo{
+			Reason: reasonConcurrencyCap, Domain: gatewayDomain,
+			Metadata: map[string]string{
+				"deployment_id": ce.DeploymentID,
+				"scope":         scope,
+				"limit":         strconv.Itoa(ce.Limit),
 			},
 		})
 	}

@@ -77,7 +77,7 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 			}
 			return st
 		}),
-		// Only Idempotency-Key and the Comfygate-Webhook headers travel as gRPC metadata (grpc-gateway adds
+		// Only Idempotency-Key, Prefer, the Comfygate-Webhook and the deadline headers travel as gRPC metadata (grpc-gateway adds
 		// Authorization itself). No other header does: neither the
 		// Grpc-Metadata-* aliases, which would let a caller set metadata the
 		// guard never checked (a second Idempotency-Key, the handoff token),
@@ -94,7 +94,8 @@ func newGateway(target string, maxMsg int, creds credentials.TransportCredential
 			if strings.EqualFold(h, "Prefer") {
 				return "prefer", true // a submit's "Prefer: wait=N" (submit_and_wait.go)
 			}
-			if strings.EqualFold(h, "Comfygate-Webhook") || strings.EqualFold(h, "Comfygate-Webhook-Events") {
+			if strings.EqualFold(h, "Comfygate-Webhook") || strings.EqualFold(h, "Comfygate-Webhook-Events") ||
+				strings.EqualFold(h, maxQueueHeader) || strings.EqualFold(h, maxRunHeader) {
 				return strings.ToLower(h), true
 			}
 			return "", false

@@ -453,6 +453,8 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 			return receiver.URL + "/named"
 		case "Comfygate-Webhook-Events":
 			return "running,terminal"
+		case "Comfygate-Max-Queue-Duration", "Comfygate-Max-Run-Duration":
+			return "1h"
 		case "Idempotency-Key":
 			nextKey++
 			return "openapi-test-" + strconv.Itoa(nextKey)

@@ -399,7 +399,7 @@ func corsFor(origins []string) *cors.Cors {
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
 		AllowedMethods: []string{http.MethodGet, http.MethodPost},
-		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate", "Comfygate-Webhook", "Comfygate-Webhook-Events", "Prefer"},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Traceparent", "Tracestate", "Comfygate-Webhook", "Comfygate-Webhook-Events", "Comfygate-Max-Queue-Duration", "Comfygate-Max-Run-Duration", "Prefer"},
 		ExposedHeaders: []string{"Retry-After", "Preference-Applied"},
 		MaxAge:         600,
 	})

@@ -86,6 +86,8 @@ type Service struct {
 	uploadTimeout time.Duration
 	lister        Lister
 	usage         UsageReader
+	policies      Policies
+	slots         state.Slots
 	log           *slog.Logger
 	submitTimeout time.Duration
 	freshFor      time.Duration
@@ -124,6 +126,11 @@ type ServiceConfig struct {
 	// state backends are both).
 	Lister Lister
 	Usage  UsageReader
+	// Policies, when set, gives each deployment its default deadlines and
+	// its concurrency caps (the deployments file); Slots counts what the
+	// caps bound, cluster-wide: caps apply only with both.
+	Policies Policies
+	Slots    state.Slots
 	// Uploads, when set, serves Upload and resolves the references to
 	// uploads in submitted inputs; nil refuses both.
 	Uploads Uploads
@@ -182,6 +189,8 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		uploads:       cfg.Uploads,
 		lister:        cfg.Lister,
 		usage:         cfg.Usage,
+		policies:      cfg.Policies,
+		slots:         cfg.Slots,
 		uploadTimeout: cmp.Or(cfg.UploadTimeout, DefaultUploadTimeout),
 		metrics:       cfg.Metrics,
 		webhooks:      cfg.Webhooks,

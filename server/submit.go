@@ -53,6 +53,11 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	policy := s.policy(dep)
+	maxQueue, maxRun, err := s.submitDeadlines(ctx, req, policy)
+	if err != nil {
+		return nil, err
+	}
 	var scope string
 	if key != "" {
 		var done *comfygatev1.SubmitResponse
@@ -77,6 +82,16 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 		}
 	}
+	// Counted before RunComfy is called, and given back unless a request
+	// started (the deferred release is a no-op once bound).
+	sl, err := s.reserveSlot(ctx, dep, policy)
+	if err != nil {
+		if scope != "" {
+			_ = s.idem.Drop(context.WithoutCancel(ctx), scope)
+		}
+		return nil, err
+	}
+	defer sl.release(ctx)
 	input, err := s.resolveUploads(ctx, req.GetInputJson())
 	if err != nil {
 		if scope != "" {
@@ -135,7 +150,14 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		CreatedAt:    s.now(),
 		Owner:        tenantOf(ctx),
 		Webhooks:     hooks,
+		MaxQueue:     maxQueue,
+		MaxRun:       maxRun,
 	})
+	if err == nil && rec != nil {
+		// The slot is the request's until it ends; a record that ended
+		// already (its callbacks came first) frees it.
+		sl.bind(ctx, resp.RequestID)
+	}
 	if err == nil && rec != nil && !visible(ctx, rec, dep) {
 		// Recorded as another tenant's (it cannot happen to a new id; the
 		// caller still learns only what it submitted).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 	"unsafe"
@@ -42,14 +43,17 @@ const inputJSONField = 2
 
 // unmarshalSubmit decodes a SubmitRequest from data into req, copying the
 // input once, straight from the received frames into its string. The
-// result is what proto.Unmarshal gives, unknown fields aside (dropped: the
-// service reads none).
+// result is what proto.Unmarshal gives: the other fields (the webhook, the
+// deadlines, any unknown ones), small, are gathered as they came and decoded
+// by the proto codec.
 func unmarshalSubmit(data mem.BufferSlice, req *comfygatev1.SubmitRequest) error {
 	r := data.Reader()
 	defer r.Close()
 	proto.Reset(req)
+	var rest []byte
+	var raw []byte // the field's bytes as received, for rest
 	for r.Remaining() > 0 {
-		tag, err := readVarint(r)
+		tag, err := readVarint(r, &raw)
 		if err != nil {
 			return err
 		}
@@ -62,23 +66,28 @@ func unmarshalSubmit(data mem.BufferSlice, req *comfygatev1.SubmitRequest) error
 		// A known field with another wire type is an unknown field to
 		// proto.Unmarshal, and skipped like one.
 		known := num >= 1 && num <= 3 && typ == protowire.BytesType
+		if !known {
+			rest = append(rest, raw...)
+		}
 		switch typ {
 		case protowire.VarintType:
-			_, err = readVarint(r)
+			_, err = readVarint(r, &raw)
+			rest = append(rest, raw...)
 		case protowire.Fixed32Type:
-			err = discard(r, 4)
+			rest, err = appendN(rest, r, 4)
 		case protowire.Fixed64Type:
-			err = discard(r, 8)
+			rest, err = appendN(rest, r, 8)
 		case protowire.BytesType:
 			var n uint64
-			if n, err = readVarint(r); err != nil {
+			if n, err = readVarint(r, &raw); err != nil {
 				return err
 			}
 			if n > uint64(r.Remaining()) {
 				return io.ErrUnexpectedEOF
 			}
 			if !known {
-				err = discard(r, int(n))
+				rest = append(rest, raw...)
+				rest, err = appendN(rest, r, int(n))
 				break
 			}
 			var s string
@@ -102,7 +111,22 @@ func unmarshalSubmit(data mem.BufferSlice, req *comfygatev1.SubmitRequest) error
 			return err
 		}
 	}
+	if len(rest) > 0 {
+		if err := (proto.UnmarshalOptions{Merge: true}).Unmarshal(rest, req); err != nil {
+			return fmt.Errorf("decode submit: %w", err)
+		}
+	}
 	return nil
+}
+
+// appendN appends the next n bytes of r to b.
+func appendN(b []byte, r *mem.Reader, n int) ([]byte, error) {
+	b = slices.Grow(b, n)
+	got, _ := io.ReadFull(r, b[len(b):len(b)+n])
+	if got != n {
+		return b, fmt.Errorf("decode submit: %w", io.ErrUnexpectedEOF)
+	}
+	return b[:len(b)+n], nil
 }
 
 // readString reads n bytes into a new string, with no intermediate copy,
@@ -120,13 +144,17 @@ func readString(r *mem.Reader, n int) (string, error) {
 	return s, nil
 }
 
-func readVarint(r *mem.Reader) (uint64, error) {
+// readVarint reads a varint and sets *raw to its bytes as received (a
+// non-minimal encoding is kept so).
+func readVarint(r *mem.Reader, raw *[]byte) (uint64, error) {
 	var v uint64
+	*raw = (*raw)[:0]
 	for shift := uint(0); shift < 64; shift += 7 {
 		b, err := r.ReadByte()
 		if err != nil {
 			return 0, fmt.Errorf("decode submit: %w", io.ErrUnexpectedEOF)
 		}
+		*raw = append(*raw, b)
 		if shift == 63 && b > 1 {
 			return 0, errors.New("decode submit: varint overflows 64 bits")
 		}
@@ -136,11 +164,4 @@ func readVarint(r *mem.Reader) (uint64, error) {
 		}
 	}
 	return 0, errors.New("decode submit: varint overflows 64 bits")
-}
-
-func discard(r *mem.Reader, n int) error {
-	if got, _ := r.Discard(n); got != n {
-		return fmt.Errorf("decode submit: %w", io.ErrUnexpectedEOF)
-	}
-	return nil
 }

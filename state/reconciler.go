@@ -313,10 +313,31 @@ func (r *Reconciler) next(rec *Record, now time.Time) time.Time {
 // expire cancels on RunComfy a request whose deadline (kind) passed, and
 // records it CANCELLED with kind as its error type. The caller holds the
 // request's lease, and the request was still due in the schedule once it
-// did (claim): one replica cancels it, once. A request RunComfy says has
-// finished (not cancellable) is polled instead, so its real end is
-// recorded.
+// did (claim): one replica cancels it, once. The deadline is recorded
+// first (Record.Expired), so that RunComfy's own report of the
+// cancellation, which may come before the cancel's answer, ends the request
+// with the same error; a cancel that fails is tried again at the next
+// poll. A request RunComfy says has finished (not cancellable) is polled
+// instead, so its real end is recorded.
 func (r *Reconciler) expire(ctx context.Context, rec *Record, kind string, now time.Time) error {
+	if rec.Expired == "" {
+		cur, _, err := r.cfg.Tracker.Apply(ctx, Update{
+			RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceCancel, Owner: rec.Owner,
+			State: rec.State, Expired: kind,
+		})
+		if err != nil {
+			return r.failed(ctx, rec, fmt.Errorf("record the deadline %s: %w", kind, err))
+		}
+		// The request may have moved on meanwhile (started, ended): its
+		// deadline is then another one, or none.
+		if cur == nil || cur.Terminal() {
+			return r.cfg.Schedule.Forget(ctx, rec.RequestID)
+		}
+		if at, k := cur.Deadline(); k != kind || now.Before(at) {
+			return r.cfg.Schedule.SetDue(ctx, rec.RequestID, r.next(cur, now))
+		}
+		rec = cur
+	}
 	res, err := r.cfg.Canceller.Cancel(ctx, rec.DeploymentID, rec.RequestID)
 	if err != nil {
 		return r.failed(ctx, rec, fmt.Errorf("cancel at %s: %w", kind, err))
@@ -334,26 +355,16 @@ func (r *Reconciler) expire(ctx context.Context, rec *Record, kind string, now t
 		// it as any other, at the pace of an unchanged request.
 		return r.cfg.Schedule.SetDue(ctx, rec.RequestID, now.Add(r.cfg.Interval))
 	}
-	limit := rec.MaxQueue
-	if kind == ErrorTypeMaxRunDuration {
-		limit = rec.MaxRun
-	}
-	state := "queued"
-	if kind == ErrorTypeMaxRunDuration {
-		state = "running"
-	}
-	_, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
+	after, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
 		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceCancel, Owner: rec.Owner,
-		State:      runcomfy.StateCancelled,
-		Error:      &runcomfy.JobError{Type: kind, Message: fmt.Sprintf("cancelled by the gateway: still %s after %s", state, limit)},
-		FinishedAt: now,
+		State: runcomfy.StateCancelled, Error: deadlineError(rec, kind), FinishedAt: now,
 	})
 	if err != nil {
 		return fmt.Errorf("record request %s as cancelled at %s: %w", rec.RequestID, kind, err)
 	}
-	if outcome == Applied {
+	if outcome == Applied || (after != nil && after.Error != nil && after.Error.Type == kind) {
 		r.expired.Add(1)
-		r.cfg.Logger.Info("a request passed its deadline; cancelled", "request_id", rec.RequestID, "deadline", kind, "limit", limit)
+		r.cfg.Logger.Info("a request passed its deadline; cancelled", "request_id", rec.RequestID, "deadline", kind)
 	}
 	return r.cfg.Schedule.Forget(ctx, rec.RequestID)
 }

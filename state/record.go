@@ -11,6 +11,7 @@ package state
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
@@ -67,6 +68,11 @@ type Record struct {
 	// none.
 	MaxQueue time.Duration `json:"max_queue,omitempty"`
 	MaxRun   time.Duration `json:"max_run,omitempty"`
+	// Expired is the deadline (an ErrorTypeMax* type) at which the gateway
+	// is cancelling the request, recorded before the cancel is sent: the
+	// request's cancellation, whichever source reports it first (the
+	// cancel's answer, RunComfy's callback), ends it with that error.
+	Expired string `json:"expired,omitempty"`
 }
 
 // The error types of a request the gateway cancelled at a deadline.
@@ -74,6 +80,15 @@ const (
 	ErrorTypeMaxQueueDuration = "max_queue_duration_exceeded"
 	ErrorTypeMaxRunDuration   = "max_run_duration_exceeded"
 )
+
+// deadlineError is the error of a request cancelled at its deadline kind.
+func deadlineError(r *Record, kind string) *runcomfy.JobError {
+	st, limit := "queued", r.MaxQueue
+	if kind == ErrorTypeMaxRunDuration {
+		st, limit = "running", r.MaxRun
+	}
+	return &runcomfy.JobError{Type: kind, Message: fmt.Sprintf("cancelled by the gateway: still %s after %s", st, limit)}
+}
 
 // Deadline is when r is cancelled if it is still in its state, and the
 // error type it then ends with; kind is empty when no deadline applies (no
@@ -153,6 +168,9 @@ type Update struct {
 	// MaxQueue and MaxRun, from a submit, are the request's deadlines; a
 	// record takes them once.
 	MaxQueue, MaxRun time.Duration
+	// Expired, from the reconciler, says it is cancelling the request at
+	// that deadline (Record.Expired).
+	Expired string
 }
 
 // Source is where an observation of a request came from.
@@ -415,6 +433,13 @@ func apply(r *Record, u *Update, advance bool) bool {
 	if deadlinesChange(r, u) {
 		r.MaxQueue, r.MaxRun = u.MaxQueue, u.MaxRun
 		changed = true
+	}
+	if u.Expired != "" && r.Expired == "" && !r.Terminal() {
+		r.Expired = u.Expired
+		changed = true
+	}
+	if advance && r.State == runcomfy.StateCancelled && r.Expired != "" && u.Error == nil && r.Error == nil {
+		r.Error = deadlineError(r, r.Expired)
 	}
 	// A queue position only goes down: a larger one is an older observation that
 	// arrived late.

@@ -120,6 +120,9 @@ func TestMergeFields(t *testing.T) {
 		// when cur is nil) into the expected record, apart from Seq and
 		// UpdatedAt which merge always sets on an applied update.
 		edit func(r *Record)
+		// unsynced: the update, older than the record's state, does not
+		// confirm it (SyncedAt stays).
+		unsynced bool
 	}{
 		// Upstream status.
 		{
@@ -394,6 +397,64 @@ func TestMergeFields(t *testing.T) {
 				r.State, r.Outputs, r.OutputURLs, r.CreatedAt, r.FinishedAt = runcomfy.StateSucceeded, outputs, urls, t1, t3
 			},
 		},
+
+		// Deadlines.
+		{
+			name: "the submit's answer sets the deadlines",
+			cur:  queued, u: upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.MaxQueue, u.MaxRun = "submit", time.Minute, time.Hour }),
+			want: Applied, edit: func(r *Record) { r.MaxQueue, r.MaxRun = time.Minute, time.Hour },
+		},
+		{
+			name: "the submit's answer after a callback moved it on still sets them",
+			cur:  running, u: upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.MaxRun = "submit", time.Hour }),
+			want: Applied, edit: func(r *Record) { r.MaxRun = time.Hour }, unsynced: true,
+		},
+		{
+			name: "only a submit sets deadlines",
+			cur:  queued, u: upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.MaxQueue = "callback", time.Minute }),
+			want: Duplicate,
+		},
+		{
+			name: "deadlines are set once",
+			cur:  func() *Record { r := queued.Clone(); r.MaxRun = time.Hour; return r }(),
+			u:    upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.MaxQueue = "submit", time.Minute }),
+			want: Duplicate,
+		},
+		{
+			name: "a finished request takes no deadline",
+			cur:  succeeded, u: upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.MaxQueue = "submit", time.Minute }),
+			want: Stale,
+		},
+		{
+			name: "a deadline being kept is recorded",
+			cur:  queued, u: upd(runcomfy.StateQueued, func(u *Update) { u.Source, u.Expired = "cancel", ErrorTypeMaxQueueDuration }),
+			want: Applied, edit: func(r *Record) { r.Expired = ErrorTypeMaxQueueDuration },
+		},
+		{
+			name: "a cancellation reported after the deadline's cancel carries its error",
+			cur: func() *Record {
+				r := queued.Clone()
+				r.MaxQueue, r.Expired = time.Minute, ErrorTypeMaxQueueDuration
+				return r
+			}(),
+			u:    upd(runcomfy.StateCancelled, func(u *Update) { u.Source, u.UpstreamStatus = "callback", "cancelled" }),
+			want: Applied, edit: func(r *Record) {
+				r.State, r.UpstreamStatus, r.QueuePosition, r.FinishedAt = runcomfy.StateCancelled, "cancelled", nil, now
+				r.Error = &runcomfy.JobError{Type: ErrorTypeMaxQueueDuration, Message: "cancelled by the gateway: still queued after 1m0s"}
+			},
+		},
+		{
+			name: "a request that succeeded meanwhile keeps no deadline error",
+			cur: func() *Record {
+				r := running.Clone()
+				r.MaxRun, r.Expired = time.Minute, ErrorTypeMaxRunDuration
+				return r
+			}(),
+			u:    upd(runcomfy.StateSucceeded, func(u *Update) { u.Outputs, u.OutputURLs = outputs, urls }),
+			want: Applied, edit: func(r *Record) {
+				r.State, r.UpstreamStatus, r.Outputs, r.OutputURLs, r.FinishedAt = runcomfy.StateSucceeded, "", outputs, urls, now
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -412,7 +473,7 @@ func TestMergeFields(t *testing.T) {
 				tt.edit(want)
 			}
 			want.Seq, want.UpdatedAt = 1, now
-			if tt.u.Source != "claim" {
+			if tt.u.Source != "claim" && !tt.unsynced {
 				want.SyncedAt = now
 			}
 			if tt.cur != nil {

@@ -158,6 +158,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		Interval:    cfg.PollInterval,
 		Concurrency: cfg.PollConcurrency,
 		Retention:   cfg.Retention,
+		Canceller:   pollClient,
 		Owner:       replicaName(),
 		Logger:      log.With("component", "reconciler"),
 	})
@@ -169,6 +170,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		Upstream: client, Logger: log, Metrics: metrics, Limits: limits,
 		Tracker: tracker, Watches: a.hub, Polls: a.reconciler, Idempotency: a.backend.idem, Lister: a.backend.lister, Usage: a.backend.usage,
 		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout,
+		Policies: cfg.policies, Slots: a.backend.slots,
 		// The submit's own deadline outlasts the upstream call's, so that it
 		// is the client's timeout, not this one, that ends a slow submit.
 		SubmitTimeout: max(time.Minute, cfg.UpstreamTimeout+time.Second),
@@ -214,6 +216,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	authn, tenants, err := a.watchAuth(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.policies.Len() > 0 || cfg.DeploymentsFile != "" {
+		log.Info("deployment policies loaded", "deployments_file", cfg.DeploymentsFile, "deployments", cfg.policies.Len())
 	}
 	if authn != nil {
 		srvCfg.Auth = authn

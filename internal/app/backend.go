@@ -24,6 +24,7 @@ type backend struct {
 	queues   state.Queues
 	lister   state.Lister
 	usage    state.UsageReader
+	slots    state.Slots
 	// rates keeps the submit and read buckets; nil keeps them in this
 	// process.
 	rates server.RateLimiter
@@ -51,7 +52,7 @@ func newBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend, e
 // across restarts.
 func memoryBackend() *backend {
 	mem := memory.New(nil)
-	return &backend{store: mem, bus: mem, schedule: mem, idem: mem, outbox: mem, queues: mem, lister: mem, usage: mem}
+	return &backend{store: mem, bus: mem, schedule: mem, idem: mem, outbox: mem, queues: mem, lister: mem, usage: mem, slots: mem}
 }
 
 // redisBackend keeps everything in the Redis of --redis-url.
@@ -69,7 +70,7 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 	log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
 	checkPersistence(ctx, rs, log)
 	return &backend{
-		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs, queues: rs, lister: rs, usage: rs,
+		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs, queues: rs, lister: rs, usage: rs, slots: rs,
 		rates:      rs.RateLimiter(),
 		pinger:     rs,
 		reconnects: rs.Reconnects,
