@@ -74,6 +74,7 @@ fuzz:
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzUnmarshalSubmit$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./uploads -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./deployments -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 ## bench: the five benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 5 minutes)
 bench: deps

@@ -132,4 +132,3 @@ func TestPolicies(t *testing.T) {
 		}
 	})
 }
-

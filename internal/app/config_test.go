@@ -34,6 +34,14 @@ func TestParseConfig(t *testing.T) {
 	if err := os.WriteFile(webhooksOnly, []byte("tenants:\n  local:\n    webhooks:\n      secrets: [\""+secret+"\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	policies := filepath.Join(dir, "deployments.yaml")
+	if err := os.WriteFile(policies, []byte("deployments:\n  dep-a:\n    max_queue_duration: 10m\n    max_concurrency: 4\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badPolicies := filepath.Join(dir, "bad-deployments.yaml")
+	if err := os.WriteFile(badPolicies, []byte("deployments:\n  dep-a:\n    max_queue_duration: 10m\n    max_concurrency: -1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	badTenants := filepath.Join(dir, "bad-tenants.yaml")
 	if err := os.WriteFile(badTenants, []byte("tenants:\n  team:\n    webhooks:\n      secrets: [\"not-a-secret\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -210,6 +218,25 @@ func TestParseConfig(t *testing.T) {
 			name:    "tenants file without keys does not",
 			args:    []string{"--simulate", "--http-addr", "0.0.0.0:8080", "--tenants-file", webhooksOnly},
 			wantErr: []string{"--http-addr 0.0.0.0:8080 is not a loopback", "--tenants-file"},
+		},
+		{
+			name: "deployments file",
+			args: []string{"--simulate", "--deployments-file", policies},
+			check: func(t *testing.T, c *Config) {
+				if p := c.policies.For("dep-a"); p.MaxQueueDuration != 10*time.Minute || p.MaxConcurrency != 4 {
+					t.Errorf("policy of dep-a = %+v", p)
+				}
+			},
+		},
+		{
+			name:    "deployments file with an error names its line",
+			args:    []string{"--simulate", "--deployments-file", badPolicies},
+			wantErr: []string{"--deployments-file", badPolicies, "line 4:", "max_concurrency"},
+		},
+		{
+			name:    "deployments file missing",
+			args:    []string{"--simulate", "--deployments-file", filepath.Join(dir, "none.yaml")},
+			wantErr: []string{"--deployments-file", "none.yaml"},
 		},
 		{
 			name:    "tenants file that does not load",

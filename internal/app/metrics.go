@@ -52,6 +52,8 @@ func registerStateMetrics(reg *prometheus.Registry, tracker *state.Tracker, reco
 			func() float64 { return float64(reconciler.Polls()) }),
 		counter("comfygate_records_rebuilt_total", "Records found lost (Redis emptied, evicted) while watched or scheduled, and made again from RunComfy.", nil,
 			func() float64 { return float64(reconciler.Rebuilt()) }),
+		counter("comfygate_requests_expired_total", "Requests this replica cancelled on RunComfy at their deadline (max_queue_duration or max_run_duration).", nil,
+			func() float64 { return float64(reconciler.Expired()) }),
 		counter("comfygate_requests_lost_upstream_total", "Requests RunComfy no longer knew, ended FAILED with the error type upstream_lost.", nil,
 			func() float64 { return float64(reconciler.LostUpstream()) }),
 	)

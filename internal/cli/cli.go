@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/internal/flagenv"
@@ -129,7 +130,10 @@ type cliOptions struct {
 
 	input          string // submit: a file name, or "-" for standard input
 	idempotencyKey string // submit
-	watch          bool   // submit
+	// maxQueue and maxRun are the submit's deadlines; zero leaves the
+	// deployment's defaults.
+	maxQueue, maxRun time.Duration
+	watch            bool // submit
 
 	file      string // upload
 	mediaType string // upload
@@ -210,6 +214,8 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		fs.StringVar(&o.input, "input", "-", "JSON input `file`; - is standard input")
 		fs.StringVar(&o.idempotencyKey, "idempotency-key", "", "a `key` that makes a retried submit return the first request instead of starting another")
 		fs.BoolVar(&o.watch, "watch", false, "follow the request to its end, as watch does (then --timeout defaults to 0)")
+		fs.DurationVar(&o.maxQueue, "max-queue-duration", 0, "cancel the job if it is still queued after this `duration` (1s to 168h); 0 is the deployment's default")
+		fs.DurationVar(&o.maxRun, "max-run-duration", 0, "cancel the job if it is still running after this `duration` (1s to 168h); 0 is the deployment's default")
 	}
 	if o.command == "upload" {
 		fs.StringVar(&o.mediaType, "type", "", "the file's media `type` (image/png, ...); empty guesses it from the name and the first bytes")
@@ -306,6 +312,14 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 	}
 	if err := checkIdempotencyKey(o.idempotencyKey); err != nil {
 		errs = append(errs, fmt.Errorf("--idempotency-key: %w", err))
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--max-queue-duration", o.maxQueue}, {"--max-run-duration", o.maxRun}} {
+		if d.v != 0 && (d.v < time.Second || d.v > 168*time.Hour) {
+			errs = append(errs, fmt.Errorf("%s %s: want 1s to 168h (or 0: the deployment's default)", d.flag, d.v))
+		}
 	}
 	if err := checkAddr(o.addr); err != nil {
 		errs = append(errs, fmt.Errorf("--addr %q: %w", o.addr, err))
@@ -621,11 +635,18 @@ func (c *cli) run(ctx context.Context, input []byte) (int, error) {
 // submit starts the job, prints its id (or its state as JSON) and, with
 // --watch, follows it.
 func (c *cli) submit(ctx context.Context, input []byte) (int, error) {
-	resp, err := c.client.Submit(ctx, &comfygatev1.SubmitRequest{
+	req := &comfygatev1.SubmitRequest{
 		DeploymentId:   c.opts.deployment,
 		InputJson:      string(input),
 		IdempotencyKey: c.opts.idempotencyKey,
-	})
+	}
+	if c.opts.maxQueue > 0 {
+		req.MaxQueueDuration = durationpb.New(c.opts.maxQueue)
+	}
+	if c.opts.maxRun > 0 {
+		req.MaxRunDuration = durationpb.New(c.opts.maxRun)
+	}
+	resp, err := c.client.Submit(ctx, req)
 	if err != nil {
 		return ExitError, err
 	}

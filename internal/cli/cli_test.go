@@ -446,6 +446,15 @@ func TestCLICommands(t *testing.T) {
 					t.Errorf("second submit gave %q, first %q", again, out)
 				}
 			}},
+		{name: "submit with deadlines", stdin: `{}`,
+			args: []string{"submit", "--json", "--max-queue-duration", "90s", "--max-run-duration", "1h"}, want: ExitOK,
+			check: func(t *testing.T, out string) {
+				states := jsonStates(t, out)
+				if len(states) != 1 || states[0].GetMaxQueueDuration().AsDuration() != 90*time.Second ||
+					states[0].GetMaxRunDuration().AsDuration() != time.Hour || states[0].GetDeadline() == nil {
+					t.Errorf("want the request with its deadlines, got %v", states)
+				}
+			}},
 
 		{name: "unknown request", args: []string{"status", unknownRequest}, want: ExitError,
 			wantStderr: []string{"comfygate status: NotFound: "}},
@@ -476,6 +485,10 @@ func TestCLICommands(t *testing.T) {
 			wantStderr: []string{"--idempotency-key: is longer than 255 characters"}},
 		{name: "idempotency key not ASCII", args: []string{"submit", "--idempotency-key", "clé"}, want: ExitUsage,
 			wantStderr: []string{"--idempotency-key: may contain only printable ASCII"}},
+		{name: "deadline too short", args: []string{"submit", "--max-queue-duration", "500ms"}, want: ExitUsage,
+			wantStderr: []string{"--max-queue-duration 500ms: want 1s to 168h"}},
+		{name: "deadline too long", args: []string{"submit", "--max-run-duration", "200h"}, want: ExitUsage,
+			wantStderr: []string{"--max-run-duration 200h0m0s: want 1s to 168h"}},
 		{name: "empty address", args: []string{"status", "--addr", "", "{ok}"}, want: ExitUsage,
 			wantStderr: []string{`--addr "": is empty`}},
 		{name: "address without a port", args: []string{"status", "--addr", "localhost", "{ok}"}, want: ExitUsage,

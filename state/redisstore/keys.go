@@ -48,6 +48,12 @@ import (
 //	<prefix>usage:{<owner>}:<hour>  hash: the owner's requests that ended in
 //	                                that Unix hour, counted by the save
 //	                                script (state/usage.go); 90 days
+//	<prefix>cap:{<deployment>}      sorted set: a capped deployment's
+//	                                unfinished requests and submits under
+//	                                way, scored by when each place expires
+//	                                (ms); a final save removes its request
+//	                                (slots.go)
+//	<prefix>cap:{<deployment>}:<tenant> the same, for one tenant
 //	<prefix>{hooks}:due            sorted set: requests whose deliveries are
 //	                                retried later, scored by when (ms); in
 //	                                the jobs stream's slot, so one script
