@@ -418,18 +418,33 @@ func (g *gateway) waitUp(t *testing.T) {
 // rest sends one REST call and returns the status code and decoded JSON body.
 func (g *gateway) rest(t *testing.T, method, path string, body []byte) (int, map[string]any) {
 	t.Helper()
+	code, data := g.restWith(t, method, path, body, nil)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("%s %s: answer is not JSON: %v: %s", method, path, err, data)
+	}
+	return code, out
+}
+
+// restWith sends one REST call with a body (none when nil) and headers, and
+// returns the status code and the answer's body.
+func (g *gateway) restWith(t *testing.T, method, path string, body []byte, headers map[string]string) (int, []byte) {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, g.httpBase+path, rd)
+	req, err := http.NewRequestWithContext(ctxT(t), method, g.httpBase+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := g.httpc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,11 +453,7 @@ func (g *gateway) rest(t *testing.T, method, path string, body []byte) (int, map
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out map[string]any
-	if err := json.Unmarshal(data, &out); err != nil {
-		t.Fatalf("%s %s: answer is not JSON: %v: %s", method, path, err, data)
-	}
-	return resp.StatusCode, out
+	return resp.StatusCode, data
 }
 
 func ctxT(t *testing.T) context.Context {

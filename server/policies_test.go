@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -100,7 +99,7 @@ func TestSubmitDeadlines(t *testing.T) {
 		{"header over default", "dep-defaults", map[string]string{"Comfygate-Max-Run-Duration": "45s"}, 5 * time.Minute, 45 * time.Second},
 	} {
 		t.Run("rest/"+tc.name, func(t *testing.T) {
-			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/"+tc.dep+"/requests", `{}`, tc.headers)
+			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/"+tc.dep+"/requests", []byte(`{}`), tc.headers)
 			if code != http.StatusOK {
 				t.Fatalf("HTTP %d: %s", code, body)
 			}
@@ -138,7 +137,7 @@ func TestSubmitDeadlines(t *testing.T) {
 		{"too long", map[string]string{"Comfygate-Max-Run-Duration": "8760h"}, "Comfygate-Max-Run-Duration: 8760h0m0s is out of range"},
 	} {
 		t.Run("rest/refused/"+tc.name, func(t *testing.T) {
-			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/dep-1/requests", `{}`, tc.headers)
+			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(`{}`), tc.headers)
 			st, err := decodeStatus(body)
 			if err != nil {
 				t.Fatal(err)
@@ -240,30 +239,6 @@ func TestConcurrencyCaps(t *testing.T) {
 	if _, err := submit(keyB); err != nil {
 		t.Fatalf("submit after a cancel: %v", err)
 	}
-}
-
-// restWith sends a REST call with a body and headers; it returns the status
-// and the answer's body.
-func (g *gateway) restWith(t *testing.T, method, path, body string, headers map[string]string) (int, []byte) {
-	t.Helper()
-	req, err := http.NewRequestWithContext(ctxT(t), method, g.httpBase+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := g.httpc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, data
 }
 
 func unmarshalJSON(t *testing.T, data []byte, m proto.Message) {

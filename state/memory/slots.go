@@ -78,9 +78,7 @@ func (b *Backend) Bind(ctx context.Context, token, deploymentID, tenant, request
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dep, ten := b.slotSets(deploymentID, tenant)
-	delete(dep.held, token)
-	delete(ten.held, token)
+	dep, ten := b.unreserve(token, deploymentID, tenant)
 	if e, ok := b.records[requestID]; ok && b.now().Before(e.expires) && !e.rec.Terminal() {
 		dep.bound[requestID] = true
 		ten.bound[requestID] = true
@@ -95,8 +93,15 @@ func (b *Backend) Free(ctx context.Context, token, deploymentID, tenant string) 
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dep, ten := b.slotSets(deploymentID, tenant)
+	b.unreserve(token, deploymentID, tenant)
+	return nil
+}
+
+// unreserve drops a reservation from both counts and returns them. b.mu is
+// held.
+func (b *Backend) unreserve(token, deploymentID, tenant string) (dep, ten *slotSet) {
+	dep, ten = b.slotSets(deploymentID, tenant)
 	delete(dep.held, token)
 	delete(ten.held, token)
-	return nil
+	return dep, ten
 }
