@@ -112,8 +112,10 @@ if cur[5] then
   else
     local t = redis.call('TIME')
     local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
-    redis.call('ZADD', capDep, 'XX', expires, ARGV[11])
-    redis.call('ZADD', capTenant, 'XX', expires, ARGV[11])
+    for _, k in ipairs({capDep, capTenant}) do
+      redis.call('ZADD', k, 'XX', expires, ARGV[11])
+      if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+    end
   end
 end
 if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then

@@ -62,6 +62,9 @@ func TestSlotFollowsRecord(t *testing.T) {
 		if d := score(k); d < 179*time.Minute || d > 3*time.Hour {
 			t.Fatalf("%s: after a save with a 3 h TTL the slot expires in %s", k, d)
 		}
+		if d := rdb.PTTL(ctx, k).Val(); d < 179*time.Minute {
+			t.Fatalf("%s expires in %s, before the place it holds", k, d)
+		}
 	}
 	rec.State, rec.FinishedAt, rec.Seq = runcomfy.StateSucceeded, time.Now(), 3
 	if err := b.Save(ctx, rec.Clone(), time.Hour); err != nil {
