@@ -474,6 +474,13 @@ func (p *parser) count(name string, n *yaml.Node) (int, bool) {
 		p.errorf(n, "%s: wanted %s, found %s%s", name, want, describe(n), hint)
 		return 0, false
 	}
+	// Decimal only: YAML also reads 010 as 8, 0x10 and 1_0, which a
+	// reader of the file would not.
+	digits := strings.TrimPrefix(strings.TrimPrefix(n.Value, "-"), "+")
+	if digits == "" || strings.TrimLeft(digits, "0123456789") != "" || (len(digits) > 1 && digits[0] == '0') {
+		p.errorf(n, "%s: %s: wanted %s, written in decimal digits", name, clip(n.Value), want)
+		return 0, false
+	}
 	var v int64
 	if err := n.Decode(&v); err != nil || v < 1 || v > MaxConcurrency {
 		p.errorf(n, "%s: %s is out of range: wanted %s", name, clip(n.Value), want)

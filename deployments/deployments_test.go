@@ -175,6 +175,21 @@ var errorCases = []errorCase{
 		"  x:",
 		"    max_concurrency_per_tenant: five",
 	), 3, `max_concurrency_per_tenant: wanted a whole number from 1 to 1000000, found the string "five"`},
+	{"octal cap", lines(
+		"deployments:",
+		"  x:",
+		"    max_concurrency: 010",
+	), 3, "max_concurrency: 010: wanted a whole number from 1 to 1000000, written in decimal digits"},
+	{"hexadecimal cap", lines(
+		"deployments:",
+		"  x:",
+		"    max_concurrency: 0x10",
+	), 3, "max_concurrency: 0x10: wanted a whole number"},
+	{"underscored cap", lines(
+		"deployments:",
+		"  x:",
+		"    max_concurrency_per_tenant: 1_0",
+	), 3, "max_concurrency_per_tenant: 1_0: wanted a whole number"},
 	{"negative cap", lines(
 		"deployments:",
 		"  x:",
@@ -503,7 +518,7 @@ func TestParseValid(t *testing.T) {
 			"    max_queue_duration: 168h",
 			`    max_run_duration: "10080m"`,
 			"    max_concurrency: 1000000",
-			"    max_concurrency_per_tenant: 1_000_000",
+			"    max_concurrency_per_tenant: 1000000",
 		), 2, map[string]Policy{
 			"low":  {MaxQueueDuration: time.Second, MaxRunDuration: time.Second, MaxConcurrency: 1, MaxConcurrencyPerTenant: 1},
 			"high": {MaxQueueDuration: MaxDuration, MaxRunDuration: MaxDuration, MaxConcurrency: MaxConcurrency, MaxConcurrencyPerTenant: MaxConcurrency},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -53,6 +54,9 @@ func (s *Service) Cancel(ctx context.Context, req *comfygatev1.CancelRequest) (*
 	}
 	u := state.UpdateFromStatus(dep, state.SourceCancel, st)
 	u.Owner = tenantOf(ctx)
+	// A cancel RunComfy took and has not finished yet: no deadline sends
+	// another, nor ends the request as its own.
+	u.Cancelling = res.Outcome == runcomfy.CancelDone || res.Outcome == runcomfy.CancelRequested
 	if rec := s.apply(ctx, u); rec != nil {
 		resp.Request = recordToProto(rec, s.urls)
 	} else {

@@ -122,6 +122,7 @@ func recordToProto(r *state.Record, urls ObjectURLs) *comfygatev1.RequestState {
 	if at, kind := r.Deadline(); kind != "" {
 		st.Deadline = timestamppb.New(at)
 	}
+	st.Cancelling = !r.Terminal() && (r.Cancelling || r.Expired != "")
 	return st
 }
 

@@ -305,17 +305,22 @@ func validIdempotencyHeader(h http.Header) error {
 	return checkIdempotencyKey("Idempotency-Key", vals[0])
 }
 
-// validWebhookHeaders refuses a Comfygate-Webhook or Comfygate-Webhook-Events
-// value grpc-gateway would drop (not printable ASCII): the submit would go
-// on without the webhook its caller named.
+// validWebhookHeaders refuses a Comfygate-Webhook, Comfygate-Webhook-Events
+// or deadline header value grpc-gateway would drop (not printable ASCII): the
+// submit would go on without the webhook or the deadline its caller named.
 func validWebhookHeaders(h http.Header) error {
-	for _, name := range []string{"Comfygate-Webhook", "Comfygate-Webhook-Events"} {
-		if len(h.Values("Grpc-Metadata-"+name)) > 0 {
-			return &fieldError{field: "Grpc-Metadata-" + name, reason: "is not read: send " + name}
+	for _, hd := range []struct{ name, hint string }{
+		{"Comfygate-Webhook", " (percent-encode the URL)"},
+		{"Comfygate-Webhook-Events", ""},
+		{"Comfygate-Max-Queue-Duration", ` ("90s", "10m")`},
+		{"Comfygate-Max-Run-Duration", ` ("90s", "10m")`},
+	} {
+		if len(h.Values("Grpc-Metadata-"+hd.name)) > 0 {
+			return &fieldError{field: "Grpc-Metadata-" + hd.name, reason: "is not read: send " + hd.name}
 		}
-		for _, v := range h.Values(name) {
+		for _, v := range h.Values(hd.name) {
 			if !printableASCII(v) {
-				return &fieldError{field: name, reason: "may contain only printable ASCII (percent-encode the URL)"}
+				return &fieldError{field: hd.name, reason: "may contain only printable ASCII" + hd.hint}
 			}
 		}
 	}

@@ -163,7 +163,8 @@ func TestCORSPreflight(t *testing.T) {
 		}
 		r.Header.Set("Origin", from)
 		r.Header.Set("Access-Control-Request-Method", "POST")
-		r.Header.Set("Access-Control-Request-Headers", "authorization, comfygate-webhook, comfygate-webhook-events, content-type, idempotency-key")
+		// As browsers send it: lower case, sorted (rs/cors reads no other form).
+		r.Header.Set("Access-Control-Request-Headers", "authorization,comfygate-max-queue-duration,comfygate-max-run-duration,comfygate-webhook,comfygate-webhook-events,content-type,idempotency-key")
 		resp, err := g.httpc.Do(r)
 		if err != nil {
 			t.Fatal(err)
@@ -174,7 +175,7 @@ func TestCORSPreflight(t *testing.T) {
 	resp := preflight(g.httpBase, origin)
 	if resp.StatusCode/100 != 2 || resp.Header.Get("Access-Control-Allow-Origin") != origin ||
 		!strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "POST") ||
-		!strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "idempotency-key") {
+		!strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "comfygate-max-run-duration") {
 		t.Errorf("preflight from %s: HTTP %d, headers %v", origin, resp.StatusCode, resp.Header)
 	}
 	if resp := preflight(g.httpBase, "https://evil.example.com"); resp.Header.Get("Access-Control-Allow-Origin") != "" {

@@ -16,9 +16,11 @@ import (
 const (
 	limitSubmit = "submit"
 	limitRead   = "read"
-	// limitWatches and limitInflight name the other refusals in metrics.
-	limitWatches  = "watches"
-	limitInflight = "inflight_bytes"
+	// limitWatches, limitInflight and limitConcurrency name the other
+	// refusals in metrics.
+	limitWatches     = "watches"
+	limitInflight    = "inflight_bytes"
+	limitConcurrency = "concurrency_cap"
 )
 
 // watchRetryDelay is the RetryInfo hint on a watch refused for want of a slot:

@@ -36,10 +36,10 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "comfygate_limit_refusals_total", Help: "Calls refused by a per-tenant limit (submit, read, watches) or by the bytes in flight (inflight_bytes).",
+			Name: "comfygate_limit_refusals_total", Help: "Calls refused by a per-tenant limit (submit, read, watches), by the bytes in flight (inflight_bytes) or by a deployment's concurrency cap (concurrency_cap).",
 		}, []string{"limit"}),
 	}
-	for _, l := range []string{limitSubmit, limitRead, limitWatches, limitInflight} {
+	for _, l := range []string{limitSubmit, limitRead, limitWatches, limitInflight, limitConcurrency} {
 		m.refusals.WithLabelValues(l)
 	}
 	reg.MustRegister(m.grpc, m.delivered, m.watchers, m.delay, m.refusals)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -42,50 +43,54 @@ func (s *Service) policy(dep string) deployments.Policy {
 }
 
 // submitDeadlines returns the deadlines a submit sets: its fields, or over
-// REST its headers, each else its deployment's default.
-func (s *Service) submitDeadlines(ctx context.Context, req *comfygatev1.SubmitRequest, p deployments.Policy) (queue, run time.Duration, err error) {
-	queue, err = deadline(ctx, "max_queue_duration", req.GetMaxQueueDuration(), maxQueueHeader, "Comfygate-Max-Queue-Duration")
+// REST its headers, each else its deployment's default. named describes the
+// ones the submit set itself, for its idempotency fingerprint ("" when
+// none): a retry with other deadlines is another submit.
+func (s *Service) submitDeadlines(ctx context.Context, req *comfygatev1.SubmitRequest, p deployments.Policy) (queue, run time.Duration, named string, err error) {
+	queue, qSet, err := deadline(ctx, "max_queue_duration", req.GetMaxQueueDuration(), maxQueueHeader, "Comfygate-Max-Queue-Duration")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
-	run, err = deadline(ctx, "max_run_duration", req.GetMaxRunDuration(), maxRunHeader, "Comfygate-Max-Run-Duration")
+	run, rSet, err := deadline(ctx, "max_run_duration", req.GetMaxRunDuration(), maxRunHeader, "Comfygate-Max-Run-Duration")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
-	if queue == 0 {
+	if qSet || rSet {
+		named = fmt.Sprintf("\x00deadlines\x00%t:%d/%t:%d", qSet, queue, rSet, run)
+	}
+	if !qSet {
 		queue = p.MaxQueueDuration
 	}
-	if run == 0 {
+	if !rSet {
 		run = p.MaxRunDuration
 	}
-	return queue, run, nil
+	return queue, run, named, nil
 }
 
-// deadline reads one deadline: the field when set, else the header (REST);
-// zero when neither is given.
-func deadline(ctx context.Context, field string, v *durationpb.Duration, header, headerName string) (time.Duration, error) {
-	var d time.Duration
+// deadline reads one deadline: the field when set, else the header (REST).
+// set is false when neither is given; a zero given is "none", whatever the
+// deployment's default.
+func deadline(ctx context.Context, field string, v *durationpb.Duration, header, headerName string) (d time.Duration, set bool, err error) {
 	switch values := metadata.ValueFromIncomingContext(ctx, header); {
 	case v != nil:
 		if err := v.CheckValid(); err != nil {
-			return 0, &fieldError{field: field, reason: "is not a valid duration"}
+			return 0, false, &fieldError{field: field, reason: "is not a valid duration"}
 		}
 		d = v.AsDuration()
 	case len(values) > 1:
-		return 0, &fieldError{field: headerName, reason: "must be given once"}
+		return 0, false, &fieldError{field: headerName, reason: "must be given once"}
 	case len(values) == 1:
-		var err error
 		if d, err = time.ParseDuration(strings.TrimSpace(values[0])); err != nil {
-			return 0, &fieldError{field: headerName, reason: fmt.Sprintf("%q is not a duration such as \"90s\" or \"10m\"", clip(values[0]))}
+			return 0, false, &fieldError{field: headerName, reason: fmt.Sprintf("%q is not a duration such as \"90s\" or \"10m\" (\"0\": none)", clip(values[0]))}
 		}
 		field = headerName
 	default:
-		return 0, nil
+		return 0, false, nil
 	}
-	if d < deployments.MinDuration || d > deployments.MaxDuration {
-		return 0, &fieldError{field: field, reason: fmt.Sprintf("%s is out of range: from %s to %s", d, deployments.MinDuration, deployments.MaxDuration)}
+	if d != 0 && (d < deployments.MinDuration || d > deployments.MaxDuration) {
+		return 0, false, &fieldError{field: field, reason: fmt.Sprintf("%s is out of range: from %s to %s, or 0 for none", d, deployments.MinDuration, deployments.MaxDuration)}
 	}
-	return d, nil
+	return d, true, nil
 }
 
 // clip shortens a caller's value quoted in an error.
@@ -106,6 +111,9 @@ func (s *Service) reserveSlot(ctx context.Context, dep string, p deployments.Pol
 	}
 	tenant := tenantOf(ctx)
 	token, err := s.slots.Reserve(ctx, dep, tenant, state.Caps{Deployment: p.MaxConcurrency, PerTenant: p.MaxConcurrencyPerTenant}, s.submitTimeout+slotHoldMargin)
+	if ce := (*state.CapError)(nil); errors.As(err, &ce) {
+		s.metrics.refused(limitConcurrency)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 	}
@@ -130,6 +138,14 @@ func (sl *slot) bind(ctx context.Context, requestID string) {
 	if err := sl.s.slots.Bind(bctx, sl.token, sl.dep, sl.tenant, requestID); err != nil {
 		// The reservation expires by itself; until then it counts.
 		sl.s.log.WarnContext(ctx, "concurrency slot not bound to its request", "request_id", requestID, "error", err)
+	}
+}
+
+// keep leaves the slot to expire with its reservation: the submit got no
+// answer, and a job may have started that the cap must count.
+func (sl *slot) keep() {
+	if sl != nil {
+		sl.done = true
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -68,6 +69,7 @@ func TestSubmitDeadlines(t *testing.T) {
 		{"defaults", "dep-defaults", nil, nil, 5 * time.Minute, 10 * time.Minute},
 		{"field over default", "dep-defaults", durationpb.New(time.Second), nil, time.Second, 10 * time.Minute},
 		{"bounds", "dep-1", durationpb.New(time.Second), durationpb.New(168 * time.Hour), time.Second, 168 * time.Hour},
+		{"zero is none, over a default", "dep-defaults", durationpb.New(0), nil, 0, 10 * time.Minute},
 	} {
 		t.Run("grpc/"+tc.name, func(t *testing.T) {
 			resp, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: tc.dep, InputJson: `{}`,
@@ -97,6 +99,7 @@ func TestSubmitDeadlines(t *testing.T) {
 		{"headers", "dep-1", map[string]string{"Comfygate-Max-Queue-Duration": "2m", "comfygate-max-run-duration": " 1h30m "}, 2 * time.Minute, 90 * time.Minute},
 		{"defaults", "dep-defaults", nil, 5 * time.Minute, 10 * time.Minute},
 		{"header over default", "dep-defaults", map[string]string{"Comfygate-Max-Run-Duration": "45s"}, 5 * time.Minute, 45 * time.Second},
+		{"zero is none, over a default", "dep-defaults", map[string]string{"Comfygate-Max-Queue-Duration": "0", "Comfygate-Max-Run-Duration": "0s"}, 0, 0},
 	} {
 		t.Run("rest/"+tc.name, func(t *testing.T) {
 			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/"+tc.dep+"/requests", []byte(`{}`), tc.headers)
@@ -135,6 +138,10 @@ func TestSubmitDeadlines(t *testing.T) {
 		{"not a duration", map[string]string{"Comfygate-Max-Queue-Duration": "ten minutes"}, `Comfygate-Max-Queue-Duration: "ten minutes" is not a duration`},
 		{"bare number", map[string]string{"Comfygate-Max-Run-Duration": "300"}, `Comfygate-Max-Run-Duration: "300" is not a duration`},
 		{"too long", map[string]string{"Comfygate-Max-Run-Duration": "8760h"}, "Comfygate-Max-Run-Duration: 8760h0m0s is out of range"},
+		// Values grpc-gateway would drop on their way to the service.
+		{"micro sign", map[string]string{"Comfygate-Max-Run-Duration": "5µs"}, "Comfygate-Max-Run-Duration: may contain only printable ASCII"},
+		{"other digits", map[string]string{"Comfygate-Max-Queue-Duration": "١s"}, "Comfygate-Max-Queue-Duration: may contain only printable ASCII"},
+		{"metadata alias", map[string]string{"Grpc-Metadata-Comfygate-Max-Queue-Duration": "1m"}, "Grpc-Metadata-Comfygate-Max-Queue-Duration: is not read"},
 	} {
 		t.Run("rest/refused/"+tc.name, func(t *testing.T) {
 			code, body := g.restWith(t, http.MethodPost, "/v1/deployments/dep-1/requests", []byte(`{}`), tc.headers)
@@ -147,6 +154,26 @@ func TestSubmitDeadlines(t *testing.T) {
 			}
 		})
 	}
+	if n := len(g.sim.Submits()); n != before {
+		t.Fatalf("%d refused submits reached RunComfy", n-before)
+	}
+	t.Run("idempotency key with other deadlines", func(t *testing.T) {
+		submit := func(queue time.Duration) error {
+			_, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{"k":1}`,
+				IdempotencyKey: "deadlines-key", MaxQueueDuration: durationpb.New(queue)})
+			return err
+		}
+		if err := submit(time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := submit(time.Hour); err != nil {
+			t.Fatalf("a replay: %v", err)
+		}
+		if err := submit(time.Minute); status.Code(err) != codes.AlreadyExists {
+			t.Fatalf("the key with another deadline = %v, want ALREADY_EXISTS", err)
+		}
+	})
+	before = len(g.sim.Submits())
 	t.Run("rest/refused/twice", func(t *testing.T) {
 		req, err := http.NewRequest(http.MethodPost, g.httpBase+"/v1/deployments/dep-1/requests", strings.NewReader(`{}`))
 		if err != nil {
@@ -238,6 +265,32 @@ func TestConcurrencyCaps(t *testing.T) {
 	}
 	if _, err := submit(keyB); err != nil {
 		t.Fatalf("submit after a cancel: %v", err)
+	}
+}
+
+// TestConcurrencyCapKeepsUnansweredSubmits: a submit RunComfy may have
+// taken without an answer keeps its place until its reservation expires, so
+// a job that may be running is counted; one refused outright gives it back.
+func TestConcurrencyCapKeepsUnansweredSubmits(t *testing.T) {
+	g := startGateway(t, withPolicies(policyMap{"dep-capped": {MaxConcurrency: 1}}), func(o *gatewayOptions) { o.metrics = prometheus.NewRegistry() })
+	submit := func() error {
+		_, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-capped", InputJson: `{}`})
+		return err
+	}
+	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"submit": {HTTPStatus: 500, ErrorCode: 500001}}})
+	if err := submit(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("submit answered 500 = %v, want UNAVAILABLE", err)
+	}
+	g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"submit": {HTTPStatus: 504}}})
+	if err := submit(); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("submit answered a proxy's 504 = %v, want DEADLINE_EXCEEDED (no answer)", err)
+	}
+	g.sim.SetFaults(runcomfysim.Faults{})
+	if err := submit(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("submit after an unanswered one = %v, want RESOURCE_EXHAUSTED: its job may run", err)
+	}
+	if n := scrape(t, g, `comfygate_limit_refusals_total{limit="concurrency_cap"}`); n != 1 {
+		t.Fatalf("refusals counted: %v, want 1", n)
 	}
 }
 

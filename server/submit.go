@@ -54,10 +54,13 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		return nil, err
 	}
 	policy := s.policy(dep)
-	maxQueue, maxRun, err := s.submitDeadlines(ctx, req, policy)
+	maxQueue, maxRun, deadlines, err := s.submitDeadlines(ctx, req, policy)
 	if err != nil {
 		return nil, err
 	}
+	// What the submit names beyond its body (its webhook, its deadlines) is
+	// part of its idempotency fingerprint.
+	named += deadlines
 	var scope string
 	if key != "" {
 		var done *comfygatev1.SubmitResponse
@@ -128,8 +131,12 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			err = &runcomfy.APIError{Op: "submit", Err: err}
 			errors.As(err, &apiErr)
 		}
+		mayHaveStarted := apiErr != nil && submitMayHaveStarted(apiErr)
+		if mayHaveStarted {
+			sl.keep()
+		}
 		if scope != "" {
-			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson(), named), apiErr != nil && submitMayHaveStarted(apiErr))
+			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson(), named), mayHaveStarted)
 		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}

@@ -120,3 +120,112 @@ func TestDeadlineNotCancellable(t *testing.T) {
 		t.Fatalf("%d cancels, want the one the deadline made", n)
 	}
 }
+
+// TestDeadlineCancelFailing: RunComfy fails the deadline's cancel (5xx); it
+// is tried again at the pace of a failing poll, not at once over and over,
+// and once RunComfy takes it the request ends at its deadline.
+func TestDeadlineCancelFailing(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	// No retries of its own, as the gateway's poller has none.
+	up := newUpstream(t, runcomfysim.Options{QueueTime: time.Hour}, func(c *runcomfy.Config) { c.MaxRetries = -1 })
+	up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"cancel": {HTTPStatus: 500, ErrorCode: 500001}}})
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	r.start(t, up, state.ReconcilerConfig{Interval: interval, MaxInterval: 4 * interval, Canceller: up.client})
+	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxQueue: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLimit, "the first cancel", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) > 0 })
+	first := time.Now()
+	waitFor(t, waitLimit, "five cancels", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) >= 5 })
+	// Five attempts at most four intervals apart take at least four
+	// intervals' back-off beyond the first; at once, they would take
+	// milliseconds.
+	if d := time.Since(first); d < 3*interval {
+		t.Fatalf("five cancels within %v of the first: the failing cancel is not backed off", d)
+	}
+	up.sim.SetFaults(runcomfysim.Faults{})
+	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	if rec.State != runcomfy.StateCancelled || rec.Error == nil || rec.Error.Type != state.ErrorTypeMaxQueueDuration {
+		t.Fatalf("ended %v with %+v, want cancelled at its queue deadline", rec.State, rec.Error)
+	}
+}
+
+// TestDeadlineCancelOfRunningJob: RunComfy stops a running job some time
+// after it takes the cancel. Until it does, the request stays RUNNING (its
+// concurrency place held, no second cancel sent); then it ends CANCELLED
+// with the run deadline's error and RunComfy's times.
+func TestDeadlineCancelOfRunningJob(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	up := newUpstream(t, runcomfysim.Options{QueueTime: 10 * time.Millisecond, RunTime: time.Hour, CancelDelay: 400 * time.Millisecond}, nil)
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client})
+	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxRun: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLimit, "the cancel", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) > 0 })
+	// Taken, not done: the request is still running, marked cancelling.
+	waitFor(t, waitLimit, "the cancel recorded", func() bool {
+		rec, err := r.tracker.Get(context.Background(), resp.RequestID)
+		return err == nil && (rec.Cancelling || rec.Terminal())
+	})
+	if rec, _ := r.tracker.Get(context.Background(), resp.RequestID); rec.Terminal() {
+		t.Fatalf("recorded %v before RunComfy stopped the job", rec.State)
+	}
+	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	if rec.State != runcomfy.StateCancelled || rec.Error == nil || rec.Error.Type != state.ErrorTypeMaxRunDuration {
+		t.Fatalf("ended %v with %+v, want cancelled at its run deadline", rec.State, rec.Error)
+	}
+	if n := up.sim.Calls(runcomfysim.EndpointCancel); n != 1 {
+		t.Fatalf("%d cancels, want one", n)
+	}
+}
+
+// TestDeadlineAfterACallersCancel: a caller's cancel of the running job
+// was taken and is under way when the run deadline passes; the gateway
+// sends no cancel of its own, and the request ends as the caller's.
+func TestDeadlineAfterACallersCancel(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	up := newUpstream(t, runcomfysim.Options{QueueTime: 10 * time.Millisecond, RunTime: time.Hour, CancelDelay: 600 * time.Millisecond}, nil)
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxRun: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLimit, "the job running", func() bool {
+		st, err := up.client.Status(context.Background(), dep, resp.RequestID)
+		return err == nil && st.State == runcomfy.StateRunning
+	})
+	// The caller's cancel, recorded as the gateway's Cancel records it.
+	if _, err := up.client.Cancel(ctxT(t), dep, resp.RequestID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceCancel,
+		State: runcomfy.StateRunning, StartedAt: time.Now(), Cancelling: true}); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client})
+	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	if rec.State != runcomfy.StateCancelled || rec.Error != nil {
+		t.Fatalf("ended %v with %+v, want cancelled by the caller", rec.State, rec.Error)
+	}
+	if n := up.sim.Calls(runcomfysim.EndpointCancel); n != 1 {
+		t.Fatalf("%d cancels, want the caller's alone", n)
+	}
+}

@@ -304,8 +304,10 @@ func (r *Reconciler) next(rec *Record, now time.Time) time.Time {
 	}
 	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
 	due := now.Add(d + jitter)
-	if at, kind := rec.Deadline(); kind != "" && at.Before(due) && r.cfg.Canceller != nil {
-		due = at // a deadline is kept to the tick, not to the back-off
+	if at, kind := rec.Deadline(); kind != "" && at.After(now) && at.Before(due) && r.cfg.Canceller != nil && !rec.Cancelling {
+		// A deadline ahead is kept to the tick, not to the back-off; one
+		// that passed and failed to cancel is tried again at this pace.
+		due = at
 	}
 	return due
 }
@@ -342,31 +344,39 @@ func (r *Reconciler) expire(ctx context.Context, rec *Record, kind string, now t
 	if err != nil {
 		return r.failed(ctx, rec, fmt.Errorf("cancel at %s: %w", kind, err))
 	}
-	if res.Outcome == runcomfy.CancelNotCancellable {
-		r.polls.Add(1)
-		after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, rec.RequestID, SourcePoll, "")
-		if err != nil {
-			return r.failed(ctx, rec, err)
+	// RunComfy cancels a queued job at once and a running one later, and
+	// says "cancelled" for both: the state is read back, as a caller's
+	// cancel does, and recorded. A cancellation it reports ends the request
+	// with the deadline's error (Record.Expired), now or when it comes.
+	r.polls.Add(1)
+	after, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, rec.DeploymentID, rec.RequestID, SourcePoll, "")
+	if err == nil && (after == nil || !after.Terminal()) {
+		// Taken, not yet done (or not cancellable, not yet ended): the
+		// request is polled until RunComfy ends it, with no second cancel.
+		st := rec.State
+		if after != nil {
+			st = after.State
 		}
-		if after != nil && after.Terminal() {
-			return r.cfg.Schedule.Forget(ctx, rec.RequestID)
-		}
-		// Not cancellable, yet not finished: RunComfy will end it; poll
-		// it as any other, at the pace of an unchanged request.
-		return r.cfg.Schedule.SetDue(ctx, rec.RequestID, now.Add(r.cfg.Interval))
+		after, _, err = r.cfg.Tracker.Apply(ctx, Update{
+			RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceCancel, Owner: rec.Owner,
+			State: st, Cancelling: true,
+		})
 	}
-	after, outcome, err := r.cfg.Tracker.Apply(ctx, Update{
-		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceCancel, Owner: rec.Owner,
-		State: runcomfy.StateCancelled, Error: deadlineError(rec, kind), FinishedAt: now,
-	})
 	if err != nil {
-		return fmt.Errorf("record request %s as cancelled at %s: %w", rec.RequestID, kind, err)
+		// The cancel was answered: only the record of it failed. The next
+		// poll reads the state again (and cancels again, which RunComfy
+		// answers as before).
+		return r.failed(ctx, rec, fmt.Errorf("record the cancel at %s: %w", kind, err))
 	}
-	if outcome == Applied || (after != nil && after.Error != nil && after.Error.Type == kind) {
-		r.expired.Add(1)
-		r.cfg.Logger.Info("a request passed its deadline; cancelled", "request_id", rec.RequestID, "deadline", kind)
+	r.cfg.Logger.Info("a request passed its deadline; cancel sent", "request_id", rec.RequestID, "deadline", kind, "outcome", res.Raw)
+	if after != nil && after.Terminal() {
+		if after.Error != nil && after.Error.Type == kind {
+			r.expired.Add(1)
+		}
+		return r.cfg.Schedule.Forget(ctx, rec.RequestID)
 	}
-	return r.cfg.Schedule.Forget(ctx, rec.RequestID)
+	r.expired.Add(1)
+	return r.cfg.Schedule.SetDue(ctx, rec.RequestID, now.Add(r.cfg.Interval))
 }
 
 // pollLeased polls one request whose lease claim took, and releases it.
@@ -415,7 +425,7 @@ func (r *Reconciler) poll(ctx context.Context, id string) error {
 		r.found(id)
 		return r.cfg.Schedule.Forget(ctx, id)
 	}
-	if at, kind := rec.Deadline(); kind != "" && !now.Before(at) && r.cfg.Canceller != nil {
+	if at, kind := rec.Deadline(); kind != "" && !now.Before(at) && r.cfg.Canceller != nil && !rec.Cancelling {
 		return r.expire(ctx, rec, kind, now)
 	}
 	r.polls.Add(1)

@@ -73,6 +73,10 @@ type Record struct {
 	// request's cancellation, whichever source reports it first (the
 	// cancel's answer, RunComfy's callback), ends it with that error.
 	Expired string `json:"expired,omitempty"`
+	// Cancelling: RunComfy answered a cancel of the unfinished request (a
+	// caller's, or the gateway's at a deadline); it ends when RunComfy says
+	// so, and no deadline sends another.
+	Cancelling bool `json:"cancelling,omitempty"`
 }
 
 // The error types of a request the gateway cancelled at a deadline.
@@ -92,9 +96,17 @@ func deadlineError(r *Record, kind string) *runcomfy.JobError {
 
 // Deadline is when r is cancelled if it is still in its state, and the
 // error type it then ends with; kind is empty when no deadline applies (no
-// limit for its state, or it has finished).
+// limit for its state, or it has finished). A deadline that passed and is
+// being kept (Expired) stays r's until it ends, whatever its state: a job
+// that started before its queue deadline's cancel took effect is still
+// cancelled.
 func (r *Record) Deadline() (at time.Time, kind string) {
 	switch {
+	case r.Terminal():
+	case r.Expired == ErrorTypeMaxQueueDuration:
+		return r.CreatedAt.Add(r.MaxQueue), r.Expired
+	case r.Expired == ErrorTypeMaxRunDuration:
+		return r.StartedAt.Add(r.MaxRun), r.Expired
 	case r.State == runcomfy.StateQueued && r.MaxQueue > 0 && !r.CreatedAt.IsZero():
 		return r.CreatedAt.Add(r.MaxQueue), ErrorTypeMaxQueueDuration
 	case r.State == runcomfy.StateRunning && r.MaxRun > 0 && !r.StartedAt.IsZero():
@@ -171,6 +183,9 @@ type Update struct {
 	// Expired, from the reconciler, says it is cancelling the request at
 	// that deadline (Record.Expired).
 	Expired string
+	// Cancelling, from a cancel's answer, says RunComfy took the cancel
+	// (Record.Cancelling).
+	Cancelling bool
 }
 
 // Source is where an observation of a request came from.
@@ -438,7 +453,13 @@ func apply(r *Record, u *Update, advance bool) bool {
 		r.Expired = u.Expired
 		changed = true
 	}
-	if advance && r.State == runcomfy.StateCancelled && r.Expired != "" && u.Error == nil && r.Error == nil {
+	if u.Cancelling && !r.Cancelling && !r.Terminal() {
+		r.Cancelling = true
+		changed = true
+	}
+	if advance && r.State == runcomfy.StateCancelled && r.Expired != "" && r.Error == nil {
+		// The deadline's error, rather than anything RunComfy says of a
+		// cancellation the gateway asked for.
 		r.Error = deadlineError(r, r.Expired)
 	}
 	// A queue position only goes down: a larger one is an older observation that

@@ -276,7 +276,7 @@ func (t *Tracker) save(ctx context.Context, next *Record, ev *Event) error {
 		due = next.UpdatedAt.Add(t.poll)
 		// A deadline is kept by the reconciler: the request is due then
 		// at the latest.
-		if at, kind := next.Deadline(); kind != "" && at.Before(due) {
+		if at, kind := next.Deadline(); kind != "" && at.Before(due) && !next.Cancelling {
 			due = at
 		}
 	}

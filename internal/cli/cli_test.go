@@ -251,9 +251,13 @@ func TestCLIWatch(t *testing.T) {
 			cancel: true,
 			want:   ExitCancelled,
 			check: func(t *testing.T, out string) {
+				// The cancel RunComfy took, then its end.
 				states, rest := plainStates(t, strings.Split(strings.TrimSuffix(out, "\n"), "\n"))
-				if !slicesEqual(states, []string{"queued", "running", "cancelled"}) || len(rest) != 0 {
-					t.Errorf("states %q then %q, want queued, running, cancelled and nothing more", states, rest)
+				if !slicesEqual(states, []string{"queued", "running", "running", "cancelled"}) || len(rest) != 0 {
+					t.Errorf("states %q then %q, want queued, running, running (cancelling), cancelled and nothing more", states, rest)
+				}
+				if !strings.Contains(out, "running, cancelling\n") {
+					t.Errorf("no state says the cancel is under way: %q", out)
 				}
 			},
 		},

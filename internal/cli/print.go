@@ -61,6 +61,9 @@ func stateSummary(st *comfygatev1.RequestState) string {
 	case st.GetStatus() == comfygatev1.Status_STATUS_UNKNOWN:
 		s += fmt.Sprintf(" (RunComfy said %q)", st.GetUpstreamStatus())
 	}
+	if st.GetCancelling() {
+		s += ", cancelling"
+	}
 	return s
 }
 

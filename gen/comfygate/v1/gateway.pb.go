@@ -412,7 +412,11 @@ type RequestState struct {
 	MaxRunDuration   *durationpb.Duration `protobuf:"bytes,21,opt,name=max_run_duration,json=maxRunDuration,proto3" json:"max_run_duration,omitempty"`
 	// When the deadline of the request's current state passes, while it is
 	// queued or running under one; absent otherwise.
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// A cancel of the unfinished request is under way: a caller's that
+	// RunComfy took, or the gateway's at a deadline. The request ends when
+	// RunComfy stops it (a running job may take a while).
+	Cancelling    bool `protobuf:"varint,23,opt,name=cancelling,proto3" json:"cancelling,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -599,6 +603,13 @@ func (x *RequestState) GetDeadline() *timestamppb.Timestamp {
 		return x.Deadline
 	}
 	return nil
+}
+
+func (x *RequestState) GetCancelling() bool {
+	if x != nil {
+		return x.Cancelling
+	}
+	return false
 }
 
 // OutputStorage is where the copy of a request's outputs stands.
@@ -944,13 +955,15 @@ type SubmitRequest struct {
 	Webhook *Webhook `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
 	// Cancel the job on RunComfy if it is still queued this long after the
 	// submit: it then ends CANCELLED with error.type
-	// "max_queue_duration_exceeded". From 1 s to 168 h; absent takes the
-	// deployment's default from the gateway's deployments file, if any. Over
-	// REST, send the Comfygate-Max-Queue-Duration header ("90s", "10m").
+	// "max_queue_duration_exceeded". From 1 s to 168 h, or 0 for none; absent
+	// takes the deployment's default from the gateway's deployments file, if
+	// any. Part of the Idempotency-Key's fingerprint. Over REST, send the
+	// Comfygate-Max-Queue-Duration header ("90s", "10m", "0").
 	MaxQueueDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=max_queue_duration,json=maxQueueDuration,proto3" json:"max_queue_duration,omitempty"`
 	// Cancel the job if it is still running this long after it started: it
-	// then ends CANCELLED with error.type "max_run_duration_exceeded". Same
-	// range and default; over REST the Comfygate-Max-Run-Duration header.
+	// stays RUNNING until RunComfy stops it, then ends CANCELLED with
+	// error.type "max_run_duration_exceeded". Same range and default; over
+	// REST the Comfygate-Max-Run-Duration header.
 	MaxRunDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=max_run_duration,json=maxRunDuration,proto3" json:"max_run_duration,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -2864,7 +2877,7 @@ var File_comfygate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\b\n" +
+	"\x1acomfygate/v1/gateway.proto\x12\fcomfygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\b\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12#\n" +
@@ -2894,7 +2907,10 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\frun_duration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\vrunDuration\x12G\n" +
 	"\x12max_queue_duration\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\x10maxQueueDuration\x12C\n" +
 	"\x10max_run_duration\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0emaxRunDuration\x126\n" +
-	"\bdeadline\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadlineB\x11\n" +
+	"\bdeadline\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x1e\n" +
+	"\n" +
+	"cancelling\x18\x17 \x01(\bR\n" +
+	"cancellingB\x11\n" +
 	"\x0f_queue_position\"\xa9\x01\n" +
 	"\rOutputStorage\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.comfygate.v1.StorageStateR\x05state\x124\n" +

@@ -236,7 +236,8 @@ class RequestError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., upstream_code: _Optional[str] = ...) -> None: ...
 
 class RequestState(_message.Message):
-    __slots__ = ["created_at", "deadline", "deployment_id", "epoch", "error", "finished_at", "instance_id", "max_queue_duration", "max_run_duration", "output_urls", "outputs", "queue_duration", "queue_position", "queued_at", "request_id", "run_duration", "seq", "started_at", "status", "storage", "synced_at", "upstream_status"]
+    __slots__ = ["cancelling", "created_at", "deadline", "deployment_id", "epoch", "error", "finished_at", "instance_id", "max_queue_duration", "max_run_duration", "output_urls", "outputs", "queue_duration", "queue_position", "queued_at", "request_id", "run_duration", "seq", "started_at", "status", "storage", "synced_at", "upstream_status"]
+    CANCELLING_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +260,7 @@ class RequestState(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     SYNCED_AT_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    cancelling: bool
     created_at: _timestamp_pb2.Timestamp
     deadline: _timestamp_pb2.Timestamp
     deployment_id: str
@@ -281,7 +283,7 @@ class RequestState(_message.Message):
     storage: OutputStorage
     synced_at: _timestamp_pb2.Timestamp
     upstream_status: str
-    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[OutputStorage, _Mapping]] = ..., queued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., upstream_status: _Optional[str] = ..., queue_position: _Optional[int] = ..., instance_id: _Optional[str] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_urls: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., synced_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[OutputStorage, _Mapping]] = ..., queued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_queue_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_run_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., cancelling: bool = ...) -> None: ...
 
 class StoredOutput(_message.Message):
     __slots__ = ["content_type", "file", "key", "node", "sha256", "size", "url", "url_expires_at"]
