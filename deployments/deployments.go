@@ -476,7 +476,7 @@ func (p *parser) count(name string, n *yaml.Node) (int, bool) {
 	}
 	// Decimal only: YAML also reads 010 as 8, 0x10 and 1_0, which a
 	// reader of the file would not.
-	digits := strings.TrimPrefix(strings.TrimPrefix(n.Value, "-"), "+")
+	digits := strings.TrimPrefix(n.Value, "-")
 	if digits == "" || strings.TrimLeft(digits, "0123456789") != "" || (len(digits) > 1 && digits[0] == '0') {
 		p.errorf(n, "%s: %s: wanted %s, written in decimal digits", name, clip(n.Value), want)
 		return 0, false

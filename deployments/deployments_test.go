@@ -185,6 +185,11 @@ var errorCases = []errorCase{
 		"  x:",
 		"    max_concurrency: 0x10",
 	), 3, "max_concurrency: 0x10: wanted a whole number"},
+	{"signed cap", lines(
+		"deployments:",
+		"  x:",
+		"    max_concurrency: +10",
+	), 3, "max_concurrency: +10: wanted a whole number"},
 	{"underscored cap", lines(
 		"deployments:",
 		"  x:",

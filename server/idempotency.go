@@ -23,7 +23,7 @@ const idempotencyTTL = 24 * time.Hour
 const idempotencyWait = 60 * time.Second
 
 // errIdempotencyMismatch: the key was first used for another submit.
-var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment or input")
+var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment, input, webhook or deadlines")
 
 // errIdempotencyUnanswered: the key's first submit reached RunComfy and got no
 // answer naming a request; a job may exist, so the submit is not sent again.

@@ -2,6 +2,7 @@ package state_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -227,5 +228,34 @@ func TestDeadlineAfterACallersCancel(t *testing.T) {
 	}
 	if n := up.sim.Calls(runcomfysim.EndpointCancel); n != 1 {
 		t.Fatalf("%d cancels, want the caller's alone", n)
+	}
+}
+
+// TestDeadlineSurvivesARefusedSave: another replica's save of the same
+// request is refused (the submit's record came first) and its update turns
+// out a duplicate; the poll schedule, which the refused save wrote, is set
+// back to the deadline.
+func TestDeadlineSurvivesARefusedSave(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, runcomfysim.Options{QueueTime: time.Hour}, nil)
+	b := memory.New(nil)
+	submitter := newReplica(t, b, up, time.Hour, 0)
+	other := newReplica(t, b, up, time.Hour, 0)
+	created := time.Now()
+	if _, _, err := submitter.tracker.Apply(ctxT(t), state.Update{RequestID: "req-refused", DeploymentID: dep, Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, CreatedAt: created, MaxQueue: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	// The queued callback, on a replica that has not seen the request.
+	if _, outcome, err := other.tracker.Apply(ctxT(t), state.Update{RequestID: "req-refused", DeploymentID: dep, Source: state.SourceCallback,
+		State: runcomfy.StateQueued}); err != nil || outcome != state.Duplicate {
+		t.Fatalf("callback: %v, %v; want a duplicate", outcome, err)
+	}
+	ids, err := b.Due(ctxT(t), created.Add(time.Second+time.Millisecond), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(ids, "req-refused") {
+		t.Fatal("the request is no longer due at its deadline")
 	}
 }

@@ -132,6 +132,11 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 	// lost is the newest epoch seen of this request: a record created anew
 	// (its predecessor was lost) takes a later one.
 	var lost int64
+	// refused: a save was refused (another writer's came first). The
+	// schedule is written with a save whether the save takes or not, so a
+	// refused one may have moved the request's poll: it is set again from
+	// the stored record when nothing else is saved.
+	refused := false
 	for range maxSaveAttempts {
 		if cur != nil {
 			lost = max(lost, cur.Epoch)
@@ -164,6 +169,9 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 			if outcome == Duplicate && u.reads() {
 				cur = t.touch(ctx, cur, now)
 			}
+			if refused {
+				t.reschedule(ctx, cur)
+			}
 			return cur, outcome, nil
 		}
 		if next.Seq == 1 {
@@ -174,6 +182,9 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		}
 		err := t.save(ctx, next, EventFor(cur, next))
 		var conflict *ConflictError
+		if errors.Is(err, ErrConflict) {
+			refused = true
+		}
 		switch {
 		case errors.As(err, &conflict):
 			cur, read = conflict.Current, true
@@ -264,6 +275,26 @@ func (t *Tracker) read(ctx context.Context, requestID string, cur **Record) erro
 	return nil
 }
 
+// due is when an unfinished request is next due for a poll: a poll interval
+// after its last change, or its deadline when that comes first (kept by the
+// reconciler), unless a cancel is already under way.
+func (t *Tracker) due(rec *Record) time.Time {
+	due := rec.UpdatedAt.Add(t.poll)
+	if at, kind := rec.Deadline(); kind != "" && at.Before(due) && !rec.Cancelling {
+		due = at
+	}
+	return due
+}
+
+// reschedule sets the poll of cur, the stored record, again (best effort:
+// a request polled at the wrong time is still polled).
+func (t *Tracker) reschedule(ctx context.Context, cur *Record) {
+	if t.schedule == nil || cur == nil || cur.Terminal() {
+		return
+	}
+	_ = t.schedule.SetDue(ctx, cur.RequestID, t.due(cur))
+}
+
 // save stores next and keeps the poll schedule in step: an unfinished request
 // is due a poll interval after its last change, a finished one leaves the
 // schedule. With a store that is its own schedule (ScheduledSaver), both go
@@ -273,12 +304,7 @@ func (t *Tracker) save(ctx context.Context, next *Record, ev *Event) error {
 	id := next.RequestID
 	var due time.Time
 	if t.schedule != nil && !next.Terminal() {
-		due = next.UpdatedAt.Add(t.poll)
-		// A deadline is kept by the reconciler: the request is due then
-		// at the latest.
-		if at, kind := next.Deadline(); kind != "" && at.Before(due) && !next.Cancelling {
-			due = at
-		}
+		due = t.due(next)
 	}
 	forget := t.schedule != nil && next.Terminal()
 	// The event goes in the save itself: recorded and queued, or neither.
