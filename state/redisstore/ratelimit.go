@@ -80,7 +80,7 @@ func rateKey(tenant, limit string) string {
 // key (one Redis can serve several gateways, and operators scan, evict and
 // delete by prefix).
 type prefixed struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 }
 

@@ -165,7 +165,7 @@ type Options struct {
 
 // Backend is the Redis state backend.
 type Backend struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	prefix  string
 	log     *slog.Logger
 	ping    time.Duration
@@ -192,7 +192,7 @@ type Backend struct {
 }
 
 // New returns a Backend on rdb. Call Run to serve subscriptions.
-func New(rdb *redis.Client, opts Options) (*Backend, error) {
+func New(rdb redis.UniversalClient, opts Options) (*Backend, error) {
 	if rdb == nil {
 		return nil, errors.New("redisstore: client is required")
 	}
