@@ -43,24 +43,11 @@ func TestDeadlinesCancel(t *testing.T) {
 				reconcilers = append(reconcilers, r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client, Owner: "replica-" + string(rune('a'+i))}))
 				replicas = append(replicas, r)
 			}
-			submit := func(maxQueue, maxRun time.Duration) string {
-				resp, err := up.client.Submit(ctxT(t), dep, []byte(`{"prompt":"x"}`), runcomfy.SubmitOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, _, err := replicas[0].tracker.Apply(ctxT(t), state.Update{
-					RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
-					State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxQueue: maxQueue, MaxRun: maxRun,
-				}); err != nil {
-					t.Fatal(err)
-				}
-				return resp.RequestID
-			}
-			first := submit(tt.maxQueue, tt.maxRun)
+			first := replicas[0].submitWithDeadlines(t, up, time.Now(), tt.maxQueue, tt.maxRun)
 			// The second request's deadline is later: once it is
 			// cancelled, any second cancel of the first would have
 			// come (the schedule is read earliest first).
-			second := submit(2*tt.maxQueue, 2*tt.maxRun)
+			second := replicas[0].submitWithDeadlines(t, up, time.Now(), 2*tt.maxQueue, 2*tt.maxRun)
 			for _, rid := range []string{first, second} {
 				rec := replicas[1].waitTerminal(t, rid, waitLimit)
 				if rec.State != runcomfy.StateCancelled || rec.Error == nil || rec.Error.Type != tt.kind {
@@ -100,20 +87,21 @@ func TestDeadlineNotCancellable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rid := resp.RequestID
 	// Finished upstream at once (no queue, no run); recorded queued with a
 	// deadline that has passed.
 	waitFor(t, waitLimit, "the job ends upstream", func() bool {
-		st, err := up.client.Status(context.Background(), dep, resp.RequestID)
+		st, err := up.client.Status(context.Background(), dep, rid)
 		return err == nil && st.State.Terminal()
 	})
 	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{
-		RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
+		RequestID: rid, DeploymentID: dep, Source: state.SourceSubmit,
 		State: runcomfy.StateQueued, CreatedAt: time.Now().Add(-time.Minute), MaxQueue: time.Second,
 	}); err != nil {
 		t.Fatal(err)
 	}
 	r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client})
-	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	rec := r.waitTerminal(t, rid, waitLimit)
 	if rec.State != runcomfy.StateSucceeded {
 		t.Fatalf("state %v (error %+v), want the success RunComfy recorded", rec.State, rec.Error)
 	}
@@ -133,14 +121,7 @@ func TestDeadlineCancelFailing(t *testing.T) {
 	up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{"cancel": {HTTPStatus: 500, ErrorCode: 500001}}})
 	r := newReplica(t, memory.New(nil), up, interval, 0)
 	r.start(t, up, state.ReconcilerConfig{Interval: interval, MaxInterval: 4 * interval, Canceller: up.client})
-	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
-		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxQueue: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	rid := r.submitWithDeadlines(t, up, time.Now(), time.Second, 0)
 	waitFor(t, waitLimit, "the first cancel", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) > 0 })
 	first := time.Now()
 	waitFor(t, waitLimit, "five cancels", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) >= 5 })
@@ -151,7 +132,7 @@ func TestDeadlineCancelFailing(t *testing.T) {
 		t.Fatalf("five cancels within %v of the first: the failing cancel is not backed off", d)
 	}
 	up.sim.SetFaults(runcomfysim.Faults{})
-	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	rec := r.waitTerminal(t, rid, waitLimit)
 	if rec.State != runcomfy.StateCancelled || rec.Error == nil || rec.Error.Type != state.ErrorTypeMaxQueueDuration {
 		t.Fatalf("ended %v with %+v, want cancelled at its queue deadline", rec.State, rec.Error)
 	}
@@ -167,24 +148,17 @@ func TestDeadlineCancelOfRunningJob(t *testing.T) {
 	up := newUpstream(t, runcomfysim.Options{QueueTime: 10 * time.Millisecond, RunTime: time.Hour, CancelDelay: 400 * time.Millisecond}, nil)
 	r := newReplica(t, memory.New(nil), up, interval, 0)
 	r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client})
-	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
-		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxRun: 200 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
+	rid := r.submitWithDeadlines(t, up, time.Now(), 0, 200*time.Millisecond)
 	waitFor(t, waitLimit, "the cancel", func() bool { return up.sim.Calls(runcomfysim.EndpointCancel) > 0 })
 	// Taken, not done: the request is still running, marked cancelling.
 	waitFor(t, waitLimit, "the cancel recorded", func() bool {
-		rec, err := r.tracker.Get(context.Background(), resp.RequestID)
+		rec, err := r.tracker.Get(context.Background(), rid)
 		return err == nil && (rec.Cancelling || rec.Terminal())
 	})
-	if rec, _ := r.tracker.Get(context.Background(), resp.RequestID); rec.Terminal() {
+	if rec, _ := r.tracker.Get(context.Background(), rid); rec.Terminal() {
 		t.Fatalf("recorded %v before RunComfy stopped the job", rec.State)
 	}
-	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	rec := r.waitTerminal(t, rid, waitLimit)
 	if rec.State != runcomfy.StateCancelled || rec.Error == nil || rec.Error.Type != state.ErrorTypeMaxRunDuration {
 		t.Fatalf("ended %v with %+v, want cancelled at its run deadline", rec.State, rec.Error)
 	}
@@ -201,28 +175,21 @@ func TestDeadlineAfterACallersCancel(t *testing.T) {
 	const interval = 50 * time.Millisecond
 	up := newUpstream(t, runcomfysim.Options{QueueTime: 10 * time.Millisecond, RunTime: time.Hour, CancelDelay: 600 * time.Millisecond}, nil)
 	r := newReplica(t, memory.New(nil), up, interval, 0)
-	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{}`), runcomfy.SubmitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
-		State: runcomfy.StateQueued, CreatedAt: time.Now(), MaxRun: 200 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
+	rid := r.submitWithDeadlines(t, up, time.Now(), 0, 200*time.Millisecond)
 	waitFor(t, waitLimit, "the job running", func() bool {
-		st, err := up.client.Status(context.Background(), dep, resp.RequestID)
+		st, err := up.client.Status(context.Background(), dep, rid)
 		return err == nil && st.State == runcomfy.StateRunning
 	})
 	// The caller's cancel, recorded as the gateway's Cancel records it.
-	if _, err := up.client.Cancel(ctxT(t), dep, resp.RequestID); err != nil {
+	if _, err := up.client.Cancel(ctxT(t), dep, rid); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceCancel,
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{RequestID: rid, DeploymentID: dep, Source: state.SourceCancel,
 		State: runcomfy.StateRunning, StartedAt: time.Now(), Cancelling: true}); err != nil {
 		t.Fatal(err)
 	}
 	r.start(t, up, state.ReconcilerConfig{Interval: interval, Canceller: up.client})
-	rec := r.waitTerminal(t, resp.RequestID, waitLimit)
+	rec := r.waitTerminal(t, rid, waitLimit)
 	if rec.State != runcomfy.StateCancelled || rec.Error != nil {
 		t.Fatalf("ended %v with %+v, want cancelled by the caller", rec.State, rec.Error)
 	}
@@ -258,4 +225,21 @@ func TestDeadlineSurvivesARefusedSave(t *testing.T) {
 	if !slices.Contains(ids, "req-refused") {
 		t.Fatal("the request is no longer due at its deadline")
 	}
+}
+
+// submitWithDeadlines starts a job upstream and records it as the gateway's
+// Submit does, created at created with the deadlines given.
+func (r *replica) submitWithDeadlines(t *testing.T, up *upstream, created time.Time, maxQueue, maxRun time.Duration) string {
+	t.Helper()
+	resp, err := up.client.Submit(ctxT(t), dep, []byte(`{"prompt":"x"}`), runcomfy.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.tracker.Apply(ctxT(t), state.Update{
+		RequestID: resp.RequestID, DeploymentID: dep, Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, CreatedAt: created, MaxQueue: maxQueue, MaxRun: maxRun,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return resp.RequestID
 }

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"testing"
 	"time"
 
@@ -78,18 +77,6 @@ func BenchmarkSlots(b *testing.B) {
 			return fmt.Errorf("want a refusal, got %v", err)
 		}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			lat := make([]time.Duration, 0, b.N)
-			for b.Loop() {
-				t0 := time.Now()
-				if err := c.call(); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(t0))
-			}
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-		})
+		b.Run(c.name, func(b *testing.B) { benchLatency(b, c.call) })
 	}
 }
