@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/comfygate/comfygate/deployments"
 	"github.com/comfygate/comfygate/internal/version"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/server"
@@ -36,8 +37,10 @@ type App struct {
 	dbg        *debugServer // nil without --debug-addr
 	webhooks   *webhooks    // nil without --tenants-file
 	stored     *stored      // nil without --storage-url
-	// reload, when set, reloads the API keys on SIGHUP until its context ends.
-	reload func(context.Context) error
+	// reloadable are the files SIGHUP reloads; reload, when set, reloads
+	// them on SIGHUP until its context ends.
+	reloadable []reloadable
+	reload     func(context.Context) error
 	// release undoes what New acquired that Run does not stop by itself:
 	// the signal subscription and the tracer, flushed last.
 	release []func()
@@ -170,7 +173,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		Upstream: client, Logger: log, Metrics: metrics, Limits: limits,
 		Tracker: tracker, Watches: a.hub, Polls: a.reconciler, Idempotency: a.backend.idem, Lister: a.backend.lister, Usage: a.backend.usage,
 		FreshFor: cfg.PollInterval, RefreshTimeout: cfg.RefreshTimeout,
-		Policies: cfg.policies, Slots: a.backend.slots,
+		Slots: a.backend.slots,
 		// The submit's own deadline outlasts the upstream call's, so that it
 		// is the client's timeout, not this one, that ends a slow submit.
 		SubmitTimeout: max(time.Minute, cfg.UpstreamTimeout+time.Second),
@@ -217,9 +220,16 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
-	if cfg.policies.Len() > 0 || cfg.DeploymentsFile != "" {
-		log.Info("deployment policies loaded", "deployments_file", cfg.DeploymentsFile, "deployments", cfg.policies.Len())
+	if cfg.DeploymentsFile != "" {
+		policies, err := deployments.Open(cfg.DeploymentsFile)
+		if err != nil {
+			return nil, fmt.Errorf("--deployments-file: %w", err)
+		}
+		svcCfg.Policies = policies
+		a.reloadable = append(a.reloadable, reloadable{policies, "deployments file"})
+		log.Info("deployment policies loaded", "deployments_file", cfg.DeploymentsFile, "deployments", policies.Len())
 	}
+	a.watchHangup()
 	if authn != nil {
 		srvCfg.Auth = authn
 		log.Info("client API keys required", "keys_file", cfg.APIKeysFile, "tenants_file", cfg.TenantsFile)
@@ -330,21 +340,24 @@ func (a *App) releaseAll() {
 	a.release = nil
 }
 
-// reloadOnHangup reloads the API keys and the tenants file on every signal
-// on hup until ctx ends. A file that does not load leaves what is in use
-// unchanged. hup stays notified until Run returns, so a SIGHUP during the
-// drain is ignored rather than fatal.
-func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, files reloader, what string, log *slog.Logger) error {
+// reloadOnHangup reloads the files (the API keys and the tenants file, the
+// deployments file) on every signal on hup until ctx ends. A file that does
+// not load leaves what is in use unchanged, and the others are reloaded
+// still. hup stays notified until Run returns, so a SIGHUP during the drain
+// is ignored rather than fatal.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, files []reloadable, log *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-hup:
-			if err := files.Reload(); err != nil {
-				log.Error(what+" not reloaded; what was in use stays", "error", err)
-				continue
+			for _, f := range files {
+				if err := f.files.Reload(); err != nil {
+					log.Error(f.what+" not reloaded; what was in use stays", "error", err)
+					continue
+				}
+				log.Info(f.what + " reloaded")
 			}
-			log.Info(what + " reloaded")
 		}
 	}
 }

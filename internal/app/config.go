@@ -121,10 +121,8 @@ type Config struct {
 	// their API keys.
 	TenantsFile string
 	// DeploymentsFile holds the deployments' default deadlines and
-	// concurrency caps (package deployments); policies is it as Validate
-	// read it.
+	// concurrency caps (package deployments).
 	DeploymentsFile string
-	policies        *deployments.File
 	// The outbound webhooks' guard, timeout and retry schedule (hooks).
 	WebhookAllowHosts   []string
 	WebhookAllowPrivate bool
@@ -182,7 +180,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.Int64Var(&cfg.UploadInlineMaxBytes, "upload-inline-max-bytes", 0, "an upload of at most this many `bytes` reaches RunComfy as a data: URI inside the input instead of a presigned URL (for a store RunComfy cannot reach); 0 never")
 	fs.StringVar(&cfg.UploadTypes, "upload-types", strings.Join(uploads.DefaultTypes, ","), "media `types` an upload may have, comma-separated, exact (image/png) or by family (image/*)")
 	fs.DurationVar(&cfg.UploadTimeout, "upload-timeout", server.DefaultUploadTimeout, "how long a client may take to send one upload")
-	fs.StringVar(&cfg.DeploymentsFile, "deployments-file", "", "YAML `file` of per-deployment policies: default max_queue_duration and max_run_duration (deadlines that cancel), max_concurrency and max_concurrency_per_tenant (caps on unfinished requests, cluster-wide); validated at start")
+	fs.StringVar(&cfg.DeploymentsFile, "deployments-file", "", "YAML `file` of per-deployment policies: default max_queue_duration and max_run_duration (deadlines that cancel), max_concurrency and max_concurrency_per_tenant (caps on unfinished requests, cluster-wide); validated at start, reloaded on SIGHUP")
 	fs.StringVar(&cfg.TenantsFile, "tenants-file", "", "YAML `file` of tenants: each tenant's webhook signing secrets (whsec_...) and default endpoints, and optionally its API keys (with or instead of --api-keys-file); validated at start, reloaded on SIGHUP. Needed for outbound webhooks")
 	fs.Func("webhook-allow-hosts", "comma-separated host names, IP addresses or CIDRs that outbound webhooks may reach although they are private or loopback (your own receivers inside your network)", func(v string) error {
 		cfg.WebhookAllowHosts = splitSecrets(v)
@@ -361,11 +359,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
 	}
 	if c.DeploymentsFile != "" {
-		p, err := deployments.Load(c.DeploymentsFile)
-		if err != nil {
+		if _, err := deployments.Load(c.DeploymentsFile); err != nil {
 			errs = append(errs, fmt.Errorf("--deployments-file: %w", err))
 		}
-		c.policies = p
 	}
 	tenantKeys := false
 	if c.TenantsFile != "" {

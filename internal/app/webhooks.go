@@ -22,16 +22,20 @@ import (
 const localTenant = "local"
 
 // reloader is a file reloaded on SIGHUP: the keys file, the tenants file, or
-// both as one union.
+// both as one union; the deployments file.
 type reloader interface{ Reload() error }
 
+// reloadable is a reloader and what it holds, for the log.
+type reloadable struct {
+	files reloader
+	what  string
+}
+
 // watchAuth loads the API keys (--api-keys-file, the tenants file's keys, or
-// both as a union) and the tenants file, and catches SIGHUP to reload them,
-// for good: its default action would kill the gateway, even during the
-// drain. The reloads themselves start with Run. authn is nil when no file
-// holds a key: every caller is then the local tenant. Whether the gateway
-// wants keys is settled at start; keys added by a reload to files that had
-// none take a restart.
+// both as a union) and the tenants file, and has SIGHUP reload them
+// (watchHangup). authn is nil when no file holds a key: every caller is
+// then the local tenant. Whether the gateway wants keys is settled at start;
+// keys added by a reload to files that had none take a restart.
 func (a *App) watchAuth(cfg *Config) (authn server.Authenticator, tenants *auth.Tenants, err error) {
 	var (
 		keys  *auth.Keys
@@ -62,12 +66,23 @@ func (a *App) watchAuth(cfg *Config) (authn server.Authenticator, tenants *auth.
 		}
 	}
 	if files != nil {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		a.release = append(a.release, func() { signal.Stop(hup) })
-		a.reload = func(ctx context.Context) error { return reloadOnHangup(ctx, hup, files, what, a.log) }
+		a.reloadable = append(a.reloadable, reloadable{files, what})
 	}
 	return authn, tenants, nil
+}
+
+// watchHangup catches SIGHUP, for good (its default action would kill the
+// gateway, even during the drain), to reload the files that can be; the
+// reloads start with Run.
+func (a *App) watchHangup() {
+	if len(a.reloadable) == 0 {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	a.release = append(a.release, func() { signal.Stop(hup) })
+	files := a.reloadable
+	a.reload = func(ctx context.Context) error { return reloadOnHangup(ctx, hup, files, a.log) }
 }
 
 // webhooks is what the service needs of outbound webhooks
