@@ -5,14 +5,12 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/comfygate/comfygate/internal/app"
 	"github.com/comfygate/comfygate/internal/gatewaytest"
 )
 
@@ -39,47 +37,17 @@ func TestBinaryDeploymentsFileReload(t *testing.T) {
 	}
 	write("default:\n  max_queue_duration: 10m\n")
 
-	grpcAddr, httpAddr := gatewaytest.FreeAddr(t), gatewaytest.FreeAddr(t)
-	cmd := exec.Command(bin, "--simulate", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+	httpAddr := gatewaytest.FreeAddr(t)
+	p := startGatewayProcess(t, bin, nil, "--simulate", "--grpc-addr", gatewaytest.FreeAddr(t), "--http-addr", httpAddr,
 		"--deployments-file", file, "--shutdown-timeout", "10s")
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, app.EnvPrefix) && !strings.HasPrefix(kv, app.TokenEnv+"=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	logs := gatewaytest.NewSyncBuffer()
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	logs := p.stderr
 	base := "http://" + httpAddr
 	httpClient := &http.Client{Timeout: 10 * time.Second}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in time; logs:\n%s", what, logs)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		eventually(t, what, logs, cond)
 	}
-	waitFor("ready", func() bool {
-		resp, err := httpClient.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitFor("ready", ready(base))
 	// queueDeadline submits and returns the request's max_queue_duration.
 	queueDeadline := func() string {
 		t.Helper()
@@ -103,12 +71,12 @@ func TestBinaryDeploymentsFileReload(t *testing.T) {
 		t.Fatalf("max_queue_duration %q, want the file's 600s", got)
 	}
 	write("default:\n  max_queue_duration: 20m\n")
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("the edited file in force", func() bool { return queueDeadline() == "1200s" })
 	write("default:\n  max_queue_duration: 20 minutes\n")
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("the broken file refused", func() bool {
@@ -117,10 +85,5 @@ func TestBinaryDeploymentsFileReload(t *testing.T) {
 	if got := queueDeadline(); got != "1200s" {
 		t.Fatalf("after a broken edit, max_queue_duration %q, want the version in force, 1200s", got)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-exited; err != nil {
-		t.Fatalf("exit: %v; logs:\n%s", err, logs)
-	}
+	p.stop(t)
 }

@@ -99,22 +99,9 @@ func TestBinaryAPIKeys(t *testing.T) {
 	httpClient := &http.Client{Timeout: 10 * time.Second}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in time; logs:\n%s", what, logs)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		eventually(t, what, logs, cond)
 	}
-	waitFor("ready", func() bool {
-		resp, err := httpClient.Get(base + "/readyz") // probes need no key
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitFor("ready", ready(base))
 
 	// submit posts a REST Submit with the given Authorization header ("" for
 	// none) and returns the HTTP status, the request id and the body.
@@ -485,22 +472,9 @@ func TestBinaryKeysFilePermissions(t *testing.T) {
 	t.Cleanup(func() { noSecret("the log", logs.String()) })
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in time; logs:\n%s", what, logs)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		eventually(t, what, logs, cond)
 	}
-	waitFor("ready", func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitFor("ready", ready("http://"+httpAddr))
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -32,6 +33,32 @@ func buildBinary(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// eventually polls cond until it holds, or fails t after 10 s, showing
+// the gateway's log.
+func eventually(t *testing.T, what string, logs fmt.Stringer, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not in time; logs:\n%s", what, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ready reports whether the gateway at base answers its readiness probe
+// (which needs no key).
+func ready(base string) func() bool {
+	return func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
 }
 
 // TestBinaryServesAndDrainsOnSIGTERM runs the real binary as `make run` does
