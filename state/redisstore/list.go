@@ -1,10 +1,13 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -48,7 +51,8 @@ return res
 `
 
 // List implements state.Lister from the indexes the save script keeps:
-// one atomic read of the indexes the query spans, then the records. An
+// one atomic read of the indexes the query spans in each bucket, merged,
+// then the records. An
 // index entry whose record has expired is skipped (and removed); the next
 // read goes on from the last entry read, so a page is full unless the
 // listing has ended.
@@ -57,9 +61,12 @@ func (b *Backend) List(ctx context.Context, q state.ListQuery) (state.ListPage, 
 	if len(states) == 0 {
 		states = state.ListStates
 	}
-	keys := make([]string, len(states))
-	for i, st := range states {
-		keys[i] = b.listKey(q.Owner, q.DeploymentID, state.ListState(st))
+	keys := func(bucket int) []string {
+		keys := make([]string, len(states))
+		for i, st := range states {
+			keys[i] = b.keys.List(bucket, q.Owner, q.DeploymentID, state.ListState(st))
+		}
+		return keys
 	}
 	high, low := "+inf", "-inf"
 	if !q.To.IsZero() {
@@ -83,7 +90,7 @@ func (b *Backend) List(ctx context.Context, q state.ListQuery) (state.ListPage, 
 				top = cursorMs
 			}
 		}
-		res, err := b.list.Run(ctx, b.rdb, keys, top, low, cursorMs, at.ID, n).StringSlice()
+		res, err := b.listNext(ctx, keys, []any{top, low, cursorMs, at.ID, n}, n)
 		if err != nil {
 			return state.ListPage{}, unavailable(ctx, "list", err)
 		}
@@ -119,6 +126,47 @@ func (b *Backend) List(ctx context.Context, q state.ListQuery) (state.ListPage, 
 		page.Next = page.Records[q.Limit-1].Cursor()
 	}
 	return page, nil
+}
+
+// listNext runs the list script in every bucket, in one pipeline, and
+// merges the answers: the first n (id, score) pairs of them all, newest
+// first, ties by id descending, as the script orders one bucket's.
+func (b *Backend) listNext(ctx context.Context, keys func(bucket int) []string, args []any, n int) ([]string, error) {
+	nb := b.keys.Buckets()
+	calls := make([]scriptCall, nb)
+	for i := range calls {
+		calls[i] = scriptCall{keys: keys(i), args: args}
+	}
+	cmds := b.runAll(ctx, b.list, calls)
+	if nb == 1 {
+		return cmds[0].StringSlice()
+	}
+	type entry struct {
+		id string
+		ms float64
+		sc string
+	}
+	var all []entry
+	for _, cmd := range cmds {
+		res, err := cmd.StringSlice()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(res); i += 2 {
+			all = append(all, entry{id: res[i], ms: parseBound(res[i+1]), sc: res[i+1]})
+		}
+	}
+	slices.SortFunc(all, func(a, c entry) int {
+		if a.ms != c.ms {
+			return cmp.Compare(c.ms, a.ms)
+		}
+		return strings.Compare(c.id, a.id)
+	})
+	out := make([]string, 0, 2*min(n, len(all)))
+	for _, e := range all[:min(n, len(all))] {
+		out = append(out, e.id, e.sc)
+	}
+	return out, nil
 }
 
 // parseBound is a ZRANGE score bound as a number ("(123" is 123).
@@ -162,16 +210,15 @@ func (b *Backend) records(ctx context.Context, pairs []string) ([]*state.Record,
 	return recs, nil
 }
 
-// forgetListed removes from the indexes the entries of records that have
-// expired. A failure is left for a later listing to repeat.
-func (b *Backend) forgetListed(ctx context.Context, keys, ids []string) {
-	members := make([]any, len(ids))
-	for i, id := range ids {
-		members[i] = id
-	}
+// forgetListed removes from the indexes (of each id's bucket) the entries
+// of records that have expired. A failure is left for a later listing to
+// repeat.
+func (b *Backend) forgetListed(ctx context.Context, keys func(bucket int) []string, ids []string) {
 	pipe := b.rdb.Pipeline()
-	for _, k := range keys {
-		pipe.ZRem(ctx, k, members...)
+	for _, id := range ids {
+		for _, k := range keys(b.keys.Bucket(id)) {
+			pipe.ZRem(ctx, k, id)
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		b.log.Debug("expired records left in the listing indexes", "error", err)

@@ -39,33 +39,67 @@ end
 return #ids
 `
 
-// ensureGroup creates the deliverers group (and the stream) if missing:
-// from the stream's start, so jobs queued before it existed are read.
-func (b *Backend) ensureGroup(ctx context.Context) error {
-	err := b.rdb.XGroupCreateMkStream(ctx, b.jobsKey(), deliverersGroup, "0").Err()
+// ensureGroup creates the deliverers group (and the stream) of a bucket if
+// missing: from the stream's start, so jobs queued before it existed are
+// read.
+func (b *Backend) ensureGroup(ctx context.Context, bucket int) error {
+	err := b.rdb.XGroupCreateMkStream(ctx, b.keys.Jobs(bucket), deliverersGroup, "0").Err()
 	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return unavailable(ctx, "create consumer group", err)
 	}
 	return nil
 }
 
-// Take implements state.Outbox with XREADGROUP. A Redis that lost the group
-// (restarted empty) gets it again.
+// takeSlice bounds one blocking read of a bucket's jobs when there are
+// several buckets: a blocking read covers one stream's slot only, so Take
+// reads every bucket without blocking, then blocks on one bucket (a
+// different one each time) for at most this long. A job queued in another
+// bucket meanwhile waits at most this long for the next Take.
+const takeSlice = 100 * time.Millisecond
+
+// Take implements state.Outbox with XREADGROUP: every bucket from a
+// rotating first one until n jobs are found, then, when none were, a wait
+// of up to block on one bucket. A Redis that lost the group (restarted
+// empty) gets it again.
 func (b *Backend) Take(ctx context.Context, consumer string, n int, block time.Duration) ([]state.Job, error) {
 	if b.callTimeout > 0 {
 		// Every call is bounded by the call timeout: block within it.
 		block = min(block, b.callTimeout/2)
 	}
+	nb := b.keys.Buckets()
+	first := int(b.rotate.Add(1) % uint64(nb))
+	if nb == 1 {
+		return b.takeFrom(ctx, 0, consumer, n, block)
+	}
+	var jobs []state.Job
+	for i := range nb {
+		got, err := b.takeFrom(ctx, (first+i)%nb, consumer, n-len(jobs), -1)
+		if err != nil {
+			return jobs, err
+		}
+		if jobs = append(jobs, got...); len(jobs) == n {
+			return jobs, nil
+		}
+	}
+	if len(jobs) > 0 || block <= 0 {
+		return jobs, nil
+	}
+	return b.takeFrom(ctx, first, consumer, n, min(block, takeSlice))
+}
+
+// takeFrom reads at most n new jobs of one bucket, waiting up to block for
+// them (not at all when block is negative).
+func (b *Backend) takeFrom(ctx context.Context, bucket int, consumer string, n int, block time.Duration) ([]state.Job, error) {
 	for attempt := 0; ; attempt++ {
 		res, err := b.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: deliverersGroup, Consumer: consumer, Streams: []string{b.jobsKey(), ">"},
+			Group: deliverersGroup, Consumer: consumer, Streams: []string{b.keys.Jobs(bucket), ">"},
 			Count: int64(n), Block: block,
 		}).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 			return nil, nil
 		case err != nil && redis.HasErrorPrefix(err, "NOGROUP") && attempt == 0:
-			if err := b.ensureGroup(ctx); err != nil {
+			if err := b.ensureGroup(ctx, bucket); err != nil {
 				return nil, err
 			}
 			continue
@@ -89,40 +123,52 @@ func toJobs(msgs []redis.XMessage) []state.Job {
 	return jobs
 }
 
-// Reclaim implements state.Outbox with XAUTOCLAIM.
+// Reclaim implements state.Outbox with XAUTOCLAIM, over every bucket from
+// a rotating first one until n jobs are found.
 func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Duration, n int) ([]state.Job, error) {
-	msgs, _, err := b.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-		Stream: b.jobsKey(), Group: deliverersGroup, Consumer: consumer,
-		MinIdle: minIdle, Start: "0-0", Count: int64(n),
-	}).Result()
-	switch {
-	case err != nil && redis.HasErrorPrefix(err, "NOGROUP"):
-		return nil, b.ensureGroup(ctx)
-	case err != nil:
-		return nil, unavailable(ctx, "claim delivery jobs", err)
-	}
+	nb := b.keys.Buckets()
+	first := int(b.rotate.Add(1) % uint64(nb))
 	var jobs []state.Job
-	for _, j := range toJobs(msgs) {
-		if j.RequestID != "" { // an entry deleted meanwhile comes back empty
-			jobs = append(jobs, j)
+	for i := 0; i < nb && len(jobs) < n; i++ {
+		bucket := (first + i) % nb
+		msgs, _, err := b.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: b.keys.Jobs(bucket), Group: deliverersGroup, Consumer: consumer,
+			MinIdle: minIdle, Start: "0-0", Count: int64(n - len(jobs)),
+		}).Result()
+		switch {
+		case err != nil && redis.HasErrorPrefix(err, "NOGROUP"):
+			if err := b.ensureGroup(ctx, bucket); err != nil {
+				return jobs, err
+			}
+			continue
+		case err != nil:
+			return jobs, unavailable(ctx, "claim delivery jobs", err)
+		}
+		for _, j := range toJobs(msgs) {
+			if j.RequestID != "" { // an entry deleted meanwhile comes back empty
+				jobs = append(jobs, j)
+			}
 		}
 	}
 	return jobs, nil
 }
 
-// Done implements state.Outbox: XACK and XDEL, so the stream holds only
-// jobs not done.
+// Done implements state.Outbox: XACK and XDEL in each job's bucket (its
+// request's), so the streams hold only jobs not done.
 func (b *Backend) Done(ctx context.Context, jobs ...state.Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
-	ids := make([]string, len(jobs))
-	for i, j := range jobs {
-		ids[i] = j.ID
+	byStream := make(map[string][]string)
+	for _, j := range jobs {
+		k := b.jobsKey(j.RequestID)
+		byStream[k] = append(byStream[k], j.ID)
 	}
 	pipe := b.rdb.Pipeline()
-	pipe.XAck(ctx, b.jobsKey(), deliverersGroup, ids...)
-	pipe.XDel(ctx, b.jobsKey(), ids...)
+	for k, ids := range byStream {
+		pipe.XAck(ctx, k, deliverersGroup, ids...)
+		pipe.XDel(ctx, k, ids...)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable(ctx, "finish delivery jobs", err)
 	}
@@ -131,7 +177,7 @@ func (b *Backend) Done(ctx context.Context, jobs ...state.Job) error {
 
 // Wake implements state.Outbox.
 func (b *Backend) Wake(ctx context.Context, requestID string) error {
-	if err := b.rdb.XAdd(ctx, &redis.XAddArgs{Stream: b.jobsKey(), Values: []string{"r", requestID}}).Err(); err != nil {
+	if err := b.rdb.XAdd(ctx, &redis.XAddArgs{Stream: b.jobsKey(requestID), Values: []string{"r", requestID}}).Err(); err != nil {
 		return unavailable(ctx, "queue delivery job", err)
 	}
 	return nil
@@ -206,30 +252,48 @@ func (b *Backend) ReleaseOutbox(ctx context.Context, requestID, owner string) er
 
 // RetryAt implements state.Outbox (ZADD LT: an earlier time wins).
 func (b *Backend) RetryAt(ctx context.Context, requestID string, at time.Time) error {
-	if err := b.rdb.ZAddLT(ctx, b.retriesKey(), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
+	if err := b.rdb.ZAddLT(ctx, b.keys.Retries(b.keys.Bucket(requestID)), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
 		return unavailable(ctx, "schedule delivery retry", err)
 	}
 	return nil
 }
 
-// WakeDue implements state.Outbox.
+// WakeDue implements state.Outbox: each bucket's due retries move into its
+// own jobs stream (one slot), at most n per bucket.
 func (b *Backend) WakeDue(ctx context.Context, now time.Time, n int) (int, error) {
-	moved, err := b.wakeDue.Run(ctx, b.rdb, []string{b.retriesKey(), b.jobsKey()}, strconv.FormatInt(now.UnixMilli(), 10), n).Int()
-	if err != nil {
-		return 0, unavailable(ctx, "wake due deliveries", err)
+	calls := make([]scriptCall, b.keys.Buckets())
+	for i := range calls {
+		calls[i] = scriptCall{keys: []string{b.keys.Retries(i), b.keys.Jobs(i)}, args: []any{strconv.FormatInt(now.UnixMilli(), 10), n}}
+	}
+	moved := 0
+	for _, cmd := range b.runAll(ctx, b.wakeDue, calls) {
+		m, err := cmd.Int()
+		if err != nil {
+			return moved, unavailable(ctx, "wake due deliveries", err)
+		}
+		moved += m
 	}
 	return moved, nil
 }
 
-// Depth implements state.Outbox.
+// Depth implements state.Outbox, summed over the buckets.
 func (b *Backend) Depth(ctx context.Context) (jobs, retries int64, err error) {
+	nb := b.keys.Buckets()
 	pipe := b.rdb.Pipeline()
-	xl := pipe.XLen(ctx, b.jobsKey())
-	zc := pipe.ZCard(ctx, b.retriesKey())
+	xl := make([]*redis.IntCmd, nb)
+	zc := make([]*redis.IntCmd, nb)
+	for i := range nb {
+		xl[i] = pipe.XLen(ctx, b.keys.Jobs(i))
+		zc[i] = pipe.ZCard(ctx, b.keys.Retries(i))
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, 0, unavailable(ctx, "outbox depth", err)
 	}
-	return xl.Val(), zc.Val(), nil
+	for i := range nb {
+		jobs += xl[i].Val()
+		retries += zc[i].Val()
+	}
+	return jobs, retries, nil
 }
 
 var _ state.Outbox = (*Backend)(nil)

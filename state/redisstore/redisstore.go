@@ -38,8 +38,8 @@ import (
 // A save that makes a webhook event also has KEYS[3] the request's outbox
 // stream and KEYS[4] the delivery job stream, ARGV 8 the event JSON and 9 the
 // request id (both ” without an event): the event is appended and a job
-// queued only when the record is written. (KEYS[4] is in a slot of its own:
-// on a Redis Cluster the job goes in the save's pipeline instead.) The last
+// queued only when the record is written (KEYS[4] is the jobs stream of the
+// request's bucket). The last
 // two KEYS are the listing indexes the record belongs in now (its owner's,
 // by state; its owner's on its deployment, by state; list.go), ARGV 10 its
 // creation time in ms (the score) and 11 its id: a written record is added
@@ -50,10 +50,12 @@ import (
 // them is the usage bucket of the hour the record ended (state/usage.go),
 // ARGV 12 its TTL (” for a record that has not ended) and the rest the
 // counters and increments: a save that makes the record final-state for the
-// first time (the stored rank below 3) adds them. A record that holds a
-// concurrency slot (its 'cap' field names the two counts, slots.go) gives it
-// back when it becomes final, and otherwise has the slot's expiry follow its
-// own. Returns {1} written, or {0, stored record JSON or nil,
+// first time (the stored rank below 3) adds them. Every key is in the
+// request's bucket (keys.go), so the script is valid on a cluster. A record
+// that holds a concurrency slot (its 'cap' field names the two counts,
+// slots.go) loses the field when it becomes final. Returns {1, the 'cap'
+// field or nil} written (the writer then gives the slot back, or moves its
+// expiry, in the counts' own slot), or {0, stored record JSON or nil,
 // synced, epoch} when the record is not at (epoch, seq-1) or the rank would go
 // down, so the writer merges again without another round trip. The 'synced'
 // field is Touch's, newer than the JSON's synced_at when set; the 'epoch'
@@ -102,21 +104,8 @@ for _, k in ipairs({byState, byDep}) do
     redis.call('PEXPIRE', k, ttl + 3600000)
   end
 end
-if cur[5] then
-  local sep = string.find(cur[5], '\n', 1, true)
-  local capDep, capTenant = string.sub(cur[5], 1, sep - 1), string.sub(cur[5], sep + 1)
-  if tonumber(ARGV[2]) == 3 then
-    redis.call('ZREM', capDep, ARGV[11])
-    redis.call('ZREM', capTenant, ARGV[11])
-    redis.call('HDEL', KEYS[1], 'cap')
-  else
-    local t = redis.call('TIME')
-    local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
-    for _, k in ipairs({capDep, capTenant}) do
-      redis.call('ZADD', k, 'XX', expires, ARGV[11])
-      if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
-    end
-  end
+if cur[5] and tonumber(ARGV[2]) == 3 then
+  redis.call('HDEL', KEYS[1], 'cap')
 end
 if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then
   local usage = KEYS[#KEYS-2]
@@ -127,7 +116,7 @@ if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then
     redis.call('PEXPIRE', usage, ARGV[12])
   end
 end
-return {1}
+return {1, cur[5]}
 `
 
 // touchScript is Touch: KEYS[1] record key; ARGV: 1 epoch, 2 seq, 3 synced
@@ -161,12 +150,23 @@ type Options struct {
 	// pub/sub connection's blocking reads are not commands and keep their
 	// own rhythm (PingInterval).
 	CallTimeout time.Duration
+	// Buckets spreads the keys every request shares (the poll schedule,
+	// the delivery jobs, the listing indexes and usage buckets, the poll
+	// pause) over this many hash slots (keys.go). 0 keeps one server's
+	// layout, the key names of versions before buckets: on a Redis Cluster
+	// it is DefaultClusterBuckets. Changing it moves every key.
+	Buckets int
 }
+
+// DefaultClusterBuckets is the number of buckets on a Redis Cluster when
+// Options.Buckets is 0: a few per master of a large cluster.
+const DefaultClusterBuckets = 16
 
 // Backend is the Redis state backend.
 type Backend struct {
 	rdb     redis.UniversalClient
 	prefix  string
+	keys    Keys
 	log     *slog.Logger
 	ping    time.Duration
 	save    *redis.Script
@@ -174,21 +174,29 @@ type Backend struct {
 	pause   *redis.Script
 	touch   *redis.Script
 	list    *redis.Script
-	// reserve and bind serve the concurrency counts (slots.go).
-	reserve, bind *redis.Script
+	// reserve, bind, place and follow serve the concurrency counts
+	// (slots.go).
+	reserve, bind, place, follow *redis.Script
 	// outboxLease and wakeDue serve the webhook outbox (outbox.go).
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
 	callTimeout time.Duration
 
-	ps    *redis.PubSub
-	saves saveQueue
+	// ps is the pub/sub connection on one server; on a Redis Cluster,
+	// shards keeps one sharded subscription connection per shard instead
+	// (and ps is nil), and the save script publishes with SPUBLISH, to the
+	// shard of the record's slot only.
+	ps     *redis.PubSub
+	shards *shardSubscriber
+	saves  saveQueue
 
 	mu      sync.Mutex
 	subs    map[string]func(*state.Record) // by channel
 	waiters map[string][]chan struct{}     // subscriptions awaiting confirmation
 
 	reconnects atomic.Int64
+	// rotate picks the first bucket of a walk over all of them.
+	rotate atomic.Uint64
 }
 
 // New returns a Backend on rdb. Call Run to serve subscriptions.
@@ -205,25 +213,47 @@ func New(rdb redis.UniversalClient, opts Options) (*Backend, error) {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 5 * time.Second
 	}
+	_, cluster := rdb.(*redis.ClusterClient)
+	switch {
+	case opts.Buckets < 0 || opts.Buckets > MaxBuckets:
+		return nil, fmt.Errorf("redisstore: buckets must be from 0 to %d", MaxBuckets)
+	case opts.Buckets == 0 && cluster:
+		opts.Buckets = DefaultClusterBuckets
+	}
 	if opts.CallTimeout > 0 {
 		rdb.AddHook(callTimeout(opts.CallTimeout))
+	}
+	save := saveScript
+	var (
+		ps     *redis.PubSub
+		shards *shardSubscriber
+	)
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		save = strings.Replace(save, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1)
+		shards = newShardSubscriber(cc, opts.Logger, opts.PingInterval)
+	} else {
+		ps = rdb.Subscribe(context.Background())
 	}
 	return &Backend{
 		rdb:         rdb,
 		prefix:      opts.Prefix,
+		keys:        NewKeys(opts.Prefix, opts.Buckets),
 		log:         opts.Logger,
 		ping:        opts.PingInterval,
-		save:        redis.NewScript(saveScript),
+		save:        redis.NewScript(save),
 		release:     redis.NewScript(releaseScript),
 		pause:       redis.NewScript(pauseScript),
 		touch:       redis.NewScript(touchScript),
 		list:        redis.NewScript(listScript),
 		reserve:     redis.NewScript(reserveScript),
 		bind:        redis.NewScript(bindScript),
+		place:       redis.NewScript(placeScript),
+		follow:      redis.NewScript(followScript),
 		outboxLease: redis.NewScript(outboxLeaseScript),
 		wakeDue:     redis.NewScript(wakeDueScript),
 		callTimeout: opts.CallTimeout,
-		ps:          rdb.Subscribe(context.Background()),
+		ps:          ps,
+		shards:      shards,
 		subs:        make(map[string]func(*state.Record)),
 		waiters:     make(map[string][]chan struct{}),
 	}, nil
@@ -360,11 +390,13 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 		if err != nil {
 			return fmt.Errorf("encode event of %s: %w", rec.RequestID, err)
 		}
-		op.keys = append(op.keys, b.outboxKey(rec.RequestID), b.jobsKey())
+		op.keys = append(op.keys, b.outboxKey(rec.RequestID), b.jobsKey(rec.RequestID))
 		op.args[7], op.args[8] = evData, rec.RequestID
 	}
 	st := state.ListState(rec.State)
-	op.keys = append(op.keys, b.usageKey(rec.Owner, state.UsageHour(rec)), b.listKey(rec.Owner, "", st), b.listKey(rec.Owner, rec.DeploymentID, st))
+	bucket := b.keys.Bucket(rec.RequestID)
+	op.keys = append(op.keys, b.keys.Usage(bucket, rec.Owner, state.UsageHour(rec)),
+		b.keys.List(bucket, rec.Owner, "", st), b.keys.List(bucket, rec.Owner, rec.DeploymentID, st))
 	op.args = append(op.args, rec.CreatedMs(), rec.RequestID)
 	if incs := state.UsageIncrements(rec); len(incs) > 0 {
 		op.args = append(op.args, state.UsageRetention.Milliseconds())
@@ -417,7 +449,7 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 		pipe := b.rdb.Pipeline()
 		for _, op := range ops {
 			if op.due != 0 {
-				pipe.ZAdd(ctx, b.pendingKey(), redis.Z{Score: op.due, Member: op.id})
+				pipe.ZAdd(ctx, b.pendingKey(op.id), redis.Z{Score: op.due, Member: op.id})
 			}
 			if sha {
 				op.cmd = b.save.EvalSha(ctx, pipe, op.keys, op.args...)
@@ -425,7 +457,7 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 				op.cmd = b.save.Eval(ctx, pipe, op.keys, op.args...)
 			}
 			if op.forget {
-				pipe.ZRem(ctx, b.pendingKey(), op.id)
+				pipe.ZRem(ctx, b.pendingKey(op.id), op.id)
 			}
 		}
 		_, err := pipe.Exec(ctx)
@@ -445,9 +477,77 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 			_ = send(retry, false) // each op's command holds its own outcome
 		}
 	}
+	b.followSlots(ctx, ops)
 	for _, op := range ops {
 		op.wake <- struct{}{}
 	}
+}
+
+// followSlots gives back the concurrency slots of the written records that
+// became final, and moves the others' expiry with their record's: the
+// counts are in their deployment's slot, not the record's, so this is a
+// second step after the save script, taken only for records that hold a
+// slot. A failure leaves a final record's slot to the next reservation at
+// the cap, which drops slots whose record has ended.
+func (b *Backend) followSlots(ctx context.Context, ops []*saveOp) {
+	var calls []scriptCall
+	for _, op := range ops {
+		res, _ := op.cmd.Slice()
+		if len(res) < 2 {
+			continue
+		}
+		field, _ := res[1].(string)
+		dep, tenant, ok := strings.Cut(field, "\n")
+		if !ok {
+			continue
+		}
+		final := 0
+		if op.args[1] == 3 {
+			final = 1
+		}
+		calls = append(calls, scriptCall{keys: []string{dep, tenant}, args: []any{op.id, final, op.args[3]}})
+	}
+	if len(calls) == 0 {
+		return
+	}
+	for _, cmd := range b.runAll(ctx, b.follow, calls) {
+		if err := cmd.Err(); err != nil {
+			b.log.Warn("concurrency slot not updated after a save; the next reservation at the cap checks it", "error", err)
+		}
+	}
+}
+
+// scriptCall is one run of a script among many sent together.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// runAll runs script once per call in one pipeline (go-redis splits it by
+// node on a cluster), sending the script itself for the calls a server
+// refused for not knowing it (a restart, a new node), and returns each
+// call's command.
+func (b *Backend) runAll(ctx context.Context, script *redis.Script, calls []scriptCall) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := b.rdb.Pipeline()
+	for i, c := range calls {
+		cmds[i] = script.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	if _, err := pipe.Exec(ctx); err == nil {
+		return cmds
+	}
+	pipe = b.rdb.Pipeline()
+	var again []int
+	for i, c := range calls {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			cmds[i] = script.Eval(ctx, pipe, c.keys, c.args...)
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		_, _ = pipe.Exec(ctx) // each call's command holds its own outcome
+	}
+	return cmds
 }
 
 // Subscribe subscribes the replica's pub/sub connection to requestID's channel
@@ -455,6 +555,18 @@ func (b *Backend) sendSaves(ctx context.Context, ops []*saveOp) {
 // cannot miss a record published in between.
 func (b *Backend) Subscribe(ctx context.Context, requestID string, deliver func(*state.Record)) error {
 	ch := b.channel(requestID)
+	if b.shards != nil {
+		b.mu.Lock()
+		b.subs[ch] = deliver
+		b.mu.Unlock()
+		if err := b.shards.Subscribe(ctx, ch); err != nil {
+			b.mu.Lock()
+			delete(b.subs, ch)
+			b.mu.Unlock()
+			return unavailable(ctx, "subscribe", err)
+		}
+		return nil
+	}
 	confirmed := make(chan struct{})
 	b.mu.Lock()
 	b.subs[ch] = deliver
@@ -492,14 +604,25 @@ func (b *Backend) Unsubscribe(ctx context.Context, requestID string) error {
 	b.mu.Lock()
 	delete(b.subs, ch)
 	b.mu.Unlock()
-	if err := b.ps.Unsubscribe(ctx, ch); err != nil {
+	var err error
+	if b.shards != nil {
+		err = b.shards.Unsubscribe(ctx, ch)
+	} else {
+		err = b.ps.Unsubscribe(ctx, ch)
+	}
+	if err != nil {
 		return unavailable(ctx, "unsubscribe", err)
 	}
 	return nil
 }
 
-// Reconnects counts how often the pub/sub connection was re-established.
-func (b *Backend) Reconnects() int64 { return b.reconnects.Load() }
+// Reconnects counts how often a pub/sub connection was re-established.
+func (b *Backend) Reconnects() int64 {
+	if b.shards != nil {
+		return b.shards.Reconnects()
+	}
+	return b.reconnects.Load()
+}
 
 // Run reads the pub/sub connection until ctx ends, handing each record to its
 // subscriber (never blocking: subscribers must not block) and confirming
@@ -517,17 +640,20 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 	defer func() {
 		<-done
 	}()
-	// A blocked read does not watch ctx: closing the connection ends it.
-	stop := context.AfterFunc(ctx, func() { _ = b.ps.Close() })
-	defer stop()
-	defer b.ps.Close()
-
 	askResync := func() {
 		select {
 		case resyncs <- struct{}{}:
 		default:
 		}
 	}
+	if b.shards != nil {
+		return b.shards.Run(ctx, b.deliver, askResync)
+	}
+	// A blocked read does not watch ctx: closing the connection ends it.
+	stop := context.AfterFunc(ctx, func() { _ = b.ps.Close() })
+	defer stop()
+	defer b.ps.Close()
+
 	broken := false
 	pingPending := false
 	backoff := 50 * time.Millisecond
@@ -612,12 +738,30 @@ func (b *Backend) dispatch(m *redis.Message) {
 	deliver := b.subs[m.Channel]
 	pending := len(b.waiters[m.Channel]) > 0
 	b.mu.Unlock()
-	if deliver == nil || pending {
-		return // unsubscribed meanwhile, or an old subscription's
+	if pending {
+		return // an old subscription's
+	}
+	b.deliverTo(deliver, m.Channel, m.Payload)
+}
+
+// deliver hands a record a shard connection received to its channel's
+// subscriber (shardSubscriber has dropped those of old subscriptions).
+func (b *Backend) deliver(ch, payload string) {
+	b.mu.Lock()
+	deliver := b.subs[ch]
+	b.mu.Unlock()
+	b.deliverTo(deliver, ch, payload)
+}
+
+// deliverTo decodes a record and hands it to deliver, unless the channel
+// was unsubscribed meanwhile (deliver is nil).
+func (b *Backend) deliverTo(deliver func(*state.Record), ch, payload string) {
+	if deliver == nil {
+		return
 	}
 	var rec state.Record
-	if err := json.Unmarshal([]byte(m.Payload), &rec); err != nil {
-		b.log.Error("undecodable record on channel", "channel", m.Channel, "error", err)
+	if err := json.Unmarshal([]byte(payload), &rec); err != nil {
+		b.log.Error("undecodable record on channel", "channel", ch, "error", err)
 		return
 	}
 	deliver(&rec)

@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/comfygate/comfygate/internal/redistest"
@@ -23,6 +25,25 @@ import (
 // key prefix; set by TestMain.
 var server *redistest.Server
 
+// cluster is the Redis Cluster the tests that need one share, started by the
+// first of them and stopped by TestMain.
+var cluster struct {
+	once sync.Once
+	c    *redistest.Cluster
+	err  error
+}
+
+// sharedCluster returns the package's cluster: three masters, no replicas
+// (the tests of failover start clusters of their own).
+func sharedCluster(t *testing.T) *redistest.Cluster {
+	t.Helper()
+	cluster.once.Do(func() { cluster.c, cluster.err = redistest.StartCluster(3, 0) })
+	if cluster.err != nil {
+		t.Fatal(cluster.err)
+	}
+	return cluster.c
+}
+
 func TestMain(m *testing.M) {
 	var err error
 	server, err = redistest.Find()
@@ -32,6 +53,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	server.Stop()
+	if cluster.c != nil {
+		cluster.c.Stop()
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
@@ -50,9 +74,34 @@ func newBackend(t *testing.T) *redisstore.Backend {
 // newBackendOn is newBackend on the given server.
 func newBackendOn(t *testing.T, srv *redistest.Server) *redisstore.Backend {
 	t.Helper()
-	b, err := redisstore.New(srv.Client(t), redisstore.Options{
-		Prefix: redistest.Prefix(t),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	return startBackend(t, srv.Client(t), 0)
+}
+
+// layouts are the ways the conformance suites run: one server in the
+// classic key layout, one server with buckets, and a Redis Cluster (in
+// buckets, as every cluster).
+func layouts() []struct {
+	name string
+	new  func(t *testing.T) *redisstore.Backend
+} {
+	return []struct {
+		name string
+		new  func(t *testing.T) *redisstore.Backend
+	}{
+		{"classic", newBackend},
+		{"buckets", func(t *testing.T) *redisstore.Backend { return startBackend(t, server.Client(t), 4) }},
+		{"cluster", func(t *testing.T) *redisstore.Backend { return startBackend(t, sharedCluster(t).Client(t), 0) }},
+	}
+}
+
+// startBackend returns a running backend on rdb, on its own prefix, with
+// buckets buckets, stopped at cleanup.
+func startBackend(t *testing.T, rdb redis.UniversalClient, buckets int) *redisstore.Backend {
+	t.Helper()
+	b, err := redisstore.New(rdb, redisstore.Options{
+		Prefix:  redistest.Prefix(t),
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Buckets: buckets,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -71,15 +120,27 @@ func newBackendOn(t *testing.T, srv *redistest.Server) *redisstore.Backend {
 }
 
 func TestConformance(t *testing.T) {
-	statetest.Run(t, func(t *testing.T) statetest.Backend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.Run(t, func(t *testing.T) statetest.Backend { return l.new(t) })
+		})
+	}
 }
 
 func TestUsageConformance(t *testing.T) {
-	statetest.RunUsage(t, func(t *testing.T) statetest.UsageBackend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunUsage(t, func(t *testing.T) statetest.UsageBackend { return l.new(t) })
+		})
+	}
 }
 
 func TestListConformance(t *testing.T) {
-	statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunList(t, func(t *testing.T) statetest.ListBackend { return l.new(t) })
+		})
+	}
 }
 
 // TestSaveScheduledAfterScriptFlush: Redis forgets loaded scripts when it
@@ -137,13 +198,57 @@ func TestSaveScheduledAfterScriptFlush(t *testing.T) {
 }
 
 func TestIdempotencyConformance(t *testing.T) {
-	statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunIdempotency(t, func(t *testing.T) state.Idempotency { return l.new(t) })
+		})
+	}
 }
 
 func TestOutboxConformance(t *testing.T) {
-	statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunOutbox(t, func(t *testing.T) statetest.OutboxBackend { return l.new(t) })
+		})
+	}
 }
 
 func TestSlotsConformance(t *testing.T) {
-	statetest.RunSlots(t, func(t *testing.T) statetest.SlotsBackend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunSlots(t, func(t *testing.T) statetest.SlotsBackend { return l.new(t) })
+		})
+	}
+}
+
+// TestKeysOnCluster asks a real cluster (CLUSTER KEYSLOT) where the
+// bucketed layout's keys go: each bucket in its own share of the slots, and
+// a request's record with its bucket's shared keys.
+func TestKeysOnCluster(t *testing.T) {
+	ctx := context.Background()
+	rdb := sharedCluster(t).Client(t)
+	k := redisstore.NewKeys("cg:", 16)
+	for b := range 16 {
+		slot, err := rdb.ClusterKeySlot(ctx, k.Pending(b)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lo, hi := int64(b*16384/16), int64((b+1)*16384/16); slot < lo || slot >= hi {
+			t.Errorf("bucket %d (%s) in slot %d, want [%d, %d)", b, k.Pending(b), slot, lo, hi)
+		}
+	}
+	for i := range 20 {
+		id := fmt.Sprintf("req-%d", i)
+		rs, err := rdb.ClusterKeySlot(ctx, k.Record(id)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := rdb.ClusterKeySlot(ctx, k.Jobs(k.Bucket(id))).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs != ps {
+			t.Errorf("%s: record in slot %d, its bucket's jobs in %d", id, rs, ps)
+		}
+	}
 }

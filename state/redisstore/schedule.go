@@ -1,10 +1,12 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -29,7 +31,7 @@ return 0
 
 // SetDue implements state.Schedule.
 func (b *Backend) SetDue(ctx context.Context, requestID string, at time.Time) error {
-	if err := b.rdb.ZAdd(ctx, b.pendingKey(), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
+	if err := b.rdb.ZAdd(ctx, b.pendingKey(requestID), redis.Z{Score: float64(at.UnixMilli()), Member: requestID}).Err(); err != nil {
 		return unavailable(ctx, "schedule", err)
 	}
 	return nil
@@ -37,7 +39,7 @@ func (b *Backend) SetDue(ctx context.Context, requestID string, at time.Time) er
 
 // Expedite implements state.Schedule: ZADD XX LT only lowers an existing score.
 func (b *Backend) Expedite(ctx context.Context, requestID string, at time.Time) error {
-	err := b.rdb.ZAddArgs(ctx, b.pendingKey(), redis.ZAddArgs{
+	err := b.rdb.ZAddArgs(ctx, b.pendingKey(requestID), redis.ZAddArgs{
 		XX: true, LT: true,
 		Members: []redis.Z{{Score: float64(at.UnixMilli()), Member: requestID}},
 	}).Err()
@@ -47,13 +49,44 @@ func (b *Backend) Expedite(ctx context.Context, requestID string, at time.Time) 
 	return nil
 }
 
-// Due implements state.Schedule.
+// Due implements state.Schedule: the earliest due of every bucket, read in
+// one pipeline, the earliest n of them all.
 func (b *Backend) Due(ctx context.Context, now time.Time, n int) ([]string, error) {
-	ids, err := b.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: b.pendingKey(), Start: "-inf", Stop: now.UnixMilli(), ByScore: true, Count: int64(n),
-	}).Result()
+	ids, err := b.dueIn(ctx, b.keys.Pending, now, n)
 	if err != nil {
 		return nil, unavailable(ctx, "due", err)
+	}
+	return ids, nil
+}
+
+// dueIn reads the members due by now of the sorted set key names in every
+// bucket and returns the earliest n of them all, in time order; the
+// buckets are read from a rotating first one, so that ties do not always
+// favour the same bucket.
+func (b *Backend) dueIn(ctx context.Context, key func(bucket int) string, now time.Time, n int) ([]string, error) {
+	nb := b.keys.Buckets()
+	first := int(b.rotate.Add(1) % uint64(nb))
+	pipe := b.rdb.Pipeline()
+	cmds := make([]*redis.ZSliceCmd, nb)
+	for i := range nb {
+		cmds[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: key((first + i) % nb), Start: "-inf", Stop: now.UnixMilli(), ByScore: true, Count: int64(n),
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	var due []redis.Z
+	for _, c := range cmds {
+		due = append(due, c.Val()...)
+	}
+	if nb > 1 {
+		slices.SortStableFunc(due, func(a, c redis.Z) int { return cmp.Compare(a.Score, c.Score) })
+	}
+	ids := make([]string, 0, min(n, len(due)))
+	for _, z := range due[:min(n, len(due))] {
+		id, _ := z.Member.(string)
+		ids = append(ids, id)
 	}
 	return ids, nil
 }
@@ -61,7 +94,7 @@ func (b *Backend) Due(ctx context.Context, now time.Time, n int) ([]string, erro
 // Forget implements state.Schedule.
 func (b *Backend) Forget(ctx context.Context, requestID string) error {
 	pipe := b.rdb.Pipeline()
-	pipe.ZRem(ctx, b.pendingKey(), requestID)
+	pipe.ZRem(ctx, b.pendingKey(requestID), requestID)
 	pipe.Del(ctx, b.aboutKey(requestID))
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable(ctx, "forget", err)
@@ -107,21 +140,30 @@ func (b *Backend) Release(ctx context.Context, requestID, owner string) error {
 	return nil
 }
 
-// Pause implements state.Schedule.
+// Pause implements state.Schedule: every bucket holds a copy of the pause,
+// so that the replicas' reads of it are spread over the cluster.
 func (b *Backend) Pause(ctx context.Context, until time.Time) error {
 	d := time.Until(until).Milliseconds()
 	if d <= 0 {
 		return nil
 	}
-	if err := b.pause.Run(ctx, b.rdb, []string{b.pauseKey()}, until.UnixMilli(), d).Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return unavailable(ctx, "pause", err)
+	calls := make([]scriptCall, b.keys.Buckets())
+	for i := range calls {
+		calls[i] = scriptCall{keys: []string{b.keys.Pause(i)}, args: []any{until.UnixMilli(), d}}
+	}
+	for _, cmd := range b.runAll(ctx, b.pause, calls) {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return unavailable(ctx, "pause", err)
+		}
 	}
 	return nil
 }
 
-// PausedUntil implements state.Schedule.
+// PausedUntil implements state.Schedule from one bucket's copy of the
+// pause, a different one each time.
 func (b *Backend) PausedUntil(ctx context.Context) (time.Time, error) {
-	ms, err := b.rdb.Get(ctx, b.pauseKey()).Int64()
+	bucket := int(b.rotate.Add(1) % uint64(b.keys.Buckets()))
+	ms, err := b.rdb.Get(ctx, b.keys.Pause(bucket)).Int64()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return time.Time{}, nil

@@ -11,9 +11,17 @@ import (
 // each subtest a prefix of its own, so the shared {pending} set of one subtest
 // never holds another's requests.
 func TestScheduleConformance(t *testing.T) {
-	statetest.RunSchedule(t, func(t *testing.T) statetest.ScheduleBackend { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunSchedule(t, func(t *testing.T) statetest.ScheduleBackend { return l.new(t) })
+		})
+	}
 }
 
 func TestQueueConformance(t *testing.T) {
-	statetest.RunQueue(t, func(t *testing.T) state.Queues { return newBackend(t) })
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			statetest.RunQueue(t, func(t *testing.T) state.Queues { return l.new(t) })
+		})
+	}
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/comfygate/comfygate/state"
 )
 
-// Usage implements state.UsageReader: one HGETALL per hour of the range,
-// in one round trip, whatever the number of requests. A range reaching
+// Usage implements state.UsageReader: one HGETALL per hour of the range and
+// bucket, in one round trip, whatever the number of requests. A range reaching
 // further back than state.UsageRetention starts there (older buckets have
 // expired), and one past the next hour ends there (none are written yet).
 func (b *Backend) Usage(ctx context.Context, q state.UsageQuery) (state.Usage, error) {
@@ -21,7 +21,9 @@ func (b *Backend) Usage(ctx context.Context, q state.UsageQuery) (state.Usage, e
 	pipe := b.rdb.Pipeline()
 	var cmds []*redis.MapStringStringCmd
 	for h := first; h < end; h++ {
-		cmds = append(cmds, pipe.HGetAll(ctx, b.usageKey(q.Owner, h)))
+		for bucket := range b.keys.Buckets() {
+			cmds = append(cmds, pipe.HGetAll(ctx, b.keys.Usage(bucket, q.Owner, h)))
+		}
 	}
 	u := state.Usage{}
 	if len(cmds) == 0 {
