@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"time"
@@ -55,19 +56,19 @@ func memoryBackend() *backend {
 	return &backend{store: mem, bus: mem, schedule: mem, idem: mem, outbox: mem, queues: mem, lister: mem, usage: mem, slots: mem}
 }
 
-// redisBackend keeps everything in the Redis of --redis-url.
+// redisBackend keeps everything in the Redis of --redis-url: one server, or
+// a Redis Cluster.
 func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend, error) {
-	opts, err := cfg.redisOptions()
+	rdb, where, err := redisClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	rdb := redis.NewClient(opts)
-	rs, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis"), CallTimeout: cfg.RedisTimeout})
+	rs, err := redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix, Logger: log.With("component", "redis"), CallTimeout: cfg.RedisTimeout, Buckets: cfg.RedisBuckets})
 	if err != nil {
 		rdb.Close()
 		return nil, err
 	}
-	log.Info("state in Redis", "addr", opts.Addr, "db", opts.DB, "prefix", cfg.RedisPrefix)
+	log.Info("state in Redis", append(where, "prefix", cfg.RedisPrefix)...)
 	checkPersistence(ctx, rs, log)
 	return &backend{
 		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs, queues: rs, lister: rs, usage: rs, slots: rs,
@@ -80,6 +81,24 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 		},
 		close: func() { rdb.Close() },
 	}, nil
+}
+
+// redisClient is the client of --redis-url, with the log attributes that
+// say where it points (never its password). It dials nothing yet.
+func redisClient(cfg *Config) (redis.UniversalClient, []any, error) {
+	if cfg.redisCluster() {
+		opts, err := cfg.redisClusterOptions()
+		if err != nil {
+			return nil, nil, err
+		}
+		// 0 buckets is the cluster's default: say which.
+		return redis.NewClusterClient(opts), []any{"cluster", opts.Addrs, "buckets", cmp.Or(cfg.RedisBuckets, redisstore.DefaultClusterBuckets)}, nil
+	}
+	opts, err := cfg.redisOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	return redis.NewClient(opts), []any{"addr", opts.Addr, "db", opts.DB, "buckets", cfg.RedisBuckets}, nil
 }
 
 // persistenceCheckTimeout bounds the start-up look at Redis's settings: a

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,6 +90,9 @@ type Config struct {
 	ReadBurst             int
 	MaxConnections        int
 	RedisTimeout          time.Duration
+	// RedisBuckets is the number of hash-slot buckets the keys every
+	// request shares are split over (redisstore.Options.Buckets).
+	RedisBuckets int
 	// WebhookAddr and AdminAddr are the optional listeners for callbacks
 	// and for operators (server.Config).
 	WebhookAddr string
@@ -166,7 +170,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	fs.Float64Var(&cfg.ReadRate, "read-rate", server.DefaultReadRate, "reads per second each tenant may make (GetStatus, GetResult, Cancel, watch opens); cluster-wide with --redis-url; 0 is unlimited")
 	fs.IntVar(&cfg.ReadBurst, "read-burst", server.DefaultReadBurst, "reads a tenant may make at once before --read-rate applies")
 	fs.DurationVar(&cfg.Retention, "retention", state.DefaultRetention, "how long request records are kept after their last change (RunComfy keeps results 7 days)")
-	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` (redis:// or rediss:// for TLS, with password and DB) shared by all replicas; empty keeps state in this process (one replica)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis `URL` shared by all replicas: redis:// (rediss:// for TLS) with password and DB for one server, or redis+cluster://[user:password@]host:port,host:port[,...] (rediss+cluster:// for TLS) for a Redis Cluster (Redis 7 or later); empty keeps state in this process (one replica)")
+	fs.IntVar(&cfg.RedisBuckets, "redis-buckets", 0, fmt.Sprintf("`number` of hash-slot buckets the keys all requests share (poll schedule, delivery jobs, listing indexes, usage, poll pause) are split over, 0 to %d: 0 keeps one server's key layout (what earlier versions wrote) and means %d on a Redis Cluster. Changing it on a Redis that holds requests loses track of them: start on an empty --redis-prefix", redisstore.MaxBuckets, redisstore.DefaultClusterBuckets))
 	fs.DurationVar(&cfg.RedisTimeout, "redis-timeout", 2*time.Second, "bound of every Redis call, retries included: while Redis hangs, callbacks, submits and reads answer UNAVAILABLE (503) within it")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix, "prefix of every Redis key and channel")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "`file` of client API keys, one \"TENANT KEY [PERMISSIONS]\" per line (PERMISSIONS: attach, comma-separated; # comments allowed), reloaded on SIGHUP; callers send Authorization: Bearer KEY")
@@ -351,9 +356,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.RedisURL != "" {
-		if _, err := c.redisOptions(); err != nil {
+		var err error
+		if c.redisCluster() {
+			_, err = c.redisClusterOptions()
+		} else {
+			_, err = c.redisOptions()
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.RedisBuckets < 0 || c.RedisBuckets > redisstore.MaxBuckets {
+		errs = append(errs, fmt.Errorf("--redis-buckets %d: want 0 to %d", c.RedisBuckets, redisstore.MaxBuckets))
+	} else if c.RedisBuckets != 0 && c.RedisURL == "" {
+		errs = append(errs, errors.New("--redis-buckets needs --redis-url: state kept in this process has no buckets"))
 	}
 	if c.RedisPrefix == "" {
 		errs = append(errs, errors.New("--redis-prefix must not be empty"))
@@ -537,27 +553,141 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-// redisOptions are the Redis client's options from --redis-url, each call
-// bounded by --redis-timeout.
+// redisOptions are the Redis client's options from a one-server
+// --redis-url, each call bounded by --redis-timeout.
 func (c *Config) redisOptions() (*redis.Options, error) {
 	opts, err := redis.ParseURL(c.RedisURL)
 	if err != nil {
 		// The URL may hold a password: name the flag, not the value.
-		return nil, fmt.Errorf("--redis-url: %w", redactURLError(err))
+		return nil, fmt.Errorf("--redis-url: %w", redactURLError(c.RedisURL, err))
 	}
-	if opts.DialerRetries == 0 {
-		// go-redis dials five times by default before a command fails; an
-		// outage should turn /readyz and Submit to unavailable promptly.
-		opts.DialerRetries = 2
-	}
-	// Every call is bounded by --redis-timeout, and so are its parts: a
-	// dial, and the wait for a pooled connection. go-redis then honours
-	// the call's deadline on the connection itself.
-	if opts.DialTimeout <= 0 || opts.DialTimeout > c.RedisTimeout {
-		opts.DialTimeout = c.RedisTimeout
-	}
+	opts.DialerRetries, opts.DialTimeout = c.redisDialBounds(opts.DialerRetries, opts.DialTimeout)
 	opts.PoolTimeout = c.RedisTimeout
 	opts.ContextTimeoutEnabled = true
+	return opts, nil
+}
+
+// redisDialBounds are the dial retries and dial timeout of a Redis client
+// whose URL asked for retries and timeout (0: not asked). Every call is
+// bounded by --redis-timeout, and so are its parts: a dial, and the wait
+// for a pooled connection. go-redis then honours the call's deadline on the
+// connection itself.
+func (c *Config) redisDialBounds(retries int, timeout time.Duration) (int, time.Duration) {
+	if retries == 0 {
+		// go-redis dials five times by default before a command fails; an
+		// outage should turn /readyz and Submit to unavailable promptly.
+		retries = 2
+	}
+	if timeout <= 0 || timeout > c.RedisTimeout {
+		timeout = c.RedisTimeout
+	}
+	return retries, timeout
+}
+
+// clusterScheme is the go-redis scheme a --redis-url scheme of a Redis
+// Cluster stands for, and false for any other scheme. A scheme of its own,
+// rather than go-redis's redis://host?addr=host2 form, because a cluster of
+// one seed address and one server look alike in that form, and they keep
+// their keys apart (redisstore.Options.Buckets).
+func clusterScheme(scheme string) (string, bool) {
+	switch strings.ToLower(scheme) {
+	case "redis+cluster":
+		return "redis", true
+	case "rediss+cluster":
+		return "rediss", true
+	}
+	return "", false
+}
+
+// redisClusterStateReload is how often the cluster client re-reads which
+// master serves which slots. go-redis re-reads it after a MOVED answer, but
+// a master that crashed answers nothing: without a periodic re-read (go-redis
+// defaults to a minute) calls to its slots fail until then, though a
+// replica took over within seconds.
+const redisClusterStateReload = 2 * time.Second
+
+// redisCluster reports whether --redis-url names a Redis Cluster.
+func (c *Config) redisCluster() bool {
+	scheme, _, ok := strings.Cut(c.RedisURL, "://")
+	_, cluster := clusterScheme(scheme)
+	return ok && cluster
+}
+
+// redisClusterOptions are the cluster client's options from a
+// redis+cluster:// or rediss+cluster:// --redis-url, with the bounds of
+// redisOptions. The hosts listed are seeds: the client learns the others
+// from them. The URL is rewritten to go-redis's own cluster form
+// (redis://host1?addr=host2&...), so that it takes the query options
+// (dial_timeout, pool_size, ...) go-redis documents for it.
+func (c *Config) redisClusterOptions() (*redis.ClusterOptions, error) {
+	scheme, rest, _ := strings.Cut(c.RedisURL, "://")
+	if passwordSpills(c.RedisURL) {
+		return nil, fmt.Errorf("--redis-url: %w", errPasswordSpills)
+	}
+	// The authority ends where url.Parse ends it; the user name and
+	// password are before its last '@', the hosts after it.
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo, hosts := "", authority
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		userinfo, hosts = authority[:at+1], authority[at+1:]
+	}
+	if hosts == "" {
+		return nil, errors.New("--redis-url: a Redis Cluster URL needs at least one host:port")
+	}
+	addrs := strings.Split(hosts, ",")
+	var errs []error
+	for _, addr := range addrs {
+		host, port, err := net.SplitHostPort(addr)
+		n, perr := strconv.Atoi(port)
+		if err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			errs = append(errs, fmt.Errorf("--redis-url: cluster address %q: want host:port", addr))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	base, _ := clusterScheme(scheme)
+	raw := base + "://" + userinfo + addrs[0] + tail
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", redactURLError(raw, err))
+	}
+	// A cluster has DB 0 only: a DB named in the URL would silently be
+	// another one's on one server, so it is refused rather than ignored.
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" && db != "0" {
+		return nil, fmt.Errorf("--redis-url: DB %q: a Redis Cluster has DB 0 only", db)
+	}
+	q := u.Query()
+	for _, db := range q["db"] {
+		if db != "0" {
+			return nil, fmt.Errorf("--redis-url: db=%q: a Redis Cluster has DB 0 only", db)
+		}
+	}
+	// Reads from replicas could miss what this replica just wrote; the
+	// gateway reads its own writes (versions, leases, idempotency keys).
+	for _, name := range []string{"read_only", "route_by_latency", "route_randomly"} {
+		if q.Has(name) {
+			return nil, fmt.Errorf("--redis-url: %s is refused: the gateway must read from masters, which hold what it just wrote", name)
+		}
+	}
+	q.Del("db")
+	for _, addr := range addrs[1:] {
+		q.Add("addr", addr)
+	}
+	u.Path, u.RawPath, u.RawQuery, u.Fragment = "", "", q.Encode(), ""
+	opts, err := redis.ParseClusterURL(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", redactURLError(raw, err))
+	}
+	opts.DialerRetries, opts.DialTimeout = c.redisDialBounds(opts.DialerRetries, opts.DialTimeout)
+	opts.PoolTimeout = c.RedisTimeout
+	opts.ContextTimeoutEnabled = true
+	opts.ClusterStateReloadInterval = redisClusterStateReload
+	opts.ReadOnly = false
 	return opts, nil
 }
 
@@ -600,14 +730,42 @@ func (c *Config) readSecretFile() error {
 	return nil
 }
 
-// redactURLError keeps a URL parse error from echoing the URL, which may hold a
-// password.
-func redactURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+// errPasswordSpills is the error of a Redis URL whose password spills past
+// the host (passwordSpills).
+var errPasswordSpills = errors.New("not a valid Redis URL: an '@' after the host; percent-encode '/', '?', '#' and '@' in the user name and password")
+
+// passwordSpills reports whether raw has an '@' past its host: a password
+// with an unescaped '/', '?' or '#' ends the host part early and spills
+// into the path or query, which parse errors quote.
+func passwordSpills(raw string) bool {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return strings.Contains(raw, "@")
 	}
-	return errors.New("not a valid Redis URL")
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		return strings.Contains(rest[end:], "@")
+	}
+	return false
+}
+
+// redactURLError keeps the parse error of the Redis URL raw from echoing the
+// URL, which may hold a password. go-redis's own errors quote the scheme,
+// the path, options and addresses, never the user name or password, unless
+// the password spilled into them (passwordSpills).
+func redactURLError(raw string, err error) error {
+	if passwordSpills(raw) {
+		return errPasswordSpills
+	}
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	// A bad escape may be in the password: say so without quoting it.
+	var ee url.EscapeError
+	if errors.As(ue.Err, &ee) {
+		return fmt.Errorf("%s: a '%%' not followed by two hex digits (write a literal '%%' as %%25)", ue.Op)
+	}
+	return fmt.Errorf("%s: %w", ue.Op, ue.Err)
 }
 
 // uploadTypes is --upload-types as a list.

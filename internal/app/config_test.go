@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +154,101 @@ func TestParseConfig(t *testing.T) {
 			name:    "bad redis url",
 			args:    []string{"--simulate", "--redis-url", "http://:hunter2-secret@x/1", "--redis-prefix", ""},
 			wantErr: []string{"--redis-url", "--redis-prefix"},
+		},
+		{
+			name: "redis cluster",
+			args: []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002", "--redis-buckets", "64"},
+			check: func(t *testing.T, c *Config) {
+				if !c.redisCluster() || c.RedisBuckets != 64 {
+					t.Errorf("cluster %v, buckets %d", c.redisCluster(), c.RedisBuckets)
+				}
+			},
+		},
+		{
+			name: "redis cluster over TLS, buckets from the environment",
+			env:  map[string]string{"COMFYGATE_REDIS_URL": "REDISS+CLUSTER://user:hunter2@redis.example.com:6380/0", "COMFYGATE_REDIS_BUCKETS": "1024", "COMFYGATE_SIMULATE": "true"},
+			check: func(t *testing.T, c *Config) {
+				if !c.redisCluster() || c.RedisBuckets != 1024 {
+					t.Errorf("cluster %v, buckets %d", c.redisCluster(), c.RedisBuckets)
+				}
+			},
+		},
+		{
+			name: "one server with buckets",
+			args: []string{"--simulate", "--redis-url", "redis://127.0.0.1:6379", "--redis-buckets", "8"},
+			check: func(t *testing.T, c *Config) {
+				if c.redisCluster() || c.RedisBuckets != 8 {
+					t.Errorf("cluster %v, buckets %d", c.redisCluster(), c.RedisBuckets)
+				}
+			},
+		},
+		{
+			name:    "redis cluster with a DB",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@h1:7000,h2:7000/3"},
+			wantErr: []string{"--redis-url", `DB "3"`, "DB 0 only"},
+		},
+		{
+			name:    "redis cluster with a db option",
+			args:    []string{"--simulate", "--redis-url", "rediss+cluster://:hunter2@h1:7000?db=1"},
+			wantErr: []string{"--redis-url", `db="1"`, "DB 0 only"},
+		},
+		{
+			name:    "redis cluster without hosts",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@/"},
+			wantErr: []string{"--redis-url", "at least one host:port"},
+		},
+		{
+			name: "redis cluster with bad addresses, each named",
+			args: []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@h1:7000,h2,,h3:0,h4:65536,:7000,h5:x"},
+			wantErr: []string{`cluster address "h2": want host:port`, `cluster address ""`, `cluster address "h3:0"`,
+				`cluster address "h4:65536"`, `cluster address ":7000"`, `cluster address "h5:x"`},
+		},
+		{
+			name:    "redis cluster reading from replicas",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@h1:7000?route_randomly=true"},
+			wantErr: []string{"--redis-url", "route_randomly is refused"},
+		},
+		{
+			name:    "redis cluster with an unknown option",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://:hunter2@h1:7000?sentinel=1"},
+			wantErr: []string{"--redis-url", "unexpected option: sentinel"},
+		},
+		{
+			// An unescaped '/' ends the host part inside the password: the
+			// parse error must not quote the part before it.
+			name:    "redis cluster password with a slash",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://:hunter2/x@h1:7000"},
+			wantErr: []string{"--redis-url", "percent-encode"},
+		},
+		{
+			name:    "one server password with a slash",
+			args:    []string{"--simulate", "--redis-url", "redis://:hunter2/x@h1:6379/0"},
+			wantErr: []string{"--redis-url", "percent-encode"},
+		},
+		{
+			name:    "one server password with a bad escape",
+			args:    []string{"--simulate", "--redis-url", "redis://:hunter2%zz@h1:6379/0"},
+			wantErr: []string{"--redis-url", "%25"},
+		},
+		{
+			name:    "one server with an unknown option",
+			args:    []string{"--simulate", "--redis-url", "redis://:hunter2@h1:6379/0?sentinel=1"},
+			wantErr: []string{"--redis-url", "unexpected option: sentinel"},
+		},
+		{
+			name:    "redis buckets out of range",
+			args:    []string{"--simulate", "--redis-url", "redis://h1:6379", "--redis-buckets", "1025"},
+			wantErr: []string{"--redis-buckets 1025: want 0 to 1024"},
+		},
+		{
+			name:    "negative redis buckets",
+			args:    []string{"--simulate", "--redis-url", "redis+cluster://h1:7000", "--redis-buckets", "-1"},
+			wantErr: []string{"--redis-buckets -1: want 0 to 1024"},
+		},
+		{
+			name:    "redis buckets without redis",
+			args:    []string{"--simulate", "--redis-buckets", "16"},
+			wantErr: []string{"--redis-buckets needs --redis-url"},
 		},
 		{
 			name:    "open address without keys is refused",
@@ -323,6 +419,75 @@ func TestParseConfig(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+// TestRedisClientConfig checks the client options each --redis-url form
+// gives: the same bounds for one server and a cluster, and a cluster that
+// follows a failover within seconds.
+func TestRedisClientConfig(t *testing.T) {
+	for _, tt := range []struct {
+		name, url             string
+		addrs                 []string
+		user, password        string
+		serverName            string // TLS; "" without
+		dialTimeout           time.Duration
+		dialerRetries         int
+		poolSize, maxRedirect int // 0: go-redis's default
+	}{
+		{
+			name: "one seed", url: "redis+cluster://h1:7000",
+			addrs: []string{"h1:7000"}, dialTimeout: time.Second, dialerRetries: 2,
+		},
+		{
+			name: "seeds, password and options", url: "redis+cluster://:s%2Fcret@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002/?pool_size=7&max_redirects=5&dial_timeout=300ms&dialer_retries=4",
+			addrs: []string{"10.0.0.1:7000", "10.0.0.2:7001", "[::1]:7002"}, password: "s/cret",
+			dialTimeout: 300 * time.Millisecond, dialerRetries: 4, poolSize: 7, maxRedirect: 5,
+		},
+		{
+			name: "TLS, user and DB 0", url: "rediss+cluster://app:pw@redis.example.com:6380,redis2.example.com:6380/0?db=0&dial_timeout=1m",
+			addrs: []string{"redis.example.com:6380", "redis2.example.com:6380"}, user: "app", password: "pw",
+			serverName: "redis.example.com", dialTimeout: time.Second, dialerRetries: 2,
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Config{RedisURL: tt.url, RedisTimeout: time.Second}
+			if !c.redisCluster() {
+				t.Fatal("not a cluster URL")
+			}
+			o, err := c.redisClusterOptions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(o.Addrs, tt.addrs) || o.Username != tt.user || o.Password != tt.password {
+				t.Errorf("addrs %q, user %q, password %q; want %q, %q, %q", o.Addrs, o.Username, o.Password, tt.addrs, tt.user, tt.password)
+			}
+			if got := o.TLSConfig != nil; got != (tt.serverName != "") || (got && o.TLSConfig.ServerName != tt.serverName) {
+				t.Errorf("TLS config %+v, want server name %q", o.TLSConfig, tt.serverName)
+			}
+			if o.DialTimeout != tt.dialTimeout || o.DialerRetries != tt.dialerRetries || o.PoolTimeout != time.Second || !o.ContextTimeoutEnabled {
+				t.Errorf("dial timeout %v, dialer retries %d, pool timeout %v, context timeouts %v", o.DialTimeout, o.DialerRetries, o.PoolTimeout, o.ContextTimeoutEnabled)
+			}
+			if o.ClusterStateReloadInterval != redisClusterStateReload || o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+				t.Errorf("state reload %v, read only %v, by latency %v, randomly %v", o.ClusterStateReloadInterval, o.ReadOnly, o.RouteByLatency, o.RouteRandomly)
+			}
+			if o.PoolSize != tt.poolSize || o.MaxRedirects != tt.maxRedirect {
+				t.Errorf("pool size %d, max redirects %d", o.PoolSize, o.MaxRedirects)
+			}
+		})
+	}
+	// One server keeps its options, under the same bounds.
+	c := &Config{RedisURL: "rediss://:pw@redis.example.com:6380/2?dial_timeout=1m", RedisTimeout: time.Second}
+	if c.redisCluster() {
+		t.Fatal("one server taken for a cluster")
+	}
+	o, err := c.redisOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Addr != "redis.example.com:6380" || o.DB != 2 || o.Password != "pw" || o.TLSConfig == nil ||
+		o.DialTimeout != time.Second || o.DialerRetries != 2 || o.PoolTimeout != time.Second || !o.ContextTimeoutEnabled {
+		t.Errorf("one server's options %+v", o)
 	}
 }
 
