@@ -177,6 +177,9 @@ type clusterConfig struct {
 	redis *redistest.Server
 	// queueTime and runTime are the simulator's job timings.
 	queueTime, runTime time.Duration
+	// redisCluster, when set, is the Redis Cluster the replicas share
+	// instead of a single server (redis is then unused).
+	redisCluster *redistest.Cluster
 	// proxied puts a redisProxy of its own between each replica and Redis.
 	proxied bool
 	// pollInterval, when set, is every replica's --poll-interval.
@@ -196,8 +199,12 @@ type clusterConfig struct {
 // replicas and the simulator, which counts submits and records (and can slow
 // or throttle) every status call.
 type cluster struct {
-	redis   *redistest.Server
-	rdb     *redis.Client // the test's own Redis client
+	redis *redistest.Server
+	rdb   *redis.Client // the test's own Redis client; nil on a Redis Cluster
+	// kv is the test's own client of the Redis the replicas share, a
+	// single server's or a cluster's, and keys its key layout.
+	kv      redis.UniversalClient
+	keys    redisstore.Keys
 	prefix  string
 	sim     *process
 	lb      *balancer
@@ -227,15 +234,25 @@ type gateway struct {
 // is printed. Every e2e test with replicas starts them here.
 func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
-	if cfg.redis == nil {
+	if cfg.redis == nil && cfg.redisCluster == nil {
 		cfg.redis = sharedRedis
 	}
 	tr := &http.Transport{}
 	c := &cluster{
 		redis:  cfg.redis,
-		rdb:    cfg.redis.Client(t),
 		prefix: redistest.Prefix(t),
 		httpc:  &http.Client{Transport: tr, Timeout: 10 * time.Second},
+	}
+	redisURL := ""
+	if cfg.redisCluster != nil {
+		c.kv = cfg.redisCluster.Client(t)
+		c.keys = redisstore.NewKeys(c.prefix, redisstore.DefaultClusterBuckets)
+		redisURL = "redis+cluster://" + strings.Join(cfg.redisCluster.Addrs(), ",")
+	} else {
+		c.rdb = cfg.redis.Client(t)
+		c.kv = c.rdb
+		c.keys = redisstore.NewKeys(c.prefix, 0)
+		redisURL = c.redis.URL
 	}
 	var (
 		procs    []*process
@@ -278,7 +295,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 
 	for _, name := range []string{"A", "B", "C"} {
 		g := &gateway{name: name}
-		redisURL := c.redis.URL
+		redisURL := redisURL
 		if cfg.proxied {
 			g.redis = newRedisProxy(t, c.redis.Addr)
 			cleanups = append(cleanups, g.redis.close)
@@ -305,7 +322,7 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	// Callbacks go to B; A and C get the same callback at the same instant.
 	c.lb.setTargets(c.b, c.a, c.c)
 	// The proxy notes who holds the lease of each status call's request.
-	rdb, prefix := c.rdb, c.prefix
+	rdb, prefix := c.kv, c.prefix
 	c.up.mu.Lock()
 	c.up.holderOf = func(requestID string) string {
 		gctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -406,7 +423,7 @@ func (c *cluster) submit(ctx context.Context, t *testing.T, g *gateway) string {
 // key layout of state/redisstore), or 0 when there is no record.
 func (c *cluster) recordSeq(ctx context.Context, t *testing.T, requestID string) int64 {
 	t.Helper()
-	seq, err := c.rdb.HGet(ctx, redisstore.RecordKey(c.prefix, requestID), "seq").Int64()
+	seq, err := c.kv.HGet(ctx, c.keys.Record(requestID), "seq").Int64()
 	if errors.Is(err, redis.Nil) {
 		return 0
 	}
@@ -418,10 +435,23 @@ func (c *cluster) recordSeq(ctx context.Context, t *testing.T, requestID string)
 
 // subscribers counts the pub/sub connections subscribed to the request's
 // channel (the channel layout of state/redisstore): one per replica watching
-// it.
+// it. On a Redis Cluster the channel is a shard channel, counted by the
+// master of its slot; -1 while the test's client cannot reach that master
+// (it learns a failover's new one within a second).
 func (c *cluster) subscribers(ctx context.Context, t *testing.T, requestID string) int64 {
 	t.Helper()
-	ch := redisstore.Channel(c.prefix, requestID)
+	ch := c.keys.Channel(requestID)
+	if cc, ok := c.kv.(*redis.ClusterClient); ok {
+		node, err := cc.MasterForKey(ctx, ch)
+		if err != nil {
+			return -1
+		}
+		n, err := node.PubSubShardNumSub(ctx, ch).Result()
+		if err != nil {
+			return -1
+		}
+		return n[ch]
+	}
 	n, err := c.rdb.PubSubNumSub(ctx, ch).Result()
 	if err != nil {
 		t.Fatalf("PUBSUB NUMSUB: %v", err)
