@@ -76,7 +76,7 @@ fuzz:
 	$(GO) test ./uploads -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./deployments -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
-## bench: the five benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 5 minutes)
+## bench: the benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 8 minutes)
 bench: deps
 	$(GO) run ./bench -out BENCHMARKS.md
 

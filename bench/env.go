@@ -63,6 +63,9 @@ type gwOpts struct {
 	// redisPrefix, when set, shares the run's Redis under this prefix; empty
 	// keeps the state in the process.
 	redisPrefix string
+	// redisURL, when set with redisPrefix, is the Redis to share instead of
+	// the run's (the cluster scenario's Redis Cluster).
+	redisURL string
 	// callbacks gives the replica a public URL, so Submit asks for callbacks.
 	callbacks bool
 	extra     []string
@@ -92,7 +95,11 @@ func (e *env) startGateway(ctx context.Context, name, simURL string, o gwOpts) (
 		args = append(args, "--public-url", "http://"+g.httpAddr)
 	}
 	if o.redisPrefix != "" {
-		args = append(args, "--redis-url", e.redis.url, "--redis-prefix", o.redisPrefix)
+		url := e.redis.url
+		if o.redisURL != "" {
+			url = o.redisURL
+		}
+		args = append(args, "--redis-url", url, "--redis-prefix", o.redisPrefix)
 	}
 	args = append(args, o.extra...)
 	if g.proc, err = startProc(e.dir, name, e.gatewayBin, args, append([]string{"RUNCOMFY_API_TOKEN=" + benchToken, "COMFYGATE_WEBHOOK_SECRET=" + benchSecret}, o.env...)...); err != nil {

@@ -21,11 +21,7 @@ import (
 // that keep up see every seq. The reference is the in-process hub alone (no
 // gRPC, no Redis) at full speed.
 func fanOut(ctx context.Context, e *env) (result, error) {
-	perReplica, conns := 500, 4
-	rates, step := []int{100, 200, 400}, 5*time.Second
-	if e.smoke {
-		perReplica, conns, rates, step = 10, 1, []int{50}, 400*time.Millisecond
-	}
+	perReplica, conns, rates, step := fanOutSize(e.smoke)
 	watchers := 2 * perReplica
 	res := result{Setup: fmt.Sprintf("Two replicas sharing Redis. %s gRPC WatchRequest streams follow one request, %d on each replica over %d connections per replica; "+
 		"one sender POSTs its callbacks to replica A at a steady rate for %s per step, each a new queue position (a new seq). "+
@@ -38,98 +34,27 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 	if err != nil {
 		return res, err
 	}
-	a, b, path := c.replicas[0], c.replicas[1], c.path
-	const id = "fan-0"
-	sender, err := dialHTTP(a.httpAddr)
+	f, err := openFanOut(ctx, c, perReplica, conns, e.redis.named())
 	if err != nil {
 		return res, err
 	}
-	defer sender.close()
-	buf := make([]byte, 0, 2048)
-	post := func(n int) error {
-		code, err := sender.post(path, callbackBody(buf, benchDep, id, phaseQueued, int64(basePosition-n)))
-		if err == nil && code != 200 {
-			err = fmt.Errorf("callback answered %d", code)
-		}
-		return err
-	}
-	if err := post(0); err != nil {
-		return res, err
-	}
+	defer f.close()
 
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ws := make([]fanWatcher, watchers)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	for r, g := range []*gateway{a, b} {
-		var clients []comfygatev1.GatewayServiceClient
-		for range conns {
-			cc, client, err := g.dial()
-			if err != nil {
-				return res, err
-			}
-			defer cc.Close()
-			clients = append(clients, client)
-		}
-		for i := range perReplica {
-			w := &ws[r*perReplica+i]
-			stream, err := clients[i%conns].WatchRequest(wctx, &comfygatev1.WatchRequestRequest{DeploymentId: benchDep, RequestId: id})
-			if err != nil {
-				return res, err
-			}
-			first, err := stream.Recv()
-			if err != nil {
-				return res, fmt.Errorf("watch on %s: %w", g.name, err)
-			}
-			w.seq = first.GetRequest().GetSeq()
-			wg.Go(func() { w.follow(stream) })
-		}
-	}
-
-	m := meterOf(a.named(), b.named(), e.redis.named())
-	sent := 0
 	var best float64
 	for _, rate := range rates {
-		n := int(step.Seconds() * float64(rate))
-		d0, g0 := deliveredAndGaps(ws)
-		label := fmt.Sprintf("fanout-%d", rate)
-		waitA, waitB := e.profileCPU(ctx, a, label, int(step.Seconds())), e.profileCPU(ctx, b, label, int(step.Seconds()))
-		m.begin()
-		t0 := time.Now()
-		for j := 1; j <= n; j++ {
-			if d := time.Until(t0.Add(time.Duration(j-1) * time.Second / time.Duration(rate))); d > 0 {
-				time.Sleep(d)
-			}
-			if err := post(sent + j); err != nil {
-				return res, err
-			}
+		s, err := f.step(ctx, e, rate, step, fmt.Sprintf("fanout-%d", rate))
+		if err != nil {
+			return res, err
 		}
-		sent += n
-		complete := waitAll(ctx, ws, sent, 5*time.Second)
-		took := time.Since(t0)
-		d1, g1 := deliveredAndGaps(ws)
-		delivered := d1 - d0
-		cpu := m.end(int(delivered))
-		waitA()
-		waitB()
-		gapped := 0
-		for i := range ws {
-			if g1[i] > g0[i] {
-				gapped++
-			}
-		}
-		perSec := float64(delivered) / took.Seconds()
-		x := row{Figure: fmt.Sprintf("deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers))), Value: fmtRate(perSec)}
-		x.Reference = fmt.Sprintf("watchers with gaps: %d of %d", gapped, watchers)
-		if !complete {
+		x := row{Figure: fmt.Sprintf("deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers))), Value: fmtRate(s.perSec())}
+		x.Reference = fmt.Sprintf("watchers with gaps: %d of %d", s.gapped, watchers)
+		if !s.complete {
 			x.Reference += "; not every watcher got the last event within 5s"
 		}
 		res.Rows = append(res.Rows, x)
-		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d events/s", rate), Op: "delivery", Ops: int(delivered), Rows: cpu})
-		if gapped == 0 && complete && perSec > best {
-			best = perSec
+		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d events/s", rate), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
+		if s.clean() && s.perSec() > best {
+			best = s.perSec()
 		}
 	}
 
@@ -140,6 +65,155 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 	res.Rows = append(res.Rows, row{"best deliveries/s with no gaps", fmtRate(best), fmtRate(hub) + " (in-process hub, " + fmt.Sprint(hubGaps) + " watchers with gaps)",
 		pct(best, hub), "≥ 150,000/s", met(best >= 150000)})
 	return res, nil
+}
+
+// fanOutSize is the fan-out's shape: watchers per replica, gRPC connections
+// per replica, the event rates of the steps and each step's length. The
+// cluster scenario takes the same, so that its figures compare with these.
+func fanOutSize(smoke bool) (perReplica, conns int, rates []int, step time.Duration) {
+	if smoke {
+		return 10, 1, []int{50}, 400 * time.Millisecond
+	}
+	return 500, 4, []int{100, 200, 400}, 5 * time.Second
+}
+
+// fanRun is the fan-out's load on two replicas of one cluster: a sender of
+// callbacks to replica A, and the watchers of one request split over both.
+// It stays open between steps, so that two runs (on different backends) can
+// take turns and a slow spell of the shared machine falls on both alike.
+type fanRun struct {
+	a, b   *gateway
+	path   string
+	sender *httpConn
+	buf    []byte
+	ws     []fanWatcher
+	sent   int // updates posted since the first state
+	meter  *cpuMeter
+	ccs    []*grpc.ClientConn
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the watchers' goroutines
+}
+
+// fanStep is what one step of a fanRun measured.
+type fanStep struct {
+	delivered int64
+	took      time.Duration
+	gapped    int  // watchers that saw a seq jump in the step
+	complete  bool // every watcher got the step's last event within the grace
+	cpu       []cpuRow
+}
+
+func (s fanStep) perSec() float64 { return float64(s.delivered) / s.took.Seconds() }
+
+// clean reports a step in which every watcher kept up.
+func (s fanStep) clean() bool { return s.gapped == 0 && s.complete }
+
+// fanRequest is the request every watcher of a fanRun follows.
+const fanRequest = "fan-0"
+
+// openFanOut posts the first state of the request to c's replica A, then
+// opens perReplica watchers of it on each of the first two replicas, over
+// conns connections per replica. The CPU of the replicas and of backend
+// (the Redis processes) is metered per step. close ends it all; on error
+// nothing is left open.
+func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend ...namedPID) (f *fanRun, err error) {
+	f = &fanRun{a: c.replicas[0], b: c.replicas[1], path: c.path, buf: make([]byte, 0, 2048)}
+	wctx, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
+	defer func() {
+		if err != nil {
+			f.close()
+		}
+	}()
+	if f.sender, err = dialHTTP(f.a.httpAddr); err != nil {
+		return f, err
+	}
+	if err := f.post(0); err != nil {
+		return f, err
+	}
+	f.ws = make([]fanWatcher, 2*perReplica)
+	for r, g := range []*gateway{f.a, f.b} {
+		var clients []comfygatev1.GatewayServiceClient
+		for range conns {
+			cc, client, err := g.dial()
+			if err != nil {
+				return f, err
+			}
+			f.ccs = append(f.ccs, cc)
+			clients = append(clients, client)
+		}
+		for i := range perReplica {
+			w := &f.ws[r*perReplica+i]
+			stream, err := clients[i%conns].WatchRequest(wctx, &comfygatev1.WatchRequestRequest{DeploymentId: benchDep, RequestId: fanRequest})
+			if err != nil {
+				return f, err
+			}
+			first, err := stream.Recv()
+			if err != nil {
+				return f, fmt.Errorf("watch on %s: %w", g.name, err)
+			}
+			w.seq = first.GetRequest().GetSeq()
+			f.wg.Go(func() { w.follow(stream) })
+		}
+	}
+	f.meter = meterOf(append([]namedPID{f.a.named(), f.b.named()}, backend...)...)
+	return f, nil
+}
+
+// post sends update n of the request (queue position basePosition-n) to
+// replica A.
+func (f *fanRun) post(n int) error {
+	code, err := f.sender.post(f.path, callbackBody(f.buf, benchDep, fanRequest, phaseQueued, int64(basePosition-n)))
+	if err == nil && code != 200 {
+		err = fmt.Errorf("callback answered %d", code)
+	}
+	return err
+}
+
+// step posts rate updates a second for d, then waits (at most 5s) until
+// every watcher has the last one.
+func (f *fanRun) step(ctx context.Context, e *env, rate int, d time.Duration, label string) (fanStep, error) {
+	n := int(d.Seconds() * float64(rate))
+	d0, g0 := deliveredAndGaps(f.ws)
+	waitA, waitB := e.profileCPU(ctx, f.a, label, int(d.Seconds())), e.profileCPU(ctx, f.b, label, int(d.Seconds()))
+	f.meter.begin()
+	t0 := time.Now()
+	for j := 1; j <= n; j++ {
+		if d := time.Until(t0.Add(time.Duration(j-1) * time.Second / time.Duration(rate))); d > 0 {
+			time.Sleep(d)
+		}
+		if err := f.post(f.sent + j); err != nil {
+			return fanStep{}, err
+		}
+	}
+	f.sent += n
+	var s fanStep
+	s.complete = waitAll(ctx, f.ws, f.sent, 5*time.Second)
+	s.took = time.Since(t0)
+	d1, g1 := deliveredAndGaps(f.ws)
+	s.delivered = d1 - d0
+	s.cpu = f.meter.end(int(s.delivered))
+	waitA()
+	waitB()
+	for i := range f.ws {
+		if g1[i] > g0[i] {
+			s.gapped++
+		}
+	}
+	return s, nil
+}
+
+// close ends the watchers (connections first, then their goroutines) and the
+// sender.
+func (f *fanRun) close() {
+	for _, cc := range f.ccs {
+		cc.Close()
+	}
+	f.cancel()
+	f.wg.Wait()
+	if f.sender != nil {
+		f.sender.close()
+	}
 }
 
 // fanWatcher follows one stream: what it received, and its seq jumps.

@@ -1,7 +1,8 @@
 // Command bench measures comfygate on the machine it runs on: callback ingest,
 // end-to-end latency across replicas, idle watchers, fan-out and proxy
-// overhead, each beside a reference measured in the same run, and writes
-// BENCHMARKS.md. It reports; it asserts nothing.
+// overhead, and fan-out and ingest on a Redis Cluster, each beside a
+// reference measured in the same run, and writes BENCHMARKS.md. It reports;
+// it asserts nothing.
 //
 //	go run ./bench -out BENCHMARKS.md   # make bench
 //	go run ./bench -smoke               # make bench-smoke: every scenario, tiny
@@ -44,6 +45,7 @@ func scenarios() []scenario {
 		{"proxy overhead", proxyOverhead},
 		{"webhook delivery", webhookDelivery},
 		{"output copies", outputCopies},
+		{"redis cluster", redisClusterScenario},
 	}
 }
 
