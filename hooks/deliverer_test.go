@@ -668,7 +668,7 @@ func newRedisOutbox(t *testing.T) state.Outbox {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = b.Run(ctx, func(context.Context) error { return nil })
+		_ = b.Run(ctx, func(context.Context, []string) error { return nil })
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -121,7 +121,7 @@ func TestConcurrentRetriesOnTwoReplicas(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			_ = b.Run(ctx, func(context.Context) error { return nil })
+			_ = b.Run(ctx, func(context.Context, []string) error { return nil })
 		}()
 		t.Cleanup(func() { cancel(); <-done })
 		return startGateway(t, append(opts, func(o *gatewayOptions) { o.redis = b })...)

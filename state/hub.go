@@ -242,13 +242,19 @@ func (h *Hub) Redeliver(rec *Record) {
 	}
 }
 
-// Resync reads the current record of every watched request from store and
-// redelivers it. A bus calls it after its connection came back, since messages
-// published meanwhile are lost: watchers take from the snapshot whatever they
-// had not seen (by seq) and ignore the rest.
-func (h *Hub) Resync(ctx context.Context, store Store) error {
+// Resync reads the current record of every watched request (or of those of
+// only that are watched) from store and redelivers it. A bus calls it after
+// its connection came back, since messages published meanwhile are lost:
+// watchers take from the snapshot whatever they had not seen (by seq) and
+// ignore the rest. A bus with several connections (one per Redis Cluster
+// shard) names the requests of the one that came back.
+func (h *Hub) Resync(ctx context.Context, store Store, only ...string) error {
+	ids := only
+	if len(only) == 0 {
+		ids = h.Watching()
+	}
 	var errs []error
-	for _, id := range h.Watching() {
+	for _, id := range ids {
 		rec, err := store.Get(ctx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):

@@ -77,7 +77,7 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 		reconnects: rs.Reconnects,
 		run: func(ctx context.Context, hub *state.Hub) error {
 			defer rdb.Close()
-			return rs.Run(ctx, func(ctx context.Context) error { return hub.Resync(ctx, rs) })
+			return rs.Run(ctx, func(ctx context.Context, only []string) error { return hub.Resync(ctx, rs, only...) })
 		},
 		close: func() { rdb.Close() },
 	}, nil

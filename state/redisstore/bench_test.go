@@ -102,7 +102,7 @@ func newReplica(b *testing.B, prefix string) *replica {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = be.Run(ctx, func(ctx context.Context) error { return hub.Resync(ctx, be) })
+		_ = be.Run(ctx, func(ctx context.Context, only []string) error { return hub.Resync(ctx, be, only...) })
 	}()
 	return &replica{rdb: rdb, backend: be, hub: hub, stop: func() {
 		cancel()

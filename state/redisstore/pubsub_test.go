@@ -41,9 +41,9 @@ func namedBackend(t *testing.T, name, prefix string, resyncs *atomic.Int64, hub 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = b.Run(ctx, func(ctx context.Context) error {
+		_ = b.Run(ctx, func(ctx context.Context, only []string) error {
 			resyncs.Add(1)
-			return h.Resync(ctx, b)
+			return h.Resync(ctx, b, only...)
 		})
 	}()
 	t.Cleanup(func() {
@@ -201,5 +201,92 @@ func TestResyncAfterConnectionKilled(t *testing.T) {
 			t.Fatalf("waiting for seq 3: %v", err)
 		}
 		got = recs[len(recs)-1].Seq
+	}
+}
+
+// TestShardReconnectResyncsItsRequests: on a Redis Cluster, when one shard's
+// subscription connection is lost and made again, the resync covers the
+// requests subscribed on that shard, not every watched request.
+func TestShardReconnectResyncsItsRequests(t *testing.T) {
+	ctx := context.Background()
+	cl := sharedCluster(t)
+	opts := cl.Options()
+	opts.ClientName = "resync-" + strings.ReplaceAll(redistest.Prefix(t), ":", "")
+	rdb := redis.NewClusterClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	prefix := redistest.Prefix(t)
+	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resynced := make(chan []string, 10)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.Run(rctx, func(_ context.Context, only []string) error {
+			resynced <- only
+			return nil
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	// One request on each master.
+	keys := redisstore.NewKeys(prefix, redisstore.DefaultClusterBuckets)
+	byMaster := map[string]string{}
+	for i := 0; len(byMaster) < 3; i++ {
+		id := fmt.Sprintf("req-%d", i)
+		node, err := rdb.MasterForKey(ctx, keys.Channel(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := byMaster[node.Options().Addr]; !ok {
+			byMaster[node.Options().Addr] = id
+			if err := b.Subscribe(ctx, id, func(*state.Record) {}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var victim, lostID string
+	for addr, id := range byMaster {
+		victim, lostID = addr, id
+		break
+	}
+	node := redis.NewClient(&redis.Options{Addr: victim})
+	t.Cleanup(func() { node.Close() })
+	list, err := node.ClientList(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := 0
+	for _, line := range strings.Split(list, "\n") {
+		if !strings.Contains(line, " name="+opts.ClientName+"-shardsub ") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				if err := node.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err != nil {
+					t.Fatal(err)
+				}
+				killed++
+			}
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("killed %d subscription connections on %s, want its one:\n%s", killed, victim, list)
+	}
+	select {
+	case only := <-resynced:
+		if len(only) != 1 || only[0] != lostID {
+			t.Fatalf("resync of %v, want only %s, the request of the shard whose connection was lost", only, lostID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resync after the shard's connection was lost")
+	}
+	if n := len(resynced); n != 0 {
+		t.Fatalf("%d more resyncs, want one", n)
 	}
 }

@@ -191,8 +191,12 @@ type Backend struct {
 	saves  saveQueue
 
 	mu      sync.Mutex
-	subs    map[string]func(*state.Record) // by channel
-	waiters map[string][]chan struct{}     // subscriptions awaiting confirmation
+	subs    map[string]subscription    // by channel
+	waiters map[string][]chan struct{} // subscriptions awaiting confirmation
+	// resyncAll and resyncIDs are what the next resync covers: every
+	// watched request, or these (a shard's, on a cluster).
+	resyncAll bool
+	resyncIDs map[string]struct{}
 
 	reconnects atomic.Int64
 	// rotate picks the first bucket of a walk over all of them.
@@ -254,7 +258,8 @@ func New(rdb redis.UniversalClient, opts Options) (*Backend, error) {
 		callTimeout: opts.CallTimeout,
 		ps:          ps,
 		shards:      shards,
-		subs:        make(map[string]func(*state.Record)),
+		subs:        make(map[string]subscription),
+		resyncIDs:   make(map[string]struct{}),
 		waiters:     make(map[string][]chan struct{}),
 	}, nil
 }
@@ -557,7 +562,7 @@ func (b *Backend) Subscribe(ctx context.Context, requestID string, deliver func(
 	ch := b.channel(requestID)
 	if b.shards != nil {
 		b.mu.Lock()
-		b.subs[ch] = deliver
+		b.subs[ch] = subscription{id: requestID, deliver: deliver}
 		b.mu.Unlock()
 		if err := b.shards.Subscribe(ctx, ch); err != nil {
 			b.mu.Lock()
@@ -569,7 +574,7 @@ func (b *Backend) Subscribe(ctx context.Context, requestID string, deliver func(
 	}
 	confirmed := make(chan struct{})
 	b.mu.Lock()
-	b.subs[ch] = deliver
+	b.subs[ch] = subscription{id: requestID, deliver: deliver}
 	b.waiters[ch] = append(b.waiters[ch], confirmed)
 	b.mu.Unlock()
 
@@ -629,8 +634,10 @@ func (b *Backend) Reconnects() int64 {
 // subscriptions. When the connection fails, go-redis reconnects and resubscribes
 // on the next read; once a read succeeds again, resync is called (in its own
 // goroutine, retried until it succeeds) so that watchers get what was published
-// while the connection was down.
-func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) error {
+// while the connection was down. resync is given the requests to resync, or
+// none for every watched request: on a Redis Cluster, a shard's connection
+// that came back names the requests subscribed on it.
+func (b *Backend) Run(ctx context.Context, resync func(ctx context.Context, only []string) error) error {
 	resyncs := make(chan struct{}, 1)
 	done := make(chan struct{})
 	go func() {
@@ -640,14 +647,29 @@ func (b *Backend) Run(ctx context.Context, resync func(context.Context) error) e
 	defer func() {
 		<-done
 	}()
-	askResync := func() {
+	signal := func() {
 		select {
 		case resyncs <- struct{}{}:
 		default:
 		}
 	}
+	askResync := func() {
+		b.mu.Lock()
+		b.resyncAll = true
+		b.mu.Unlock()
+		signal()
+	}
 	if b.shards != nil {
-		return b.shards.Run(ctx, b.deliver, askResync)
+		return b.shards.Run(ctx, b.deliver, func(chans []string) {
+			b.mu.Lock()
+			for _, ch := range chans {
+				if sub, ok := b.subs[ch]; ok {
+					b.resyncIDs[sub.id] = struct{}{}
+				}
+			}
+			b.mu.Unlock()
+			signal()
+		})
 	}
 	// A blocked read does not watch ctx: closing the connection ends it.
 	stop := context.AfterFunc(ctx, func() { _ = b.ps.Close() })
@@ -735,7 +757,7 @@ func (b *Backend) confirm(ch string) bool {
 // before it subscribed.
 func (b *Backend) dispatch(m *redis.Message) {
 	b.mu.Lock()
-	deliver := b.subs[m.Channel]
+	deliver := b.subs[m.Channel].deliver
 	pending := len(b.waiters[m.Channel]) > 0
 	b.mu.Unlock()
 	if pending {
@@ -744,11 +766,17 @@ func (b *Backend) dispatch(m *redis.Message) {
 	b.deliverTo(deliver, m.Channel, m.Payload)
 }
 
+// subscription is a watched request's: its id and where its records go.
+type subscription struct {
+	id      string
+	deliver func(*state.Record)
+}
+
 // deliver hands a record a shard connection received to its channel's
 // subscriber (shardSubscriber has dropped those of old subscriptions).
 func (b *Backend) deliver(ch, payload string) {
 	b.mu.Lock()
-	deliver := b.subs[ch]
+	deliver := b.subs[ch].deliver
 	b.mu.Unlock()
 	b.deliverTo(deliver, ch, payload)
 }
@@ -767,16 +795,30 @@ func (b *Backend) deliverTo(deliver func(*state.Record), ch, payload string) {
 	deliver(&rec)
 }
 
-// resyncLoop runs resync once per signal, retrying with backoff until it works.
-func (b *Backend) resyncLoop(ctx context.Context, signals <-chan struct{}, resync func(context.Context) error) {
+// resyncLoop runs resync once per signal, over what was asked since the
+// last one (resyncAll, resyncIDs), retrying with backoff until it works.
+func (b *Backend) resyncLoop(ctx context.Context, signals <-chan struct{}, resync func(context.Context, []string) error) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-signals:
 		}
+		b.mu.Lock()
+		all, ids := b.resyncAll, make([]string, 0, len(b.resyncIDs))
+		for id := range b.resyncIDs {
+			ids = append(ids, id)
+		}
+		b.resyncAll = false
+		clear(b.resyncIDs)
+		b.mu.Unlock()
+		if all {
+			ids = nil
+		} else if len(ids) == 0 {
+			continue
+		}
 		for wait := 50 * time.Millisecond; ; wait = min(wait*2, 2*time.Second) {
-			err := resync(ctx)
+			err := resync(ctx, ids)
 			if err == nil {
 				break
 			}

@@ -110,7 +110,7 @@ func startBackend(t *testing.T, rdb redis.UniversalClient, buckets int) *redisst
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = b.Run(ctx, func(context.Context) error { return nil })
+		_ = b.Run(ctx, func(context.Context, []string) error { return nil })
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -65,7 +65,7 @@ type shardSubscriber struct {
 	retry            map[string]time.Duration
 	running, stopped bool
 	deliver          func(channel, payload string)
-	lost             func()
+	lost             func(channels []string)
 }
 
 // shardChan is a wanted channel.
@@ -82,9 +82,12 @@ type shardChan struct {
 }
 
 // lostGroup is the channels of one broken connection being subscribed again:
-// once none is left unconfirmed, lost is called (if any was confirmed, and
-// not merely dropped meanwhile).
-type lostGroup struct{ pending, confirmed int }
+// once none is left unconfirmed, lost is called with the confirmed ones (if
+// any was confirmed, and not merely dropped meanwhile).
+type lostGroup struct {
+	pending   int
+	confirmed []string
+}
 
 // shardConn is one subscription connection to a shard's master.
 type shardConn struct {
@@ -268,7 +271,7 @@ type dropped struct {
 	waiters []chan error
 	unsub   *shardConn // send SUNSUBSCRIBE on it
 	retire  *shardConn // close it: ch was its last channel
-	lost    bool       // ch was the last one a re-establishment waited for
+	lost    []string   // ch was the last one a re-establishment waited for: its channels
 }
 
 // dropLocked forgets ch (whose entry is c).
@@ -276,7 +279,7 @@ func (s *shardSubscriber) dropLocked(ch string, c *shardChan) dropped {
 	var d dropped
 	delete(s.chans, ch)
 	d.waiters, c.waiters = c.waiters, nil
-	d.lost = s.leaveGroupLocked(c, false)
+	d.lost = s.leaveGroupLocked(c, ch, false)
 	sh := c.shard
 	c.shard, c.relocating = nil, false
 	if sh == nil {
@@ -305,8 +308,8 @@ func (s *shardSubscriber) finishDrop(ctx context.Context, ch string, d dropped, 
 	for _, w := range d.waiters {
 		w <- why
 	}
-	if d.lost {
-		s.reestablished()
+	if d.lost != nil {
+		s.reestablished(d.lost)
 	}
 	if d.retire != nil {
 		d.retire.close()
@@ -325,11 +328,12 @@ func (s *shardSubscriber) finishDrop(ctx context.Context, ch string, d dropped, 
 // order the shard sent them; it must not block) for each message of a
 // confirmed subscription; a message arriving for a channel whose Subscribe
 // still awaits its confirmation is dropped (it was published before that
-// subscription was active). lost is called (it must not block; the caller
-// resyncs every watched channel from stored state) whenever channels were
+// subscription was active). lost is called with channels (it must not
+// block; the caller resyncs them from stored state) whenever they were
 // re-established after anything that may have lost messages: a broken or
-// silent connection, a failover, a slot moved away.
-func (s *shardSubscriber) Run(ctx context.Context, deliver func(channel, payload string), lost func()) error {
+// silent connection, a failover, a slot moved away. Channels on other
+// shards are not named: they lost nothing.
+func (s *shardSubscriber) Run(ctx context.Context, deliver func(channel, payload string), lost func(channels []string)) error {
 	s.mu.Lock()
 	if s.running {
 		s.mu.Unlock()
@@ -612,13 +616,13 @@ func (s *shardSubscriber) confirmed(sh *shardConn, ch string) bool {
 	}
 	ws := c.waiters
 	c.waiters = nil
-	lost := s.leaveGroupLocked(c, true)
+	lost := s.leaveGroupLocked(c, ch, true)
 	s.mu.Unlock()
 	for _, w := range ws {
 		w <- nil
 	}
-	if lost {
-		s.reestablished()
+	if lost != nil {
+		s.reestablished(lost)
 	}
 	return true
 }
@@ -673,15 +677,15 @@ func (s *shardSubscriber) rebuild(ctx context.Context, sh *shardConn, cause erro
 	s.closeLocked(sh)
 	g := &lostGroup{}
 	chans := make([]string, 0, len(sh.chans))
-	lost := 0
+	var lost [][]string
 	for ch := range sh.chans {
 		c := s.chans[ch]
 		if c == nil || c.shard != sh {
 			continue // cannot be: a channel is on the connection its entry names
 		}
 		c.shard, c.relocating = nil, true
-		if s.leaveGroupLocked(c, false) {
-			lost++
+		if l := s.leaveGroupLocked(c, ch, false); l != nil {
+			lost = append(lost, l)
 		}
 		c.group = g
 		g.pending++
@@ -695,8 +699,8 @@ func (s *shardSubscriber) rebuild(ctx context.Context, sh *shardConn, cause erro
 	s.retry[sh.addr] = wait
 	s.mu.Unlock()
 	sh.close()
-	for range lost {
-		s.reestablished()
+	for _, l := range lost {
+		s.reestablished(l)
 	}
 	if len(chans) == 0 {
 		return
@@ -798,30 +802,34 @@ func (s *shardSubscriber) checkMaster(ctx context.Context, addr string) error {
 	return nil
 }
 
-// leaveGroupLocked takes c out of the re-establishment it awaits, if any,
-// confirmed or not, and reports whether that completes the group with
-// channels confirmed: then lost is due.
-func (s *shardSubscriber) leaveGroupLocked(c *shardChan, confirmed bool) bool {
+// leaveGroupLocked takes c (channel ch) out of the re-establishment it
+// awaits, if any, confirmed or not, and returns the group's confirmed
+// channels when that completes the group with channels confirmed: then lost
+// is due for them.
+func (s *shardSubscriber) leaveGroupLocked(c *shardChan, ch string, confirmed bool) []string {
 	g := c.group
 	if g == nil {
-		return false
+		return nil
 	}
 	c.group = nil
 	g.pending--
 	if confirmed {
-		g.confirmed++
+		g.confirmed = append(g.confirmed, ch)
 	}
-	return g.pending == 0 && g.confirmed > 0
+	if g.pending == 0 && len(g.confirmed) > 0 {
+		return g.confirmed
+	}
+	return nil
 }
 
-// reestablished counts a re-establishment and calls lost.
-func (s *shardSubscriber) reestablished() {
+// reestablished counts a re-establishment and calls lost with its channels.
+func (s *shardSubscriber) reestablished(chans []string) {
 	s.reconnects.Add(1)
 	s.mu.Lock()
 	lost := s.lost
 	s.mu.Unlock()
-	s.log.Info("redis shard pub/sub channels subscribed again; resyncing watched requests")
+	s.log.Info("redis shard pub/sub channels subscribed again; resyncing their requests", "channels", len(chans))
 	if lost != nil {
-		lost()
+		lost(chans)
 	}
 }

@@ -63,10 +63,12 @@ type shardSubHarness struct {
 
 	mu  sync.Mutex
 	got map[string][]string
+	// lostChans are the channels lost named, each time.
+	lostChans map[string]int
 }
 
 func newShardSubHarness(rdb *redis.ClusterClient) *shardSubHarness {
-	h := &shardSubHarness{got: map[string][]string{}}
+	h := &shardSubHarness{got: map[string][]string{}, lostChans: map[string]int{}}
 	log := slog.New(slog.NewTextHandler(&h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.s = newShardSubscriber(rdb, log, 500*time.Millisecond)
 	return h
@@ -97,7 +99,14 @@ func (h *shardSubHarness) run(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- h.s.Run(ctx, h.deliver, func() { h.lost.Add(1) })
+		done <- h.s.Run(ctx, h.deliver, func(chans []string) {
+			h.mu.Lock()
+			for _, ch := range chans {
+				h.lostChans[ch]++
+			}
+			h.mu.Unlock()
+			h.lost.Add(1)
+		})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -119,6 +128,13 @@ func (h *shardSubHarness) deliver(ch, payload string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.got[ch] = append(h.got[ch], payload)
+}
+
+// lostNamed returns the channels lost has named so far.
+func (h *shardSubHarness) lostNamed() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Sorted(maps.Keys(h.lostChans))
 }
 
 func (h *shardSubHarness) received(ch string) []string {
@@ -518,6 +534,11 @@ func TestShardSubFailover(t *testing.T) {
 	waitUntil(t, "lost to be called", func() bool { return h.lost.Load() > 0 })
 	if h.s.Reconnects() == 0 {
 		t.Fatal("no reconnect counted")
+	}
+	// Only the killed shard's channels are to be resynced: the others lost
+	// nothing.
+	if got, want := h.lostNamed(), slices.Sorted(slices.Values(byMaster[masters[0]])); !slices.Equal(got, want) {
+		t.Fatalf("lost named %v, want the killed master's channels %v", got, want)
 	}
 
 	want := map[string]int{replica.Addr: len(byMaster[masters[0]])}
