@@ -16,10 +16,14 @@ import (
 )
 
 // rateReplica is one replica's rate limiter: a client and backend of its own
-// on the shared server, under prefix.
-func rateReplica(t *testing.T, prefix string) *redisstore.RateLimiter {
+// on the shared server (or the shared cluster), under prefix.
+func rateReplica(t *testing.T, prefix string, onCluster bool) *redisstore.RateLimiter {
 	t.Helper()
-	b, err := redisstore.New(server.Client(t), redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	var rdb redis.UniversalClient = server.Client(t)
+	if onCluster {
+		rdb = sharedCluster(t).Client(t)
+	}
+	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +73,14 @@ func TestRateLimitIsClusterWide(t *testing.T) {
 		burst    int
 		// maxRetry bounds the first refusal's RetryAfter: one token's time.
 		maxRetry time.Duration
+		// onCluster runs the replicas on a Redis Cluster.
+		onCluster bool
 	}{
-		{"one replica", 1, 1, 3, time.Second},
-		{"two replicas", 2, 1, 3, time.Second},
-		{"three replicas", 3, 1, 3, time.Second},
-		{"fractional rate", 2, 0.5, 1, 2 * time.Second},
+		{"one replica", 1, 1, 3, time.Second, false},
+		{"two replicas", 2, 1, 3, time.Second, false},
+		{"three replicas", 3, 1, 3, time.Second, false},
+		{"fractional rate", 2, 0.5, 1, 2 * time.Second, false},
+		{"three replicas on a cluster", 3, 1, 3, time.Second, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,7 +88,7 @@ func TestRateLimitIsClusterWide(t *testing.T) {
 			prefix, _ := ratePrefix(t)
 			var replicas []*redisstore.RateLimiter
 			for range tt.replicas {
-				replicas = append(replicas, rateReplica(t, prefix))
+				replicas = append(replicas, rateReplica(t, prefix, tt.onCluster))
 			}
 			// Twice the burst, alternating between the replicas. The rates
 			// are slow enough that no token comes back meanwhile.
@@ -110,7 +117,7 @@ func TestRateLimitIsClusterWide(t *testing.T) {
 func TestRateLimitBucketsAreSeparate(t *testing.T) {
 	ctx := context.Background()
 	prefix, rdb := ratePrefix(t)
-	r := rateReplica(t, prefix)
+	r := rateReplica(t, prefix, false)
 	buckets := []struct{ tenant, limit string }{
 		{"tenant-a", "submit"},
 		{"tenant-a", "read"},
@@ -149,7 +156,7 @@ func TestRateLimitBucketsAreSeparate(t *testing.T) {
 func TestRateLimitRefillsAfterRetryAfter(t *testing.T) {
 	ctx := context.Background()
 	prefix, _ := ratePrefix(t)
-	r := rateReplica(t, prefix)
+	r := rateReplica(t, prefix, false)
 	if retry := allow(ctx, t, r, "tenant-a", "read", 20, 1); retry != 0 {
 		t.Fatalf("first call refused: %v", retry)
 	}
