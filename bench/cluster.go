@@ -132,30 +132,7 @@ func port(addr string) string {
 // named after label: the scenario runs replicas on both backends at once,
 // and their logs must not share a file.
 func (e *env) startClusterOn(ctx context.Context, label, redisURL string, n int) (c *cluster, stop func(), err error) {
-	c = &cluster{}
-	stop = func() {
-		for _, g := range c.replicas {
-			g.stop()
-		}
-		if c.sim != nil {
-			c.sim.stop()
-		}
-	}
-	var simURL string
-	if c.sim, simURL, err = e.startSim(ctx, "sim-"+label); err != nil {
-		return nil, stop, err
-	}
-	for i := range n {
-		g, err := e.startGateway(ctx, label+"-replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, redisURL: redisURL, callbacks: true})
-		if err != nil {
-			return nil, stop, err
-		}
-		c.replicas = append(c.replicas, g)
-	}
-	if c.path, err = callbackPath(benchSecret, benchDep); err != nil {
-		return nil, stop, err
-	}
-	return c, stop, nil
+	return e.startReplicas(ctx, label, label+"-replica-", n, gwOpts{redisPrefix: label, redisURL: redisURL, callbacks: true})
 }
 
 // clusterFanOut runs the fan-out on both backends, a step of each at every

@@ -155,6 +155,12 @@ func (e *env) startCluster(ctx context.Context, label string, n int, extra ...st
 // startClusterEnv is startCluster with more environment variables for the
 // replicas.
 func (e *env) startClusterEnv(ctx context.Context, label string, n int, environ []string, extra ...string) (c *cluster, stop func(), err error) {
+	return e.startReplicas(ctx, label, "replica-", n, gwOpts{redisPrefix: label, callbacks: true, extra: extra, env: environ})
+}
+
+// startReplicas starts the simulator and n replicas with options o, named
+// name followed by a, b, ...; stop is to be called whatever it returned.
+func (e *env) startReplicas(ctx context.Context, label, name string, n int, o gwOpts) (c *cluster, stop func(), err error) {
 	c = &cluster{}
 	stop = func() {
 		for _, g := range c.replicas {
@@ -169,7 +175,7 @@ func (e *env) startClusterEnv(ctx context.Context, label string, n int, environ 
 		return nil, stop, err
 	}
 	for i := range n {
-		g, err := e.startGateway(ctx, "replica-"+string(rune('a'+i)), simURL, gwOpts{redisPrefix: label, callbacks: true, extra: extra, env: environ})
+		g, err := e.startGateway(ctx, name+string(rune('a'+i)), simURL, o)
 		if err != nil {
 			return nil, stop, err
 		}

@@ -417,14 +417,7 @@ func TestShardSubDelivers(t *testing.T) {
 func TestShardSubOneConnectionPerShard(t *testing.T) {
 	c, rdb, pub := shardSubCluster(t)
 	ctx := context.Background()
-	h := newShardSubHarness(rdb)
-	h.run(t)
-	byMaster, masters := channelsOn(t, rdb, 20)
-	var all []string
-	for _, m := range masters {
-		all = append(all, byMaster[m]...)
-	}
-	h.subscribeAll(t, all)
+	h, byMaster, masters, all := subscribedOnAll(t, rdb, 20)
 	slots := map[int64]bool{}
 	for _, ch := range all {
 		slot, err := rdb.ClusterKeySlot(ctx, ch).Result()
@@ -485,14 +478,7 @@ func TestShardSubOneConnectionPerShard(t *testing.T) {
 func TestShardSubFailover(t *testing.T) {
 	c, rdb, pub := shardSubCluster(t)
 	ctx := context.Background()
-	h := newShardSubHarness(rdb)
-	h.run(t)
-	byMaster, masters := channelsOn(t, rdb, 4)
-	var all []string
-	for _, m := range masters {
-		all = append(all, byMaster[m]...)
-	}
-	h.subscribeAll(t, all)
+	h, byMaster, masters, all := subscribedOnAll(t, rdb, 4)
 	publishAll(t, pub, all, "pre", 1)
 	for _, ch := range all {
 		waitUntil(t, ch+"'s first message", func() bool { return len(h.received(ch)) == 1 })
@@ -505,15 +491,7 @@ func TestShardSubFailover(t *testing.T) {
 	if victim.Addr != masters[0] {
 		t.Fatalf("the cluster says %s serves %s, the client %s", victim.Addr, byMaster[masters[0]][0], masters[0])
 	}
-	replica := shardSubReplica(t, c, victim)
-	start := time.Now()
-	c.Kill(victim)
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	if err := c.WaitMaster(wctx, replica); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("replica promoted in %v", time.Since(start))
+	replica, start := failOver(t, c, victim, func() error { c.Kill(victim); return nil })
 
 	// What is published once the subscriber is back reaches it, in order;
 	// what was published before that (no receiver) is lost, as lost says.
@@ -541,20 +519,7 @@ func TestShardSubFailover(t *testing.T) {
 		t.Fatalf("lost named %v, want the killed master's channels %v", got, want)
 	}
 
-	want := map[string]int{replica.Addr: len(byMaster[masters[0]])}
-	for _, m := range masters[1:] {
-		want[m] = len(byMaster[m])
-	}
-	if got := h.s.Shards(); !maps.Equal(got, want) {
-		t.Fatalf("Shards() = %v, want %v", got, want)
-	}
-	var live []string
-	for _, addr := range c.Addrs() {
-		if addr != victim.Addr {
-			live = append(live, addr)
-		}
-	}
-	waitUntil(t, "one connection per master", func() bool { return connsAre(t, live, h.s.name, want) })
+	checkFailedOver(t, h, c, victim, replica, byMaster, masters)
 	publishAll(t, pub, all, "end", 1)
 	for _, ch := range all {
 		waitUntil(t, ch+"'s last message", func() bool { return slices.Contains(h.received(ch), "end0") })
@@ -570,14 +535,7 @@ func TestShardSubFailover(t *testing.T) {
 func TestShardSubSlotMigration(t *testing.T) {
 	c, rdb, pub := shardSubCluster(t)
 	ctx := context.Background()
-	h := newShardSubHarness(rdb)
-	h.run(t)
-	byMaster, masters := channelsOn(t, rdb, 4)
-	var all []string
-	for _, m := range masters {
-		all = append(all, byMaster[m]...)
-	}
-	h.subscribeAll(t, all)
+	h, byMaster, masters, all := subscribedOnAll(t, rdb, 4)
 	want := map[string]int{}
 	for _, m := range masters {
 		want[m] = len(byMaster[m])
@@ -708,30 +666,14 @@ func TestShardSubHungMaster(t *testing.T) {
 	opts.ReadTimeout, opts.WriteTimeout = 200*time.Millisecond, 200*time.Millisecond
 	pub := redis.NewClusterClient(opts)
 	t.Cleanup(func() { pub.Close() })
-	h := newShardSubHarness(rdb)
-	h.run(t)
-	byMaster, masters := channelsOn(t, rdb, 2)
-	var all []string
-	for _, m := range masters {
-		all = append(all, byMaster[m]...)
-	}
-	h.subscribeAll(t, all)
+	h, byMaster, masters, _ := subscribedOnAll(t, rdb, 2)
 
 	victim, err := c.MasterOf(ctx, byMaster[masters[0]][0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	replica := shardSubReplica(t, c, victim)
-	start := time.Now()
-	if err := victim.Pause(); err != nil { // killed, stopped as it is, with the cluster
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	if err := c.WaitMaster(wctx, replica); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("replica promoted in %v", time.Since(start))
+	// Stopped as it is, with the cluster: a hang, not a crash.
+	replica, start := failOver(t, c, victim, victim.Pause)
 	seq := 0
 	for _, ch := range byMaster[masters[0]] {
 		waitUntil(t, ch+"'s messages after the failover", func() bool {
@@ -743,6 +685,47 @@ func TestShardSubHungMaster(t *testing.T) {
 	}
 	t.Logf("delivering again %v after the hang", time.Since(start))
 	waitUntil(t, "lost to be called", func() bool { return h.lost.Load() > 0 })
+	checkFailedOver(t, h, c, victim, replica, byMaster, masters)
+}
+
+// subscribedOnAll runs a subscriber of perMaster channels on each master,
+// subscribed: the channels by master, the masters, and all the channels.
+func subscribedOnAll(t *testing.T, rdb *redis.ClusterClient, perMaster int) (h *shardSubHarness, byMaster map[string][]string, masters, all []string) {
+	t.Helper()
+	h = newShardSubHarness(rdb)
+	h.run(t)
+	byMaster, masters = channelsOn(t, rdb, perMaster)
+	for _, m := range masters {
+		all = append(all, byMaster[m]...)
+	}
+	h.subscribeAll(t, all)
+	return h, byMaster, masters, all
+}
+
+// failOver stops victim with stop (a kill, a hang) and waits until its
+// replica is master; it returns the replica and when the stop began.
+func failOver(t *testing.T, c *redistest.Cluster, victim *redistest.Server, stop func() error) (*redistest.Server, time.Time) {
+	t.Helper()
+	replica := shardSubReplica(t, c, victim)
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitMaster(ctx, replica); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replica promoted in %v", time.Since(start))
+	return replica, start
+}
+
+// checkFailedOver checks, after victim's replica took over, that the
+// subscriber has victim's channels on the replica and the others where they
+// were, one connection per master (CLIENT LIST, victim left out: it may
+// hang).
+func checkFailedOver(t *testing.T, h *shardSubHarness, c *redistest.Cluster, victim, replica *redistest.Server, byMaster map[string][]string, masters []string) {
+	t.Helper()
 	want := map[string]int{replica.Addr: len(byMaster[masters[0]])}
 	for _, m := range masters[1:] {
 		want[m] = len(byMaster[m])
@@ -750,7 +733,7 @@ func TestShardSubHungMaster(t *testing.T) {
 	if got := h.s.Shards(); !maps.Equal(got, want) {
 		t.Fatalf("Shards() = %v, want %v", got, want)
 	}
-	var live []string // CLIENT LIST would hang on the stopped node
+	var live []string
 	for _, addr := range c.Addrs() {
 		if addr != victim.Addr {
 			live = append(live, addr)
@@ -800,14 +783,7 @@ func TestShardSubStaleSlotMap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newShardSubHarness(rdb)
-	h.run(t)
-	byMaster, masters := channelsOn(t, rdb, 3)
-	var all []string
-	for _, m := range masters {
-		all = append(all, byMaster[m]...)
-	}
-	h.subscribeAll(t, all)
+	h, byMaster, masters, all := subscribedOnAll(t, rdb, 3)
 	if !strings.HasPrefix(masters[0], "localhost:") {
 		t.Fatalf("the client names the masters %v", masters)
 	}
