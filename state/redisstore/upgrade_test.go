@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"testing"
 
@@ -36,7 +37,9 @@ func TestWriteAfterAVersionWithoutEpochs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := "req-upgrade"
+	// An id of its own: KEYS looks past the test's prefix, and a key of an
+	// earlier run (-count) would answer too.
+	id := "req-upgrade-" + rand.Text()
 	pos := int64(3)
 	first, _, err := tr.Apply(ctx, state.Update{RequestID: id, DeploymentID: "d", Source: "submit", State: runcomfy.StateQueued, QueuePosition: &pos})
 	if err != nil {
