@@ -417,7 +417,13 @@ func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := s.grpcServer.Serve(s.grpcLis); err != nil {
+		err := s.grpcServer.Serve(s.grpcLis)
+		if errors.Is(err, grpc.ErrServerStopped) && ctx.Err() != nil {
+			// Stopped by the drain before it began serving: a stop asked
+			// for at start, not a failure.
+			return nil
+		}
+		if err != nil {
 			return fmt.Errorf("serve gRPC: %w", err)
 		}
 		return nil

@@ -326,3 +326,66 @@ func TestLocalNamesOnlyWithoutKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestNewRefusesARedisOfAnotherKind: a --redis-url whose Redis is not what
+// the URL says (a cluster node named as one server, one server named as a
+// cluster, a refused password) stops the start with an error that says so,
+// rather than a gateway that answers every save with an error; a Redis that
+// does not answer yet does not (it may come later; /readyz tells).
+func TestNewRefusesARedisOfAnotherKind(t *testing.T) {
+	rc, err := redistest.StartCluster(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Stop)
+	plain, err := redistest.StartPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(plain.Stop)
+	locked, err := redistest.StartPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(locked.Stop)
+	if err := locked.Client(t).ConfigSet(t.Context(), "requirepass", "right-secret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, url, want string
+	}{
+		{"a cluster node as one server", "redis://" + rc.Nodes[0].Addr + "/0", "redis+cluster://"},
+		{"one server as a cluster", "redis+cluster://" + plain.Addr, "cluster support disabled"},
+		{"a refused password", "redis://:wrong-secret@" + locked.Addr + "/0", "WRONGPASS"},
+		{"nothing listening", "redis://" + freeAddr(t) + "/0", ""},
+		{"the cluster", "redis+cluster://" + strings.Join(rc.Addrs(), ","), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
+				"--redis-url", tt.url, "--redis-prefix", redistest.Prefix(t), "--shutdown-timeout", "2s"}
+			cfg, err := ParseConfig(args, env(nil), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("New = %v; want a gateway", err)
+				}
+				// Run with its context ended releases everything New built.
+				ctx, cancel := context.WithCancel(t.Context())
+				cancel()
+				if err := a.Run(ctx); err != nil {
+					t.Errorf("Run = %v", err)
+				}
+				return
+			}
+			if err == nil || a != nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "--redis-url") {
+				t.Fatalf("New = %v, %v; want an error naming --redis-url and %q", a, err, tt.want)
+			}
+			if strings.Contains(err.Error(), "wrong-secret") {
+				t.Errorf("the error shows the password: %v", err)
+			}
+		})
+	}
+}

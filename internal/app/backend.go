@@ -3,6 +3,8 @@ package app
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -69,6 +71,10 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 		return nil, err
 	}
 	log.Info("state in Redis", append(where, "prefix", cfg.RedisPrefix)...)
+	if err := checkRedis(ctx, rs, log); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("--redis-url: %w", err)
+	}
 	checkPersistence(ctx, rs, log)
 	return &backend{
 		store: rs, bus: rs, schedule: rs, idem: rs, outbox: rs, queues: rs, lister: rs, usage: rs, slots: rs,
@@ -99,6 +105,20 @@ func redisClient(cfg *Config) (redis.UniversalClient, []any, error) {
 		return nil, nil, err
 	}
 	return redis.NewClient(opts), []any{"addr", opts.Addr, "db", opts.DB, "buckets", cfg.RedisBuckets}, nil
+}
+
+// checkRedis refuses a Redis that is not what --redis-url takes it for (a
+// cluster node named as one server, or the reverse; a refused password).
+// A Redis that does not answer now may come later: /readyz says so.
+func checkRedis(ctx context.Context, rs *redisstore.Backend, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, persistenceCheckTimeout)
+	defer cancel()
+	err := rs.Check(ctx)
+	if errors.Is(err, state.ErrUnavailable) {
+		log.Warn("Redis does not answer yet; not ready until it does", "error", err)
+		return nil
+	}
+	return err
 }
 
 // persistenceCheckTimeout bounds the start-up look at Redis's settings: a

@@ -273,10 +273,68 @@ func unavailable(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("redis %s: %w: %w", op, state.ErrUnavailable, err)
 }
 
-// Ping checks that Redis answers; readiness and Submit use it.
+// Ping checks that Redis answers; readiness and Submit use it, as the proof
+// that a record can be written. On a Redis Cluster a request's record goes to
+// the master of its bucket's slot, which is not known before RunComfy names
+// the request: every master that serves a bucket is pinged (at once, each on
+// its own connection), so that a shard that is down, or whose master died
+// and whose replica is not yet promoted, makes Submit refuse before it
+// starts a job it could not record.
 func (b *Backend) Ping(ctx context.Context) error {
-	if err := b.rdb.Ping(ctx).Err(); err != nil {
-		return unavailable(ctx, "ping", err)
+	cc, ok := b.rdb.(*redis.ClusterClient)
+	if !ok {
+		if err := b.rdb.Ping(ctx).Err(); err != nil {
+			return unavailable(ctx, "ping", err)
+		}
+		return nil
+	}
+	masters := map[string]*redis.Client{}
+	for i := range b.keys.Buckets() {
+		node, err := cc.MasterForKey(ctx, b.keys.Pending(i))
+		if err != nil {
+			return unavailable(ctx, "ping", err)
+		}
+		masters[node.Options().Addr] = node
+	}
+	errs := make(chan error, len(masters))
+	for addr, node := range masters {
+		go func() {
+			if err := node.Ping(ctx).Err(); err != nil {
+				errs <- fmt.Errorf("%s: %w", addr, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range masters {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return unavailable(ctx, "ping", first)
+	}
+	return nil
+}
+
+// Check asks Redis whether it is what the client takes it for, so that a
+// wrong --redis-url is refused at start rather than found by every save: a
+// node of a Redis Cluster named as one server (its scripts would fail with
+// CROSSSLOT), one server named as a cluster, a password refused. An
+// answer that does not come (Redis down, for now) is state.ErrUnavailable,
+// and says nothing of the configuration.
+func (b *Backend) Check(ctx context.Context) error {
+	_, cluster := b.rdb.(*redis.ClusterClient)
+	info, err := b.rdb.Info(ctx, "cluster").Result()
+	var rerr redis.Error
+	switch {
+	case err != nil && errors.As(err, &rerr):
+		return fmt.Errorf("redis refused the connection: %w", err)
+	case err != nil:
+		return unavailable(ctx, "check", err)
+	case !cluster && strings.Contains(info, "cluster_enabled:1"):
+		return errors.New("redis is a node of a Redis Cluster: name the cluster as redis+cluster://host:port,host:port")
 	}
 	return nil
 }
