@@ -3,6 +3,7 @@ package redisstore
 import (
 	"hash/crc32"
 	"strconv"
+	"strings"
 
 	"github.com/comfygate/comfygate/runcomfy"
 )
@@ -278,6 +279,17 @@ func (b *Backend) outboxLeaseKey(requestID string) string { return OutboxLeaseKe
 
 // jobsKey is the delivery job stream of requestID's bucket.
 func (b *Backend) jobsKey(requestID string) string { return b.keys.Jobs(b.keys.Bucket(requestID)) }
+
+// keySlot is the cluster slot of key: its hash tag's (the first {...} with
+// something in it), or the whole key's.
+func keySlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	return int(crc16(key) % clusterSlots)
+}
 
 // clusterSlots is the number of Redis Cluster hash slots.
 const clusterSlots = 16384

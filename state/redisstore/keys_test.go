@@ -46,25 +46,6 @@ func TestBucketTags(t *testing.T) {
 	}
 }
 
-// keySlot is the cluster slot of key: its hash tag's, or the whole key's.
-func keySlot(key string) int {
-	if i := indexByte(key, '{'); i >= 0 {
-		if j := indexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	return int(crc16(key) % clusterSlots)
-}
-
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
-}
-
 // TestBucketedKeysShareASlot: in the bucketed layout every key a request's
 // save script touches is in one slot, whatever the request id and owner
 // hold; the classic layout keeps the names of versions before buckets.
@@ -103,6 +84,22 @@ func TestBucketedKeysShareASlot(t *testing.T) {
 	} {
 		if got != want {
 			t.Errorf("classic key %q, want %q", got, want)
+		}
+	}
+}
+
+// TestKeySlot: a key's slot is its hash tag's (the first {...} with
+// something in it), or the whole key's, as Redis Cluster computes it.
+func TestKeySlot(t *testing.T) {
+	for key, same := range map[string]string{
+		"{user1000}.following": "user1000",
+		"foo{}{bar}":           "foo{}{bar}",
+		"foo{{bar}}zap":        "{bar",
+		"foo{bar}{zap}":        "bar",
+		"plain":                "plain",
+	} {
+		if got, want := keySlot(key), int(crc16(same)%clusterSlots); got != want {
+			t.Errorf("keySlot(%q) = %d, want %d (the slot of %q)", key, got, want, same)
 		}
 	}
 }

@@ -359,6 +359,8 @@ func (s *shardSubscriber) Run(ctx context.Context, deliver func(channel, payload
 		}
 		wg.Wait()
 	}()
+	follow := time.NewTicker(shardFollow)
+	defer follow.Stop()
 	for {
 		s.mu.Lock()
 		for sh := range s.conns {
@@ -372,6 +374,59 @@ func (s *shardSubscriber) Run(ctx context.Context, deliver func(channel, payload
 		case <-ctx.Done():
 			return nil
 		case <-s.kick:
+		case <-follow.C:
+			s.followMap(ctx)
+		}
+	}
+}
+
+// shardFollow is how often the connections are compared with the cluster
+// client's slot map (followMap).
+const shardFollow = 250 * time.Millisecond
+
+// followMap gives up each connection whose channels the cluster client's
+// slot map now places on another master: a failover the saves already
+// follow (they go to the promoted replica), while the old master, hung or
+// cut off, keeps the connection open and silent. Waiting for the ping to go
+// unanswered would leave the watchers without the states saved meanwhile.
+// (A master that was only paused may still, when it wakes and before it
+// learns it was replaced, run a save it had queued and publish it; Redis
+// passes that publish on to the rest of the shard, the promoted replica
+// included. Such a record is older than the replica's at its seq, and the
+// hub drops it: state.Watcher.) The lookups read the client's cached map
+// (read again every ClusterStateReloadInterval): no round trip.
+func (s *shardSubscriber) followMap(ctx context.Context) {
+	type probe struct {
+		sh    *shardConn
+		chans []string // one per slot
+	}
+	s.mu.Lock()
+	probes := make([]probe, 0, len(s.shards))
+	for _, sh := range s.shards {
+		if sh.closed || len(sh.chans) == 0 {
+			continue
+		}
+		seen := map[int]bool{}
+		p := probe{sh: sh}
+		for ch := range sh.chans {
+			if slot := keySlot(ch); !seen[slot] {
+				seen[slot] = true
+				p.chans = append(p.chans, ch)
+			}
+		}
+		probes = append(probes, p)
+	}
+	s.mu.Unlock()
+	for _, p := range probes {
+		for _, ch := range p.chans {
+			node, err := s.rdb.MasterForKey(ctx, ch)
+			if err != nil {
+				break // no map now: the connection's own reads will tell
+			}
+			if addr := node.Options().Addr; addr != p.sh.addr {
+				s.breakConn(p.sh, fmt.Errorf("the slot map names %s for %s now", addr, ch))
+				break
+			}
 		}
 	}
 }

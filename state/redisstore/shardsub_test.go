@@ -822,3 +822,40 @@ func TestShardSubStaleSlotMap(t *testing.T) {
 		waitUntil(t, ch+"'s last message", func() bool { return slices.Contains(h.received(ch), "end0") })
 	}
 }
+
+// TestShardSubLeavesAReplacedMaster: a master that hangs (SIGSTOP) while
+// its replica takes over is left as soon as the cluster client's slot map
+// names the replica, without waiting for a ping (a minute here): what is
+// published on the replica arrives, within seconds of the promotion.
+func TestShardSubLeavesAReplacedMaster(t *testing.T) {
+	// The client's map reload asks the nodes in turn, and waits its read
+	// timeout on the hung one: a short one here, so the test waits less.
+	c, rdb, pub := shardSubCluster(t, func(o *redis.ClusterOptions) { o.ReadTimeout = time.Second })
+	ctx := context.Background()
+	h := newShardSubHarness(rdb)
+	h.s = newShardSubscriber(rdb, slog.New(slog.NewTextHandler(&h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), time.Minute)
+	h.run(t)
+	byMaster, masters := channelsOn(t, rdb, 2)
+	chans := byMaster[masters[0]]
+	h.subscribeAll(t, chans)
+	victim, err := c.MasterOf(ctx, chans[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica, _ := failOver(t, c, victim, victim.Pause)
+	t.Cleanup(func() { _ = victim.Resume() })
+	waitUntil(t, "the channels on the promoted replica", func() bool {
+		return h.s.Shards()[replica.Addr] == len(chans) && h.settled()
+	})
+	for _, ch := range chans {
+		seq := 0
+		waitUntil(t, ch+"'s message published on the replica", func() bool {
+			if n, err := pub.SPublish(ctx, ch, fmt.Sprintf("after%06d", seq)).Result(); err == nil && n == 1 {
+				seq++
+			}
+			got := h.received(ch)
+			return len(got) > 0 && strings.HasPrefix(got[len(got)-1], "after")
+		})
+	}
+	waitUntil(t, "lost to be called", func() bool { return h.lost.Load() > 0 })
+}
