@@ -1,10 +1,13 @@
 package server_test
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,5 +72,55 @@ func TestBackendDownRefusesSubmitBeforeUpstream(t *testing.T) {
 	cb.Body.Close()
 	if got, want := cb.StatusCode, http.StatusServiceUnavailable; got != want {
 		t.Errorf("callback = %d, want %d", got, want)
+	}
+}
+
+// clusterPinger is a backend whose idempotency claims may or may not prove
+// that a record can be written (on a Redis Cluster they do not), and whose
+// Ping fails while down is set.
+type clusterPinger struct {
+	claimProves bool
+	down        atomic.Bool
+	pings       atomic.Int64
+}
+
+func (p *clusterPinger) Ping(context.Context) error {
+	p.pings.Add(1)
+	if p.down.Load() {
+		return fmt.Errorf("a master is down: %w", state.ErrUnavailable)
+	}
+	return nil
+}
+
+func (p *clusterPinger) ClaimProvesWrites() bool { return p.claimProves }
+
+// TestKeyedSubmitPingsWhereClaimsProveNothing: a submit with an
+// Idempotency-Key skips the ping only where its claim proves that a record
+// can be written (one server). On a cluster it pings too: with a master
+// down it is refused before RunComfy, and its key is free again, so the
+// retry once the master is back starts the job.
+func TestKeyedSubmitPingsWhereClaimsProveNothing(t *testing.T) {
+	for _, proves := range []bool{true, false} {
+		t.Run(fmt.Sprintf("claim proves writes %v", proves), func(t *testing.T) {
+			p := &clusterPinger{claimProves: proves}
+			p.down.Store(true)
+			g := startGateway(t, func(o *gatewayOptions) { o.backend = p })
+			ctx := ctxT(t)
+			req := &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`, IdempotencyKey: "order-1"}
+			_, err := g.client.Submit(ctx, req)
+			if proves {
+				if err != nil || p.pings.Load() != 0 || g.sim.Calls("submit") != 1 {
+					t.Fatalf("Submit = %v, %d pings, %d submits upstream; want it accepted without a ping", err, p.pings.Load(), g.sim.Calls("submit"))
+				}
+				return
+			}
+			if status.Code(err) != codes.Unavailable || g.sim.Calls("submit") != 0 {
+				t.Fatalf("Submit with a master down = %v, %d submits upstream; want UNAVAILABLE and none", err, g.sim.Calls("submit"))
+			}
+			p.down.Store(false)
+			if _, err := g.client.Submit(ctx, req); err != nil || g.sim.Calls("submit") != 1 {
+				t.Fatalf("the retry with the same key = %v, %d submits upstream; want it started once", err, g.sim.Calls("submit"))
+			}
+		})
 	}
 }

@@ -53,6 +53,21 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
+// claimProver is a Pinger whose idempotency claim, written before RunComfy
+// is called, may prove by itself that a record can be written: on one
+// server the claim and the record go to the same place, so a submit with an
+// Idempotency-Key skips the ping. On a Redis Cluster they do not.
+type claimProver interface {
+	ClaimProvesWrites() bool
+}
+
+// claimProves reports whether p's claims prove that a record can be
+// written (a Pinger that does not say: they do).
+func claimProves(p Pinger) bool {
+	cp, ok := p.(claimProver)
+	return !ok || cp.ClaimProvesWrites()
+}
+
 // CallbackURLs names the URL RunComfy calls back for a deployment's requests
 // of one tenant ("" without tenants); *webhook.URLs provides it. The URL
 // carries the tenant, authenticated, so that a callback can restore the

@@ -80,8 +80,11 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		}
 		return nil, err
 	}
-	if s.backend != nil && scope == "" {
+	if s.backend != nil && (scope == "" || !claimProves(s.backend)) {
 		if err := s.backend.Ping(ctx); err != nil {
+			if scope != "" {
+				_ = s.idem.Drop(context.WithoutCancel(ctx), scope)
+			}
 			return nil, fmt.Errorf("submit to deployment %s refused before calling RunComfy: %w", dep, err)
 		}
 	}

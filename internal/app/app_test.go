@@ -351,6 +351,9 @@ func TestNewRefusesARedisOfAnotherKind(t *testing.T) {
 	if err := locked.Client(t).ConfigSet(t.Context(), "requirepass", "right-secret").Err(); err != nil {
 		t.Fatal(err)
 	}
+	// One prefix for all the cases: the last starts where "the cluster"
+	// started.
+	prefix := redistest.Prefix(t)
 	for _, tt := range []struct {
 		name, url, want string
 	}{
@@ -359,10 +362,15 @@ func TestNewRefusesARedisOfAnotherKind(t *testing.T) {
 		{"a refused password", "redis://:wrong-secret@" + locked.Addr + "/0", "WRONGPASS"},
 		{"nothing listening", "redis://" + freeAddr(t) + "/0", ""},
 		{"the cluster", "redis+cluster://" + strings.Join(rc.Addrs(), ","), ""},
+		{"the cluster in other buckets than the replicas before", "redis+cluster://" + strings.Join(rc.Addrs(), ","), "buckets"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"--simulate", "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
-				"--redis-url", tt.url, "--redis-prefix", redistest.Prefix(t), "--shutdown-timeout", "2s"}
+				"--redis-url", tt.url, "--redis-prefix", prefix, "--shutdown-timeout", "2s"}
+			if tt.want == "buckets" {
+				// The replica before, "the cluster", started with 16.
+				args = append(args, "--redis-buckets", "4")
+			}
 			cfg, err := ParseConfig(args, env(nil), io.Discard)
 			if err != nil {
 				t.Fatal(err)

@@ -73,7 +73,7 @@ func redisBackend(ctx context.Context, cfg *Config, log *slog.Logger) (*backend,
 	log.Info("state in Redis", append(where, "prefix", cfg.RedisPrefix)...)
 	if err := checkRedis(ctx, rs, log); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("--redis-url: %w", err)
+		return nil, fmt.Errorf("the Redis of --redis-url: %w", err)
 	}
 	checkPersistence(ctx, rs, log)
 	return &backend{

@@ -49,6 +49,9 @@ import (
 //	                                key for all requests, in a slot of its own
 //	<prefix>{poll-pause}           string: the time (ms) until which no replica
 //	                                polls, after a 429; expires then
+//	<prefix>layout                  string: the number of buckets the keys
+//	                                are named in (0 here), set by the first
+//	                                replica to start, checked by the others
 //	<prefix>idem:{<key>}           string: an idempotency entry as JSON (the
 //	                                key is the caller's hashed scope and key);
 //	                                expires after 24 hours
@@ -167,6 +170,11 @@ func (k Keys) Channel(requestID string) string { return k.perRequest("events", r
 
 // Outbox is the stream of a request's webhook events.
 func (k Keys) Outbox(requestID string) string { return k.perRequest("hooks", requestID) }
+
+// LayoutKey holds the number of buckets the keys under the prefix are
+// named in (0: the classic layout), written by the first replica that
+// starts (Backend.Check).
+func (k Keys) LayoutKey() string { return k.prefix + "layout" }
 
 // Lease is the key of a request's poll lease (its own slot in both
 // layouts: one command touches it).

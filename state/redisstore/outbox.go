@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,24 +68,36 @@ func (b *Backend) Take(ctx context.Context, consumer string, n int, block time.D
 		block = min(block, b.callTimeout/2)
 	}
 	nb := b.keys.Buckets()
-	first := int(b.rotate.Add(1) % uint64(nb))
 	if nb == 1 {
 		return b.takeFrom(ctx, 0, consumer, n, block)
 	}
-	var jobs []state.Job
+	// A bucket that fails (its master is down) is passed over: the jobs
+	// taken from the others are this consumer's now, and are returned, not
+	// left to wait for a takeover.
+	var (
+		jobs  []state.Job
+		first error
+	)
+	start := int(b.rotate.Add(1) % uint64(nb))
 	for i := range nb {
-		got, err := b.takeFrom(ctx, (first+i)%nb, consumer, n-len(jobs), -1)
+		got, err := b.takeFrom(ctx, (start+i)%nb, consumer, n-len(jobs), -1)
 		if err != nil {
-			return jobs, err
+			first = cmp.Or(first, err)
+			continue
 		}
 		if jobs = append(jobs, got...); len(jobs) == n {
 			return jobs, nil
 		}
 	}
-	if len(jobs) > 0 || block <= 0 {
+	switch {
+	case len(jobs) > 0:
 		return jobs, nil
+	case first != nil:
+		return nil, first
+	case block <= 0:
+		return nil, nil
 	}
-	return b.takeFrom(ctx, first, consumer, n, min(block, takeSlice))
+	return b.takeFrom(ctx, start, consumer, n, min(block, takeSlice))
 }
 
 // takeFrom reads at most n new jobs of one bucket, waiting up to block for
@@ -128,7 +141,10 @@ func toJobs(msgs []redis.XMessage) []state.Job {
 func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Duration, n int) ([]state.Job, error) {
 	nb := b.keys.Buckets()
 	first := int(b.rotate.Add(1) % uint64(nb))
-	var jobs []state.Job
+	var (
+		jobs   []state.Job
+		failed error
+	)
 	for i := 0; i < nb && len(jobs) < n; i++ {
 		bucket := (first + i) % nb
 		msgs, _, err := b.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
@@ -138,17 +154,23 @@ func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Dur
 		switch {
 		case err != nil && redis.HasErrorPrefix(err, "NOGROUP"):
 			if err := b.ensureGroup(ctx, bucket); err != nil {
-				return jobs, err
+				failed = cmp.Or(failed, err)
 			}
 			continue
 		case err != nil:
-			return jobs, unavailable(ctx, "claim delivery jobs", err)
+			// Passed over, as in Take: the jobs claimed from the others
+			// are returned.
+			failed = cmp.Or(failed, unavailable(ctx, "claim delivery jobs", err))
+			continue
 		}
 		for _, j := range toJobs(msgs) {
 			if j.RequestID != "" { // an entry deleted meanwhile comes back empty
 				jobs = append(jobs, j)
 			}
 		}
+	}
+	if len(jobs) == 0 && failed != nil {
+		return nil, failed
 	}
 	return jobs, nil
 }

@@ -276,10 +276,14 @@ func unavailable(ctx context.Context, op string, err error) error {
 // Ping checks that Redis answers; readiness and Submit use it, as the proof
 // that a record can be written. On a Redis Cluster a request's record goes to
 // the master of its bucket's slot, which is not known before RunComfy names
-// the request: every master that serves a bucket is pinged (at once, each on
-// its own connection), so that a shard that is down, or whose master died
-// and whose replica is not yet promoted, makes Submit refuse before it
-// starts a job it could not record.
+// the request: every master that serves a bucket is asked, at once, for one
+// of its bucket keys (EXISTS), so that a shard that is down, whose master
+// died and whose replica is not yet promoted, or whose master refuses keys
+// (CLUSTERDOWN: the cluster is not whole yet after a restart, or the slot is
+// served by nobody) makes Submit refuse before it starts a job it could not
+// record. A redirection (a slot on the move) is an answer. The asks are bounded by
+// CallTimeout: they go to the masters' own clients, past the cluster
+// client's hooks.
 func (b *Backend) Ping(ctx context.Context) error {
 	cc, ok := b.rdb.(*redis.ClusterClient)
 	if !ok {
@@ -288,18 +292,39 @@ func (b *Backend) Ping(ctx context.Context) error {
 		}
 		return nil
 	}
-	masters := map[string]*redis.Client{}
+	if b.callTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.callTimeout)
+		defer cancel()
+	}
+	type master struct {
+		node *redis.Client
+		key  string // one of its bucket keys
+	}
+	masters := map[string]master{}
 	for i := range b.keys.Buckets() {
-		node, err := cc.MasterForKey(ctx, b.keys.Pending(i))
+		key := b.keys.Pending(i)
+		node, err := cc.MasterForKey(ctx, key)
 		if err != nil {
 			return unavailable(ctx, "ping", err)
 		}
-		masters[node.Options().Addr] = node
+		masters[node.Options().Addr] = master{node, key}
 	}
 	errs := make(chan error, len(masters))
-	for addr, node := range masters {
+	for addr, m := range masters {
 		go func() {
-			if err := node.Ping(ctx).Err(); err != nil {
+			err := m.node.Exists(ctx, m.key).Err()
+			switch {
+			case redis.HasErrorPrefix(err, "ASK"):
+				// The slot is moving between two live masters.
+				err = nil
+			case redis.HasErrorPrefix(err, "MOVED"):
+				// The slot moved, and its master answers for it: the
+				// client's map is older; it reads it again.
+				cc.ReloadState(ctx)
+				err = nil
+			}
+			if err != nil {
 				errs <- fmt.Errorf("%s: %w", addr, err)
 				return
 			}
@@ -316,6 +341,15 @@ func (b *Backend) Ping(ctx context.Context) error {
 		return unavailable(ctx, "ping", first)
 	}
 	return nil
+}
+
+// ClaimProvesWrites reports whether an idempotency claim written before
+// RunComfy is called proves that the request's record can be written too:
+// on one server, yes; on a cluster the claim's slot and the record's are on
+// different masters, so Submit pings as well (server.Pinger).
+func (b *Backend) ClaimProvesWrites() bool {
+	_, cluster := b.rdb.(*redis.ClusterClient)
+	return !cluster
 }
 
 // Check asks Redis whether it is what the client takes it for, so that a
@@ -335,6 +369,29 @@ func (b *Backend) Check(ctx context.Context) error {
 		return unavailable(ctx, "check", err)
 	case !cluster && strings.Contains(info, "cluster_enabled:1"):
 		return errors.New("redis is a node of a Redis Cluster: name the cluster as redis+cluster://host:port,host:port")
+	}
+	return b.checkLayout(ctx)
+}
+
+// checkLayout notes the number of buckets under the prefix the first time,
+// and refuses another number later: a replica that names its keys in
+// another layout than the others would not find their requests (listings,
+// usage and schedules would each see a part).
+func (b *Backend) checkLayout(ctx context.Context) error {
+	key, n := b.keys.LayoutKey(), strconv.Itoa(len(b.keys.tags))
+	set, err := b.rdb.SetNX(ctx, key, n, 0).Result()
+	if err != nil {
+		return unavailable(ctx, "check", err)
+	}
+	if set {
+		return nil
+	}
+	cur, err := b.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return unavailable(ctx, "check", err)
+	}
+	if cur != n {
+		return fmt.Errorf("the keys under prefix %q are in %s buckets (0: one server's layout) and this replica would name them in %s: give every replica the same number of buckets, or this one another prefix", b.prefix, cur, n)
 	}
 	return nil
 }

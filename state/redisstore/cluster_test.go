@@ -1,0 +1,80 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/state/redisstore"
+)
+
+// TestTakePassesOverADownMaster: on a Redis Cluster whose other masters
+// serve on while one is down (cluster-require-full-coverage no), the
+// delivery jobs of the buckets on the live masters are taken, and the
+// failing bucket does not make Take fail: jobs it had already read would be
+// held by this consumer until a takeover, tens of seconds later.
+func TestTakePassesOverADownMaster(t *testing.T) {
+	ctx := context.Background()
+	cl, err := redistest.StartCluster(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	for _, n := range cl.Nodes {
+		if err := n.Client(t).ConfigSet(ctx, "cluster-require-full-coverage", "no").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb := cl.Client(t)
+	b := startBackend(t, rdb, 0)
+	keys := redisstore.NewKeys(redistest.Prefix(t), redisstore.DefaultClusterBuckets)
+	victim, err := cl.MasterOf(ctx, keys.Jobs(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A job in every bucket of the other masters.
+	var want []string
+	seen := map[int]bool{}
+	for i := 0; len(seen) < redisstore.DefaultClusterBuckets; i++ {
+		id := fmt.Sprintf("req-%d", i)
+		bucket := keys.Bucket(id)
+		if seen[bucket] {
+			continue
+		}
+		seen[bucket] = true
+		m, err := cl.MasterOf(ctx, keys.Jobs(bucket))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Addr == victim.Addr {
+			continue
+		}
+		if err := b.Wake(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	cl.Kill(victim)
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) < len(want) {
+		jobs, err := b.Take(ctx, "consumer", 100, 0)
+		if err != nil {
+			t.Fatalf("Take with one master down: %v (after %v)", err, got)
+		}
+		for _, j := range jobs {
+			got = append(got, j.RequestID)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("took %v, want %v", got, want)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("took %v, want %v", got, want)
+	}
+}
