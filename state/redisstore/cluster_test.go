@@ -2,12 +2,14 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/redisstore"
 )
 
@@ -76,5 +78,59 @@ func TestTakePassesOverADownMaster(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("took %v, want %v", got, want)
+	}
+}
+
+// TestPingNeedsMastersThatTakeKeys: a master that answers PING but refuses
+// keys (CLUSTERDOWN, as a restarted master does until it sees the cluster
+// whole again; here one that gave up a slot it served) fails the ping, so
+// Submit refuses; once it serves its slots again the ping passes.
+func TestPingNeedsMastersThatTakeKeys(t *testing.T) {
+	ctx := context.Background()
+	cl, err := redistest.StartCluster(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	b := startBackend(t, cl.Client(t), 0)
+	if err := b.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a healthy cluster: %v", err)
+	}
+	keys := redisstore.NewKeys(redistest.Prefix(t), redisstore.DefaultClusterBuckets)
+	owner, err := cl.MasterOf(ctx, keys.Pending(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := owner.Client(t)
+	slot, err := node.ClusterKeySlot(ctx, keys.Pending(0)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The master forgets a slot of its own: it sees the cluster incomplete
+	// and refuses every key, while it still answers PING.
+	if err := node.ClusterDelSlots(ctx, int(slot)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for node.Exists(ctx, keys.Pending(0)).Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the master still takes keys after giving up a slot")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := node.Ping(ctx).Err(); err != nil {
+		t.Fatalf("PING of the master: %v; want an answer", err)
+	}
+	if err := b.Ping(ctx); !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("Ping with a master refusing keys = %v, want ErrUnavailable", err)
+	}
+	if err := node.ClusterAddSlots(ctx, int(slot)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for err := b.Ping(ctx); err != nil; err = b.Ping(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping once the master serves its slot again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
