@@ -322,12 +322,12 @@ func newCluster(ctx context.Context, t *testing.T, cfg clusterConfig) *cluster {
 	// Callbacks go to B; A and C get the same callback at the same instant.
 	c.lb.setTargets(c.b, c.a, c.c)
 	// The proxy notes who holds the lease of each status call's request.
-	rdb, prefix := c.kv, c.prefix
+	rdb, keys := c.kv, c.keys
 	c.up.mu.Lock()
 	c.up.holderOf = func(requestID string) string {
 		gctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		owner, err := rdb.Get(gctx, redisstore.LeaseKey(prefix, requestID)).Result()
+		owner, err := rdb.Get(gctx, keys.Lease(requestID)).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 			return ""

@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/comfygate/comfygate/internal/redistest"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/redisstore"
 )
@@ -132,5 +137,86 @@ func TestPingNeedsMastersThatTakeKeys(t *testing.T) {
 			t.Fatalf("Ping once the master serves its slot again: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPingOfAHungMasterIsUnavailable: a master that hangs (SIGSTOP) makes
+// the ping fail within the call timeout as state.ErrUnavailable (Submit's
+// 503, "retry"), not as the caller's own deadline (504, "a job may exist").
+func TestPingOfAHungMasterIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	cl, err := redistest.StartCluster(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	// As the gateway makes it (--redis-timeout): go-redis heeds a call's
+	// deadline on the connection only with ContextTimeoutEnabled.
+	opts := cl.Options()
+	opts.ContextTimeoutEnabled = true
+	rdb := redis.NewClusterClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	b, err := redisstore.New(rdb, redisstore.Options{
+		Prefix: redistest.Prefix(t), Logger: slog.New(slog.DiscardHandler), CallTimeout: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a healthy cluster: %v", err)
+	}
+	victim := cl.Nodes[0]
+	if err := victim.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = victim.Resume() })
+	start := time.Now()
+	err = b.Ping(ctx)
+	if !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("Ping with a hung master = %v, want ErrUnavailable", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Ping took %v with a call timeout of 300ms", took)
+	}
+}
+
+// TestAnotherLayoutWritesNothing: a backend whose number of buckets is not
+// the one noted under its prefix (a replica started with another
+// --redis-buckets while Redis did not answer its start-up check) is not
+// ready and saves nothing: its records would be where the others do not
+// look.
+func TestAnotherLayoutWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb := server.Client(t)
+	prefix := redistest.Prefix(t)
+	if err := rdb.Set(ctx, redisstore.NewKeys(prefix, 16).LayoutKey(), "16", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.DiscardHandler), Buckets: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ping(ctx); !errors.Is(err, state.ErrUnavailable) || !strings.Contains(err.Error(), "16 buckets") {
+		t.Fatalf("Ping = %v, want ErrUnavailable naming the 16 buckets under the prefix", err)
+	}
+	rec := &state.Record{RequestID: "req-1", DeploymentID: "dep", State: runcomfy.StateQueued, Seq: 1, UpdatedAt: time.Now().UTC()}
+	if err := b.Save(ctx, rec, time.Hour); !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("Save = %v, want ErrUnavailable", err)
+	}
+	for _, n := range []int{4, 16} {
+		if k := redisstore.NewKeys(prefix, n).Record("req-1"); rdb.Exists(ctx, k).Val() != 0 {
+			t.Errorf("%s was written", k)
+		}
+	}
+	// The layout the others use is this one's: it goes on.
+	same, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.DiscardHandler), Buckets: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := same.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a backend in the noted layout: %v", err)
+	}
+	if err := same.Save(ctx, rec, time.Hour); err != nil {
+		t.Fatalf("Save in the noted layout: %v", err)
 	}
 }

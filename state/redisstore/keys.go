@@ -22,7 +22,8 @@ import (
 // (bucketTags). A request belongs to bucket crc32(id) mod N, and the keys its
 // save script writes carry its bucket's tag instead of the request id:
 //
-//	<prefix>req:<tag><request_id>     and about:, events:, hooks: the same
+//	<prefix>req:<tag><request_id>     and about:, events:, hooks:, hookdel:,
+//	                                  hooklease:, lease: the same
 //	<prefix><tag>pending              the bucket's poll schedule
 //	<prefix><tag>poll-pause           the poll pause (written to every bucket)
 //	<prefix><tag>hooks, <tag>hooks:due the bucket's delivery jobs and retries
@@ -31,8 +32,8 @@ import (
 //	<prefix><tag>queue:<name>         the bucket's part of a work queue
 //
 // so that every script touches one slot and every shared structure is spread
-// over the cluster. Keys one command touches alone (leases, deliveries,
-// idempotency entries, rate buckets, concurrency counts) keep their layout.
+// over the cluster. The keys of no request (idempotency entries, rate
+// buckets, concurrency counts) keep their layout.
 //
 //	<prefix>req:{<request_id>}     hash: seq, rank, epoch, data (the record as
 //	                                JSON), synced (Touch); expires after the
@@ -176,9 +177,18 @@ func (k Keys) Outbox(requestID string) string { return k.perRequest("hooks", req
 // starts (Backend.Check).
 func (k Keys) LayoutKey() string { return k.prefix + "layout" }
 
-// Lease is the key of a request's poll lease (its own slot in both
-// layouts: one command touches it).
-func (k Keys) Lease(requestID string) string { return k.prefix + "lease:{" + requestID + "}" }
+// Lease is the key of a request's poll lease. In the bucketed layout it is
+// in its bucket's slot too, although one command touches it alone: a
+// request whose record a master serves is then never held up by another
+// master's outage.
+func (k Keys) Lease(requestID string) string { return k.perRequest("lease", requestID) }
+
+// Deliveries is the hash of a request's webhook deliveries.
+func (k Keys) Deliveries(requestID string) string { return k.perRequest("hookdel", requestID) }
+
+// OutboxLease is the key of a request's webhook delivery lease: its value
+// names the replica delivering the request's events.
+func (k Keys) OutboxLease(requestID string) string { return k.perRequest("hooklease", requestID) }
 
 // Pending is a bucket's poll schedule.
 func (k Keys) Pending(bucket int) string { return k.shared(bucket, "pending") }
@@ -236,9 +246,9 @@ func Channel(prefix, requestID string) string { return NewKeys(prefix, 0).Channe
 func PendingKey(prefix string) string { return NewKeys(prefix, 0).Pending(0) }
 
 // OutboxLeaseKey is the key of a request's webhook delivery lease under
-// prefix: its value names the replica delivering the request's events.
+// prefix, in the classic layout.
 func OutboxLeaseKey(prefix, requestID string) string {
-	return prefix + "hooklease:{" + requestID + "}"
+	return NewKeys(prefix, 0).OutboxLease(requestID)
 }
 
 // JobsKey is the stream of webhook delivery jobs under prefix, in the
@@ -279,11 +289,9 @@ func (b *Backend) idemKey(key string) string {
 
 func (b *Backend) outboxKey(requestID string) string { return b.keys.Outbox(requestID) }
 
-func (b *Backend) deliveriesKey(requestID string) string {
-	return b.prefix + "hookdel:{" + requestID + "}"
-}
+func (b *Backend) deliveriesKey(requestID string) string { return b.keys.Deliveries(requestID) }
 
-func (b *Backend) outboxLeaseKey(requestID string) string { return OutboxLeaseKey(b.prefix, requestID) }
+func (b *Backend) outboxLeaseKey(requestID string) string { return b.keys.OutboxLease(requestID) }
 
 // jobsKey is the delivery job stream of requestID's bucket.
 func (b *Backend) jobsKey(requestID string) string { return b.keys.Jobs(b.keys.Bucket(requestID)) }

@@ -57,7 +57,8 @@ func TestBucketedKeysShareASlot(t *testing.T) {
 		b := k.Bucket(id)
 		seen[b] = true
 		keys := []string{
-			k.Record(id), k.About(id), k.Channel(id), k.Outbox(id), k.Jobs(b), k.Retries(b), k.Pending(b), k.Pause(b),
+			k.Record(id), k.About(id), k.Channel(id), k.Outbox(id), k.Lease(id), k.Deliveries(id), k.OutboxLease(id),
+			k.Jobs(b), k.Retries(b), k.Pending(b), k.Pause(b),
 			k.Queue(b, "copies"), k.List(b, "{tenant}", "", runcomfy.StateQueued), k.List(b, "t", "dep", runcomfy.StateRunning),
 			k.Usage(b, "t{1}", 490000),
 		}

@@ -201,6 +201,10 @@ type Backend struct {
 	reconnects atomic.Int64
 	// rotate picks the first bucket of a walk over all of them.
 	rotate atomic.Uint64
+	// layoutOK is set once the layout under the prefix is known to be
+	// this replica's (layoutReady); layoutBad logs the first refusal.
+	layoutOK  atomic.Bool
+	layoutBad sync.Once
 }
 
 // New returns a Backend on rdb. Call Run to serve subscriptions.
@@ -285,6 +289,9 @@ func unavailable(ctx context.Context, op string, err error) error {
 // CallTimeout: they go to the masters' own clients, past the cluster
 // client's hooks.
 func (b *Backend) Ping(ctx context.Context) error {
+	if err := b.layoutReady(ctx); err != nil {
+		return err
+	}
 	cc, ok := b.rdb.(*redis.ClusterClient)
 	if !ok {
 		if err := b.rdb.Ping(ctx).Err(); err != nil {
@@ -292,9 +299,13 @@ func (b *Backend) Ping(ctx context.Context) error {
 		}
 		return nil
 	}
+	// The asks run within the call timeout; a failure is judged against the
+	// caller's ctx (unavailable), not this one, whose end is a timeout of
+	// Redis's, not a cancellation of the caller's.
+	pctx := ctx
 	if b.callTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, b.callTimeout)
+		pctx, cancel = context.WithTimeout(ctx, b.callTimeout)
 		defer cancel()
 	}
 	type master struct {
@@ -304,7 +315,7 @@ func (b *Backend) Ping(ctx context.Context) error {
 	masters := map[string]master{}
 	for i := range b.keys.Buckets() {
 		key := b.keys.Pending(i)
-		node, err := cc.MasterForKey(ctx, key)
+		node, err := cc.MasterForKey(pctx, key)
 		if err != nil {
 			return unavailable(ctx, "ping", err)
 		}
@@ -313,7 +324,7 @@ func (b *Backend) Ping(ctx context.Context) error {
 	errs := make(chan error, len(masters))
 	for addr, m := range masters {
 		go func() {
-			err := m.node.Exists(ctx, m.key).Err()
+			err := m.node.Exists(pctx, m.key).Err()
 			switch {
 			case redis.HasErrorPrefix(err, "ASK"):
 				// The slot is moving between two live masters.
@@ -321,7 +332,7 @@ func (b *Backend) Ping(ctx context.Context) error {
 			case redis.HasErrorPrefix(err, "MOVED"):
 				// The slot moved, and its master answers for it: the
 				// client's map is older; it reads it again.
-				cc.ReloadState(ctx)
+				cc.ReloadState(context.WithoutCancel(ctx))
 				err = nil
 			}
 			if err != nil {
@@ -370,7 +381,35 @@ func (b *Backend) Check(ctx context.Context) error {
 	case !cluster && strings.Contains(info, "cluster_enabled:1"):
 		return errors.New("redis is a node of a Redis Cluster: name the cluster as redis+cluster://host:port,host:port")
 	}
-	return b.checkLayout(ctx)
+	if err := b.checkLayout(ctx); err != nil {
+		return err
+	}
+	b.layoutOK.Store(true)
+	return nil
+}
+
+// layoutReady is nil once the layout under the prefix was found to be this
+// replica's (checkLayout), and an error, state.ErrUnavailable among others,
+// until then: Ping and every save ask it, so that a replica that started
+// while Redis did not answer, and names its keys in another layout than the
+// others, writes nothing and is not ready. After the first success it costs
+// an atomic load.
+func (b *Backend) layoutReady(ctx context.Context) error {
+	if b.layoutOK.Load() {
+		return nil
+	}
+	err := b.checkLayout(ctx)
+	switch {
+	case err == nil:
+		b.layoutOK.Store(true)
+		return nil
+	case errors.Is(err, state.ErrUnavailable):
+		return err
+	}
+	b.layoutBad.Do(func() {
+		b.log.Error("this replica's key layout is not the one under the prefix: it writes nothing", "error", err)
+	})
+	return unavailable(ctx, "layout", err)
 }
 
 // checkLayout notes the number of buckets under the prefix the first time,
@@ -493,6 +532,9 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 		// Once queued, a save is sent whatever becomes of its caller; one
 		// whose caller has already gone is not.
 		return fmt.Errorf("redis save: %w", err)
+	}
+	if err := b.layoutReady(ctx); err != nil {
+		return err
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
