@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -162,6 +163,13 @@ func TestRedisCluster(t *testing.T) {
 		}
 		if err := rc.WaitHealthy(ctx); err != nil {
 			t.Fatal(err)
+		}
+		// Each replica is ready again once its slot map names a live
+		// master for every bucket: its submits are refused until then.
+		for _, g := range c.gateways() {
+			eventually(ctx, t, g.name+" to be ready after the failover", func() bool {
+				return c.readyz(ctx, g) == http.StatusOK
+			})
 		}
 	})
 
