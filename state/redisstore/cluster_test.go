@@ -86,26 +86,73 @@ func TestTakePassesOverADownMaster(t *testing.T) {
 	}
 }
 
+// TestPingNeedsEveryMaster: on a Redis Cluster, Ping (the proof Submit asks
+// for before it starts a job) fails while a master that serves buckets is
+// down and its replica not yet promoted, since the job's record may belong
+// there; it passes again once the replica took over.
+func TestPingNeedsEveryMaster(t *testing.T) {
+	ctx := context.Background()
+	cl, b, _, victim := pingedCluster(t, 1)
+	replica, err := cl.ReplicaOf(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Kill(victim)
+	if err := b.Ping(ctx); !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("Ping with a master down = %v, want ErrUnavailable", err)
+	}
+	if err := cl.WaitMaster(ctx, replica); err != nil {
+		t.Fatal(err)
+	}
+	waitPingPasses(t, b, "after the failover")
+}
+
+// pingedCluster starts a cluster of three masters with replicas replicas
+// each and a backend on it whose Ping passes, and returns them with the
+// backend's key names and the master of its bucket 0.
+func pingedCluster(t *testing.T, replicas int) (*redistest.Cluster, *redisstore.Backend, redisstore.Keys, *redistest.Server) {
+	t.Helper()
+	cl, err := redistest.StartCluster(3, replicas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	prefix := redistest.Prefix(t)
+	b, err := redisstore.New(cl.Client(t), redisstore.Options{Prefix: prefix, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a healthy cluster: %v", err)
+	}
+	keys := redisstore.NewKeys(prefix, redisstore.DefaultClusterBuckets)
+	owner, err := cl.MasterOf(ctx, keys.Pending(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl, b, keys, owner
+}
+
+// waitPingPasses waits until b's Ping passes again.
+func waitPingPasses(t *testing.T, b *redisstore.Backend, what string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for err := b.Ping(context.Background()); err != nil; err = b.Ping(context.Background()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping %s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestPingNeedsMastersThatTakeKeys: a master that answers PING but refuses
 // keys (CLUSTERDOWN, as a restarted master does until it sees the cluster
 // whole again; here one that gave up a slot it served) fails the ping, so
 // Submit refuses; once it serves its slots again the ping passes.
 func TestPingNeedsMastersThatTakeKeys(t *testing.T) {
 	ctx := context.Background()
-	cl, err := redistest.StartCluster(3, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Stop)
-	b := startBackend(t, cl.Client(t), 0)
-	if err := b.Ping(ctx); err != nil {
-		t.Fatalf("Ping of a healthy cluster: %v", err)
-	}
-	keys := redisstore.NewKeys(redistest.Prefix(t), redisstore.DefaultClusterBuckets)
-	owner, err := cl.MasterOf(ctx, keys.Pending(0))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, keys, owner := pingedCluster(t, 0)
 	node := owner.Client(t)
 	slot, err := node.ClusterKeySlot(ctx, keys.Pending(0)).Result()
 	if err != nil {
@@ -132,12 +179,7 @@ func TestPingNeedsMastersThatTakeKeys(t *testing.T) {
 	if err := node.ClusterAddSlots(ctx, int(slot)).Err(); err != nil {
 		t.Fatal(err)
 	}
-	for err := b.Ping(ctx); err != nil; err = b.Ping(ctx) {
-		if time.Now().After(deadline) {
-			t.Fatalf("Ping once the master serves its slot again: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitPingPasses(t, b, "once the master serves its slot again")
 }
 
 // TestPingOfAHungMasterIsUnavailable: a master that hangs (SIGSTOP) makes

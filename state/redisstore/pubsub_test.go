@@ -2,7 +2,6 @@ package redisstore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -289,45 +288,5 @@ func TestShardReconnectResyncsItsRequests(t *testing.T) {
 	}
 	if n := len(resynced); n != 0 {
 		t.Fatalf("%d more resyncs, want one", n)
-	}
-}
-
-// TestPingNeedsEveryMaster: on a Redis Cluster, Ping (the proof Submit asks
-// for before it starts a job) fails while a master that serves buckets is
-// down and its replica not yet promoted, since the job's record may belong
-// there; it passes again once the replica took over.
-func TestPingNeedsEveryMaster(t *testing.T) {
-	ctx := context.Background()
-	cl, err := redistest.StartCluster(3, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Stop)
-	b := startBackend(t, cl.Client(t), 0)
-	if err := b.Ping(ctx); err != nil {
-		t.Fatalf("Ping of a healthy cluster: %v", err)
-	}
-	keys := redisstore.NewKeys(redistest.Prefix(t), redisstore.DefaultClusterBuckets)
-	victim, err := cl.MasterOf(ctx, keys.Pending(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica, err := cl.ReplicaOf(ctx, victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl.Kill(victim)
-	if err := b.Ping(ctx); !errors.Is(err, state.ErrUnavailable) {
-		t.Fatalf("Ping with a master down = %v, want ErrUnavailable", err)
-	}
-	if err := cl.WaitMaster(ctx, replica); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for err := b.Ping(ctx); err != nil; err = b.Ping(ctx) {
-		if time.Now().After(deadline) {
-			t.Fatalf("Ping after the failover: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
