@@ -17,6 +17,10 @@ type saveOp struct {
 	id     string
 	due    float64 // poll due time in Unix ms; 0 leaves the schedule alone
 	forget bool
+	// final and ttl are the record's, for the second step of a record that
+	// holds a concurrency slot (followSlots).
+	final bool
+	ttl   int64 // ms
 
 	cmd  *redis.Cmd    // the save script's, with its outcome
 	lead bool          // set, before wake, when the op's caller must send the next batch

@@ -540,11 +540,14 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", rec.RequestID, err)
 	}
+	rank, ttlMs := state.Rank(rec.State), max(ttl.Milliseconds(), 1)
 	op := &saveOp{
 		keys:   []string{b.recordKey(rec.RequestID), b.aboutKey(rec.RequestID)},
-		args:   []any{rec.Seq, state.Rank(rec.State), data, max(ttl.Milliseconds(), 1), b.channel(rec.RequestID), rec.Epoch, "", "", ""},
+		args:   []any{rec.Seq, rank, data, ttlMs, b.channel(rec.RequestID), rec.Epoch, "", "", ""},
 		id:     rec.RequestID,
 		forget: forget,
+		final:  rank == 3,
+		ttl:    ttlMs,
 		wake:   make(chan struct{}, 1),
 	}
 	if ev != nil {
@@ -664,10 +667,10 @@ func (b *Backend) followSlots(ctx context.Context, ops []*saveOp) {
 			continue
 		}
 		final := 0
-		if op.args[1] == 3 {
+		if op.final {
 			final = 1
 		}
-		calls = append(calls, scriptCall{keys: []string{dep, tenant}, args: []any{op.id, final, op.args[3]}})
+		calls = append(calls, scriptCall{keys: []string{dep, tenant}, args: []any{op.id, final, op.ttl}})
 	}
 	if len(calls) == 0 {
 		return
