@@ -149,11 +149,25 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	keepTick := time.NewTicker(max(r.cfg.Interval/2, 20*time.Millisecond))
 	defer keepTick.Stop()
 	var keeping atomic.Bool
+	// A loss of the store's data is looked for every second (one read), so
+	// that the records it took are put back before callbacks and polls make
+	// them again without what only this replica remembers.
+	lossTick := time.NewTicker(lossCheckInterval)
+	defer lossTick.Stop()
+	var restoring atomic.Bool
 	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-lossTick.C:
+			if restoring.CompareAndSwap(false, true) {
+				wg.Go(func() {
+					defer restoring.Store(false)
+					r.restoreLost(ctx)
+				})
+			}
+			continue
 		case <-keepTick.C:
 			if keeping.CompareAndSwap(false, true) {
 				wg.Go(func() {
@@ -547,6 +561,23 @@ func (r *Reconciler) retryDue(id string, now time.Time) bool {
 	defer r.mu.Unlock()
 	rt, ok := r.retries[id]
 	return !ok || !now.Before(rt.next)
+}
+
+// lossCheckInterval is how often the reconciler asks the store whether it
+// lost its data.
+const lossCheckInterval = time.Second
+
+// restoreLost puts back the records this replica remembers once the store
+// reports it lost its data (Tracker.RestoreLost).
+func (r *Reconciler) restoreLost(ctx context.Context) {
+	n, err := r.cfg.Tracker.RestoreLost(ctx)
+	if n > 0 {
+		r.rebuilt.Add(int64(n))
+		r.cfg.Logger.Warn("the state backend lost its data; restored the records this replica remembered", "restored", n)
+	}
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUnavailable) {
+		r.cfg.Logger.Warn("restoring lost records failed", "error", err)
+	}
 }
 
 // keep rebuilds the lost records of the requests this replica's watchers

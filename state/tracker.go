@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,10 @@ type Tracker struct {
 	epoch     atomic.Int64 // the last epoch newEpoch gave
 	recent    *recentRecords
 	copies    WorkQueue
+	// restoring: the store lost its data and RestoreLost has not yet put
+	// back everything it could (the store failed on the way), so the next
+	// call goes on although the loss was reported only once.
+	restoring atomic.Bool
 }
 
 // TrackerConfig holds the Tracker's dependencies.
@@ -137,6 +142,10 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 	// refused one may have moved the request's poll: it is set again from
 	// the stored record when nothing else is saved.
 	refused := false
+	// mem is what this replica remembers of the request: when the store
+	// turns out to have lost it, it is put back first (restore), so that
+	// what an update does not carry (webhooks, owner, deadlines) survives.
+	mem, restored := cur, false
 	for range maxSaveAttempts {
 		if cur != nil {
 			lost = max(lost, cur.Epoch)
@@ -148,6 +157,20 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 				return nil, 0, err
 			}
 			read = true
+		}
+		if cur == nil && read && keepsMore(mem) && !restored && t.now().Sub(mem.UpdatedAt) < t.retention {
+			restored = true
+			switch err := t.restore(ctx, mem); {
+			case err == nil:
+				cur = t.recent.get(u.RequestID)
+			case errors.Is(err, ErrConflict):
+				if err := t.read(ctx, u.RequestID, &cur); err != nil {
+					return nil, 0, err
+				}
+			default:
+				return nil, 0, err
+			}
+			continue
 		}
 		if needFetch && advances(cur, &u) {
 			if err := t.fetchOutputs(ctx, cur, &u); err != nil {
@@ -206,6 +229,154 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// LossDetector is a Store that can tell that it lost its data (Redis
+// restarted without persistence, or failed over to a replica that had
+// nothing): the records, the webhook deliveries and the copies queued with
+// them are gone, and no callback may ever come for the requests that had
+// finished.
+type LossDetector interface {
+	Lost(ctx context.Context) (bool, error)
+}
+
+// RestoreLost puts back, once the store reports it lost its data, the records
+// this replica remembers (the last it wrote or read of its most recent
+// requests) that the store no longer holds, and returns how many. Each comes
+// back under a new epoch, as it last stood, with its webhook events queued
+// again (the events of its state: at least once, under new webhook-ids) and
+// its outputs' copy queued again; an unfinished one is polled as usual. A
+// record made again meanwhile from what RunComfy said (a callback or a poll
+// on a replica that did not remember it) is given back its webhooks, and
+// their events; one restored by another replica is left as it is.
+func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
+	ld, ok := t.store.(LossDetector)
+	if !ok {
+		return 0, nil
+	}
+	lost, err := ld.Lost(ctx)
+	if err != nil || (!lost && !t.restoring.Load()) {
+		return 0, err
+	}
+	t.restoring.Store(true)
+	restored := 0
+	var errs []error
+	for _, mem := range t.recent.all() {
+		if t.now().Sub(mem.UpdatedAt) >= t.retention {
+			continue // expired, not lost
+		}
+		done, err := t.restoreOne(ctx, mem)
+		switch {
+		case errors.Is(err, ErrUnavailable):
+			return restored, err // the store is down again: the next call goes on
+		case err != nil:
+			errs = append(errs, err)
+		case done:
+			restored++
+		}
+	}
+	if len(errs) == 0 {
+		t.restoring.Store(false)
+	}
+	return restored, errors.Join(errs...)
+}
+
+// restoreOne restores mem, or gives its webhooks back to the record made
+// again in its place, trying again when a concurrent save comes first; done
+// reports a save.
+func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err error) {
+	for range maxSaveAttempts {
+		stored, err := t.store.Get(ctx, mem.RequestID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			err = t.restore(ctx, t.withHooks(mem))
+		case err != nil:
+			return false, err
+		case len(stored.Webhooks) == 0 && t.recent.hooked(mem.RequestID) != nil:
+			// Made again since the loss by a replica that did not remember
+			// it (a callback, a poll): it lacks the webhooks a record of
+			// the request had (a record never loses them otherwise).
+			err = t.adopt(ctx, stored, t.recent.hooked(mem.RequestID))
+		default:
+			return false, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err == nil, err
+		}
+	}
+	return false, nil
+}
+
+// keepsMore reports whether rec holds what no update from RunComfy brings
+// back (webhooks, deadlines): a lost record that does is put back before an
+// update is applied; one that does not is made again from the update alone.
+func keepsMore(rec *Record) bool {
+	return rec != nil && (len(rec.Webhooks) > 0 || rec.MaxQueue > 0 || rec.MaxRun > 0)
+}
+
+// withHooks is rec with the webhooks of the last record of its request that
+// had some, when it has none itself.
+func (t *Tracker) withHooks(rec *Record) *Record {
+	h := t.recent.hooked(rec.RequestID)
+	if len(rec.Webhooks) > 0 || h == nil {
+		return rec
+	}
+	c := rec.Clone()
+	c.Webhooks = slices.Clone(h.Webhooks)
+	if c.Owner == "" {
+		c.Owner, c.OwnerAttached = h.Owner, h.OwnerAttached
+	}
+	return c
+}
+
+// adopt gives stored, a record made again after a loss from what RunComfy
+// said, the webhooks (and owner) this replica remembers of it, and queues the
+// events of its state for them.
+func (t *Tracker) adopt(ctx context.Context, stored, mem *Record) error {
+	next := stored.Clone()
+	next.Seq++
+	next.UpdatedAt = t.now()
+	next.Webhooks = mem.Webhooks
+	if next.Owner == "" || (next.OwnerAttached && !mem.OwnerAttached && mem.Owner != "") {
+		// The owner the submit proved wins over one an attach claimed.
+		next.Owner, next.OwnerAttached = mem.Owner, mem.OwnerAttached
+	}
+	// stored has no webhooks, so the event is every one of next's state. It
+	// announces the state itself (a final one by its own type), with the
+	// storage as it stands in its body, rather than the storage alone.
+	bare := next.Clone()
+	bare.Storage = nil
+	ev := EventFor(stored, bare)
+	if ev != nil {
+		ev.Record = next.Clone()
+	}
+	if err := t.save(ctx, next, ev); err != nil {
+		return err
+	}
+	t.recent.put(next)
+	return nil
+}
+
+// restore saves rec again as the first record of a new epoch.
+func (t *Tracker) restore(ctx context.Context, rec *Record) error {
+	now := t.now()
+	next := rec.Clone()
+	next.Seq = 1
+	next.Epoch = t.newEpoch(now, rec.Epoch)
+	next.UpdatedAt = now
+	if next.State == runcomfy.StateSucceeded {
+		// The copy's job went with the data: copied again, whatever it had
+		// reached, so that its outcome is announced again too.
+		next.Storage = nil
+		if err := t.queueCopy(ctx, nil, next, now); err != nil {
+			return err
+		}
+	}
+	if err := t.save(ctx, next, EventFor(nil, next)); err != nil {
+		return err
+	}
+	t.recent.put(next)
+	return nil
 }
 
 // queueCopy marks the copy of a request that succeeds with next pending

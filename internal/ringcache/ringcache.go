@@ -55,6 +55,18 @@ func (c *Cache[K, V]) Len() int {
 	return len(c.m)
 }
 
+// Values returns the values held, in no particular order: a snapshot, for
+// the rare walk over everything remembered.
+func (c *Cache[K, V]) Values() []V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]V, 0, len(c.m))
+	for _, v := range c.m {
+		out = append(out, v)
+	}
+	return out
+}
+
 func (c *Cache[K, V]) putLocked(k K, v V) {
 	if _, ok := c.m[k]; ok {
 		c.m[k] = v

@@ -177,6 +177,11 @@ func (k Keys) Outbox(requestID string) string { return k.perRequest("hooks", req
 // starts (Backend.Check).
 func (k Keys) LayoutKey() string { return k.prefix + "layout" }
 
+// GenerationKey names the data Redis holds under the prefix: a random token
+// that the first replica to find it missing writes. A replica that finds
+// another token than the one it saw knows Redis lost what it held (Lost).
+func (k Keys) GenerationKey() string { return k.prefix + "generation" }
+
 // Lease is the key of a request's poll lease. In the bucketed layout it is
 // in its bucket's slot too, although one command touches it alone: a
 // request whose record a master serves is then never held up by another

@@ -7,6 +7,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -205,6 +206,8 @@ type Backend struct {
 	// this replica's (layoutReady); layoutBad logs the first refusal.
 	layoutOK  atomic.Bool
 	layoutBad sync.Once
+	// generation is the token of GenerationKey this replica last saw.
+	generation atomic.Pointer[string]
 }
 
 // New returns a Backend on rdb. Call Run to serve subscriptions.
@@ -499,6 +502,34 @@ func (b *Backend) Missing(ctx context.Context, ids []string) ([]string, error) {
 		}
 	}
 	return missing, nil
+}
+
+// Lost implements state.LossDetector: it reports whether Redis lost its data
+// under the prefix since the last call (a restart without persistence, a
+// failover to a replica that had nothing, a flush), which the records
+// alone cannot tell: a request whose record is gone may simply have expired.
+// The first call, and the first after a loss, write a new generation token
+// when there is none; every replica then sees the token change once.
+func (b *Backend) Lost(ctx context.Context) (bool, error) {
+	key := b.keys.GenerationKey()
+	got, err := b.rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		token := rand.Text()
+		set, serr := b.rdb.SetNX(ctx, key, token, 0).Result()
+		switch {
+		case serr != nil:
+			return false, unavailable(ctx, "generation", serr)
+		case set:
+			got, err = token, nil
+		default: // another replica wrote one first
+			got, err = b.rdb.Get(ctx, key).Result()
+		}
+	}
+	if err != nil {
+		return false, unavailable(ctx, "generation", err)
+	}
+	prev := b.generation.Swap(&got)
+	return prev != nil && *prev != got, nil
 }
 
 // Delete removes requestID's record, as an eviction or a restart would.
