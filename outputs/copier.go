@@ -81,7 +81,22 @@ type Config struct {
 type Copier struct {
 	cfg     Config
 	metrics *metrics
+	// early counts, per request, the times this replica found a copy due
+	// before its record was ready (see notReady).
+	mu    sync.Mutex
+	early map[string]int
 }
+
+// notReadyLooks is how many times a replica finds a copy due before its
+// record says succeeded before it drops it; notReadyWait is the wait
+// between two looks. A copy is queued just before the save that makes its
+// record succeeded (a crash in between leaves a job for nothing, not a
+// success without its copy), so the first look may come before the save
+// lands: after a stall, or when the record was lost and is being put back.
+const (
+	notReadyLooks = 3
+	notReadyWait  = 2 * time.Second
+)
 
 // New checks cfg and returns a Copier; it starts nothing.
 func New(cfg Config) (*Copier, error) {
@@ -117,7 +132,7 @@ func New(cfg Config) (*Copier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Copier{cfg: cfg, metrics: m}, nil
+	return &Copier{cfg: cfg, metrics: m, early: map[string]int{}}, nil
 }
 
 // lease is how long a copy holds its request.
@@ -198,16 +213,19 @@ func (c *Copier) copy(parent, ctx context.Context, id string) {
 	log := c.cfg.Logger.With("request_id", id)
 	rec, err := c.cfg.Tracker.Get(ctx, id)
 	switch {
-	case errors.Is(err, state.ErrNotFound):
-		c.done(ctx, id) // expired, or never saved: nothing to copy
+	case errors.Is(err, state.ErrNotFound), err == nil && !rec.Terminal():
+		// Expired, never saved, or its success not saved yet.
+		c.notReady(ctx, id)
 		return
 	case err != nil:
 		log.Warn("reading a request to copy failed", "error", err)
 		return // due again at once, with the lease's end
 	case rec.State != runcomfy.StateSucceeded || rec.Storage == nil || rec.Storage.State != state.StoragePending:
+		c.forget(id)
 		c.done(ctx, id)
 		return
 	}
+	c.forget(id)
 	attempts := rec.Storage.Attempts + 1
 	now := c.cfg.Now()
 	files := Files(rec.Outputs)
@@ -345,6 +363,34 @@ func firstAttempt(rec *state.Record, now time.Time) time.Time {
 		return t
 	}
 	return now
+}
+
+// notReady looks at a copy whose record is missing or unfinished again
+// after notReadyWait, and drops it after notReadyLooks looks.
+func (c *Copier) notReady(ctx context.Context, id string) {
+	c.mu.Lock()
+	c.early[id]++
+	looks := c.early[id]
+	if looks >= notReadyLooks {
+		delete(c.early, id)
+	}
+	c.mu.Unlock()
+	if looks >= notReadyLooks {
+		c.done(ctx, id)
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := c.cfg.Queue.RetryAt(rctx, id, c.cfg.Now().Add(notReadyWait)); err != nil {
+		c.cfg.Logger.Warn("postponing a copy failed", "request_id", id, "error", err)
+	}
+}
+
+// forget drops what notReady counted of id.
+func (c *Copier) forget(id string) {
+	c.mu.Lock()
+	delete(c.early, id)
+	c.mu.Unlock()
 }
 
 func (c *Copier) done(ctx context.Context, id string) {

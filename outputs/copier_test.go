@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -341,4 +342,61 @@ func counter(t *testing.T, reg *prometheus.Registry, name, outcome string) float
 	}
 	t.Fatalf("no %s{outcome=%q}", name, outcome)
 	return 0
+}
+
+// TestCopyDueBeforeItsRecordSucceeded: a copy is queued just before the save
+// that makes its record succeeded, so a copier may find it due while the
+// record still says running (the save stalled, or the record is being put
+// back after Redis lost it). The copy is put off, not dropped, and done once
+// the success lands; a copy whose record never succeeds leaves the queue
+// after a few looks.
+func TestCopyDueBeforeItsRecordSucceeded(t *testing.T) {
+	files := map[string][]byte{"/o/a.png": bytesOf(100, 0), "/o/b.png": bytesOf(10, 1)}
+	h := newHarness(t, files, nil)
+	ctx := context.Background()
+	for _, id := range []string{"req-late", "req-never"} {
+		if _, _, err := h.tr.Apply(ctx, state.Update{RequestID: id, DeploymentID: "dep", Source: state.SourceSubmit, State: runcomfy.StateRunning, Owner: "team"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.queue.Add(ctx, id, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.start(t, h.cfg)
+	postponed := func(id string) bool {
+		due, err := h.queue.Due(ctx, time.Now(), 10)
+		return err == nil && !slices.Contains(due, id)
+	}
+	waitFor(t, "the early copy put off", func() bool { return postponed("req-late") })
+	if n, _ := h.queue.Len(ctx); n != 2 {
+		t.Fatalf("queue holds %d copies after the early looks, want both kept", n)
+	}
+	// The success lands now, as its save would have, without queueing again.
+	cur, err := h.b.Get(ctx, "req-late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := cur.Clone()
+	next.Seq++
+	next.State = runcomfy.StateSucceeded
+	next.Outputs = []byte(strings.ReplaceAll(twoFiles, "SRC", h.src.srv.URL))
+	next.Storage = &state.Storage{State: state.StoragePending}
+	if err := h.b.Save(ctx, next, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	h.until(t, "req-late", "stored", stored)
+	waitFor(t, "the copy of a record that never succeeds dropped", func() bool {
+		due, _ := h.queue.Due(ctx, time.Now().Add(time.Hour), 10)
+		return !slices.Contains(due, "req-never")
+	})
+}
+
+// waitFor polls cond for up to 20 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not in time", what)
+		}
+	}
 }
