@@ -22,6 +22,46 @@ const idempotencyTTL = 24 * time.Hour
 // running elsewhere (another replica, a concurrent call) to finish.
 const idempotencyWait = 60 * time.Second
 
+// claimLease is how long an idempotency claim stands for a submit that is not
+// yet sent, and how long a sent one's sender is taken for alive after it last
+// said so (sendingKey).
+const claimLease = 10 * time.Second
+
+// claimLeaseSkew is how far two replicas' clocks may differ: a sent claim is
+// taken for abandoned only this long after the Until its sender wrote.
+const claimLeaseSkew = 2 * time.Second
+
+// sendingKey marks the claimed key sent, before the submit goes to RunComfy,
+// and keeps saying its sender is alive until stop is called (which waits for
+// the last word): a retry waits for a live sender's answer, and is refused
+// once the sender is gone, since a job may have started. An error means the
+// key could not be marked: the submit must not be sent.
+func (s *Service) sendingKey(ctx context.Context, scope, hash string) (stop func(), err error) {
+	mark := func(ctx context.Context) error {
+		e := state.IdempotencyEntry{BodyHash: hash, Sent: true, Until: s.now().Add(claimLease)}
+		return s.idem.Complete(ctx, scope, e, idempotencyTTL)
+	}
+	if err := mark(ctx); err != nil {
+		return nil, fmt.Errorf("idempotency key: %w", err)
+	}
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(claimLease / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-hctx.Done():
+				return
+			case <-tick.C:
+				_ = mark(hctx) // a missed word is made up by the next
+			}
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
 // errIdempotencyMismatch: the key was first used for another submit.
 var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment, input, webhook or deadlines")
 
@@ -88,10 +128,10 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input, named s
 	defer cancel()
 	pace := backoff.Exponential{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond}
 	for attempt := 0; ; attempt++ {
-		// A claim lives only as long as its submit may take: if this process
-		// dies before completing it, a retry may go ahead once it expires,
-		// instead of waiting on it for a day. Complete sets the full TTL.
-		got, claimed, err := s.idem.Claim(wctx, scope, want, s.submitTimeout+idempotencyWait)
+		// A claim lives claimLease until its submit is sent (sendingKey): a
+		// claimant that dies first, or whose claim landed after it gave up
+		// on the store's answer, holds retries back for that long at most.
+		got, claimed, err := s.idem.Claim(wctx, scope, want, claimLease)
 		switch {
 		case err != nil:
 			return "", nil, fmt.Errorf("idempotency key: %w", err)
@@ -99,7 +139,7 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input, named s
 			return scope, nil, nil
 		case got.BodyHash != want.BodyHash:
 			return "", nil, errIdempotencyMismatch
-		case got.Unanswered:
+		case got.Unanswered, got.Sent && s.now().After(got.Until.Add(claimLeaseSkew)):
 			return "", nil, errIdempotencyUnanswered
 		case got.RequestID != "":
 			rec, err := s.tracker.Get(ctx, got.RequestID)

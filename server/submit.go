@@ -8,6 +8,7 @@ import (
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/backoff"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
@@ -33,6 +34,44 @@ func (s *Service) releaseKey(ctx context.Context, scope, hash string, mayHaveSta
 	if err != nil {
 		s.log.WarnContext(ctx, "idempotency key of a failed submit not settled; it frees itself when its claim expires", "error", err)
 	}
+}
+
+// recordRetryFor bounds how long a submit that started a job tries to settle
+// its idempotency key and record the job while the store does not answer:
+// only they name the job for a retry, and the webhooks and deadlines the
+// submit asked for, which no callback or poll can bring back.
+const recordRetryFor = 10 * time.Second
+
+// untilAvailable runs f until it returns anything but an error wrapping
+// state.ErrUnavailable, within recordRetryFor and ctx, and returns its last
+// error.
+func untilAvailable(ctx context.Context, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, recordRetryFor)
+	defer cancel()
+	pace := backoff.Exponential{Base: 100 * time.Millisecond, Max: time.Second}
+	for attempt := 0; ; attempt++ {
+		err := f(ctx)
+		if !errors.Is(err, state.ErrUnavailable) {
+			return err
+		}
+		t := time.NewTimer(pace.Delay(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// recordSubmitted records a job the submit started, trying again while the
+// store is unavailable (untilAvailable).
+func (s *Service) recordSubmitted(ctx context.Context, u state.Update) (rec *state.Record, err error) {
+	err = untilAvailable(ctx, func(ctx context.Context) error {
+		rec, _, err = s.tracker.Apply(ctx, u)
+		return err
+	})
+	return rec, err
 }
 
 // Submit validates the input, forwards it to RunComfy byte for byte, and records
@@ -115,6 +154,20 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		}
 		return nil, fmt.Errorf("submit to deployment %s not sent: %w", dep, err)
 	}
+	var hash string
+	stopSending := func() {}
+	if scope != "" {
+		hash = bodyHash(dep, req.GetInputJson(), named)
+		stop, err := s.sendingKey(ctx, scope, hash)
+		if err != nil {
+			_ = s.idem.Drop(context.WithoutCancel(ctx), scope)
+			return nil, fmt.Errorf("submit to deployment %s not sent: %w", dep, err)
+		}
+		// Stopped before the key is settled below, so that no late word
+		// undoes the settlement; deferred too, for the paths in between.
+		defer stop()
+		stopSending = stop
+	}
 	var opts runcomfy.SubmitOptions
 	if s.callbacks != nil {
 		opts = runcomfy.SubmitOptions{WebhookURL: s.callbacks.CallbackURL(dep, tenantOf(ctx)), IntermediateStatus: true}
@@ -139,20 +192,24 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			sl.keep()
 		}
 		if scope != "" {
-			s.releaseKey(ctx, scope, bodyHash(dep, req.GetInputJson(), named), mayHaveStarted)
+			stopSending()
+			s.releaseKey(ctx, scope, hash, mayHaveStarted)
 		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}
 	if scope != "" {
-		e := state.IdempotencyEntry{BodyHash: bodyHash(dep, req.GetInputJson(), named), RequestID: resp.RequestID}
-		if err := s.idem.Complete(upCtx, scope, e, idempotencyTTL); err != nil {
+		stopSending()
+		e := state.IdempotencyEntry{BodyHash: hash, RequestID: resp.RequestID}
+		if err := untilAvailable(upCtx, func(ctx context.Context) error {
+			return s.idem.Complete(ctx, scope, e, idempotencyTTL)
+		}); err != nil {
 			s.log.ErrorContext(ctx, "idempotency key not completed", "request_id", resp.RequestID, "error", err)
 		}
 	}
 	// A callback may have recorded the request already (RunComfy can call back
 	// before answering): then this update is a duplicate and the record as the
 	// callback left it is returned.
-	rec, _, err := s.tracker.Apply(upCtx, state.Update{
+	rec, err := s.recordSubmitted(upCtx, state.Update{
 		RequestID:    resp.RequestID,
 		DeploymentID: dep,
 		Source:       state.SourceSubmit,

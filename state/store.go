@@ -137,6 +137,13 @@ type IdempotencyEntry struct {
 	// came back, so a job may have started. The key then stays taken, and a
 	// retry with it is refused rather than sent again (a second paid job).
 	Unanswered bool `json:"unanswered,omitempty"`
+	// Sent: the submit is on its way to RunComfy (a job may start), its
+	// sender alive until Until, which it moves on while it waits. A sent
+	// entry past its Until was left by a sender that died or lost the store
+	// before it learned the answer: a retry is then refused, as when
+	// Unanswered. An entry not yet sent expires with its short claim.
+	Sent  bool      `json:"sent,omitempty"`
+	Until time.Time `json:"until,omitzero"`
 }
 
 // Idempotency remembers idempotency keys, shared by all replicas.
