@@ -16,7 +16,7 @@ LDFLAGS  := -X github.com/comfygate/comfygate/internal/version.version=$(VERSION
 # ARGS are more flags for `make run`, e.g. make run ARGS='--http-addr 127.0.0.1:8081'.
 ARGS     ?=
 
-.PHONY: run deps test test-go test-clients test-short generate generate-clients check-generated lint fuzz bench bench-smoke build docker ci
+.PHONY: run deps test test-go test-clients test-short generate generate-clients check-generated lint fuzz bench bench-smoke chaos chaos-smoke build docker ci
 
 ## run: the gateway with --simulate on 127.0.0.1:9090 (gRPC) and :8080 (HTTP); more flags in ARGS; Ctrl-C drains it
 run: build
@@ -84,6 +84,16 @@ bench: deps
 bench-smoke: deps
 	$(GO) run ./bench -smoke
 
+## chaos: the soak under fire: three replicas under load while faults strike at random, one Redis then a Redis Cluster, DURATION in all (10m); fails on any broken promise; writes RELIABILITY.md. SEED=N repeats a run's fault schedule
+DURATION ?= 10m
+SEED     ?= 0
+chaos: deps
+	$(GO) run ./chaos -duration $(DURATION) -seed $(SEED) -out RELIABILITY.md
+
+## chaos-smoke: shows a deliberately broken gateway is caught, then soaks one Redis for a minute (in CI)
+chaos-smoke: deps
+	$(GO) run ./chaos -smoke -seed $(SEED)
+
 ## build: static binaries in bin/ (./bin/comfygate), stamped with VERSION and COMMIT
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
@@ -93,4 +103,4 @@ docker:
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t ghcr.io/comfygate/comfygate:$(VERSION) .
 
 ## ci: what .ci/run runs
-ci: check-generated lint test bench-smoke
+ci: check-generated lint test bench-smoke chaos-smoke

@@ -108,6 +108,7 @@ type Service struct {
 	freshFor      time.Duration
 	refreshTO     time.Duration
 	now           func() time.Time
+	dropFinal     func() bool
 }
 
 // ServiceConfig holds the Service's dependencies and settings.
@@ -168,6 +169,11 @@ type ServiceConfig struct {
 	RefreshTimeout time.Duration
 	// Now is the clock, for tests; default time.Now.
 	Now func() time.Time
+	// DropFinal, when set, is asked before a watcher is sent a final state;
+	// when it answers true the stream ends without it. It breaks the
+	// gateway's first promise on purpose, so that the chaos soak can show it
+	// catches a broken build; only builds with the chaosfault tag set it.
+	DropFinal func() bool
 }
 
 // NewService checks its dependencies and returns a Service.
@@ -213,6 +219,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		submitTimeout: cfg.SubmitTimeout,
 		freshFor:      cfg.FreshFor,
 		refreshTO:     cfg.RefreshTimeout,
+		dropFinal:     cfg.DropFinal,
 		now:           cfg.Now,
 	}, nil
 }

@@ -46,6 +46,9 @@ func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comf
 		} else if !follow.First(r) {
 			return r.Final(), nil
 		}
+		if r.Final() && s.dropFinal != nil && s.dropFinal() {
+			return true, nil
+		}
 		ev, err := s.events.event(r)
 		if err != nil {
 			return true, err

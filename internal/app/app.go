@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -186,6 +187,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *App, err error)
 		svcCfg.Uploads = a.stored.uploads
 	}
 	svcCfg.UploadTimeout = cfg.UploadTimeout
+	svcCfg.DropFinal = everyNth(cfg.DropFinalEvery)
 	srvCfg := server.Config{
 		GRPCAddr:             cfg.GRPCAddr,
 		HTTPAddr:             cfg.HTTPAddr,
@@ -384,4 +386,13 @@ func redactedURL(raw string) string {
 		return "(unparsable URL)"
 	}
 	return u.Redacted()
+}
+
+// everyNth answers true on every nth call, concurrently; nil for n < 1.
+func everyNth(n int) func() bool {
+	if n < 1 {
+		return nil
+	}
+	var calls atomic.Int64
+	return func() bool { return calls.Add(1)%int64(n) == 0 }
 }

@@ -45,6 +45,11 @@ const TokenEnv = "RUNCOMFY_API_TOKEN"
 
 // Config is everything the gateway is started with.
 type Config struct {
+	// DropFinalEvery breaks the gateway on purpose: every nth watch stream
+	// that reaches its final state ends without it. Only the chaosfault
+	// build has a flag that sets it (testFlags).
+	DropFinalEvery int
+
 	GRPCAddr           string
 	HTTPAddr           string
 	RunComfyURL        string
@@ -222,6 +227,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 		fmt.Fprintf(fs.Output(), "The RunComfy API token is read from %s only.\n\nFlags:\n", TokenEnv)
 		flagenv.PrintFlags(fs.Output(), fs, envOf)
 	}
+	testFlags(fs, cfg)
 	fs.Usage = func() {}
 
 	var envErrs []error

@@ -510,6 +510,19 @@ func (s *Sim) JobState(requestID string) (string, bool) {
 	return j.state.String(), true
 }
 
+// FinishedAt returns when a job reached its terminal state (on Options.Now),
+// and false while it has not, so a soak can measure how long the news took to
+// reach the gateway's watchers.
+func (s *Sim) FinishedAt(requestID string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[requestID]
+	if !ok || !j.state.terminal() {
+		return time.Time{}, false
+	}
+	return j.finishedAt, true
+}
+
 func (s *Sim) jobLocked(requestID string) (*job, error) {
 	if s.closed {
 		return nil, ErrClosed
