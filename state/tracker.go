@@ -304,7 +304,7 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 			return err == nil, err
 		}
 	}
-	return false, nil
+	return false, fmt.Errorf("restore request %s: %d concurrent updates: %w", mem.RequestID, maxSaveAttempts, ErrConflict)
 }
 
 // keepsMore reports whether rec holds what no update from RunComfy brings
@@ -323,10 +323,18 @@ func (t *Tracker) withHooks(rec *Record) *Record {
 	}
 	c := rec.Clone()
 	c.Webhooks = slices.Clone(h.Webhooks)
-	if c.Owner == "" {
-		c.Owner, c.OwnerAttached = h.Owner, h.OwnerAttached
-	}
+	c.Owner, c.OwnerAttached = provenOwner(c, h)
 	return c
+}
+
+// provenOwner is the owner rec should have, given mem, what this replica
+// remembers of the request: mem's when rec has none, or only one an attach
+// claimed while mem's was proven (as merge lets a proven owner take over).
+func provenOwner(rec, mem *Record) (string, bool) {
+	if rec.Owner == "" || (rec.OwnerAttached && !mem.OwnerAttached && mem.Owner != "") {
+		return mem.Owner, mem.OwnerAttached
+	}
+	return rec.Owner, rec.OwnerAttached
 }
 
 // adopt gives stored, a record made again after a loss from what RunComfy
@@ -337,10 +345,7 @@ func (t *Tracker) adopt(ctx context.Context, stored, mem *Record) error {
 	next.Seq++
 	next.UpdatedAt = t.now()
 	next.Webhooks = mem.Webhooks
-	if next.Owner == "" || (next.OwnerAttached && !mem.OwnerAttached && mem.Owner != "") {
-		// The owner the submit proved wins over one an attach claimed.
-		next.Owner, next.OwnerAttached = mem.Owner, mem.OwnerAttached
-	}
+	next.Owner, next.OwnerAttached = provenOwner(next, mem)
 	// stored has no webhooks, so the event is every one of next's state. It
 	// announces the state itself (a final one by its own type), with the
 	// storage as it stands in its body, rather than the storage alone.

@@ -1,0 +1,761 @@
+package state_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/state/memory"
+)
+
+// lossClock is a clock the tests move by hand, shared by the store (its
+// expiry) and the trackers (UpdatedAt, retention, epochs).
+type lossClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newLossClock() *lossClock {
+	return &lossClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *lossClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *lossClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// lossStore is the memory backend, shared by replicas, that can lose its
+// data as a Redis restarted empty does: lose deletes every record it saved
+// and the copies queued for them. Each replica sees it through a lossView,
+// the state.LossDetector. It counts the reads and writes of records, and
+// can fail the next read of a request.
+type lossStore struct {
+	*memory.Backend
+	copies state.WorkQueue
+
+	mu         sync.Mutex
+	ids        map[string]bool // every request saved
+	generation int             // how many losses were reported
+	failGet    map[string]error
+	gets       int
+	saves      int
+}
+
+func newLossStore(clock *lossClock) *lossStore {
+	b := memory.New(clock.now)
+	return &lossStore{Backend: b, copies: b.Queue("copies"), ids: map[string]bool{}, failGet: map[string]error{}}
+}
+
+func (s *lossStore) Get(ctx context.Context, requestID string) (*state.Record, error) {
+	s.mu.Lock()
+	s.gets++
+	err, fail := s.failGet[requestID]
+	delete(s.failGet, requestID)
+	s.mu.Unlock()
+	if fail {
+		return nil, err
+	}
+	return s.Backend.Get(ctx, requestID)
+}
+
+func (s *lossStore) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
+	s.saved(rec.RequestID)
+	return s.Backend.Save(ctx, rec, ttl)
+}
+
+func (s *lossStore) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool, ev *state.Event) error {
+	s.saved(rec.RequestID)
+	return s.Backend.SaveWithEvent(ctx, rec, ttl, due, forget, ev)
+}
+
+func (s *lossStore) saved(requestID string) {
+	s.mu.Lock()
+	s.ids[requestID] = true
+	s.saves++
+	s.mu.Unlock()
+}
+
+// lose deletes every record and queued copy; with report, the replicas'
+// next Lost says so (a loss the store cannot tell is reported by nobody).
+func (s *lossStore) lose(ctx context.Context, t *testing.T, report bool) {
+	t.Helper()
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.ids))
+	for id := range s.ids {
+		ids = append(ids, id)
+	}
+	if report {
+		s.generation++
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		if err := s.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.copies.Done(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// failNextGet makes the next Get of requestID fail with err.
+func (s *lossStore) failNextGet(requestID string, err error) {
+	s.mu.Lock()
+	s.failGet[requestID] = err
+	s.mu.Unlock()
+}
+
+// calls is how many records were read and written so far.
+func (s *lossStore) calls() (gets, saves int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gets, s.saves
+}
+
+// lossView is one replica's view of a lossStore: a state.LossDetector that,
+// as the Redis backend does, answers false on its first call and true once
+// for each loss since its previous call.
+type lossView struct {
+	*lossStore
+	asked   bool
+	seen    int
+	answers []bool
+}
+
+func (s *lossStore) replica() *lossView { return &lossView{lossStore: s} }
+
+func (v *lossView) Lost(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	lost := v.asked && v.seen != v.generation
+	v.asked, v.seen = true, v.generation
+	v.answers = append(v.answers, lost)
+	return lost, nil
+}
+
+// lostAnswers are the answers Lost gave so far.
+func (v *lossView) lostAnswers() []bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.answers)
+}
+
+var _ state.LossDetector = (*lossView)(nil)
+
+// lossOutputs are the outputs of the requests that succeed here, also what
+// upstream's result answers.
+var lossOutputs = []byte(`{"9":{"images":[{"url":"https://x/a.png"}]}}`)
+
+// restoreResults answers every result read with a success and lossOutputs.
+type restoreResults struct{}
+
+func (restoreResults) Result(_ context.Context, _, requestID string) (*runcomfy.ResultResponse, error) {
+	return &runcomfy.ResultResponse{RequestID: requestID, Status: "succeeded", State: runcomfy.StateSucceeded, Outputs: lossOutputs, OutputURLs: []string{"https://x/a.png"}}, nil
+}
+
+var (
+	hooksAll = []state.WebhookTarget{{URL: "https://hooks.example/all", Kinds: state.KindQueued | state.KindRunning | state.KindOutput | state.KindTerminal}}
+	hooksEnd = []state.WebhookTarget{{URL: "https://hooks.example/end", Kinds: state.KindTerminal}}
+)
+
+const lossRetention = time.Hour
+
+// newLossTracker is a replica's Tracker on store, with the store's copy
+// queue, clock's time and lossRetention.
+func newLossTracker(t *testing.T, store state.Store, s *lossStore, clock *lossClock) *state.Tracker {
+	t.Helper()
+	tr, err := state.NewTracker(state.TrackerConfig{Store: store, Results: restoreResults{}, Copies: s.copies, Retention: lossRetention, Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// mustApply applies u and returns the record and outcome.
+func mustApply(ctx context.Context, t *testing.T, tr *state.Tracker, u state.Update) (*state.Record, state.Outcome) {
+	t.Helper()
+	rec, outcome, err := tr.Apply(ctx, u)
+	if err != nil {
+		t.Fatalf("Apply %s %s: %v", u.RequestID, u.State, err)
+	}
+	return rec, outcome
+}
+
+// submitHooked records the submit of requestID by team, with hooks and a
+// run deadline.
+func submitHooked(ctx context.Context, t *testing.T, tr *state.Tracker, requestID string, hooks []state.WebhookTarget) *state.Record {
+	t.Helper()
+	rec, _ := mustApply(ctx, t, tr, state.Update{RequestID: requestID, DeploymentID: "dep-restore", Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, Owner: "team", Webhooks: hooks, MaxRun: 30 * time.Minute})
+	return rec
+}
+
+// storedSuccess moves requestID to succeeded, with lossOutputs, by a
+// callback, and then its copy to stored.
+func storedSuccess(ctx context.Context, t *testing.T, tr *state.Tracker, requestID, owner string) *state.Record {
+	t.Helper()
+	return storedSuccessFrom(ctx, t, tr, state.SourceCallback, requestID, owner)
+}
+
+// storedSuccessFrom is storedSuccess with the success reported by source.
+func storedSuccessFrom(ctx context.Context, t *testing.T, tr *state.Tracker, source state.Source, requestID, owner string) *state.Record {
+	t.Helper()
+	mustApply(ctx, t, tr, state.Update{RequestID: requestID, DeploymentID: "dep-restore", Source: source, State: runcomfy.StateSucceeded, Outputs: lossOutputs, Owner: owner})
+	rec, _ := mustApply(ctx, t, tr, state.Update{RequestID: requestID, Source: state.SourceStorage, State: runcomfy.StateSucceeded,
+		Storage: &state.Storage{State: state.StorageStored, Objects: []state.StoredObject{{Node: "9", File: "a.png", Key: "k/a.png", Size: 3, SHA256: "ab"}}}})
+	if rec.Storage == nil || rec.Storage.State != state.StorageStored {
+		t.Fatalf("%s's storage = %+v, want stored", requestID, rec.Storage)
+	}
+	return rec
+}
+
+// mustGetRecord returns requestID's stored record, read past the
+// lossStore's counts and failures.
+func mustGetRecord(ctx context.Context, t *testing.T, s *lossStore, requestID string) *state.Record {
+	t.Helper()
+	rec, err := s.Backend.Get(ctx, requestID)
+	if err != nil {
+		t.Fatalf("Get %s: %v", requestID, err)
+	}
+	return rec
+}
+
+// epochEvents are the events queued for requestID in epoch, in order.
+func epochEvents(ctx context.Context, t *testing.T, s *lossStore, requestID string, epoch int64) []*state.Event {
+	t.Helper()
+	all, err := s.Events(ctx, requestID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*state.Event
+	for _, ev := range all {
+		if ev.Epoch == epoch {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// eventTypes names each event by its type and seq.
+func eventTypes(evs []*state.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = fmt.Sprintf("%s@%d", ev.Type, ev.Seq)
+	}
+	return out
+}
+
+// queuedCopies are the requests whose copy is queued.
+func queuedCopies(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock) []string {
+	t.Helper()
+	ids, err := s.copies.Due(ctx, clock.now().Add(time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestRestoreLostPutsBackWhatTheStoreLost pins RestoreLost after the store
+// reports a loss: every record the tracker remembers and the store lost is
+// saved again as it stood (state, outputs, error, owner, webhooks,
+// deadline) as seq 1 of a new epoch, with the event of its state queued for
+// its webhooks (a finished one's by its final type); a succeeded one has
+// its copy queued again and its storage started over. The loss is reported
+// once: the next call does nothing, and the restored records go on as
+// usual.
+func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	tr := newLossTracker(t, s.replica(), s, clock)
+
+	submitHooked(ctx, t, tr, "req-queued", hooksAll)
+	submitHooked(ctx, t, tr, "req-failed", hooksEnd)
+	mustApply(ctx, t, tr, state.Update{RequestID: "req-failed", Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom", Message: "out of memory"}})
+	submitHooked(ctx, t, tr, "req-ok", hooksAll)
+	storedSuccess(ctx, t, tr, "req-ok", "team")
+	if _, err := tr.RestoreLost(ctx); err != nil { // the first Lost: nothing lost yet
+		t.Fatal(err)
+	}
+	before := map[string]*state.Record{}
+	for _, id := range []string{"req-queued", "req-failed", "req-ok"} {
+		before[id] = mustGetRecord(ctx, t, s, id)
+	}
+
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+	n, err := tr.RestoreLost(ctx)
+	if err != nil || n != 3 {
+		t.Fatalf("RestoreLost = %d, %v; want 3 restored", n, err)
+	}
+
+	tests := []struct {
+		id          string
+		wantEvent   string
+		wantStorage *state.Storage
+	}{
+		{"req-queued", "request.queued", nil},
+		{"req-failed", "request.failed", nil},
+		{"req-ok", "request.succeeded", &state.Storage{State: state.StoragePending}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			was, rec := before[tt.id], mustGetRecord(ctx, t, s, tt.id)
+			if rec.Seq != 1 || rec.Epoch <= was.Epoch {
+				t.Errorf("restored at epoch %d seq %d, want seq 1 of an epoch after %d", rec.Epoch, rec.Seq, was.Epoch)
+			}
+			if !rec.UpdatedAt.Equal(clock.now()) {
+				t.Errorf("UpdatedAt = %v, want the restore's time %v", rec.UpdatedAt, clock.now())
+			}
+			if rec.State != was.State || rec.Owner != "team" || rec.OwnerAttached || !slices.Equal(rec.Webhooks, was.Webhooks) ||
+				rec.MaxRun != was.MaxRun || string(rec.Outputs) != string(was.Outputs) || fmt.Sprint(rec.Error) != fmt.Sprint(was.Error) {
+				t.Errorf("restored %+v,\nwant it as it stood: %+v", rec, was)
+			}
+			if fmt.Sprint(rec.Storage) != fmt.Sprint(tt.wantStorage) {
+				t.Errorf("storage %+v, want %+v", rec.Storage, tt.wantStorage)
+			}
+			evs := epochEvents(ctx, t, s, tt.id, rec.Epoch)
+			if len(evs) != 1 {
+				t.Fatalf("events of the new epoch: %v, want one", eventTypes(evs))
+			}
+			ev := evs[0]
+			if ev.Type != tt.wantEvent || ev.Seq != 1 || ev.ID != state.EventID(tt.id, rec.Epoch, 1) || ev.Owner != "team" ||
+				len(ev.Targets) != 1 || ev.Targets[0] != rec.Webhooks[0].URL || !slices.Equal(ev.Record.Webhooks, rec.Webhooks) {
+				t.Errorf("event %+v, want %s at seq 1 to %s", ev, tt.wantEvent, rec.Webhooks[0].URL)
+			}
+		})
+	}
+	if got := queuedCopies(ctx, t, s, clock); !slices.Equal(got, []string{"req-ok"}) {
+		t.Errorf("queued copies = %v, want req-ok's again", got)
+	}
+
+	// The loss was reported once: nothing more to do, and nothing read.
+	gets, saves := s.calls()
+	if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+		t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)
+	}
+	if g, sv := s.calls(); g != gets || sv != saves {
+		t.Errorf("RestoreLost with nothing lost read %d and wrote %d records", g-gets, sv-saves)
+	}
+
+	// The restored records go on in their new epoch.
+	restored := mustGetRecord(ctx, t, s, "req-queued")
+	rec, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-queued", Source: state.SourceCallback, State: runcomfy.StateRunning})
+	if outcome != state.Applied || rec.Epoch != restored.Epoch || rec.Seq != 2 || !slices.Equal(rec.Webhooks, hooksAll) {
+		t.Errorf("the next callback: %v, epoch %d seq %d, webhooks %v; want applied at seq 2 of epoch %d with the webhooks", outcome, rec.Epoch, rec.Seq, rec.Webhooks, restored.Epoch)
+	}
+	if got := eventTypes(epochEvents(ctx, t, s, "req-queued", restored.Epoch)); !slices.Equal(got, []string{"request.queued@1", "request.running@2"}) {
+		t.Errorf("events = %v", got)
+	}
+}
+
+// TestRestoreLostGivesBackTheWebhooksOfARecordMadeAgain pins adopt: a
+// record made again after the loss by a replica that did not remember it
+// (a callback: no webhooks, another epoch) gets the webhooks, and the owner
+// when it has none, that this replica remembers, at its next seq, with the
+// event of its state: a succeeded one's is request.succeeded (carrying the
+// storage as it stands), not request.outputs_stored.
+func TestRestoreLostGivesBackTheWebhooksOfARecordMadeAgain(t *testing.T) {
+	tests := []struct {
+		name string
+		// source and owner are those of the success that makes it again.
+		source       state.Source
+		owner        string
+		wantAttached bool // the owner it has then is taken on trust
+		// readFirst: this replica reads the record made again (a duplicate
+		// callback) before its pass, so that the last record it remembers
+		// of the request has no webhooks.
+		readFirst bool
+	}{
+		{"made again by a callback", state.SourceCallback, "team", false, false},
+		{"made again by a poll, without an owner", state.SourcePoll, "", false, false},
+		{"made again by a callback, read here before the pass", state.SourceCallback, "team", false, true},
+		// The submitter's proven owner takes the request back from one an
+		// attach claimed, as merge lets it: the events go out under it.
+		{"made again by another tenant's attach", state.SourceAttach, "other", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			a := newLossTracker(t, s.replica(), s, clock)
+			submitHooked(ctx, t, a, "req-hooks", hooksAll)
+			storedSuccess(ctx, t, a, "req-hooks", "")
+			if _, err := a.RestoreLost(ctx); err != nil {
+				t.Fatal(err)
+			}
+
+			clock.advance(time.Minute)
+			s.lose(ctx, t, true)
+			// Another replica, which never saw the request, hears of it first.
+			b := newLossTracker(t, s.replica(), s, clock)
+			storedSuccessFrom(ctx, t, b, tt.source, "req-hooks", tt.owner)
+			made := mustGetRecord(ctx, t, s, "req-hooks")
+			if len(made.Webhooks) != 0 || made.Owner != tt.owner || made.OwnerAttached != tt.wantAttached || made.Seq != 2 {
+				t.Fatalf("made again: %+v; want seq 2 without webhooks, owned by %q (attached %v)", made, tt.owner, tt.wantAttached)
+			}
+
+			if tt.readFirst {
+				if _, outcome := mustApply(ctx, t, a, state.Update{RequestID: "req-hooks", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs}); outcome != state.Duplicate {
+					t.Fatalf("the duplicate callback: %v, want duplicate", outcome)
+				}
+			}
+			clock.advance(time.Second)
+			n, err := a.RestoreLost(ctx)
+			if err != nil || n != 1 {
+				t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+			}
+			rec := mustGetRecord(ctx, t, s, "req-hooks")
+			if rec.Epoch != made.Epoch || rec.Seq != made.Seq+1 {
+				t.Errorf("adopted at epoch %d seq %d, want epoch %d seq %d", rec.Epoch, rec.Seq, made.Epoch, made.Seq+1)
+			}
+			if !slices.Equal(rec.Webhooks, hooksAll) || rec.Owner != "team" || rec.OwnerAttached {
+				t.Errorf("adopted webhooks %v, owner %q (attached %v); want %v, proven team", rec.Webhooks, rec.Owner, rec.OwnerAttached, hooksAll)
+			}
+			if rec.State != runcomfy.StateSucceeded || rec.Storage == nil || rec.Storage.State != state.StorageStored || string(rec.Outputs) != string(lossOutputs) {
+				t.Errorf("adopted %+v; want the record made again, succeeded and stored", rec)
+			}
+			if !rec.UpdatedAt.Equal(clock.now()) {
+				t.Errorf("UpdatedAt = %v, want %v", rec.UpdatedAt, clock.now())
+			}
+			evs := epochEvents(ctx, t, s, "req-hooks", made.Epoch)
+			if len(evs) != 1 {
+				t.Fatalf("events of the epoch made again: %v, want one", eventTypes(evs))
+			}
+			ev := evs[0]
+			if ev.Type != "request.succeeded" || ev.Seq != rec.Seq || ev.ID != state.EventID("req-hooks", rec.Epoch, rec.Seq) || ev.Owner != "team" {
+				t.Errorf("event %s at seq %d (owner %q), want request.succeeded at seq %d", ev.Type, ev.Seq, ev.Owner, rec.Seq)
+			}
+			if ev.Record == nil || ev.Record.Storage == nil || ev.Record.Storage.State != state.StorageStored || !slices.Equal(ev.Record.Webhooks, hooksAll) {
+				t.Errorf("event's record %+v, want the adopted one (stored, with its webhooks)", ev.Record)
+			}
+			if n, err := a.RestoreLost(ctx); n != 0 || err != nil {
+				t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)
+			}
+		})
+	}
+}
+
+// TestRestoreLostLeavesWhatAnotherReplicaRestored pins that a record
+// another replica put back first (another epoch, with its webhooks) is
+// left as it is: one restore, one event.
+func TestRestoreLostLeavesWhatAnotherReplicaRestored(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	a, b := newLossTracker(t, s.replica(), s, clock), newLossTracker(t, s.replica(), s, clock)
+	submitHooked(ctx, t, a, "req-both", hooksAll)
+	// b remembers it too: it read it for a duplicate callback.
+	if _, outcome := mustApply(ctx, t, b, state.Update{RequestID: "req-both", Source: state.SourceCallback, State: runcomfy.StateQueued}); outcome != state.Duplicate {
+		t.Fatalf("b's callback: %v, want duplicate", outcome)
+	}
+	for _, tr := range []*state.Tracker{a, b} {
+		if _, err := tr.RestoreLost(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+	if n, err := a.RestoreLost(ctx); n != 1 || err != nil {
+		t.Fatalf("a's RestoreLost = %d, %v; want 1", n, err)
+	}
+	restored := mustGetRecord(ctx, t, s, "req-both")
+	if n, err := b.RestoreLost(ctx); n != 0 || err != nil {
+		t.Errorf("b's RestoreLost = %d, %v; want 0: a restored it", n, err)
+	}
+	if rec := mustGetRecord(ctx, t, s, "req-both"); rec.Position() != restored.Position() {
+		t.Errorf("b changed the restored record: %v, was %v", rec.Position(), restored.Position())
+	}
+	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@1"}) {
+		t.Errorf("events = %v, want the restore's alone", got)
+	}
+}
+
+// TestRestoreLostWithoutALossDoesNothing pins that RestoreLost neither reads
+// nor writes a record unless the store reports a loss: not while the store
+// keeps its records, not when records went without the store saying so
+// (expired, evicted: the callbacks and polls deal with those), and never
+// with a store that cannot tell (no state.LossDetector).
+func TestRestoreLostWithoutALossDoesNothing(t *testing.T) {
+	tests := []struct {
+		name       string
+		detector   bool // the store is a LossDetector
+		lose       bool // the records go, unreported
+		wantStored bool
+	}{
+		{"nothing lost", true, false, true},
+		{"records gone, no loss reported", true, true, false},
+		{"a store that cannot tell", false, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			var store state.Store = s
+			if tt.detector {
+				store = s.replica()
+			}
+			tr := newLossTracker(t, store, s, clock)
+			submitHooked(ctx, t, tr, "req-1", hooksAll)
+			submitHooked(ctx, t, tr, "req-2", hooksEnd)
+			for range 2 { // the first Lost, and a later one
+				if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+					t.Fatalf("RestoreLost = %d, %v; want 0, nil", n, err)
+				}
+			}
+			if tt.lose {
+				s.lose(ctx, t, false)
+			}
+			gets, saves := s.calls()
+			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+				t.Errorf("RestoreLost = %d, %v; want 0, nil", n, err)
+			}
+			if g, sv := s.calls(); g != gets || sv != saves {
+				t.Errorf("RestoreLost read %d and wrote %d records, want none", g-gets, sv-saves)
+			}
+			for _, id := range []string{"req-1", "req-2"} {
+				_, err := s.Backend.Get(ctx, id)
+				if stored := err == nil; stored != tt.wantStored {
+					t.Errorf("%s stored: %v (%v), want %v", id, stored, err, tt.wantStored)
+				}
+			}
+		})
+	}
+}
+
+// TestRestoreLostGoesOnAfterAFailedPass pins that a pass the store fails
+// (unavailable: the pass stops; another error: the pass goes on without
+// that record) is continued by the next call although Lost then answers
+// false, until every record is back, each restored once; after a complete
+// pass, calls do nothing again.
+func TestRestoreLostGoesOnAfterAFailedPass(t *testing.T) {
+	ids := []string{"req-a", "req-b", "req-c", "req-d"}
+	tests := []struct {
+		name string
+		err  error
+		// wantFirst is how many the failed pass restores; -1: any fewer
+		// than all (the pass stops where the store failed, in no
+		// particular order).
+		wantFirst int
+	}{
+		{"store unavailable", fmt.Errorf("redis get: %w", state.ErrUnavailable), -1},
+		{"another error", errors.New("state: record unreadable"), len(ids) - 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			v := s.replica()
+			tr := newLossTracker(t, v, s, clock)
+			for _, id := range ids {
+				submitHooked(ctx, t, tr, id, hooksAll)
+			}
+			if _, err := tr.RestoreLost(ctx); err != nil {
+				t.Fatal(err)
+			}
+			clock.advance(time.Minute)
+			s.lose(ctx, t, true)
+			s.failNextGet("req-c", tt.err)
+
+			first, err := tr.RestoreLost(ctx)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("the failed pass: %v, want %v", err, tt.err)
+			}
+			if tt.wantFirst >= 0 && first != tt.wantFirst || first >= len(ids) {
+				t.Errorf("the failed pass restored %d, want %d", first, tt.wantFirst)
+			}
+			if _, err := s.Backend.Get(ctx, "req-c"); !errors.Is(err, state.ErrNotFound) {
+				t.Errorf("req-c after the failed pass: %v, want it still lost", err)
+			}
+
+			second, err := tr.RestoreLost(ctx)
+			if err != nil || first+second != len(ids) {
+				t.Errorf("the next pass = %d, %v; want the %d left", second, err, len(ids)-first)
+			}
+			if got, want := v.lostAnswers(), []bool{false, true, false}; !slices.Equal(got, want) {
+				t.Errorf("Lost answered %v, want %v (the next pass went on although it answered false)", got, want)
+			}
+			for _, id := range ids {
+				rec := mustGetRecord(ctx, t, s, id)
+				if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); rec.Seq != 1 || !slices.Equal(rec.Webhooks, hooksAll) || !slices.Equal(got, []string{"request.queued@1"}) {
+					t.Errorf("%s: seq %d, webhooks %v, events %v; want restored once", id, rec.Seq, rec.Webhooks, got)
+				}
+			}
+
+			gets, saves := s.calls()
+			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+				t.Errorf("after the complete pass: RestoreLost = %d, %v; want 0, nil", n, err)
+			}
+			if g, sv := s.calls(); g != gets || sv != saves {
+				t.Errorf("after the complete pass, RestoreLost read %d and wrote %d records, want none", g-gets, sv-saves)
+			}
+		})
+	}
+}
+
+// TestRestoreLostSkipsRecordsPastTheirRetention pins that a remembered
+// record last written the retention ago or more is not put back (it
+// expired rather than being lost), by RestoreLost or by Apply, while one
+// younger than that is.
+func TestRestoreLostSkipsRecordsPastTheirRetention(t *testing.T) {
+	tests := []struct {
+		name         string
+		age          time.Duration
+		wantRestored bool
+	}{
+		{"fresh", 0, true},
+		{"just within the retention", lossRetention - time.Second, true},
+		{"at the retention", lossRetention, false},
+		{"long past it", 3 * lossRetention, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newLossTracker(t, s.replica(), s, clock)
+			if _, err := tr.RestoreLost(ctx); err != nil {
+				t.Fatal(err)
+			}
+			submitHooked(ctx, t, tr, "req-aged", hooksAll)
+			clock.advance(tt.age)
+			submitHooked(ctx, t, tr, "req-fresh", hooksAll)
+			s.lose(ctx, t, true)
+
+			want := 1
+			if tt.wantRestored {
+				want = 2
+			}
+			if n, err := tr.RestoreLost(ctx); n != want || err != nil {
+				t.Errorf("RestoreLost = %d, %v; want %d", n, err, want)
+			}
+			mustGetRecord(ctx, t, s, "req-fresh")
+			_, err := s.Backend.Get(ctx, "req-aged")
+			if restored := err == nil; restored != tt.wantRestored {
+				t.Fatalf("req-aged restored: %v (%v), want %v", restored, err, tt.wantRestored)
+			}
+			if tt.wantRestored {
+				return
+			}
+			// Nor does a callback bring back what the tracker remembers.
+			rec, _ := mustApply(ctx, t, tr, state.Update{RequestID: "req-aged", Source: state.SourceCallback, State: runcomfy.StateRunning})
+			if rec.Seq != 1 || len(rec.Webhooks) != 0 || rec.Owner != "" {
+				t.Errorf("after a callback: seq %d, webhooks %v, owner %q; want a record made from the callback alone", rec.Seq, rec.Webhooks, rec.Owner)
+			}
+		})
+	}
+}
+
+// TestApplyRestoresALostRecordFirst pins Apply for a request whose record
+// the store lost (no loss reported) but this tracker remembers: the record
+// is put back first, in a new epoch, so that the update lands on it and
+// what the update does not carry (webhooks, owner, deadline) survives; the
+// restore's event and the update's are queued.
+func TestApplyRestoresALostRecordFirst(t *testing.T) {
+	tests := []struct {
+		name        string
+		u           state.Update
+		wantOutcome state.Outcome
+		wantState   runcomfy.State
+		wantSeq     int64
+		wantEvents  []string
+	}{
+		{"running callback", state.Update{Source: state.SourceCallback, State: runcomfy.StateRunning},
+			state.Applied, runcomfy.StateRunning, 2, []string{"request.queued@1", "request.running@2"}},
+		{"failed callback", state.Update{Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom"}},
+			state.Applied, runcomfy.StateFailed, 2, []string{"request.queued@1", "request.failed@2"}},
+		{"poll of a success with its outputs", state.Update{Source: state.SourcePoll, State: runcomfy.StateSucceeded, Outputs: lossOutputs},
+			state.Applied, runcomfy.StateSucceeded, 2, []string{"request.queued@1", "request.succeeded@2"}},
+		{"success whose outputs are fetched", state.Update{Source: state.SourceCallback, State: runcomfy.StateSucceeded},
+			state.Applied, runcomfy.StateSucceeded, 2, []string{"request.queued@1", "request.succeeded@2"}},
+		{"duplicate of the remembered state", state.Update{Source: state.SourceCallback, State: runcomfy.StateQueued},
+			state.Duplicate, runcomfy.StateQueued, 1, []string{"request.queued@1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newLossTracker(t, s.replica(), s, clock)
+			was := submitHooked(ctx, t, tr, "req-1", hooksAll)
+			clock.advance(time.Minute)
+			s.lose(ctx, t, false)
+
+			u := tt.u
+			u.RequestID, u.DeploymentID = "req-1", "dep-restore"
+			got, outcome := mustApply(ctx, t, tr, u)
+			rec := mustGetRecord(ctx, t, s, "req-1")
+			if outcome != tt.wantOutcome || got == nil || got.Position() != rec.Position() {
+				t.Errorf("Apply = %v, %+v; want %v and the stored record", outcome, got, tt.wantOutcome)
+			}
+			if rec.State != tt.wantState || rec.Seq != tt.wantSeq || rec.Epoch <= was.Epoch {
+				t.Errorf("stored %v at epoch %d seq %d; want %v at seq %d of an epoch after %d", rec.State, rec.Epoch, rec.Seq, tt.wantState, tt.wantSeq, was.Epoch)
+			}
+			if !slices.Equal(rec.Webhooks, hooksAll) || rec.Owner != "team" || rec.OwnerAttached || rec.MaxRun != was.MaxRun {
+				t.Errorf("stored webhooks %v, owner %q (attached %v), max run %v; want the remembered %v, team, %v", rec.Webhooks, rec.Owner, rec.OwnerAttached, rec.MaxRun, hooksAll, was.MaxRun)
+			}
+			if got := eventTypes(epochEvents(ctx, t, s, "req-1", rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events = %v, want %v", got, tt.wantEvents)
+			}
+		})
+	}
+}
+
+// TestApplyRestoresOnlyWhatUpdatesCannotBringBack pins that Apply puts a
+// lost record back first only when it holds what no update from RunComfy
+// brings back (webhooks, deadlines): a remembered record with neither is
+// made again from the update alone, as seq 1 of a new epoch.
+func TestApplyRestoresOnlyWhatUpdatesCannotBringBack(t *testing.T) {
+	tests := []struct {
+		name    string
+		submit  state.Update
+		wantSeq int64 // 2: restored, then updated; 1: made again
+	}{
+		{"webhooks", state.Update{Webhooks: hooksEnd}, 2},
+		{"a queue deadline", state.Update{MaxQueue: time.Hour}, 2},
+		{"a run deadline", state.Update{MaxRun: time.Hour}, 2},
+		{"neither", state.Update{}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newLossTracker(t, s.replica(), s, clock)
+			sub := tt.submit
+			sub.RequestID, sub.DeploymentID, sub.Source, sub.State, sub.Owner = "req-1", "dep-restore", state.SourceSubmit, runcomfy.StateQueued, "team"
+			was, _ := mustApply(ctx, t, tr, sub)
+			clock.advance(time.Minute)
+			s.lose(ctx, t, false)
+
+			rec, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-1", DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateRunning, Owner: "team"})
+			if outcome != state.Applied || rec.State != runcomfy.StateRunning || rec.Seq != tt.wantSeq || rec.Epoch <= was.Epoch {
+				t.Fatalf("Apply = %v, %v at epoch %d seq %d; want applied, running at seq %d of an epoch after %d", outcome, rec.State, rec.Epoch, rec.Seq, tt.wantSeq, was.Epoch)
+			}
+			if !slices.Equal(rec.Webhooks, was.Webhooks) || rec.MaxQueue != was.MaxQueue || rec.MaxRun != was.MaxRun || rec.Owner != "team" {
+				t.Errorf("stored webhooks %v, deadlines %v/%v, owner %q; want those of the submit: %v, %v/%v, team",
+					rec.Webhooks, rec.MaxQueue, rec.MaxRun, rec.Owner, was.Webhooks, was.MaxQueue, was.MaxRun)
+			}
+		})
+	}
+}
