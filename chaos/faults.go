@@ -94,6 +94,19 @@ type injector struct {
 
 	mu     sync.Mutex
 	active map[string]int // upstream fault kinds in effect, counted
+	wipes  []time.Time    // when Redis lost its data (restarted empty)
+}
+
+// wipedAfter reports whether Redis lost its data after t and within d of it.
+func (in *injector) wipedAfter(t time.Time, d time.Duration) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, w := range in.wipes {
+		if w.After(t) && w.Sub(t) <= d {
+			return true
+		}
+	}
+	return false
 }
 
 func newInjector(sys *system, log func(string, ...any)) *injector {
@@ -152,6 +165,9 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 		in.redisMu.Lock()
 		defer in.redisMu.Unlock()
 		if f.kind == faultRedisEmpty {
+			in.mu.Lock()
+			in.wipes = append(in.wipes, time.Now())
+			in.mu.Unlock()
 			return in.sys.redis.RestartEmpty(f.lasts / 3)
 		}
 		return in.sys.redis.Restart(f.lasts / 3)

@@ -46,6 +46,10 @@ type request struct {
 	answerIn time.Duration // from the first attempt to the answer
 	attempts int
 	lastErr  error // of the last failed submit attempt
+	// unanswered: refused for good because the key's first submit may have
+	// started a job whose answer was lost.
+	unanswered bool
+	firstAt    time.Time // the first submit attempt
 	watchers []*watcher
 }
 
@@ -140,6 +144,7 @@ func (l *loader) authed(ctx context.Context, t tenant) context.Context {
 func (l *loader) follow(ctx, watchCtx context.Context, r *request, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	start := time.Now()
+	r.firstAt = start
 	deadline := start.Add(submitPatience)
 	for {
 		r.attempts++
@@ -152,6 +157,13 @@ func (l *loader) follow(ctx, watchCtx context.Context, r *request, seed uint64) 
 		l.mu.Lock()
 		l.submitErrs[status.Code(err)]++
 		l.mu.Unlock()
+		if status.Code(err) == codes.FailedPrecondition {
+			// The key's first submit reached RunComfy and its answer was
+			// lost (its replica died meanwhile): a job may exist, and a
+			// retry is refused for good. A final answer, not an outage.
+			r.unanswered = true
+			return
+		}
 		if time.Now().After(deadline) || watchCtx.Err() != nil {
 			l.gaveUp.Add(1)
 			return

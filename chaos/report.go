@@ -34,6 +34,7 @@ func (r *result) table() string {
 	row("events sent out of order to one watcher", r.backward, "0")
 	row("idempotency keys billed more than once", r.billedTwice, "0")
 	row("jobs billed for submits never answered", r.billedUnanswered, "0")
+	row("submits refused for good: the first attempt reached RunComfy and its replica was killed before the answer (`FAILED_PRECONDITION`, a job may exist)", r.refusedUnanswered, "")
 	row("terminal webhooks missing", r.hooksMissing, "0")
 	row("terminal webhooks with another status", r.hooksWrong, "0")
 	row("webhooks with a bad signature or body", r.hooksBad, "0")
@@ -50,6 +51,10 @@ func (r *result) table() string {
 	row(fmt.Sprintf("RunComfy's end to the final state at a live watcher, p50 / p99 / max (%d watchers)", len(r.latencies)),
 		p(0.5)+" / "+p(0.99)+" / "+p(1), "")
 	row("time to settle after the load and the faults stopped", r.settled.Round(time.Second), "")
+	if r.lost != (struct{ records, hooks, outputs, billing int }{}) {
+		row("went with Redis's data when it restarted empty, beyond what the replicas remembered: finished records / terminal webhooks / stored outputs / idempotency keys (then billed twice)",
+			fmt.Sprintf("%d / %d / %d / %d", r.lost.records, r.lost.hooks, r.lost.outputs, r.lost.billing), "documented")
+	}
 	if len(r.submitErrs) > 0 {
 		var errs []string
 		for code, n := range r.submitErrs {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"google.golang.org/grpc/codes"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -56,7 +58,22 @@ type result struct {
 	// examples name a few of the requests behind each broken promise, for
 	// the logs kept of a failed run.
 	examples map[string][]string
+	// lost counts what went with Redis's data when it restarted empty
+	// (documented: with no persistence a restart loses everything): what the
+	// replicas' memory could not put back. Not counted as broken promises.
+	lost struct{ records, hooks, outputs, billing int }
+	// refusedUnanswered: submits refused for good because their first
+	// attempt reached RunComfy and its replica died before the answer.
+	refusedUnanswered int
 }
+
+// sideEffectWindow is how long after a request ended a loss of Redis's data
+// is taken to explain its missing webhook or stored output: the events and
+// copies of a request normally complete within seconds.
+const sideEffectWindow = time.Minute
+
+// forever: a finished record lost at any time is not made again.
+const forever = 24 * time.Hour
 
 func (r *result) example(what, which string) {
 	if r.examples == nil {
@@ -163,7 +180,7 @@ func soak(ctx context.Context, bins *binaries, o options, mode string, stdout io
 		stopWatching()
 		<-waited
 	}
-	c := newChecker(sys, l)
+	c := newChecker(sys, l, in)
 	for {
 		c.check(ctx, res)
 		if len(res.broken()) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
@@ -192,13 +209,13 @@ func soak(ctx context.Context, bins *binaries, o options, mode string, stdout io
 type checker struct {
 	sys      *system
 	l        *loader
+	in       *injector // when Redis lost its data
 	recorded map[string]comfygatev1.Status
 	stored   map[string]bool
-	storage  map[string]string // the storage state of outputs not stored
 }
 
-func newChecker(sys *system, l *loader) *checker {
-	return &checker{sys: sys, l: l, recorded: map[string]comfygatev1.Status{}, stored: map[string]bool{}, storage: map[string]string{}}
+func newChecker(sys *system, l *loader, in *injector) *checker {
+	return &checker{sys: sys, l: l, in: in, recorded: map[string]comfygatev1.Status{}, stored: map[string]bool{}}
 }
 
 func simStatus(s string) comfygatev1.Status {
@@ -263,10 +280,16 @@ func (c *checker) check(ctx context.Context, res *result) {
 		if !terminal {
 			continue
 		}
-		switch got := c.status(ctx, r); got {
-		case want:
+		switch got := c.status(ctx, r); {
+		case got == want:
 			res.recorded++
-		case comfygatev1.Status_STATUS_UNSPECIFIED:
+		case got == comfygatev1.Status_STATUS_UNSPECIFIED && c.in.wipedAfter(finishedAt, forever) && c.seenFinal(r, want):
+			// Recorded (a watcher was sent it, or its webhook), then lost
+			// with Redis's data when no replica remembered it any more: a
+			// finished record is never made again.
+			res.recorded++
+			res.lost.records++
+		case got == comfygatev1.Status_STATUS_UNSPECIFIED:
 			res.example("terminal states not recorded", "request "+r.rid)
 		default:
 			res.recordedWrong++
@@ -275,6 +298,8 @@ func (c *checker) check(ctx context.Context, res *result) {
 		switch got, other := c.sys.hooks.terminal(r.rid, "request."+state); {
 		case other:
 			res.hooksWrong++
+		case !got && c.in.wipedAfter(finishedAt, sideEffectWindow):
+			res.lost.hooks++
 		case !got:
 			res.hooksMissing++
 			res.example("terminal webhooks missing", fmt.Sprintf("request %s, ended on RunComfy at %s", r.rid, finishedAt.Format("15:04:05.000")))
@@ -283,16 +308,31 @@ func (c *checker) check(ctx context.Context, res *result) {
 			res.outputsChecked++
 			switch c.output(ctx, r) {
 			case outputMissing:
+				if c.in.wipedAfter(finishedAt, sideEffectWindow) {
+					res.lost.outputs++
+					break
+				}
 				res.outputsMissing++
-				res.example("outputs not stored", fmt.Sprintf("request %s (storage %s)", r.rid, c.storage[r.rid]))
+				res.example("outputs not stored", "request "+r.rid)
 			case outputWrong:
 				res.outputsWrong++
 			}
 		}
 	}
+	byKey := map[string]*request{}
+	for _, r := range reqs {
+		byKey[r.key] = r
+		if r.unanswered {
+			res.refusedUnanswered++
+		}
+	}
 	for key, n := range c.sys.billing.snapshot() {
 		res.jobs += n
+		r := byKey[key]
 		switch {
+		case n > 1 && r != nil && c.in.wipedAfter(r.firstAt, r.answerIn+time.Second):
+			// The key went with Redis's data between two attempts.
+			res.lost.billing++
 		case n > 1:
 			res.billedTwice++
 		case !answered[key]:
@@ -309,6 +349,19 @@ func maps(m map[codes.Code]int) map[codes.Code]int {
 		out[k] = v
 	}
 	return out
+}
+
+// seenFinal reports whether the gateway was seen to hold r's final state:
+// one of its watchers was sent it, or its terminal webhook came.
+func (c *checker) seenFinal(r *request, want comfygatev1.Status) bool {
+	for _, w := range r.watchers {
+		if w.final == want {
+			return true
+		}
+	}
+	state, _ := c.sys.sim.JobState(r.rid)
+	got, _ := c.sys.hooks.terminal(r.rid, "request."+state)
+	return got
 }
 
 // status is the request's status as a replica answers it; UNSPECIFIED when
@@ -342,41 +395,40 @@ const (
 	outputWrong
 )
 
-// output checks that a succeeded request's outputs are stored with the
-// simulator's bytes.
+// output checks, in the S3 bucket itself, that a succeeded request's outputs
+// are stored with the simulator's bytes, under
+// outputs/<tenant>/<deployment>/<request>/: whatever became of its record.
 func (c *checker) output(ctx context.Context, r *request) outputCheck {
 	if c.stored[r.rid] {
 		return outputStored
 	}
-	for _, g := range c.sys.live() {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		resp, err := g.api.GetResult(c.l.authed(cctx, r.tenant), &comfygatev1.GetResultRequest{DeploymentId: r.dep, RequestId: r.rid})
-		if err != nil {
-			continue
-		}
-		st := resp.GetRequest().GetStorage()
-		if st.GetState() != comfygatev1.StorageState_STORAGE_STATE_STORED || len(st.GetObjects()) == 0 {
-			c.storage[r.rid] = st.GetState().String()
+	cl := c.sys.s3.Client()
+	prefix := strings.Join([]string{"outputs", r.tenant.name, r.dep, r.rid}, "/") + "/"
+	n := 0
+	for obj := range cl.ListObjects(ctx, c.sys.s3.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
 			return outputMissing
 		}
-		for _, o := range st.GetObjects() {
-			var want bytes.Buffer
-			if err := c.sys.sim.WriteOutput(&want, r.rid, o.GetFile()); err != nil {
-				return outputWrong
-			}
-			got, err := download(cctx, o.GetUrl())
-			if err != nil {
-				return outputMissing
-			}
-			if !bytes.Equal(got, want.Bytes()) {
-				return outputWrong
-			}
+		o, err := cl.GetObject(ctx, c.sys.s3.Bucket, obj.Key, minio.GetObjectOptions{})
+		if err != nil {
+			return outputMissing
 		}
-		c.stored[r.rid] = true
-		return outputStored
+		got, err := io.ReadAll(o)
+		o.Close()
+		if err != nil {
+			return outputMissing
+		}
+		var want bytes.Buffer
+		if err := c.sys.sim.WriteOutput(&want, r.rid, path.Base(obj.Key)); err != nil || !bytes.Equal(got, want.Bytes()) {
+			return outputWrong
+		}
+		n++
 	}
-	return outputMissing
+	if n == 0 {
+		return outputMissing
+	}
+	c.stored[r.rid] = true
+	return outputStored
 }
 
 func download(ctx context.Context, url string) ([]byte, error) {

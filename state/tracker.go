@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/comfygate/comfygate/runcomfy"
 )
@@ -259,27 +262,55 @@ func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	t.restoring.Store(true)
-	restored := 0
-	var errs []error
+	// The records go back restoreConcurrency at a time: a replica remembers
+	// thousands, and callbacks that come meanwhile would make them again
+	// without what only the memory holds.
+	var (
+		mu       sync.Mutex
+		restored int
+		errs     []error
+		down     atomic.Bool
+		downErr  error // the first unavailable store's, under mu
+		g        errgroup.Group
+	)
+	g.SetLimit(restoreConcurrency)
 	for _, mem := range t.recent.all() {
 		if t.now().Sub(mem.UpdatedAt) >= t.retention {
 			continue // expired, not lost
 		}
-		done, err := t.restoreOne(ctx, mem)
-		switch {
-		case errors.Is(err, ErrUnavailable):
-			return restored, err // the store is down again: the next call goes on
-		case err != nil:
-			errs = append(errs, err)
-		case done:
-			restored++
+		if down.Load() {
+			break // the store is down again: the next call goes on
 		}
+		g.Go(func() error {
+			done, err := t.restoreOne(ctx, mem)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, ErrUnavailable):
+				if !down.Swap(true) {
+					downErr = err
+				}
+				errs = append(errs, err)
+			case err != nil:
+				errs = append(errs, err)
+			case done:
+				restored++
+			}
+			return nil
+		})
 	}
+	_ = g.Wait() // the errors are in errs
 	if len(errs) == 0 {
 		t.restoring.Store(false)
 	}
+	if down.Load() {
+		return restored, downErr
+	}
 	return restored, errors.Join(errs...)
 }
+
+// restoreConcurrency is how many records RestoreLost puts back at once.
+const restoreConcurrency = 16
 
 // restoreOne restores mem, or gives its webhooks back to the record made
 // again in its place, trying again when a concurrent save comes first; done

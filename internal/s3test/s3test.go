@@ -315,6 +315,10 @@ func (s *Server) Backdate(key string, t time.Time) error {
 }
 
 // client returns a client of the server that does not retry, for probing.
+// Client is a client of the server with its root credentials, for a check
+// of the objects the gateway stored.
+func (s *Server) Client() *minio.Client { return s.client() }
+
 func (s *Server) client() *minio.Client {
 	c, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{
 		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
