@@ -50,7 +50,7 @@ type request struct {
 	// started a job whose answer was lost.
 	unanswered bool
 	firstAt    time.Time // the first submit attempt
-	watchers []*watcher
+	watchers   []*watcher
 }
 
 // watcher follows one request to its end, resuming after every broken
