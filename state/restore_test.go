@@ -276,8 +276,9 @@ func queuedCopies(ctx context.Context, t *testing.T, s *lossStore, clock *lossCl
 // reports a loss: every record the tracker remembers and the store lost is
 // saved again as it stood (state, outputs, error, owner, webhooks,
 // deadline) as seq 1 of a new epoch, with the event of its state queued for
-// its webhooks (a finished one's by its final type); a succeeded one has
-// its copy queued again and its storage started over. The loss is reported
+// its webhooks (a finished one's by its final type); a succeeded one whose
+// copy was pending has it queued again, one whose outputs were stored keeps
+// them (the object store lost nothing) and is not copied again. The loss is reported
 // once: the next call does nothing, and the restored records go on as
 // usual.
 func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
@@ -291,19 +292,21 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	mustApply(ctx, t, tr, state.Update{RequestID: "req-failed", Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom", Message: "out of memory"}})
 	submitHooked(ctx, t, tr, "req-ok", hooksAll)
 	storedSuccess(ctx, t, tr, "req-ok", "team")
+	submitHooked(ctx, t, tr, "req-copying", hooksAll)
+	mustApply(ctx, t, tr, state.Update{RequestID: "req-copying", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
 	if _, err := tr.RestoreLost(ctx); err != nil { // the first Lost: nothing lost yet
 		t.Fatal(err)
 	}
 	before := map[string]*state.Record{}
-	for _, id := range []string{"req-queued", "req-failed", "req-ok"} {
+	for _, id := range []string{"req-queued", "req-failed", "req-ok", "req-copying"} {
 		before[id] = mustGetRecord(ctx, t, s, id)
 	}
 
 	clock.advance(time.Minute)
 	s.lose(ctx, t, true)
 	n, err := tr.RestoreLost(ctx)
-	if err != nil || n != 3 {
-		t.Fatalf("RestoreLost = %d, %v; want 3 restored", n, err)
+	if err != nil || n != 4 {
+		t.Fatalf("RestoreLost = %d, %v; want 4 restored", n, err)
 	}
 
 	tests := []struct {
@@ -313,7 +316,8 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	}{
 		{"req-queued", "request.queued", nil},
 		{"req-failed", "request.failed", nil},
-		{"req-ok", "request.succeeded", &state.Storage{State: state.StoragePending}},
+		{"req-ok", "request.succeeded", before["req-ok"].Storage},
+		{"req-copying", "request.succeeded", &state.Storage{State: state.StoragePending}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
@@ -342,8 +346,8 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 			}
 		})
 	}
-	if got := queuedCopies(ctx, t, s, clock); !slices.Equal(got, []string{"req-ok"}) {
-		t.Errorf("queued copies = %v, want req-ok's again", got)
+	if got := queuedCopies(ctx, t, s, clock); !slices.Equal(got, []string{"req-copying"}) {
+		t.Errorf("queued copies = %v, want req-copying's again, and req-ok's outputs left stored", got)
 	}
 
 	// The loss was reported once: nothing more to do, and nothing read.

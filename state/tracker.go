@@ -377,16 +377,8 @@ func (t *Tracker) adopt(ctx context.Context, stored, mem *Record) error {
 	next.UpdatedAt = t.now()
 	next.Webhooks = mem.Webhooks
 	next.Owner, next.OwnerAttached = provenOwner(next, mem)
-	// stored has no webhooks, so the event is every one of next's state. It
-	// announces the state itself (a final one by its own type), with the
-	// storage as it stands in its body, rather than the storage alone.
-	bare := next.Clone()
-	bare.Storage = nil
-	ev := EventFor(stored, bare)
-	if ev != nil {
-		ev.Record = next.Clone()
-	}
-	if err := t.save(ctx, next, ev); err != nil {
+	// stored has no webhooks: the event is every one of next's state.
+	if err := t.save(ctx, next, stateEvent(next)); err != nil {
 		return err
 	}
 	t.recent.put(next)
@@ -400,19 +392,33 @@ func (t *Tracker) restore(ctx context.Context, rec *Record) error {
 	next.Seq = 1
 	next.Epoch = t.newEpoch(now, rec.Epoch)
 	next.UpdatedAt = now
-	if next.State == runcomfy.StateSucceeded {
-		// The copy's job went with the data: copied again, whatever it had
-		// reached, so that its outcome is announced again too.
+	if next.State == runcomfy.StateSucceeded && (next.Storage == nil || next.Storage.State == StoragePending) {
+		// The copy's job went with the data: queued again. Outputs already
+		// stored stay so: the object store lost nothing.
 		next.Storage = nil
 		if err := t.queueCopy(ctx, nil, next, now); err != nil {
 			return err
 		}
 	}
-	if err := t.save(ctx, next, EventFor(nil, next)); err != nil {
+	if err := t.save(ctx, next, stateEvent(next)); err != nil {
 		return err
 	}
 	t.recent.put(next)
 	return nil
+}
+
+// stateEvent is the event of everything rec's state is, for endpoints that
+// may have missed it: it announces the state itself (a final one by its own
+// type), with the storage as it stands in its body, rather than the storage
+// alone.
+func stateEvent(rec *Record) *Event {
+	bare := rec.Clone()
+	bare.Storage = nil
+	ev := EventFor(nil, bare)
+	if ev != nil {
+		ev.Record = rec.Clone()
+	}
+	return ev
 }
 
 // queueCopy marks the copy of a request that succeeds with next pending
