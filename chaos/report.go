@@ -161,6 +161,11 @@ caught; then it soaks one Redis for a minute.
 `)
 	for _, r := range results {
 		fmt.Fprintf(&b, "## %s: %v at %.0f submits/s, seed %d\n\n", modeTitle(r.mode), r.duration, r.rate, r.seed)
+		if broken := r.broken(); len(broken) > 0 {
+			fmt.Fprintf(&b, "**This run failed:** %s.\n\n", strings.Join(broken, "; "))
+		} else {
+			b.WriteString("Every promise held.\n\n")
+		}
 		b.WriteString(r.table())
 		b.WriteString("\n")
 	}
