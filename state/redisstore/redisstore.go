@@ -182,6 +182,8 @@ type Backend struct {
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
 	callTimeout time.Duration
+	// pings shares one round of Ping's asks among concurrent callers.
+	pings sharedCall
 
 	// ps is the pub/sub connection on one server; on a Redis Cluster,
 	// shards keeps one sharded subscription connection per shard instead
@@ -291,10 +293,25 @@ func unavailable(ctx context.Context, op string, err error) error {
 // record. A redirection (a slot on the move) is an answer. The asks are bounded by
 // CallTimeout: they go to the masters' own clients, past the cluster
 // client's hooks.
+//
+// Concurrent calls share one round of asks (sharedCall): a Submit still
+// waits for an answer that comes back after it asked, and a burst of Submits
+// costs Redis one PING instead of one each.
 func (b *Backend) Ping(ctx context.Context) error {
 	if err := b.layoutReady(ctx); err != nil {
 		return err
 	}
+	if err := b.pings.do(ctx, b.pingRound); err != nil {
+		if ctx.Err() != nil {
+			return unavailable(ctx, "ping", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// pingRound is one round of Ping's asks, under a ctx no caller cancels.
+func (b *Backend) pingRound(ctx context.Context) error {
 	cc, ok := b.rdb.(*redis.ClusterClient)
 	if !ok {
 		if err := b.rdb.Ping(ctx).Err(); err != nil {
