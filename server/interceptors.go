@@ -82,8 +82,8 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec)}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec)}
 	if m != nil {
-		unary = append(unary, m.grpc.UnaryServerInterceptor())
-		stream = append(stream, m.grpc.StreamServerInterceptor())
+		unary = append(unary, m.grpc.unaryInterceptor())
+		stream = append(stream, m.grpc.streamInterceptor())
 	}
 	unary = append(unary, accessLogUnaryInterceptor(log), errorUnaryInterceptor(log))
 	stream = append(stream, accessLogStreamInterceptor(log), errorStreamInterceptor(log))

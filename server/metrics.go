@@ -3,7 +3,6 @@ package server
 import (
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -11,7 +10,7 @@ import (
 // ones (grpc_server_handled_total and handling-time histograms) come with them.
 type Metrics struct {
 	registry  *prometheus.Registry
-	grpc      *grpcprom.ServerMetrics
+	grpc      *rpcMetrics
 	delivered prometheus.Counter
 	watchers  prometheus.Gauge
 	delay     prometheus.Histogram
@@ -22,8 +21,7 @@ type Metrics struct {
 func NewMetrics(reg *prometheus.Registry) *Metrics {
 	m := &Metrics{
 		registry: reg,
-		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}))),
+		grpc:     newRPCMetrics([]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "comfygate_events_delivered_total", Help: "State changes sent to watchers (each watcher counts).",
 		}),

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 )
@@ -58,7 +60,33 @@ func TestMetricsMoveDuringAFlow(t *testing.T) {
 	if v := scrape(t, g, "comfygate_watchers_open"); v != 0 {
 		t.Errorf("open watchers after the stream ended = %v, want 0", v)
 	}
-	if v := scrape(t, g, `grpc_server_handling_seconds_count{grpc_method="WatchRequest",grpc_service="comfygate.v1.GatewayService",grpc_type="server_stream"}`); v != 1 {
-		t.Errorf("WatchRequest handling-time count = %v, want 1", v)
+	// A call refused with a code counts under that code.
+	if _, err := g.client.GetStatus(ctx, &comfygatev1.GetStatusRequest{DeploymentId: "dep-1", RequestId: "no-such-request"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetStatus of an unknown request: %v, want NotFound", err)
+	}
+	const svc = `grpc_service="comfygate.v1.GatewayService"`
+	for _, tt := range []struct {
+		series string
+		want   float64
+	}{
+		{`grpc_server_handling_seconds_count{grpc_method="WatchRequest",` + svc + `,grpc_type="server_stream"}`, 1},
+		{`grpc_server_started_total{grpc_method="WatchRequest",` + svc + `,grpc_type="server_stream"}`, 1},
+		{`grpc_server_handled_total{grpc_code="OK",grpc_method="WatchRequest",` + svc + `,grpc_type="server_stream"}`, 1},
+		{`grpc_server_msg_received_total{grpc_method="WatchRequest",` + svc + `,grpc_type="server_stream"}`, 1},
+		// Every event sent on the stream is one message.
+		{`grpc_server_msg_sent_total{grpc_method="WatchRequest",` + svc + `,grpc_type="server_stream"}`, float64(len(got))},
+		{`grpc_server_started_total{grpc_method="Submit",` + svc + `,grpc_type="unary"}`, 1},
+		{`grpc_server_msg_received_total{grpc_method="Submit",` + svc + `,grpc_type="unary"}`, 1},
+		{`grpc_server_msg_sent_total{grpc_method="Submit",` + svc + `,grpc_type="unary"}`, 1},
+		{`grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetStatus",` + svc + `,grpc_type="unary"}`, 1},
+		// A unary call that failed sent no message.
+		{`grpc_server_msg_sent_total{grpc_method="GetStatus",` + svc + `,grpc_type="unary"}`, 0},
+		// Every method's series exist before it is called.
+		{`grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Cancel",` + svc + `,grpc_type="unary"}`, 0},
+		{`grpc_server_started_total{grpc_method="Upload",` + svc + `,grpc_type="client_stream"}`, 0},
+	} {
+		if v := scrape(t, g, tt.series); v != tt.want {
+			t.Errorf("%s = %v, want %v", tt.series, v, tt.want)
+		}
 	}
 }

@@ -274,7 +274,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	if cfg.Metrics != nil {
-		cfg.Metrics.grpc.InitializeMetrics(s.grpcServer)
+		cfg.Metrics.grpc.initialize(s.grpcServer)
 	}
 	reflection.Register(s.grpcServer)
 
