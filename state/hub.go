@@ -284,6 +284,13 @@ type Watcher struct {
 	coalesced   int
 	closed      bool
 	drained     bool // the hub drains: Next ends with ErrDraining
+
+	// doneOf and done are the last ctx given to Next and its Done channel,
+	// read by Next's caller only: a stream's ctx is a chain of a dozen
+	// values, and walking it for every record delivered costs more than
+	// the rest of Next.
+	doneOf context.Context
+	done   <-chan struct{}
 }
 
 func (w *Watcher) drain() {
@@ -335,7 +342,7 @@ func follows(rec, prev *Record) bool {
 
 // Next returns the records received since the previous call, waiting for at
 // least one; or ctx's error; or, once the hub drains and nothing is left
-// buffered, ErrDraining.
+// buffered, ErrDraining. One goroutine at a time may call it.
 func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
 	for {
 		w.mu.Lock()
@@ -349,8 +356,11 @@ func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
 		if drained {
 			return nil, ErrDraining
 		}
+		if w.doneOf != ctx {
+			w.doneOf, w.done = ctx, ctx.Done()
+		}
 		select {
-		case <-ctx.Done():
+		case <-w.done:
 			return nil, ctx.Err()
 		case <-w.notify:
 		}
