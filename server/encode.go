@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
@@ -80,6 +81,17 @@ type eventKey struct {
 type eventCache struct {
 	c    *ringcache.Cache[eventKey, *encodedMessage]
 	urls ObjectURLs // signs stored outputs' URLs; nil without storage
+	// last is the record asked for last and its encoding. The hub hands
+	// every watcher of a request the same *Record, one watcher after the
+	// other, so all but the first find it here by pointer, without the
+	// lock and the hashing of the cache.
+	last atomic.Pointer[lastEvent]
+}
+
+// lastEvent is a record, never changed once published, and its encoding.
+type lastEvent struct {
+	rec *state.Record
+	m   *encodedMessage
 }
 
 func newEventCache(size int, urls ObjectURLs) *eventCache {
@@ -88,14 +100,19 @@ func newEventCache(size int, urls ObjectURLs) *eventCache {
 
 // event returns r as an encoded WatchRequestResponse.
 func (c *eventCache) event(r *state.Record) (*encodedMessage, error) {
+	if l := c.last.Load(); l != nil && l.rec == r {
+		return l.m, nil
+	}
 	k := eventKey{r.RequestID, r.Epoch, r.Seq, r.UpdatedAt.UnixNano(), r.SyncedAt.UnixNano()}
-	if m, ok := c.c.Get(k); ok {
-		return m, nil
+	m, ok := c.c.Get(k)
+	if !ok {
+		// Two watchers may both miss and both encode: the same bytes, once more.
+		b, err := proto.Marshal(&comfygatev1.WatchRequestResponse{Request: recordToProto(r, c.urls)})
+		if err != nil {
+			return nil, fmt.Errorf("encode watch event: %w", err)
+		}
+		m = c.c.PutIfAbsent(k, &encodedMessage{b: b})
 	}
-	// Two watchers may both miss and both encode: the same bytes, once more.
-	b, err := proto.Marshal(&comfygatev1.WatchRequestResponse{Request: recordToProto(r, c.urls)})
-	if err != nil {
-		return nil, fmt.Errorf("encode watch event: %w", err)
-	}
-	return c.c.PutIfAbsent(k, &encodedMessage{b: b}), nil
+	c.last.Store(&lastEvent{rec: r, m: m})
+	return m, nil
 }

@@ -80,6 +80,36 @@ func TestEventCache(t *testing.T) {
 	}
 }
 
+// TestEventCacheLastRecord: the hub hands every watcher of a request the
+// same record, one after the other; the record asked for last is served by
+// its pointer, without the cache, and a record asked for after it is not
+// mistaken for it.
+func TestEventCacheLastRecord(t *testing.T) {
+	c := newEventCache(1, nil)
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	rec := &state.Record{RequestID: "req-1", DeploymentID: "dep-1", State: runcomfy.StateRunning, UpstreamStatus: "in_progress", Seq: 2, CreatedAt: at, UpdatedAt: at}
+	first, err := c.event(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Evict it from the cache behind the record's back: only the last
+	// record's slot can still serve it.
+	c.c.Put(eventKey{requestID: "elsewhere"}, &encodedMessage{})
+	if again, _ := c.event(rec); again != first {
+		t.Error("the record asked for last was encoded again")
+	}
+	next := rec.Clone()
+	next.Seq, next.State, next.UpstreamStatus = 3, runcomfy.StateSucceeded, "succeeded"
+	ev, err := c.event(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got comfygatev1.WatchRequestResponse
+	if err := proto.Unmarshal(ev.b, &got); err != nil || got.GetRequest().GetSeq() != 3 {
+		t.Errorf("the next record was served as seq %d (%v), want 3", got.GetRequest().GetSeq(), err)
+	}
+}
+
 // TestCodecPassesEncodedEvents: the server codec sends an encoded event byte
 // for byte and encodes every other message as the proto codec does.
 func TestCodecPassesEncodedEvents(t *testing.T) {
