@@ -525,6 +525,53 @@ func testNextCanceled(t *testing.T, b Backend) {
 			t.Errorf("Next = %v, want context.DeadlineExceeded", err)
 		}
 	})
+	// A watcher notes the end of the ctx it waits under: the end of one it
+	// waited under before must not end a wait under another, nor leave it
+	// deaf to its own.
+	t.Run("an earlier ctx ends during a later wait", func(t *testing.T) {
+		tr := newTracker(t, b, &fakeResults{})
+		w := watch(t, hub, "req-next-switch")
+		first, endFirst := context.WithCancel(testContext(t))
+		mustApply(t, tr, queued("req-next-switch", 2))
+		waitBuffered(t, w)
+		if recs, err := w.Next(first); err != nil || len(recs) != 1 {
+			t.Fatalf("Next = %d records, %v; want the buffered one", len(recs), err)
+		}
+		// The first ends as the second wait starts: its end may be noted
+		// before the switch or after it.
+		endFirst()
+		second, endSecond := context.WithCancel(testContext(t))
+		got := make(chan error, 1)
+		go func() {
+			recs, err := w.Next(second)
+			if err == nil && len(recs) == 0 {
+				err = errors.New("no records and no error")
+			}
+			got <- err
+		}()
+		mustApply(t, tr, queued("req-next-switch", 1))
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("Next under the second ctx: %v, want the next record", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("Next under the second ctx did not return the next record")
+		}
+		go func() {
+			_, err := w.Next(second)
+			got <- err
+		}()
+		endSecond()
+		select {
+		case err := <-got:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Next = %v after its ctx ended, want context.Canceled", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("Next did not return after its ctx ended")
+		}
+	})
 }
 
 // testFailedSubscribe: a Watch whose subscription fails leaves nothing behind,
