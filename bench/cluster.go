@@ -210,6 +210,9 @@ func fanValue(s fanStep, watchers int) string {
 	if s.gapped > 0 {
 		v += fmt.Sprintf(" (%d of %d watchers gapped)", s.gapped, watchers)
 	}
+	if s.lost > 0 {
+		v += fmt.Sprintf(" (%d disconnected by the server)", s.lost)
+	}
 	if !s.complete {
 		v += " (late: not every watcher had the last event within 5s)"
 	}

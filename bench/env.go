@@ -29,6 +29,7 @@ type env struct {
 	smoke       bool
 	profile     bool // collect CPU profiles of the gateway replicas
 	idleStreams int  // streams the idle-watchers scenario holds
+	centrifugo  bool // the fan-out also measures Centrifugo (never in a smoke run)
 }
 
 // gateway is one replica started by a scenario.

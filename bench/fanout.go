@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/runcomfy"
@@ -18,16 +20,33 @@ import (
 
 // fanOut measures events delivered per second to many watchers of one request
 // spread over two replicas, at rising event rates, and checks that watchers
-// that keep up see every seq. The reference is the in-process hub alone (no
-// gRPC, no Redis) at full speed.
-func fanOut(ctx context.Context, e *env) (result, error) {
+// that keep up see every seq. One reference is the in-process hub alone (no
+// gRPC, no Redis) at full speed; the other, the peer, is Centrifugo in the
+// same shape (two nodes sharing the Redis, as many subscribers, the same rates
+// and message size), its steps taking turns with comfygate's, so that the
+// server CPU each spends per delivery compares on the same machine in the same
+// minutes. A smoke run leaves Centrifugo out: building it takes minutes.
+func fanOut(ctx context.Context, e *env) (res result, err error) {
 	perReplica, conns, rates, step := fanOutSize(e.smoke)
 	watchers := 2 * perReplica
-	res := result{Setup: fmt.Sprintf("Two replicas sharing Redis. %s gRPC WatchRequest streams follow one request, %d on each replica over %d connections per replica; "+
+	res = result{Setup: fmt.Sprintf("Two replicas sharing Redis. %s gRPC WatchRequest streams follow one request, %d on each replica over %d connections per replica; "+
 		"one sender POSTs its callbacks to replica A at a steady rate for %s per step, each a new queue position (a new seq). "+
 		"A step's deliveries/s counts the events every watcher received, from the step's first send until every watcher has the step's last event. "+
 		"A gap is a watcher seeing a seq jump (it fell behind and the hub coalesced). The reference is the in-process hub (memory backend, one Apply loop as fast as it goes, the same number of watchers reading in goroutines) with no gRPC and no Redis.",
 		fmtInt(int64(watchers)), perReplica, conns, step)}
+
+	withPeer := e.centrifugo && !e.smoke
+	var peerBin, peerGo string
+	switch {
+	case withPeer:
+		if peerBin, peerGo, err = centrifugoBinary(ctx); err != nil {
+			return res, err
+		}
+	case e.smoke:
+		res.Notes = append(res.Notes, "Centrifugo left out: a smoke run never builds or runs it (building it takes minutes).")
+	default:
+		res.Notes = append(res.Notes, "Centrifugo left out (-centrifugo=false).")
+	}
 
 	c, stop, err := e.startCluster(ctx, "fanout", 2)
 	defer stop()
@@ -39,23 +58,65 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 		return res, err
 	}
 	defer f.close()
+	var peer *centRun
+	if withPeer {
+		peer, err = e.openCentrifugo(ctx, peerBin, perReplica, f.msgSize)
+		defer func() { err = errors.Join(err, peer.close(ctx)) }()
+		if err != nil {
+			return res, fmt.Errorf("centrifugo: %w", err)
+		}
+		res.Setup += " " + centrifugoSetup(perReplica, f.msgSize, peerGo)
+	}
 
-	var best float64
+	var best, peerBest float64
+	type judged struct {
+		rate      int
+		gw, peer  float64 // server CPU per delivery, µs
+		available bool
+	}
+	var at judged
 	for _, rate := range rates {
 		s, err := f.step(ctx, e, rate, step, fmt.Sprintf("fanout-%d", rate))
 		if err != nil {
 			return res, err
 		}
-		x := row{Figure: fmt.Sprintf("deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers))), Value: fmtRate(s.perSec())}
-		x.Reference = fmt.Sprintf("watchers with gaps: %d of %d", s.gapped, watchers)
-		if !s.complete {
-			x.Reference += "; not every watcher got the last event within 5s"
-		}
-		res.Rows = append(res.Rows, x)
 		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d events/s", rate), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
 		if s.clean() && s.perSec() > best {
 			best = s.perSec()
 		}
+		figure := fmt.Sprintf("deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers)))
+		if peer == nil {
+			x := row{Figure: figure, Value: fmtRate(s.perSec())}
+			x.Reference = fmt.Sprintf("watchers with gaps: %d of %d", s.gapped, watchers)
+			if !s.complete {
+				x.Reference += "; not every watcher got the last event within 5s"
+			}
+			res.Rows = append(res.Rows, x)
+			continue
+		}
+		ps, err := peer.step(ctx, rate, step)
+		if err != nil {
+			return res, fmt.Errorf("centrifugo: %w", err)
+		}
+		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("Centrifugo, %d events/s", rate), Op: "delivery", Ops: int(ps.delivered), Rows: ps.cpu})
+		gw, pc := serverCPU(s, f.a.name, f.b.name), serverCPU(ps, peer.a.name, peer.b.name)
+		res.Rows = append(res.Rows,
+			row{Figure: figure, Value: fanValue(s, watchers), Reference: fanValue(ps, watchers) + " (Centrifugo)", Ratio: pct(s.perSec(), ps.perSec())},
+			row{Figure: fmt.Sprintf("server CPU per delivery, both nodes together, at %d events/s", rate), Value: fmtMicros(gw), Reference: fmtMicros(pc) + " (Centrifugo)", Ratio: ratio(gw, pc)})
+		if ps.clean() && ps.perSec() > peerBest {
+			peerBest = ps.perSec()
+		}
+		if s.clean() && ps.clean() && rate > at.rate {
+			at = judged{rate, gw, pc, true}
+		}
+	}
+	if peer != nil {
+		// Stopped before the in-process reference, which then has the
+		// machine to itself as before.
+		if err := peer.close(ctx); err != nil {
+			return res, err
+		}
+		res.Notes = append(res.Notes, fmt.Sprintf("Centrifugo's nodes left %d keys in Redis database %d; it was flushed after they stopped.", peer.leftKeys, centrifugoDB))
 	}
 
 	hub, hubGaps, err := hubFanOut(ctx, watchers, step)
@@ -64,7 +125,35 @@ func fanOut(ctx context.Context, e *env) (result, error) {
 	}
 	res.Rows = append(res.Rows, row{"best deliveries/s with no gaps", fmtRate(best), fmtRate(hub) + " (in-process hub, " + fmt.Sprint(hubGaps) + " watchers with gaps)",
 		pct(best, hub), "≥ 150,000/s", met(best >= 150000)})
+	if peer != nil {
+		res.Rows = append(res.Rows, row{Figure: "best deliveries/s with no gaps, beside Centrifugo", Value: fmtRate(best), Reference: fmtRate(peerBest) + " (Centrifugo)", Ratio: pct(best, peerBest)})
+		x := row{Target: "≤ Centrifugo's"}
+		if at.available {
+			x.Figure = fmt.Sprintf("fan-out: server CPU per delivery, both nodes (at %d events/s, the highest rate with no gaps on either)", at.rate)
+			x.Value, x.Reference, x.Ratio, x.Met = fmtMicros(at.gw), fmtMicros(at.peer)+" (Centrifugo)", ratio(at.gw, at.peer), met(at.gw <= at.peer)
+		} else {
+			x.Figure = "fan-out: server CPU per delivery, both nodes (no rate without gaps on both)"
+			x.Value, x.Reference, x.Met = "–", "–", "not judged"
+		}
+		res.Rows = append(res.Rows, x)
+	}
 	return res, nil
+}
+
+// serverCPU is the CPU the named server processes spent together per
+// delivery of step s, in µs: the cost of fan-out to the servers, whatever
+// the split between their nodes.
+func serverCPU(s fanStep, names ...string) float64 {
+	var sum time.Duration
+	for _, r := range s.cpu {
+		if slices.Contains(names, r.Process) {
+			sum += r.CPU
+		}
+	}
+	if s.delivered == 0 {
+		return 0
+	}
+	return float64(sum) / float64(time.Microsecond) / float64(s.delivered)
 }
 
 // fanOutSize is the fan-out's shape: watchers per replica, gRPC connections
@@ -74,7 +163,7 @@ func fanOutSize(smoke bool) (perReplica, conns int, rates []int, step time.Durat
 	if smoke {
 		return 10, 1, []int{50}, 400 * time.Millisecond
 	}
-	return 500, 4, []int{100, 200, 400}, 5 * time.Second
+	return 500, 4, []int{100, 200, 400, 800}, 5 * time.Second
 }
 
 // fanRun is the fan-out's load on two replicas of one cluster: a sender of
@@ -88,10 +177,13 @@ type fanRun struct {
 	buf    []byte
 	ws     []fanWatcher
 	sent   int // updates posted since the first state
-	meter  *cpuMeter
-	ccs    []*grpc.ClientConn
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the watchers' goroutines
+	// msgSize is the encoded size of the WatchRequestResponse a watcher
+	// receives (the first state's): Centrifugo's publications are as big.
+	msgSize int
+	meter   *cpuMeter
+	ccs     []*grpc.ClientConn
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the watchers' goroutines
 }
 
 // fanStep is what one step of a fanRun measured.
@@ -100,6 +192,7 @@ type fanStep struct {
 	took      time.Duration
 	gapped    int  // watchers that saw a seq jump in the step
 	complete  bool // every watcher got the step's last event within the grace
+	lost      int  // watchers whose connection the server closed (Centrifugo's slow consumers)
 	cpu       []cpuRow
 }
 
@@ -153,6 +246,9 @@ func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend 
 				return f, fmt.Errorf("watch on %s: %w", g.name, err)
 			}
 			w.seq = first.GetRequest().GetSeq()
+			if f.msgSize == 0 {
+				f.msgSize = proto.Size(first)
+			}
 			f.wg.Go(func() { w.follow(stream) })
 		}
 	}
@@ -174,28 +270,43 @@ func (f *fanRun) post(n int) error {
 // every watcher has the last one.
 func (f *fanRun) step(ctx context.Context, e *env, rate int, d time.Duration, label string) (fanStep, error) {
 	n := int(d.Seconds() * float64(rate))
-	d0, g0 := deliveredAndGaps(f.ws)
 	waitA, waitB := e.profileCPU(ctx, f.a, label, int(d.Seconds())), e.profileCPU(ctx, f.b, label, int(d.Seconds()))
-	f.meter.begin()
+	s, err := measureStep(ctx, f.ws, f.meter, rate, n, f.sent+n, func(j int) error { return f.post(f.sent + j) })
+	if err != nil {
+		return s, err
+	}
+	f.sent += n
+	waitA()
+	waitB()
+	return s, nil
+}
+
+// measureStep is one step of a fan-out, whatever the server: send(1..n)
+// paced at rate a second (each send waits for its scheduled time and for the
+// answer to the one before, so when the machine cannot keep up the step
+// stretches at a lower rate), then a wait of at most 5s until every watcher
+// in ws has update last, with the CPU of meter's processes over the whole
+// window. comfygate's and Centrifugo's steps share it, so that the two are
+// measured alike.
+func measureStep(ctx context.Context, ws []fanWatcher, meter *cpuMeter, rate, n, last int, send func(j int) error) (fanStep, error) {
+	d0, g0 := deliveredAndGaps(ws)
+	meter.begin()
 	t0 := time.Now()
 	for j := 1; j <= n; j++ {
 		if d := time.Until(t0.Add(time.Duration(j-1) * time.Second / time.Duration(rate))); d > 0 {
 			time.Sleep(d)
 		}
-		if err := f.post(f.sent + j); err != nil {
+		if err := send(j); err != nil {
 			return fanStep{}, err
 		}
 	}
-	f.sent += n
 	var s fanStep
-	s.complete = waitAll(ctx, f.ws, f.sent, 5*time.Second)
+	s.complete = waitAll(ctx, ws, last, 5*time.Second)
 	s.took = time.Since(t0)
-	d1, g1 := deliveredAndGaps(f.ws)
+	d1, g1 := deliveredAndGaps(ws)
 	s.delivered = d1 - d0
-	s.cpu = f.meter.end(int(s.delivered))
-	waitA()
-	waitB()
-	for i := range f.ws {
+	s.cpu = meter.end(int(s.delivered))
+	for i := range ws {
 		if g1[i] > g0[i] {
 			s.gapped++
 		}

@@ -22,6 +22,9 @@ type httpConn struct {
 	br   *bufio.Reader
 	buf  []byte
 	host string // the Host header: the address dialed
+	// header is more header lines, each ending in \r\n (Centrifugo's API
+	// key); empty for the gateway.
+	header string
 }
 
 func dialHTTP(addr string) (*httpConn, error) {
@@ -39,7 +42,9 @@ func (h *httpConn) post(path string, body []byte) (int, error) {
 	b = append(b, path...)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, h.host...)
-	b = append(b, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+	b = append(b, "\r\n"...)
+	b = append(b, h.header...)
+	b = append(b, "Content-Type: application/json\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)

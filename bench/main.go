@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string) error {
 	profile := fs.Bool("profile", false, "record CPU profiles of the gateway replicas in the run directory (kept)")
 	keep := fs.Bool("keep", false, "keep the run directory (process logs, profiles)")
 	idle := fs.Int("idle-streams", 100_000, "streams the idle-watchers scenario holds (the target is stated for 100,000)")
+	centrifugo := fs.Bool("centrifugo", true, "fan-out: measure Centrifugo "+centrifugoVersion+" beside comfygate in the same run (built once with go install, which takes minutes; never with -smoke)")
 	notes := fs.String("notes", "bench/NOTES.md", "hand-kept `file` appended to the report")
 	role := fs.String("role", "", "internal: run as a reference server (noop-http or bare-grpc)")
 	addr := fs.String("addr", "", "internal: the reference server's listen address")
@@ -77,7 +78,7 @@ func run(ctx context.Context, args []string) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	e := &env{dir: dir, smoke: *smoke, profile: *profile, idleStreams: *idle}
+	e := &env{dir: dir, smoke: *smoke, profile: *profile, idleStreams: *idle, centrifugo: *centrifugo}
 	fmt.Println("building the gateway and the simulator")
 	if e.gatewayBin, e.simBin, err = buildBinaries(ctx, dir); err != nil {
 		return err

@@ -42,6 +42,9 @@ func fmtDur(d time.Duration) string {
 	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 }
 
+// fmtMicros prints a CPU time per operation, in µs.
+func fmtMicros(us float64) string { return fmt.Sprintf("%.2f µs", us) }
+
 // fmtRate prints a count per second with thousands separators.
 func fmtRate(r float64) string { return fmtInt(int64(r+0.5)) + "/s" }
 
