@@ -1168,3 +1168,61 @@ func TestHandlerCallbackOfAnotherDeployment(t *testing.T) {
 		t.Errorf("record changed through another deployment's URL:\n%+v\nwas\n%+v", after, before)
 	}
 }
+
+// TestHandlerBodyLength: a body is read the same whether its length is
+// declared (Content-Length, read into a buffer of that size) or not (chunked,
+// read as it comes), up to the same bound; and the answer to an applied
+// callback is the same few bytes either way.
+func TestHandlerBodyLength(t *testing.T) {
+	t.Parallel()
+	const rid = "req-body-length"
+	small := []byte(`{"request_id":"` + rid + `","status":"in_progress"}`)
+	tests := []struct {
+		name     string
+		body     []byte
+		declared bool
+		wantCode int
+	}{
+		{"declared", small, true, http.StatusOK},
+		{"chunked", small, false, http.StatusOK},
+		{"chunked, exactly 1 MiB", padded(t, rid, webhook.MaxBodyBytes), false, http.StatusOK},
+		{"chunked, 1 MiB + 1", padded(t, rid, webhook.MaxBodyBytes+1), false, http.StatusRequestEntityTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t)
+			var rd io.Reader = bytes.NewReader(tt.body)
+			if !tt.declared {
+				rd = io.MultiReader(rd) // hides the length: sent chunked
+			}
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.urls.CallbackURL(depID, ""), rd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := h.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if (req.ContentLength > 0) != tt.declared {
+				t.Fatalf("request sent with Content-Length %d", req.ContentLength)
+			}
+			if resp.StatusCode != tt.wantCode {
+				t.Fatalf("status = %d (%.200s), want %d", resp.StatusCode, b, tt.wantCode)
+			}
+			if tt.wantCode != http.StatusOK {
+				h.assertNotStored(t, rid)
+				return
+			}
+			if string(b) != "{\"outcome\":\"applied\"}\n" || resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("answer %q (%s), want {\"outcome\":\"applied\"} as application/json", b, resp.Header.Get("Content-Type"))
+			}
+			if rec := h.get(t, rid); rec.State != runcomfy.StateRunning {
+				t.Errorf("state = %v, want running", rec.State)
+			}
+		})
+	}
+}
