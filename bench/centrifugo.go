@@ -109,8 +109,8 @@ func centrifugoSetup(perNode, size int, goVersion string) string {
 		"everything else at its default (so a subscriber whose 1 MiB queue overflows is disconnected, where comfygate coalesces). "+
 		"Connection tokens are off, which changes connecting only, not fan-out. "+
 		"The connections differ as each server is used: comfygate's 1,000 streams share 8 HTTP/2 connections, Centrifugo's subscribers have one WebSocket connection each, as so many browsers would, "+
-		"so Centrifugo writes to (and the harness reads from) 125 times as many sockets per event. "+
-		"Both senders wait for each answer before the next send, so when the machine cannot keep up a step stretches beyond its time at a lower rate than it names, for both alike. "+
+		"so Centrifugo writes to (and the harness reads from) 125 times as many sockets per event; comfygate's last step gives each of its streams a connection of its own too, and is reported beside Centrifugo's step at the same rate. "+
+		"Both senders wait for each answer before the next send, so when the machine cannot keep up a step stretches beyond its time at a lower rate than it names, for both alike; each step gives the rate each actually sent. "+
 		"At each rate comfygate's step runs, then Centrifugo's. *Server CPU per delivery, both nodes together* is the CPU of replicas A and B (of nodes A and B) over the step's deliveries; Redis and the harness are in the CPU tables.",
 		centrifugoVersion, centrifugoModule, centrifugoVersion, goVersion, centrifugoDB, centrifugoPrefix,
 		fmtInt(int64(2*perNode)), perNode, size, centrifugoDB, centrifugoPrefix)

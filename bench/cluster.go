@@ -183,14 +183,15 @@ func clusterFanOut(ctx context.Context, e *env, rc *redisCluster, res *result) e
 		}
 		pub = pub.add(delta(before, after))
 		res.Rows = append(res.Rows, row{
-			Figure:    fmt.Sprintf("fan-out deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers))),
+			Figure: fmt.Sprintf("fan-out deliveries/s at %d events/s offered (sent: %s cluster, %s one Redis; %s deliveries/s offered)",
+				rate, fmtRate(c.sentPerSec()), fmtRate(s.sentPerSec()), fmtInt(int64(rate*watchers))),
 			Value:     fanValue(c, watchers),
 			Reference: fanValue(s, watchers) + " (one Redis)",
 			Ratio:     pct(c.perSec(), s.perSec()),
 		})
 		res.CPU = append(res.CPU,
-			cpuTable{Window: fmt.Sprintf("fan-out on the cluster, %d events/s", rate), Op: "delivery", Ops: int(c.delivered), Rows: c.cpu},
-			cpuTable{Window: fmt.Sprintf("fan-out on one Redis, %d events/s", rate), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
+			cpuTable{Window: stepWindow("fan-out on the cluster, ", rate, c), Op: "delivery", Ops: int(c.delivered), Rows: c.cpu},
+			cpuTable{Window: stepWindow("fan-out on one Redis, ", rate, s), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
 		if c.clean() {
 			bestCluster = max(bestCluster, c.perSec())
 		}

@@ -25,15 +25,22 @@ import (
 // same shape (two nodes sharing the Redis, as many subscribers, the same rates
 // and message size), its steps taking turns with comfygate's, so that the
 // server CPU each spends per delivery compares on the same machine in the same
-// minutes. A smoke run leaves Centrifugo out: building it takes minutes.
+// minutes. A last comfygate step gives every watcher a connection of its own,
+// as every Centrifugo subscriber has. A smoke run leaves Centrifugo out:
+// building it takes minutes.
 func fanOut(ctx context.Context, e *env) (res result, err error) {
 	perReplica, conns, rates, step := fanOutSize(e.smoke)
 	watchers := 2 * perReplica
+	solo := fanSoloRate(rates)
 	res = result{Setup: fmt.Sprintf("Two replicas sharing Redis. %s gRPC WatchRequest streams follow one request, %d on each replica over %d connections per replica; "+
 		"one sender POSTs its callbacks to replica A at a steady rate for %s per step, each a new queue position (a new seq). "+
+		"The sender waits for each answer before the next send, so on a busy machine a step sends fewer events a second than it offers: each step gives the rate *sent*, its events over the time from the first send until the last was answered. "+
 		"A step's deliveries/s counts the events every watcher received, from the step's first send until every watcher has the step's last event. "+
-		"A gap is a watcher seeing a seq jump (it fell behind and the hub coalesced). The reference is the in-process hub (memory backend, one Apply loop as fast as it goes, the same number of watchers reading in goroutines) with no gRPC and no Redis.",
-		fmtInt(int64(watchers)), perReplica, conns, step)}
+		"A gap is a watcher seeing a seq jump (it fell behind and the hub coalesced). "+
+		"The watchers read only the request's seq and queue position from each message's bytes (a gRPC codec forced on their calls hands them the bytes; google.golang.org/protobuf/encoding/protowire), not to spend the harness's CPU, which the servers share, on decoding whole messages. "+
+		"After the rate steps those watchers are closed and %s new ones follow another request, %d on each replica, **each over its own gRPC connection**, for one step at %d events/s. "+
+		"The reference is the in-process hub (memory backend, one Apply loop as fast as it goes, the same number of watchers reading in goroutines) with no gRPC and no Redis.",
+		fmtInt(int64(watchers)), perReplica, conns, step, fmtInt(int64(watchers)), perReplica, solo)}
 
 	withPeer := e.centrifugo && !e.smoke
 	var peerBin, peerGo string
@@ -70,23 +77,29 @@ func fanOut(ctx context.Context, e *env) (res result, err error) {
 
 	var best, peerBest float64
 	type judged struct {
-		rate      int
-		gw, peer  float64 // server CPU per delivery, µs
-		available bool
+		rate           int
+		gw, peer       float64 // server CPU per delivery, µs
+		gwSent, pcSent float64 // events/s actually sent
+		available      bool
 	}
 	var at judged
+	// The steps at the rate of the last step, beside which it is reported.
+	var shared, peerShared fanStep
 	for _, rate := range rates {
 		s, err := f.step(ctx, e, rate, step, fmt.Sprintf("fanout-%d", rate))
 		if err != nil {
 			return res, err
 		}
-		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("%d events/s", rate), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
+		res.CPU = append(res.CPU, cpuTable{Window: stepWindow("", rate, s), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
 		if s.clean() && s.perSec() > best {
 			best = s.perSec()
 		}
-		figure := fmt.Sprintf("deliveries/s at %d events/s (%s offered)", rate, fmtRate(float64(rate*watchers)))
+		if rate == solo {
+			shared = s
+		}
+		offered := fmtInt(int64(rate * watchers))
 		if peer == nil {
-			x := row{Figure: figure, Value: fmtRate(s.perSec())}
+			x := row{Figure: fmt.Sprintf("deliveries/s at %d events/s offered (sent: %s; %s deliveries/s offered)", rate, fmtRate(s.sentPerSec()), offered), Value: fmtRate(s.perSec())}
 			x.Reference = fmt.Sprintf("watchers with gaps: %d of %d", s.gapped, watchers)
 			if !s.complete {
 				x.Reference += "; not every watcher got the last event within 5s"
@@ -98,18 +111,58 @@ func fanOut(ctx context.Context, e *env) (res result, err error) {
 		if err != nil {
 			return res, fmt.Errorf("centrifugo: %w", err)
 		}
-		res.CPU = append(res.CPU, cpuTable{Window: fmt.Sprintf("Centrifugo, %d events/s", rate), Op: "delivery", Ops: int(ps.delivered), Rows: ps.cpu})
+		if rate == solo {
+			peerShared = ps
+		}
+		res.CPU = append(res.CPU, cpuTable{Window: stepWindow("Centrifugo, ", rate, ps), Op: "delivery", Ops: int(ps.delivered), Rows: ps.cpu})
 		gw, pc := serverCPU(s, f.a.name, f.b.name), serverCPU(ps, peer.a.name, peer.b.name)
 		res.Rows = append(res.Rows,
-			row{Figure: figure, Value: fanValue(s, watchers), Reference: fanValue(ps, watchers) + " (Centrifugo)", Ratio: pct(s.perSec(), ps.perSec())},
-			row{Figure: fmt.Sprintf("server CPU per delivery, both nodes together, at %d events/s", rate), Value: fmtMicros(gw), Reference: fmtMicros(pc) + " (Centrifugo)", Ratio: ratio(gw, pc)})
+			row{Figure: fmt.Sprintf("deliveries/s at %d events/s offered (sent: %s comfygate, %s Centrifugo; %s deliveries/s offered)", rate, fmtRate(s.sentPerSec()), fmtRate(ps.sentPerSec()), offered),
+				Value: fanValue(s, watchers), Reference: fanValue(ps, watchers) + " (Centrifugo)", Ratio: pct(s.perSec(), ps.perSec())},
+			row{Figure: fmt.Sprintf("server CPU per delivery, both nodes together, at %d events/s offered", rate), Value: fmtMicros(gw), Reference: fmtMicros(pc) + " (Centrifugo)", Ratio: ratio(gw, pc)})
 		if ps.clean() && ps.perSec() > peerBest {
 			peerBest = ps.perSec()
 		}
 		if s.clean() && ps.clean() && rate > at.rate {
-			at = judged{rate, gw, pc, true}
+			at = judged{rate, gw, pc, s.sentPerSec(), ps.sentPerSec(), true}
 		}
 	}
+
+	// The last step: the watchers above closed first (they would cost the
+	// replicas nothing per event of another request, but hold their
+	// connections), then as many following another request, each over its
+	// own connection.
+	f.close()
+	g, err := openFanOutOf(ctx, c, fanSoloRequest, perReplica, perReplica, e.redis.named())
+	if err != nil {
+		return res, fmt.Errorf("one connection per watcher: %w", err)
+	}
+	defer g.close()
+	s, err := g.step(ctx, e, solo, step, fmt.Sprintf("fanout-solo-%d", solo))
+	if err != nil {
+		return res, fmt.Errorf("one connection per watcher: %w", err)
+	}
+	g.close()
+	res.CPU = append(res.CPU, cpuTable{Window: stepWindow("comfygate with one connection per watcher, ", solo, s), Op: "delivery", Ops: int(s.delivered), Rows: s.cpu})
+	gw, gwShared := serverCPU(s, g.a.name, g.b.name), serverCPU(shared, f.a.name, f.b.name)
+	soloFigure := fmt.Sprintf("one connection per watcher (%s connections): deliveries/s at %d events/s offered (sent: %s", fmtInt(int64(watchers)), solo, fmtRate(s.sentPerSec()))
+	cpuFigure := fmt.Sprintf("one connection per watcher: server CPU per delivery, both nodes together, at %d events/s offered", solo)
+	perReplicaConns := fmt.Sprintf("%d connections per replica", conns)
+	if conns == 1 {
+		perReplicaConns = "1 connection per replica"
+	}
+	sharedNote := fmt.Sprintf("comfygate over %s: %s", perReplicaConns, fmtMicros(gwShared))
+	if peer == nil {
+		res.Rows = append(res.Rows,
+			row{Figure: soloFigure + ")", Value: fanValue(s, watchers), Reference: fanValue(shared, watchers) + " (" + perReplicaConns + ")", Ratio: pct(s.perSec(), shared.perSec())},
+			row{Figure: cpuFigure, Value: fmtMicros(gw), Reference: sharedNote, Ratio: ratio(gw, gwShared)})
+	} else {
+		pc := serverCPU(peerShared, peer.a.name, peer.b.name)
+		res.Rows = append(res.Rows,
+			row{Figure: soloFigure + fmt.Sprintf(" comfygate, %s Centrifugo in its step)", fmtRate(peerShared.sentPerSec())), Value: fanValue(s, watchers), Reference: fanValue(peerShared, watchers) + " (Centrifugo)", Ratio: pct(s.perSec(), peerShared.perSec())},
+			row{Figure: cpuFigure, Value: fmtMicros(gw), Reference: fmtMicros(pc) + " (Centrifugo); " + sharedNote, Ratio: ratio(gw, pc)})
+	}
+
 	if peer != nil {
 		// Stopped before the in-process reference, which then has the
 		// machine to itself as before.
@@ -129,7 +182,8 @@ func fanOut(ctx context.Context, e *env) (res result, err error) {
 		res.Rows = append(res.Rows, row{Figure: "best deliveries/s with no gaps, beside Centrifugo", Value: fmtRate(best), Reference: fmtRate(peerBest) + " (Centrifugo)", Ratio: pct(best, peerBest)})
 		x := row{Target: "≤ Centrifugo's"}
 		if at.available {
-			x.Figure = fmt.Sprintf("fan-out: server CPU per delivery, both nodes (at %d events/s, the highest rate with no gaps on either)", at.rate)
+			x.Figure = fmt.Sprintf("fan-out: server CPU per delivery, both nodes (at %d events/s offered, the highest rate with no gaps on either; sent: %s comfygate, %s Centrifugo)",
+				at.rate, fmtRate(at.gwSent), fmtRate(at.pcSent))
 			x.Value, x.Reference, x.Ratio, x.Met = fmtMicros(at.gw), fmtMicros(at.peer)+" (Centrifugo)", ratio(at.gw, at.peer), met(at.gw <= at.peer)
 		} else {
 			x.Figure = "fan-out: server CPU per delivery, both nodes (no rate without gaps on both)"
@@ -138,6 +192,21 @@ func fanOut(ctx context.Context, e *env) (res result, err error) {
 		res.Rows = append(res.Rows, x)
 	}
 	return res, nil
+}
+
+// fanSoloRate is the rate of the fan-out's step with one connection per
+// watcher: 200 events/s, or in a run without that rate (a smoke run) the
+// first.
+func fanSoloRate(rates []int) int {
+	if slices.Contains(rates, 200) {
+		return 200
+	}
+	return rates[0]
+}
+
+// stepWindow names a step's CPU table: what it offered and what it sent.
+func stepWindow(prefix string, rate int, s fanStep) string {
+	return fmt.Sprintf("%s%d events/s offered, %s sent", prefix, rate, fmtRate(s.sentPerSec()))
 }
 
 // serverCPU is the CPU the named server processes spent together per
@@ -171,12 +240,13 @@ func fanOutSize(smoke bool) (perReplica, conns int, rates []int, step time.Durat
 // It stays open between steps, so that two runs (on different backends) can
 // take turns and a slow spell of the shared machine falls on both alike.
 type fanRun struct {
-	a, b   *gateway
-	path   string
-	sender *httpConn
-	buf    []byte
-	ws     []fanWatcher
-	sent   int // updates posted since the first state
+	a, b    *gateway
+	path    string
+	request string // the request every watcher follows
+	sender  *httpConn
+	buf     []byte
+	ws      []fanWatcher
+	sent    int // updates posted since the first state
 	// msgSize is the encoded size of the WatchRequestResponse a watcher
 	// receives (the first state's): Centrifugo's publications are as big.
 	msgSize int
@@ -184,33 +254,61 @@ type fanRun struct {
 	ccs     []*grpc.ClientConn
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // the watchers' goroutines
+	closed  bool
 }
 
 // fanStep is what one step of a fanRun measured.
 type fanStep struct {
 	delivered int64
 	took      time.Duration
-	gapped    int  // watchers that saw a seq jump in the step
-	complete  bool // every watcher got the step's last event within the grace
-	lost      int  // watchers whose connection the server closed (Centrifugo's slow consumers)
-	cpu       []cpuRow
+	// sent is the events sent, sending the time from the first send until
+	// the last was answered: the sender waits for each answer, so on a busy
+	// machine it sends fewer a second than the step's rate.
+	sent     int
+	sending  time.Duration
+	gapped   int  // watchers that saw a seq jump in the step
+	complete bool // every watcher got the step's last event within the grace
+	lost     int  // watchers whose connection the server closed (Centrifugo's slow consumers)
+	cpu      []cpuRow
 }
 
 func (s fanStep) perSec() float64 { return float64(s.delivered) / s.took.Seconds() }
 
+// sentPerSec is the rate of events the step actually sent.
+func (s fanStep) sentPerSec() float64 {
+	if s.sending <= 0 {
+		return 0
+	}
+	return float64(s.sent) / s.sending.Seconds()
+}
+
 // clean reports a step in which every watcher kept up.
 func (s fanStep) clean() bool { return s.gapped == 0 && s.complete }
 
-// fanRequest is the request every watcher of a fanRun follows.
-const fanRequest = "fan-0"
+// fanRequest is the request every watcher of a fanRun follows;
+// fanSoloRequest the one of the fan-out's last step, whose watchers each
+// have a connection of their own.
+const (
+	fanRequest     = "fan-0"
+	fanSoloRequest = "fan-1"
+)
 
-// openFanOut posts the first state of the request to c's replica A, then
+// openFanOut posts the first state of fanRequest to c's replica A, then
 // opens perReplica watchers of it on each of the first two replicas, over
 // conns connections per replica. The CPU of the replicas and of backend
 // (the Redis processes) is metered per step. close ends it all; on error
 // nothing is left open.
-func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend ...namedPID) (f *fanRun, err error) {
-	f = &fanRun{a: c.replicas[0], b: c.replicas[1], path: c.path, buf: make([]byte, 0, 2048)}
+func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend ...namedPID) (*fanRun, error) {
+	return openFanOutOf(ctx, c, fanRequest, perReplica, conns, backend...)
+}
+
+// openFanOutOf is openFanOut with watchers of request.
+//
+// The watchers' streams are opened with rawWatchCall: the first message
+// (the snapshot) is decoded as ever, the later ones are read by
+// fanWatcher.follow without building the message.
+func openFanOutOf(ctx context.Context, c *cluster, request string, perReplica, conns int, backend ...namedPID) (f *fanRun, err error) {
+	f = &fanRun{a: c.replicas[0], b: c.replicas[1], path: c.path, request: request, buf: make([]byte, 0, 2048)}
 	wctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
 	defer func() {
@@ -237,7 +335,7 @@ func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend 
 		}
 		for i := range perReplica {
 			w := &f.ws[r*perReplica+i]
-			stream, err := clients[i%conns].WatchRequest(wctx, &comfygatev1.WatchRequestRequest{DeploymentId: benchDep, RequestId: fanRequest})
+			stream, err := clients[i%conns].WatchRequest(wctx, &comfygatev1.WatchRequestRequest{DeploymentId: benchDep, RequestId: request}, rawWatchCall())
 			if err != nil {
 				return f, err
 			}
@@ -259,7 +357,7 @@ func openFanOut(ctx context.Context, c *cluster, perReplica, conns int, backend 
 // post sends update n of the request (queue position basePosition-n) to
 // replica A.
 func (f *fanRun) post(n int) error {
-	code, err := f.sender.post(f.path, callbackBody(f.buf, benchDep, fanRequest, phaseQueued, int64(basePosition-n)))
+	code, err := f.sender.post(f.path, callbackBody(f.buf, benchDep, f.request, phaseQueued, int64(basePosition-n)))
 	if err == nil && code != 200 {
 		err = fmt.Errorf("callback answered %d", code)
 	}
@@ -284,10 +382,10 @@ func (f *fanRun) step(ctx context.Context, e *env, rate int, d time.Duration, la
 // measureStep is one step of a fan-out, whatever the server: send(1..n)
 // paced at rate a second (each send waits for its scheduled time and for the
 // answer to the one before, so when the machine cannot keep up the step
-// stretches at a lower rate), then a wait of at most 5s until every watcher
-// in ws has update last, with the CPU of meter's processes over the whole
-// window. comfygate's and Centrifugo's steps share it, so that the two are
-// measured alike.
+// stretches at a lower rate, which it records as the rate sent), then a
+// wait of at most 5s until every watcher in ws has update last, with the
+// CPU of meter's processes over the whole window. comfygate's and
+// Centrifugo's steps share it, so that the two are measured alike.
 func measureStep(ctx context.Context, ws []fanWatcher, meter *cpuMeter, rate, n, last int, send func(j int) error) (fanStep, error) {
 	d0, g0 := deliveredAndGaps(ws)
 	meter.begin()
@@ -300,7 +398,7 @@ func measureStep(ctx context.Context, ws []fanWatcher, meter *cpuMeter, rate, n,
 			return fanStep{}, err
 		}
 	}
-	var s fanStep
+	s := fanStep{sent: n, sending: time.Since(t0)}
 	s.complete = waitAll(ctx, ws, last, 5*time.Second)
 	s.took = time.Since(t0)
 	d1, g1 := deliveredAndGaps(ws)
@@ -315,8 +413,12 @@ func measureStep(ctx context.Context, ws []fanWatcher, meter *cpuMeter, rate, n,
 }
 
 // close ends the watchers (connections first, then their goroutines) and the
-// sender.
+// sender, once however often it is called.
 func (f *fanRun) close() {
+	if f.closed {
+		return
+	}
+	f.closed = true
 	for _, cc := range f.ccs {
 		cc.Close()
 	}
@@ -335,19 +437,28 @@ type fanWatcher struct {
 	last      atomic.Int64 // the update number (from the queue position) last received
 }
 
+// follow reads the stream, opened with rawWatchCall, until it ends. It
+// takes each message's bytes and reads only the request's seq and queue
+// position (watchFields), not to spend the CPU of decoding the whole
+// message, which the servers measured on the same cores would miss. A
+// message that does not parse ends it: the watcher then lacks the step's
+// last event, and the step shows late.
 func (w *fanWatcher) follow(stream grpc.ServerStreamingClient[comfygatev1.WatchRequestResponse]) {
+	var msg rawWatch
 	for {
-		msg, err := stream.Recv()
+		if err := stream.RecvMsg(&msg); err != nil {
+			return
+		}
+		seq, pos, _, err := msg.parse()
 		if err != nil {
 			return
 		}
-		r := msg.GetRequest()
-		if r.GetSeq() != w.seq+1 {
+		if seq != w.seq+1 {
 			w.gaps.Add(1)
 		}
-		w.seq = r.GetSeq()
+		w.seq = seq
 		w.delivered.Add(1)
-		w.last.Store(int64(basePosition - int(r.GetQueuePosition())))
+		w.last.Store(int64(basePosition - int(pos)))
 	}
 }
 
