@@ -64,7 +64,8 @@ func TestSharedCall(t *testing.T) {
 			quitter, quit := context.WithCancel(context.Background())
 			quitterDone := make(chan error, 1)
 			go func() { quitterDone <- s.do(quitter, g.fn) }()
-			waitJoined(t, &s, callers)
+			// The leader, the joiners and the quitter all wait.
+			waitJoined(t, &s, callers+1)
 			quit()
 			if err := <-quitterDone; !errors.Is(err, context.Canceled) {
 				t.Fatalf("a waiter whose ctx ended got %v, want context.Canceled", err)
@@ -106,22 +107,13 @@ func TestSharedCall(t *testing.T) {
 	}
 }
 
-// waitJoined waits until n callers joined the run in flight.
-func waitJoined(t *testing.T, s *sharedCall, n int) {
+// waitJoined waits until n callers wait on the run in flight.
+func waitJoined(t *testing.T, s *sharedCall, n int32) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		joined := 0
-		if s.cur != nil {
-			joined = s.cur.joined
-		}
-		s.mu.Unlock()
-		if joined == n {
-			return
-		}
+	for s.waiting.Load() != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d callers joined the run, want %d", joined, n)
+			t.Fatalf("%d callers wait on the run, want %d", s.waiting.Load(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
