@@ -10,6 +10,14 @@ import (
 // maxBatch bounds the saves sent in one pipeline.
 const maxBatch = 128
 
+// maxSending bounds the pipelines of saves on their way at once. One at a
+// time left the replica idle while Redis ran a batch, and Redis idle while
+// the replica answered the callers of the last one; a few at once keep both
+// busy. The saves are correct in any order (the save script refuses a write
+// whose seq moved, as it does between replicas), so the batches need not
+// wait for each other.
+const maxSending = 4
+
 // saveOp is one save waiting for its turn in a pipeline.
 type saveOp struct {
 	keys   []string
@@ -22,21 +30,29 @@ type saveOp struct {
 	final bool
 	ttl   int64 // ms
 
-	cmd  *redis.Cmd    // the save script's, with its outcome
-	lead bool          // set, before wake, when the op's caller must send the next batch
-	wake chan struct{} // one signal: the result is in, or lead is set
+	cmd *redis.Cmd // the save script's, with its outcome
+	// lead is set, with the batch the op's caller must send (the op first),
+	// before wake, when the caller is to send it.
+	lead  bool
+	batch []*saveOp
+	// wake signals that the result is in, or that lead is set (a lead's
+	// own result then comes as a second signal, which no one reads).
+	wake chan struct{}
 }
 
-// saveQueue sends concurrent saves together: while one pipeline is on its
-// way to Redis, the saves that arrive queue up, and the caller of one of them
-// sends them all in the next pipeline. Under light load each save goes alone
-// at once (no timer, no added wait); under heavy load one round trip and one
-// pair of system calls serve many saves. No goroutine is involved: each
-// caller sends at most one batch, then hands the queue to a waiting caller.
+// saveQueue sends concurrent saves together: while maxSending pipelines are
+// on their way to Redis, the saves that arrive queue up, and the caller of
+// one of them sends them all in the next pipeline when one comes back. Under
+// light load each save goes at once (no timer, no added wait); under heavy
+// load one round trip and one pair of system calls serve many saves. No
+// goroutine is involved: each caller sends at most one batch, then hands
+// the next to a waiting caller.
 type saveQueue struct {
 	mu      sync.Mutex
 	pending []*saveOp
-	busy    bool // a caller is sending a batch
+	// sending counts the callers sending a batch. Saves wait in pending
+	// only while it is maxSending: a caller that finds it lower sends.
+	sending int
 }
 
 // do sends op, in a batch with whatever else is pending, and returns when its
@@ -44,7 +60,12 @@ type saveQueue struct {
 func (q *saveQueue) do(ctx context.Context, op *saveOp, send func(context.Context, []*saveOp)) {
 	q.mu.Lock()
 	q.pending = append(q.pending, op)
-	if q.busy {
+	var batch []*saveOp
+	if q.sending < maxSending {
+		q.sending++
+		batch = q.take()
+		q.mu.Unlock()
+	} else {
 		q.mu.Unlock()
 		// No ctx case: a queued save is sent whatever its caller does, and
 		// a caller named to send the next batch must be there to do it. The
@@ -53,27 +74,31 @@ func (q *saveQueue) do(ctx context.Context, op *saveOp, send func(context.Contex
 		if !op.lead {
 			return
 		}
-		q.mu.Lock()
+		batch = op.batch
 	}
-	q.busy = true
-	n := min(len(q.pending), maxBatch)
-	batch := q.pending[:n:n]
-	q.pending = q.pending[n:]
-	q.mu.Unlock()
-
-	// The batch carries other callers' saves: the sender's cancellation must
-	// not fail theirs.
+	// The batch carries other callers' saves: the sender's cancellation
+	// must not fail theirs.
 	send(context.WithoutCancel(ctx), batch)
 
+	// The next batch goes to its first caller, this caller's sending slot
+	// with it: taken out of pending here, no other sender can take it too.
 	q.mu.Lock()
 	if len(q.pending) == 0 {
-		q.busy = false
+		q.sending--
 		q.pending = nil
 		q.mu.Unlock()
 		return
 	}
-	next := q.pending[0]
-	next.lead = true
+	next := q.take()
 	q.mu.Unlock()
-	next.wake <- struct{}{}
+	next[0].lead, next[0].batch = true, next
+	next[0].wake <- struct{}{}
+}
+
+// take removes the next batch from pending; q.mu is held.
+func (q *saveQueue) take() []*saveOp {
+	n := min(len(q.pending), maxBatch)
+	batch := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	return batch
 }
