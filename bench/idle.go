@@ -74,22 +74,24 @@ func idleWatchers(ctx context.Context, e *env) (result, error) {
 	if err != nil {
 		return res, err
 	}
-	gw, err := holdStreams(ctx, g.proc, g.grpcAddr, ids, conns)
-	if err != nil {
-		return res, err
-	}
-	open, err := scrape(ctx, g, "comfygate_watchers_open")
-	if err != nil {
-		return res, err
-	}
-	heap1, stack1, err := memstats()
-	if err != nil {
-		return res, err
-	}
-	if e.profile {
-		if err := fetch(ctx, "http://"+g.debugAddr+"/debug/pprof/heap", filepath.Join(e.dir, "idle-heap.pprof")); err != nil {
-			return res, err
+	// The gauge, the memory statistics and the heap profile are read while
+	// the streams are held: they end when holdStreams returns.
+	var open, heap1, stack1 float64
+	gw, err := holdStreams(ctx, g.proc, g.grpcAddr, ids, conns, func() error {
+		var err error
+		if open, err = scrape(ctx, g, "comfygate_watchers_open"); err != nil {
+			return err
 		}
+		if heap1, stack1, err = memstats(); err != nil {
+			return err
+		}
+		if e.profile {
+			return fetch(ctx, "http://"+g.debugAddr+"/debug/pprof/heap", filepath.Join(e.dir, "idle-heap.pprof"))
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	g.stop()
 
@@ -98,7 +100,7 @@ func idleWatchers(ctx context.Context, e *env) (result, error) {
 		return res, err
 	}
 	defer bare.stop()
-	ref, err := holdStreams(ctx, bare, bareAddr, ids, conns)
+	ref, err := holdStreams(ctx, bare, bareAddr, ids, conns, func() error { return nil })
 	if err != nil {
 		return res, err
 	}
@@ -144,9 +146,9 @@ func (h held) openRate() float64 { return float64(h.held) / h.took.Seconds() }
 
 // holdStreams opens one WatchRequest stream per id on the server at addr,
 // spread evenly over conns connections, reads each one's first state, and
-// measures p's resident set before and with all of them open. The streams end
-// when it returns.
-func holdStreams(ctx context.Context, p *proc, addr string, ids []string, conns int) (held, error) {
+// measures p's resident set before and with all of them open, then calls
+// whileHeld. The streams end when it returns.
+func holdStreams(ctx context.Context, p *proc, addr string, ids []string, conns int, whileHeld func() error) (held, error) {
 	var h held
 	clients := make([]comfygatev1.GatewayServiceClient, conns)
 	for i := range clients {
@@ -223,7 +225,7 @@ func holdStreams(ctx context.Context, p *proc, addr string, ids []string, conns 
 	if h.rss1, err = rss(p.pid()); err != nil {
 		return h, err
 	}
-	return h, nil
+	return h, whileHeld()
 }
 
 func isUnimplemented(err error) bool { return status.Code(err) == codes.Unimplemented }
