@@ -76,7 +76,7 @@ fuzz:
 	$(GO) test ./uploads -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./deployments -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
-## bench: the benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 8 minutes)
+## bench: the benchmark scenarios, each beside its reference; writes BENCHMARKS.md (about 10 minutes; the first run builds Centrifugo, minutes more)
 bench: deps
 	$(GO) run ./bench -out BENCHMARKS.md
 
