@@ -60,6 +60,19 @@ func testDrain(t *testing.T, b Backend) {
 }
 
 // waitBuffered waits until w has something for Next, without taking it.
+// receive returns the error that comes on errc, failing the test if none
+// comes within waitTimeout: what names the call that was to return it.
+func receive(t *testing.T, errc <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(waitTimeout):
+		t.Fatalf("%s did not return within %s", what, waitTimeout)
+		return nil
+	}
+}
+
 func waitBuffered(t *testing.T, w *state.Watcher) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
@@ -509,13 +522,8 @@ func testNextCanceled(t *testing.T, b Backend) {
 			errc <- err
 		}()
 		cancel()
-		select {
-		case err := <-errc:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("Next = %v, want context.Canceled", err)
-			}
-		case <-time.After(waitTimeout):
-			t.Fatal("Next did not return after its context was canceled")
+		if err := receive(t, errc, "Next after its context was canceled"); !errors.Is(err, context.Canceled) {
+			t.Errorf("Next = %v, want context.Canceled", err)
 		}
 	})
 	t.Run("deadline", func(t *testing.T) {
@@ -550,26 +558,16 @@ func testNextCanceled(t *testing.T, b Backend) {
 			got <- err
 		}()
 		mustApply(t, tr, queued("req-next-switch", 1))
-		select {
-		case err := <-got:
-			if err != nil {
-				t.Fatalf("Next under the second ctx: %v, want the next record", err)
-			}
-		case <-time.After(waitTimeout):
-			t.Fatal("Next under the second ctx did not return the next record")
+		if err := receive(t, got, "Next under the second ctx"); err != nil {
+			t.Fatalf("Next under the second ctx: %v, want the next record", err)
 		}
 		go func() {
 			_, err := w.Next(second)
 			got <- err
 		}()
 		endSecond()
-		select {
-		case err := <-got:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("Next = %v after its ctx ended, want context.Canceled", err)
-			}
-		case <-time.After(waitTimeout):
-			t.Fatal("Next did not return after its ctx ended")
+		if err := receive(t, got, "Next after its ctx ended"); !errors.Is(err, context.Canceled) {
+			t.Errorf("Next = %v after its ctx ended, want context.Canceled", err)
 		}
 	})
 }
