@@ -50,13 +50,14 @@ type lossStore struct {
 	ids        map[string]bool // every request saved
 	generation int             // how many losses were reported
 	failGet    map[string]error
+	afterGet   map[string]func()
 	gets       int
 	saves      int
 }
 
 func newLossStore(clock *lossClock) *lossStore {
 	b := memory.New(clock.now)
-	return &lossStore{Backend: b, copies: b.Queue("copies"), ids: map[string]bool{}, failGet: map[string]error{}}
+	return &lossStore{Backend: b, copies: b.Queue("copies"), ids: map[string]bool{}, failGet: map[string]error{}, afterGet: map[string]func(){}}
 }
 
 func (s *lossStore) Get(ctx context.Context, requestID string) (*state.Record, error) {
@@ -64,11 +65,26 @@ func (s *lossStore) Get(ctx context.Context, requestID string) (*state.Record, e
 	s.gets++
 	err, fail := s.failGet[requestID]
 	delete(s.failGet, requestID)
+	after := s.afterGet[requestID]
+	delete(s.afterGet, requestID)
 	s.mu.Unlock()
 	if fail {
 		return nil, err
 	}
-	return s.Backend.Get(ctx, requestID)
+	rec, err := s.Backend.Get(ctx, requestID)
+	if after != nil {
+		after()
+	}
+	return rec, err
+}
+
+// afterNextGet runs fn once the next Get of requestID has read the record,
+// before that Get returns what it read: what fn changes comes between the
+// read and whatever its caller does next.
+func (s *lossStore) afterNextGet(requestID string, fn func()) {
+	s.mu.Lock()
+	s.afterGet[requestID] = fn
+	s.mu.Unlock()
 }
 
 func (s *lossStore) Save(ctx context.Context, rec *state.Record, ttl time.Duration) error {
@@ -490,6 +506,99 @@ func TestRestoreLostLeavesWhatAnotherReplicaRestored(t *testing.T) {
 	}
 	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@1"}) {
 		t.Errorf("events = %v, want the restore's alone", got)
+	}
+}
+
+// scheduledView is a lossView that writes a record's schedule change with
+// the record (state.ScheduledSaver), as the Redis backend does: a refused
+// final save takes the request off the schedule too.
+type scheduledView struct{ *lossView }
+
+func (v scheduledView) SaveScheduled(ctx context.Context, rec *state.Record, ttl time.Duration, due time.Time, forget bool) error {
+	return v.SaveWithEvent(ctx, rec, ttl, due, forget, nil)
+}
+
+var _ state.ScheduledSaver = scheduledView{}
+
+// TestRestoreLostKeepsARestoredRecordScheduled pins that a replica whose
+// restore of a finished request is refused, because another replica that
+// remembered it unfinished put it back first, leaves the request due for a
+// poll. Its refused save took the request off the schedule (the schedule
+// change goes with the save, taken or not), and the record put back is not
+// final: only a poll brings it to its end, and the watchers with it.
+func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	replica := func() *state.Tracker {
+		tr, err := state.NewTracker(state.TrackerConfig{Store: scheduledView{s.replica()}, Results: restoreResults{}, Copies: s.copies,
+			Schedule: s, PollInterval: time.Minute, Retention: lossRetention, Now: clock.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}
+	a, b := replica(), replica()
+	submitHooked(ctx, t, a, "req-race", hooksAll)
+	mustApply(ctx, t, a, state.Update{RequestID: "req-race", Source: state.SourceCallback, State: runcomfy.StateRunning})
+	// b records the success: it remembers the request finished, a running.
+	mustApply(ctx, t, b, state.Update{RequestID: "req-race", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+	for _, tr := range []*state.Tracker{a, b} {
+		if _, err := tr.RestoreLost(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+	// a puts it back between b's read (nothing there) and b's save.
+	s.afterNextGet("req-race", func() {
+		if n, err := a.RestoreLost(ctx); n != 1 || err != nil {
+			t.Errorf("a's RestoreLost = %d, %v; want 1", n, err)
+		}
+	})
+	if n, err := b.RestoreLost(ctx); n != 0 || err != nil {
+		t.Fatalf("b's RestoreLost = %d, %v; want 0: a restored it first", n, err)
+	}
+	if rec := mustGetRecord(ctx, t, s, "req-race"); rec.State != runcomfy.StateRunning {
+		t.Fatalf("stored %s, want a's running", rec.State)
+	}
+	wantDue(ctx, t, s, clock, "req-race")
+
+	// The same race when b puts a record back before applying an update: c
+	// knew req-late running, b finished; the store loses it without saying
+	// so, and c puts it back (for a running callback) between b's read and
+	// b's save (for a late running callback).
+	c := replica()
+	mustApply(ctx, t, c, state.Update{RequestID: "req-late", DeploymentID: "dep-restore", Source: state.SourceSubmit,
+		State: runcomfy.StateQueued, Owner: "team", Webhooks: hooksAll, MaxRun: 30 * time.Minute})
+	running := state.Update{RequestID: "req-late", Source: state.SourceCallback, State: runcomfy.StateRunning}
+	mustApply(ctx, t, c, running)
+	mustApply(ctx, t, b, state.Update{RequestID: "req-late", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+	clock.advance(time.Minute)
+	s.lose(ctx, t, false)
+	s.afterNextGet("req-late", func() {
+		if _, _, err := c.Apply(ctx, running); err != nil {
+			t.Errorf("c's update: %v", err)
+		}
+	})
+	if _, outcome := mustApply(ctx, t, b, running); outcome == state.Applied {
+		t.Fatalf("b's late running callback was applied")
+	}
+	if rec := mustGetRecord(ctx, t, s, "req-late"); rec.State != runcomfy.StateRunning {
+		t.Fatalf("stored %s, want c's running", rec.State)
+	}
+	wantDue(ctx, t, s, clock, "req-late")
+}
+
+// wantDue fails t unless requestID is due for a poll within the hour.
+func wantDue(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock, requestID string) {
+	t.Helper()
+	due, err := s.Due(ctx, clock.now().Add(time.Hour), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(due, requestID) {
+		t.Errorf("due for a poll: %v; want %s, unfinished in the store", due, requestID)
 	}
 }
 

@@ -167,6 +167,9 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 			case err == nil:
 				cur = t.recent.get(u.RequestID)
 			case errors.Is(err, ErrConflict):
+				// Another replica put it back first; a refused final
+				// restore took it off the schedule.
+				refused = true
 				if err := t.read(ctx, u.RequestID, &cur); err != nil {
 					return nil, 0, err
 				}
@@ -316,6 +319,11 @@ const restoreConcurrency = 16
 // again in its place, trying again when a concurrent save comes first; done
 // reports a save.
 func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err error) {
+	// refused: a save of ours was refused. With a store that writes the
+	// schedule with the record, a refused final save took the request off
+	// the schedule; the record that came first stays, so when it is not
+	// final it is made due again, or nothing would poll it to its end.
+	refused := false
 	for range maxSaveAttempts {
 		stored, err := t.store.Get(ctx, mem.RequestID)
 		switch {
@@ -329,11 +337,15 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 			// the request had (a record never loses them otherwise).
 			err = t.adopt(ctx, stored, t.recent.hooked(mem.RequestID))
 		default:
+			if refused {
+				t.reschedule(ctx, stored)
+			}
 			return false, nil
 		}
 		if !errors.Is(err, ErrConflict) {
 			return err == nil, err
 		}
+		refused = true
 	}
 	return false, fmt.Errorf("restore request %s: %d concurrent updates: %w", mem.RequestID, maxSaveAttempts, ErrConflict)
 }
