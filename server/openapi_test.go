@@ -267,6 +267,17 @@ func TestOpenAPIVersionIsTheBuilds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runServer(t, srv)
+	// New opened the listener: the request waits for Run to accept it.
+	if got := fetchOpenAPI(t, http.DefaultClient, "http://"+srv.HTTPAddr()).Info.Version; got != version {
+		t.Errorf("info.version = %q, want %q", got, version)
+	}
+}
+
+// runServer runs srv until the test ends, and checks that it stopped
+// cleanly.
+func runServer(t *testing.T, srv *server.Server) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
@@ -276,10 +287,6 @@ func TestOpenAPIVersionIsTheBuilds(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	// New opened the listener: the request waits for Run to accept it.
-	if got := fetchOpenAPI(t, http.DefaultClient, "http://"+srv.HTTPAddr()).Info.Version; got != version {
-		t.Errorf("info.version = %q, want %q", got, version)
-	}
 }
 
 // routeCall is one request to a documented route.

@@ -29,45 +29,20 @@ func (panickingService) GetStatus(_ context.Context, req *comfygatev1.GetStatusR
 	return &comfygatev1.GetStatusResponse{Request: &comfygatev1.RequestState{RequestId: req.GetRequestId()}}, nil
 }
 
-// lockedBuffer collects the server's log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestUnaryPanicIsInternal pins that a panic in a unary handler answers
 // INTERNAL with no detail, logs the panic with the handler's stack, and
 // leaves the server serving, with many calls panicking at once.
 func TestUnaryPanicIsInternal(t *testing.T) {
-	var logs lockedBuffer
+	logs := &syncBuffer{}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 	}, panickingService{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runServer(t, srv)
+	ctx := ctxT(t)
 	cc, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

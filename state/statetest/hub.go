@@ -60,6 +60,16 @@ func testDrain(t *testing.T, b Backend) {
 }
 
 // waitBuffered waits until w has something for Next, without taking it.
+// nextErr calls w.Next(ctx) on a goroutine of its own and sends its error.
+func nextErr(ctx context.Context, w *state.Watcher) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := w.Next(ctx)
+		errc <- err
+	}()
+	return errc
+}
+
 // receive returns the error that comes on errc, failing the test if none
 // comes within waitTimeout: what names the call that was to return it.
 func receive(t *testing.T, errc <-chan error, what string) error {
@@ -516,11 +526,7 @@ func testNextCanceled(t *testing.T, b Backend) {
 	})
 	t.Run("canceled while waiting", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(testContext(t))
-		errc := make(chan error, 1)
-		go func() {
-			_, err := w.Next(ctx)
-			errc <- err
-		}()
+		errc := nextErr(ctx, w)
 		cancel()
 		if err := receive(t, errc, "Next after its context was canceled"); !errors.Is(err, context.Canceled) {
 			t.Errorf("Next = %v, want context.Canceled", err)
@@ -561,12 +567,9 @@ func testNextCanceled(t *testing.T, b Backend) {
 		if err := receive(t, got, "Next under the second ctx"); err != nil {
 			t.Fatalf("Next under the second ctx: %v, want the next record", err)
 		}
-		go func() {
-			_, err := w.Next(second)
-			got <- err
-		}()
+		ended := nextErr(second, w)
 		endSecond()
-		if err := receive(t, got, "Next after its ctx ended"); !errors.Is(err, context.Canceled) {
+		if err := receive(t, ended, "Next after its ctx ended"); !errors.Is(err, context.Canceled) {
 			t.Errorf("Next = %v after its ctx ended, want context.Canceled", err)
 		}
 	})
