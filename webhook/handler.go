@@ -118,6 +118,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.rejectUnread(w, r, ReasonMediaType, http.StatusUnsupportedMediaType, "callbacks are application/json")
 		return
 	}
+	if r.ContentLength > MaxBodyBytes {
+		// Declared too large: refused before a byte of it is read, however
+		// much of it ever comes.
+		h.rejectUnread(w, r, ReasonTooLarge, http.StatusRequestEntityTooLarge, "callback body exceeds 1 MiB")
+		return
+	}
 	body, err := readBody(w, r)
 	if err != nil {
 		var tooBig *http.MaxBytesError

@@ -1,17 +1,21 @@
 package webhook_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -1167,6 +1171,44 @@ func TestHandlerCallbackOfAnotherDeployment(t *testing.T) {
 	if after := h.get(t, rid); !reflect.DeepEqual(after, before) {
 		t.Errorf("record changed through another deployment's URL:\n%+v\nwas\n%+v", after, before)
 	}
+}
+
+// TestHandlerDeclaredTooLarge: a callback that declares a body over the
+// bound is refused at once with 413, before its body comes (here it never
+// does: the length lies), and stores nothing.
+func TestHandlerDeclaredTooLarge(t *testing.T) {
+	t.Parallel()
+	const rid = "req-declared-large"
+	h := newHarness(t)
+	u, err := url.Parse(h.urls.CallbackURL(depID, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"request_id":"` + rid + `","status":"in_progress"}`
+	if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		u.RequestURI(), u.Host, 2*webhook.MaxBodyBytes, body); err != nil {
+		t.Fatal(err)
+	}
+	// The answer must come without the rest of the body: a bound on the
+	// wait, so that a server waiting for it fails the test instead of
+	// hanging it.
+	if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body came: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("status = %d, want 413", resp.StatusCode)
+	}
+	h.assertNotStored(t, rid)
 }
 
 // TestHandlerBodyLength: a body is read the same whether its length is
