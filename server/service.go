@@ -30,6 +30,9 @@ type Tracker interface {
 	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
 	Get(ctx context.Context, requestID string) (*state.Record, error)
 	Refresh(ctx context.Context, up state.Upstream, deploymentID, requestID string, source state.Source, owner string) (*state.Record, *state.Update, error)
+	// Defer keeps an update the store was unavailable for, to be recorded
+	// when it answers again.
+	Defer(u state.Update) bool
 }
 
 // Expediter brings a request's next poll forward while someone watches it;

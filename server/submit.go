@@ -209,7 +209,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	// A callback may have recorded the request already (RunComfy can call back
 	// before answering): then this update is a duplicate and the record as the
 	// callback left it is returned.
-	rec, err := s.recordSubmitted(upCtx, state.Update{
+	submitted := state.Update{
 		RequestID:    resp.RequestID,
 		DeploymentID: dep,
 		Source:       state.SourceSubmit,
@@ -219,7 +219,11 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		Webhooks:     hooks,
 		MaxQueue:     maxQueue,
 		MaxRun:       maxRun,
-	})
+	}
+	rec, err := s.recordSubmitted(upCtx, submitted)
+	if errors.Is(err, state.ErrUnavailable) && !s.tracker.Defer(submitted) {
+		s.log.ErrorContext(ctx, "submitted request not kept to record later: too many waiting", "request_id", resp.RequestID)
+	}
 	if err == nil && rec != nil {
 		// The slot is the request's until it ends; a record that ended
 		// already (its callbacks came first) frees it.
@@ -232,7 +236,8 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 	}
 	if err != nil || rec == nil {
 		// The job exists and is paid for: the caller must learn its id even if
-		// it could not be recorded.
+		// it could not be recorded (it is recorded once the store answers
+		// again: Defer).
 		s.log.ErrorContext(ctx, "submitted request not recorded", "request_id", resp.RequestID, "deployment_id", dep, "error", err)
 		return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
 			RequestId:    resp.RequestID,

@@ -578,6 +578,14 @@ func (r *Reconciler) restoreLost(ctx context.Context) {
 	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUnavailable) {
 		r.cfg.Logger.Warn("restoring lost records failed", "error", err)
 	}
+	// Then the updates the store was down for (Tracker.Defer).
+	n, err = r.cfg.Tracker.RecordDeferred(ctx)
+	if n > 0 {
+		r.cfg.Logger.Info("recorded requests the state backend was unavailable for", "recorded", n)
+	}
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUnavailable) {
+		r.cfg.Logger.Warn("recording deferred requests failed", "error", err)
+	}
 }
 
 // keep rebuilds the lost records of the requests this replica's watchers

@@ -53,6 +53,7 @@ type Tracker struct {
 	// back everything it could (the store failed on the way), so the next
 	// call goes on although the loss was reported only once.
 	restoring atomic.Bool
+	deferred  deferred
 }
 
 // TrackerConfig holds the Tracker's dependencies.
