@@ -31,11 +31,10 @@ type saveOp struct {
 	ttl   int64 // ms
 
 	cmd *redis.Cmd // the save script's, with its outcome
-	// lead is set, with the batch the op's caller must send (the op first),
-	// before wake, when the caller is to send it.
-	lead  bool
+	// batch is set, before wake, when the op's caller is to send it (the op
+	// first).
 	batch []*saveOp
-	// wake signals that the result is in, or that lead is set (a lead's
+	// wake signals that the result is in, or that batch is set (a sender's
 	// own result then comes as a second signal, which no one reads).
 	wake chan struct{}
 }
@@ -71,10 +70,9 @@ func (q *saveQueue) do(ctx context.Context, op *saveOp, send func(context.Contex
 		// a caller named to send the next batch must be there to do it. The
 		// wait is bounded by the client's socket timeouts.
 		<-op.wake
-		if !op.lead {
+		if batch = op.batch; batch == nil {
 			return
 		}
-		batch = op.batch
 	}
 	// The batch carries other callers' saves: the sender's cancellation
 	// must not fail theirs.
@@ -91,7 +89,7 @@ func (q *saveQueue) do(ctx context.Context, op *saveOp, send func(context.Contex
 	}
 	next := q.take()
 	q.mu.Unlock()
-	next[0].lead, next[0].batch = true, next
+	next[0].batch = next
 	next[0].wake <- struct{}{}
 }
 
