@@ -520,24 +520,33 @@ func (v scheduledView) SaveScheduled(ctx context.Context, rec *state.Record, ttl
 
 var _ state.ScheduledSaver = scheduledView{}
 
-// TestRestoreLostKeepsARestoredRecordScheduled pins that a replica whose
-// restore of a finished request is refused, because another replica that
-// remembered it unfinished put it back first, leaves the request due for a
-// poll. Its refused save took the request off the schedule (the schedule
-// change goes with the save, taken or not), and the record put back is not
-// final: only a poll brings it to its end, and the watchers with it.
+// newScheduledLossTracker is a replica's Tracker on s seen through a
+// scheduledView, with s as its poll schedule.
+func newScheduledLossTracker(t *testing.T, s *lossStore, clock *lossClock) *state.Tracker {
+	t.Helper()
+	tr, err := state.NewTracker(state.TrackerConfig{Store: scheduledView{s.replica()}, Results: restoreResults{}, Copies: s.copies,
+		Schedule: s, PollInterval: time.Minute, Retention: lossRetention, Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// TestRestoreLostKeepsARestoredRecordScheduled pins the race of two
+// restores: a replica whose restore of a finished request is refused,
+// because another replica that remembered it unfinished put it back first,
+// reads it again and moves it on to the final state it remembers, in the
+// same pass; its refused save took the request off the schedule (the
+// schedule change goes with the save, taken or not), and the final one keeps
+// it off. And when the replica that knew more applies an update instead
+// (Apply puts a lost record back first), its refused restore leaves the
+// request due for a poll: the record put back is not final, and only a poll
+// brings it to its end, and the watchers with it.
 func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 	ctx := ctxT(t)
 	clock := newLossClock()
 	s := newLossStore(clock)
-	replica := func() *state.Tracker {
-		tr, err := state.NewTracker(state.TrackerConfig{Store: scheduledView{s.replica()}, Results: restoreResults{}, Copies: s.copies,
-			Schedule: s, PollInterval: time.Minute, Retention: lossRetention, Now: clock.now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr
-	}
+	replica := func() *state.Tracker { return newScheduledLossTracker(t, s, clock) }
 	a, b := replica(), replica()
 	submitHooked(ctx, t, a, "req-race", hooksAll)
 	mustApply(ctx, t, a, state.Update{RequestID: "req-race", Source: state.SourceCallback, State: runcomfy.StateRunning})
@@ -556,13 +565,19 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 			t.Errorf("a's RestoreLost = %d, %v; want 1", n, err)
 		}
 	})
-	if n, err := b.RestoreLost(ctx); n != 0 || err != nil {
-		t.Fatalf("b's RestoreLost = %d, %v; want 0: a restored it first", n, err)
+	if n, err := b.RestoreLost(ctx); n != 1 || err != nil {
+		t.Fatalf("b's RestoreLost = %d, %v; want 1: a restored it first, b moved it on", n, err)
 	}
-	if rec := mustGetRecord(ctx, t, s, "req-race"); rec.State != runcomfy.StateRunning {
-		t.Fatalf("stored %s, want a's running", rec.State)
+	rec := mustGetRecord(ctx, t, s, "req-race")
+	if rec.State != runcomfy.StateSucceeded || rec.Seq != 2 || string(rec.Outputs) != string(lossOutputs) {
+		t.Fatalf("stored %s at seq %d with outputs %s, want b's success at seq 2 of a's epoch", rec.State, rec.Seq, rec.Outputs)
 	}
-	wantDue(ctx, t, s, clock, "req-race")
+	if got := eventTypes(epochEvents(ctx, t, s, "req-race", rec.Epoch)); !slices.Equal(got, []string{"request.running@1", "request.succeeded@2"}) {
+		t.Errorf("events = %v, want a's restore's and b's success", got)
+	}
+	if isDue(ctx, t, s, clock, "req-race") {
+		t.Errorf("req-race is due for a poll, want it off the schedule: it ended")
+	}
 
 	// The same race when b puts a record back before applying an update: c
 	// knew req-late running, b finished; the store loses it without saying
@@ -593,13 +608,19 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 // wantDue fails t unless requestID is due for a poll within the hour.
 func wantDue(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock, requestID string) {
 	t.Helper()
-	due, err := s.Due(ctx, clock.now().Add(time.Hour), 10)
+	if !isDue(ctx, t, s, clock, requestID) {
+		t.Errorf("%s is not due for a poll; want it due, unfinished in the store", requestID)
+	}
+}
+
+// isDue reports whether requestID is due for a poll within the hour.
+func isDue(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock, requestID string) bool {
+	t.Helper()
+	due, err := s.Due(ctx, clock.now().Add(time.Hour), 100)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(due, requestID) {
-		t.Errorf("due for a poll: %v; want %s, unfinished in the store", due, requestID)
-	}
+	return slices.Contains(due, requestID)
 }
 
 // TestRestoreLostWithoutALossDoesNothing pins that RestoreLost neither reads
@@ -868,6 +889,203 @@ func TestApplyRestoresOnlyWhatUpdatesCannotBringBack(t *testing.T) {
 			if !slices.Equal(rec.Webhooks, was.Webhooks) || rec.MaxQueue != was.MaxQueue || rec.MaxRun != was.MaxRun || rec.Owner != "team" {
 				t.Errorf("stored webhooks %v, deadlines %v/%v, owner %q; want those of the submit: %v, %v/%v, team",
 					rec.Webhooks, rec.MaxQueue, rec.MaxRun, rec.Owner, was.Webhooks, was.MaxQueue, was.MaxRun)
+			}
+		})
+	}
+}
+
+// TestRestoreLostMovesTheStoredRecordOn pins catchUp: after a loss, a
+// replica that finds the request's record already back in the store (put
+// back by another replica that remembered an older state, or made again by a
+// late callback on a replica that remembered nothing) and remembers a
+// further state moves the record on to it within its pass: one save at the
+// stored record's next seq in its epoch, keeping its webhooks and owner (or
+// giving back those it lacks), with the event of the state, the copy of a
+// success's outputs queued unless they were stored, and a final state off
+// the poll schedule. A state of the same rank, or a final one, is left as
+// it is.
+func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
+	const id = "req-on"
+	running := func(instance string) state.Update {
+		return state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateRunning, Owner: "team", InstanceID: instance}
+	}
+	tests := []struct {
+		name string
+		// remember tells tr, the replica whose pass is checked, and other
+		// what they remember of the request before the loss.
+		remember func(ctx context.Context, t *testing.T, tr, other *state.Tracker)
+		// first writes the record after the loss, before tr's pass: other's
+		// pass, or a callback to fresh, a replica that remembers nothing.
+		first func(ctx context.Context, t *testing.T, tr, other, fresh *state.Tracker)
+
+		wantN      int // what tr's pass reports
+		wantState  runcomfy.State
+		wantEvents []string // of the record's epoch
+		wantCopies bool     // the copy of its outputs is queued
+		wantDue    bool
+		check      func(t *testing.T, rec *state.Record)
+	}{
+		{
+			name: "a late running callback made it again; this replica knew it succeeded",
+			remember: func(ctx context.Context, t *testing.T, tr, _ *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				storedSuccess(ctx, t, tr, id, "team")
+			},
+			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
+				mustApply(ctx, t, fresh, running(""))
+			},
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
+					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
+				}
+			},
+		},
+		{
+			name: "another replica put back the queued state; this one knew it running",
+			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
+				submitHooked(ctx, t, other, id, hooksAll)
+				mustApply(ctx, t, tr, running("i-1"))
+			},
+			first: func(ctx context.Context, t *testing.T, _, other, _ *state.Tracker) {
+				if n, err := other.RestoreLost(ctx); n != 1 || err != nil {
+					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
+				}
+			},
+			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.queued@1", "request.running@2"}, wantDue: true,
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.InstanceID != "i-1" || rec.StartedAt.IsZero() || rec.QueuePosition != nil || rec.MaxRun != 30*time.Minute {
+					t.Errorf("instance %q, started %v, queue position %v, max run %v; want what this replica knew, and the deadline kept",
+						rec.InstanceID, rec.StartedAt, rec.QueuePosition, rec.MaxRun)
+				}
+			},
+		},
+		{
+			name: "another replica put back the running state; this one knew it succeeded, its copy pending",
+			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
+				submitHooked(ctx, t, other, id, hooksAll)
+				mustApply(ctx, t, other, running(""))
+				mustApply(ctx, t, tr, state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+			},
+			first: func(ctx context.Context, t *testing.T, _, other, _ *state.Tracker) {
+				if n, err := other.RestoreLost(ctx); n != 1 || err != nil {
+					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
+				}
+			},
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.running@1", "request.succeeded@2"}, wantCopies: true,
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.Storage == nil || rec.Storage.State != state.StoragePending {
+					t.Errorf("storage %+v, want the copy pending again", rec.Storage)
+				}
+			},
+		},
+		{
+			name: "made again by a late callback, which this replica read since",
+			remember: func(ctx context.Context, t *testing.T, tr, _ *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				storedSuccess(ctx, t, tr, id, "team")
+			},
+			first: func(ctx context.Context, t *testing.T, tr, _, fresh *state.Tracker) {
+				mustApply(ctx, t, fresh, running(""))
+				// A duplicate of it here: the last record this replica
+				// remembers is the one made again.
+				if _, outcome := mustApply(ctx, t, tr, running("")); outcome != state.Duplicate {
+					t.Fatalf("the duplicate running callback: %v, want duplicate", outcome)
+				}
+			},
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+		},
+		{
+			name: "made again at the same rank: only the webhooks come back",
+			remember: func(ctx context.Context, t *testing.T, tr, _ *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				mustApply(ctx, t, tr, running("i-1"))
+			},
+			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
+				mustApply(ctx, t, fresh, running("i-2"))
+			},
+			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"}, wantDue: true,
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.InstanceID != "i-2" {
+					t.Errorf("instance %q, want the stored i-2: a state of the same rank is left as it is", rec.InstanceID)
+				}
+			},
+		},
+		{
+			name: "made again final, another final state than this replica knew",
+			remember: func(ctx context.Context, t *testing.T, tr, _ *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				storedSuccess(ctx, t, tr, id, "team")
+			},
+			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
+				mustApply(ctx, t, fresh, state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateCancelled, Owner: "team"})
+			},
+			wantN: 1, wantState: runcomfy.StateCancelled, wantEvents: []string{"request.cancelled@2"},
+			check: func(t *testing.T, rec *state.Record) {
+				if len(rec.Outputs) != 0 || rec.Storage != nil {
+					t.Errorf("outputs %s, storage %+v; want the cancelled record's, none", rec.Outputs, rec.Storage)
+				}
+			},
+		},
+		{
+			name: "another replica put back a further state",
+			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				mustApply(ctx, t, other, state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+			},
+			first: func(ctx context.Context, t *testing.T, _, other, _ *state.Tracker) {
+				if n, err := other.RestoreLost(ctx); n != 1 || err != nil {
+					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
+				}
+			},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@1"}, wantCopies: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr, other := newScheduledLossTracker(t, s, clock), newScheduledLossTracker(t, s, clock)
+			tt.remember(ctx, t, tr, other)
+			for _, r := range []*state.Tracker{tr, other} {
+				if _, err := r.RestoreLost(ctx); err != nil { // the first Lost: nothing lost yet
+					t.Fatal(err)
+				}
+			}
+			clock.advance(time.Minute)
+			s.lose(ctx, t, true)
+			tt.first(ctx, t, tr, other, newScheduledLossTracker(t, s, clock))
+			before := mustGetRecord(ctx, t, s, id)
+
+			clock.advance(time.Second)
+			if n, err := tr.RestoreLost(ctx); n != tt.wantN || err != nil {
+				t.Fatalf("RestoreLost = %d, %v; want %d", n, err, tt.wantN)
+			}
+			rec := mustGetRecord(ctx, t, s, id)
+			if rec.State != tt.wantState || rec.Epoch != before.Epoch || rec.Seq != before.Seq+int64(tt.wantN) {
+				t.Errorf("stored %s at %d/%d, want %s at %d/%d (was %s)", rec.State, rec.Epoch, rec.Seq, tt.wantState, before.Epoch, before.Seq+int64(tt.wantN), before.State)
+			}
+			if !slices.Equal(rec.Webhooks, hooksAll) || rec.Owner != "team" || rec.OwnerAttached {
+				t.Errorf("webhooks %v, owner %q (attached %v); want %v, proven team", rec.Webhooks, rec.Owner, rec.OwnerAttached, hooksAll)
+			}
+			if rec.State == runcomfy.StateSucceeded && string(rec.Outputs) != string(lossOutputs) {
+				t.Errorf("succeeded with outputs %s, want %s", rec.Outputs, lossOutputs)
+			}
+			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events = %v, want %v", got, tt.wantEvents)
+			}
+			if got := queuedCopies(ctx, t, s, clock); slices.Contains(got, id) != tt.wantCopies {
+				t.Errorf("queued copies %v, want %s's queued: %v", got, id, tt.wantCopies)
+			}
+			if got := isDue(ctx, t, s, clock, id); got != tt.wantDue {
+				t.Errorf("due for a poll: %v, want %v", got, tt.wantDue)
+			}
+			if tt.check != nil {
+				tt.check(t, rec)
+			}
+			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+				t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)
 			}
 		})
 	}

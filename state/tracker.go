@@ -249,13 +249,15 @@ type LossDetector interface {
 
 // RestoreLost puts back, once the store reports it lost its data, the records
 // this replica remembers (the last it wrote or read of its most recent
-// requests) that the store no longer holds, and returns how many. Each comes
-// back under a new epoch, as it last stood, with its webhook events queued
-// again (the events of its state: at least once, under new webhook-ids) and
-// its outputs' copy queued again; an unfinished one is polled as usual. A
-// record made again meanwhile from what RunComfy said (a callback or a poll
-// on a replica that did not remember it) is given back its webhooks, and
-// their events; one restored by another replica is left as it is.
+// requests) that the store no longer holds, and returns how many records it
+// saved (put back, or brought up to date). Each comes back under a new epoch,
+// as it last stood, with its webhook events queued again (the events of its
+// state: at least once, under new webhook-ids) and its outputs' copy queued
+// again; an unfinished one is polled as usual. A
+// record found in the store instead (put back by another replica, or made
+// again from what RunComfy said by a callback or a poll on a replica that did
+// not remember it) is brought up to what this replica remembers (catchUp):
+// given back its webhooks, and moved on to a further state.
 func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 	ld, ok := t.store.(LossDetector)
 	if !ok {
@@ -316,9 +318,9 @@ func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 // restoreConcurrency is how many records RestoreLost puts back at once.
 const restoreConcurrency = 16
 
-// restoreOne restores mem, or gives its webhooks back to the record made
-// again in its place, trying again when a concurrent save comes first; done
-// reports a save.
+// restoreOne restores mem, or brings the record found in its place up to
+// what this replica remembers (catchUp), trying again when a concurrent save
+// comes first; done reports a save.
 func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err error) {
 	// refused: a save of ours was refused. With a store that writes the
 	// schedule with the record, a refused final save took the request off
@@ -332,16 +334,14 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 			err = t.restore(ctx, t.withHooks(mem))
 		case err != nil:
 			return false, err
-		case len(stored.Webhooks) == 0 && t.recent.hooked(mem.RequestID) != nil:
-			// Made again since the loss by a replica that did not remember
-			// it (a callback, a poll): it lacks the webhooks a record of
-			// the request had (a record never loses them otherwise).
-			err = t.adopt(ctx, stored, t.recent.hooked(mem.RequestID))
 		default:
-			if refused {
-				t.reschedule(ctx, stored)
+			var saved bool
+			if saved, err = t.catchUp(ctx, stored, mem); err == nil && !saved {
+				if refused {
+					t.reschedule(ctx, stored)
+				}
+				return false, nil
 			}
-			return false, nil
 		}
 		if !errors.Is(err, ErrConflict) {
 			return err == nil, err
@@ -381,21 +381,86 @@ func provenOwner(rec, mem *Record) (string, bool) {
 	return rec.Owner, rec.OwnerAttached
 }
 
-// adopt gives stored, a record made again after a loss from what RunComfy
-// said, the webhooks (and owner) this replica remembers of it, and queues the
-// events of its state for them.
-func (t *Tracker) adopt(ctx context.Context, stored, mem *Record) error {
-	next := stored.Clone()
-	next.Seq++
-	next.UpdatedAt = t.now()
-	next.Webhooks = mem.Webhooks
-	next.Owner, next.OwnerAttached = provenOwner(next, mem)
-	// stored has no webhooks: the event is every one of next's state.
+// catchUp brings stored, the record of mem's request that the store holds
+// since it lost its data, up to what this replica remembers of the request,
+// in one save at stored's next seq, and reports whether it saved. stored may
+// lack two things:
+//   - the webhooks (and with them the owner) when a replica that did not
+//     remember the request made it again from a callback or a poll: a record
+//     never loses them otherwise;
+//   - the state, when what this replica remembers is further along: another
+//     replica put back an older state first, or a late callback made the
+//     record again. Left so, the request would read as gone back until a
+//     poll of RunComfy moved it on again.
+//
+// The state moves as an update saying what the replica remembers would move
+// it (merge), so a success brings its outputs, a final state leaves the poll
+// schedule and has its copy queued (unless its outputs were stored, as with
+// restore). A state of the same rank is left as it is, and so is a final one:
+// nothing changes a final state.
+func (t *Tracker) catchUp(ctx context.Context, stored, mem *Record) (bool, error) {
+	now := t.now()
+	hooked := t.recent.hooked(mem.RequestID)
+	// The furthest state remembered: the record with webhooks may be ahead
+	// of mem when this replica has read the record made again since.
+	known := mem
+	if hooked != nil && Rank(hooked.State) > Rank(known.State) {
+		known = hooked
+	}
+	next := stored
+	if Rank(known.State) > Rank(stored.State) {
+		u := rememberedUpdate(known)
+		if u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 {
+			if err := t.fetchOutputs(ctx, stored, &u); err != nil {
+				return false, err
+			}
+		}
+		if moved, outcome := merge(stored, &u, now); outcome == Applied {
+			next = moved
+			// RunComfy confirmed this state when it confirmed known's,
+			// not now (a restore keeps it too).
+			next.SyncedAt = known.SyncedAt
+			if next.State == runcomfy.StateSucceeded && known.Storage != nil && known.Storage.State != StoragePending {
+				next.Storage = known.Storage.Clone() // the object store lost nothing
+			}
+		}
+	}
+	if len(stored.Webhooks) == 0 && hooked != nil {
+		if next == stored {
+			next = stored.Clone()
+			next.Seq++
+			next.UpdatedAt = now
+		}
+		next.Webhooks = slices.Clone(hooked.Webhooks)
+		next.Owner, next.OwnerAttached = provenOwner(next, hooked)
+	}
+	if next == stored {
+		return false, nil
+	}
+	if err := t.queueCopy(ctx, stored, next, now); err != nil {
+		return false, err
+	}
+	// The event of next's whole state, as a restore's: its endpoints heard
+	// at most of stored's (of nothing, when stored had no webhooks).
 	if err := t.save(ctx, next, stateEvent(next)); err != nil {
-		return err
+		return false, err
 	}
 	t.recent.put(next)
-	return nil
+	return true, nil
+}
+
+// rememberedUpdate is the update that says what rec says of its request's
+// progress, for catchUp to merge onto the stored record. It names no owner,
+// webhooks, deadlines or storage: merge takes those only from their own
+// sources, and catchUp gives the webhooks, owner and storage itself.
+func rememberedUpdate(rec *Record) Update {
+	return Update{
+		RequestID: rec.RequestID, DeploymentID: rec.DeploymentID, Source: SourceRestore,
+		State: rec.State, UpstreamStatus: rec.UpstreamStatus, QueuePosition: rec.QueuePosition, InstanceID: rec.InstanceID,
+		Outputs: rec.Outputs, OutputURLs: rec.OutputURLs, Error: rec.Error,
+		CreatedAt: rec.CreatedAt, StartedAt: rec.StartedAt, FinishedAt: rec.FinishedAt,
+		Expired: rec.Expired, Cancelling: rec.Cancelling,
+	}
 }
 
 // restore saves rec again as the first record of a new epoch.
