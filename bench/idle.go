@@ -85,10 +85,15 @@ func idleWatchers(ctx context.Context, e *env) (result, error) {
 		if heap1, stack1, err = memstats(); err != nil {
 			return err
 		}
-		if e.profile {
-			return fetch(ctx, "http://"+g.debugAddr+"/debug/pprof/heap", filepath.Join(e.dir, "idle-heap.pprof"))
+		if !e.profile {
+			return nil
 		}
-		return nil
+		// The goroutines, grouped by stack, tell what each stream keeps
+		// running and where it waits.
+		if err := fetch(ctx, "http://"+g.debugAddr+"/debug/pprof/goroutine?debug=1", filepath.Join(e.dir, "idle-goroutines.txt")); err != nil {
+			return err
+		}
+		return fetch(ctx, "http://"+g.debugAddr+"/debug/pprof/heap", filepath.Join(e.dir, "idle-heap.pprof"))
 	})
 	if err != nil {
 		return res, err

@@ -61,38 +61,66 @@ func accessLogUnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// accessLogStreamInterceptor is accessLogUnaryInterceptor for streams: one line
-// when the stream ends.
+// accessLogStreamInterceptor is accessLogUnaryInterceptor for streams, and
+// errorStreamInterceptor's mapping with it: one line when the stream ends,
+// with the code the caller gets. A watch stream's message is received aside
+// (runAside). The three are one interceptor, not three as for unary
+// calls, because a watch stream waits for minutes inside the chain: every
+// interceptor's frame, and grpc-go's between each, stays on the stack of every
+// idle watch stream.
 func accessLogStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if public(info.FullMethod) {
-			return handler(srv, ss)
+			return toStatus(ss.Context(), log, info.FullMethod, handler(srv, ss))
 		}
-		ci := &callInfo{}
-		start := time.Now()
-		rs := &recvStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callInfoKey{}, ci)}
-		err := handler(srv, rs)
-		rid, dep := idsOf(rs.first)
-		log.LogAttrs(ss.Context(), slog.LevelInfo, "rpc",
-			slog.String("method", info.FullMethod), slog.String("request_id", rid), slog.String("deployment_id", dep),
-			slog.String("tenant", ci.tenant), slog.String("code", status.Code(err).String()),
-			slog.Duration("duration", time.Since(start)))
+		rs := newRecvStream(ss, info.FullMethod == comfygatev1.GatewayService_WatchRequest_FullMethodName)
+		err := toStatus(rs.ctx, log, info.FullMethod, handler(srv, rs))
+		rs.logEnd(log, info.FullMethod, err)
 		return err
 	}
 }
 
-// recvStream keeps the first message a stream received (its request) for the
-// log line.
+// recvStream keeps the first message a stream received (its request) and
+// what the call's inner interceptors noted (callInfo) for the log line.
 type recvStream struct {
 	grpc.ServerStream
 	ctx   context.Context
 	first any
+	ci    callInfo
+	start time.Time
+	// aside: the message is received on a goroutine of its own (runAside).
+	aside bool
+}
+
+// newRecvStream and logEnd are kept out of the interceptor (noinline): the
+// interceptor's frame, on every idle watch stream's stack, would otherwise
+// hold the log line's attributes.
+//
+//go:noinline
+func newRecvStream(ss grpc.ServerStream, aside bool) *recvStream {
+	rs := &recvStream{ServerStream: ss, start: time.Now(), aside: aside}
+	rs.ctx = context.WithValue(ss.Context(), callInfoKey{}, &rs.ci)
+	return rs
+}
+
+//go:noinline
+func (s *recvStream) logEnd(log *slog.Logger, method string, err error) {
+	rid, dep := idsOf(s.first)
+	log.LogAttrs(s.ServerStream.Context(), slog.LevelInfo, "rpc",
+		slog.String("method", method), slog.String("request_id", rid), slog.String("deployment_id", dep),
+		slog.String("tenant", s.ci.tenant), slog.String("code", status.Code(err).String()),
+		slog.Duration("duration", time.Since(s.start)))
 }
 
 func (s *recvStream) Context() context.Context { return s.ctx }
 
 func (s *recvStream) RecvMsg(m any) error {
-	err := s.ServerStream.RecvMsg(m)
+	var err error
+	if s.aside {
+		err = runAside(func() error { return s.ServerStream.RecvMsg(m) })
+	} else {
+		err = s.ServerStream.RecvMsg(m)
+	}
 	if err == nil && s.first == nil {
 		s.first = m
 	}

@@ -81,8 +81,9 @@ type streamGuard struct {
 	waiting map[string]int // submits waiting for room, by tenant; absent is 0
 }
 
-// reservation is what a stream holds until its message is in (msg) and until
-// it ends (the rest); each is given back once.
+// reservation is what a stream holds until its message is in (received) and
+// until it ends (end); each is given back once. It is one value with no
+// closures: every open stream, an idle watch's too, keeps it.
 type reservation struct {
 	g *streamGuard
 	// tenant and wait: the stream must wait for room for a message of the
@@ -90,14 +91,66 @@ type reservation struct {
 	// keyless health checks).
 	tenant string
 	wait   bool
+	// public: a keyless health call, holding a stream slot and, until its
+	// message is in, a message slot.
+	public bool
+	// receive bounds the time the message may take to arrive once it has
+	// room, after which cancel ends the stream.
+	receive time.Duration
+	cancel  context.CancelFunc
+
+	mu sync.Mutex
 	// waiting: counted among the tenant's waiting submits.
 	waiting bool
+	ended   bool
+	held    int64       // bytes held in the budget
+	late    *time.Timer // ends a message that does not arrive in time
+	msgHeld bool        // public: the message slot is held
+}
 
-	mu       sync.Mutex
-	ended    bool
-	msg      func(received int64) // called at the message's arrival
-	reserved func(n int64)        // called once room is taken
-	done     func()
+// received shrinks what r holds once its message is in (n bytes), or lets it
+// all go (n 0); r.mu is held.
+func (r *reservation) received(n int64) {
+	if r.ended {
+		return
+	}
+	if r.late != nil {
+		r.late.Stop()
+	}
+	if r.public {
+		if r.msgHeld {
+			r.g.publicMessages.Release(1)
+			r.msgHeld = false
+		}
+		return
+	}
+	if keep := min(n, r.held); keep < r.held {
+		r.g.inflight.release(r.tenant, r.held-keep)
+		r.held = keep
+	}
+}
+
+// reserved records n bytes taken for the message, which must then arrive
+// within r.receive; r.mu is held.
+func (r *reservation) reserved(n int64) {
+	r.held = n
+	r.late = time.AfterFunc(r.receive, r.cancel)
+}
+
+// end gives back everything r holds, once; r.mu is held.
+func (r *reservation) end() {
+	if r.ended {
+		return
+	}
+	r.received(0)
+	if r.public {
+		r.g.publicStreams.Release(1)
+	} else {
+		r.stopWaiting()
+		r.g.inflight.release(r.tenant, r.held)
+		r.held = 0
+	}
+	r.ended = true
 }
 
 type reservationKey struct{}
@@ -128,32 +181,9 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	receive := smallReceiveTimeout
+	r := &reservation{g: g, tenant: tenant, wait: true, waiting: submit, receive: smallReceiveTimeout, cancel: cancel}
 	if submit {
-		receive = g.readTimeout
-	}
-	var (
-		held int64
-		late *time.Timer
-	)
-	r := &reservation{g: g, tenant: tenant, wait: true, waiting: submit}
-	r.msg = func(received int64) {
-		if late != nil {
-			late.Stop()
-		}
-		if keep := min(received, held); keep < held {
-			g.inflight.release(tenant, held-keep)
-			held = keep
-		}
-	}
-	r.reserved = func(n int64) {
-		held = n
-		late = time.AfterFunc(receive, cancel)
-	}
-	r.done = func() {
-		r.stopWaiting()
-		g.inflight.release(tenant, held)
-		held = 0
+		r.receive = g.readTimeout
 	}
 	return g.watch(ctx, r), nil
 }
@@ -203,21 +233,9 @@ func (g *streamGuard) public(ctx context.Context, info *tap.Info) (context.Conte
 		g.publicStreams.Release(1)
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errPublicBusy)
 	}
-	msgHeld := true
 	ctx, cancel := context.WithCancel(ctx)
-	slow := time.AfterFunc(publicReceiveTimeout, cancel)
-	r := &reservation{g: g}
-	r.msg = func(int64) {
-		if msgHeld {
-			slow.Stop()
-			g.publicMessages.Release(1)
-			msgHeld = false
-		}
-	}
-	r.done = func() {
-		r.msg(0)
-		g.publicStreams.Release(1)
-	}
+	r := &reservation{g: g, public: true, msgHeld: true, cancel: cancel}
+	r.late = time.AfterFunc(publicReceiveTimeout, cancel)
 	return g.watch(ctx, r), nil
 }
 
@@ -227,10 +245,7 @@ func (g *streamGuard) watch(ctx context.Context, r *reservation) context.Context
 	context.AfterFunc(ctx, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		r.msg(0)
-		r.done()
-		r.ended = true
-		r.msg, r.done = func(int64) {}, func() {}
+		r.end()
 	})
 	return context.WithValue(ctx, reservationKey{}, r)
 }
@@ -276,7 +291,7 @@ func (g *streamGuard) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		if r, ok := ctx.Value(reservationKey{}).(*reservation); ok {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			r.msg(int64(s.Length))
+			r.received(int64(s.Length))
 		}
 	}
 }

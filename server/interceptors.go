@@ -21,13 +21,6 @@ func errorUnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// errorStreamInterceptor is errorUnaryInterceptor for streams.
-func errorStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return toStatus(ss.Context(), log, info.FullMethod, handler(srv, ss))
-	}
-}
-
 // recoveryOption turns a panic into Internal with the stack in the log, instead of
 // a crashed process that drops every other caller.
 func recoveryOption(log *slog.Logger) recovery.Option {
@@ -62,8 +55,12 @@ func limitsStreamInterceptor(l *TenantLimits) grpc.StreamServerInterceptor {
 			return handler(srv, ss)
 		}
 		ctx := ss.Context()
-		release, err := l.openWatch(ctx, tenantOf(ctx))
-		if err != nil {
+		var release func()
+		// Aside: spending a read may be a round trip to Redis (runAside).
+		if err := runAside(func() (err error) {
+			release, err = l.openWatch(ctx, tenantOf(ctx))
+			return err
+		}); err != nil {
 			return err
 		}
 		defer release()
@@ -86,7 +83,7 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits
 		stream = append(stream, m.grpc.streamInterceptor())
 	}
 	unary = append(unary, accessLogUnaryInterceptor(log), errorUnaryInterceptor(log))
-	stream = append(stream, accessLogStreamInterceptor(log), errorStreamInterceptor(log))
+	stream = append(stream, accessLogStreamInterceptor(log))
 	if a != nil {
 		unary = append(unary, authUnaryInterceptor(a))
 		stream = append(stream, authStreamInterceptor(a))

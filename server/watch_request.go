@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -16,102 +15,167 @@ import (
 // reads the current record and forwards only records newer than the last it
 // sent, so nothing falls between the two and nothing is sent twice. A record
 // that was lost and created again (another epoch) is sent as a new first
-// event, so a watcher never misses the states of the new incarnation.
+// event, so a watcher never misses the states of the new incarnation; but
+// never one of a lower rank than the last state sent (see sentRank).
 func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
+	ws, err := s.newWatchStream(req, stream)
+	if err != nil {
+		return err
+	}
+	// The start (subscribe, read or attach the record, send it) goes through
+	// Redis, RunComfy and the transport, whose call chains would grow the
+	// stream goroutine's stack past what its wait needs: it runs aside, and
+	// the stream's goroutine then waits with a small stack (runAside). So
+	// does the wait's own frame: what it calls beyond Next is in ws's
+	// methods.
+	err = runAside(ws.start)
+	if ws.w != nil {
+		defer ws.close()
+	}
+	if ws.done || err != nil {
+		return err
+	}
+	return ws.follow()
+}
+
+// watchStream is one WatchRequest stream.
+type watchStream struct {
+	s        *Service
+	stream   comfygatev1.GatewayService_WatchRequestServer
+	ctx      context.Context
+	dep, rid string
+	follower *state.Follower
+	// sentRank is the rank of the last state sent (0 before any). After a
+	// loss, a record made again may start at an older state than the
+	// watcher saw (a replica that remembered less put it back first, the
+	// one that remembered more moves it on next): such a record is held
+	// back, as the request never goes backwards, and the stream goes on
+	// with the next one that is not lower. The follower has still moved
+	// past it, so it is not sent later either.
+	sentRank int
+	// w follows the request once started (nil when the start failed), and
+	// done is set once the stream is complete.
+	w    *state.Watcher
+	done bool
+}
+
+// newWatchStream checks the request and makes its stream.
+//
+//go:noinline
+func (s *Service) newWatchStream(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) (*watchStream, error) {
 	dep, rid := req.GetDeploymentId(), req.GetRequestId()
 	if err := validateRequestRef(dep, rid); err != nil {
-		return err
+		return nil, err
 	}
 	if req.GetAfterSeq() < 0 {
-		return &fieldError{field: "after_seq", reason: "must not be negative"}
+		return nil, &fieldError{field: "after_seq", reason: "must not be negative"}
 	}
 	if req.GetAfterEpoch() < 0 {
-		return &fieldError{field: "after_epoch", reason: "must not be negative"}
+		return nil, &fieldError{field: "after_epoch", reason: "must not be negative"}
 	}
-	ctx := stream.Context()
-	follow := state.NewFollower(s.tracker, state.Position{Epoch: req.GetAfterEpoch(), Seq: req.GetAfterSeq()})
-	// live: r comes from the hub, so its age is a delivery delay (the snapshot
-	// sent first is as old as the last change, whenever that was).
-	send := func(r *state.Record, live bool) (done bool, err error) {
-		if live {
-			next, err := follow.Next(ctx, r)
-			if err != nil {
-				// The client resumes from its last state and is sent the
-				// current one then.
-				return true, fmt.Errorf("watch request %s: %w", rid, err)
-			}
-			if r = next; r == nil {
-				return false, nil
-			}
-		} else if !follow.First(r) {
-			return r.Final(), nil
-		}
-		if r.Final() && s.dropFinal != nil && s.dropFinal() {
-			return true, nil
-		}
-		ev, err := s.events.event(r)
+	return &watchStream{
+		s: s, stream: stream, ctx: stream.Context(), dep: dep, rid: rid,
+		follower: state.NewFollower(s.tracker, state.Position{Epoch: req.GetAfterEpoch(), Seq: req.GetAfterSeq()}),
+	}, nil
+}
+
+// start subscribes, reads the record and sends it (startWatch), on a
+// goroutine of its own (WatchRequest).
+func (ws *watchStream) start() error {
+	w, done, err := ws.s.startWatch(ws.ctx, ws.dep, ws.rid, ws.send)
+	ws.w, ws.done = w, done
+	if w != nil {
+		ws.s.metrics.watching(1)
+	}
+	return err
+}
+
+// close ends the watch once the stream ends.
+//
+//go:noinline
+func (ws *watchStream) close() {
+	ws.w.Close()
+	ws.s.metrics.watching(-1)
+}
+
+// follow sends every later record until the stream is complete, the client
+// leaves or the replica drains. It waits in Next for minutes on an idle
+// stream, so it calls nothing else directly: its frame stays small.
+func (ws *watchStream) follow() error {
+	for {
+		recs, err := ws.w.Next(ws.ctx)
 		if err != nil {
-			return true, err
+			return ws.nextFailed(err)
 		}
-		if err := stream.SendMsg(ev); err != nil {
-			return true, fmt.Errorf("send to watcher: %w", err)
+		if done, err := ws.sendAll(recs); done || err != nil {
+			return err
 		}
-		if live {
-			s.metrics.sent(r.UpdatedAt)
-		} else {
-			s.metrics.sent(time.Time{})
+	}
+}
+
+// nextFailed is the stream's end when Next fails.
+//
+//go:noinline
+func (ws *watchStream) nextFailed(err error) error {
+	if errors.Is(err, state.ErrDraining) {
+		// The replica shuts down (the hub ended every watcher at once, with
+		// no goroutine or context per stream): the client resumes on
+		// another replica with after_seq.
+		return &drainingError{last: ws.follower.Position()}
+	}
+	return fmt.Errorf("watch request %s: %w", ws.rid, err)
+}
+
+// sendAll sends recs from the hub, in order.
+//
+//go:noinline
+func (ws *watchStream) sendAll(recs []*state.Record) (done bool, err error) {
+	for _, r := range recs {
+		if done, err := ws.send(r, true); done || err != nil {
+			return done, err
 		}
+	}
+	return false, nil
+}
+
+// send sends r unless the stream already sent it or a later record; live:
+// r comes from the hub, so its age is a delivery delay (the snapshot sent
+// first is as old as the last change, whenever that was).
+func (ws *watchStream) send(r *state.Record, live bool) (done bool, err error) {
+	if live {
+		next, err := ws.follower.Next(ws.ctx, r)
+		if err != nil {
+			// The client resumes from its last state and is sent the
+			// current one then.
+			return true, fmt.Errorf("watch request %s: %w", ws.rid, err)
+		}
+		if r = next; r == nil {
+			return false, nil
+		}
+	} else if !ws.follower.First(r) {
 		return r.Final(), nil
 	}
-
-	// The start (subscribe, read or attach the record, send it) goes through
-	// Redis, RunComfy and the transport, whose call chains grow a goroutine's
-	// stack well past its first size; the stream's goroutine then waits for
-	// minutes with whatever stack it has. So the start runs on a goroutine of
-	// its own, gone once it is done, and an idle watcher keeps a small stack.
-	var (
-		w    *state.Watcher
-		done bool
-		err  error
-	)
-	started := make(chan struct{})
-	go func() {
-		defer close(started)
-		defer func() {
-			// As the recovery interceptor would on the stream's goroutine.
-			if p := recover(); p != nil {
-				s.log.ErrorContext(ctx, "panic starting a watch", "request_id", rid, "panic", p, "stack", string(debug.Stack()))
-				done, err = true, fmt.Errorf("watch request %s: internal error", rid)
-			}
-		}()
-		w, done, err = s.startWatch(ctx, dep, rid, send)
-	}()
-	<-started
-	if w != nil {
-		defer w.Close()
-		s.metrics.watching(1)
-		defer s.metrics.watching(-1)
+	if state.Rank(r.State) < ws.sentRank {
+		return false, nil // lower ranks are never final
 	}
-	if done || err != nil {
-		return err
+	s := ws.s
+	if r.Final() && s.dropFinal != nil && s.dropFinal() {
+		return true, nil
 	}
-	for {
-		recs, err := w.Next(ctx)
-		if errors.Is(err, state.ErrDraining) {
-			// The replica shuts down (the hub ended every watcher at once, with
-			// no goroutine or context per stream): the client resumes on
-			// another replica with after_seq.
-			return &drainingError{last: follow.Position()}
-		}
-		if err != nil {
-			return fmt.Errorf("watch request %s: %w", rid, err)
-		}
-		for _, r := range recs {
-			if done, err := send(r, true); done || err != nil {
-				return err
-			}
-		}
+	ev, err := s.events.event(r)
+	if err != nil {
+		return true, err
 	}
+	if err := ws.stream.SendMsg(ev); err != nil {
+		return true, fmt.Errorf("send to watcher: %w", err)
+	}
+	ws.sentRank = state.Rank(r.State)
+	if live {
+		s.metrics.sent(r.UpdatedAt)
+	} else {
+		s.metrics.sent(time.Time{})
+	}
+	return r.Final(), nil
 }
 
 // startWatch subscribes to the request, reads its record (attaching it from

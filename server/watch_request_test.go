@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/state"
 )
@@ -479,5 +482,107 @@ func TestCallbackBeforeSubmitAnswerIsKept(t *testing.T) {
 	}
 	if got, want := sub.GetRequest().GetSeq(), int64(1); got != want {
 		t.Errorf("submit answered seq %d, want %d", got, want)
+	}
+}
+
+// epochReads is a store that hands over every record of one epoch it reads:
+// a watcher reads the store when it meets a new epoch, so a test knows when
+// the watcher has dealt with the new epoch's first record, sent or not.
+type epochReads struct {
+	state.Store
+	epoch atomic.Int64
+	read  chan *state.Record
+}
+
+func (s *epochReads) Get(ctx context.Context, requestID string) (*state.Record, error) {
+	rec, err := s.Store.Get(ctx, requestID)
+	if err == nil && rec.Epoch == s.epoch.Load() {
+		select {
+		case s.read <- rec:
+		default:
+		}
+	}
+	return rec, err
+}
+
+// TestWatchNeverGoesBackAcrossAnEpoch: a record lost under an open watch
+// that saw it running and made again at an older state (a replica that
+// remembered it queued put it back first) is held back: the watch never goes
+// back, and goes on with the new epoch's next states, the same rank as the
+// last one sent included, to its end.
+func TestWatchNeverGoesBackAcrossAnEpoch(t *testing.T) {
+	tests := []struct {
+		name  string
+		again []runcomfy.State // the states of the record made again, from seq 1
+		want  []epochState     // what the watch gets after the loss (Epoch: the new one's)
+	}{
+		{"made again queued", []runcomfy.State{runcomfy.StateQueued, runcomfy.StateRunning, runcomfy.StateSucceeded},
+			[]epochState{{"STATUS_RUNNING", 2, 0}, {"STATUS_SUCCEEDED", 3, 0}}},
+		{"made again running", []runcomfy.State{runcomfy.StateRunning, runcomfy.StateSucceeded},
+			[]epochState{{"STATUS_RUNNING", 1, 0}, {"STATUS_SUCCEEDED", 2, 0}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reads := &epochReads{read: make(chan *state.Record, 1)}
+			g := startGateway(t, func(o *gatewayOptions) {
+				o.store = func(s state.Store) state.Store { reads.Store = s; return reads }
+			})
+			ctx := ctxT(t)
+			rid := g.submit(ctx, t, "dep-1")
+			g.step(ctx, t, "dep-1", rid) // running, seq 2
+			was, err := g.tracker.Get(ctx, rid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := grpcEpochStream{gs}
+			if st, ok := s.next(t); !ok || st.Status != "STATUS_RUNNING" || st.Epoch != was.Epoch || st.Seq != 2 {
+				t.Fatalf("first state %+v (open %v), want running at %d/2", st, ok, was.Epoch)
+			}
+
+			if err := g.memory.Delete(ctx, rid); err != nil {
+				t.Fatal(err)
+			}
+			epoch := was.Epoch + 1000
+			reads.epoch.Store(epoch)
+			for i, st := range tt.again {
+				rec := was.Clone()
+				rec.Epoch, rec.Seq, rec.State, rec.UpdatedAt = epoch, int64(i+1), st, time.Now()
+				if st == runcomfy.StateSucceeded {
+					rec.Outputs, rec.OutputURLs = json.RawMessage(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), []string{"https://x/a.png"}
+				}
+				if err := g.memory.Save(ctx, rec, time.Hour); err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 {
+					// The watcher meets the new epoch and reads the store
+					// before the record moves on.
+					select {
+					case <-reads.read:
+					case <-ctx.Done():
+						t.Fatal("the watcher did not read the new epoch's record")
+					}
+				}
+			}
+			var got []epochState
+			for {
+				st, ok := s.next(t)
+				if !ok {
+					break
+				}
+				got = append(got, st)
+			}
+			want := make([]epochState, len(tt.want))
+			for i, w := range tt.want {
+				w.Epoch = epoch
+				want[i] = w
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("after the loss the watch got %+v, want %+v", got, want)
+			}
+		})
 	}
 }

@@ -92,6 +92,9 @@ func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
 	h.mu.Unlock()
 
 	w := &Watcher{hub: h, topic: tp, max: h.buffer, notify: make(chan struct{}, 1)}
+	w.mu.Lock()
+	w.waitUnder(ctx)
+	w.mu.Unlock()
 	tp.mu.Lock()
 	tp.watchers[w] = struct{}{}
 	tp.mu.Unlock()
@@ -296,6 +299,22 @@ type Watcher struct {
 	stopWatch func() bool
 }
 
+// waitUnder makes ctx the one whose end wakes Next, unless it already is;
+// w.mu is held. Watch does it for its own ctx, the one a caller usually waits
+// under too: the registration's call chain then runs on the caller that
+// starts the watch, not at the bottom of the stack that waits (see
+// WatchRequest, whose idle streams keep their goroutines' stacks small).
+func (w *Watcher) waitUnder(ctx context.Context) {
+	if w.watched == ctx {
+		return
+	}
+	if w.stopWatch != nil {
+		w.stopWatch()
+	}
+	w.watched, w.ended = ctx, false
+	w.stopWatch = context.AfterFunc(ctx, func() { w.ctxEnded(ctx) })
+}
+
 func (w *Watcher) drain() {
 	w.mu.Lock()
 	w.drained = true
@@ -355,13 +374,7 @@ func (w *Watcher) Next(ctx context.Context) ([]*Record, error) {
 			return q, nil
 		}
 		drained := w.drained
-		if w.watched != ctx {
-			if w.stopWatch != nil {
-				w.stopWatch()
-			}
-			w.watched, w.ended = ctx, false
-			w.stopWatch = context.AfterFunc(ctx, func() { w.ctxEnded(ctx) })
-		}
+		w.waitUnder(ctx)
 		ended := w.ended
 		w.mu.Unlock()
 		if drained {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -537,6 +538,56 @@ func testNextCanceled(t *testing.T, b Backend) {
 		defer cancel()
 		if _, err := w.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Next = %v, want context.DeadlineExceeded", err)
+		}
+	})
+	// Watch notes the end of its own ctx at once (Next under it registers
+	// nothing more): a watch whose ctx ends before its first Next, or while
+	// it waits, ends; Next under another ctx still works.
+	t.Run("the ctx given to Watch", func(t *testing.T) {
+		for _, tc := range []struct {
+			name         string
+			endFirst     bool // ends before Next is called
+			otherCtxWins bool // Next under another ctx gets the record
+		}{
+			{name: "ends before Next", endFirst: true},
+			{name: "ends while Next waits"},
+			{name: "another ctx", otherCtxWins: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				id := "req-watch-ctx-" + strings.ReplaceAll(tc.name, " ", "-")
+				tr := newTracker(t, b, &fakeResults{})
+				ctx, end := context.WithCancel(testContext(t))
+				defer end()
+				w, err := hub.Watch(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Close()
+				if tc.otherCtxWins {
+					end()
+					got := make(chan error, 1)
+					go func() {
+						recs, err := w.Next(testContext(t))
+						if err == nil && len(recs) != 1 {
+							err = fmt.Errorf("%d records, want 1", len(recs))
+						}
+						got <- err
+					}()
+					mustApply(t, tr, queued(id, 1))
+					if err := receive(t, got, "Next under another ctx"); err != nil {
+						t.Fatalf("Next under another ctx after Watch's ended: %v", err)
+					}
+					return
+				}
+				if tc.endFirst {
+					end()
+				}
+				ended := nextErr(ctx, w)
+				end()
+				if err := receive(t, ended, "Next after Watch's ctx ended"); !errors.Is(err, context.Canceled) {
+					t.Errorf("Next = %v, want context.Canceled", err)
+				}
+			})
 		}
 	})
 	// A watcher notes the end of the ctx it waits under: the end of one it
