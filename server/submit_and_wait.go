@@ -16,6 +16,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	reqstatus "github.com/comfygate/comfygate/internal/status"
+	"github.com/comfygate/comfygate/state"
 )
 
 // Run-and-wait bounds: load balancers commonly end a request after a few
@@ -90,7 +91,7 @@ func (s *Service) waitForEnd(ctx context.Context, st *comfygatev1.RequestState, 
 			return recordToProto(last, s.urls), false
 		}
 		for _, r := range recs {
-			if r.Epoch != last.Epoch || r.Seq > last.Seq {
+			if supersedes(last, r) {
 				last = r
 			}
 		}
@@ -98,6 +99,17 @@ func (s *Service) waitForEnd(ctx context.Context, st *comfygatev1.RequestState, 
 			return recordToProto(last, s.urls), true
 		}
 	}
+}
+
+// supersedes reports whether r, from the hub, says more of its request than
+// last: a later seq of the same epoch, or a record of another epoch (made
+// again after a loss) that does not stand at an earlier state, as one put back
+// by a replica that remembered less may, for a moment.
+func supersedes(last, r *state.Record) bool {
+	if r.Epoch == last.Epoch {
+		return r.Seq > last.Seq
+	}
+	return state.Rank(r.State) >= state.Rank(last.State)
 }
 
 // preferredWait is the wait a REST submit asks for with "Prefer: wait=N"

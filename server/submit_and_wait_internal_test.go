@@ -5,6 +5,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/state"
 )
 
 // TestPreferredWait: the wait a Prefer header asks for (RFC 7240), at most
@@ -33,6 +36,30 @@ func TestPreferredWait(t *testing.T) {
 		ctx := metadata.NewIncomingContext(t.Context(), metadata.MD{"prefer": tc.prefer})
 		if got := preferredWait(ctx); got != tc.want {
 			t.Errorf("Prefer %q: %v, want %v", tc.prefer, got, tc.want)
+		}
+	}
+}
+
+// TestSupersedes: the wait answers the latest state it saw, and a record made
+// again after a loss at an earlier state does not replace a later one.
+func TestSupersedes(t *testing.T) {
+	rec := func(epoch, seq int64, st runcomfy.State) *state.Record {
+		return &state.Record{Epoch: epoch, Seq: seq, State: st}
+	}
+	for _, tc := range []struct {
+		name    string
+		last, r *state.Record
+		want    bool
+	}{
+		{"a later seq", rec(1, 2, runcomfy.StateQueued), rec(1, 3, runcomfy.StateRunning), true},
+		{"the same seq", rec(1, 2, runcomfy.StateRunning), rec(1, 2, runcomfy.StateRunning), false},
+		{"an earlier seq", rec(1, 3, runcomfy.StateRunning), rec(1, 2, runcomfy.StateQueued), false},
+		{"another epoch, a later state", rec(1, 3, runcomfy.StateRunning), rec(2, 1, runcomfy.StateSucceeded), true},
+		{"another epoch, the same state", rec(1, 3, runcomfy.StateRunning), rec(2, 1, runcomfy.StateRunning), true},
+		{"another epoch, an earlier state", rec(1, 3, runcomfy.StateRunning), rec(2, 1, runcomfy.StateQueued), false},
+	} {
+		if got := supersedes(tc.last, tc.r); got != tc.want {
+			t.Errorf("%s: supersedes = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
