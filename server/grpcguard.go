@@ -81,7 +81,7 @@ type streamGuard struct {
 	waiting map[string]int // submits waiting for room, by tenant; absent is 0
 }
 
-// reservation is what a stream holds until its message is in (received) and
+// reservation is what a stream holds until its message is in (arrived) and
 // until it ends (end); each is given back once. It is one value with no
 // closures: every open stream, an idle watch's too, keeps it.
 type reservation struct {
@@ -98,8 +98,15 @@ type reservation struct {
 	// room, after which cancel ends the stream.
 	receive time.Duration
 	cancel  context.CancelFunc
+	// small: the message is not a submit's but a few bytes (ids, a seq),
+	// which the call does not hold on to: once it is in, the stream holds
+	// nothing, and its end has nothing to give back. A watch stream lasts
+	// minutes, so it is then left with as little as can be.
+	small bool
 
 	mu sync.Mutex
+	// unwatch stops watch's wait for the stream's end.
+	unwatch func() bool
 	// waiting: counted among the tenant's waiting submits.
 	waiting bool
 	ended   bool
@@ -108,14 +115,29 @@ type reservation struct {
 	msgHeld bool        // public: the message slot is held
 }
 
-// received shrinks what r holds once its message is in (n bytes), or lets it
-// all go (n 0); r.mu is held.
-func (r *reservation) received(n int64) {
+// arrived shrinks what r holds once its message is in (n bytes): to the
+// message's size, or to nothing for a small one (and then the wait for the
+// stream's end goes too); r.mu is held.
+func (r *reservation) arrived(n int64) {
+	if r.small {
+		r.end()
+		if r.unwatch != nil {
+			r.unwatch()
+			r.unwatch = nil
+		}
+		return
+	}
+	r.shrink(n)
+}
+
+// shrink lets go of the timer and of all but n bytes; r.mu is held.
+func (r *reservation) shrink(n int64) {
 	if r.ended {
 		return
 	}
 	if r.late != nil {
 		r.late.Stop()
+		r.late = nil
 	}
 	if r.public {
 		if r.msgHeld {
@@ -142,7 +164,7 @@ func (r *reservation) end() {
 	if r.ended {
 		return
 	}
-	r.received(0)
+	r.shrink(0)
 	if r.public {
 		r.g.publicStreams.Release(1)
 	} else {
@@ -181,7 +203,7 @@ func (g *streamGuard) tap(ctx context.Context, info *tap.Info) (context.Context,
 		return ctx, toStatus(ctx, g.log, info.FullMethodName, errInflightFull)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &reservation{g: g, tenant: tenant, wait: true, waiting: submit, receive: smallReceiveTimeout, cancel: cancel}
+	r := &reservation{g: g, tenant: tenant, wait: true, waiting: submit, receive: smallReceiveTimeout, cancel: cancel, small: !submit}
 	if submit {
 		r.receive = g.readTimeout
 	}
@@ -242,11 +264,14 @@ func (g *streamGuard) public(ctx context.Context, info *tap.Info) (context.Conte
 // watch gives r back when the stream ends: its context ends then, whatever
 // ended it, including the transport refusing it after the tap.
 func (g *streamGuard) watch(ctx context.Context, r *reservation) context.Context {
-	context.AfterFunc(ctx, func() {
+	stop := context.AfterFunc(ctx, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.end()
 	})
+	r.mu.Lock()
+	r.unwatch = stop
+	r.mu.Unlock()
 	return context.WithValue(ctx, reservationKey{}, r)
 }
 
@@ -291,7 +316,7 @@ func (g *streamGuard) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		if r, ok := ctx.Value(reservationKey{}).(*reservation); ok {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			r.received(int64(s.Length))
+			r.arrived(int64(s.Length))
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -48,8 +49,11 @@ type topic struct {
 	op         sync.Mutex
 	subscribed bool // guarded by op
 
-	mu       sync.Mutex
-	watchers map[*Watcher]struct{}
+	mu sync.Mutex
+	// watchers, in no order: a slice, not a set, since most requests have
+	// one watcher (a set would cost a table each) and a delivery walks them
+	// all.
+	watchers []*Watcher
 
 	// dep, owner and attached describe the request (Describe), guarded by
 	// Hub.mu.
@@ -85,7 +89,7 @@ func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
 	h.mu.Lock()
 	tp := h.topics[requestID]
 	if tp == nil {
-		tp = &topic{id: requestID, watchers: make(map[*Watcher]struct{})}
+		tp = &topic{id: requestID}
 		h.topics[requestID] = tp
 	}
 	tp.refs++
@@ -96,7 +100,7 @@ func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
 	w.waitUnder(ctx)
 	w.mu.Unlock()
 	tp.mu.Lock()
-	tp.watchers[w] = struct{}{}
+	tp.watchers = append(tp.watchers, w)
 	tp.mu.Unlock()
 	// Checked after joining the topic: a Drain either finds this watcher
 	// there or has set draining before this reads it.
@@ -126,8 +130,20 @@ func (h *Hub) Watch(ctx context.Context, requestID string) (*Watcher, error) {
 func (tp *topic) deliver(rec *Record) {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	for w := range tp.watchers {
+	for _, w := range tp.watchers {
 		w.push(rec)
+	}
+}
+
+// remove takes w out of the topic's watchers.
+func (tp *topic) remove(w *Watcher) {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if i := slices.Index(tp.watchers, w); i >= 0 {
+		last := len(tp.watchers) - 1
+		tp.watchers[i] = tp.watchers[last]
+		tp.watchers[last] = nil
+		tp.watchers = tp.watchers[:last]
 	}
 }
 
@@ -177,7 +193,7 @@ func (h *Hub) Drain() {
 	h.mu.Unlock()
 	for _, tp := range topics {
 		tp.mu.Lock()
-		for w := range tp.watchers {
+		for _, w := range tp.watchers {
 			w.drain()
 		}
 		tp.mu.Unlock()
@@ -428,8 +444,6 @@ func (w *Watcher) Close() {
 		w.stopWatch()
 	}
 	w.mu.Unlock()
-	w.topic.mu.Lock()
-	delete(w.topic.watchers, w)
-	w.topic.mu.Unlock()
+	w.topic.remove(w)
 	w.hub.release(w.topic)
 }
