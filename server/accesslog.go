@@ -61,13 +61,13 @@ func accessLogUnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// accessLogStreamInterceptor is accessLogUnaryInterceptor for streams, and
-// errorStreamInterceptor's mapping with it: one line when the stream ends,
-// with the code the caller gets. A watch stream's message is received aside
-// (runAside). The three are one interceptor, not three as for unary
-// calls, because a watch stream waits for minutes inside the chain: every
-// interceptor's frame, and grpc-go's between each, stays on the stack of every
-// idle watch stream.
+// accessLogStreamInterceptor is accessLogUnaryInterceptor and
+// errorUnaryInterceptor for streams: the error mapping, then one line when
+// the stream ends, with the code the caller gets. A watch stream's message is
+// received aside (runAside). They are one interceptor for streams, not two as
+// for unary calls, because a watch stream waits for minutes inside the chain:
+// every interceptor's frame, and grpc-go's between each, stays on the stack of
+// every idle watch stream.
 func accessLogStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if public(info.FullMethod) {
