@@ -93,18 +93,50 @@ func TestTakePassesOverADownMaster(t *testing.T) {
 func TestPingNeedsEveryMaster(t *testing.T) {
 	ctx := context.Background()
 	cl, b, _, victim := pingedCluster(t, 1)
-	replica, err := cl.ReplicaOf(ctx, victim)
-	if err != nil {
-		t.Fatal(err)
+	replica := listedReplica(t, cl, victim)
+	// The replica is held back from taking over until the ping with its
+	// master down has been made: otherwise a ping made late (a loaded
+	// machine) could meet the shard already failed over.
+	node := replica.Client(t)
+	config := func(name, value string) {
+		t.Helper()
+		if err := node.ConfigSet(ctx, name, value).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	config("cluster-replica-no-failover", "yes")
+	// However long the hold lasts, the replica takes over once let go: its
+	// data is never judged too old to.
+	config("cluster-replica-validity-factor", "0")
 	cl.Kill(victim)
 	if err := b.Ping(ctx); !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("Ping with a master down = %v, want ErrUnavailable", err)
 	}
-	if err := cl.WaitMaster(ctx, replica); err != nil {
-		t.Fatal(err)
+	config("cluster-replica-no-failover", "no")
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := cl.WaitMaster(wctx, replica); err != nil {
+		t.Fatalf("the replica did not take over: %v", err)
 	}
 	waitPingPasses(t, b, "after the failover")
+}
+
+// listedReplica returns master's replica once master lists it: a replica
+// is in sync (StartCluster waits for that) before its master has heard
+// from it over the cluster bus and shows it in its shard.
+func listedReplica(t *testing.T, cl *redistest.Cluster, master *redistest.Server) *redistest.Server {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		replica, err := cl.ReplicaOf(context.Background(), master)
+		if err == nil {
+			return replica
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica of %s listed: %v", master.Addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // pingedCluster starts a cluster of three masters with replicas replicas
