@@ -27,6 +27,19 @@ type epochStream interface {
 	next(t *testing.T) (epochState, bool) // false: the stream ended OK
 }
 
+// restOf reads s until it ends OK.
+func restOf(t *testing.T, s epochStream) []epochState {
+	t.Helper()
+	var got []epochState
+	for {
+		st, ok := s.next(t)
+		if !ok {
+			return got
+		}
+		got = append(got, st)
+	}
+}
+
 type grpcEpochStream struct {
 	s comfygatev1.GatewayService_WatchRequestClient
 }
@@ -318,14 +331,7 @@ func TestWatchResumedAheadOfTheRecordEnds(t *testing.T) {
 			s := grpcEpochStream{gs}
 			g.step(ctx, t, "dep-1", rid) // running
 			g.step(ctx, t, "dep-1", rid) // succeeded
-			var got []epochState
-			for {
-				st, ok := s.next(t)
-				if !ok {
-					break
-				}
-				got = append(got, st)
-			}
+			got := restOf(t, s)
 			if len(got) == 0 || got[len(got)-1].Status != "STATUS_SUCCEEDED" {
 				t.Errorf("resumed at %+v: %+v, want the success last", after, got)
 			}

@@ -567,14 +567,7 @@ func TestWatchNeverGoesBackAcrossAnEpoch(t *testing.T) {
 					}
 				}
 			}
-			var got []epochState
-			for {
-				st, ok := s.next(t)
-				if !ok {
-					break
-				}
-				got = append(got, st)
-			}
+			got := restOf(t, s)
 			want := make([]epochState, len(tt.want))
 			for i, w := range tt.want {
 				w.Epoch = epoch
