@@ -11,19 +11,21 @@ const recentRecordsSize = 4096
 // modified once made (merge works on a clone), so they are shared as they are.
 type recentRecords struct {
 	c *ringcache.Cache[string, *Record]
-	// withHooks keeps, apart, the last record seen with webhooks of each
-	// request: a record made again after a loss from what RunComfy said has
-	// none, and once read it takes the first one's place in c.
-	withHooks *ringcache.Cache[string, *Record]
+	// keeping keeps, apart, the last record seen of each request that held
+	// what no update from RunComfy brings back (webhooks, deadlines:
+	// keepsMore): a record made again after a loss from what RunComfy said
+	// holds none of it, and once read it takes the first one's place in c.
+	keeping *ringcache.Cache[string, *Record]
 }
 
 func newRecentRecords(size int) *recentRecords {
-	return &recentRecords{c: ringcache.New[string, *Record](size), withHooks: ringcache.New[string, *Record](size)}
+	return &recentRecords{c: ringcache.New[string, *Record](size), keeping: ringcache.New[string, *Record](size)}
 }
 
-// hooked returns the last remembered record of requestID that had webhooks.
-func (r *recentRecords) hooked(requestID string) *Record {
-	rec, _ := r.withHooks.Get(requestID)
+// kept returns the last remembered record of requestID that held webhooks
+// or deadlines.
+func (r *recentRecords) kept(requestID string) *Record {
+	rec, _ := r.keeping.Get(requestID)
 	return rec
 }
 
@@ -37,8 +39,8 @@ func (r *recentRecords) get(requestID string) *Record {
 // record remembered: that costs the next Apply a retry, nothing more.
 func (r *recentRecords) put(rec *Record) {
 	r.c.Put(rec.RequestID, rec)
-	if len(rec.Webhooks) > 0 {
-		r.withHooks.Put(rec.RequestID, rec)
+	if keepsMore(rec) {
+		r.keeping.Put(rec.RequestID, rec)
 	}
 }
 

@@ -1069,6 +1069,9 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			if !slices.Equal(rec.Webhooks, hooksAll) || rec.Owner != "team" || rec.OwnerAttached {
 				t.Errorf("webhooks %v, owner %q (attached %v); want %v, proven team", rec.Webhooks, rec.Owner, rec.OwnerAttached, hooksAll)
 			}
+			if rec.MaxRun != 30*time.Minute {
+				t.Errorf("max run %v, want the submit's 30m", rec.MaxRun)
+			}
 			if rec.State == runcomfy.StateSucceeded && string(rec.Outputs) != string(lossOutputs) {
 				t.Errorf("succeeded with outputs %s, want %s", rec.Outputs, lossOutputs)
 			}
@@ -1083,6 +1086,93 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			}
 			if tt.check != nil {
 				tt.check(t, rec)
+			}
+			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+				t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)
+			}
+		})
+	}
+}
+
+// TestRestoreLostGivesBackTheDeadlinesOfARecordMadeAgain pins that a record
+// made again after a loss by a replica that did not remember the request
+// (from a callback, which carries no deadline) gets its submit's deadline
+// back from a replica that remembers it, and with it a poll due by the
+// deadline, where the reconciler cancels it: without it the job would run on
+// past its deadline, billed. The request had no webhooks: what is kept apart
+// for a record made again is any record that holds what updates cannot bring.
+func TestRestoreLostGivesBackTheDeadlinesOfARecordMadeAgain(t *testing.T) {
+	const id = "req-deadline"
+	const limit = 10 * time.Second
+	start := newLossClock().now()
+	tests := []struct {
+		name     string
+		submit   state.Update // the submit and the update a replica that remembers nothing makes the record again from
+		again    state.Update
+		wantKind string
+		wantAt   time.Time
+	}{
+		{
+			name: "queued, with a queue deadline",
+			submit: state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceSubmit, State: runcomfy.StateQueued,
+				Owner: "team", MaxQueue: limit, CreatedAt: start},
+			again:    state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateQueued, Owner: "team", CreatedAt: start},
+			wantKind: state.ErrorTypeMaxQueueDuration, wantAt: start.Add(limit),
+		},
+		{
+			name: "running, with a run deadline",
+			submit: state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceSubmit, State: runcomfy.StateQueued,
+				Owner: "team", MaxRun: limit, CreatedAt: start},
+			again: state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateRunning, Owner: "team",
+				CreatedAt: start, StartedAt: start.Add(time.Second)},
+			wantKind: state.ErrorTypeMaxRunDuration, wantAt: start.Add(time.Second + limit),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newScheduledLossTracker(t, s, clock)
+			mustApply(ctx, t, tr, tt.submit)
+			if tt.again.State == runcomfy.StateRunning {
+				mustApply(ctx, t, tr, tt.again)
+			}
+			if _, err := tr.RestoreLost(ctx); err != nil { // the first Lost: nothing lost yet
+				t.Fatal(err)
+			}
+			clock.advance(2 * time.Second)
+			s.lose(ctx, t, true)
+			mustApply(ctx, t, newScheduledLossTracker(t, s, clock), tt.again)
+			made := mustGetRecord(ctx, t, s, id)
+			if _, kind := made.Deadline(); kind != "" {
+				t.Fatalf("made again with a deadline (%s): the test needs a record without one", kind)
+			}
+			dueBy := func(at time.Time) bool {
+				t.Helper()
+				due, err := s.Due(ctx, at, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return slices.Contains(due, id)
+			}
+			if dueBy(tt.wantAt) {
+				t.Fatalf("made again due by %v: the test needs the poll of a record without a deadline, later", tt.wantAt)
+			}
+
+			clock.advance(time.Second)
+			if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
+				t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+			}
+			rec := mustGetRecord(ctx, t, s, id)
+			if rec.Epoch != made.Epoch || rec.Seq != made.Seq+1 || rec.State != made.State {
+				t.Errorf("stored %s at %d/%d, want %s at %d/%d", rec.State, rec.Epoch, rec.Seq, made.State, made.Epoch, made.Seq+1)
+			}
+			if at, kind := rec.Deadline(); kind != tt.wantKind || !at.Equal(tt.wantAt) {
+				t.Errorf("deadline %s at %v, want %s at %v", kind, at, tt.wantKind, tt.wantAt)
+			}
+			if !dueBy(tt.wantAt) {
+				t.Errorf("not due by the deadline %v", tt.wantAt)
 			}
 			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
 				t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)

@@ -257,7 +257,7 @@ type LossDetector interface {
 // record found in the store instead (put back by another replica, or made
 // again from what RunComfy said by a callback or a poll on a replica that did
 // not remember it) is brought up to what this replica remembers (catchUp):
-// given back its webhooks, and moved on to a further state.
+// given back its webhooks and deadlines, and moved on to a further state.
 func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 	ld, ok := t.store.(LossDetector)
 	if !ok {
@@ -331,7 +331,7 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 		stored, err := t.store.Get(ctx, mem.RequestID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			err = t.restore(ctx, t.withHooks(mem))
+			err = t.restore(ctx, t.withKept(mem))
 		case err != nil:
 			return false, err
 		default:
@@ -358,17 +358,40 @@ func keepsMore(rec *Record) bool {
 	return rec != nil && (len(rec.Webhooks) > 0 || rec.MaxQueue > 0 || rec.MaxRun > 0)
 }
 
-// withHooks is rec with the webhooks of the last record of its request that
-// had some, when it has none itself.
-func (t *Tracker) withHooks(rec *Record) *Record {
-	h := t.recent.hooked(rec.RequestID)
-	if len(rec.Webhooks) > 0 || h == nil {
+// withKept is rec with what the last record of its request that held
+// webhooks or deadlines held of them (giveBack), where rec lacks it.
+func (t *Tracker) withKept(rec *Record) *Record {
+	k := t.recent.kept(rec.RequestID)
+	if !lacks(rec, k) {
 		return rec
 	}
 	c := rec.Clone()
-	c.Webhooks = slices.Clone(h.Webhooks)
-	c.Owner, c.OwnerAttached = provenOwner(c, h)
+	giveBack(c, k)
 	return c
+}
+
+// lacks reports whether rec lacks what kept holds that no update from
+// RunComfy brings back: its webhooks (and with them its owner), or its
+// deadlines. A record never loses them but when it is made again after a
+// loss, from a callback or a poll, by a replica that did not remember them.
+func lacks(rec, kept *Record) bool {
+	if kept == nil {
+		return false
+	}
+	return (len(rec.Webhooks) == 0 && len(kept.Webhooks) > 0) ||
+		(rec.MaxQueue == 0 && rec.MaxRun == 0 && (kept.MaxQueue > 0 || kept.MaxRun > 0))
+}
+
+// giveBack gives next, a record of kept's request, the webhooks and owner
+// and the deadlines of kept, each where next has none.
+func giveBack(next, kept *Record) {
+	if len(next.Webhooks) == 0 && len(kept.Webhooks) > 0 {
+		next.Webhooks = slices.Clone(kept.Webhooks)
+		next.Owner, next.OwnerAttached = provenOwner(next, kept)
+	}
+	if next.MaxQueue == 0 && next.MaxRun == 0 {
+		next.MaxQueue, next.MaxRun = kept.MaxQueue, kept.MaxRun
+	}
 }
 
 // provenOwner is the owner rec should have, given mem, what this replica
@@ -385,9 +408,10 @@ func provenOwner(rec, mem *Record) (string, bool) {
 // since it lost its data, up to what this replica remembers of the request,
 // in one save at stored's next seq, and reports whether it saved. stored may
 // lack two things:
-//   - the webhooks (and with them the owner) when a replica that did not
-//     remember the request made it again from a callback or a poll: a record
-//     never loses them otherwise;
+//   - the webhooks (and with them the owner) and the deadlines, when a
+//     replica that did not remember the request made it again from a
+//     callback or a poll: a record never loses them otherwise, and without
+//     its deadlines a request would run on past them, billed;
 //   - the state, when what this replica remembers is further along: another
 //     replica put back an older state first, or a late callback made the
 //     record again. Left so, the request would read as gone back until a
@@ -400,12 +424,13 @@ func provenOwner(rec, mem *Record) (string, bool) {
 // nothing changes a final state.
 func (t *Tracker) catchUp(ctx context.Context, stored, mem *Record) (bool, error) {
 	now := t.now()
-	hooked := t.recent.hooked(mem.RequestID)
-	// The furthest state remembered: the record with webhooks may be ahead
-	// of mem when this replica has read the record made again since.
+	kept := t.recent.kept(mem.RequestID)
+	// The furthest state remembered: the record with webhooks and deadlines
+	// may be ahead of mem when this replica has read the record made again
+	// since.
 	known := mem
-	if hooked != nil && Rank(hooked.State) > Rank(known.State) {
-		known = hooked
+	if kept != nil && Rank(kept.State) > Rank(known.State) {
+		known = kept
 	}
 	next := stored
 	if Rank(known.State) > Rank(stored.State) {
@@ -425,14 +450,13 @@ func (t *Tracker) catchUp(ctx context.Context, stored, mem *Record) (bool, error
 			}
 		}
 	}
-	if len(stored.Webhooks) == 0 && hooked != nil {
+	if lacks(stored, kept) {
 		if next == stored {
 			next = stored.Clone()
 			next.Seq++
 			next.UpdatedAt = now
 		}
-		next.Webhooks = slices.Clone(hooked.Webhooks)
-		next.Owner, next.OwnerAttached = provenOwner(next, hooked)
+		giveBack(next, kept)
 	}
 	if next == stored {
 		return false, nil
