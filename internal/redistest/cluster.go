@@ -190,7 +190,7 @@ func (c *Cluster) ReplicaOf(ctx context.Context, master *Server) (*Server, error
 			switch {
 			case n.Role == "master" && fmt.Sprintf("%s:%d", n.IP, n.Port) == master.Addr:
 				isMine = true
-			case n.Role == "replica" && n.Health != "fail": // "loading" until it has replicated a write
+			case n.Role == "replica" && n.Health != "failed": // "loading" until it has replicated a write
 				replicas = append(replicas, n.Port)
 			}
 		}
