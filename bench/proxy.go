@@ -32,6 +32,7 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 	}
 	res := result{Setup: fmt.Sprintf("The standalone simulator, called directly over HTTP/1.1 (net/http client, keep-alive) and through one replica (gRPC, the generated Go client on one connection). "+
 		"The replica runs as a single replica does by default (state in the process) and, in a second pair of rows, with Redis; it asks for no callbacks and polls nothing in the window, so each Submit is one call upstream and one record. "+
+		"Beside them, in its own process, a bare gRPC proxy (the same generated service, whose Submit only posts the inputs to the simulator and returns the request id it gets: no key, record, idempotency, limit, log or metric) gives the least any gRPC gateway of this shape adds here. "+
 		"Steady rate: %d submits/s for %s, sent on schedule by %d senders, latency from send to answer. Saturation: %d callers in a closed loop for %s.",
 		rate, dur, workers, workers, dur)}
 
@@ -110,6 +111,56 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		fmtDur(floor.lat.quantile(0.5)) + " / " + fmtDur(floor.lat.quantile(0.99)),
 		"the least any gRPC proxy adds", "", "", ""})
 
+	// The least a gRPC proxy in front of the simulator does (bareProxy):
+	// what it adds, and the share of direct it keeps at saturation, are the
+	// bounds of what any gateway of this shape reaches on this machine.
+	proxy, proxyAddr, err := e.startRole(ctx, "bare-proxy", "-upstream", simURL)
+	if err != nil {
+		return res, err
+	}
+	var bareSteady, bareSat loadResult
+	var bareSteadyCPU, bareSatCPU []cpuRow
+	err = func() error {
+		defer proxy.stop()
+		cc, err := grpc.NewClient(proxyAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		client := comfygatev1.NewGatewayServiceClient(cc)
+		call := func(ctx context.Context) error {
+			_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
+			return err
+		}
+		if _, err := saturate(ctx, workers, dur/4, call); err != nil {
+			return err
+		}
+		m := meterOf(proxy.named(), sim.named())
+		m.begin()
+		if bareSteady, err = steady(ctx, rate, workers, dur, call); err != nil {
+			return err
+		}
+		bareSteadyCPU = m.end(bareSteady.ops)
+		m.begin()
+		if bareSat, err = saturate(ctx, workers, dur, call); err != nil {
+			return err
+		}
+		bareSatCPU = m.end(bareSat.ops)
+		return nil
+	}()
+	if err != nil {
+		return res, err
+	}
+	bareAdded := func(q float64) time.Duration { return bareSteady.lat.quantile(q) - directSteady.lat.quantile(q) }
+	res.Rows = append(res.Rows,
+		row{fmt.Sprintf("a bare gRPC proxy (forwards the submit, nothing else): added latency p50 at %d/s", rate), fmtDur(bareAdded(0.5)),
+			fmt.Sprintf("bare gRPC round trip %s", fmtDur(floor.lat.quantile(0.5))), ratio(float64(bareAdded(0.5)), float64(floor.lat.quantile(0.5))), "", ""},
+		row{fmt.Sprintf("a bare gRPC proxy: added latency p99 at %d/s", rate), fmtDur(bareAdded(0.99)),
+			fmt.Sprintf("bare gRPC round trip %s", fmtDur(floor.lat.quantile(0.99))), ratio(float64(bareAdded(0.99)), float64(floor.lat.quantile(0.99))), "", ""},
+		row{"a bare gRPC proxy: submits/s at saturation", fmtRate(bareSat.rate()), fmtRate(directSat.rate()) + " direct",
+			pct(bareSat.rate(), directSat.rate()), "", ""},
+	)
+
 	for _, backend := range []struct {
 		name, proc, prefix string
 	}{{"in-process state", "replica-memory", ""}, {"Redis", "replica-redis", "proxy"}} {
@@ -157,12 +208,12 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		bareP50, bareP99 := floor.lat.quantile(0.5), floor.lat.quantile(0.99)
 		res.Rows = append(res.Rows,
 			row{fmt.Sprintf("%s: added latency p50 at %d/s", backend.name, rate), fmtDur(added(0.5)),
-				fmt.Sprintf("%s direct, %s through the gateway; bare gRPC round trip %s", fmtDur(directSteady.lat.quantile(0.5)), fmtDur(gwSteady.lat.quantile(0.5)), fmtDur(bareP50)),
+				fmt.Sprintf("%s direct, %s through the gateway; bare gRPC round trip %s; the bare proxy adds %s", fmtDur(directSteady.lat.quantile(0.5)), fmtDur(gwSteady.lat.quantile(0.5)), fmtDur(bareP50), fmtDur(bareAdded(0.5))),
 				ratio(float64(added(0.5)), float64(bareP50)), "≤ 1× a bare gRPC round trip's p50", met(added(0.5) <= bareP50)},
 			row{fmt.Sprintf("%s: added latency p99 at %d/s", backend.name, rate), fmtDur(added(0.99)),
-				fmt.Sprintf("%s direct, %s through the gateway; bare gRPC round trip %s", fmtDur(directSteady.lat.quantile(0.99)), fmtDur(gwSteady.lat.quantile(0.99)), fmtDur(bareP99)),
+				fmt.Sprintf("%s direct, %s through the gateway; bare gRPC round trip %s; the bare proxy adds %s", fmtDur(directSteady.lat.quantile(0.99)), fmtDur(gwSteady.lat.quantile(0.99)), fmtDur(bareP99), fmtDur(bareAdded(0.99))),
 				ratio(float64(added(0.99)), float64(bareP99)), "≤ 2× a bare gRPC round trip's p99", met(added(0.99) <= 2*bareP99)},
-			row{fmt.Sprintf("%s: submits/s at saturation", backend.name), fmtRate(gwSat.rate()), fmtRate(directSat.rate()) + " direct",
+			row{fmt.Sprintf("%s: submits/s at saturation", backend.name), fmtRate(gwSat.rate()), fmt.Sprintf("%s direct; the bare proxy %s (%s)", fmtRate(directSat.rate()), fmtRate(bareSat.rate()), pct(bareSat.rate(), directSat.rate())),
 				pct(gwSat.rate(), directSat.rate()), "≥ 50% of direct", met(gwSat.rate() >= 0.5*directSat.rate())},
 		)
 		res.CPU = append(res.CPU,
@@ -170,6 +221,8 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 			cpuTable{Window: fmt.Sprintf("%s, saturation through the gateway", backend.name), Op: "submit", Ops: gwSat.ops, Rows: satCPU})
 	}
 	res.CPU = append(res.CPU,
+		cpuTable{Window: fmt.Sprintf("%d submits/s through the bare proxy", rate), Op: "submit", Ops: bareSteady.ops, Rows: bareSteadyCPU},
+		cpuTable{Window: "saturation through the bare proxy", Op: "submit", Ops: bareSat.ops, Rows: bareSatCPU},
 		cpuTable{Window: fmt.Sprintf("%d submits/s straight to the simulator", rate), Op: "submit", Ops: directSteady.ops, Rows: directSteadyCPU},
 		cpuTable{Window: "saturation straight to the simulator", Op: "submit", Ops: directSat.ops, Rows: directSatCPU})
 	return res, nil

@@ -2,22 +2,27 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/server"
 )
 
 // serveRole runs the harness as one of the references, in a process of its
-// own like the gateway it is compared with, until ctx ends.
-func serveRole(ctx context.Context, role, addr string) error {
+// own like the gateway it is compared with, until ctx ends. upstream is the
+// simulator's URL, for bare-proxy.
+func serveRole(ctx context.Context, role, addr, upstream string) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -41,6 +46,13 @@ func serveRole(ctx context.Context, role, addr string) error {
 		// spreads its streams over connections the same way.
 		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
 		comfygatev1.RegisterGatewayServiceServer(srv, bareWatcher{})
+		stop := context.AfterFunc(ctx, srv.Stop)
+		defer stop()
+		return srv.Serve(lis)
+	case "bare-proxy":
+		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
+		p := &bareProxy{upstream: upstream, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+		comfygatev1.RegisterGatewayServiceServer(srv, p)
 		stop := context.AfterFunc(ctx, srv.Stop)
 		defer stop()
 		return srv.Serve(lis)
@@ -75,14 +87,50 @@ func (bareWatcher) WatchRequest(req *comfygatev1.WatchRequestRequest, stream com
 	return nil
 }
 
+// bareProxy is the least a gRPC proxy in front of RunComfy does: it answers
+// Submit by posting the submit's inputs upstream (keep-alive HTTP/1.1, as
+// the direct caller does) and returning the request id it gets, with no
+// authentication, record, idempotency, limits, logs or metrics. What it adds
+// to the direct call is the floor of what any gRPC gateway adds on this
+// machine.
+type bareProxy struct {
+	comfygatev1.UnimplementedGatewayServiceServer
+	upstream string
+	client   *http.Client
+}
+
+func (p *bareProxy) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*comfygatev1.SubmitResponse, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, p.upstream+"/prod/v1/deployments/"+req.GetDeploymentId()+"/inference",
+		strings.NewReader(req.GetInputJson()))
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	hreq.Header.Set("Authorization", "Bearer "+benchToken)
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := p.client.Do(hreq)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	defer resp.Body.Close()
+	var answer struct {
+		RequestID string `json:"request_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK {
+		return nil, status.Errorf(codes.Unavailable, "upstream answered %s (%v)", resp.Status, err)
+	}
+	return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
+		RequestId: answer.RequestID, DeploymentId: req.GetDeploymentId(), Status: comfygatev1.Status_STATUS_QUEUED, Seq: 1,
+	}}, nil
+}
+
 // startRole starts the harness as a reference server and waits for it to
-// listen.
-func (e *env) startRole(ctx context.Context, role string) (*proc, string, error) {
+// listen; args go to the role's command line after its own.
+func (e *env) startRole(ctx context.Context, role string, args ...string) (*proc, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := startProc(e.dir, role, e.selfBin, []string{"-role", role, "-addr", addr})
+	p, err := startProc(e.dir, role, e.selfBin, append([]string{"-role", role, "-addr", addr}, args...))
 	if err != nil {
 		return nil, "", err
 	}
