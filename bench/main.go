@@ -59,9 +59,9 @@ func run(ctx context.Context, args []string) error {
 	idle := fs.Int("idle-streams", 100_000, "streams the idle-watchers scenario holds (the target is stated for 100,000)")
 	centrifugo := fs.Bool("centrifugo", true, "fan-out: measure Centrifugo "+centrifugoVersion+" beside comfygate in the same run (built once with go install, which takes minutes; never with -smoke)")
 	notes := fs.String("notes", "bench/NOTES.md", "hand-kept `file` appended to the report")
-	role := fs.String("role", "", "internal: run as a reference server (noop-http, bare-grpc or bare-proxy)")
+	role := fs.String("role", "", "internal: run as a reference server (noop-http, bare-ingest, bare-grpc or bare-proxy)")
 	addr := fs.String("addr", "", "internal: the reference server's listen address")
-	upstream := fs.String("upstream", "", "internal: the simulator's URL, for the bare-proxy reference")
+	upstream := fs.String("upstream", "", "internal: the simulator's URL, for the bare-proxy reference, or Redis's address, for bare-ingest")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

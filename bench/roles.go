@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,7 +22,7 @@ import (
 
 // serveRole runs the harness as one of the references, in a process of its
 // own like the gateway it is compared with, until ctx ends. upstream is the
-// simulator's URL, for bare-proxy.
+// simulator's URL, for bare-proxy, or Redis's address, for bare-ingest.
 func serveRole(ctx context.Context, role, addr, upstream string) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -49,6 +50,16 @@ func serveRole(ctx context.Context, role, addr, upstream string) error {
 		stop := context.AfterFunc(ctx, srv.Stop)
 		defer stop()
 		return srv.Serve(lis)
+	case "bare-ingest":
+		rdb := redis.NewClient(&redis.Options{Addr: upstream})
+		defer rdb.Close()
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: bareIngest(rdb)}
+		stop := context.AfterFunc(ctx, func() { srv.Close() })
+		defer stop()
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
 	case "bare-proxy":
 		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
 		p := &bareProxy{upstream: upstream, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
@@ -85,6 +96,37 @@ func (bareWatcher) WatchRequest(req *comfygatev1.WatchRequestRequest, stream com
 	}
 	<-stream.Context().Done()
 	return nil
+}
+
+// bareIngest is the least a callback receiver that keeps its state in Redis
+// does: decode the body, then write the request's record and publish it in
+// one round trip (a pipelined HSET and PUBLISH), and answer. No token, no
+// seq or order check, no merge, no poll schedule, index, usage or log.
+func bareIngest(rdb *redis.Client) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var cb struct {
+			RequestID string `json:"request_id"`
+			Status    string `json:"status"`
+		}
+		if err := json.Unmarshal(body, &cb); err != nil || cb.RequestID == "" {
+			http.Error(w, "not a callback", http.StatusBadRequest)
+			return
+		}
+		pipe := rdb.Pipeline()
+		pipe.HSet(r.Context(), "bare:req:"+cb.RequestID, "status", cb.Status, "data", body)
+		pipe.Publish(r.Context(), "bare:req:"+cb.RequestID, body)
+		if _, err := pipe.Exec(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"outcome":"applied"}`)
+	})
 }
 
 // bareProxy is the least a gRPC proxy in front of RunComfy does: it answers
