@@ -58,8 +58,8 @@ func TestScheduleIsTheSeeds(t *testing.T) {
 }
 
 // TestWatcherCounts: a watcher counts an event sent twice and one sent out
-// of order within an epoch, takes a new epoch as a new start, and ends on a
-// final state.
+// of order within an epoch, takes a new epoch as a new start but counts an
+// earlier state than it had been sent, and ends on a final state.
 func TestWatcherCounts(t *testing.T) {
 	st := func(epoch, seq int64, s comfygatev1.Status) *comfygatev1.RequestState {
 		return &comfygatev1.RequestState{Epoch: epoch, Seq: seq, Status: s}
@@ -69,12 +69,14 @@ func TestWatcherCounts(t *testing.T) {
 		name                   string
 		events                 []*comfygatev1.RequestState
 		dups, backward, epochs int
+		regressed              int
 		final                  comfygatev1.Status
 	}{
-		{"in order", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(5, 3, ok)}, 0, 0, 0, ok},
-		{"a repeat", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(5, 2, r)}, 1, 0, 0, 0},
-		{"backwards", []*comfygatev1.RequestState{st(5, 1, q), st(5, 3, r), st(5, 2, r)}, 0, 1, 0, 0},
-		{"a new epoch starts again", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(9, 1, r), st(9, 2, ok)}, 0, 0, 1, ok},
+		{"in order", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(5, 3, ok)}, 0, 0, 0, 0, ok},
+		{"a repeat", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(5, 2, r)}, 1, 0, 0, 0, 0},
+		{"backwards", []*comfygatev1.RequestState{st(5, 1, q), st(5, 3, r), st(5, 2, r)}, 0, 1, 0, 0, 0},
+		{"a new epoch starts again", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(9, 1, r), st(9, 2, ok)}, 0, 0, 1, 0, ok},
+		{"a new epoch at an earlier state", []*comfygatev1.RequestState{st(5, 1, q), st(5, 2, r), st(9, 1, q), st(9, 2, r), st(9, 3, ok)}, 0, 0, 1, 1, ok},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,9 +84,9 @@ func TestWatcherCounts(t *testing.T) {
 			for _, ev := range tt.events {
 				w.record(ev)
 			}
-			if w.dups != tt.dups || w.backward != tt.backward || w.epochs != tt.epochs || w.final != tt.final {
-				t.Errorf("dups %d, backward %d, epochs %d, final %v; want %d, %d, %d, %v",
-					w.dups, w.backward, w.epochs, w.final, tt.dups, tt.backward, tt.epochs, tt.final)
+			if w.dups != tt.dups || w.backward != tt.backward || w.epochs != tt.epochs || w.regressed != tt.regressed || w.final != tt.final {
+				t.Errorf("dups %d, backward %d, epochs %d, regressed %d, final %v; want %d, %d, %d, %d, %v",
+					w.dups, w.backward, w.epochs, w.regressed, w.final, tt.dups, tt.backward, tt.epochs, tt.regressed, tt.final)
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	reqstatus "github.com/comfygate/comfygate/internal/status"
 )
 
 // submitPatience is how long a submit is retried, with its idempotency key,
@@ -65,6 +66,12 @@ type watcher struct {
 	resumes  int
 	dups     int // an (epoch, seq) sent twice
 	backward int // a seq at or below the last one in the same epoch, not a repeat
+	// last is the status of the last event, and seen the highest rank of
+	// the events so far; regressed counts events of a lower rank than
+	// seen (an earlier state, as after a record was rebuilt behind it).
+	last      comfygatev1.Status
+	seen      int
+	regressed int
 	// withoutFinal: a stream ended as complete (OK, end event, clean EOF)
 	// without a final state; the watcher believes it and stops.
 	withoutFinal bool
@@ -270,7 +277,12 @@ func (w *watcher) record(st *comfygatev1.RequestState) {
 	case w.epoch != 0 && st.GetSeq() < w.seq:
 		w.backward++
 	}
-	w.epoch, w.seq = st.GetEpoch(), st.GetSeq()
+	w.epoch, w.seq, w.last = st.GetEpoch(), st.GetSeq(), st.GetStatus()
+	if rank := reqstatus.OfProto(st.GetStatus()).Rank; rank < w.seen {
+		w.regressed++
+	} else {
+		w.seen = rank
+	}
 	switch st.GetStatus() {
 	case comfygatev1.Status_STATUS_SUCCEEDED, comfygatev1.Status_STATUS_FAILED, comfygatev1.Status_STATUS_CANCELLED:
 		w.final, w.finalAt = st.GetStatus(), time.Now()
@@ -280,7 +292,7 @@ func (w *watcher) record(st *comfygatev1.RequestState) {
 // watchGRPC is one stream; done reports a stream that ended OK.
 func (l *loader) watchGRPC(ctx context.Context, g *replica, r *request, w *watcher, onEvent func(*comfygatev1.RequestState) bool) (bool, error) {
 	stream, err := g.api.WatchRequest(l.authed(ctx, r.tenant), &comfygatev1.WatchRequestRequest{
-		DeploymentId: r.dep, RequestId: r.rid, AfterEpoch: w.epoch, AfterSeq: w.seq,
+		DeploymentId: r.dep, RequestId: r.rid, AfterEpoch: w.epoch, AfterSeq: w.seq, AfterStatus: w.last,
 	})
 	if err != nil {
 		return false, err
@@ -326,6 +338,7 @@ func (l *loader) watchNDJSON(ctx context.Context, g *replica, r *request, w *wat
 	if w.epoch != 0 {
 		q.Set("after_epoch", strconv.FormatInt(w.epoch, 10))
 		q.Set("after_seq", strconv.FormatInt(w.seq, 10))
+		q.Set("after_status", w.last.String())
 	}
 	resp, err := l.get(ctx, g, r, ":watch", q)
 	if err != nil {
@@ -362,7 +375,7 @@ func (l *loader) watchNDJSON(ctx context.Context, g *replica, r *request, w *wat
 func (l *loader) watchSSE(ctx context.Context, g *replica, r *request, w *watcher, onEvent func(*comfygatev1.RequestState) bool) (bool, error) {
 	q := url.Values{}
 	if w.epoch != 0 {
-		q.Set("last_event_id", fmt.Sprintf("%d-%d", w.epoch, w.seq))
+		q.Set("last_event_id", fmt.Sprintf("%d-%d-%s", w.epoch, w.seq, reqstatus.OfProto(w.last).Word))
 	}
 	resp, err := l.get(ctx, g, r, "/events", q)
 	if err != nil {

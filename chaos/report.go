@@ -32,6 +32,7 @@ func (r *result) table() string {
 	row("epoch changes seen by watchers (records made again)", r.epochChanges, "")
 	row("events sent twice to one watcher", r.dups, "0")
 	row("events sent out of order to one watcher", r.backward, "0")
+	row("events of an earlier state than one the watcher had been sent (across epochs and resumes)", r.regressed, "0")
 	row("idempotency keys billed more than once", r.billedTwice, "0")
 	row("jobs billed for submits never answered", r.billedUnanswered, "0")
 	row("submits refused for good: the first attempt reached RunComfy and its replica was killed before the answer (`FAILED_PRECONDITION`, a job may exist)", r.refusedUnanswered, "")

@@ -44,7 +44,7 @@ type result struct {
 	watchersUnfinished                int
 	streamsWithoutFinal               int
 	watcherResumes, epochChanges      int
-	dups, backward                    int
+	dups, backward, regressed         int
 	billedTwice, billedUnanswered     int
 	jobs                              int
 	hooksMissing, hooksWrong          int
@@ -98,6 +98,7 @@ func (r *result) broken() []string {
 	add(r.streamsWithoutFinal, "watch streams that ended as complete without the final state")
 	add(r.dups, "events sent twice to one watcher")
 	add(r.backward, "events sent out of order to one watcher")
+	add(r.regressed, "events of an earlier state than one the watcher had been sent")
 	add(r.billedTwice, "idempotency keys billed more than once")
 	add(r.billedUnanswered, "jobs billed for submits never answered")
 	add(r.gaveUp, "submits abandoned after three minutes of retries")
@@ -263,6 +264,10 @@ func (c *checker) check(ctx context.Context, res *result) {
 			res.epochChanges += w.epochs
 			res.dups += w.dups
 			res.backward += w.backward
+			res.regressed += w.regressed
+			if w.regressed > 0 {
+				res.example("events of an earlier state", fmt.Sprintf("request %s over %s, %d of them", r.rid, w.via, w.regressed))
+			}
 			switch {
 			case w.withoutFinal:
 				res.streamsWithoutFinal++

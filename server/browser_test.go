@@ -247,8 +247,8 @@ func TestEventSourceInChromium(t *testing.T) {
 			if r.RequestID != rid {
 				t.Errorf("state of request %q, want %q", r.RequestID, rid)
 			}
-			if r.Epoch == "" || r.ID != r.Epoch+"-"+r.Seq {
-				t.Errorf("lastEventId %q for epoch %q seq %q: the event id must be epoch-seq", r.ID, r.Epoch, r.Seq)
+			if r.Epoch == "" || r.ID != r.Epoch+"-"+r.Seq+"-"+strings.ToLower(strings.TrimPrefix(r.Status, "STATUS_")) {
+				t.Errorf("lastEventId %q for epoch %q seq %q status %q: the event id must be epoch-seq-status", r.ID, r.Epoch, r.Seq, r.Status)
 			}
 			epoch = r.Epoch
 			states = append(states, r.Seq+" "+r.Status)
@@ -262,8 +262,8 @@ func TestEventSourceInChromium(t *testing.T) {
 				t.Errorf("after the cut EventSource is in state %d, want 0 (reconnecting)", r.ReadyState)
 			}
 		case "end":
-			if r.ID != epoch+"-3" || r.Data != `{"last_seq":"3","last_epoch":"`+epoch+`"}` {
-				t.Errorf("end event: lastEventId %q, data %q; want %s-3", r.ID, r.Data, epoch)
+			if r.ID != epoch+"-3-succeeded" || r.Data != `{"last_seq":"3","last_epoch":"`+epoch+`"}` {
+				t.Errorf("end event: lastEventId %q, data %q; want %s-3-succeeded", r.ID, r.Data, epoch)
 			}
 		}
 	}
@@ -274,7 +274,7 @@ func TestEventSourceInChromium(t *testing.T) {
 	if opens != 2 {
 		t.Errorf("EventSource opened %d times, want 2 (the first stream and the reconnect)", opens)
 	}
-	if got := site.calls(); len(got) != 2 || got[0] != "" || got[1] != epoch+"-2" {
-		t.Errorf("events calls with Last-Event-ID %q, want none then \"%s-2\"", got, epoch)
+	if got := site.calls(); len(got) != 2 || got[0] != "" || got[1] != epoch+"-2-running" {
+		t.Errorf("events calls with Last-Event-ID %q, want none then \"%s-2-running\"", got, epoch)
 	}
 }

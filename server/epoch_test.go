@@ -7,10 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/state"
 )
@@ -97,8 +104,8 @@ func (s sseEpochStream) next(t *testing.T) (epochState, bool) {
 	if err := json.Unmarshal([]byte(ev.data), &st); err != nil {
 		t.Fatalf("SSE data %q: %v", ev.data, err)
 	}
-	if want := fmt.Sprintf("%d-%d", st.Epoch, st.Seq); ev.id != want {
-		t.Errorf("SSE id %q, want %q (epoch-seq)", ev.id, want)
+	if want := sseID(st.Epoch, st.Seq, st.Status); ev.id != want {
+		t.Errorf("SSE id %q, want %q (epoch-seq-status)", ev.id, want)
 	}
 	return st, true
 }
@@ -241,8 +248,9 @@ func TestWatchResumesFromAStaleEpoch(t *testing.T) {
 }
 
 // TestEventsResumePointsAreChecked: Last-Event-ID takes "<epoch>-<seq>" and
-// the bare "<seq>" of earlier ids; anything else is refused before the watch
-// starts.
+// the bare "<seq>" of earlier ids besides "<epoch>-<seq>-<status>" (the
+// status: TestWatchAfterStatusIsChecked); anything else is refused before
+// the watch starts.
 func TestEventsResumePointsAreChecked(t *testing.T) {
 	g := startGateway(t)
 	ctx := ctxT(t)
@@ -334,6 +342,164 @@ func TestWatchResumedAheadOfTheRecordEnds(t *testing.T) {
 			got := restOf(t, s)
 			if len(got) == 0 || got[len(got)-1].Status != "STATUS_SUCCEEDED" {
 				t.Errorf("resumed at %+v: %+v, want the success last", after, got)
+			}
+		})
+	}
+}
+
+// TestWatchResumedNeverGoesBack: a watch resumed from a state the client saw
+// running, of a record since lost and made again queued (a replica that
+// remembered it queued put it back first), is not sent the queued state, on
+// any transport, when the resume names the status it saw (after_status, or
+// the status in the SSE id): it goes on with the new epoch's running state
+// and ends after its success. The watches read the record made again while it
+// is still queued before it moves on.
+func TestWatchResumedNeverGoesBack(t *testing.T) {
+	reads := &epochReads{read: make(chan *state.Record, 3)}
+	g := startGateway(t, func(o *gatewayOptions) {
+		o.store = func(s state.Store) state.Store { reads.Store = s; return reads }
+	})
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	g.step(ctx, t, "dep-1", rid) // running, seq 2
+	was, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.memory.Delete(ctx, rid); err != nil {
+		t.Fatal(err)
+	}
+	epoch := was.Epoch + 1000
+	reads.epoch.Store(epoch)
+	remade := func(seq int64, st runcomfy.State) {
+		t.Helper()
+		rec := was.Clone()
+		rec.Epoch, rec.Seq, rec.State, rec.UpdatedAt = epoch, seq, st, time.Now()
+		if st == runcomfy.StateSucceeded {
+			rec.Outputs, rec.OutputURLs = json.RawMessage(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), []string{"https://x/a.png"}
+		}
+		if err := g.memory.Save(ctx, rec, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remade(1, runcomfy.StateQueued)
+
+	gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid,
+		AfterEpoch: was.Epoch, AfterSeq: was.Seq, AfterStatus: comfygatev1.Status_STATUS_RUNNING})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The HTTP transports answer their headers with the first event: they
+	// are opened aside, and read once the record has moved on.
+	type opened struct {
+		resp *http.Response
+		err  error
+	}
+	open := func(req *http.Request, err error) <-chan opened {
+		out := make(chan opened, 1)
+		if err != nil {
+			out <- opened{err: err}
+			return out
+		}
+		go func() {
+			resp, err := g.httpc.Do(req)
+			out <- opened{resp, err}
+		}()
+		return out
+	}
+	ndjson := open(http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/deployments/dep-1/requests/%s:watch?after_epoch=%d&after_seq=%d&after_status=STATUS_RUNNING",
+		g.httpBase, rid, was.Epoch, was.Seq), nil))
+	sse := open(g.eventsRequest(ctx, sseRequest{dep: "dep-1", rid: rid, lastEventID: sseID(was.Epoch, was.Seq, "STATUS_RUNNING")}))
+	for range 3 {
+		select {
+		case <-reads.read:
+		case <-ctx.Done():
+			t.Fatal("the watches did not read the record made again")
+		}
+	}
+	remade(2, runcomfy.StateRunning)
+	remade(3, runcomfy.StateSucceeded)
+
+	streams := map[string]epochStream{"gRPC": grpcEpochStream{gs}}
+	for name, ch := range map[string]<-chan opened{"NDJSON": ndjson, "SSE": sse} {
+		o := <-ch
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		t.Cleanup(func() { o.resp.Body.Close() })
+		if o.resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s watch: HTTP %d", name, o.resp.StatusCode)
+		}
+		if name == "SSE" {
+			streams[name] = sseEpochStream{newSSEReader(o.resp.Body)}
+			continue
+		}
+		sc := bufio.NewScanner(o.resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		streams[name] = ndjsonEpochStream{sc}
+	}
+	want := []epochState{{"STATUS_RUNNING", 2, epoch}, {"STATUS_SUCCEEDED", 3, epoch}}
+	for name, s := range streams {
+		if got := restOf(t, s); !slices.Equal(got, want) {
+			t.Errorf("%s: resumed from running at %d/%d, got %+v, want %+v", name, was.Epoch, was.Seq, got, want)
+		}
+	}
+}
+
+// TestWatchAfterStatusIsChecked: a resume's status must be one of the
+// statuses, on every transport; unset is the form before it existed. The
+// request has ended, so a watch that may go on answers its final state.
+func TestWatchAfterStatusIsChecked(t *testing.T) {
+	g := startGateway(t)
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	g.step(ctx, t, "dep-1", rid)
+	g.step(ctx, t, "dep-1", rid)
+	if rec, err := g.tracker.Get(ctx, rid); err != nil || rec.State != runcomfy.StateSucceeded {
+		t.Fatalf("request %s: %+v, %v; want it succeeded", rid, rec, err)
+	}
+	gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid, AfterStatus: comfygatev1.Status(99)})
+	if err == nil {
+		_, err = gs.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "after_status") {
+		t.Errorf("gRPC after_status 99: %v, want INVALID_ARGUMENT naming after_status", err)
+	}
+	tests := []struct {
+		name, query, lastEventID string
+		want                     int
+	}{
+		{"REST, a status", "after_status=STATUS_RUNNING", "", http.StatusOK},
+		{"REST, unset", "after_status=STATUS_UNSPECIFIED", "", http.StatusOK},
+		{"REST, no such status", "after_status=STATUS_DONE", "", http.StatusBadRequest},
+		{"REST, no such number", "after_status=99", "", http.StatusBadRequest},
+		{"SSE, a status", "", "1-1-queued", http.StatusOK},
+		{"SSE, unknown", "", "1-1-unknown", http.StatusOK},
+		{"SSE, no such status", "", "1-1-done", http.StatusBadRequest},
+		{"SSE, the enum's name", "", "1-1-STATUS_QUEUED", http.StatusBadRequest},
+		{"SSE, empty status", "", "1-1-", http.StatusBadRequest},
+		{"SSE, a status without an epoch", "", "1-queued", http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var resp *http.Response
+			if tt.lastEventID != "" {
+				resp = g.openEvents(ctx, t, sseRequest{dep: "dep-1", rid: rid, lastEventID: tt.lastEventID})
+			} else {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.httpBase+"/v1/deployments/dep-1/requests/"+rid+":watch?"+tt.query, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp, err = g.httpc.Do(req); err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+			}
+			if resp.StatusCode != tt.want {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+				t.Errorf("HTTP %d (%s), want %d", resp.StatusCode, body, tt.want)
 			}
 		})
 	}

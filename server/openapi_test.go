@@ -443,7 +443,7 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 	if final.GetRequest().GetStatus() != comfygatev1.Status_STATUS_SUCCEEDED {
 		t.Fatalf("request %s is %v, want it finished", rid, final.GetRequest().GetStatus())
 	}
-	finalID := fmt.Sprintf("%d-%d", final.GetRequest().GetEpoch(), final.GetRequest().GetSeq())
+	finalID := fmt.Sprintf("%d-%d-succeeded", final.GetRequest().GetEpoch(), final.GetRequest().GetSeq())
 	eventID := state.EventID(rid, final.GetRequest().GetEpoch(), final.GetRequest().GetSeq())
 
 	// A documented parameter the test has no value for fails it: the
@@ -454,6 +454,8 @@ func TestOpenAPIRoutesAnswerAsDocumented(t *testing.T) {
 		switch name {
 		case "after_seq", "after_epoch", "Last-Event-ID", "last_event_id":
 			return "0"
+		case "after_status":
+			return "STATUS_UNSPECIFIED"
 		case "access_token":
 			return "" // the key (routeCall.key)
 		case "Comfygate-Webhook":

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	reqstatus "github.com/comfygate/comfygate/internal/status"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -53,9 +55,9 @@ func marshalJSON(m proto.Message) ([]byte, error) {
 // interceptors (access log, metrics, traces) and the drain treat it exactly as
 // a gRPC or REST watch; the handler only changes the framing.
 //
-// Framing: one "state" event per state change with id = seq and the
-// RequestState JSON as data; after the terminal state an "end" event, on which
-// clients close the EventSource (it would otherwise reconnect). Errors before
+// Framing: one "state" event per state change, with its position and status
+// as id (eventID) and the RequestState JSON as data; after the terminal state
+// an "end" event, on which clients close the EventSource (it would otherwise reconnect). Errors before
 // the first event are HTTP statuses as REST answers them (a reconnect after the
 // end is 204, which stops EventSource); errors after it are an "error" event
 // carrying the google.rpc.Status JSON, and the stream closes.
@@ -79,7 +81,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	dep, rid := r.PathValue("deployment_id"), r.PathValue("request_id")
-	after, err := resumePosition(r)
+	after, seen, err := resumePosition(r)
 	if err == nil {
 		err = carriable(dep, rid)
 	}
@@ -88,7 +90,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx = metadata.NewOutgoingContext(ctx, callMetadata(r.Header))
-	stream, err := h.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: rid, AfterSeq: after.Seq, AfterEpoch: after.Epoch})
+	stream, err := h.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: rid, AfterSeq: after.Seq, AfterEpoch: after.Epoch, AfterStatus: seen})
 	if err != nil {
 		refuse(w, status.Convert(err))
 		return
@@ -142,7 +144,7 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 				last = state.Position{Epoch: st.GetEpoch(), Seq: st.GetSeq()}
-				err = out.event(eventID(last), eventState, data)
+				err = out.event(eventID(last, st.GetStatus()), eventState, data)
 			case errors.Is(res.err, io.EOF) && !out.open:
 				// Nothing after the resume point and the request has ended: the
 				// client reconnected after the end. 204 stops EventSource.
@@ -173,13 +175,15 @@ func (h *eventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// eventID is the SSE id of the state at p: "<epoch>-<seq>", or "<seq>" for
-// a state recorded before epochs existed (epoch 0).
-func eventID(p state.Position) string {
+// eventID is the SSE id of the state at p, whose status is st:
+// "<epoch>-<seq>-<status>" (the status as a word, "running"), so that a
+// resume is never sent an earlier state (WatchRequestRequest.after_status);
+// or "<seq>" for a state recorded before epochs existed (epoch 0).
+func eventID(p state.Position, st comfygatev1.Status) string {
 	if p.Epoch == 0 {
 		return strconv.FormatInt(p.Seq, 10)
 	}
-	return strconv.FormatInt(p.Epoch, 10) + "-" + strconv.FormatInt(p.Seq, 10)
+	return strconv.FormatInt(p.Epoch, 10) + "-" + strconv.FormatInt(p.Seq, 10) + "-" + reqstatus.OfProto(st).Word
 }
 
 // endData is the data of the "end" event: the position of the last state,
@@ -195,30 +199,41 @@ func endData(p state.Position) []byte {
 // header, which EventSource sends when it reconnects, else the last_event_id
 // query parameter (a page resuming from an id it stored), else none. The
 // header wins, since it is the later of the two on a reconnect of a URL that
-// carried both. An id is "<epoch>-<seq>" as eventID writes it, or a bare
-// "<seq>" (ids sent before epochs existed), which compares seqs alone.
-func resumePosition(r *http.Request) (state.Position, error) {
+// carried both. An id is "<epoch>-<seq>-<status>" as eventID writes it,
+// "<epoch>-<seq>" (ids sent before statuses were part of them), or a bare
+// "<seq>" (ids sent before epochs existed), which compares seqs alone; the
+// status, when there is one, is that of the state the client saw.
+func resumePosition(r *http.Request) (state.Position, comfygatev1.Status, error) {
 	field, v := "Last-Event-ID", strings.TrimSpace(r.Header.Get("Last-Event-ID"))
 	if v == "" {
 		field, v = "last_event_id", r.URL.Query().Get("last_event_id")
 	}
 	if v == "" {
-		return state.Position{}, nil
+		return state.Position{}, comfygatev1.Status_STATUS_UNSPECIFIED, nil
 	}
-	bad := &fieldError{field: field, reason: `must be the id of an event: "<epoch>-<seq>" or "<seq>", whole numbers, 0 or more`}
+	bad := &fieldError{field: field, reason: `must be the id of an event: "<epoch>-<seq>-<status>", "<epoch>-<seq>" or "<seq>", whole numbers, 0 or more, and a status word`}
 	epoch, seq, found := strings.Cut(v, "-")
 	if !found {
 		epoch, seq = "0", v
 	}
+	seq, word, withStatus := strings.Cut(seq, "-")
 	e, err := strconv.ParseInt(epoch, 10, 64)
 	if err != nil || e < 0 || epoch == "" || epoch[0] == '+' {
-		return state.Position{}, bad
+		return state.Position{}, 0, bad
 	}
 	n, err := strconv.ParseInt(seq, 10, 64)
 	if err != nil || n < 0 || seq == "" || seq[0] == '+' {
-		return state.Position{}, bad
+		return state.Position{}, 0, bad
 	}
-	return state.Position{Epoch: e, Seq: n}, nil
+	seen := comfygatev1.Status_STATUS_UNSPECIFIED
+	if withStatus {
+		i := slices.IndexFunc(reqstatus.Table(), func(i reqstatus.Info) bool { return i.Word == word })
+		if i < 0 {
+			return state.Position{}, 0, bad
+		}
+		seen = reqstatus.Table()[i].Proto
+	}
+	return state.Position{Epoch: e, Seq: n}, seen, nil
 }
 
 // carriable refuses ids that gRPC cannot carry at all (strings must be UTF-8),

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +121,12 @@ type sseState struct {
 	Epoch     int64  `json:"epoch,string"`
 }
 
+// sseID is the id of the SSE event of a state: its epoch, seq and status
+// (as the JSON names it, STATUS_RUNNING) as a word.
+func sseID(epoch, seq int64, status string) string {
+	return fmt.Sprintf("%d-%d-%s", epoch, seq, strings.ToLower(strings.TrimPrefix(status, "STATUS_")))
+}
+
 func decodeState(t *testing.T, ev sseEvent) sseState {
 	t.Helper()
 	if ev.typ != "state" {
@@ -134,8 +139,8 @@ func decodeState(t *testing.T, ev sseEvent) sseState {
 	if st.Epoch == 0 {
 		t.Errorf("state %+v has no epoch", st)
 	}
-	if got, want := ev.id, strconv.FormatInt(st.Epoch, 10)+"-"+strconv.FormatInt(st.Seq, 10); got != want {
-		t.Errorf("event id %q, want epoch-seq %q", got, want)
+	if got, want := ev.id, sseID(st.Epoch, st.Seq, st.Status); got != want {
+		t.Errorf("event id %q, want epoch-seq-status %q", got, want)
 	}
 	return st
 }

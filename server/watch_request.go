@@ -7,6 +7,7 @@ import (
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	reqstatus "github.com/comfygate/comfygate/internal/status"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -45,12 +46,13 @@ type watchStream struct {
 	ctx      context.Context
 	dep, rid string
 	follower *state.Follower
-	// sentRank is the rank of the last state sent (0 before any). After a
-	// loss, a record made again may start at an older state than the
-	// watcher saw (a replica that remembered less put it back first, the
-	// one that remembered more moves it on next): such a record is held
-	// back, as the request never goes backwards, and the stream goes on
-	// with the next one that is not lower. The follower has still moved
+	// sentRank is the rank of the last state sent, or before any, of the
+	// state the client saw before it resumed (after_status; 0 when unset).
+	// After a loss, a record made again may start at an older state than
+	// the watcher saw (a replica that remembered less put it back first,
+	// the one that remembered more moves it on next): such a record is
+	// held back, as the request never goes backwards, and the stream goes
+	// on with the next one that is not lower. The follower has still moved
 	// past it, so it is not sent later either.
 	sentRank int
 	// w follows the request once started (nil when the start failed), and
@@ -73,9 +75,15 @@ func (s *Service) newWatchStream(req *comfygatev1.WatchRequestRequest, stream co
 	if req.GetAfterEpoch() < 0 {
 		return nil, &fieldError{field: "after_epoch", reason: "must not be negative"}
 	}
+	seen := reqstatus.OfProto(req.GetAfterStatus())
+	if st := req.GetAfterStatus(); st != comfygatev1.Status_STATUS_UNSPECIFIED && seen.Proto != st {
+		return nil, &fieldError{field: "after_status", reason: fmt.Sprintf("%v is not a status", st)}
+	}
 	return &watchStream{
 		s: s, stream: stream, ctx: stream.Context(), dep: dep, rid: rid,
 		follower: state.NewFollower(s.tracker, state.Position{Epoch: req.GetAfterEpoch(), Seq: req.GetAfterSeq()}),
+		// What the client saw before it resumed counts as sent.
+		sentRank: seen.Rank,
 	}, nil
 }
 

@@ -85,9 +85,10 @@ func (c *cli) watch(ctx context.Context, id string, first *comfygatev1.RequestSt
 // follow reads WatchRequest until the request's terminal state, sending every
 // new state to events. When the stream ends with UNAVAILABLE (the gateway
 // drains on SIGTERM, or the connection broke) after the gateway has been
-// reached, it reconnects with after_epoch and after_seq set to the last state
-// seen, so nothing is shown twice or missed, even when the request's record
-// was made again meanwhile (a new epoch). It returns the last state.
+// reached, it reconnects with after_epoch, after_seq and after_status set to
+// the last state seen, so nothing is shown twice or missed and the request
+// never shows an earlier state, even when its record was made again
+// meanwhile (a new epoch). It returns the last state.
 func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, id string, first *comfygatev1.RequestState, events chan<- watchEvent) (*comfygatev1.RequestState, error) {
 	emit := func(ev watchEvent) {
 		select {
@@ -103,7 +104,7 @@ func follow(ctx context.Context, client comfygatev1.GatewayServiceClient, dep, i
 	pace := backoff.Exponential{Base: reconnectFirstDelay, Max: reconnectMaxDelay}
 	attempt := 0
 	for {
-		stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: id, AfterSeq: after, AfterEpoch: epoch})
+		stream, err := client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: dep, RequestId: id, AfterSeq: after, AfterEpoch: epoch, AfterStatus: last.GetStatus()})
 		for err == nil {
 			var msg *comfygatev1.WatchRequestResponse
 			if msg, err = stream.Recv(); err != nil {

@@ -1500,7 +1500,14 @@ type WatchRequestRequest struct {
 	// the current state is sent first, whatever its seq, and the stream goes on
 	// from there. 0: any epoch, which compares seqs alone (the form before
 	// epochs existed; it can miss states after a rebuild).
-	AfterEpoch    int64 `protobuf:"varint,4,opt,name=after_epoch,json=afterEpoch,proto3" json:"after_epoch,omitempty"`
+	AfterEpoch int64 `protobuf:"varint,4,opt,name=after_epoch,json=afterEpoch,proto3" json:"after_epoch,omitempty"`
+	// The status of the state at after_seq (RequestState.status). A request
+	// never goes backwards, but a record rebuilt after a loss may briefly
+	// stand at an earlier state than the one the watcher saw before it
+	// resumed: no state earlier than this one is sent (the stream goes on
+	// with the first that is not). Unset: the stream knows only what it sent
+	// itself, and the first state after a rebuild may be an earlier one.
+	AfterStatus   Status `protobuf:"varint,5,opt,name=after_status,json=afterStatus,proto3,enum=comfygate.v1.Status" json:"after_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1561,6 +1568,13 @@ func (x *WatchRequestRequest) GetAfterEpoch() int64 {
 		return x.AfterEpoch
 	}
 	return 0
+}
+
+func (x *WatchRequestRequest) GetAfterStatus() Status {
+	if x != nil {
+		return x.AfterStatus
+	}
+	return Status_STATUS_UNSPECIFIED
 }
 
 // WatchRequestResponse is one state change.
@@ -2968,14 +2982,15 @@ const file_comfygate_v1_gateway_proto_rawDesc = "" +
 	"\x0eCancelResponse\x125\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x1b.comfygate.v1.CancelOutcomeR\aoutcome\x12)\n" +
 	"\x10upstream_outcome\x18\x02 \x01(\tR\x0fupstreamOutcome\x124\n" +
-	"\arequest\x18\x03 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"\x97\x01\n" +
+	"\arequest\x18\x03 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"\xd0\x01\n" +
 	"\x13WatchRequestRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x03R\bafterSeq\x12\x1f\n" +
 	"\vafter_epoch\x18\x04 \x01(\x03R\n" +
-	"afterEpoch\"L\n" +
+	"afterEpoch\x127\n" +
+	"\fafter_status\x18\x05 \x01(\x0e2\x14.comfygate.v1.StatusR\vafterStatus\"L\n" +
 	"\x14WatchRequestResponse\x124\n" +
 	"\arequest\x18\x01 \x01(\v2\x1a.comfygate.v1.RequestStateR\arequest\"[\n" +
 	"\x15ListDeliveriesRequest\x12#\n" +
@@ -3204,64 +3219,65 @@ var file_comfygate_v1_gateway_proto_depIdxs = []int32{
 	8,  // 25: comfygate.v1.GetResultResponse.refresh_error:type_name -> comfygate.v1.RefreshError
 	3,  // 26: comfygate.v1.CancelResponse.outcome:type_name -> comfygate.v1.CancelOutcome
 	5,  // 27: comfygate.v1.CancelResponse.request:type_name -> comfygate.v1.RequestState
-	5,  // 28: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
-	23, // 29: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	4,  // 30: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
-	24, // 31: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
-	40, // 32: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	40, // 33: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
-	40, // 34: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
-	41, // 35: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
-	23, // 36: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
-	28, // 37: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
-	30, // 38: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
-	40, // 39: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
-	40, // 40: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 41: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
-	40, // 42: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
-	40, // 43: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
-	5,  // 44: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
-	10, // 45: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
-	41, // 46: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
-	5,  // 47: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
-	40, // 48: comfygate.v1.GetUsageRequest.start:type_name -> google.protobuf.Timestamp
-	40, // 49: comfygate.v1.GetUsageRequest.end:type_name -> google.protobuf.Timestamp
-	40, // 50: comfygate.v1.GetUsageResponse.start:type_name -> google.protobuf.Timestamp
-	40, // 51: comfygate.v1.GetUsageResponse.end:type_name -> google.protobuf.Timestamp
-	37, // 52: comfygate.v1.GetUsageResponse.deployments:type_name -> comfygate.v1.DeploymentUsage
-	37, // 53: comfygate.v1.GetUsageResponse.total:type_name -> comfygate.v1.DeploymentUsage
-	38, // 54: comfygate.v1.DeploymentUsage.queue:type_name -> comfygate.v1.DurationStats
-	38, // 55: comfygate.v1.DeploymentUsage.run:type_name -> comfygate.v1.DurationStats
-	41, // 56: comfygate.v1.DurationStats.sum:type_name -> google.protobuf.Duration
-	41, // 57: comfygate.v1.DurationStats.p50:type_name -> google.protobuf.Duration
-	41, // 58: comfygate.v1.DurationStats.p95:type_name -> google.protobuf.Duration
-	10, // 59: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
-	13, // 60: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
-	15, // 61: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
-	17, // 62: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
-	19, // 63: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
-	21, // 64: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
-	25, // 65: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
-	33, // 66: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
-	31, // 67: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
-	35, // 68: comfygate.v1.GatewayService.GetUsage:input_type -> comfygate.v1.GetUsageRequest
-	27, // 69: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
-	12, // 70: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
-	14, // 71: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
-	16, // 72: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
-	18, // 73: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
-	20, // 74: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
-	22, // 75: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
-	26, // 76: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
-	34, // 77: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
-	32, // 78: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
-	36, // 79: comfygate.v1.GatewayService.GetUsage:output_type -> comfygate.v1.GetUsageResponse
-	29, // 80: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
-	70, // [70:81] is the sub-list for method output_type
-	59, // [59:70] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	0,  // 28: comfygate.v1.WatchRequestRequest.after_status:type_name -> comfygate.v1.Status
+	5,  // 29: comfygate.v1.WatchRequestResponse.request:type_name -> comfygate.v1.RequestState
+	23, // 30: comfygate.v1.ListDeliveriesResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	4,  // 31: comfygate.v1.WebhookDelivery.state:type_name -> comfygate.v1.DeliveryState
+	24, // 32: comfygate.v1.WebhookDelivery.attempts:type_name -> comfygate.v1.DeliveryAttempt
+	40, // 33: comfygate.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	40, // 34: comfygate.v1.WebhookDelivery.created_at:type_name -> google.protobuf.Timestamp
+	40, // 35: comfygate.v1.DeliveryAttempt.at:type_name -> google.protobuf.Timestamp
+	41, // 36: comfygate.v1.DeliveryAttempt.duration:type_name -> google.protobuf.Duration
+	23, // 37: comfygate.v1.RedeliverEventResponse.deliveries:type_name -> comfygate.v1.WebhookDelivery
+	28, // 38: comfygate.v1.UploadRequest.header:type_name -> comfygate.v1.UploadHeader
+	30, // 39: comfygate.v1.UploadResponse.upload:type_name -> comfygate.v1.Upload
+	40, // 40: comfygate.v1.Upload.created_at:type_name -> google.protobuf.Timestamp
+	40, // 41: comfygate.v1.Upload.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 42: comfygate.v1.ListRequestsRequest.statuses:type_name -> comfygate.v1.Status
+	40, // 43: comfygate.v1.ListRequestsRequest.created_after:type_name -> google.protobuf.Timestamp
+	40, // 44: comfygate.v1.ListRequestsRequest.created_before:type_name -> google.protobuf.Timestamp
+	5,  // 45: comfygate.v1.ListRequestsResponse.requests:type_name -> comfygate.v1.RequestState
+	10, // 46: comfygate.v1.SubmitAndWaitRequest.submit:type_name -> comfygate.v1.SubmitRequest
+	41, // 47: comfygate.v1.SubmitAndWaitRequest.wait:type_name -> google.protobuf.Duration
+	5,  // 48: comfygate.v1.SubmitAndWaitResponse.request:type_name -> comfygate.v1.RequestState
+	40, // 49: comfygate.v1.GetUsageRequest.start:type_name -> google.protobuf.Timestamp
+	40, // 50: comfygate.v1.GetUsageRequest.end:type_name -> google.protobuf.Timestamp
+	40, // 51: comfygate.v1.GetUsageResponse.start:type_name -> google.protobuf.Timestamp
+	40, // 52: comfygate.v1.GetUsageResponse.end:type_name -> google.protobuf.Timestamp
+	37, // 53: comfygate.v1.GetUsageResponse.deployments:type_name -> comfygate.v1.DeploymentUsage
+	37, // 54: comfygate.v1.GetUsageResponse.total:type_name -> comfygate.v1.DeploymentUsage
+	38, // 55: comfygate.v1.DeploymentUsage.queue:type_name -> comfygate.v1.DurationStats
+	38, // 56: comfygate.v1.DeploymentUsage.run:type_name -> comfygate.v1.DurationStats
+	41, // 57: comfygate.v1.DurationStats.sum:type_name -> google.protobuf.Duration
+	41, // 58: comfygate.v1.DurationStats.p50:type_name -> google.protobuf.Duration
+	41, // 59: comfygate.v1.DurationStats.p95:type_name -> google.protobuf.Duration
+	10, // 60: comfygate.v1.GatewayService.Submit:input_type -> comfygate.v1.SubmitRequest
+	13, // 61: comfygate.v1.GatewayService.GetStatus:input_type -> comfygate.v1.GetStatusRequest
+	15, // 62: comfygate.v1.GatewayService.GetResult:input_type -> comfygate.v1.GetResultRequest
+	17, // 63: comfygate.v1.GatewayService.Cancel:input_type -> comfygate.v1.CancelRequest
+	19, // 64: comfygate.v1.GatewayService.WatchRequest:input_type -> comfygate.v1.WatchRequestRequest
+	21, // 65: comfygate.v1.GatewayService.ListDeliveries:input_type -> comfygate.v1.ListDeliveriesRequest
+	25, // 66: comfygate.v1.GatewayService.RedeliverEvent:input_type -> comfygate.v1.RedeliverEventRequest
+	33, // 67: comfygate.v1.GatewayService.SubmitAndWait:input_type -> comfygate.v1.SubmitAndWaitRequest
+	31, // 68: comfygate.v1.GatewayService.ListRequests:input_type -> comfygate.v1.ListRequestsRequest
+	35, // 69: comfygate.v1.GatewayService.GetUsage:input_type -> comfygate.v1.GetUsageRequest
+	27, // 70: comfygate.v1.GatewayService.Upload:input_type -> comfygate.v1.UploadRequest
+	12, // 71: comfygate.v1.GatewayService.Submit:output_type -> comfygate.v1.SubmitResponse
+	14, // 72: comfygate.v1.GatewayService.GetStatus:output_type -> comfygate.v1.GetStatusResponse
+	16, // 73: comfygate.v1.GatewayService.GetResult:output_type -> comfygate.v1.GetResultResponse
+	18, // 74: comfygate.v1.GatewayService.Cancel:output_type -> comfygate.v1.CancelResponse
+	20, // 75: comfygate.v1.GatewayService.WatchRequest:output_type -> comfygate.v1.WatchRequestResponse
+	22, // 76: comfygate.v1.GatewayService.ListDeliveries:output_type -> comfygate.v1.ListDeliveriesResponse
+	26, // 77: comfygate.v1.GatewayService.RedeliverEvent:output_type -> comfygate.v1.RedeliverEventResponse
+	34, // 78: comfygate.v1.GatewayService.SubmitAndWait:output_type -> comfygate.v1.SubmitAndWaitResponse
+	32, // 79: comfygate.v1.GatewayService.ListRequests:output_type -> comfygate.v1.ListRequestsResponse
+	36, // 80: comfygate.v1.GatewayService.GetUsage:output_type -> comfygate.v1.GetUsageResponse
+	29, // 81: comfygate.v1.GatewayService.Upload:output_type -> comfygate.v1.UploadResponse
+	71, // [71:82] is the sub-list for method output_type
+	60, // [60:71] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_comfygate_v1_gateway_proto_init() }

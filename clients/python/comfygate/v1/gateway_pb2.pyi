@@ -384,16 +384,18 @@ class UploadResponse(_message.Message):
     def __init__(self, upload: _Optional[_Union[Upload, _Mapping]] = ...) -> None: ...
 
 class WatchRequestRequest(_message.Message):
-    __slots__ = ["after_epoch", "after_seq", "deployment_id", "request_id"]
+    __slots__ = ["after_epoch", "after_seq", "after_status", "deployment_id", "request_id"]
     AFTER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AFTER_STATUS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     after_epoch: int
     after_seq: int
+    after_status: Status
     deployment_id: str
     request_id: str
-    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., after_epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., after_epoch: _Optional[int] = ..., after_status: _Optional[_Union[Status, str]] = ...) -> None: ...
 
 class WatchRequestResponse(_message.Message):
     __slots__ = ["request"]
