@@ -1028,6 +1028,29 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			},
 		},
 		{
+			name: "another replica put back the queued state, a late callback moved it to running here; this one knew it succeeded",
+			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
+				submitHooked(ctx, t, other, id, hooksAll)
+				storedSuccess(ctx, t, tr, id, "team")
+			},
+			first: func(ctx context.Context, t *testing.T, tr, other, _ *state.Tracker) {
+				if n, err := other.RestoreLost(ctx); n != 1 || err != nil {
+					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
+				}
+				// Here, before this replica's pass: the record read is
+				// the queued one put back, and the callback moves it on.
+				if _, outcome := mustApply(ctx, t, tr, running("i-1")); outcome != state.Applied {
+					t.Fatalf("the late running callback: %v, want applied", outcome)
+				}
+			},
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.queued@1", "request.running@2", "request.succeeded@3"},
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
+					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
+				}
+			},
+		},
+		{
 			name: "another replica put back a further state",
 			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
 				submitHooked(ctx, t, tr, id, hooksAll)
