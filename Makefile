@@ -73,6 +73,7 @@ fuzz:
 	$(GO) test ./runcomfy -run '^$$' -fuzz '^FuzzValidID$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzUnmarshalSubmit$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzResumePosition$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./uploads -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./deployments -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
