@@ -70,9 +70,9 @@ func TestDrainFinishesInFlightCalls(t *testing.T) {
 }
 
 // TestDrainEndsWatchStreamsWithTheirLastSeq: when the server drains, an open
-// watch ends at once with UNAVAILABLE naming its last seq (gRPC: an ErrorInfo;
-// REST: a final error line), so the client resumes elsewhere with after_seq, and
-// the drain does not wait for the stream.
+// watch ends at once with UNAVAILABLE naming its last seq and status (gRPC: an
+// ErrorInfo; REST: a final error line), so the client resumes elsewhere with
+// after_seq and after_status, and the drain does not wait for the stream.
 func TestDrainEndsWatchStreamsWithTheirLastSeq(t *testing.T) {
 	g := startGateway(t)
 	ctx := ctxT(t)
@@ -111,17 +111,20 @@ func TestDrainEndsWatchStreamsWithTheirLastSeq(t *testing.T) {
 	if st.Code() != codes.Unavailable {
 		t.Fatalf("stream ended with %v, want Unavailable", err)
 	}
-	lastSeq := ""
+	lastSeq, lastStatus := "", ""
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			lastSeq = info.GetMetadata()["last_seq"]
+			lastSeq, lastStatus = info.GetMetadata()["last_seq"], info.GetMetadata()["last_status"]
 		}
 	}
 	if want := strconv.FormatInt(first.GetRequest().GetSeq(), 10); lastSeq != want {
 		t.Errorf("last_seq = %q, want %q", lastSeq, want)
 	}
+	if want := first.GetRequest().GetStatus().String(); lastStatus != want {
+		t.Errorf("last_status = %q, want %q", lastStatus, want)
+	}
 	last, _ := lines.ReadString('\n')
-	if !strings.Contains(last, `"code":14`) || !strings.Contains(last, "after_seq=1") {
-		t.Errorf("REST watch ended with %q, want an UNAVAILABLE line naming after_seq", last)
+	if !strings.Contains(last, `"code":14`) || !strings.Contains(last, "after_seq=1 after_status=STATUS_QUEUED") {
+		t.Errorf("REST watch ended with %q, want an UNAVAILABLE line naming after_seq and after_status", last)
 	}
 }

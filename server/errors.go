@@ -59,10 +59,19 @@ const storeRetryDelay = 5 * time.Second
 const defaultRetryDelay = time.Second
 
 // drainingError ends a watch stream because this replica is shutting down.
-type drainingError struct{ last state.Position }
+type drainingError struct {
+	last state.Position
+	// status is that of the last state sent (or named by the resume), unset
+	// when there was none.
+	status comfygatev1.Status
+}
 
 func (e *drainingError) Error() string {
-	return fmt.Sprintf("this replica is shutting down; reconnect with after_epoch=%d after_seq=%d", e.last.Epoch, e.last.Seq)
+	msg := fmt.Sprintf("this replica is shutting down; reconnect with after_epoch=%d after_seq=%d", e.last.Epoch, e.last.Seq)
+	if e.status != comfygatev1.Status_STATUS_UNSPECIFIED {
+		msg += " after_status=" + e.status.String()
+	}
+	return msg
 }
 
 // fieldError is a client input the gateway refuses before calling anything.
@@ -91,12 +100,15 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	}
 	var de *drainingError
 	if errors.As(err, &de) {
+		md := map[string]string{
+			"last_seq":   strconv.FormatInt(de.last.Seq, 10),
+			"last_epoch": strconv.FormatInt(de.last.Epoch, 10),
+		}
+		if de.status != comfygatev1.Status_STATUS_UNSPECIFIED {
+			md["last_status"] = de.status.String()
+		}
 		return withDetails(status.New(codes.Unavailable, de.Error()), &errdetails.ErrorInfo{
-			Reason: reasonDraining, Domain: gatewayDomain,
-			Metadata: map[string]string{
-				"last_seq":   strconv.FormatInt(de.last.Seq, 10),
-				"last_epoch": strconv.FormatInt(de.last.Epoch, 10),
-			},
+			Reason: reasonDraining, Domain: gatewayDomain, Metadata: md,
 		})
 	}
 	var ce *state.CapError

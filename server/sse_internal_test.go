@@ -118,6 +118,15 @@ func TestEventsFraming(t *testing.T) {
 				`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo", "reason":"DRAINING", "domain":"comfygate", "metadata":{"last_epoch":"3", "last_seq":"7"}}]}`},
 		},
 		{
+			name: "drained after a state: its status is named too",
+			script: func(s comfygatev1.GatewayService_WatchRequestServer) error {
+				return toStatus(s.Context(), slog.New(slog.DiscardHandler), "", &drainingError{last: state.Position{Epoch: 3, Seq: 7}, status: comfygatev1.Status_STATUS_RUNNING})
+			},
+			wantStatus: http.StatusOK,
+			want: []string{"event: error", `data: {"code":14, "message":"this replica is shutting down; reconnect with after_epoch=3 after_seq=7 after_status=STATUS_RUNNING", ` +
+				`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo", "reason":"DRAINING", "domain":"comfygate", "metadata":{"last_epoch":"3", "last_seq":"7", "last_status":"STATUS_RUNNING"}}]}`},
+		},
+		{
 			name:       "ended with nothing after the resume point",
 			script:     func(comfygatev1.GatewayService_WatchRequestServer) error { return nil },
 			wantStatus: http.StatusNoContent,

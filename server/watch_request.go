@@ -17,7 +17,7 @@ import (
 // sent, so nothing falls between the two and nothing is sent twice. A record
 // that was lost and created again (another epoch) is sent as a new first
 // event, so a watcher never misses the states of the new incarnation; but
-// never one of a lower rank than the last state sent (see sentRank).
+// never one of a lower rank than the last state sent (see watchStream.sent).
 func (s *Service) WatchRequest(req *comfygatev1.WatchRequestRequest, stream comfygatev1.GatewayService_WatchRequestServer) error {
 	ws, err := s.newWatchStream(req, stream)
 	if err != nil {
@@ -46,18 +46,18 @@ type watchStream struct {
 	ctx      context.Context
 	dep, rid string
 	follower *state.Follower
-	// sentRank is the rank of the last state sent, or before any, of the
-	// state the client saw before it resumed (after_status; 0 when unset).
-	// After a loss, a record made again may start at an older state than
-	// the watcher saw (a replica that remembered less put it back first,
-	// the one that remembered more moves it on next): such a record is
-	// held back, as the request never goes backwards, and the stream goes
+	// w follows the request once started (nil when the start failed).
+	w *state.Watcher
+	// sent is the status of the last state sent, or before any, of the
+	// state the client saw before it resumed (after_status; unset when it
+	// named none). After a loss, a record made again may start at an older
+	// state than the watcher saw (a replica that remembered less put it back
+	// first, the one that remembered more moves it on next): such a record
+	// is held back, as the request never goes backwards, and the stream goes
 	// on with the next one that is not lower. The follower has still moved
 	// past it, so it is not sent later either.
-	sentRank int
-	// w follows the request once started (nil when the start failed), and
+	sent comfygatev1.Status
 	// done is set once the stream is complete.
-	w    *state.Watcher
 	done bool
 }
 
@@ -75,15 +75,15 @@ func (s *Service) newWatchStream(req *comfygatev1.WatchRequestRequest, stream co
 	if req.GetAfterEpoch() < 0 {
 		return nil, &fieldError{field: "after_epoch", reason: "must not be negative"}
 	}
-	seen := reqstatus.OfProto(req.GetAfterStatus())
-	if st := req.GetAfterStatus(); st != comfygatev1.Status_STATUS_UNSPECIFIED && seen.Proto != st {
-		return nil, &fieldError{field: "after_status", reason: fmt.Sprintf("%v is not a status", st)}
+	seen := req.GetAfterStatus()
+	if seen != comfygatev1.Status_STATUS_UNSPECIFIED && reqstatus.OfProto(seen).Proto != seen {
+		return nil, &fieldError{field: "after_status", reason: fmt.Sprintf("%v is not a status", seen)}
 	}
 	return &watchStream{
 		s: s, stream: stream, ctx: stream.Context(), dep: dep, rid: rid,
 		follower: state.NewFollower(s.tracker, state.Position{Epoch: req.GetAfterEpoch(), Seq: req.GetAfterSeq()}),
 		// What the client saw before it resumed counts as sent.
-		sentRank: seen.Rank,
+		sent: seen,
 	}, nil
 }
 
@@ -129,7 +129,7 @@ func (ws *watchStream) nextFailed(err error) error {
 		// The replica shuts down (the hub ended every watcher at once, with
 		// no goroutine or context per stream): the client resumes on
 		// another replica with after_seq.
-		return &drainingError{last: ws.follower.Position()}
+		return &drainingError{last: ws.follower.Position(), status: ws.sent}
 	}
 	return fmt.Errorf("watch request %s: %w", ws.rid, err)
 }
@@ -163,7 +163,7 @@ func (ws *watchStream) send(r *state.Record, live bool) (done bool, err error) {
 	} else if !ws.follower.First(r) {
 		return r.Final(), nil
 	}
-	if state.Rank(r.State) < ws.sentRank {
+	if state.Rank(r.State) < reqstatus.OfProto(ws.sent).Rank {
 		return false, nil // lower ranks are never final
 	}
 	s := ws.s
@@ -177,7 +177,7 @@ func (ws *watchStream) send(r *state.Record, live bool) (done bool, err error) {
 	if err := ws.stream.SendMsg(ev); err != nil {
 		return true, fmt.Errorf("send to watcher: %w", err)
 	}
-	ws.sentRank = state.Rank(r.State)
+	ws.sent = reqstatus.Of(r.State).Proto
 	if live {
 		s.metrics.sent(r.UpdatedAt)
 	} else {
