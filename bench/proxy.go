@@ -89,16 +89,11 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 	}
 	floor, err := func() (loadResult, error) {
 		defer bare.stop()
-		cc, err := grpc.NewClient(bareAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		call, done, err := submitter(bareAddr)
 		if err != nil {
 			return loadResult{}, err
 		}
-		defer cc.Close()
-		client := comfygatev1.NewGatewayServiceClient(cc)
-		call := func(ctx context.Context) error {
-			_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
-			return err
-		}
+		defer done()
 		if _, err := saturate(ctx, workers, dur/4, call); err != nil {
 			return loadResult{}, err
 		}
@@ -122,16 +117,11 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 	var bareSteadyCPU, bareSatCPU []cpuRow
 	err = func() error {
 		defer proxy.stop()
-		cc, err := grpc.NewClient(proxyAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		call, done, err := submitter(proxyAddr)
 		if err != nil {
 			return err
 		}
-		defer cc.Close()
-		client := comfygatev1.NewGatewayServiceClient(cc)
-		call := func(ctx context.Context) error {
-			_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
-			return err
-		}
+		defer done()
 		if _, err := saturate(ctx, workers, dur/4, call); err != nil {
 			return err
 		}
@@ -226,6 +216,20 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		cpuTable{Window: fmt.Sprintf("%d submits/s straight to the simulator", rate), Op: "submit", Ops: directSteady.ops, Rows: directSteadyCPU},
 		cpuTable{Window: "saturation straight to the simulator", Op: "submit", Ops: directSat.ops, Rows: directSatCPU})
 	return res, nil
+}
+
+// submitter is a Submit of submitBody to the gRPC server at addr, on one
+// connection, which done closes.
+func submitter(addr string) (call func(context.Context) error, done func(), err error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	client := comfygatev1.NewGatewayServiceClient(cc)
+	return func(ctx context.Context) error {
+		_, err := client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: benchDep, InputJson: submitBody})
+		return err
+	}, func() { cc.Close() }, nil
 }
 
 // steady sends rate calls per second for d, on the schedule paced keeps

@@ -31,42 +31,19 @@ func serveRole(ctx context.Context, role, addr, upstream string) error {
 	switch role {
 	case "noop-http":
 		// What any Go HTTP service pays per request: read the body, answer.
-		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		return serveHTTP(ctx, lis, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = io.WriteString(w, `{"outcome":"applied"}`)
-		})}
-		stop := context.AfterFunc(ctx, func() { srv.Close() })
-		defer stop()
-		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	case "bare-grpc":
-		// The gateway's own limit on streams per connection, so the client
-		// spreads its streams over connections the same way.
-		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
-		comfygatev1.RegisterGatewayServiceServer(srv, bareWatcher{})
-		stop := context.AfterFunc(ctx, srv.Stop)
-		defer stop()
-		return srv.Serve(lis)
+		}))
 	case "bare-ingest":
 		rdb := redis.NewClient(&redis.Options{Addr: upstream})
 		defer rdb.Close()
-		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: bareIngest(rdb)}
-		stop := context.AfterFunc(ctx, func() { srv.Close() })
-		defer stop()
-		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
+		return serveHTTP(ctx, lis, bareIngest(rdb))
+	case "bare-grpc":
+		return serveGRPC(ctx, lis, bareWatcher{})
 	case "bare-proxy":
-		srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
-		p := &bareProxy{upstream: upstream, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-		comfygatev1.RegisterGatewayServiceServer(srv, p)
-		stop := context.AfterFunc(ctx, srv.Stop)
-		defer stop()
-		return srv.Serve(lis)
+		return serveGRPC(ctx, lis, &bareProxy{upstream: upstream, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}})
 	default:
 		lis.Close()
 		return fmt.Errorf("unknown role %q", role)
@@ -96,6 +73,28 @@ func (bareWatcher) WatchRequest(req *comfygatev1.WatchRequestRequest, stream com
 	}
 	<-stream.Context().Done()
 	return nil
+}
+
+// serveHTTP serves h on lis until ctx ends.
+func serveHTTP(ctx context.Context, lis net.Listener, h http.Handler) error {
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: h}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// serveGRPC serves the gateway's service as impl on lis until ctx ends,
+// with the gateway's own limit on streams per connection, so that a client
+// spreads its streams over connections the same way.
+func serveGRPC(ctx context.Context, lis net.Listener, impl comfygatev1.GatewayServiceServer) error {
+	srv := grpc.NewServer(grpc.MaxConcurrentStreams(server.DefaultMaxConcurrentStreams))
+	comfygatev1.RegisterGatewayServiceServer(srv, impl)
+	stop := context.AfterFunc(ctx, srv.Stop)
+	defer stop()
+	return srv.Serve(lis)
 }
 
 // bareIngest is the least a callback receiver that keeps its state in Redis

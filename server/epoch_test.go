@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -355,34 +354,14 @@ func TestWatchResumedAheadOfTheRecordEnds(t *testing.T) {
 // and ends after its success. The watches read the record made again while it
 // is still queued before it moves on.
 func TestWatchResumedNeverGoesBack(t *testing.T) {
-	reads := &epochReads{read: make(chan *state.Record, 3)}
-	g := startGateway(t, func(o *gatewayOptions) {
-		o.store = func(s state.Store) state.Store { reads.Store = s; return reads }
-	})
-	ctx := ctxT(t)
-	rid := g.submit(ctx, t, "dep-1")
-	g.step(ctx, t, "dep-1", rid) // running, seq 2
-	was, err := g.tracker.Get(ctx, rid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, ctx, reads, was := startRunning(t, 3)
+	rid := was.RequestID
 	if err := g.memory.Delete(ctx, rid); err != nil {
 		t.Fatal(err)
 	}
 	epoch := was.Epoch + 1000
 	reads.epoch.Store(epoch)
-	remade := func(seq int64, st runcomfy.State) {
-		t.Helper()
-		rec := was.Clone()
-		rec.Epoch, rec.Seq, rec.State, rec.UpdatedAt = epoch, seq, st, time.Now()
-		if st == runcomfy.StateSucceeded {
-			rec.Outputs, rec.OutputURLs = json.RawMessage(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), []string{"https://x/a.png"}
-		}
-		if err := g.memory.Save(ctx, rec, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
-	remade(1, runcomfy.StateQueued)
+	saveRemade(ctx, t, g, was, epoch, 1, runcomfy.StateQueued)
 
 	gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid,
 		AfterEpoch: was.Epoch, AfterSeq: was.Seq, AfterStatus: comfygatev1.Status_STATUS_RUNNING})
@@ -417,8 +396,8 @@ func TestWatchResumedNeverGoesBack(t *testing.T) {
 			t.Fatal("the watches did not read the record made again")
 		}
 	}
-	remade(2, runcomfy.StateRunning)
-	remade(3, runcomfy.StateSucceeded)
+	saveRemade(ctx, t, g, was, epoch, 2, runcomfy.StateRunning)
+	saveRemade(ctx, t, g, was, epoch, 3, runcomfy.StateSucceeded)
 
 	streams := map[string]epochStream{"gRPC": grpcEpochStream{gs}}
 	for name, ch := range map[string]<-chan opened{"NDJSON": ndjson, "SSE": sse} {

@@ -505,6 +505,42 @@ func (s *epochReads) Get(ctx context.Context, requestID string) (*state.Record, 
 	return rec, err
 }
 
+// startRunning starts a gateway whose store hands over up to reads reads of
+// one epoch's records at a time (epochReads), and runs a request to running
+// (seq 2), as it returns it.
+func startRunning(t *testing.T, reads int) (*gateway, context.Context, *epochReads, *state.Record) {
+	t.Helper()
+	er := &epochReads{read: make(chan *state.Record, reads)}
+	g := startGateway(t, func(o *gatewayOptions) {
+		o.store = func(s state.Store) state.Store { er.Store = s; return er }
+	})
+	ctx := ctxT(t)
+	rid := g.submit(ctx, t, "dep-1")
+	g.step(ctx, t, "dep-1", rid)
+	was, err := g.tracker.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if was.State != runcomfy.StateRunning || was.Seq != 2 {
+		t.Fatalf("request %s %s at seq %d, want running at 2", rid, was.State, was.Seq)
+	}
+	return g, ctx, er, was
+}
+
+// saveRemade stores was's record as made again after a loss: at epoch, seq
+// and st (a success with an output), as another replica would write it.
+func saveRemade(ctx context.Context, t *testing.T, g *gateway, was *state.Record, epoch, seq int64, st runcomfy.State) {
+	t.Helper()
+	rec := was.Clone()
+	rec.Epoch, rec.Seq, rec.State, rec.UpdatedAt = epoch, seq, st, time.Now()
+	if st == runcomfy.StateSucceeded {
+		rec.Outputs, rec.OutputURLs = json.RawMessage(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), []string{"https://x/a.png"}
+	}
+	if err := g.memory.Save(ctx, rec, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestWatchNeverGoesBackAcrossAnEpoch: a record lost under an open watch
 // that saw it running and made again at an older state (a replica that
 // remembered it queued put it back first) is held back: the watch never goes
@@ -523,17 +559,8 @@ func TestWatchNeverGoesBackAcrossAnEpoch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reads := &epochReads{read: make(chan *state.Record, 1)}
-			g := startGateway(t, func(o *gatewayOptions) {
-				o.store = func(s state.Store) state.Store { reads.Store = s; return reads }
-			})
-			ctx := ctxT(t)
-			rid := g.submit(ctx, t, "dep-1")
-			g.step(ctx, t, "dep-1", rid) // running, seq 2
-			was, err := g.tracker.Get(ctx, rid)
-			if err != nil {
-				t.Fatal(err)
-			}
+			g, ctx, reads, was := startRunning(t, 1)
+			rid := was.RequestID
 			gs, err := g.client.WatchRequest(ctx, &comfygatev1.WatchRequestRequest{DeploymentId: "dep-1", RequestId: rid})
 			if err != nil {
 				t.Fatal(err)
@@ -549,14 +576,7 @@ func TestWatchNeverGoesBackAcrossAnEpoch(t *testing.T) {
 			epoch := was.Epoch + 1000
 			reads.epoch.Store(epoch)
 			for i, st := range tt.again {
-				rec := was.Clone()
-				rec.Epoch, rec.Seq, rec.State, rec.UpdatedAt = epoch, int64(i+1), st, time.Now()
-				if st == runcomfy.StateSucceeded {
-					rec.Outputs, rec.OutputURLs = json.RawMessage(`{"9":{"images":[{"url":"https://x/a.png"}]}}`), []string{"https://x/a.png"}
-				}
-				if err := g.memory.Save(ctx, rec, time.Hour); err != nil {
-					t.Fatal(err)
-				}
+				saveRemade(ctx, t, g, was, epoch, int64(i+1), st)
 				if i == 0 {
 					// The watcher meets the new epoch and reads the store
 					// before the record moves on.
