@@ -433,15 +433,20 @@ func TestRestoreLostGivesBackTheWebhooksOfARecordMadeAgain(t *testing.T) {
 				t.Fatalf("made again: %+v; want seq 2 without webhooks, owned by %q (attached %v)", made, tt.owner, tt.wantAttached)
 			}
 
+			clock.advance(time.Second)
+			wantN := 1
 			if tt.readFirst {
+				// The update reads the record made again, and gives the
+				// webhooks back at once (Apply's catch-up); the pass then
+				// has nothing left to do.
 				if _, outcome := mustApply(ctx, t, a, state.Update{RequestID: "req-hooks", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs}); outcome != state.Duplicate {
 					t.Fatalf("the duplicate callback: %v, want duplicate", outcome)
 				}
+				wantN = 0
 			}
-			clock.advance(time.Second)
 			n, err := a.RestoreLost(ctx)
-			if err != nil || n != 1 {
-				t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+			if err != nil || n != wantN {
+				t.Fatalf("RestoreLost = %d, %v; want %d", n, err, wantN)
 			}
 			rec := mustGetRecord(ctx, t, s, "req-hooks")
 			if rec.Epoch != made.Epoch || rec.Seq != made.Seq+1 {
@@ -582,7 +587,9 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 	// The same race when b puts a record back before applying an update: c
 	// knew req-late running, b finished; the store loses it without saying
 	// so, and c puts it back (for a running callback) between b's read and
-	// b's save (for a late running callback).
+	// b's save (for a late running callback). b's refused restore reads c's
+	// record and brings it up to the success b knew before the update is
+	// merged (stale then), which takes it off the schedule.
 	c := replica()
 	mustApply(ctx, t, c, state.Update{RequestID: "req-late", DeploymentID: "dep-restore", Source: state.SourceSubmit,
 		State: runcomfy.StateQueued, Owner: "team", Webhooks: hooksAll, MaxRun: 30 * time.Minute})
@@ -599,10 +606,16 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 	if _, outcome := mustApply(ctx, t, b, running); outcome == state.Applied {
 		t.Fatalf("b's late running callback was applied")
 	}
-	if rec := mustGetRecord(ctx, t, s, "req-late"); rec.State != runcomfy.StateRunning {
-		t.Fatalf("stored %s, want c's running", rec.State)
+	late := mustGetRecord(ctx, t, s, "req-late")
+	if late.State != runcomfy.StateSucceeded || string(late.Outputs) != string(lossOutputs) || !slices.Equal(late.Webhooks, hooksAll) {
+		t.Fatalf("stored %s with outputs %s and webhooks %v, want b's success on c's record", late.State, late.Outputs, late.Webhooks)
 	}
-	wantDue(ctx, t, s, clock, "req-late")
+	if got := eventTypes(epochEvents(ctx, t, s, "req-late", late.Epoch)); !slices.Equal(got, []string{"request.running@1", "request.succeeded@2"}) {
+		t.Errorf("events = %v, want c's restore's and b's success", got)
+	}
+	if isDue(ctx, t, s, clock, "req-late") {
+		t.Errorf("req-late is due for a poll, want it off the schedule: it ended")
+	}
 }
 
 // wantDue fails t unless requestID is due for a poll within the hour.
@@ -980,20 +993,26 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			},
 		},
 		{
-			name: "made again by a late callback, which this replica read since",
+			name: "made again by a late callback, which reached this replica too",
 			remember: func(ctx context.Context, t *testing.T, tr, _ *state.Tracker) {
 				submitHooked(ctx, t, tr, id, hooksAll)
 				storedSuccess(ctx, t, tr, id, "team")
 			},
 			first: func(ctx context.Context, t *testing.T, tr, _, fresh *state.Tracker) {
 				mustApply(ctx, t, fresh, running(""))
-				// A duplicate of it here: the last record this replica
-				// remembers is the one made again.
-				if _, outcome := mustApply(ctx, t, tr, running("")); outcome != state.Duplicate {
-					t.Fatalf("the duplicate running callback: %v, want duplicate", outcome)
+				// The same callback here reads the record made again and
+				// brings it up to the success first: it is then stale,
+				// and the pass has nothing left to do.
+				if _, outcome := mustApply(ctx, t, tr, running("")); outcome != state.Stale {
+					t.Fatalf("the late running callback here: %v, want stale", outcome)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			check: func(t *testing.T, rec *state.Record) {
+				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
+					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
+				}
+			},
 		},
 		{
 			name: "made again at the same rank: only the webhooks come back",
@@ -1028,7 +1047,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			},
 		},
 		{
-			name: "another replica put back the queued state, a late callback moved it to running here; this one knew it succeeded",
+			name: "another replica put back the queued state, then a late callback reached this one, which knew it succeeded",
 			remember: func(ctx context.Context, t *testing.T, tr, other *state.Tracker) {
 				submitHooked(ctx, t, other, id, hooksAll)
 				storedSuccess(ctx, t, tr, id, "team")
@@ -1037,13 +1056,14 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 				if n, err := other.RestoreLost(ctx); n != 1 || err != nil {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
-				// Here, before this replica's pass: the record read is
-				// the queued one put back, and the callback moves it on.
-				if _, outcome := mustApply(ctx, t, tr, running("i-1")); outcome != state.Applied {
-					t.Fatalf("the late running callback: %v, want applied", outcome)
+				// Here, before this replica's pass: the callback reads
+				// the queued record put back and brings it up to the
+				// success first; it is then stale.
+				if _, outcome := mustApply(ctx, t, tr, running("i-1")); outcome != state.Stale {
+					t.Fatalf("the late running callback: %v, want stale", outcome)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.queued@1", "request.running@2", "request.succeeded@3"},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.queued@1", "request.succeeded@2"},
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
 					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
@@ -1199,6 +1219,78 @@ func TestRestoreLostGivesBackTheDeadlinesOfARecordMadeAgain(t *testing.T) {
 			}
 			if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
 				t.Errorf("RestoreLost again = %d, %v; want 0, nil", n, err)
+			}
+		})
+	}
+}
+
+// TestApplyCatchesUpARecordMadeAgainElsewhere pins that a record lost
+// without the store reporting it (evicted) and made again by a replica that
+// did not remember it (a poll of the schedule, a callback) gets back, from
+// the first update that reaches a replica that remembers the request, what
+// that replica knew: the webhooks and owner, the deadlines, a further state.
+// It is saved as the caught-up record first (the event of its whole state
+// for the endpoints that missed it), then the update is applied on it.
+func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
+	const id = "req-evicted"
+	tests := []struct {
+		name string
+		// remember runs on tr, the replica that remembers; again on a fresh
+		// one, after the loss; then u reaches tr.
+		remember   func(ctx context.Context, t *testing.T, tr *state.Tracker)
+		again, u   state.Update
+		wantState  runcomfy.State
+		wantEvents []string // of the new epoch
+	}{
+		{
+			name:     "made again queued by a poll; a running callback here",
+			remember: func(ctx context.Context, t *testing.T, tr *state.Tracker) { submitHooked(ctx, t, tr, id, hooksAll) },
+			again:    state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceRestore, State: runcomfy.StateQueued, Owner: "team"},
+			u:        state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning},
+			// The record made again had no webhooks, so no event: its
+			// queued state is announced when it gets them back.
+			wantState: runcomfy.StateRunning, wantEvents: []string{"request.queued@2", "request.running@3"},
+		},
+		{
+			name: "made again queued by a late callback; this replica knew it running, a duplicate running callback here",
+			remember: func(ctx context.Context, t *testing.T, tr *state.Tracker) {
+				submitHooked(ctx, t, tr, id, hooksAll)
+				mustApply(ctx, t, tr, state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"})
+			},
+			again:     state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateQueued, Owner: "team"},
+			u:         state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"},
+			wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newScheduledLossTracker(t, s, clock)
+			tt.remember(ctx, t, tr)
+			clock.advance(time.Minute)
+			s.lose(ctx, t, false) // evicted: the store does not know
+			mustApply(ctx, t, newScheduledLossTracker(t, s, clock), tt.again)
+			made := mustGetRecord(ctx, t, s, id)
+			if len(made.Webhooks) != 0 || made.MaxRun != 0 || made.Seq != 1 {
+				t.Fatalf("made again: %+v; want seq 1 without webhooks or deadline", made)
+			}
+
+			clock.advance(time.Second)
+			mustApply(ctx, t, tr, tt.u)
+			rec := mustGetRecord(ctx, t, s, id)
+			if rec.Epoch != made.Epoch || rec.State != tt.wantState {
+				t.Errorf("stored %s at epoch %d, want %s at %d", rec.State, rec.Epoch, tt.wantState, made.Epoch)
+			}
+			if !slices.Equal(rec.Webhooks, hooksAll) || rec.Owner != "team" || rec.OwnerAttached || rec.MaxRun != 30*time.Minute {
+				t.Errorf("webhooks %v, owner %q (attached %v), max run %v; want %v, proven team, 30m", rec.Webhooks, rec.Owner, rec.OwnerAttached, rec.MaxRun, hooksAll)
+			}
+			if at, kind := rec.Deadline(); kind != state.ErrorTypeMaxRunDuration || !at.Equal(rec.StartedAt.Add(30*time.Minute)) {
+				t.Errorf("deadline %s at %v, want the run deadline", kind, at)
+			}
+			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
 		})
 	}

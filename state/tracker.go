@@ -150,9 +150,26 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 	// turns out to have lost it, it is put back first (restore), so that
 	// what an update does not carry (webhooks, owner, deadlines) survives.
 	mem, restored := cur, false
+	// caught: the stored record was brought up to what this replica knew
+	// (caughtUp), or found to need nothing.
+	caught := false
 	for range maxSaveAttempts {
 		if cur != nil {
 			lost = max(lost, cur.Epoch)
+		}
+		if read && cur != nil && !caught {
+			var err error
+			if caught, err = t.caughtUp(ctx, &cur); err != nil {
+				if !errors.Is(err, ErrConflict) {
+					return nil, 0, err
+				}
+				// Another writer came first: the record is read again.
+				refused = true
+				if err := t.read(ctx, u.RequestID, &cur); err != nil {
+					return nil, 0, err
+				}
+				continue
+			}
 		}
 		needFetch := u.State == runcomfy.StateSucceeded && len(u.Outputs) == 0 && !fetched
 		if !read && needFetch {
@@ -236,6 +253,30 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		return next, Applied, nil
 	}
 	return nil, 0, fmt.Errorf("save request %s: %d concurrent updates: %w", u.RequestID, maxSaveAttempts, ErrConflict)
+}
+
+// caughtUp brings *cur, the request's record as the store holds it, up to
+// what this replica knew of the request (catchUp), when *cur is a record made
+// again after a loss (another epoch than the record kept for the request)
+// that lacks the webhooks or deadlines, or stands at an earlier state: a
+// record evicted while the store went on, and made again by a replica that
+// did not remember it, from a poll or a callback. It reports whether *cur
+// needs nothing more; *cur is the caught-up record when it was saved.
+func (t *Tracker) caughtUp(ctx context.Context, cur **Record) (bool, error) {
+	stored := *cur
+	k := t.recent.kept(stored.RequestID)
+	if k == nil || k.Epoch == stored.Epoch || t.now().Sub(k.UpdatedAt) >= t.retention ||
+		(!lacks(stored, k) && Rank(k.State) <= Rank(stored.State)) {
+		return true, nil
+	}
+	saved, err := t.catchUp(ctx, stored, k)
+	if err != nil {
+		return false, err
+	}
+	if saved {
+		*cur = t.recent.get(stored.RequestID)
+	}
+	return true, nil
 }
 
 // LossDetector is a Store that can tell that it lost its data (Redis
