@@ -67,6 +67,10 @@ type WatchedRequest struct {
 	RequestID, DeploymentID, Owner string
 	// OwnerAttached: the owner was taken on trust (Record.OwnerAttached).
 	OwnerAttached bool
+	// Webhooks and deadlines, which RunComfy does not know: kept by the
+	// schedule's description (ScheduledRequest), not by watchers.
+	Webhooks         []WebhookTarget
+	MaxQueue, MaxRun time.Duration
 }
 
 // NewHub returns a Hub on bus. buffer is each watcher's capacity; <= 0 means

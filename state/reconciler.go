@@ -517,7 +517,8 @@ func (r *Reconciler) scheduled(ctx context.Context, id string, now time.Time) (W
 	if err != nil || !found || sr.CreatedAt.IsZero() || now.Sub(sr.CreatedAt) > r.cfg.Retention {
 		return WatchedRequest{}, false
 	}
-	return WatchedRequest{RequestID: id, DeploymentID: sr.DeploymentID, Owner: sr.Owner, OwnerAttached: sr.OwnerAttached}, true
+	return WatchedRequest{RequestID: id, DeploymentID: sr.DeploymentID, Owner: sr.Owner, OwnerAttached: sr.OwnerAttached,
+		Webhooks: sr.Webhooks, MaxQueue: sr.MaxQueue, MaxRun: sr.MaxRun}, true
 }
 
 // watched returns the description of id if this replica's watchers follow it.
@@ -659,7 +660,7 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 	if w.Owner == "" || w.OwnerAttached {
 		source = SourceRebuild
 	}
-	rec, _, err := r.cfg.Tracker.Refresh(ctx, r.cfg.Upstream, w.DeploymentID, w.RequestID, source, w.Owner)
+	rec, _, err := r.cfg.Tracker.rebuild(ctx, r.cfg.Upstream, w, source)
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}
 		return r.goneUpstream(ctx, stub, now)

@@ -244,17 +244,23 @@ func ownerChange(r *Record, u *Update) (owner string, attached, ok bool) {
 }
 
 // webhooksChange reports whether u sets r's webhook targets: only the
-// submit's answer names them, and a record takes them once (the submit's
-// answer may come after a callback created the record).
+// submit's answer names them, or a rebuild of a lost record from the
+// gateway's own description of it (SourceRestore), and a record takes them
+// once (the submit's answer may come after a callback created the record).
 func webhooksChange(r *Record, u *Update) bool {
-	return len(u.Webhooks) > 0 && len(r.Webhooks) == 0 && u.Source == SourceSubmit
+	return len(u.Webhooks) > 0 && len(r.Webhooks) == 0 && namesSubmit(u)
 }
 
 // deadlinesChange reports whether u sets r's deadlines: as with webhooks,
-// only the submit's answer names them, once.
+// only the submit's answer names them, or a rebuild, once.
 func deadlinesChange(r *Record, u *Update) bool {
-	return (u.MaxQueue > 0 || u.MaxRun > 0) && r.MaxQueue == 0 && r.MaxRun == 0 && u.Source == SourceSubmit
+	return (u.MaxQueue > 0 || u.MaxRun > 0) && r.MaxQueue == 0 && r.MaxRun == 0 && namesSubmit(u)
 }
+
+// namesSubmit reports whether u may carry what the submit set: the submit's
+// answer itself, or the gateway's description of the request when it
+// restores a lost record.
+func namesSubmit(u *Update) bool { return u.Source == SourceSubmit || u.Source == SourceRestore }
 
 // confirms reports whether u is RunComfy's word on the request now, which
 // makes the record fresh (SyncedAt): not an owner claim, which only repeats

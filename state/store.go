@@ -111,12 +111,16 @@ type Schedule interface {
 
 // ScheduledRequest describes a scheduled request, as its last scheduling save
 // recorded it: enough to make its record again from RunComfy if the record
-// alone is lost (evicted) while the schedule keeps it.
+// alone is lost (evicted) while the schedule keeps it, with what RunComfy
+// does not know of it: its webhooks and deadlines.
 type ScheduledRequest struct {
-	DeploymentID  string    `json:"d"`
-	Owner         string    `json:"o,omitempty"`
-	OwnerAttached bool      `json:"a,omitempty"`
-	CreatedAt     time.Time `json:"c,omitzero"`
+	DeploymentID  string          `json:"d"`
+	Owner         string          `json:"o,omitempty"`
+	OwnerAttached bool            `json:"a,omitempty"`
+	CreatedAt     time.Time       `json:"c,omitzero"`
+	Webhooks      []WebhookTarget `json:"w,omitempty"`
+	MaxQueue      time.Duration   `json:"mq,omitempty"`
+	MaxRun        time.Duration   `json:"mr,omitempty"`
 }
 
 // ScheduleDescriber is a Schedule that keeps a description of each scheduled

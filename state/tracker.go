@@ -800,6 +800,21 @@ type Upstream interface {
 //
 // owner, when set, claims a request nobody owns yet (see Update.Owner).
 func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, requestID string, source Source, owner string) (*Record, *Update, error) {
+	return t.refresh(ctx, up, WatchedRequest{RequestID: requestID, DeploymentID: deploymentID, Owner: owner}, source)
+}
+
+// rebuild is Refresh for a lost record of w, made again (source
+// SourceRebuild or SourceRestore) with w's webhooks and deadlines when its
+// owner is proven (SourceRestore): the schedule's description kept them.
+func (t *Tracker) rebuild(ctx context.Context, up Upstream, w WatchedRequest, source Source) (*Record, *Update, error) {
+	if source != SourceRestore {
+		w.Webhooks, w.MaxQueue, w.MaxRun = nil, 0, 0
+	}
+	return t.refresh(ctx, up, w, source)
+}
+
+func (t *Tracker) refresh(ctx context.Context, up Upstream, w WatchedRequest, source Source) (*Record, *Update, error) {
+	deploymentID, requestID := w.DeploymentID, w.RequestID
 	st, err := up.Status(ctx, deploymentID, requestID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("status of request %s: %w", requestID, err)
@@ -825,7 +840,8 @@ func (t *Tracker) Refresh(ctx context.Context, up Upstream, deploymentID, reques
 			u = UpdateFromResult(deploymentID, source, res)
 		}
 	}
-	u.Owner = owner
+	u.Owner = w.Owner
+	u.Webhooks, u.MaxQueue, u.MaxRun = w.Webhooks, w.MaxQueue, w.MaxRun
 	if u.State == runcomfy.StateUnknown {
 		return nil, &u, nil
 	}

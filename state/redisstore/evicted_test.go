@@ -24,9 +24,10 @@ func (u runningUpstream) Result(_ context.Context, _, id string) (*runcomfy.Resu
 
 // TestEvictedScheduledRecordIsRebuilt: Redis evicts the record of a
 // scheduled request nobody watches (its schedule entry, which has no TTL,
-// stays). The poll that comes due finds the record gone and makes it again
-// from RunComfy, with the deployment, owner and creation time the schedule
-// kept beside it, instead of forgetting the request.
+// stays). The poll that comes due, on a replica that never saw the request,
+// finds the record gone and makes it again from RunComfy, with the
+// deployment, owner, creation time, webhooks and deadline the schedule kept
+// beside it, instead of forgetting the request.
 func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 	const interval = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -39,7 +40,9 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := "req-evicted"
-	first, _, err := tr.Apply(ctx, state.Update{RequestID: id, DeploymentID: "dep-e", Source: "submit", State: runcomfy.StateQueued, Owner: "tenant-b", CreatedAt: created})
+	hooks := []state.WebhookTarget{{URL: "https://hooks.example/b", Kinds: state.KindTerminal}}
+	first, _, err := tr.Apply(ctx, state.Update{RequestID: id, DeploymentID: "dep-e", Source: "submit", State: runcomfy.StateQueued, Owner: "tenant-b", CreatedAt: created,
+		Webhooks: hooks, MaxRun: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +59,12 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 	if err := b.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	fresh, err := state.NewTracker(state.TrackerConfig{Store: b, Results: noResults{}, Schedule: b, PollInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rc, err := state.NewReconciler(state.ReconcilerConfig{
-		Schedule: b, Tracker: tr, Upstream: up, Interval: interval, Owner: "replica-1",
+		Schedule: b, Tracker: fresh, Upstream: up, Interval: interval, Owner: "replica-1",
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -87,5 +94,8 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 	}
 	if rec.Epoch == first.Epoch || rec.State != runcomfy.StateRunning || rec.DeploymentID != "dep-e" || rec.Owner != "tenant-b" || rec.OwnerAttached || !rec.CreatedAt.Equal(created) {
 		t.Errorf("made again as %+v; want running in a new epoch, of dep-e, owned by tenant-b, created %v", rec, created)
+	}
+	if len(rec.Webhooks) != 1 || rec.Webhooks[0] != hooks[0] || rec.MaxRun != time.Hour {
+		t.Errorf("made again with webhooks %v and max run %v; want %v and 1h", rec.Webhooks, rec.MaxRun, hooks)
 	}
 }

@@ -621,7 +621,8 @@ func (b *Backend) SaveWithEvent(ctx context.Context, rec *state.Record, ttl time
 	}
 	if !due.IsZero() {
 		op.due = float64(due.UnixMilli())
-		about, err := json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt})
+		about, err := json.Marshal(state.ScheduledRequest{DeploymentID: rec.DeploymentID, Owner: rec.Owner, OwnerAttached: rec.OwnerAttached, CreatedAt: rec.CreatedAt,
+			Webhooks: rec.Webhooks, MaxQueue: rec.MaxQueue, MaxRun: rec.MaxRun})
 		if err != nil {
 			return fmt.Errorf("encode request %s: %w", rec.RequestID, err)
 		}
