@@ -130,10 +130,12 @@ type cliOptions struct {
 
 	input          string // submit: a file name, or "-" for standard input
 	idempotencyKey string // submit
-	// maxQueue and maxRun are the submit's deadlines; zero leaves the
-	// deployment's defaults.
-	maxQueue, maxRun time.Duration
-	watch            bool // submit
+	// maxQueue and maxRun are the submit's deadlines, sent when their flag
+	// is given (maxQueueSet, maxRunSet): zero is none, which also turns off
+	// the deployment's default; no flag leaves the default.
+	maxQueue, maxRun       time.Duration
+	maxQueueSet, maxRunSet bool
+	watch                  bool // submit
 
 	file      string // upload
 	mediaType string // upload
@@ -214,8 +216,8 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		fs.StringVar(&o.input, "input", "-", "JSON input `file`; - is standard input")
 		fs.StringVar(&o.idempotencyKey, "idempotency-key", "", "a `key` that makes a retried submit return the first request instead of starting another")
 		fs.BoolVar(&o.watch, "watch", false, "follow the request to its end, as watch does (then --timeout defaults to 0)")
-		fs.DurationVar(&o.maxQueue, "max-queue-duration", 0, "cancel the job if it is still queued after this `duration` (1s to 168h); 0 is the deployment's default")
-		fs.DurationVar(&o.maxRun, "max-run-duration", 0, "cancel the job if it is still running after this `duration` (1s to 168h); 0 is the deployment's default")
+		fs.DurationVar(&o.maxQueue, "max-queue-duration", 0, "cancel the job if it is still queued after this `duration` (1s to 168h); 0 for none, not even the deployment's default (without the flag: the default)")
+		fs.DurationVar(&o.maxRun, "max-run-duration", 0, "cancel the job if it is still running after this `duration` (1s to 168h); 0 for none, not even the deployment's default (without the flag: the default)")
 	}
 	if o.command == "upload" {
 		fs.StringVar(&o.mediaType, "type", "", "the file's media `type` (image/png, ...); empty guesses it from the name and the first bytes")
@@ -245,7 +247,16 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		return nil, err
 	}
 	timeoutSet := false
-	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "timeout":
+			timeoutSet = true
+		case "max-queue-duration":
+			o.maxQueueSet = true
+		case "max-run-duration":
+			o.maxRunSet = true
+		}
+	})
 	if (o.watch || watchLs) && !timeoutSet {
 		o.timeout = 0
 	}
@@ -318,7 +329,7 @@ func parseCLI(args []string, getenv func(string) string, stderr io.Writer) (*cli
 		v    time.Duration
 	}{{"--max-queue-duration", o.maxQueue}, {"--max-run-duration", o.maxRun}} {
 		if d.v != 0 && (d.v < time.Second || d.v > 168*time.Hour) {
-			errs = append(errs, fmt.Errorf("%s %s: want 1s to 168h (or 0: the deployment's default)", d.flag, d.v))
+			errs = append(errs, fmt.Errorf("%s %s: want 1s to 168h (or 0: none, not even the deployment's default)", d.flag, d.v))
 		}
 	}
 	if err := checkAddr(o.addr); err != nil {
@@ -640,10 +651,10 @@ func (c *cli) submit(ctx context.Context, input []byte) (int, error) {
 		InputJson:      string(input),
 		IdempotencyKey: c.opts.idempotencyKey,
 	}
-	if c.opts.maxQueue > 0 {
+	if c.opts.maxQueueSet {
 		req.MaxQueueDuration = durationpb.New(c.opts.maxQueue)
 	}
-	if c.opts.maxRun > 0 {
+	if c.opts.maxRunSet {
 		req.MaxRunDuration = durationpb.New(c.opts.maxRun)
 	}
 	resp, err := c.client.Submit(ctx, req)

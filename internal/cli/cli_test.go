@@ -643,3 +643,45 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string, pool *x
 	certFile, keyFile = c.WriteFiles(t, dir)
 	return certFile, keyFile, c.Roots
 }
+
+// TestCLIDeadlineFlags: against a deployment whose default queue deadline is
+// 10 minutes, a submit without the flag gets the default, one with a value
+// gets it, and one with 0 gets none (it turns the default off, as over gRPC
+// and REST).
+func TestCLIDeadlineFlags(t *testing.T) {
+	_, upstream := cliUpstream(t)
+	deps := filepath.Join(t.TempDir(), "deployments.yaml")
+	if err := os.WriteFile(deps, []byte("default:\n  max_queue_duration: 10m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, gatewaytest.Setup{Upstream: upstream, Args: []string{"--deployments-file", deps}})
+	environ := clientEnv(g.GRPCAddr, APIKeyEnv, "")
+	tests := []struct {
+		name string
+		args []string
+		want time.Duration // 0: none
+	}{
+		{"no flag: the deployment's default", nil, 10 * time.Minute},
+		{"a value", []string{"--max-queue-duration", "90s"}, 90 * time.Second},
+		{"0: none, not even the default", []string{"--max-queue-duration", "0"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runCLIWait(t, cliCall{env: environ, stdin: `{}`, args: append([]string{"submit", "--json"}, tt.args...)})
+			if code != ExitOK {
+				t.Fatalf("exit %d; stderr %q", code, errOut)
+			}
+			states := jsonStates(t, out)
+			if len(states) != 1 {
+				t.Fatalf("states %v, want one", states)
+			}
+			got := time.Duration(0)
+			if d := states[0].GetMaxQueueDuration(); d != nil {
+				got = d.AsDuration()
+			}
+			if got != tt.want {
+				t.Errorf("max queue duration %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
