@@ -114,7 +114,12 @@ func (b *Backend) slotKeys(deploymentID, tenant string) []string {
 func (b *Backend) Reserve(ctx context.Context, deploymentID, tenant string, caps state.Caps, hold time.Duration) (string, error) {
 	keys := b.slotKeys(deploymentID, tenant)
 	token := "+:" + rand.Text()
-	for try := 0; ; try++ {
+	// checked: the ended slots of the deployment's count (0) or the
+	// tenant's (1) were dropped once already. Each cap is checked once: a
+	// try that drops the deployment's may then meet the tenant's, whose
+	// ended slots of other requests are only found there.
+	var checked [2]bool
+	for {
 		now := time.Now()
 		res, err := b.reserve.Run(ctx, b.rdb, keys,
 			now.UnixMilli(), caps.Deployment, caps.PerTenant, token, now.Add(hold).UnixMilli(), slotCheck).StringSlice()
@@ -127,7 +132,12 @@ func (b *Backend) Reserve(ctx context.Context, deploymentID, tenant string, caps
 		if res[0] == "0" {
 			return token, nil
 		}
-		if try == 0 && len(res) > 1 {
+		count := 0
+		if res[0] == "2" {
+			count = 1
+		}
+		if !checked[count] && len(res) > 1 {
+			checked[count] = true
 			ended, err := b.ended(ctx, res[1:])
 			if err != nil {
 				return "", err

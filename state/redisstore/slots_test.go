@@ -2,8 +2,10 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -77,5 +79,86 @@ func TestSlotFollowsRecord(t *testing.T) {
 	}
 	if f := rdb.HExists(ctx, redisstore.RecordKey(prefix, id), "cap").Val(); f {
 		t.Fatal("the final record still names its counts")
+	}
+}
+
+// TestReserveDropsEndedSlotsOfBothCounts: requests whose records were
+// evicted and made again (the records made again do not know they hold a
+// slot) end without giving their slots back. A reservation that meets the
+// deployment's cap drops the ended ones it finds there, and when it then
+// meets the tenant's cap it drops that count's ended ones too, instead of
+// refusing: those of other tenants' requests in the deployment's count, and
+// its own in the tenant's, are found each at their own cap.
+func TestReserveDropsEndedSlotsOfBothCounts(t *testing.T) {
+	ctx := context.Background()
+	prefix := redistest.Prefix(t)
+	rdb := server.Client(t)
+	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dep = "dep-evicted-slots"
+	caps := state.Caps{Deployment: 3, PerTenant: 2}
+	start := func(tenant, id string) {
+		t.Helper()
+		tok, err := b.Reserve(ctx, dep, tenant, caps, time.Minute)
+		if err != nil {
+			t.Fatalf("reserve for %s: %v", id, err)
+		}
+		rec := &state.Record{RequestID: id, DeploymentID: dep, Owner: tenant, State: runcomfy.StateQueued, CreatedAt: time.Now(), Seq: 1, Epoch: 1}
+		if err := b.Save(ctx, rec, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Bind(ctx, tok, dep, tenant, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// endAfterEviction loses id's record, which is made again and ends.
+	endAfterEviction := func(tenant, id string) {
+		t.Helper()
+		if err := b.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		rec := &state.Record{RequestID: id, DeploymentID: dep, Owner: tenant, State: runcomfy.StateQueued, CreatedAt: time.Now(), Seq: 1, Epoch: 2}
+		if err := b.Save(ctx, rec.Clone(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		rec.State, rec.Seq = runcomfy.StateSucceeded, 2
+		if err := b.Save(ctx, rec.Clone(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	members := func(key string) []string {
+		t.Helper()
+		return rdb.ZRange(ctx, prefix+key, 0, -1).Val()
+	}
+	start("b", "r-b1")
+	endAfterEviction("b", "r-b1")
+	start("a", "r-a1")
+	start("a", "r-a2")
+	// a, at the deployment's cap, drops b's ended slot there; b's count
+	// keeps it. a then meets its own cap: refused, rightly.
+	if _, err := b.Reserve(ctx, dep, "a", caps, time.Minute); !errors.As(err, new(*state.CapError)) {
+		t.Fatalf("a's third reservation: %v, want its cap", err)
+	}
+	start("b", "r-b2")
+	endAfterEviction("a", "r-a1")
+	endAfterEviction("a", "r-a2")
+	if got := members("cap:{" + dep + "}:b"); len(got) != 2 {
+		t.Fatalf("b's count holds %v, want its ended r-b1 and its unfinished r-b2", got)
+	}
+	// b meets the deployment's cap (a's ended slots), then its own (its
+	// ended r-b1): one unfinished request of its cap of two.
+	tok, err := b.Reserve(ctx, dep, "b", caps, time.Minute)
+	if err != nil {
+		t.Fatalf("b's reservation with one unfinished request: %v", err)
+	}
+	for key, want := range map[string][]string{"cap:{" + dep + "}": {tok, "r-b2"}, "cap:{" + dep + "}:b": {tok, "r-b2"}} {
+		got := members(key)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s holds %v, want %v", key, got, want)
+		}
 	}
 }
