@@ -915,3 +915,28 @@ func TestGRPCSubmitWithTheBudgetAtOneBody(t *testing.T) {
 		}
 	}
 }
+
+// TestGRPCInputOverTheBodyLimit: a gRPC submit whose input_json is larger
+// than --max-body-bytes is refused as a REST body of that size is
+// (INVALID_ARGUMENT, ErrorInfo BODY_TOO_LARGE with the limit), though its
+// message is within grpc-go's limit (the body limit plus 64 KiB for the
+// fields around an input); one of exactly the limit goes through. Nothing
+// reaches RunComfy for the refused one.
+func TestGRPCInputOverTheBodyLimit(t *testing.T) {
+	fake := startFakeRunComfy(t, nil)
+	g := startTableGateway(t, fake.url, tableSetup{maxBody: 1024})
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tableKeyAttach)
+	input := func(n int) string { return `{"p":"` + strings.Repeat("x", n-len(`{"p":""}`)) + `"}` }
+	_, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input(1025)})
+	st := status.Convert(err)
+	info := errorInfoOf(st)
+	if st.Code() != codes.InvalidArgument || info.GetReason() != "BODY_TOO_LARGE" || info.GetMetadata()["limit"] != "1024" || !strings.Contains(st.Message(), "input_json") {
+		t.Errorf("input of 1025 bytes: %v (%v), want INVALID_ARGUMENT, BODY_TOO_LARGE with limit 1024, naming input_json", err, info)
+	}
+	if calls := fake.upstreamCalls(); calls != 0 {
+		t.Errorf("RunComfy was called %d times for a refused submit", calls)
+	}
+	if _, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input(1024)}); err != nil {
+		t.Errorf("input of 1024 bytes: %v, want it submitted", err)
+	}
+}

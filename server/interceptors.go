@@ -74,7 +74,7 @@ func limitsStreamInterceptor(l *TenantLimits) grpc.StreamServerInterceptor {
 // authentication (when a is set), whose refusal the mapping turns into a code,
 // then the per-tenant limits (when l is set), which need the tenant, then
 // the REST gateway's handoff of large inputs.
-func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits, h *handoff) []grpc.ServerOption {
+func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits, h *handoff, maxInput int64) []grpc.ServerOption {
 	rec := recoveryOption(log)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec)}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec)}
@@ -97,6 +97,19 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits
 	}
 	// Innermost: a Submit's input handed over by the REST gateway is taken
 	// back only by a call that passed everything else.
-	unary = append(unary, h.serverInterceptor())
+	unary = append(unary, h.serverInterceptor(), inputLimitUnaryInterceptor(maxInput))
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
+}
+
+// inputLimitUnaryInterceptor refuses a call whose input_json is larger than
+// limit (--max-body-bytes), as REST refuses a body larger than it (the body
+// is the input): BODY_TOO_LARGE. A gRPC message may be 64 KiB larger than
+// the limit, for the fields around an input of the limit's size.
+func inputLimitUnaryInterceptor(limit int64) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if in, ok := req.(interface{ GetInputJson() string }); ok && int64(len(in.GetInputJson())) > limit {
+			return nil, &bodyTooLargeError{limit: limit, what: "input_json"}
+		}
+		return handler(ctx, req)
+	}
 }

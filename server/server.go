@@ -233,7 +233,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		}
 	}
 	handoff := newHandoff()
-	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits, handoff),
+	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits, handoff, cfg.MaxBodyBytes),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
 		grpc.ForceServerCodecV2(newCodec()),
