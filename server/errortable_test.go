@@ -939,4 +939,11 @@ func TestGRPCInputOverTheBodyLimit(t *testing.T) {
 	if _, err := g.client.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input(1024)}); err != nil {
 		t.Errorf("input of 1024 bytes: %v, want it submitted", err)
 	}
+	_, err = g.client.SubmitAndWait(ctx, &comfygatev1.SubmitAndWaitRequest{Submit: &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: input(1025)}})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || errorInfoOf(st).GetReason() != "BODY_TOO_LARGE" {
+		t.Errorf("SubmitAndWait with an input of 1025 bytes: %v, want INVALID_ARGUMENT, BODY_TOO_LARGE", err)
+	}
+	if calls := fake.upstreamCalls(); calls != 1 {
+		t.Errorf("RunComfy was called %d times, want once (the submit that went through)", calls)
+	}
 }

@@ -107,7 +107,14 @@ func interceptors(log *slog.Logger, a Authenticator, m *Metrics, l *TenantLimits
 // the limit, for the fields around an input of the limit's size.
 func inputLimitUnaryInterceptor(limit int64) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if in, ok := req.(interface{ GetInputJson() string }); ok && int64(len(in.GetInputJson())) > limit {
+		var input string
+		switch r := req.(type) {
+		case *comfygatev1.SubmitRequest:
+			input = r.GetInputJson()
+		case *comfygatev1.SubmitAndWaitRequest:
+			input = r.GetSubmit().GetInputJson()
+		}
+		if int64(len(input)) > limit {
 			return nil, &bodyTooLargeError{limit: limit, what: "input_json"}
 		}
 		return handler(ctx, req)
