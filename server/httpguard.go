@@ -210,17 +210,22 @@ func readsBody(r *http.Request) bool {
 
 // refuseKeyed refuses the call of an authenticated caller, then reads (never
 // keeps) what it sends, so that it reads this answer rather than a reset
-// connection. The read deadline bounds the time, drainLimit the bytes; a
-// caller without a key gets no such courtesy (refuse).
+// connection. The answer goes out first: the caller has it at once, however
+// slowly it sends the rest. The read deadline bounds the time, drainLimit
+// the bytes, and a body declared larger than that is not read at all (its
+// connection is closed anyway); a caller without a key gets no such
+// courtesy (refuse).
 func (g *bodyGuard) refuseKeyed(w http.ResponseWriter, r *http.Request, st *status.Status) {
 	g.refuse(w, r, st)
-	if hasBody(r) && g.hold == 0 {
-		n := r.ContentLength
-		if n < 0 || n > drainLimit(g.maxBody) {
-			n = drainLimit(g.maxBody)
-		}
-		_, _ = io.CopyN(io.Discard, r.Body, n)
+	if !hasBody(r) || g.hold != 0 || r.ContentLength > drainLimit(g.maxBody) {
+		return
 	}
+	_ = http.NewResponseController(w).Flush()
+	n := r.ContentLength
+	if n < 0 {
+		n = drainLimit(g.maxBody)
+	}
+	_, _ = io.CopyN(io.Discard, r.Body, n)
 }
 
 // drainLimit is the most of an over-size body read (and dropped) so that its

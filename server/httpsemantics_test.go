@@ -1,11 +1,14 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -144,6 +147,48 @@ func TestOversizeBodyIs413OnEveryRoute(t *testing.T) {
 	}
 	if n := len(g.sim.Submits()); n != 0 {
 		t.Errorf("%d submits reached RunComfy", n)
+	}
+}
+
+// TestOversizeBodyIsRefusedBeforeItArrives: a REST call that declares a body
+// over --max-body-bytes is answered 413 at once, while the rest of its body
+// has not come (it never does here): the answer does not wait for the read
+// timeout, on any route that takes a body or not.
+func TestOversizeBodyIsRefusedBeforeItArrives(t *testing.T) {
+	const limit = 4096
+	g := startGateway(t, withKeys(t), func(o *gatewayOptions) { o.maxBody = limit })
+	for _, tt := range []struct{ name, lengthOf string }{
+		{"past the limit", strconv.Itoa(limit + 1)},
+		{"past what is drained", strconv.Itoa(3 * limit)},
+		{"far past it", "999999999"},
+	} {
+		for _, path := range []string{"/v1/deployments/dep-1/requests", "/v1/deployments/dep-1/requests/req-1:cancel"} {
+			t.Run(tt.name+" "+path, func(t *testing.T) {
+				ctx := ctxT(t)
+				conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", strings.TrimPrefix(g.httpBase, "http://"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if dl, ok := ctx.Deadline(); ok {
+					_ = conn.SetDeadline(dl) // the test's bound: the read timeout is 30 s
+				}
+				_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n{}", path, keyA, tt.lengthOf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The status alone: the answer's body ends with the
+				// connection, which the gateway keeps while it reads what
+				// comes of the refused body.
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatalf("no answer while the body is still to come: %v", err)
+				}
+				if resp.StatusCode != http.StatusRequestEntityTooLarge {
+					t.Errorf("HTTP %d, want 413", resp.StatusCode)
+				}
+			})
+		}
 	}
 }
 
