@@ -197,10 +197,16 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		}
 		return nil, fmt.Errorf("submit to deployment %s: %w", dep, err)
 	}
+	answered := s.now()
+	// Settling the key and recording the job share one recordRetryFor: a
+	// store that does not answer holds the caller that long in all, and the
+	// job is recorded later (Defer).
+	settleCtx, cancelSettle := context.WithTimeout(upCtx, recordRetryFor)
+	defer cancelSettle()
 	if scope != "" {
 		stopSending()
 		e := state.IdempotencyEntry{BodyHash: hash, RequestID: resp.RequestID}
-		if err := untilAvailable(upCtx, func(ctx context.Context) error {
+		if err := untilAvailable(settleCtx, func(ctx context.Context) error {
 			return s.idem.Complete(ctx, scope, e, idempotencyTTL)
 		}); err != nil {
 			s.log.ErrorContext(ctx, "idempotency key not completed", "request_id", resp.RequestID, "error", err)
@@ -214,13 +220,13 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		DeploymentID: dep,
 		Source:       state.SourceSubmit,
 		State:        runcomfy.StateQueued,
-		CreatedAt:    s.now(),
+		CreatedAt:    answered,
 		Owner:        tenantOf(ctx),
 		Webhooks:     hooks,
 		MaxQueue:     maxQueue,
 		MaxRun:       maxRun,
 	}
-	rec, err := s.recordSubmitted(upCtx, submitted)
+	rec, err := s.recordSubmitted(settleCtx, submitted)
 	if errors.Is(err, state.ErrUnavailable) && !s.tracker.Defer(submitted) {
 		s.log.ErrorContext(ctx, "submitted request not kept to record later: too many waiting", "request_id", resp.RequestID)
 	}
@@ -243,7 +249,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			RequestId:    resp.RequestID,
 			DeploymentId: dep,
 			Status:       comfygatev1.Status_STATUS_QUEUED,
-			CreatedAt:    timestamp(s.now()),
+			CreatedAt:    timestamp(answered), // when RunComfy answered, as the record will say
 		}}, nil
 	}
 	return s.waitPreferred(ctx, &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}), nil

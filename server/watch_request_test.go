@@ -599,3 +599,55 @@ func TestWatchNeverGoesBackAcrossAnEpoch(t *testing.T) {
 		})
 	}
 }
+
+// refusingStore refuses every Save with err, keeping the records it was
+// given.
+type refusingStore struct {
+	state.Store
+	err   error
+	mu    sync.Mutex
+	given []*state.Record
+}
+
+func (r *refusingStore) Save(_ context.Context, rec *state.Record, _ time.Duration) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.given = append(r.given, rec.Clone())
+	return r.err
+}
+
+// TestSubmitNotRecordedAnswersWhenRunComfyAnswered: a submit whose job
+// could not be recorded still answers its id, created when RunComfy
+// answered (the time the record is made with once it can be), not when the
+// gateway gave up recording it. The clock moves a second at each reading.
+func TestSubmitNotRecordedAnswersWhenRunComfyAnswered(t *testing.T) {
+	var mu sync.Mutex
+	at := time.Date(2026, 11, 18, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		at = at.Add(time.Second)
+		return at
+	}
+	rs := &refusingStore{err: errors.New("refused on purpose")}
+	g := startGateway(t, func(o *gatewayOptions) {
+		o.now = clock
+		o.store = func(s state.Store) state.Store { rs.Store = s; return rs }
+	})
+	resp, err := g.client.Submit(ctxT(t), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := resp.GetRequest()
+	if st.GetRequestId() == "" || st.GetSeq() != 0 {
+		t.Fatalf("answered %v, want the job's id, not recorded (seq 0)", st)
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if len(rs.given) == 0 {
+		t.Fatal("the job was never given to the store")
+	}
+	if got, want := st.GetCreatedAt().AsTime(), rs.given[0].CreatedAt; !got.Equal(want) {
+		t.Errorf("answered created at %v, want %v, when RunComfy answered", got, want)
+	}
+}
