@@ -112,6 +112,9 @@ func parse(data []byte) ([]entry, error) {
 		errs    []error
 		seen    = map[[sha256.Size]byte]int{}
 	)
+	// A byte order mark, which some editors put first, is not part of the
+	// first tenant's name.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())

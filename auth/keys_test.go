@@ -123,6 +123,16 @@ func TestLoad(t *testing.T) {
 			want:    map[string]string{keyA: "tenant-a"},
 		},
 		{
+			name:    "a byte order mark first, as some editors write",
+			content: "\ufefftenant-a " + keyA + "\r\ntenant-b " + keyB + "\r\n",
+			want:    map[string]string{keyA: "tenant-a", keyB: "tenant-b"},
+		},
+		{
+			name:    "a byte order mark elsewhere is part of the line",
+			content: "tenant-a " + keyA + "\n\ufefftenant-b " + keyB + "\n",
+			wantErr: []string{`\bline 2\b`, "tenant may contain only"},
+		},
+		{
 			name: "comments and blank lines",
 			content: "# comfygate keys\n\n   \n\t\n  # indented comment " + keyX + "\n#tenant-x " + keyY + "\n" +
 				"tenant-a " + keyA + "\n\n# trailer\n",
