@@ -300,7 +300,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	// Upload with the file as the body (upload.go), streamed: the body may
 	// be as large as an upload, and is held a few chunks at a time.
 	mux.Handle(uploadsRoute, bodies.streaming(cfg.MaxUploadBytes+uploadFormSlack, 2*uploadChunk, "upload", cfg.MaxUploadBytes).
-		wrap(&uploadHandler{client: comfygatev1.NewGatewayServiceClient(conn), log: cfg.Logger}))
+		wrap(&uploadHandler{client: comfygatev1.NewGatewayServiceClient(conn), log: cfg.Logger, maxBytes: cfg.MaxUploadBytes}))
 	mux.Handle("GET /openapi.json", newOpenAPIHandler(cfg.Logger, cfg.Version))
 	healthz := func(w http.ResponseWriter, _ *http.Request) { writePlain(w, http.StatusOK, "ok") }
 	readyz := func(w http.ResponseWriter, r *http.Request) {

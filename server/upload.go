@@ -143,12 +143,15 @@ func (s *Service) resolveUploads(ctx context.Context, input string) (string, err
 type uploadHandler struct {
 	client comfygatev1.GatewayServiceClient
 	log    *slog.Logger
+	// maxBytes is --upload-max-bytes, the limit a body over its route's is
+	// refused with (the route's is larger, for a form's framing).
+	maxBytes int64
 }
 
 func (h *uploadHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(r.Context(), callMetadata(r.Header)))
 	defer cancel()
-	body, ctype, size, err := uploadBody(r)
+	body, ctype, size, err := uploadBody(r, h.maxBytes)
 	if err != nil {
 		refuse(w, status.Convert(toStatus(ctx, h.log, comfygatev1.GatewayService_Upload_FullMethodName, err)))
 		return
@@ -172,7 +175,7 @@ func (h *uploadHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// The client's side failed (gone, too slow, over the limit):
 			// the call ends, and the answer says why.
 			cancel()
-			refuse(w, status.Convert(toStatus(ctx, h.log, comfygatev1.GatewayService_Upload_FullMethodName, bodyError(rerr))))
+			refuse(w, status.Convert(toStatus(ctx, h.log, comfygatev1.GatewayService_Upload_FullMethodName, bodyError(rerr, h.maxBytes))))
 			return
 		}
 	}
@@ -211,7 +214,7 @@ func fill(r io.Reader, buf []byte) (int, error) {
 
 // uploadBody is the file an upload's request carries, its declared type and
 // its size (0: unknown).
-func uploadBody(r *http.Request) (io.Reader, string, int64, error) {
+func uploadBody(r *http.Request, maxBytes int64) (io.Reader, string, int64, error) {
 	ctype := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ctype); err != nil || mt != "multipart/form-data" {
 		return r.Body, ctype, max(r.ContentLength, 0), nil
@@ -226,7 +229,7 @@ func uploadBody(r *http.Request) (io.Reader, string, int64, error) {
 			return nil, "", 0, &fieldError{field: "body", reason: "the form holds no file"}
 		}
 		if err != nil {
-			return nil, "", 0, bodyError(fmt.Errorf("%w: a multipart/form-data body that cannot be read: %w", errBadForm, err))
+			return nil, "", 0, bodyError(fmt.Errorf("%w: a multipart/form-data body that cannot be read: %w", errBadForm, err), maxBytes)
 		}
 		if part.FileName() != "" {
 			return part, part.Header.Get("Content-Type"), 0, nil
@@ -234,7 +237,7 @@ func uploadBody(r *http.Request) (io.Reader, string, int64, error) {
 		// Fields before the file are read past (bounded by the body's
 		// limit).
 		if _, err := io.Copy(io.Discard, part); err != nil {
-			return nil, "", 0, bodyError(err)
+			return nil, "", 0, bodyError(err, maxBytes)
 		}
 	}
 }
@@ -243,11 +246,11 @@ func uploadBody(r *http.Request) (io.Reader, string, int64, error) {
 var errBadForm = errors.New("bad form")
 
 // bodyError turns the failure to read an upload's body into what the
-// caller is told: over the limit, too slow, or malformed.
-func bodyError(err error) error {
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return &bodyTooLargeError{limit: tooLarge.Limit, what: "upload"}
+// caller is told: over the limit (maxBytes, --upload-max-bytes), too slow, or
+// malformed.
+func bodyError(err error, maxBytes int64) error {
+	if errors.As(err, new(*http.MaxBytesError)) {
+		return &bodyTooLargeError{limit: maxBytes, what: "upload"}
 	}
 	if errors.Is(err, errBadForm) || errors.Is(err, errBodyTimeout) {
 		return &fieldError{field: "body", reason: err.Error()}
