@@ -399,8 +399,8 @@ func keepsMore(rec *Record) bool {
 	return rec != nil && (len(rec.Webhooks) > 0 || rec.MaxQueue > 0 || rec.MaxRun > 0)
 }
 
-// withKept is rec with what the last record of its request that held
-// webhooks or deadlines held of them (giveBack), where rec lacks it.
+// withKept is rec with the webhooks and deadlines of the record kept for its
+// request (recentRecords.kept), where rec lacks them (giveBack).
 func (t *Tracker) withKept(rec *Record) *Record {
 	k := t.recent.kept(rec.RequestID)
 	if !lacks(rec, k) {
