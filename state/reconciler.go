@@ -660,6 +660,13 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 	if w.Owner == "" || w.OwnerAttached {
 		source = SourceRebuild
 	}
+	if len(w.Webhooks) == 0 && w.MaxQueue == 0 && w.MaxRun == 0 {
+		// Watchers know the request's owner, not its webhooks and
+		// deadlines: the schedule's description of it keeps them.
+		if sr, ok := r.scheduled(ctx, w.RequestID, now); ok && sr.Owner == w.Owner && sr.OwnerAttached == w.OwnerAttached {
+			w.Webhooks, w.MaxQueue, w.MaxRun = sr.Webhooks, sr.MaxQueue, sr.MaxRun
+		}
+	}
 	rec, _, err := r.cfg.Tracker.rebuild(ctx, r.cfg.Upstream, w, source)
 	if errors.Is(err, runcomfy.ErrNotFound) {
 		stub := &Record{RequestID: w.RequestID, DeploymentID: w.DeploymentID, Owner: w.Owner}

@@ -23,12 +23,21 @@ func (u runningUpstream) Result(_ context.Context, _, id string) (*runcomfy.Resu
 }
 
 // TestEvictedScheduledRecordIsRebuilt: Redis evicts the record of a
-// scheduled request nobody watches (its schedule entry, which has no TTL,
-// stays). The poll that comes due, on a replica that never saw the request,
-// finds the record gone and makes it again from RunComfy, with the
+// scheduled request (its schedule entry, which has no TTL, stays). A replica
+// that never saw the request makes it again from RunComfy, with the
 // deployment, owner, creation time, webhooks and deadline the schedule kept
-// beside it, instead of forgetting the request.
+// beside it, instead of forgetting the request: by the poll that comes due
+// when nobody watches it, or for its watchers on that replica, which know
+// its owner but not its webhooks or deadlines.
 func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
+	for _, watched := range []bool{false, true} {
+		t.Run(map[bool]string{false: "nobody watches it", true: "watched on the replica"}[watched], func(t *testing.T) {
+			evictedScheduledRecordIsRebuilt(t, watched)
+		})
+	}
+}
+
+func evictedScheduledRecordIsRebuilt(t *testing.T, watched bool) {
 	const interval = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -63,10 +72,16 @@ func TestEvictedScheduledRecordIsRebuilt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := state.NewReconciler(state.ReconcilerConfig{
+	cfg := state.ReconcilerConfig{
 		Schedule: b, Tracker: fresh, Upstream: up, Interval: interval, Owner: "replica-1",
 		Logger: slog.New(slog.DiscardHandler),
-	})
+	}
+	if watched {
+		cfg.Watched = func() []state.WatchedRequest {
+			return []state.WatchedRequest{{RequestID: id, DeploymentID: "dep-e", Owner: "tenant-b"}}
+		}
+	}
+	rc, err := state.NewReconciler(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
