@@ -815,9 +815,11 @@ func TestRestoreLostSkipsRecordsPastTheirRetention(t *testing.T) {
 
 // TestApplyRestoresALostRecordFirst pins Apply for a request whose record
 // the store lost (no loss reported) but this tracker remembers: the record
-// is put back first, in a new epoch, so that the update lands on it and
-// what the update does not carry (webhooks, owner, deadline) survives; the
-// restore's event and the update's are queued.
+// is put back, in a new epoch, with what the update does not carry
+// (webhooks, owner, deadline); an update that moves the request on is in it
+// already (a success with its outputs, fetched first when it has none), so
+// the first event of the new epoch is the update's state, and no earlier
+// state is announced again.
 func TestApplyRestoresALostRecordFirst(t *testing.T) {
 	tests := []struct {
 		name        string
@@ -828,13 +830,13 @@ func TestApplyRestoresALostRecordFirst(t *testing.T) {
 		wantEvents  []string
 	}{
 		{"running callback", state.Update{Source: state.SourceCallback, State: runcomfy.StateRunning},
-			state.Applied, runcomfy.StateRunning, 2, []string{"request.queued@1", "request.running@2"}},
+			state.Applied, runcomfy.StateRunning, 1, []string{"request.running@1"}},
 		{"failed callback", state.Update{Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom"}},
-			state.Applied, runcomfy.StateFailed, 2, []string{"request.queued@1", "request.failed@2"}},
+			state.Applied, runcomfy.StateFailed, 1, []string{"request.failed@1"}},
 		{"poll of a success with its outputs", state.Update{Source: state.SourcePoll, State: runcomfy.StateSucceeded, Outputs: lossOutputs},
-			state.Applied, runcomfy.StateSucceeded, 2, []string{"request.queued@1", "request.succeeded@2"}},
+			state.Applied, runcomfy.StateSucceeded, 1, []string{"request.succeeded@1"}},
 		{"success whose outputs are fetched", state.Update{Source: state.SourceCallback, State: runcomfy.StateSucceeded},
-			state.Applied, runcomfy.StateSucceeded, 2, []string{"request.queued@1", "request.succeeded@2"}},
+			state.Applied, runcomfy.StateSucceeded, 1, []string{"request.succeeded@1"}},
 		{"duplicate of the remembered state", state.Update{Source: state.SourceCallback, State: runcomfy.StateQueued},
 			state.Duplicate, runcomfy.StateQueued, 1, []string{"request.queued@1"}},
 	}
@@ -876,11 +878,11 @@ func TestApplyRestoresOnlyWhatUpdatesCannotBringBack(t *testing.T) {
 	tests := []struct {
 		name    string
 		submit  state.Update
-		wantSeq int64 // 2: restored, then updated; 1: made again
+		wantSeq int64 // 1: restored with the update in it, or made again from it
 	}{
-		{"webhooks", state.Update{Webhooks: hooksEnd}, 2},
-		{"a queue deadline", state.Update{MaxQueue: time.Hour}, 2},
-		{"a run deadline", state.Update{MaxRun: time.Hour}, 2},
+		{"webhooks", state.Update{Webhooks: hooksEnd}, 1},
+		{"a queue deadline", state.Update{MaxQueue: time.Hour}, 1},
+		{"a run deadline", state.Update{MaxRun: time.Hour}, 1},
 		{"neither", state.Update{}, 1},
 	}
 	for _, tt := range tests {

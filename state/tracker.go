@@ -181,7 +181,26 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 		}
 		if cur == nil && read && keepsMore(mem) && !restored && t.now().Sub(mem.UpdatedAt) < t.retention {
 			restored = true
-			switch err := t.restore(ctx, mem); {
+			// An update that moves the request on goes into the record
+			// put back, whose first state it then is: put back as it was
+			// remembered, an earlier state would be announced again (to
+			// the webhooks) after the one this update brings.
+			back := mem
+			if advances(mem, &u) {
+				if needFetch {
+					if err := t.fetchOutputs(ctx, mem, &u); err != nil {
+						return nil, 0, err
+					}
+					fetched = true
+				}
+				if next, outcome := merge(mem, &u, t.now()); outcome == Applied {
+					back = next
+				}
+			}
+			switch err := t.restore(ctx, back); {
+			case err == nil && back != mem:
+				t.counts[Applied].Add(1)
+				return t.recent.get(u.RequestID), Applied, nil
 			case err == nil:
 				cur = t.recent.get(u.RequestID)
 			case errors.Is(err, ErrConflict):
