@@ -221,6 +221,7 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 		Source:       state.SourceSubmit,
 		State:        runcomfy.StateQueued,
 		CreatedAt:    answered,
+		ObservedAt:   answered,
 		Owner:        tenantOf(ctx),
 		Webhooks:     hooks,
 		MaxQueue:     maxQueue,

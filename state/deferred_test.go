@@ -50,7 +50,8 @@ func (s *downStore) SaveWithEvent(ctx context.Context, rec *state.Record, ttl ti
 
 // TestRecordDeferred pins the updates kept while the store was down: none
 // is recorded while it stays down (and none is lost), each is recorded
-// once it answers, with all it carried, and not twice; one past the
+// once it answers, with all it carried (synced when RunComfy said it, not
+// when it is recorded), and not twice; one past the
 // retention is dropped; and at most a bounded number are kept.
 func TestRecordDeferred(t *testing.T) {
 	ctx := ctxT(t)
@@ -62,8 +63,9 @@ func TestRecordDeferred(t *testing.T) {
 	}
 	submitted := func(id string) state.Update {
 		return state.Update{RequestID: id, DeploymentID: "dep-deferred", Source: state.SourceSubmit, State: runcomfy.StateQueued,
-			CreatedAt: clock.now(), Owner: "team", Webhooks: hooksAll, MaxRun: 30 * time.Minute}
+			CreatedAt: clock.now(), ObservedAt: clock.now(), Owner: "team", Webhooks: hooksAll, MaxRun: 30 * time.Minute}
 	}
+	observed := clock.now()
 	store.down.Store(true)
 	if _, _, err := tr.Apply(ctx, submitted("req-1")); !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("Apply with the store down = %v, want ErrUnavailable", err)
@@ -75,6 +77,7 @@ func TestRecordDeferred(t *testing.T) {
 		t.Fatalf("RecordDeferred with the store down = %d, %v; want 0, ErrUnavailable", n, err)
 	}
 
+	clock.advance(time.Minute) // the store stays down a while
 	store.down.Store(false)
 	if n, err := tr.RecordDeferred(ctx); n != 2 || err != nil {
 		t.Fatalf("RecordDeferred = %d, %v; want 2, nil", n, err)
@@ -86,6 +89,10 @@ func TestRecordDeferred(t *testing.T) {
 		}
 		if rec.State != runcomfy.StateQueued || rec.Owner != "team" || len(rec.Webhooks) != 1 || rec.MaxRun != 30*time.Minute || rec.Seq != 1 {
 			t.Errorf("%s recorded as %+v; want queued, seq 1, with the submit's owner, webhooks and deadline", id, rec)
+		}
+		// RunComfy said it a minute ago: a read must not take it as fresh.
+		if !rec.SyncedAt.Equal(observed) || !rec.UpdatedAt.Equal(clock.now()) {
+			t.Errorf("%s synced at %v, updated at %v; want synced when RunComfy answered (%v), updated now (%v)", id, rec.SyncedAt, rec.UpdatedAt, observed, clock.now())
 		}
 	}
 	if n, err := tr.RecordDeferred(ctx); n != 0 || err != nil {

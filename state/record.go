@@ -186,6 +186,19 @@ type Update struct {
 	// Cancelling, from a cancel's answer, says RunComfy took the cancel
 	// (Record.Cancelling).
 	Cancelling bool
+	// ObservedAt is when RunComfy said what the update says, for one
+	// applied later than that (kept while the store was down): the record's
+	// SyncedAt, so that a read does not take an old word for a fresh one.
+	// Zero: when it is applied.
+	ObservedAt time.Time
+}
+
+// syncedAt is the SyncedAt a record that u confirms takes, applied at now.
+func (u *Update) syncedAt(now time.Time) time.Time {
+	if !u.ObservedAt.IsZero() && u.ObservedAt.Before(now) {
+		return u.ObservedAt
+	}
+	return now
 }
 
 // Source is where an observation of a request came from.
@@ -340,7 +353,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 		next.Seq = 1
 		next.UpdatedAt = now
 		if u.confirms() {
-			next.SyncedAt = now
+			next.SyncedAt = u.syncedAt(now)
 		}
 		if next.CreatedAt.IsZero() {
 			next.CreatedAt = now
@@ -397,7 +410,7 @@ func merge(cur *Record, u *Update, now time.Time) (*Record, Outcome) {
 	next.Seq = cur.Seq + 1
 	next.UpdatedAt = now
 	if u.confirms() {
-		next.SyncedAt = now
+		next.SyncedAt = u.syncedAt(now)
 	}
 	stamp(next, now, ur > cr)
 	return next, Applied
