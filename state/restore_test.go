@@ -618,14 +618,6 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 	}
 }
 
-// wantDue fails t unless requestID is due for a poll within the hour.
-func wantDue(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock, requestID string) {
-	t.Helper()
-	if !isDue(ctx, t, s, clock, requestID) {
-		t.Errorf("%s is not due for a poll; want it due, unfinished in the store", requestID)
-	}
-}
-
 // isDue reports whether requestID is due for a poll within the hour.
 func isDue(ctx context.Context, t *testing.T, s *lossStore, clock *lossClock, requestID string) bool {
 	t.Helper()
