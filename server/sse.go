@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -227,11 +226,11 @@ func resumePosition(r *http.Request) (state.Position, comfygatev1.Status, error)
 	}
 	seen := comfygatev1.Status_STATUS_UNSPECIFIED
 	if withStatus {
-		i := slices.IndexFunc(reqstatus.Table(), func(i reqstatus.Info) bool { return i.Word == word })
-		if i < 0 {
+		i, ok := reqstatus.OfWord(word)
+		if !ok {
 			return state.Position{}, 0, bad
 		}
-		seen = reqstatus.Table()[i].Proto
+		seen = i.Proto
 	}
 	return state.Position{Epoch: e, Seq: n}, seen, nil
 }

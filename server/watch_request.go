@@ -163,7 +163,8 @@ func (ws *watchStream) send(r *state.Record, live bool) (done bool, err error) {
 	} else if !ws.follower.First(r) {
 		return r.Final(), nil
 	}
-	if state.Rank(r.State) < reqstatus.OfProto(ws.sent).Rank {
+	info := reqstatus.Of(r.State)
+	if info.Rank < reqstatus.OfProto(ws.sent).Rank {
 		return false, nil // lower ranks are never final
 	}
 	s := ws.s
@@ -177,7 +178,7 @@ func (ws *watchStream) send(r *state.Record, live bool) (done bool, err error) {
 	if err := ws.stream.SendMsg(ev); err != nil {
 		return true, fmt.Errorf("send to watcher: %w", err)
 	}
-	ws.sent = reqstatus.Of(r.State).Proto
+	ws.sent = info.Proto
 	if live {
 		s.metrics.sent(r.UpdatedAt)
 	} else {

@@ -16,12 +16,8 @@ import (
 
 // statusOfWord is the status the CLI calls word ("queued").
 func statusOfWord(word string) (comfygatev1.Status, bool) {
-	for _, i := range reqstatus.Table() {
-		if i.Word == word {
-			return i.Proto, true
-		}
-	}
-	return 0, false
+	i, ok := reqstatus.OfWord(word)
+	return i.Proto, ok
 }
 
 // ls lists the requests once or, with --watch, again and again until ctx

@@ -60,5 +60,16 @@ func OfProto(p comfygatev1.Status) Info {
 	return rows()[0]
 }
 
+// OfWord returns the row whose Word is word ("queued"), and whether there is
+// one: the word is a user's (the CLI's flags, an SSE id).
+func OfWord(word string) (Info, bool) {
+	for _, i := range rows() {
+		if i.Word == word {
+			return i, true
+		}
+	}
+	return Info{}, false
+}
+
 // Terminal reports whether no change can follow the row's state.
 func (i Info) Terminal() bool { return i.State.Terminal() }

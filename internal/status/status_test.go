@@ -65,6 +65,14 @@ func TestLookups(t *testing.T) {
 		if got := OfProto(i.Proto); got != i {
 			t.Errorf("OfProto(%v) = %+v, want %+v", i.Proto, got, i)
 		}
+		if got, ok := OfWord(i.Word); !ok || got != i {
+			t.Errorf("OfWord(%q) = %+v, %v; want %+v", i.Word, got, ok, i)
+		}
+	}
+	for _, w := range []string{"", "done", "Queued", "STATUS_QUEUED", "queued "} {
+		if got, ok := OfWord(w); ok {
+			t.Errorf("OfWord(%q) = %+v, want none", w, got)
+		}
 	}
 	if got := Of(runcomfy.State(99)); got.State != runcomfy.StateUnknown {
 		t.Errorf("Of an undefined state = %+v, want the unknown row", got)

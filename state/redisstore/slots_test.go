@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/comfygate/comfygate/internal/redistest"
 	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
@@ -19,14 +21,22 @@ import (
 // from a reservation's own check of ended requests: a bound slot expires
 // with its record (its score follows each save's TTL) and the final save
 // itself removes it.
-func TestSlotFollowsRecord(t *testing.T) {
-	ctx := context.Background()
-	prefix := redistest.Prefix(t)
-	rdb := server.Client(t)
+// slotBackend is a backend on the test server under a prefix of its own,
+// with the client it uses, for tests that read the counts' keys.
+func slotBackend(t *testing.T) (b *redisstore.Backend, rdb *redis.Client, prefix string) {
+	t.Helper()
+	prefix = redistest.Prefix(t)
+	rdb = server.Client(t)
 	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b, rdb, prefix
+}
+
+func TestSlotFollowsRecord(t *testing.T) {
+	ctx := context.Background()
+	b, rdb, prefix := slotBackend(t)
 	const dep, id = "dep-slots", "req-slot-follows"
 	counts := []string{prefix + "cap:{" + dep + "}", prefix + "cap:{" + dep + "}:a"}
 	token, err := b.Reserve(ctx, dep, "a", state.Caps{Deployment: 1}, time.Minute)
@@ -91,12 +101,7 @@ func TestSlotFollowsRecord(t *testing.T) {
 // its own in the tenant's, are found each at their own cap.
 func TestReserveDropsEndedSlotsOfBothCounts(t *testing.T) {
 	ctx := context.Background()
-	prefix := redistest.Prefix(t)
-	rdb := server.Client(t)
-	b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, rdb, prefix := slotBackend(t)
 	const dep = "dep-evicted-slots"
 	caps := state.Caps{Deployment: 3, PerTenant: 2}
 	start := func(tenant, id string) {
