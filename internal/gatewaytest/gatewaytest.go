@@ -35,7 +35,10 @@ type Setup struct {
 	Token string
 	// WebhookSecret signs the callback URLs, which point at the gateway's
 	// own HTTP listener.
-	WebhookSecret      string
+	WebhookSecret string
+	// NoCallbacks leaves --public-url out: submits ask RunComfy for no
+	// callbacks.
+	NoCallbacks        bool
 	GRPCAddr, HTTPAddr string      // "" picks free ports
 	Args               []string    // more flags
 	ProbeTLS           *tls.Config // set when the gateway serves TLS
@@ -45,7 +48,7 @@ type Setup struct {
 }
 
 // Start starts a gateway on s.Upstream and waits until /readyz says ready.
-func Start(t *testing.T, s Setup) *Gateway {
+func Start(t testing.TB, s Setup) *Gateway {
 	t.Helper()
 	g := &Gateway{GRPCAddr: s.GRPCAddr, HTTPAddr: s.HTTPAddr, Logs: NewSyncBuffer()}
 	if g.GRPCAddr == "" {
@@ -60,11 +63,14 @@ func Start(t *testing.T, s Setup) *Gateway {
 	if s.Token == "" {
 		s.Token = "rct-gatewaytest-token"
 	}
-	args := append([]string{
+	args := []string{
 		"--grpc-addr", g.GRPCAddr, "--http-addr", g.HTTPAddr, "--runcomfy-url", s.Upstream,
-		"--public-url", "http://" + g.HTTPAddr, "--webhook-secret", s.WebhookSecret,
-		"--shutdown-timeout", "5s", "--log-level", "warn",
-	}, s.Args...)
+		"--webhook-secret", s.WebhookSecret, "--shutdown-timeout", "5s", "--log-level", "warn",
+	}
+	if !s.NoCallbacks {
+		args = append(args, "--public-url", "http://"+g.HTTPAddr)
+	}
+	args = append(args, s.Args...)
 	cfg, err := app.ParseConfig(args, func(k string) string {
 		if k == app.TokenEnv {
 			return s.Token
@@ -124,7 +130,7 @@ func Start(t *testing.T, s Setup) *Gateway {
 }
 
 // WaitUntil polls cond for up to 10 seconds.
-func WaitUntil(t *testing.T, what string, cond func() bool) {
+func WaitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -134,7 +140,7 @@ func WaitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // FreeAddr is a loopback address with a port free a moment ago.
-func FreeAddr(t *testing.T) string {
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
