@@ -30,8 +30,14 @@ const outputBytes = 3<<20 + 1234
 // stores it, once: the objects hold the simulator's bytes, with the SHA-256
 // the state gives, and one copy is counted across the survivors.
 func TestCopyOfAKilledReplicaCompletesOnAnother(t *testing.T) {
-	ctx := setup(t)
+	if testing.Short() {
+		t.Skip("runs the binaries against Redis and an S3 server")
+	}
+	t.Parallel()
+	// The S3 server is built on its first use, which on a fresh machine takes
+	// longer than the test's own steps may: their time starts once it serves.
 	s3 := s3test.Start(t)
+	ctx := testContext(t)
 	c := newCluster(ctx, t, clusterConfig{
 		queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond,
 		simArgs: []string{"--output-bytes", strconv.Itoa(outputBytes)},

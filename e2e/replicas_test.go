@@ -28,6 +28,13 @@ func setup(t *testing.T) context.Context {
 		t.Skip("runs the binaries against Redis")
 	}
 	t.Parallel()
+	return testContext(t)
+}
+
+// testContext is the context of the test's own steps: it ends testTimeout
+// after the call.
+func testContext(t *testing.T) context.Context {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
 	return ctx

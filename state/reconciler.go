@@ -159,6 +159,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			wg.Wait()
+			r.releaseHeld(ctx)
 			return nil
 		case <-lossTick.C:
 			if restoring.CompareAndSwap(false, true) {
@@ -586,6 +588,21 @@ func (r *Reconciler) restoreLost(ctx context.Context) {
 	}
 	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUnavailable) {
 		r.cfg.Logger.Warn("recording deferred requests failed", "error", err)
+	}
+}
+
+// releaseAtStop bounds how long a stopping replica spends queueing the
+// webhook events its last restore held back.
+const releaseAtStop = 2 * time.Second
+
+// releaseHeld queues, as the replica stops, the webhook events of the
+// records its last restore put back that are still held back
+// (Tracker.ReleaseHeld): no one else would.
+func (r *Reconciler) releaseHeld(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseAtStop)
+	defer cancel()
+	if err := r.cfg.Tracker.ReleaseHeld(ctx); err != nil {
+		r.cfg.Logger.Warn("queueing the webhook events of restored records failed", "error", err)
 	}
 }
 

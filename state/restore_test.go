@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/runcomfy"
+	"github.com/comfygate/comfygate/runcomfy/runcomfysim"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/state/memory"
 )
@@ -268,6 +271,18 @@ func epochEvents(ctx context.Context, t *testing.T, s *lossStore, requestID stri
 	return out
 }
 
+// settle lets the time a restore holds its events back pass, and has each
+// tracker look for a loss again, which queues the events due.
+func settle(ctx context.Context, t *testing.T, clock *lossClock, trackers ...*state.Tracker) {
+	t.Helper()
+	clock.advance(state.RestoreSettle)
+	for _, tr := range trackers {
+		if _, err := tr.RestoreLost(ctx); err != nil {
+			t.Fatalf("RestoreLost after the settle: %v", err)
+		}
+	}
+}
+
 // eventTypes names each event by its type and seq.
 func eventTypes(evs []*state.Event) []string {
 	out := make([]string, len(evs))
@@ -324,6 +339,17 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	if err != nil || n != 4 {
 		t.Fatalf("RestoreLost = %d, %v; want 4 restored", n, err)
 	}
+	// Each event waits until the other replicas have had time to put back,
+	// or move on, what they remembered; nothing did here.
+	for _, id := range []string{"req-queued", "req-failed", "req-ok", "req-copying"} {
+		if rec := mustGetRecord(ctx, t, s, id); len(epochEvents(ctx, t, s, id, rec.Epoch)) != 0 {
+			t.Errorf("%s: an event was queued with the restore, before the settle", id)
+		}
+	}
+	clock.advance(state.RestoreSettle)
+	if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
+		t.Fatalf("RestoreLost after the settle = %d, %v; want 0 restored", n, err)
+	}
 
 	tests := []struct {
 		id          string
@@ -338,11 +364,11 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
 			was, rec := before[tt.id], mustGetRecord(ctx, t, s, tt.id)
-			if rec.Seq != 1 || rec.Epoch <= was.Epoch {
-				t.Errorf("restored at epoch %d seq %d, want seq 1 of an epoch after %d", rec.Epoch, rec.Seq, was.Epoch)
+			if rec.Seq != 2 || rec.Epoch <= was.Epoch {
+				t.Errorf("at epoch %d seq %d, want seq 2 (put back, then its event) of an epoch after %d", rec.Epoch, rec.Seq, was.Epoch)
 			}
 			if !rec.UpdatedAt.Equal(clock.now()) {
-				t.Errorf("UpdatedAt = %v, want the restore's time %v", rec.UpdatedAt, clock.now())
+				t.Errorf("UpdatedAt = %v, want the time its event was queued, %v", rec.UpdatedAt, clock.now())
 			}
 			if rec.State != was.State || rec.Owner != "team" || rec.OwnerAttached || !slices.Equal(rec.Webhooks, was.Webhooks) ||
 				rec.MaxRun != was.MaxRun || string(rec.Outputs) != string(was.Outputs) || fmt.Sprint(rec.Error) != fmt.Sprint(was.Error) {
@@ -356,9 +382,9 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 				t.Fatalf("events of the new epoch: %v, want one", eventTypes(evs))
 			}
 			ev := evs[0]
-			if ev.Type != tt.wantEvent || ev.Seq != 1 || ev.ID != state.EventID(tt.id, rec.Epoch, 1) || ev.Owner != "team" ||
+			if ev.Type != tt.wantEvent || ev.Seq != 2 || ev.ID != state.EventID(tt.id, rec.Epoch, 2) || ev.Owner != "team" ||
 				len(ev.Targets) != 1 || ev.Targets[0] != rec.Webhooks[0].URL || !slices.Equal(ev.Record.Webhooks, rec.Webhooks) {
-				t.Errorf("event %+v, want %s at seq 1 to %s", ev, tt.wantEvent, rec.Webhooks[0].URL)
+				t.Errorf("event %+v, want %s at seq 2 to %s", ev, tt.wantEvent, rec.Webhooks[0].URL)
 			}
 		})
 	}
@@ -378,10 +404,10 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	// The restored records go on in their new epoch.
 	restored := mustGetRecord(ctx, t, s, "req-queued")
 	rec, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-queued", Source: state.SourceCallback, State: runcomfy.StateRunning})
-	if outcome != state.Applied || rec.Epoch != restored.Epoch || rec.Seq != 2 || !slices.Equal(rec.Webhooks, hooksAll) {
-		t.Errorf("the next callback: %v, epoch %d seq %d, webhooks %v; want applied at seq 2 of epoch %d with the webhooks", outcome, rec.Epoch, rec.Seq, rec.Webhooks, restored.Epoch)
+	if outcome != state.Applied || rec.Epoch != restored.Epoch || rec.Seq != 3 || !slices.Equal(rec.Webhooks, hooksAll) {
+		t.Errorf("the next callback: %v, epoch %d seq %d, webhooks %v; want applied at seq 3 of epoch %d with the webhooks", outcome, rec.Epoch, rec.Seq, rec.Webhooks, restored.Epoch)
 	}
-	if got := eventTypes(epochEvents(ctx, t, s, "req-queued", restored.Epoch)); !slices.Equal(got, []string{"request.queued@1", "request.running@2"}) {
+	if got := eventTypes(epochEvents(ctx, t, s, "req-queued", restored.Epoch)); !slices.Equal(got, []string{"request.queued@2", "request.running@3"}) {
 		t.Errorf("events = %v", got)
 	}
 }
@@ -509,7 +535,8 @@ func TestRestoreLostLeavesWhatAnotherReplicaRestored(t *testing.T) {
 	if rec := mustGetRecord(ctx, t, s, "req-both"); rec.Position() != restored.Position() {
 		t.Errorf("b changed the restored record: %v, was %v", rec.Position(), restored.Position())
 	}
-	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@1"}) {
+	settle(ctx, t, clock, a, b)
+	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@2"}) {
 		t.Errorf("events = %v, want the restore's alone", got)
 	}
 }
@@ -577,8 +604,9 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 	if rec.State != runcomfy.StateSucceeded || rec.Seq != 2 || string(rec.Outputs) != string(lossOutputs) {
 		t.Fatalf("stored %s at seq %d with outputs %s, want b's success at seq 2 of a's epoch", rec.State, rec.Seq, rec.Outputs)
 	}
-	if got := eventTypes(epochEvents(ctx, t, s, "req-race", rec.Epoch)); !slices.Equal(got, []string{"request.running@1", "request.succeeded@2"}) {
-		t.Errorf("events = %v, want a's restore's and b's success", got)
+	settle(ctx, t, clock, a, b)
+	if got := eventTypes(epochEvents(ctx, t, s, "req-race", rec.Epoch)); !slices.Equal(got, []string{"request.succeeded@2"}) {
+		t.Errorf("events = %v, want b's success alone: the record moved on from the running state a put back", got)
 	}
 	if isDue(ctx, t, s, clock, "req-race") {
 		t.Errorf("req-race is due for a poll, want it off the schedule: it ended")
@@ -734,10 +762,11 @@ func TestRestoreLostGoesOnAfterAFailedPass(t *testing.T) {
 			if got, want := v.lostAnswers(), []bool{false, true, false}; !slices.Equal(got, want) {
 				t.Errorf("Lost answered %v, want %v (the next pass went on although it answered false)", got, want)
 			}
+			settle(ctx, t, clock, tr)
 			for _, id := range ids {
 				rec := mustGetRecord(ctx, t, s, id)
-				if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); rec.Seq != 1 || !slices.Equal(rec.Webhooks, hooksAll) || !slices.Equal(got, []string{"request.queued@1"}) {
-					t.Errorf("%s: seq %d, webhooks %v, events %v; want restored once", id, rec.Seq, rec.Webhooks, got)
+				if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); rec.Seq != 2 || !slices.Equal(rec.Webhooks, hooksAll) || !slices.Equal(got, []string{"request.queued@2"}) {
+					t.Errorf("%s: seq %d, webhooks %v, events %v; want restored once, then its event once", id, rec.Seq, rec.Webhooks, got)
 				}
 			}
 
@@ -910,7 +939,8 @@ func TestApplyRestoresOnlyWhatUpdatesCannotBringBack(t *testing.T) {
 // giving back those it lacks), with the event of the state, the copy of a
 // success's outputs queued unless they were stored, and a final state off
 // the poll schedule. A state of the same rank, or a final one, is left as
-// it is.
+// it is. The event of the state the other replica put back, held back, is
+// never queued once the record moved on from it.
 func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 	const id = "req-on"
 	running := func(instance string) state.Update {
@@ -959,7 +989,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.queued@1", "request.running@2"}, wantDue: true,
+			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"}, wantDue: true,
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.InstanceID != "i-1" || rec.StartedAt.IsZero() || rec.QueuePosition != nil || rec.MaxRun != 30*time.Minute {
 					t.Errorf("instance %q, started %v, queue position %v, max run %v; want what this replica knew, and the deadline kept",
@@ -979,7 +1009,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.running@1", "request.succeeded@2"}, wantCopies: true,
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"}, wantCopies: true,
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StoragePending {
 					t.Errorf("storage %+v, want the copy pending again", rec.Storage)
@@ -1057,7 +1087,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("the late running callback: %v, want stale", outcome)
 				}
 			},
-			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.queued@1", "request.succeeded@2"},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
 					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
@@ -1075,7 +1105,9 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
 			},
-			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@1"}, wantCopies: true,
+			// Nobody moved it on: other's event, held back, goes with
+			// a save of its own once the restore settled.
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"}, wantCopies: true,
 		},
 	}
 	for _, tt := range tests {
@@ -1112,6 +1144,9 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			if rec.State == runcomfy.StateSucceeded && string(rec.Outputs) != string(lossOutputs) {
 				t.Errorf("succeeded with outputs %s, want %s", rec.Outputs, lossOutputs)
 			}
+			// The events once the restores settled: never one of a state
+			// the record had been moved on from.
+			settle(ctx, t, clock, tr, other)
 			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
@@ -1287,5 +1322,166 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
 		})
+	}
+}
+
+// TestRestoreLostHoldsTheEventsBack pins the held-back events of RestoreLost
+// (RestoreSettle): none is queued with the restore; each is queued once the
+// settle passed, with a save at the next seq, and held again while the store
+// does not answer; ReleaseHeld, for a replica that stops, queues them before
+// they are due; a record lost again meanwhile is left to the next restore.
+func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
+	unavailable := fmt.Errorf("redis get: %w", state.ErrUnavailable)
+	tests := []struct {
+		name string
+		// release queues the held events, and fails the test when it
+		// cannot; it may advance the clock.
+		release    func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock)
+		wantEvents []string
+	}{
+		{
+			name: "due, at the next look for a loss",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock) {
+				clock.advance(state.RestoreSettle - time.Millisecond)
+				if _, err := tr.RestoreLost(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if got := eventsOf(ctx, t, s, "req-held"); len(got) != 0 {
+					t.Fatalf("events before the settle passed: %v", got)
+				}
+				settle(ctx, t, clock, tr)
+			},
+			wantEvents: []string{"request.running@2"},
+		},
+		{
+			name: "the store did not answer, then did",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock) {
+				clock.advance(state.RestoreSettle)
+				s.failNextGet("req-held", unavailable)
+				if _, err := tr.RestoreLost(ctx); !errors.Is(err, state.ErrUnavailable) {
+					t.Fatalf("RestoreLost with the store down: %v, want unavailable", err)
+				}
+				if _, err := tr.RestoreLost(ctx); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantEvents: []string{"request.running@2"},
+		},
+		{
+			name: "the replica stops before the settle",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, _ *lossClock) {
+				if err := tr.ReleaseHeld(ctx); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantEvents: []string{"request.running@2"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			clock := newLossClock()
+			s := newLossStore(clock)
+			tr := newLossTracker(t, s.replica(), s, clock)
+			submitHooked(ctx, t, tr, "req-held", hooksAll)
+			mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourceCallback, State: runcomfy.StateRunning})
+			if _, err := tr.RestoreLost(ctx); err != nil {
+				t.Fatal(err)
+			}
+			clock.advance(time.Minute)
+			s.lose(ctx, t, true)
+			if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
+				t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+			}
+			if got := eventsOf(ctx, t, s, "req-held"); len(got) != 0 {
+				t.Fatalf("events queued with the restore: %v, want none yet", got)
+			}
+			tt.release(ctx, t, tr, s, clock)
+			if got := eventsOf(ctx, t, s, "req-held"); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events = %v, want %v", got, tt.wantEvents)
+			}
+			// Queued once: nothing is held any more.
+			settle(ctx, t, clock, tr)
+			if err := tr.ReleaseHeld(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := eventsOf(ctx, t, s, "req-held"); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events after more looks = %v, want %v", got, tt.wantEvents)
+			}
+		})
+	}
+
+	t.Run("lost again before the settle", func(t *testing.T) {
+		ctx := ctxT(t)
+		clock := newLossClock()
+		s := newLossStore(clock)
+		tr := newLossTracker(t, s.replica(), s, clock)
+		submitHooked(ctx, t, tr, "req-held", hooksAll)
+		if _, err := tr.RestoreLost(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(time.Minute)
+		s.lose(ctx, t, true)
+		if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
+			t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+		}
+		first := mustGetRecord(ctx, t, s, "req-held")
+		// Lost again, without a word: the held event finds nothing and
+		// queues nothing, and writes nothing back.
+		s.lose(ctx, t, false)
+		settle(ctx, t, clock, tr)
+		if _, err := s.Backend.Get(ctx, "req-held"); !errors.Is(err, state.ErrNotFound) {
+			t.Errorf("after the settle: %v, want the record still lost", err)
+		}
+		if got := eventTypes(epochEvents(ctx, t, s, "req-held", first.Epoch)); len(got) != 0 {
+			t.Errorf("events of the lost epoch: %v, want none", got)
+		}
+	})
+}
+
+// eventsOf names the events queued for requestID in its stored record's
+// epoch.
+func eventsOf(ctx context.Context, t *testing.T, s *lossStore, requestID string) []string {
+	t.Helper()
+	return eventTypes(epochEvents(ctx, t, s, requestID, mustGetRecord(ctx, t, s, requestID).Epoch))
+}
+
+// TestReconcilerQueuesTheHeldEventsWhenItStops pins that a replica that
+// stops before its restore settled queues the events it held back: no other
+// replica would.
+func TestReconcilerQueuesTheHeldEventsWhenItStops(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	tr := newScheduledLossTracker(t, s, clock)
+	submitHooked(ctx, t, tr, "req-stop", hooksAll)
+	if _, err := tr.RestoreLost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+	if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
+		t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
+	}
+
+	rec, err := state.NewReconciler(state.ReconcilerConfig{
+		Schedule: s, Tracker: tr, Upstream: newUpstream(t, runcomfysim.Options{}, nil).client,
+		Interval: time.Hour, Owner: "replica-stop", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rec.Run(runCtx) }()
+	if got := eventsOf(ctx, t, s, "req-stop"); len(got) != 0 {
+		t.Fatalf("events while it runs, before the settle: %v", got)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got, want := eventsOf(ctx, t, s, "req-stop"), []string{"request.queued@2"}; !slices.Equal(got, want) {
+		t.Errorf("events once it stopped = %v, want %v", got, want)
 	}
 }

@@ -54,6 +54,7 @@ type Tracker struct {
 	// call goes on although the loss was reported only once.
 	restoring atomic.Bool
 	deferred  deferred
+	held      heldEvents
 }
 
 // TrackerConfig holds the Tracker's dependencies.
@@ -323,6 +324,11 @@ func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 	if !ok {
 		return 0, nil
 	}
+	// The events held back by an earlier pass go first: the store is
+	// answering if a loss can be looked for.
+	if err := t.releaseHeld(ctx, false); err != nil {
+		return 0, err
+	}
 	lost, err := ld.Lost(ctx)
 	if err != nil || (!lost && !t.restoring.Load()) {
 		return 0, err
@@ -391,7 +397,7 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 		stored, err := t.store.Get(ctx, mem.RequestID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			err = t.restore(ctx, t.withKept(mem))
+			err = t.restoreHeld(ctx, t.withKept(mem))
 		case err != nil:
 			return false, err
 		default:
@@ -547,8 +553,32 @@ func rememberedUpdate(rec *Record) Update {
 	}
 }
 
-// restore saves rec again as the first record of a new epoch.
+// restore saves rec again as the first record of a new epoch, with the event
+// of its state.
 func (t *Tracker) restore(ctx context.Context, rec *Record) error {
+	next, err := t.putBack(ctx, rec, true)
+	if err == nil {
+		t.recent.put(next)
+	}
+	return err
+}
+
+// restoreHeld is restore that holds the event back (heldEvents): after a
+// loss of all the data, every replica puts back what it remembers, and what
+// one remembers may be behind what another does.
+func (t *Tracker) restoreHeld(ctx context.Context, rec *Record) error {
+	next, err := t.putBack(ctx, rec, false)
+	if err != nil {
+		return err
+	}
+	t.recent.put(next)
+	t.held.hold(next, t.now().Add(RestoreSettle))
+	return nil
+}
+
+// putBack saves rec again as the first record of a new epoch, with the
+// event of its state when withEvent, and returns what it saved.
+func (t *Tracker) putBack(ctx context.Context, rec *Record, withEvent bool) (*Record, error) {
 	now := t.now()
 	next := rec.Clone()
 	next.Seq = 1
@@ -559,14 +589,17 @@ func (t *Tracker) restore(ctx context.Context, rec *Record) error {
 		// stored stay so: the object store lost nothing.
 		next.Storage = nil
 		if err := t.queueCopy(ctx, nil, next, now); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := t.save(ctx, next, stateEvent(next)); err != nil {
-		return err
+	var ev *Event
+	if withEvent {
+		ev = stateEvent(next)
 	}
-	t.recent.put(next)
-	return nil
+	if err := t.save(ctx, next, ev); err != nil {
+		return nil, err
+	}
+	return next, nil
 }
 
 // stateEvent is the event of everything rec's state is, for endpoints that
