@@ -203,6 +203,9 @@ func TestDeadlineAfterACallersCancel(t *testing.T) {
 	if rec.State != runcomfy.StateCancelled || rec.Error != nil {
 		t.Fatalf("ended %v with %+v, want cancelled by the caller", rec.State, rec.Error)
 	}
+	if rec.Cancelling {
+		t.Errorf("the cancelled record is still cancelling: an ended request is not")
+	}
 	if n := up.sim.Calls(runcomfysim.EndpointCancel); n != 1 {
 		t.Fatalf("%d cancels, want the caller's alone", n)
 	}

@@ -441,6 +441,9 @@ func apply(r *Record, u *Update, advance bool) bool {
 		if u.State != runcomfy.StateQueued {
 			r.QueuePosition = nil
 		}
+		if r.Terminal() {
+			r.Cancelling = false // it ended
+		}
 	}
 	// The raw status describes the state: a move to a new state takes the new
 	// one's text, even none (the in_queue callback has none), so a running record
