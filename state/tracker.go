@@ -397,7 +397,7 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 		stored, err := t.store.Get(ctx, mem.RequestID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			err = t.restoreHeld(ctx, t.withKept(mem))
+			err = t.restore(ctx, t.withKept(mem))
 		case err != nil:
 			return false, err
 		default:
@@ -553,26 +553,21 @@ func rememberedUpdate(rec *Record) Update {
 	}
 }
 
-// restore saves rec again as the first record of a new epoch, with the event
-// of its state.
+// restore saves rec again as the first record of a new epoch. The event of
+// its state is held back (heldEvents) when the store can lose its data
+// (LossDetector): every replica then puts back what it remembers, and what
+// one remembers may be behind what another does, or behind the truth that
+// brought the update it is put back for. Otherwise it goes with the save.
 func (t *Tracker) restore(ctx context.Context, rec *Record) error {
-	next, err := t.putBack(ctx, rec, true)
-	if err == nil {
-		t.recent.put(next)
-	}
-	return err
-}
-
-// restoreHeld is restore that holds the event back (heldEvents): after a
-// loss of all the data, every replica puts back what it remembers, and what
-// one remembers may be behind what another does.
-func (t *Tracker) restoreHeld(ctx context.Context, rec *Record) error {
-	next, err := t.putBack(ctx, rec, false)
+	_, holds := t.store.(LossDetector)
+	next, err := t.putBack(ctx, rec, !holds)
 	if err != nil {
 		return err
 	}
 	t.recent.put(next)
-	t.held.hold(next, t.now().Add(RestoreSettle))
+	if holds {
+		t.held.hold(next, t.now().Add(RestoreSettle))
+	}
 	return nil
 }
 
