@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/hooks"
 )
 
 // TestScheduleIsTheSeeds: a seed, mode and duration give one schedule, the
@@ -112,5 +115,60 @@ func TestGoroutinesLeaveIdleConnectionsOut(t *testing.T) {
 	n, idle := goroutines([]byte(dump))
 	if n != 9 || idle != 4 {
 		t.Errorf("goroutines = %d, idle connections = %d; want 9 and 4", n, idle)
+	}
+}
+
+// TestHookReceiverCountsStepsBack pins the receiver's count of deliveries
+// of an earlier state than one it had received for the request, across
+// epochs; events that announce no state (an output, a stored copy) and
+// repeats of a state are not steps back.
+func TestHookReceiverCountsStepsBack(t *testing.T) {
+	secret, err := hooks.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := newHookReceiver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	h.secrets = map[string]string{"team": secret.String()}
+	deliver := func(i int, rid, typ string) {
+		t.Helper()
+		body := fmt.Appendf(nil, `{"type":%q,"data":{"request_id":%q}}`, typ, rid)
+		// The receiver refuses one delivery in twenty: sent again, as a
+		// deliverer would.
+		for attempt := 0; ; attempt++ {
+			req, err := http.NewRequest(http.MethodPost, h.url()+"/team", bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hooks.SetHeaders(req.Header, []hooks.Secret{secret}, fmt.Sprintf("msg_%d_%d", i, attempt), time.Now(), body)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			if resp.StatusCode != http.StatusServiceUnavailable || attempt > 100 {
+				t.Fatalf("delivery of %s: %s", typ, resp.Status)
+			}
+		}
+	}
+	for i, d := range []struct{ rid, typ string }{
+		{"req-1", "request.queued"}, {"req-1", "request.running"}, {"req-1", "request.output"},
+		{"req-1", "request.running"}, // again, under a new epoch: not back
+		{"req-1", "request.queued"},  // back
+		{"req-1", "request.succeeded"}, {"req-1", "request.outputs_stored"},
+		{"req-1", "request.running"}, // back
+		{"req-2", "request.running"}, {"req-2", "request.failed"},
+	} {
+		deliver(i, d.rid, d.typ)
+	}
+	_, bad, _, regressed := h.counts()
+	if bad != 0 || len(regressed) != 2 {
+		t.Errorf("bad %d, steps back %q; want none bad, req-1's queued and running after later states", bad, regressed)
 	}
 }

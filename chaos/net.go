@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,9 +223,10 @@ func (b *balancer) close() {
 }
 
 // hookReceiver is the tenants' own service: it checks every webhook's
-// signature with its tenant's secret, and keeps the terminal events per
-// request. It answers 503 to one delivery in twenty, so retries are part of
-// every run.
+// signature with its tenant's secret, keeps the event types received per
+// request, and counts the events of an earlier state than one it had
+// received for the request. It answers 503 to one delivery in twenty, so
+// retries are part of every run.
 type hookReceiver struct {
 	srv     *http.Server
 	ln      net.Listener
@@ -231,9 +234,14 @@ type hookReceiver struct {
 
 	mu      sync.Mutex
 	events  map[string]map[string]bool // request id to the event types received
+	highest map[string]int             // request id to the furthest state's rank received
+	seen    map[string][]string        // request id to the states received, as type@epoch/seq
 	bad     int                        // deliveries whose signature did not verify
 	refused int
 	total   int
+	// regressed: deliveries of an earlier state than one received before
+	// for the request (across epochs: a record put back after a loss).
+	regressed []string
 }
 
 func newHookReceiver() (*hookReceiver, error) {
@@ -241,7 +249,7 @@ func newHookReceiver() (*hookReceiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &hookReceiver{ln: ln, events: map[string]map[string]bool{}}
+	h := &hookReceiver{ln: ln, events: map[string]map[string]bool{}, highest: map[string]int{}, seen: map[string][]string{}}
 	h.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = h.srv.Serve(ln) }()
 	return h, nil
@@ -272,6 +280,8 @@ func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		Type string `json:"type"`
 		Data struct {
 			RequestID string `json:"request_id"`
+			Epoch     string `json:"epoch"`
+			Seq       string `json:"seq"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &ev); err != nil || ev.Data.RequestID == "" {
@@ -279,10 +289,33 @@ func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "bad body", http.StatusBadRequest)
 		return
 	}
-	if h.events[ev.Data.RequestID] == nil {
-		h.events[ev.Data.RequestID] = map[string]bool{}
+	rid := ev.Data.RequestID
+	if h.events[rid] == nil {
+		h.events[rid] = map[string]bool{}
 	}
-	h.events[ev.Data.RequestID][ev.Type] = true
+	h.events[rid][ev.Type] = true
+	// request.output announces an output of a running request, and
+	// request.outputs_stored a finished one's copy: neither is a state.
+	if rank := eventRank(ev.Type); rank > 0 {
+		h.seen[rid] = append(h.seen[rid], fmt.Sprintf("%s@%s/%s", strings.TrimPrefix(ev.Type, "request."), ev.Data.Epoch, ev.Data.Seq))
+		if rank < h.highest[rid] {
+			h.regressed = append(h.regressed, fmt.Sprintf("request %s: %s after a later state (received %s)", rid, ev.Type, strings.Join(h.seen[rid], ", ")))
+		}
+		h.highest[rid] = max(h.highest[rid], rank)
+	}
+}
+
+// eventRank orders the events that announce a state; others are 0.
+func eventRank(typ string) int {
+	switch typ {
+	case "request.queued":
+		return 1
+	case "request.running":
+		return 2
+	case "request.succeeded", "request.failed", "request.cancelled":
+		return 3
+	}
+	return 0
 }
 
 // terminal reports whether a request's terminal event of type typ was
@@ -301,10 +334,10 @@ func (h *hookReceiver) terminal(rid, typ string) (got, other bool) {
 	return got, other
 }
 
-func (h *hookReceiver) counts() (total, bad, refused int) {
+func (h *hookReceiver) counts() (total, bad, refused int, regressed []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.total, h.bad, h.refused
+	return h.total, h.bad, h.refused, slices.Clone(h.regressed)
 }
 
 func (h *hookReceiver) close() { _ = h.srv.Close() }

@@ -39,6 +39,7 @@ func (r *result) table() string {
 	row("terminal webhooks missing", r.hooksMissing, "0")
 	row("terminal webhooks with another status", r.hooksWrong, "0")
 	row("webhooks with a bad signature or body", r.hooksBad, "0")
+	row("webhooks of an earlier state than one the endpoint had received (across epochs)", r.hooksRegressed, "0")
 	row(fmt.Sprintf("webhook deliveries received (%d refused with 503 on purpose, retried)", r.hooksRefuse), r.hooksTotal, "")
 	row(fmt.Sprintf("outputs of succeeded requests checked in S3 (%d)", r.outputsChecked), r.outputsChecked-r.outputsMissing-r.outputsWrong, fmt.Sprint(r.outputsChecked))
 	row("stored outputs missing", r.outputsMissing, "0")

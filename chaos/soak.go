@@ -49,6 +49,7 @@ type result struct {
 	jobs                              int
 	hooksMissing, hooksWrong          int
 	hooksBad, hooksTotal, hooksRefuse int
+	hooksRegressed                    int
 	outputsMissing, outputsWrong      int
 	outputsChecked                    int
 	latencies                         []time.Duration // RunComfy's end to a live watcher's final state
@@ -105,6 +106,7 @@ func (r *result) broken() []string {
 	add(r.hooksMissing, "terminal webhooks missing")
 	add(r.hooksWrong, "terminal webhooks with another status than RunComfy's")
 	add(r.hooksBad, "webhooks with a bad signature or body")
+	add(r.hooksRegressed, "webhooks of an earlier state than one the endpoint had received")
 	add(r.outputsMissing, "outputs of succeeded requests not stored")
 	add(r.outputsWrong, "stored outputs with wrong bytes")
 	for _, s := range r.replicas {
@@ -344,7 +346,12 @@ func (c *checker) check(ctx context.Context, res *result) {
 			res.billedUnanswered++
 		}
 	}
-	res.hooksTotal, res.hooksBad, res.hooksRefuse = c.sys.hooks.counts()
+	var regressed []string
+	res.hooksTotal, res.hooksBad, res.hooksRefuse, regressed = c.sys.hooks.counts()
+	res.hooksRegressed = len(regressed)
+	for _, r := range regressed {
+		res.example("webhooks of an earlier state than one the endpoint had received", r)
+	}
 	slices.Sort(res.latencies)
 }
 

@@ -247,7 +247,7 @@ func (s *system) tenantsYAML() string {
 		// No attach permission: a read of a record the gateway lost is
 		// NOT_FOUND, not made again from RunComfy by the read itself.
 		fmt.Fprintf(&b, "  %s:\n    keys:\n      - key: %q\n", t.name, t.key)
-		fmt.Fprintf(&b, "    webhooks:\n      secrets: [%q]\n      endpoints:\n        - url: %q\n          events: [terminal]\n",
+		fmt.Fprintf(&b, "    webhooks:\n      secrets: [%q]\n      endpoints:\n        - url: %q\n          events: [queued, running, output, terminal]\n",
 			t.secret, s.hooks.url()+"/"+t.name)
 	}
 	return b.String()

@@ -22,6 +22,7 @@ import (
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/hooks"
+	"github.com/comfygate/comfygate/internal/redistest"
 	"github.com/comfygate/comfygate/internal/webhooktest"
 	"github.com/comfygate/comfygate/state/redisstore"
 )
@@ -120,6 +121,13 @@ func (r *hookReceiver) until(ctx context.Context, t *testing.T, what string, don
 // receivers.
 func webhookCluster(ctx context.Context, t *testing.T, timeout time.Duration) (*cluster, []string) {
 	t.Helper()
+	return webhookClusterOn(ctx, t, timeout, nil)
+}
+
+// webhookClusterOn is webhookCluster on the Redis server r (nil: the
+// package's shared one).
+func webhookClusterOn(ctx context.Context, t *testing.T, timeout time.Duration, r *redistest.Server) (*cluster, []string) {
+	t.Helper()
 	var secrets []string
 	for range 2 {
 		s, err := hooks.NewSecret()
@@ -133,7 +141,7 @@ func webhookCluster(ctx context.Context, t *testing.T, timeout time.Duration) (*
 	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := newCluster(ctx, t, clusterConfig{queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond, args: []string{
+	c := newCluster(ctx, t, clusterConfig{redis: r, queueTime: 100 * time.Millisecond, runTime: 100 * time.Millisecond, args: []string{
 		"--tenants-file", file, "--webhook-allow-private",
 		"--webhook-timeout", timeout.String(), "--webhook-retry-min", "100ms", "--webhook-retry-max", "500ms",
 	}})
@@ -384,5 +392,43 @@ func TestWebhooksWaitForAReceiverThatIsDown(t *testing.T) {
 		if len(types) < 3 || types[0] != "request.queued" || types[len(types)-1] != "request.succeeded" {
 			t.Errorf("request %s: events %v, want queued, running (and output) and succeeded", rid, types)
 		}
+	}
+}
+
+// TestHeldWebhookEventsQueuedAsTheReplicasStop: after Redis restarted empty,
+// the replica that puts a finished request's record back holds its webhook
+// event back (state.RestoreSettle); when every replica is stopped (SIGTERM)
+// within that time, the event is queued in Redis as the replica stops, before
+// its Redis client closes, for the replicas that come after.
+func TestHeldWebhookEventsQueuedAsTheReplicasStop(t *testing.T) {
+	ctx := setup(t)
+	c, secrets := webhookClusterOn(ctx, t, time.Second, startPrivateRedis(t))
+	rcv := newHookReceiver(t, secrets)
+	rid := submitHooked(ctx, t, c.a, rcv.srv.URL+"/ok").GetRequestId()
+	rcv.until(ctx, t, "the success delivered", func(got []hookAttempt) bool {
+		for _, a := range got {
+			if a.requestID == rid && a.typ == "request.succeeded" && a.answered == http.StatusOK {
+				return true
+			}
+		}
+		return false
+	})
+
+	// A loss shows against the token the replicas read when they started.
+	eventually(ctx, t, "the replicas' generation token", func() bool {
+		n, err := c.kv.Exists(ctx, c.keys.GenerationKey()).Result()
+		return err == nil && n == 1
+	})
+	restartRedisEmpty(ctx, t, c)
+	eventually(ctx, t, "the record put back", func() bool { return c.recordSeq(ctx, t, rid) == 1 })
+	var stopping sync.WaitGroup
+	for _, g := range c.gateways() {
+		stopping.Go(g.proc.stop)
+	}
+	stopping.Wait()
+
+	// The event goes in the same atomic save as the record's next seq.
+	if seq := c.recordSeq(ctx, t, rid); seq != 2 {
+		t.Errorf("record at seq %d once the replicas stopped, want 2: put back, then saved with its held event", seq)
 	}
 }

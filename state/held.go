@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -19,14 +20,16 @@ import (
 // they had long left. Each replica looks for a loss every second (the
 // reconciler), so after a few seconds every one has put back, or brought up
 // to date, what it knew; the held event is then queued only if the record
-// still stands where this replica put it.
+// still stands where this replica put it (and, unfinished, once RunComfy
+// confirmed it: releaseHeld).
 const RestoreSettle = 3 * time.Second
 
-// heldEvent is the state a record was put back in, and when its event is
-// queued.
+// heldEvent is the state a record was put back in, when, and when its event
+// is queued.
 type heldEvent struct {
 	epoch int64
 	state runcomfy.State
+	at    time.Time // the restore's UpdatedAt
 	due   time.Time
 }
 
@@ -44,7 +47,7 @@ func (h *heldEvents) hold(rec *Record, due time.Time) {
 	if h.m == nil {
 		h.m = map[string]heldEvent{}
 	}
-	h.m[rec.RequestID] = heldEvent{epoch: rec.Epoch, state: rec.State, due: due}
+	h.m[rec.RequestID] = heldEvent{epoch: rec.Epoch, state: rec.State, at: rec.UpdatedAt, due: due}
 }
 
 // take removes and returns the events due at now, or all of them.
@@ -69,8 +72,8 @@ func (h *heldEvents) take(now time.Time, all bool) map[string]heldEvent {
 	return due
 }
 
-// giveBack holds again the events take returned that could not be queued,
-// unless a later restore of the same request holds its own.
+// giveBack holds again the events take returned that could not be queued
+// yet, unless a later restore of the same request holds its own.
 func (h *heldEvents) giveBack(back map[string]heldEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -93,20 +96,32 @@ func (t *Tracker) ReleaseHeld(ctx context.Context) error {
 
 // releaseHeld queues the held events that are due (all of them, with all),
 // each with a save of its record at the next seq, when the record still
-// stands in the state it was put back in. A record that moved on had the
-// event of its further state queued with the save that moved it; one put
-// back again (another epoch) holds its own. When the store does not answer,
-// the events not yet queued are held again for the next call.
+// stands in the state it was put back in and, unless it is final, RunComfy
+// confirmed that state since (a poll or a callback: SyncedAt after the
+// restore). Every replica may remember less than the truth (the one that
+// recorded the further state restarted since), and a poll of each restored
+// unfinished request comes within a poll interval. A record that moved on
+// had the event of its further state queued with the save that moved it;
+// one put back again (another epoch) holds its own. An event whose record is
+// not confirmed yet is held again, and so, when the store does not answer,
+// is every event not queued yet. With all (a replica that stops), the events
+// of records still in their state are queued, confirmed or not.
 func (t *Tracker) releaseHeld(ctx context.Context, all bool) error {
 	due := t.held.take(t.now(), all)
-	var errs []error
+	var (
+		errs  []error
+		again = map[string]heldEvent{}
+	)
+	defer func() { t.held.giveBack(again) }()
 	for id, e := range due {
-		err := t.releaseOne(ctx, id, e)
-		if errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
-			t.held.giveBack(due)
+		err := t.releaseOne(ctx, id, e, all)
+		switch {
+		case errors.Is(err, errUnconfirmed):
+			again[id] = e
+		case errors.Is(err, ErrUnavailable) || ctx.Err() != nil:
+			maps.Copy(again, due)
 			return errors.Join(append(errs, err)...)
-		}
-		if err != nil {
+		case err != nil:
 			errs = append(errs, err)
 		}
 		delete(due, id)
@@ -114,8 +129,12 @@ func (t *Tracker) releaseHeld(ctx context.Context, all bool) error {
 	return errors.Join(errs...)
 }
 
-// releaseOne queues the held event e of request id.
-func (t *Tracker) releaseOne(ctx context.Context, id string, e heldEvent) error {
+// errUnconfirmed: the record of a held event has not been confirmed by
+// RunComfy since it was put back.
+var errUnconfirmed = errors.New("state: restored record not confirmed by RunComfy yet")
+
+// releaseOne queues the held event e of request id (see releaseHeld).
+func (t *Tracker) releaseOne(ctx context.Context, id string, e heldEvent, all bool) error {
 	for range maxSaveAttempts {
 		stored, err := t.store.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) {
@@ -126,6 +145,9 @@ func (t *Tracker) releaseOne(ctx context.Context, id string, e heldEvent) error 
 		}
 		if stored.Epoch != e.epoch || stored.State != e.state {
 			return nil
+		}
+		if !all && !stored.Terminal() && !stored.SyncedAt.After(e.at) {
+			return errUnconfirmed
 		}
 		next := stored.Clone()
 		next.Seq++

@@ -155,7 +155,18 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	lossTick := time.NewTicker(lossCheckInterval)
 	defer lossTick.Stop()
 	var restoring atomic.Bool
+	lookForLoss := func() {
+		if restoring.CompareAndSwap(false, true) {
+			wg.Go(func() {
+				defer restoring.Store(false)
+				r.restoreLost(ctx)
+			})
+		}
+	}
 	defer wg.Wait()
+	// At once, too: a loss shows only against what the replica read before
+	// it, and Redis may lose its data within a replica's first second.
+	lookForLoss()
 	for {
 		select {
 		case <-ctx.Done():
@@ -163,12 +174,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.releaseHeld(ctx)
 			return nil
 		case <-lossTick.C:
-			if restoring.CompareAndSwap(false, true) {
-				wg.Go(func() {
-					defer restoring.Store(false)
-					r.restoreLost(ctx)
-				})
-			}
+			lookForLoss()
 			continue
 		case <-keepTick.C:
 			if keeping.CompareAndSwap(false, true) {

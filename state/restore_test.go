@@ -283,6 +283,23 @@ func settle(ctx context.Context, t *testing.T, clock *lossClock, trackers ...*st
 	}
 }
 
+// confirm has a poll of RunComfy confirm the state each request's stored
+// record stands in (a duplicate, which marks the record synced), then has
+// tr look for a loss again: the held event of an unfinished record put back
+// is queued only once RunComfy confirmed its state.
+func confirm(ctx context.Context, t *testing.T, s *lossStore, tr *state.Tracker, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		rec := mustGetRecord(ctx, t, s, id)
+		if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: id, Source: state.SourcePoll, State: rec.State}); outcome != state.Duplicate {
+			t.Fatalf("%s: the confirming poll was %v, want a duplicate", id, outcome)
+		}
+	}
+	if _, err := tr.RestoreLost(ctx); err != nil {
+		t.Fatalf("RestoreLost after the poll: %v", err)
+	}
+}
+
 // eventTypes names each event by its type and seq.
 func eventTypes(evs []*state.Event) []string {
 	out := make([]string, len(evs))
@@ -350,6 +367,12 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
 		t.Fatalf("RestoreLost after the settle = %d, %v; want 0 restored", n, err)
 	}
+	// The final ones' went after the settle; the unfinished one's once a
+	// poll confirmed its state.
+	if rec := mustGetRecord(ctx, t, s, "req-queued"); rec.Seq != 1 {
+		t.Errorf("req-queued at seq %d before a poll confirmed it, want its event still held", rec.Seq)
+	}
+	confirm(ctx, t, s, tr, "req-queued")
 
 	tests := []struct {
 		id          string
@@ -367,8 +390,8 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 			if rec.Seq != 2 || rec.Epoch <= was.Epoch {
 				t.Errorf("at epoch %d seq %d, want seq 2 (put back, then its event) of an epoch after %d", rec.Epoch, rec.Seq, was.Epoch)
 			}
-			if !rec.UpdatedAt.Equal(clock.now()) {
-				t.Errorf("UpdatedAt = %v, want the time its event was queued, %v", rec.UpdatedAt, clock.now())
+			if !rec.UpdatedAt.Equal(clock.now()) || rec.Terminal() && !rec.SyncedAt.Equal(was.SyncedAt) {
+				t.Errorf("UpdatedAt = %v, SyncedAt %v; want the time its event was queued, %v, and a final one synced when it was before", rec.UpdatedAt, rec.SyncedAt, clock.now())
 			}
 			if rec.State != was.State || rec.Owner != "team" || rec.OwnerAttached || !slices.Equal(rec.Webhooks, was.Webhooks) ||
 				rec.MaxRun != was.MaxRun || string(rec.Outputs) != string(was.Outputs) || fmt.Sprint(rec.Error) != fmt.Sprint(was.Error) {
@@ -416,8 +439,9 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 // record made again after the loss by a replica that did not remember it
 // (a callback: no webhooks, another epoch) gets the webhooks, and the owner
 // when it has none, that this replica remembers, at its next seq, with the
-// event of its state: a succeeded one's is request.succeeded (carrying the
-// storage as it stands), not request.outputs_stored.
+// event of its state once the restore settled: a succeeded one's is
+// request.succeeded (carrying the storage as it stands), not
+// request.outputs_stored.
 func TestRestoreLostGivesBackTheWebhooksOfARecordMadeAgain(t *testing.T) {
 	tests := []struct {
 		name string
@@ -487,13 +511,16 @@ func TestRestoreLostGivesBackTheWebhooksOfARecordMadeAgain(t *testing.T) {
 			if !rec.UpdatedAt.Equal(clock.now()) {
 				t.Errorf("UpdatedAt = %v, want %v", rec.UpdatedAt, clock.now())
 			}
+			// The event, held back, goes once the restore settled, at the
+			// next seq.
+			settle(ctx, t, clock, a)
 			evs := epochEvents(ctx, t, s, "req-hooks", made.Epoch)
 			if len(evs) != 1 {
 				t.Fatalf("events of the epoch made again: %v, want one", eventTypes(evs))
 			}
 			ev := evs[0]
-			if ev.Type != "request.succeeded" || ev.Seq != rec.Seq || ev.ID != state.EventID("req-hooks", rec.Epoch, rec.Seq) || ev.Owner != "team" {
-				t.Errorf("event %s at seq %d (owner %q), want request.succeeded at seq %d", ev.Type, ev.Seq, ev.Owner, rec.Seq)
+			if ev.Type != "request.succeeded" || ev.Seq != rec.Seq+1 || ev.ID != state.EventID("req-hooks", rec.Epoch, rec.Seq+1) || ev.Owner != "team" {
+				t.Errorf("event %s at seq %d (owner %q), want request.succeeded at seq %d", ev.Type, ev.Seq, ev.Owner, rec.Seq+1)
 			}
 			if ev.Record == nil || ev.Record.Storage == nil || ev.Record.Storage.State != state.StorageStored || !slices.Equal(ev.Record.Webhooks, hooksAll) {
 				t.Errorf("event's record %+v, want the adopted one (stored, with its webhooks)", ev.Record)
@@ -536,6 +563,7 @@ func TestRestoreLostLeavesWhatAnotherReplicaRestored(t *testing.T) {
 		t.Errorf("b changed the restored record: %v, was %v", rec.Position(), restored.Position())
 	}
 	settle(ctx, t, clock, a, b)
+	confirm(ctx, t, s, a, "req-both")
 	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@2"}) {
 		t.Errorf("events = %v, want the restore's alone", got)
 	}
@@ -605,8 +633,8 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 		t.Fatalf("stored %s at seq %d with outputs %s, want b's success at seq 2 of a's epoch", rec.State, rec.Seq, rec.Outputs)
 	}
 	settle(ctx, t, clock, a, b)
-	if got := eventTypes(epochEvents(ctx, t, s, "req-race", rec.Epoch)); !slices.Equal(got, []string{"request.succeeded@2"}) {
-		t.Errorf("events = %v, want b's success alone: the record moved on from the running state a put back", got)
+	if got := eventTypes(epochEvents(ctx, t, s, "req-race", rec.Epoch)); !slices.Equal(got, []string{"request.succeeded@3"}) {
+		t.Errorf("events = %v, want b's success alone, held back too: the record moved on from the running state a put back", got)
 	}
 	if isDue(ctx, t, s, clock, "req-race") {
 		t.Errorf("req-race is due for a poll, want it off the schedule: it ended")
@@ -639,8 +667,8 @@ func TestRestoreLostKeepsARestoredRecordScheduled(t *testing.T) {
 		t.Fatalf("stored %s with outputs %s and webhooks %v, want b's success on c's record", late.State, late.Outputs, late.Webhooks)
 	}
 	settle(ctx, t, clock, b, c)
-	if got := eventTypes(epochEvents(ctx, t, s, "req-late", late.Epoch)); !slices.Equal(got, []string{"request.succeeded@2"}) {
-		t.Errorf("events = %v, want b's success alone: the record moved on from the running state c put back", got)
+	if got := eventTypes(epochEvents(ctx, t, s, "req-late", late.Epoch)); !slices.Equal(got, []string{"request.succeeded@3"}) {
+		t.Errorf("events = %v, want b's success alone, held back too: the record moved on from the running state c put back", got)
 	}
 	if isDue(ctx, t, s, clock, "req-late") {
 		t.Errorf("req-late is due for a poll, want it off the schedule: it ended")
@@ -764,6 +792,7 @@ func TestRestoreLostGoesOnAfterAFailedPass(t *testing.T) {
 				t.Errorf("Lost answered %v, want %v (the next pass went on although it answered false)", got, want)
 			}
 			settle(ctx, t, clock, tr)
+			confirm(ctx, t, s, tr, ids...)
 			for _, id := range ids {
 				rec := mustGetRecord(ctx, t, s, id)
 				if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); rec.Seq != 2 || !slices.Equal(rec.Webhooks, hooksAll) || !slices.Equal(got, []string{"request.queued@2"}) {
@@ -891,6 +920,9 @@ func TestApplyRestoresALostRecordFirst(t *testing.T) {
 				t.Errorf("events with the restore = %v, want none before the settle", got)
 			}
 			settle(ctx, t, clock, tr)
+			if !rec.Terminal() {
+				confirm(ctx, t, s, tr, "req-1")
+			}
 			if got := eventTypes(epochEvents(ctx, t, s, "req-1", rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
@@ -978,7 +1010,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
 				mustApply(ctx, t, fresh, running(""))
 			},
-			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@3"},
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
 					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
@@ -996,7 +1028,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"}, wantDue: true,
+			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@3"}, wantDue: true,
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.InstanceID != "i-1" || rec.StartedAt.IsZero() || rec.QueuePosition != nil || rec.MaxRun != 30*time.Minute {
 					t.Errorf("instance %q, started %v, queue position %v, max run %v; want what this replica knew, and the deadline kept",
@@ -1016,7 +1048,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("other's RestoreLost = %d, %v; want 1", n, err)
 				}
 			},
-			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"}, wantCopies: true,
+			wantN: 1, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@3"}, wantCopies: true,
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StoragePending {
 					t.Errorf("storage %+v, want the copy pending again", rec.Storage)
@@ -1038,7 +1070,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("the late running callback here: %v, want stale", outcome)
 				}
 			},
-			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@3"},
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
 					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
@@ -1054,7 +1086,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
 				mustApply(ctx, t, fresh, running("i-2"))
 			},
-			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"}, wantDue: true,
+			wantN: 1, wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@3"}, wantDue: true,
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.InstanceID != "i-2" {
 					t.Errorf("instance %q, want the stored i-2: a state of the same rank is left as it is", rec.InstanceID)
@@ -1070,7 +1102,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			first: func(ctx context.Context, t *testing.T, _, _, fresh *state.Tracker) {
 				mustApply(ctx, t, fresh, state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateCancelled, Owner: "team"})
 			},
-			wantN: 1, wantState: runcomfy.StateCancelled, wantEvents: []string{"request.cancelled@2"},
+			wantN: 1, wantState: runcomfy.StateCancelled, wantEvents: []string{"request.cancelled@3"},
 			check: func(t *testing.T, rec *state.Record) {
 				if len(rec.Outputs) != 0 || rec.Storage != nil {
 					t.Errorf("outputs %s, storage %+v; want the cancelled record's, none", rec.Outputs, rec.Storage)
@@ -1094,7 +1126,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 					t.Fatalf("the late running callback: %v, want stale", outcome)
 				}
 			},
-			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@2"},
+			wantN: 0, wantState: runcomfy.StateSucceeded, wantEvents: []string{"request.succeeded@3"},
 			check: func(t *testing.T, rec *state.Record) {
 				if rec.Storage == nil || rec.Storage.State != state.StorageStored {
 					t.Errorf("storage %+v, want the stored outputs this replica remembers", rec.Storage)
@@ -1154,6 +1186,9 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			// The events once the restores settled: never one of a state
 			// the record had been moved on from.
 			settle(ctx, t, clock, tr, other)
+			if !rec.Terminal() {
+				confirm(ctx, t, s, tr, id)
+			}
 			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
@@ -1266,7 +1301,8 @@ func TestRestoreLostGivesBackTheDeadlinesOfARecordMadeAgain(t *testing.T) {
 // the first update that reaches a replica that remembers the request, what
 // that replica knew: the webhooks and owner, the deadlines, a further state.
 // It is saved as the caught-up record first (the event of its whole state
-// for the endpoints that missed it), then the update is applied on it.
+// for the endpoints that missed it held back, as a restore's), then the
+// update is applied on it.
 func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 	const id = "req-evicted"
 	tests := []struct {
@@ -1283,9 +1319,10 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 			remember: func(ctx context.Context, t *testing.T, tr *state.Tracker) { submitHooked(ctx, t, tr, id, hooksAll) },
 			again:    state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceRestore, State: runcomfy.StateQueued, Owner: "team"},
 			u:        state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning},
-			// The record made again had no webhooks, so no event: its
-			// queued state is announced when it gets them back.
-			wantState: runcomfy.StateRunning, wantEvents: []string{"request.queued@2", "request.running@3"},
+			// The record made again had no webhooks, so no event; the
+			// event of its queued state, held back when it got them back,
+			// is dropped: the callback moved it on at once.
+			wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@3"},
 		},
 		{
 			name: "made again queued by a late callback; this replica knew it running, a duplicate running callback here",
@@ -1295,7 +1332,9 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 			},
 			again:     state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateQueued, Owner: "team"},
 			u:         state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"},
-			wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@2"},
+			// Caught up to running (seq 2), its event held back until a
+			// poll confirmed it.
+			wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@3"},
 		},
 	}
 	for _, tt := range tests {
@@ -1325,6 +1364,8 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 			if at, kind := rec.Deadline(); kind != state.ErrorTypeMaxRunDuration || !at.Equal(rec.StartedAt.Add(30*time.Minute)) {
 				t.Errorf("deadline %s at %v, want the run deadline", kind, at)
 			}
+			settle(ctx, t, clock, tr)
+			confirm(ctx, t, s, tr, id)
 			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
@@ -1333,10 +1374,12 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 }
 
 // TestRestoreLostHoldsTheEventsBack pins the held-back events of RestoreLost
-// (RestoreSettle): none is queued with the restore; each is queued once the
-// settle passed, with a save at the next seq, and held again while the store
-// does not answer; ReleaseHeld, for a replica that stops, queues them before
-// they are due; a record lost again meanwhile is left to the next restore.
+// (RestoreSettle): none is queued with the restore; an unfinished record's is
+// queued once the settle passed and a poll confirmed its state, with a save
+// at the next seq, and held again while the store does not answer; one whose
+// record moved on is dropped; ReleaseHeld, for a replica that stops, queues
+// them before they are due; a record lost again meanwhile is left to the next
+// restore.
 func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 	unavailable := fmt.Errorf("redis get: %w", state.ErrUnavailable)
 	tests := []struct {
@@ -1347,7 +1390,7 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 		wantEvents []string
 	}{
 		{
-			name: "due, at the next look for a loss",
+			name: "due, and confirmed by a poll",
 			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock) {
 				clock.advance(state.RestoreSettle - time.Millisecond)
 				if _, err := tr.RestoreLost(ctx); err != nil {
@@ -1357,6 +1400,12 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 					t.Fatalf("events before the settle passed: %v", got)
 				}
 				settle(ctx, t, clock, tr)
+				// Every replica may have remembered less than RunComfy
+				// knows: an unfinished state waits for a poll.
+				if got := eventsOf(ctx, t, s, "req-held"); len(got) != 0 {
+					t.Fatalf("events before a poll confirmed the state: %v", got)
+				}
+				confirm(ctx, t, s, tr, "req-held")
 			},
 			wantEvents: []string{"request.running@2"},
 		},
@@ -1364,6 +1413,9 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 			name: "the store did not answer, then did",
 			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock) {
 				clock.advance(state.RestoreSettle)
+				if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourcePoll, State: runcomfy.StateRunning}); outcome != state.Duplicate {
+					t.Fatalf("the confirming poll: %v, want a duplicate", outcome)
+				}
 				s.failNextGet("req-held", unavailable)
 				if _, err := tr.RestoreLost(ctx); !errors.Is(err, state.ErrUnavailable) {
 					t.Fatalf("RestoreLost with the store down: %v, want unavailable", err)
@@ -1373,6 +1425,14 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 				}
 			},
 			wantEvents: []string{"request.running@2"},
+		},
+		{
+			name: "RunComfy moved it on",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, clock *lossClock) {
+				mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourcePoll, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+				settle(ctx, t, clock, tr)
+			},
+			wantEvents: []string{"request.succeeded@2"},
 		},
 		{
 			name: "the replica stops before the settle",

@@ -309,10 +309,11 @@ type LossDetector interface {
 }
 
 // RestoreLost puts back, once the store reports it lost its data, the records
-// this replica remembers (the last it wrote or read of its most recent
-// requests) that the store no longer holds, and returns how many records it
-// saved (put back, or brought up to date). Each comes back under a new epoch,
-// as it last stood, with its webhook events queued again (the events of its
+// this replica remembers (the last it wrote, or read to apply an update, of
+// its most recent requests) that the store no longer holds, and returns how
+// many records it saved (put back, or brought up to date). Each comes back
+// under a new epoch, as it last stood, with its webhook events queued again
+// once the restore settled (saveHeld, releaseHeld; the events of its
 // state: at least once, under new webhook-ids) and its outputs' copy queued
 // again; an unfinished one is polled as usual. A
 // record found in the store instead (put back by another replica, or made
@@ -532,10 +533,9 @@ func (t *Tracker) catchUp(ctx context.Context, stored, mem *Record) (bool, error
 	}
 	// The event of next's whole state, as a restore's: its endpoints heard
 	// at most of stored's (of nothing, when stored had no webhooks).
-	if err := t.save(ctx, next, stateEvent(next)); err != nil {
+	if err := t.saveHeld(ctx, next); err != nil {
 		return false, err
 	}
-	t.recent.put(next)
 	return true, nil
 }
 
@@ -553,27 +553,8 @@ func rememberedUpdate(rec *Record) Update {
 	}
 }
 
-// restore saves rec again as the first record of a new epoch. The event of
-// its state is held back (heldEvents) when the store can lose its data
-// (LossDetector): every replica then puts back what it remembers, and what
-// one remembers may be behind what another does, or behind the truth that
-// brought the update it is put back for. Otherwise it goes with the save.
+// restore saves rec again as the first record of a new epoch (saveHeld).
 func (t *Tracker) restore(ctx context.Context, rec *Record) error {
-	_, holds := t.store.(LossDetector)
-	next, err := t.putBack(ctx, rec, !holds)
-	if err != nil {
-		return err
-	}
-	t.recent.put(next)
-	if holds {
-		t.held.hold(next, t.now().Add(RestoreSettle))
-	}
-	return nil
-}
-
-// putBack saves rec again as the first record of a new epoch, with the
-// event of its state when withEvent, and returns what it saved.
-func (t *Tracker) putBack(ctx context.Context, rec *Record, withEvent bool) (*Record, error) {
 	now := t.now()
 	next := rec.Clone()
 	next.Seq = 1
@@ -584,17 +565,32 @@ func (t *Tracker) putBack(ctx context.Context, rec *Record, withEvent bool) (*Re
 		// stored stay so: the object store lost nothing.
 		next.Storage = nil
 		if err := t.queueCopy(ctx, nil, next, now); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return t.saveHeld(ctx, next)
+}
+
+// saveHeld saves next, a record put back or brought up to what this replica
+// remembers after a loss, with the event of its whole state for endpoints
+// that may have missed it. When the store can lose its data (LossDetector)
+// the event is held back (heldEvents): every replica then puts back what it
+// remembers, and what one remembers may be behind what another does, or
+// behind RunComfy.
+func (t *Tracker) saveHeld(ctx context.Context, next *Record) error {
+	_, holds := t.store.(LossDetector)
 	var ev *Event
-	if withEvent {
+	if !holds {
 		ev = stateEvent(next)
 	}
 	if err := t.save(ctx, next, ev); err != nil {
-		return nil, err
+		return err
 	}
-	return next, nil
+	t.recent.put(next)
+	if holds {
+		t.held.hold(next, t.now().Add(RestoreSettle))
+	}
+	return nil
 }
 
 // stateEvent is the event of everything rec's state is, for endpoints that

@@ -288,9 +288,18 @@ func (a *App) Run(ctx context.Context) error {
 	defer a.releaseAll()
 	g, gctx := errgroup.WithContext(ctx)
 	// The simulator and the bus outlive the drain, whose in-flight calls
-	// still reach RunComfy and publish: they stop once the server has.
+	// still reach RunComfy and publish, and the reconciler, which as it stops
+	// queues the webhook events it held back after a loss of Redis's data:
+	// they stop once both have.
 	after, stopAfter := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAfter()
+	var running atomic.Int32
+	running.Store(2)
+	stopped := func() {
+		if running.Add(-1) == 0 {
+			stopAfter()
+		}
+	}
 	if a.sim != nil {
 		g.Go(func() error { return a.sim.run(after) })
 	}
@@ -303,7 +312,10 @@ func (a *App) Run(ctx context.Context) error {
 	if a.dbg != nil {
 		g.Go(func() error { return a.dbg.run(gctx, a.log) })
 	}
-	g.Go(func() error { return a.reconciler.Run(gctx) })
+	g.Go(func() error {
+		defer stopped()
+		return a.reconciler.Run(gctx)
+	})
 	if a.webhooks != nil {
 		g.Go(func() error { return a.webhooks.Run(gctx) })
 	}
@@ -311,7 +323,7 @@ func (a *App) Run(ctx context.Context) error {
 		g.Go(func() error { return a.stored.run(gctx) })
 	}
 	g.Go(func() error {
-		defer stopAfter()
+		defer stopped()
 		return a.srv.Run(gctx)
 	})
 	return g.Wait()
