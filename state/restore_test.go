@@ -1330,8 +1330,8 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 				submitHooked(ctx, t, tr, id, hooksAll)
 				mustApply(ctx, t, tr, state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"})
 			},
-			again:     state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateQueued, Owner: "team"},
-			u:         state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"},
+			again: state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceCallback, State: runcomfy.StateQueued, Owner: "team"},
+			u:     state.Update{RequestID: id, Source: state.SourceCallback, State: runcomfy.StateRunning, InstanceID: "i-1"},
 			// Caught up to running (seq 2), its event held back until a
 			// poll confirmed it.
 			wantState: runcomfy.StateRunning, wantEvents: []string{"request.running@3"},
