@@ -117,6 +117,9 @@ func (t *Tracker) releaseHeld(ctx context.Context, all bool) error {
 		err := t.releaseOne(ctx, id, e, all)
 		switch {
 		case errors.Is(err, errUnconfirmed):
+			// Looked at again a settle later, not at every look for a
+			// loss: a replica may hold thousands.
+			e.due = t.now().Add(RestoreSettle)
 			again[id] = e
 		case errors.Is(err, ErrUnavailable) || ctx.Err() != nil:
 			maps.Copy(again, due)

@@ -284,10 +284,11 @@ func settle(ctx context.Context, t *testing.T, clock *lossClock, trackers ...*st
 }
 
 // confirm has a poll of RunComfy confirm the state each request's stored
-// record stands in (a duplicate, which marks the record synced), then has
-// tr look for a loss again: the held event of an unfinished record put back
-// is queued only once RunComfy confirmed its state.
-func confirm(ctx context.Context, t *testing.T, s *lossStore, tr *state.Tracker, ids ...string) {
+// record stands in (a duplicate, which marks the record synced), then, a
+// settle later (an unconfirmed record is looked at again no sooner), has tr
+// look for a loss again: the held event of an unfinished record put back is
+// queued only once RunComfy confirmed its state.
+func confirm(ctx context.Context, t *testing.T, clock *lossClock, s *lossStore, tr *state.Tracker, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
 		rec := mustGetRecord(ctx, t, s, id)
@@ -295,6 +296,7 @@ func confirm(ctx context.Context, t *testing.T, s *lossStore, tr *state.Tracker,
 			t.Fatalf("%s: the confirming poll was %v, want a duplicate", id, outcome)
 		}
 	}
+	clock.advance(state.RestoreSettle)
 	if _, err := tr.RestoreLost(ctx); err != nil {
 		t.Fatalf("RestoreLost after the poll: %v", err)
 	}
@@ -367,12 +369,13 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 	if n, err := tr.RestoreLost(ctx); n != 0 || err != nil {
 		t.Fatalf("RestoreLost after the settle = %d, %v; want 0 restored", n, err)
 	}
+	settledAt := clock.now()
 	// The final ones' went after the settle; the unfinished one's once a
 	// poll confirmed its state.
 	if rec := mustGetRecord(ctx, t, s, "req-queued"); rec.Seq != 1 {
 		t.Errorf("req-queued at seq %d before a poll confirmed it, want its event still held", rec.Seq)
 	}
-	confirm(ctx, t, s, tr, "req-queued")
+	confirm(ctx, t, clock, s, tr, "req-queued")
 
 	tests := []struct {
 		id          string
@@ -390,8 +393,12 @@ func TestRestoreLostPutsBackWhatTheStoreLost(t *testing.T) {
 			if rec.Seq != 2 || rec.Epoch <= was.Epoch {
 				t.Errorf("at epoch %d seq %d, want seq 2 (put back, then its event) of an epoch after %d", rec.Epoch, rec.Seq, was.Epoch)
 			}
-			if !rec.UpdatedAt.Equal(clock.now()) || rec.Terminal() && !rec.SyncedAt.Equal(was.SyncedAt) {
-				t.Errorf("UpdatedAt = %v, SyncedAt %v; want the time its event was queued, %v, and a final one synced when it was before", rec.UpdatedAt, rec.SyncedAt, clock.now())
+			queuedAt := clock.now()
+			if rec.Terminal() {
+				queuedAt = settledAt
+			}
+			if !rec.UpdatedAt.Equal(queuedAt) || rec.Terminal() && !rec.SyncedAt.Equal(was.SyncedAt) {
+				t.Errorf("UpdatedAt = %v, SyncedAt %v; want the time its event was queued, %v, and a final one synced when it was before", rec.UpdatedAt, rec.SyncedAt, queuedAt)
 			}
 			if rec.State != was.State || rec.Owner != "team" || rec.OwnerAttached || !slices.Equal(rec.Webhooks, was.Webhooks) ||
 				rec.MaxRun != was.MaxRun || string(rec.Outputs) != string(was.Outputs) || fmt.Sprint(rec.Error) != fmt.Sprint(was.Error) {
@@ -563,7 +570,7 @@ func TestRestoreLostLeavesWhatAnotherReplicaRestored(t *testing.T) {
 		t.Errorf("b changed the restored record: %v, was %v", rec.Position(), restored.Position())
 	}
 	settle(ctx, t, clock, a, b)
-	confirm(ctx, t, s, a, "req-both")
+	confirm(ctx, t, clock, s, a, "req-both")
 	if got := eventTypes(epochEvents(ctx, t, s, "req-both", restored.Epoch)); !slices.Equal(got, []string{"request.queued@2"}) {
 		t.Errorf("events = %v, want the restore's alone", got)
 	}
@@ -792,7 +799,7 @@ func TestRestoreLostGoesOnAfterAFailedPass(t *testing.T) {
 				t.Errorf("Lost answered %v, want %v (the next pass went on although it answered false)", got, want)
 			}
 			settle(ctx, t, clock, tr)
-			confirm(ctx, t, s, tr, ids...)
+			confirm(ctx, t, clock, s, tr, ids...)
 			for _, id := range ids {
 				rec := mustGetRecord(ctx, t, s, id)
 				if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); rec.Seq != 2 || !slices.Equal(rec.Webhooks, hooksAll) || !slices.Equal(got, []string{"request.queued@2"}) {
@@ -921,7 +928,7 @@ func TestApplyRestoresALostRecordFirst(t *testing.T) {
 			}
 			settle(ctx, t, clock, tr)
 			if !rec.Terminal() {
-				confirm(ctx, t, s, tr, "req-1")
+				confirm(ctx, t, clock, s, tr, "req-1")
 			}
 			if got := eventTypes(epochEvents(ctx, t, s, "req-1", rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
@@ -1187,7 +1194,7 @@ func TestRestoreLostMovesTheStoredRecordOn(t *testing.T) {
 			// the record had been moved on from.
 			settle(ctx, t, clock, tr, other)
 			if !rec.Terminal() {
-				confirm(ctx, t, s, tr, id)
+				confirm(ctx, t, clock, s, tr, id)
 			}
 			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
@@ -1365,7 +1372,7 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 				t.Errorf("deadline %s at %v, want the run deadline", kind, at)
 			}
 			settle(ctx, t, clock, tr)
-			confirm(ctx, t, s, tr, id)
+			confirm(ctx, t, clock, s, tr, id)
 			if got := eventTypes(epochEvents(ctx, t, s, id, rec.Epoch)); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events = %v, want %v", got, tt.wantEvents)
 			}
@@ -1405,7 +1412,16 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 				if got := eventsOf(ctx, t, s, "req-held"); len(got) != 0 {
 					t.Fatalf("events before a poll confirmed the state: %v", got)
 				}
-				confirm(ctx, t, s, tr, "req-held")
+				// An unconfirmed record is looked at again a settle
+				// later, not at every look for a loss.
+				gets, _ := s.calls()
+				if _, err := tr.RestoreLost(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if g, _ := s.calls(); g != gets {
+					t.Errorf("the unconfirmed record was read %d more times within a settle", g-gets)
+				}
+				confirm(ctx, t, clock, s, tr, "req-held")
 			},
 			wantEvents: []string{"request.running@2"},
 		},
