@@ -88,8 +88,10 @@ func (h *heldEvents) giveBack(back map[string]heldEvent) {
 	}
 }
 
-// ReleaseHeld queues now every event RestoreLost holds back, whether due or
-// not: a replica that stops would otherwise take them with it.
+// ReleaseHeld queues now the events RestoreLost holds back, whether due or
+// not, and drops those of unfinished records RunComfy has not confirmed
+// since (releaseHeld): a replica that stops would otherwise take them with
+// it.
 func (t *Tracker) ReleaseHeld(ctx context.Context) error {
 	return t.releaseHeld(ctx, true)
 }
@@ -105,7 +107,8 @@ func (t *Tracker) ReleaseHeld(ctx context.Context) error {
 // one put back again (another epoch) holds its own. An event whose record is
 // not confirmed yet is held again, and so, when the store does not answer,
 // is every event not queued yet. With all (a replica that stops), the events
-// of records still in their state are queued, confirmed or not.
+// due or not are queued on the same terms, and those of unconfirmed records
+// dropped: no one would confirm them later.
 func (t *Tracker) releaseHeld(ctx context.Context, all bool) error {
 	due := t.held.take(t.now(), all)
 	var (
@@ -149,7 +152,10 @@ func (t *Tracker) releaseOne(ctx context.Context, id string, e heldEvent, all bo
 		if stored.Epoch != e.epoch || stored.State != e.state {
 			return nil
 		}
-		if !all && !stored.Terminal() && !stored.SyncedAt.After(e.at) {
+		if !stored.Terminal() && !stored.SyncedAt.After(e.at) {
+			if all {
+				return nil // dropped: it may be a state the request has left
+			}
 			return errUnconfirmed
 		}
 		next := stored.Clone()

@@ -1385,8 +1385,8 @@ func TestApplyCatchesUpARecordMadeAgainElsewhere(t *testing.T) {
 // queued once the settle passed and a poll confirmed its state, with a save
 // at the next seq, and held again while the store does not answer; one whose
 // record moved on is dropped; ReleaseHeld, for a replica that stops, queues
-// them before they are due; a record lost again meanwhile is left to the next
-// restore.
+// them before they are due, but drops those RunComfy has not confirmed; a
+// record lost again meanwhile is left to the next restore.
 func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 	unavailable := fmt.Errorf("redis get: %w", state.ErrUnavailable)
 	tests := []struct {
@@ -1451,13 +1451,28 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 			wantEvents: []string{"request.succeeded@2"},
 		},
 		{
-			name: "the replica stops before the settle",
-			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, _ *lossClock) {
+			name: "the replica stops before the settle, the state confirmed",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, clock *lossClock) {
+				clock.advance(time.Second)
+				if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourcePoll, State: runcomfy.StateRunning}); outcome != state.Duplicate {
+					t.Fatalf("the confirming poll: %v, want a duplicate", outcome)
+				}
 				if err := tr.ReleaseHeld(ctx); err != nil {
 					t.Fatal(err)
 				}
 			},
 			wantEvents: []string{"request.running@2"},
+		},
+		{
+			// Dropped: the request may have left that state, and what
+			// this replica remembered may be all that is left of it.
+			name: "the replica stops before a poll confirmed the state",
+			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, _ *lossClock) {
+				if err := tr.ReleaseHeld(ctx); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantEvents: nil,
 		},
 	}
 	for _, tt := range tests {
@@ -1538,6 +1553,7 @@ func TestReconcilerQueuesTheHeldEventsWhenItStops(t *testing.T) {
 	s := newLossStore(clock)
 	tr := newScheduledLossTracker(t, s, clock)
 	submitHooked(ctx, t, tr, "req-stop", hooksAll)
+	mustApply(ctx, t, tr, state.Update{RequestID: "req-stop", Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom"}})
 	if _, err := tr.RestoreLost(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1564,7 +1580,7 @@ func TestReconcilerQueuesTheHeldEventsWhenItStops(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if got, want := eventsOf(ctx, t, s, "req-stop"), []string{"request.queued@2"}; !slices.Equal(got, want) {
+	if got, want := eventsOf(ctx, t, s, "req-stop"), []string{"request.failed@2"}; !slices.Equal(got, want) {
 		t.Errorf("events once it stopped = %v, want %v", got, want)
 	}
 }
