@@ -291,14 +291,20 @@ func settle(ctx context.Context, t *testing.T, clock *lossClock, trackers ...*st
 func confirm(ctx context.Context, t *testing.T, clock *lossClock, s *lossStore, tr *state.Tracker, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
-		rec := mustGetRecord(ctx, t, s, id)
-		if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: id, Source: state.SourcePoll, State: rec.State}); outcome != state.Duplicate {
-			t.Fatalf("%s: the confirming poll was %v, want a duplicate", id, outcome)
-		}
+		polled(ctx, t, tr, id, mustGetRecord(ctx, t, s, id).State)
 	}
 	clock.advance(state.RestoreSettle)
 	if _, err := tr.RestoreLost(ctx); err != nil {
 		t.Fatalf("RestoreLost after the poll: %v", err)
+	}
+}
+
+// polled applies a poll of RunComfy that confirms st, the state requestID's
+// record stands in: a duplicate, which marks the record synced.
+func polled(ctx context.Context, t *testing.T, tr *state.Tracker, requestID string, st runcomfy.State) {
+	t.Helper()
+	if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: requestID, Source: state.SourcePoll, State: st}); outcome != state.Duplicate {
+		t.Fatalf("%s: the confirming poll was %v, want a duplicate", requestID, outcome)
 	}
 }
 
@@ -1429,9 +1435,7 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 			name: "the store did not answer, then did",
 			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, s *lossStore, clock *lossClock) {
 				clock.advance(state.RestoreSettle)
-				if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourcePoll, State: runcomfy.StateRunning}); outcome != state.Duplicate {
-					t.Fatalf("the confirming poll: %v, want a duplicate", outcome)
-				}
+				polled(ctx, t, tr, "req-held", runcomfy.StateRunning)
 				s.failNextGet("req-held", unavailable)
 				if _, err := tr.RestoreLost(ctx); !errors.Is(err, state.ErrUnavailable) {
 					t.Fatalf("RestoreLost with the store down: %v, want unavailable", err)
@@ -1454,9 +1458,7 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 			name: "the replica stops before the settle, the state confirmed",
 			release: func(ctx context.Context, t *testing.T, tr *state.Tracker, _ *lossStore, clock *lossClock) {
 				clock.advance(time.Second)
-				if _, outcome := mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourcePoll, State: runcomfy.StateRunning}); outcome != state.Duplicate {
-					t.Fatalf("the confirming poll: %v, want a duplicate", outcome)
-				}
+				polled(ctx, t, tr, "req-held", runcomfy.StateRunning)
 				if err := tr.ReleaseHeld(ctx); err != nil {
 					t.Fatal(err)
 				}
@@ -1483,14 +1485,7 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 			tr := newLossTracker(t, s.replica(), s, clock)
 			submitHooked(ctx, t, tr, "req-held", hooksAll)
 			mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourceCallback, State: runcomfy.StateRunning})
-			if _, err := tr.RestoreLost(ctx); err != nil {
-				t.Fatal(err)
-			}
-			clock.advance(time.Minute)
-			s.lose(ctx, t, true)
-			if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
-				t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
-			}
+			loseAndRestore(ctx, t, clock, s, tr)
 			if got := eventsOf(ctx, t, s, "req-held"); len(got) != 0 {
 				t.Fatalf("events queued with the restore: %v, want none yet", got)
 			}
@@ -1515,14 +1510,7 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 		s := newLossStore(clock)
 		tr := newLossTracker(t, s.replica(), s, clock)
 		submitHooked(ctx, t, tr, "req-held", hooksAll)
-		if _, err := tr.RestoreLost(ctx); err != nil {
-			t.Fatal(err)
-		}
-		clock.advance(time.Minute)
-		s.lose(ctx, t, true)
-		if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
-			t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
-		}
+		loseAndRestore(ctx, t, clock, s, tr)
 		first := mustGetRecord(ctx, t, s, "req-held")
 		// Lost again, without a word: the held event finds nothing and
 		// queues nothing, and writes nothing back.
@@ -1554,14 +1542,7 @@ func TestReconcilerQueuesTheHeldEventsWhenItStops(t *testing.T) {
 	tr := newScheduledLossTracker(t, s, clock)
 	submitHooked(ctx, t, tr, "req-stop", hooksAll)
 	mustApply(ctx, t, tr, state.Update{RequestID: "req-stop", Source: state.SourceCallback, State: runcomfy.StateFailed, Error: &runcomfy.JobError{Type: "oom"}})
-	if _, err := tr.RestoreLost(ctx); err != nil {
-		t.Fatal(err)
-	}
-	clock.advance(time.Minute)
-	s.lose(ctx, t, true)
-	if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
-		t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
-	}
+	loseAndRestore(ctx, t, clock, s, tr)
 
 	rec, err := state.NewReconciler(state.ReconcilerConfig{
 		Schedule: s, Tracker: tr, Upstream: newUpstream(t, runcomfysim.Options{}, nil).client,
@@ -1582,5 +1563,20 @@ func TestReconcilerQueuesTheHeldEventsWhenItStops(t *testing.T) {
 	}
 	if got, want := eventsOf(ctx, t, s, "req-stop"), []string{"request.failed@2"}; !slices.Equal(got, want) {
 		t.Errorf("events once it stopped = %v, want %v", got, want)
+	}
+}
+
+// loseAndRestore has tr look for a loss (its first look: nothing lost), then,
+// a minute on, has the store lose its data and say so, and tr put back the
+// one request it remembers.
+func loseAndRestore(ctx context.Context, t *testing.T, clock *lossClock, s *lossStore, tr *state.Tracker) {
+	t.Helper()
+	if _, err := tr.RestoreLost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+	if n, err := tr.RestoreLost(ctx); n != 1 || err != nil {
+		t.Fatalf("RestoreLost = %d, %v; want 1", n, err)
 	}
 }
