@@ -106,7 +106,7 @@ func proxyOverhead(ctx context.Context, e *env) (result, error) {
 		fmtDur(floor.lat.quantile(0.5)) + " / " + fmtDur(floor.lat.quantile(0.99)),
 		"the least any gRPC proxy adds", "", "", ""})
 
-	// The least a gRPC proxy in front of the simulator does (bareProxy):
+	// The least a gRPC proxy in front of the simulator does (bareproxy.Server):
 	// what it adds, and the share of direct it keeps at saturation, are the
 	// bounds of what any gateway of this shape reaches on this machine.
 	proxy, proxyAddr, err := e.startRole(ctx, "bare-proxy", "-upstream", simURL)

@@ -8,15 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/bareproxy"
 	"github.com/comfygate/comfygate/server"
 )
 
@@ -43,7 +41,9 @@ func serveRole(ctx context.Context, role, addr, upstream string) error {
 	case "bare-grpc":
 		return serveGRPC(ctx, lis, bareWatcher{})
 	case "bare-proxy":
-		return serveGRPC(ctx, lis, &bareProxy{upstream: upstream, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}})
+		p := bareproxy.New(upstream, benchToken)
+		defer p.Close()
+		return serveGRPC(ctx, lis, p)
 	default:
 		lis.Close()
 		return fmt.Errorf("unknown role %q", role)
@@ -126,42 +126,6 @@ func bareIngest(rdb *redis.Client) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"outcome":"applied"}`)
 	})
-}
-
-// bareProxy is the least a gRPC proxy in front of RunComfy does: it answers
-// Submit by posting the submit's inputs upstream (keep-alive HTTP/1.1, as
-// the direct caller does) and returning the request id it gets, with no
-// authentication, record, idempotency, limits, logs or metrics. What it adds
-// to the direct call is the floor of what any gRPC gateway adds on this
-// machine.
-type bareProxy struct {
-	comfygatev1.UnimplementedGatewayServiceServer
-	upstream string
-	client   *http.Client
-}
-
-func (p *bareProxy) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*comfygatev1.SubmitResponse, error) {
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, p.upstream+"/prod/v1/deployments/"+req.GetDeploymentId()+"/inference",
-		strings.NewReader(req.GetInputJson()))
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	hreq.Header.Set("Authorization", "Bearer "+benchToken)
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(hreq)
-	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
-	}
-	defer resp.Body.Close()
-	var answer struct {
-		RequestID string `json:"request_id"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK {
-		return nil, status.Errorf(codes.Unavailable, "upstream answered %s (%v)", resp.Status, err)
-	}
-	return &comfygatev1.SubmitResponse{Request: &comfygatev1.RequestState{
-		RequestId: answer.RequestID, DeploymentId: req.GetDeploymentId(), Status: comfygatev1.Status_STATUS_QUEUED, Seq: 1,
-	}}, nil
 }
 
 // startRole starts the harness as a reference server and waits for it to
