@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -315,6 +316,54 @@ func TestWebhookOfKilledReplicaDeliveredByAnother(t *testing.T) {
 		}
 		lastSeq = a.seq
 	}
+}
+
+// TestWebhookOfStoppedReplicaDeliveredByAnother: the replica delivering an
+// event is stopped (SIGTERM) mid-attempt; it hands the job back as it stops,
+// and another replica delivers the same event at once, not once the job has
+// been idle for its bound (here over three minutes).
+func TestWebhookOfStoppedReplicaDeliveredByAnother(t *testing.T) {
+	ctx := setup(t)
+	c, secrets := webhookCluster(ctx, t, time.Minute) // idle bound 3×timeout+1s
+	rcv := newHookReceiver(t, secrets)
+	// The queued event only: a later one would queue a job of its own for
+	// the request, and whoever took that would deliver the first event too.
+	resp, err := c.a.api.Submit(ctx, &comfygatev1.SubmitRequest{DeploymentId: deployment, InputJson: `{"overrides": {}}`,
+		Webhook: &comfygatev1.Webhook{Url: rcv.srv.URL + "/hang", Events: []comfygatev1.WebhookEvent{comfygatev1.WebhookEvent_WEBHOOK_EVENT_QUEUED}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := resp.GetRequest().GetRequestId()
+	first := rcv.until(ctx, t, "the first attempt", func(got []hookAttempt) bool { return len(got) > 0 })[0]
+
+	owner, err := c.rdb.Get(ctx, redisstore.OutboxLeaseKey(c.prefix, rid)).Result()
+	if err != nil {
+		t.Fatalf("the delivery lease of a delivery in flight: %v", err)
+	}
+	pid, ok := leasePID(owner)
+	victim := c.byPID(pid)
+	if !ok || victim == nil {
+		t.Fatalf("the delivery lease is held by %q, not a replica", owner)
+	}
+	// The receiver still holds attempts open: one that comes once the stop
+	// began is another replica's (the victim's deliverer stops first).
+	stopping := time.Now()
+	victim.proc.stop()
+	t.Logf("stopped %s mid-attempt of %s", victim.name, first.id)
+
+	// Far less than the idle bound, and than the test's own deadline.
+	soon, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	since := func(from time.Time, answered int) func([]hookAttempt) bool {
+		return func(got []hookAttempt) bool {
+			return slices.ContainsFunc(got, func(a hookAttempt) bool {
+				return a.id == first.id && a.at.After(from) && a.answered == answered
+			})
+		}
+	}
+	rcv.until(soon, t, "the event tried again by another replica", since(stopping, 0))
+	close(rcv.release)
+	rcv.until(soon, t, "the event delivered", since(stopping, http.StatusOK))
 }
 
 // TestWebhooksWaitForAReceiverThatIsDown: the receiver is not listening

@@ -216,10 +216,12 @@ func New(cfg Config) (*Deliverer, error) {
 
 // Run delivers until ctx is done, then returns nil once every goroutine it
 // started has stopped. Outbox errors are logged and retried: a Redis that is
-// down delays deliveries and never stops Run. A job interrupted by the stop
-// is left in the queue, and taken over once idle (by this consumer when it
-// comes back, or by another).
+// down delays deliveries and never stops Run. The jobs it took and did not
+// finish (interrupted by the stop, or taken as it came) are handed back as
+// it stops, for another deliverer to take at once; should that fail, they
+// are taken over once idle.
 func (d *Deliverer) Run(ctx context.Context) error {
+	defer d.handBack(ctx)
 	jobs := make(chan state.Job)
 	free := newSlots(d.workers)
 	g, ctx := errgroup.WithContext(ctx)
@@ -245,6 +247,20 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// handBack gives back the jobs this deliverer took and did not finish, on a
+// context of its own: ctx is done.
+func (d *Deliverer) handBack(ctx context.Context) {
+	hctx, cancel := finishContext(ctx)
+	defer cancel()
+	n, err := d.out.HandBack(hctx, d.consumer)
+	if err != nil {
+		d.log.Warn("webhook jobs not handed back as the deliverer stops; they are taken over once idle", "error", err)
+	}
+	if n > 0 {
+		d.log.Info("webhook jobs handed back as the deliverer stops", "jobs", n)
+	}
 }
 
 // slots counts idle workers, so that no more jobs are taken from the queue
@@ -493,8 +509,8 @@ func (d *Deliverer) process(ctx context.Context, job state.Job) {
 		log.Info("webhook outbox: lease lost to another deliverer")
 		d.finish(ctx, job, rid, d.now().Add(min(busyRecheck, d.lease)), false)
 	case ctx.Err() != nil:
-		// Stopping in the middle: another deliverer (or this one, back)
-		// takes the job over, sooner without the lease.
+		// Stopping in the middle: the job is handed back as Run stops,
+		// and another deliverer takes it over at once without the lease.
 		fctx, cancel := finishContext(ctx)
 		defer cancel()
 		if err := d.out.ReleaseOutbox(fctx, rid, d.consumer); err != nil {

@@ -772,6 +772,70 @@ func TestDeadDelivererJobTakenOver(t *testing.T) {
 	}
 }
 
+func TestStoppingDelivererHandsItsJobBack(t *testing.T) {
+	t.Parallel()
+	backends := []struct {
+		name string
+		new  func(t *testing.T) state.Outbox
+	}{
+		{"memory", func(*testing.T) state.Outbox { return memory.New(time.Now) }},
+		{"redis", newRedisOutbox},
+	}
+	for _, bk := range backends {
+		t.Run(bk.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, bk.new(t))
+			// The first attempt hangs until its deliverer stops; the next
+			// is accepted.
+			r := newReceiver(t, h.n, func(hit, int) (int, http.Header) { return http.StatusOK, nil })
+			hung := make(chan struct{})
+			var once sync.Once
+			r.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				first := false
+				once.Do(func() { first = true })
+				if first {
+					// Read to the end, so that the server notices the
+					// client hanging up and ends req's context.
+					_, _ = io.Copy(io.Discard, req.Body)
+					close(hung)
+					<-req.Context().Done()
+					return
+				}
+				r.serve(w, req)
+			})
+			// A lease (3×timeout+1s) far beyond the test's wait: a job left
+			// to be taken over once idle would make it time out.
+			cfg := h.config("stopping")
+			cfg.Timeout = time.Minute
+			d, err := hooks.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, stop := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- d.Run(ctx) }()
+			ev := saveEvents(t, h.store, "req-handed", []string{r.url("/hook")}, 1)[0]
+			select {
+			case <-hung:
+			case <-time.After(waitTimeout):
+				t.Fatal("the first attempt never came")
+			}
+			stop()
+			if err := <-done; err != nil {
+				t.Fatalf("Run = %v, want nil after the stop", err)
+			}
+
+			next := cfg
+			next.Consumer = "next"
+			d2 := h.start(next)
+			waitUntil(t, h.n, "the delivery by the next deliverer", func() bool { return settled(t, d2, "req-handed", 1) })
+			if hits := r.got("/hook"); len(hits) != 1 || hits[0].id() != ev.ID || hits[0].status != http.StatusOK {
+				t.Fatalf("receiver answered %q, want the event accepted once", ids(hits))
+			}
+		})
+	}
+}
+
 func TestNewValidation(t *testing.T) {
 	t.Parallel()
 	h := newMemoryHarness(t)

@@ -268,6 +268,11 @@ type Outbox interface {
 	Reclaim(ctx context.Context, consumer string, minIdle time.Duration, n int) ([]Job, error)
 	// Done removes finished jobs from the queue.
 	Done(ctx context.Context, jobs ...Job) error
+	// HandBack queues again, as new jobs, every job consumer took and has
+	// not done, and forgets consumer; it returns how many. A deliverer that
+	// stops calls it, so that the jobs it will not finish are taken by
+	// another at once rather than once idle for the takeover time.
+	HandBack(ctx context.Context, consumer string) (int, error)
 	// Wake queues a job for requestID.
 	Wake(ctx context.Context, requestID string) error
 	// Events returns requestID's events, oldest first.

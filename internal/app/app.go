@@ -288,13 +288,17 @@ func (a *App) Run(ctx context.Context) error {
 	defer a.releaseAll()
 	g, gctx := errgroup.WithContext(ctx)
 	// The simulator and the bus outlive the drain, whose in-flight calls
-	// still reach RunComfy and publish, and the reconciler, which as it stops
-	// queues the webhook events it held back after a loss of Redis's data:
-	// they stop once both have.
+	// still reach RunComfy and publish; the reconciler, which as it stops
+	// queues the webhook events it held back after a loss of Redis's data;
+	// and the deliverer, which hands back the jobs it did not finish: they
+	// stop once all have.
 	after, stopAfter := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAfter()
 	var running atomic.Int32
 	running.Store(2)
+	if a.webhooks != nil {
+		running.Add(1)
+	}
 	stopped := func() {
 		if running.Add(-1) == 0 {
 			stopAfter()
@@ -317,7 +321,10 @@ func (a *App) Run(ctx context.Context) error {
 		return a.reconciler.Run(gctx)
 	})
 	if a.webhooks != nil {
-		g.Go(func() error { return a.webhooks.Run(gctx) })
+		g.Go(func() error {
+			defer stopped()
+			return a.webhooks.Run(gctx)
+		})
 	}
 	if a.stored != nil {
 		g.Go(func() error { return a.stored.run(gctx) })

@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"strconv"
@@ -145,6 +146,34 @@ func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Dur
 		jobs = append(jobs, t.job)
 	}
 	return jobs, nil
+}
+
+// HandBack implements state.Outbox.
+func (b *Backend) HandBack(ctx context.Context, consumer string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var mine []takenJob
+	for _, t := range b.out.taken {
+		if t.consumer == consumer {
+			mine = append(mine, t)
+		}
+	}
+	// In the order they were taken, as they were queued.
+	slices.SortFunc(mine, func(a, c takenJob) int { return cmp.Compare(jobNumber(a.job), jobNumber(c.job)) })
+	for _, t := range mine {
+		delete(b.out.taken, t.job.ID)
+		b.out.push(t.job.RequestID)
+	}
+	return len(mine), nil
+}
+
+// jobNumber is the rank of a job in the queue, from its id.
+func jobNumber(j state.Job) int64 {
+	n, _ := strconv.ParseInt(j.ID, 10, 64)
+	return n
 }
 
 // Done implements state.Outbox.

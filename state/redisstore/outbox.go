@@ -40,6 +40,30 @@ end
 return #ids
 `
 
+// handBackScript queues again, as new entries, the jobs of a bucket that a
+// consumer took and has not done, removes the old entries, and forgets the
+// consumer once it holds none: KEYS[1] the jobs stream; ARGV 1 group, 2
+// consumer, 3 most to move. Returns how many were pending for the consumer
+// (so many as ARGV 3: call again).
+const handBackScript = `
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+for _, p in ipairs(pending) do
+  local m = redis.call('XRANGE', KEYS[1], p[1], p[1])
+  if #m > 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(m[1][2]))
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  redis.call('XDEL', KEYS[1], p[1])
+end
+if #pending < tonumber(ARGV[3]) then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return #pending
+`
+
+// handBackBatch is the most jobs handBackScript moves in one call.
+const handBackBatch = 100
+
 // ensureGroup creates the deliverers group (and the stream) of a bucket if
 // missing: from the stream's start, so jobs queued before it existed are
 // read.
@@ -173,6 +197,32 @@ func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Dur
 		return nil, failed
 	}
 	return jobs, nil
+}
+
+// HandBack implements state.Outbox with handBackScript, in each bucket. A
+// bucket whose group is gone (Redis restarted empty) holds no job of
+// consumer's.
+func (b *Backend) HandBack(ctx context.Context, consumer string) (int, error) {
+	var (
+		total  int
+		failed error
+	)
+	for bucket := range b.keys.Buckets() {
+		for {
+			n, err := b.handBack.Run(ctx, b.rdb, []string{b.keys.Jobs(bucket)}, deliverersGroup, consumer, handBackBatch).Int()
+			if err != nil {
+				if !redis.HasErrorPrefix(err, "NOGROUP") {
+					failed = cmp.Or(failed, unavailable(ctx, "hand back delivery jobs", err))
+				}
+				break
+			}
+			total += n
+			if n < handBackBatch {
+				break
+			}
+		}
+	}
+	return total, failed
 }
 
 // Done implements state.Outbox: XACK and XDEL in each job's bucket (its

@@ -178,9 +178,11 @@ type Backend struct {
 	// reserve, bind, place and follow serve the concurrency counts
 	// (slots.go).
 	reserve, bind, place, follow *redis.Script
-	// outboxLease and wakeDue serve the webhook outbox (outbox.go).
+	// outboxLease, wakeDue and handBack serve the webhook outbox
+	// (outbox.go).
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
+	handBack    *redis.Script
 	callTimeout time.Duration
 	// pings shares one round of Ping's asks among concurrent callers.
 	pings sharedCall
@@ -264,6 +266,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Backend, error) {
 		follow:      redis.NewScript(followScript),
 		outboxLease: redis.NewScript(outboxLeaseScript),
 		wakeDue:     redis.NewScript(wakeDueScript),
+		handBack:    redis.NewScript(handBackScript),
 		callTimeout: opts.CallTimeout,
 		ps:          ps,
 		shards:      shards,

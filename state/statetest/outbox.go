@@ -35,6 +35,7 @@ func RunOutbox(t *testing.T, newBackend func(t *testing.T) OutboxBackend) {
 		{"RefusedSaveQueuesNothing", testRefusedSaveQueuesNothing},
 		{"JobsGoToOneConsumer", testJobsGoToOneConsumer},
 		{"IdleJobsAreReclaimed", testIdleJobsAreReclaimed},
+		{"StoppingConsumerHandsJobsBack", testStoppingConsumerHandsJobsBack},
 		{"LeaseIsExclusive", testOutboxLease},
 		{"RetriesWakeWhenDue", testRetriesWakeWhenDue},
 		{"DeliveriesRoundTrip", testDeliveriesRoundTrip},
@@ -218,6 +219,56 @@ func testIdleJobsAreReclaimed(t *testing.T, b OutboxBackend) {
 	}
 	if got, err := b.Reclaim(ctx, "alive", 0, 10); err != nil || len(got) != 0 {
 		t.Fatalf("Reclaim after Done = %v, %v; want none", got, err)
+	}
+}
+
+func testStoppingConsumerHandsJobsBack(t *testing.T, b OutboxBackend) {
+	ctx := context.Background()
+	ids := []string{"req-h1", "req-h2", "req-h3"}
+	for _, id := range ids {
+		if err := b.Wake(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopping := takeAll(t, b, "stopping", 2)
+	other := takeAll(t, b, "other", 1)
+	if n, err := b.HandBack(ctx, "stopping"); err != nil || n != 2 {
+		t.Fatalf("HandBack = %d, %v; want the 2 jobs taken", n, err)
+	}
+	// Queued again as new jobs: taken at once, not after an idle time.
+	again := takeAll(t, b, "next", 2)
+	var want, got []string
+	for _, j := range stopping {
+		want = append(want, j.RequestID)
+	}
+	for _, j := range again {
+		got = append(got, j.RequestID)
+		if slices.ContainsFunc(stopping, func(o state.Job) bool { return o.ID == j.ID }) {
+			t.Errorf("job %s handed back under its old id", j.ID)
+		}
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("jobs after the hand back = %v, want %v", got, want)
+	}
+	noJob(t, b, "next")
+	// Nothing is left to be taken over, and the other consumer's job stays
+	// its own.
+	if got, err := b.Reclaim(ctx, "next", 0, 10); err != nil || len(got) != 3 {
+		t.Fatalf("Reclaim of every job not done = %v, %v; want the 2 handed back and the other's", got, err)
+	}
+	if n, err := b.HandBack(ctx, "stopping"); err != nil || n != 0 {
+		t.Fatalf("HandBack again = %d, %v; want none", n, err)
+	}
+	if n, err := b.HandBack(ctx, "never-took"); err != nil || n != 0 {
+		t.Fatalf("HandBack of a consumer that took nothing = %d, %v; want none", n, err)
+	}
+	if err := b.Done(ctx, append(again, other...)...); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _, err := b.Depth(ctx); err != nil || jobs != 0 {
+		t.Fatalf("Depth after Done = %d, %v; want 0 (the old entries gone)", jobs, err)
 	}
 }
 
