@@ -1525,6 +1525,40 @@ func TestRestoreLostHoldsTheEventsBack(t *testing.T) {
 	})
 }
 
+// TestRestoreLostLooksForALossWhenAHeldEventFails pins that a held event
+// that could not be queued for a reason other than the store being down
+// does not keep the same look from finding a loss and putting back what it
+// lost.
+func TestRestoreLostLooksForALossWhenAHeldEventFails(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	tr := newLossTracker(t, s.replica(), s, clock)
+	submitHooked(ctx, t, tr, "req-held", hooksAll)
+	mustApply(ctx, t, tr, state.Update{RequestID: "req-held", Source: state.SourceCallback, State: runcomfy.StateSucceeded, Outputs: lossOutputs})
+	loseAndRestore(ctx, t, clock, s, tr)
+
+	clock.advance(state.RestoreSettle)
+	broken := errors.New("record does not decode")
+	s.failNextGet("req-held", broken)
+	s.lose(ctx, t, true)
+	n, err := tr.RestoreLost(ctx)
+	if !errors.Is(err, broken) {
+		t.Errorf("RestoreLost = %v, want the held event's error", err)
+	}
+	if n != 1 {
+		t.Fatalf("RestoreLost put back %d records, want 1 in the same look", n)
+	}
+	if got := mustGetRecord(ctx, t, s, "req-held"); got.State != runcomfy.StateSucceeded {
+		t.Errorf("record put back as %v, want succeeded", got.State)
+	}
+	// The new epoch's event is held as any restore's, and queued a settle on.
+	settle(ctx, t, clock, tr)
+	if got, want := eventsOf(ctx, t, s, "req-held"), []string{"request.succeeded@2"}; !slices.Equal(got, want) {
+		t.Errorf("events = %v, want %v", got, want)
+	}
+}
+
 // eventsOf names the events queued for requestID in its stored record's
 // epoch.
 func eventsOf(ctx context.Context, t *testing.T, s *lossStore, requestID string) []string {

@@ -326,13 +326,16 @@ func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	// The events held back by an earlier pass go first: the store is
-	// answering if a loss can be looked for.
-	if err := t.releaseHeld(ctx, false); err != nil {
-		return 0, err
+	// answering if a loss can be looked for. A held event that failed for
+	// another reason keeps no loss waiting: its error is returned with the
+	// look's.
+	heldErr := t.releaseHeld(ctx, false)
+	if errors.Is(heldErr, ErrUnavailable) || ctx.Err() != nil {
+		return 0, heldErr
 	}
 	lost, err := ld.Lost(ctx)
 	if err != nil || (!lost && !t.restoring.Load()) {
-		return 0, err
+		return 0, errors.Join(heldErr, err)
 	}
 	t.restoring.Store(true)
 	// The records go back restoreConcurrency at a time: a replica remembers
@@ -377,9 +380,9 @@ func (t *Tracker) RestoreLost(ctx context.Context) (int, error) {
 		t.restoring.Store(false)
 	}
 	if down.Load() {
-		return restored, downErr
+		return restored, errors.Join(heldErr, downErr)
 	}
-	return restored, errors.Join(errs...)
+	return restored, errors.Join(append(errs, heldErr)...)
 }
 
 // restoreConcurrency is how many records RestoreLost puts back at once.
