@@ -21,9 +21,16 @@ type encodedMessage struct{ b []byte }
 // codec is gRPC's proto codec, except that it sends an encodedMessage as it
 // is: a watch event goes to every watcher of a request on this replica, and is
 // encoded once for all of them rather than once per stream.
-type codec struct{ encoding.CodecV2 }
+type codec struct {
+	encoding.CodecV2
+	// failed, when set, takes the errors of the service's messages that do
+	// not decode (undecodable), and Unmarshal reports success for them.
+	failed *undecodable
+}
 
-func newCodec() codec { return codec{encoding.GetCodecV2(protoenc.Name)} }
+func newCodec(failed *undecodable) codec {
+	return codec{CodecV2: encoding.GetCodecV2(protoenc.Name), failed: failed}
+}
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if m, ok := v.(*encodedMessage); ok {
@@ -39,6 +46,25 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 // but for a message (other than an upload's chunk) larger than any legitimate one of its kind, which is
 // refused without being decoded (decoding copies it, twice).
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.unmarshal(data, v)
+	if err != nil && c.failed != nil && c.failed.put(v, err) {
+		return nil
+	}
+	return err
+}
+
+// messageTooLargeError refuses a message larger than any legitimate one of
+// its kind.
+type messageTooLargeError struct {
+	v        any
+	size, at int
+}
+
+func (e *messageTooLargeError) Error() string {
+	return fmt.Sprintf("a %T is at most %d bytes; this one has %d", e.v, e.at, e.size)
+}
+
+func (c codec) unmarshal(data mem.BufferSlice, v any) error {
 	req, submit := v.(*comfygatev1.SubmitRequest)
 	_, upload := v.(*comfygatev1.UploadRequest)
 	_, submitAndWait := v.(*comfygatev1.SubmitAndWaitRequest)
@@ -48,7 +74,7 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 			return err
 		}
 	case !submit && !upload && !submitAndWait && data.Len() > maxSmallMessage:
-		return fmt.Errorf("a %T is at most %d bytes; this one has %d", v, maxSmallMessage, data.Len())
+		return &messageTooLargeError{v: v, size: data.Len(), at: maxSmallMessage}
 	}
 	return c.CodecV2.Unmarshal(data, v)
 }

@@ -113,7 +113,7 @@ func TestEventCacheLastRecord(t *testing.T) {
 // TestCodecPassesEncodedEvents: the server codec sends an encoded event byte
 // for byte and encodes every other message as the proto codec does.
 func TestCodecPassesEncodedEvents(t *testing.T) {
-	c := newCodec()
+	c := newCodec(nil)
 	raw := &encodedMessage{b: []byte{0x0a, 0x02, 0x08, 0x01}}
 	out, err := c.Marshal(raw)
 	if err != nil {

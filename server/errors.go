@@ -8,12 +8,15 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -407,3 +410,79 @@ func restHTTPStatus(st *status.Status) int {
 	}
 	return runtime.HTTPStatusFromCode(st.Code())
 }
+
+// undecodable holds the request messages of the gateway's service that the
+// codec could not decode, each with the error to answer it with, from the
+// codec's Unmarshal to the method's decoding (desc). grpc-go answers any
+// codec error INTERNAL, and writes that status at once; but a message that
+// does not decode (not protobuf, a string that is not UTF-8, one larger than
+// any of its kind) is the caller's error, not the server's, and must neither
+// look like a fault in the gateway nor page whoever watches its INTERNAL
+// rate. So the codec reports success and the method's decoding, which comes
+// next, fails the call with the precise code.
+type undecodable struct{ m sync.Map } // message (a pointer) -> error
+
+// put keeps the decoding error of v, and reports whether it did: only for
+// the gateway's service's messages, which desc's methods take back.
+func (u *undecodable) put(v any, err error) bool {
+	m, ok := v.(proto.Message)
+	if !ok || m.ProtoReflect().Descriptor().ParentFile().Package() != "comfygate.v1" {
+		return false
+	}
+	var tooLarge *messageTooLargeError
+	if errors.As(err, &tooLarge) {
+		err = status.Error(codes.ResourceExhausted, tooLarge.Error())
+	} else {
+		err = status.Error(codes.InvalidArgument, "the request message does not decode: "+err.Error())
+	}
+	u.m.Store(v, err)
+	return true
+}
+
+// take returns (and forgets) the decoding error of v, if any.
+func (u *undecodable) take(v any) error {
+	if err, ok := u.m.LoadAndDelete(v); ok {
+		return err.(error)
+	}
+	return nil
+}
+
+// after is the error of receiving v, whose receipt ended with err: err,
+// or else v's decoding error. v's is taken either way: a receipt that fails
+// after the codec (a second message where one is due) leaves nothing kept.
+func (u *undecodable) after(err error, v any) error {
+	if failed := u.take(v); err == nil {
+		return failed
+	}
+	return err
+}
+
+// desc is the service desc with each method's decoding, unary or streamed,
+// failing with the error put for its message.
+func (u *undecodable) desc(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
+	d := *desc
+	d.Methods = make([]grpc.MethodDesc, len(desc.Methods))
+	for i, m := range desc.Methods {
+		h := m.Handler
+		m.Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			return h(srv, ctx, func(v any) error { return u.after(dec(v), v) }, ic)
+		}
+		d.Methods[i] = m
+	}
+	d.Streams = make([]grpc.StreamDesc, len(desc.Streams))
+	for i, sd := range desc.Streams {
+		h := sd.Handler
+		sd.Handler = func(srv any, stream grpc.ServerStream) error { return h(srv, decodingStream{stream, u}) }
+		d.Streams[i] = sd
+	}
+	return &d
+}
+
+// decodingStream is a server stream whose messages received fail as
+// undecodable says.
+type decodingStream struct {
+	grpc.ServerStream
+	failed *undecodable
+}
+
+func (s decodingStream) RecvMsg(m any) error { return s.failed.after(s.ServerStream.RecvMsg(m), m) }

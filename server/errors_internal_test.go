@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -138,5 +139,37 @@ func TestSubmitMayHaveStarted(t *testing.T) {
 				t.Errorf("submitMayHaveStarted(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestUndecodableKeepsOnlyTheServicesMessages pins that the codec's failures
+// are kept for the gateway's own messages only (no method of another
+// service takes them back), and only until taken.
+func TestUndecodableKeepsOnlyTheServicesMessages(t *testing.T) {
+	var u undecodable
+	broken := errors.New("cannot parse")
+	if u.put(&healthpb.HealthCheckRequest{}, broken) {
+		t.Error("a health check's failure kept, want it left to grpc-go")
+	}
+	req := &comfygatev1.GetStatusRequest{}
+	if !u.put(req, broken) {
+		t.Fatal("a GetStatusRequest's failure not kept")
+	}
+	if err := u.after(nil, req); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("after a receipt that succeeded = %v, want INVALID_ARGUMENT", err)
+	}
+	if err := u.after(nil, req); err != nil {
+		t.Errorf("after it was taken = %v, want nil", err)
+	}
+	// A receipt that failed after the codec: its own error, and nothing kept.
+	u.put(req, broken)
+	second := status.Error(codes.Internal, "received multiple request messages")
+	if err := u.after(second, req); err != second {
+		t.Errorf("after a failed receipt = %v, want its error", err)
+	}
+	n := 0
+	u.m.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Errorf("%d failures still kept, want none", n)
 	}
 }

@@ -233,10 +233,11 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 		}
 	}
 	handoff := newHandoff()
+	failed := &undecodable{}
 	opts := append(interceptors(cfg.Logger, cfg.Auth, cfg.Metrics, cfg.Limits, handoff, cfg.MaxBodyBytes),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams)),
-		grpc.ForceServerCodecV2(newCodec()),
+		grpc.ForceServerCodecV2(newCodec(failed)),
 		// Watch streams live for minutes: probe idle connections so a vanished
 		// client frees its stream, and let well-behaved clients keep alive.
 		// A connection with no call open is closed after MaxConnectionIdle,
@@ -271,7 +272,7 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 			otelgrpc.WithTracerProvider(cfg.Tracer), otelgrpc.WithPropagators(prop))))
 	}
 	s.grpcServer = grpc.NewServer(opts...)
-	comfygatev1.RegisterGatewayServiceServer(s.grpcServer, svc)
+	s.grpcServer.RegisterService(failed.desc(&comfygatev1.GatewayService_ServiceDesc), svc)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	if cfg.Metrics != nil {
 		cfg.Metrics.grpc.initialize(s.grpcServer)
