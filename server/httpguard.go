@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -349,27 +350,55 @@ func refuseUnread(w http.ResponseWriter, r *http.Request, st *status.Status) {
 }
 
 // validPath refuses a path that is not UTF-8 (such as %FF) on every route:
-// no id can hold it, and gRPC could not carry it. On an API route the answer
-// names the id that is malformed, as the service's own checks do.
+// no id can hold it, and gRPC could not carry it. It refuses too a path that
+// is not clean (an empty, "." or ".." segment, as in /requests/../x), which
+// http.ServeMux would answer with a redirect to another path: a client that
+// follows it would call another route, or act on another request, than the
+// one it named. On an API route the answer names the id that is malformed,
+// as the service's own checks do.
 func validPath(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if utf8.ValidString(r.URL.Path) {
+		p := r.URL.Path
+		valid, clean := utf8.ValidString(p), isClean(p)
+		if valid && clean {
 			h.ServeHTTP(w, r)
 			return
 		}
 		err := error(&fieldError{field: "path", reason: "is not valid UTF-8"})
+		if !clean {
+			err = &fieldError{field: "path", reason: "may not hold an empty, \".\" or \"..\" segment"}
+		}
 		// /v1/deployments/{deployment_id}/requests/{request_id}...
-		parts := strings.SplitN(r.URL.Path, "/", 6)
+		parts := strings.Split(p, "/")
 		for _, id := range [...]struct {
 			i     int
 			field string
 		}{{5, "request_id"}, {3, "deployment_id"}} {
-			if len(parts) > id.i && parts[1] == "v1" && !utf8.ValidString(parts[id.i]) {
+			if len(parts) <= id.i || parts[1] != "v1" {
+				continue
+			}
+			switch seg := parts[id.i]; {
+			case !utf8.ValidString(seg), seg == ".", seg == "..":
 				err = &fieldError{field: id.field, reason: "may contain only letters, digits, '-' and '_'"}
+			case seg == "" && len(parts) > id.i+1:
+				err = &fieldError{field: id.field, reason: "is required"}
 			}
 		}
 		refuseUnread(w, r, status.Convert(toStatus(r.Context(), slog.New(slog.DiscardHandler), "", err)))
 	})
+}
+
+// isClean reports whether http.ServeMux takes p as it is: it redirects a
+// path that path.Clean changes, but for a trailing slash, which it keeps.
+func isClean(p string) bool {
+	if p == "" || p[0] != '/' {
+		return true // ServeMux answers these itself
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // readDeadline bounds the time a client may take to send a request body.

@@ -72,7 +72,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 			})
 		}
 	}
-	for _, path := range []string{"/v1/deployments/dep-1", "/v1/other", "/v1/deployments/dep-1/requests/req-1/result/more", "/v1/deployments//requests"} {
+	for _, path := range []string{"/v1/deployments/dep-1", "/v1/other", "/v1/deployments/dep-1/requests/req-1/result/more"} {
 		r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, g.httpBase+path, strings.NewReader("{}"))
 		if err != nil {
 			t.Fatal(err)

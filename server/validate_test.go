@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -104,12 +105,12 @@ func TestHostileIDsNeverReachUpstreamREST(t *testing.T) {
 					body = []byte(`{}`)
 				}
 				code, resp := g.rest(t, r.method, r.path, body)
-				// An empty id or ".." changes the route itself (no route matches, or
-				// the path is cleaned into another one); every other id is refused by
-				// validation with 400. None reaches upstream (checked below).
+				// An empty id changes the route itself (no route matches);
+				// every other id, ".." too, is refused by validation with
+				// 400. None reaches upstream (checked below).
 				// An id ending in ":cancel" on GET names the cancel route, which
 				// takes POST only: 405.
-				routeChanging := hostileIDs[name] == "" || hostileIDs[name] == ".."
+				routeChanging := hostileIDs[name] == ""
 				cancelVerb := r.method == http.MethodGet && strings.HasSuffix(r.path, ":cancel")
 				switch {
 				case cancelVerb && code != http.StatusMethodNotAllowed:
@@ -122,6 +123,53 @@ func TestHostileIDsNeverReachUpstreamREST(t *testing.T) {
 				}
 			})
 		}
+	}
+	if got := g.sim.TotalCalls(); got != 0 {
+		t.Errorf("upstream saw %d calls, want 0", got)
+	}
+}
+
+// TestUncleanPathsAreRefusedNotRedirected pins that a path with an empty,
+// "." or ".." segment is refused (400, naming the id where it is one), not
+// redirected to the path it cleans into: a client that followed would call
+// another route, or act on another request, than the one it named.
+func TestUncleanPathsAreRefusedNotRedirected(t *testing.T) {
+	g := startGateway(t)
+	noFollow := *g.httpc
+	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	tests := []struct {
+		method, path, field string
+	}{
+		{http.MethodGet, "/v1/deployments/d1/requests/../r2", "request_id"},
+		{http.MethodGet, "/v1/deployments/d1/requests/./r1", "request_id"},
+		{http.MethodGet, "/v1/deployments/d1/requests/..", "request_id"},
+		{http.MethodGet, "/v1/deployments/d1/requests/%2E%2E", "request_id"},
+		{http.MethodGet, "/v1/deployments/../requests/r1", "deployment_id"},
+		{http.MethodGet, "/v1/deployments/d1/requests/r1/../../d2/requests/r1", "path"},
+		{http.MethodPost, "/v1/deployments/d1/requests/r1/../r2:cancel", "path"},
+		{http.MethodPost, "/v1/deployments//requests", "deployment_id"},
+		{http.MethodGet, "/v1/deployments/d1//requests/r1", "path"},
+		{http.MethodGet, "/healthz/.", "path"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), tc.method, g.httpBase+tc.path, strings.NewReader(`{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := noFollow.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+				t.Fatalf("HTTP %d (Location %q) %s, want 400 and no redirect", resp.StatusCode, resp.Header.Get("Location"), body)
+			}
+			if !strings.Contains(string(body), tc.field) {
+				t.Errorf("answer %s does not name %s", body, tc.field)
+			}
+		})
 	}
 	if got := g.sim.TotalCalls(); got != 0 {
 		t.Errorf("upstream saw %d calls, want 0", got)
