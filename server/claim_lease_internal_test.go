@@ -51,11 +51,11 @@ func (s *scriptedIdem) marks() []state.IdempotencyEntry {
 	return append([]state.IdempotencyEntry(nil), s.completed...)
 }
 
-// notFoundTracker answers every Get with ErrNotFound: a key's request id is
-// then answered as it is.
+// notFoundTracker answers every Lookup with ErrNotFound: a key's request id
+// is then answered as it is.
 type notFoundTracker struct{ Tracker }
 
-func (notFoundTracker) Get(context.Context, string) (*state.Record, error) {
+func (notFoundTracker) Lookup(context.Context, string) (*state.Record, error) {
 	return nil, state.ErrNotFound
 }
 

@@ -142,7 +142,7 @@ func (s *Service) claimIdempotency(ctx context.Context, key, dep, input, named s
 		case got.Unanswered, got.Sent && s.now().After(got.Until.Add(claimLeaseSkew)):
 			return "", nil, errIdempotencyUnanswered
 		case got.RequestID != "":
-			rec, err := s.tracker.Get(ctx, got.RequestID)
+			rec, err := s.tracker.Lookup(ctx, got.RequestID)
 			if err != nil {
 				// Recorded long ago and expired, or not recorded: the id is
 				// what the caller needs.

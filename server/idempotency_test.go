@@ -112,22 +112,8 @@ func TestConcurrentRetriesOnTwoReplicas(t *testing.T) {
 	}
 	t.Cleanup(srv.Stop)
 	prefix := redistest.Prefix(t)
-	replica := func(opts ...func(*gatewayOptions)) *gateway {
-		b, err := redisstore.New(srv.Client(t), redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = b.Run(ctx, func(context.Context, []string) error { return nil })
-		}()
-		t.Cleanup(func() { cancel(); <-done })
-		return startGateway(t, append(opts, func(o *gatewayOptions) { o.redis = b })...)
-	}
-	a := replica()
-	b := replica(func(o *gatewayOptions) { o.sharedSim, o.sharedSimURL = a.sim, a.simURL })
+	a := redisReplica(t, srv, prefix)
+	b := redisReplica(t, srv, prefix, func(o *gatewayOptions) { o.sharedSim, o.sharedSimURL = a.sim, a.simURL })
 	// Slow submits widen the window in which retries overlap.
 	a.sim.SetFaults(runcomfysim.Faults{Latency: 200 * time.Millisecond})
 
@@ -163,4 +149,22 @@ func TestConcurrentRetriesOnTwoReplicas(t *testing.T) {
 	if got := a.sim.Calls("submit"); got != 1 {
 		t.Errorf("RunComfy saw %d submits, want 1", got)
 	}
+}
+
+// redisReplica is a gateway whose state is in the Redis srv, under prefix
+// (replicas share it), running until the test ends.
+func redisReplica(t *testing.T, srv *redistest.Server, prefix string, opts ...func(*gatewayOptions)) *gateway {
+	t.Helper()
+	b, err := redisstore.New(srv.Client(t), redisstore.Options{Prefix: prefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.Run(ctx, func(context.Context, []string) error { return nil })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return startGateway(t, append(opts, func(o *gatewayOptions) { o.redis = b })...)
 }

@@ -29,6 +29,9 @@ type Upstream interface {
 type Tracker interface {
 	Apply(ctx context.Context, u state.Update) (*state.Record, state.Outcome, error)
 	Get(ctx context.Context, requestID string) (*state.Record, error)
+	// Lookup is Get for a caller asking about its request: a record the
+	// store lost with its data that the tracker remembers is put back first.
+	Lookup(ctx context.Context, requestID string) (*state.Record, error)
 	Refresh(ctx context.Context, up state.Upstream, deploymentID, requestID string, source state.Source, owner string) (*state.Record, *state.Update, error)
 	// Defer keeps an update the store was unavailable for, to be recorded
 	// when it answers again.

@@ -36,7 +36,7 @@ var errMayNotAttach = fmt.Errorf("request unknown to the gateway; attaching need
 // state.ErrNotFound means nothing is recorded; errNotYours that it may not be
 // seen by the caller, and must not be looked up upstream either.
 func (s *Service) lookup(ctx context.Context, dep, rid string) (*state.Record, error) {
-	rec, err := s.tracker.Get(ctx, rid)
+	rec, err := s.tracker.Lookup(ctx, rid)
 	if err != nil {
 		return nil, err
 	}

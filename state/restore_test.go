@@ -1559,6 +1559,60 @@ func TestRestoreLostLooksForALossWhenAHeldEventFails(t *testing.T) {
 	}
 }
 
+// TestLookupPutsBackALostRecord pins that a read of a request this replica
+// remembers, whose record the store lost, puts it back at once (its webhook
+// event held as any restore's) rather than answering it unknown until the
+// next look for a loss; and that a request it does not remember, or whose
+// retention ran out, is unknown still.
+func TestLookupPutsBackALostRecord(t *testing.T) {
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	tr := newLossTracker(t, s.replica(), s, clock)
+	was := submitHooked(ctx, t, tr, "req-read", hooksAll)
+	mustApply(ctx, t, tr, state.Update{RequestID: "req-read", Source: state.SourceCallback, State: runcomfy.StateRunning})
+	submitHooked(ctx, t, tr, "req-old", hooksAll)
+	if _, err := tr.RestoreLost(ctx); err != nil { // the first look: nothing lost
+		t.Fatal(err)
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, true)
+
+	got, err := tr.Lookup(ctx, "req-read")
+	if err != nil {
+		t.Fatalf("Lookup of a lost request it remembers: %v", err)
+	}
+	if got.State != runcomfy.StateRunning || got.Seq != 1 || got.Epoch <= was.Epoch || !slices.Equal(got.Webhooks, hooksAll) {
+		t.Errorf("Lookup = %v at epoch %d seq %d, webhooks %v; want running, put back at seq 1 of an epoch after %d, its webhooks kept",
+			got.State, got.Epoch, got.Seq, got.Webhooks, was.Epoch)
+	}
+	if stored := mustGetRecord(ctx, t, s, "req-read"); stored.Position() != got.Position() {
+		t.Errorf("stored %+v, want what Lookup returned", stored)
+	}
+	if evs := eventsOf(ctx, t, s, "req-read"); len(evs) != 0 {
+		t.Errorf("events queued with the read: %v, want the restore's held", evs)
+	}
+	if _, err := tr.Lookup(ctx, "req-never"); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("Lookup of a request never seen = %v, want not found", err)
+	}
+	// The look for the loss finds the one the read put back; the read's
+	// event goes once confirmed, as any restore's.
+	if n, err := tr.RestoreLost(ctx); err != nil || n != 1 {
+		t.Fatalf("RestoreLost = %d, %v; want only the request not read put back", n, err)
+	}
+	clock.advance(time.Second)
+	confirm(ctx, t, clock, s, tr, "req-read")
+	if got, want := eventsOf(ctx, t, s, "req-read"), []string{"request.running@2"}; !slices.Equal(got, want) {
+		t.Errorf("events = %v, want %v", got, want)
+	}
+
+	s.lose(ctx, t, false)
+	clock.advance(lossRetention)
+	if _, err := tr.Lookup(ctx, "req-old"); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("Lookup of a request past its retention = %v, want not found", err)
+	}
+}
+
 // eventsOf names the events queued for requestID in its stored record's
 // epoch.
 func eventsOf(ctx context.Context, t *testing.T, s *lossStore, requestID string) []string {

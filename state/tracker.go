@@ -104,6 +104,31 @@ func (t *Tracker) Get(ctx context.Context, requestID string) (*Record, error) {
 	return t.store.Get(ctx, requestID)
 }
 
+// Lookup is Get for a caller asking about its request. A request this
+// replica remembers, within its retention, whose record a store that can
+// lose its data no longer holds was lost with it (Redis restarted empty): it
+// is put back first, as RestoreLost does within a second, rather than
+// answered as unknown meanwhile to its owner, who would take the job for
+// gone. (The reconciler reads with Get: a watched record it finds missing it
+// records again from RunComfy.)
+func (t *Tracker) Lookup(ctx context.Context, requestID string) (*Record, error) {
+	rec, err := t.store.Get(ctx, requestID)
+	if !errors.Is(err, ErrNotFound) {
+		return rec, err
+	}
+	if _, ok := t.store.(LossDetector); !ok {
+		return nil, err
+	}
+	mem := t.recent.get(requestID)
+	if mem == nil || t.now().Sub(mem.UpdatedAt) >= t.retention {
+		return nil, err
+	}
+	if _, rerr := t.restoreOne(ctx, mem); rerr != nil {
+		return nil, fmt.Errorf("put back lost request %s: %w", requestID, rerr)
+	}
+	return t.store.Get(ctx, requestID)
+}
+
 // Missing returns those of ids that have no record. It asks the store in one
 // call when the store can (MissingChecker), else one Get each.
 func (t *Tracker) Missing(ctx context.Context, ids []string) ([]string, error) {
