@@ -677,16 +677,24 @@ func newRedisOutbox(t *testing.T) state.Outbox {
 	return b
 }
 
-func TestTwoDeliverersDeliverOnce(t *testing.T) {
-	t.Parallel()
-	backends := []struct {
-		name string
-		new  func(t *testing.T) state.Outbox
-	}{
+// outboxBackend makes an outbox for a test.
+type outboxBackend struct {
+	name string
+	new  func(t *testing.T) state.Outbox
+}
+
+// outboxBackends are the outboxes the deliverer runs on: in the process,
+// and in Redis.
+func outboxBackends() []outboxBackend {
+	return []outboxBackend{
 		{"memory", func(*testing.T) state.Outbox { return memory.New(time.Now) }},
 		{"redis", newRedisOutbox},
 	}
-	for _, bk := range backends {
+}
+
+func TestTwoDeliverersDeliverOnce(t *testing.T) {
+	t.Parallel()
+	for _, bk := range outboxBackends() {
 		t.Run(bk.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, bk.new(t))
@@ -774,14 +782,7 @@ func TestDeadDelivererJobTakenOver(t *testing.T) {
 
 func TestStoppingDelivererHandsItsJobBack(t *testing.T) {
 	t.Parallel()
-	backends := []struct {
-		name string
-		new  func(t *testing.T) state.Outbox
-	}{
-		{"memory", func(*testing.T) state.Outbox { return memory.New(time.Now) }},
-		{"redis", newRedisOutbox},
-	}
-	for _, bk := range backends {
+	for _, bk := range outboxBackends() {
 		t.Run(bk.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, bk.new(t))
