@@ -256,7 +256,7 @@ func (d *Deliverer) handBack(ctx context.Context) {
 	defer cancel()
 	n, err := d.out.HandBack(hctx, d.consumer)
 	if err != nil {
-		d.log.Warn("webhook jobs not handed back as the deliverer stops; they are taken over once idle", "error", err)
+		d.log.Warn("webhook jobs may not have been handed back as the deliverer stops (a Redis that answers late may still run the hand back); any left are taken over once idle", "error", err)
 	}
 	if n > 0 {
 		d.log.Info("webhook jobs handed back as the deliverer stops", "jobs", n)

@@ -61,6 +61,31 @@ end
 return #pending
 `
 
+// forgetIdleScript forgets the consumers of a bucket's jobs that hold no job
+// and have not read for a while (those of replicas that died, or stopped
+// while Redis did not answer): KEYS[1] the jobs stream; ARGV 1 group, 2 the
+// consumer that asks (never forgotten), 3 the idle time in ms. In one script,
+// so that no consumer takes a job between the look and the forgetting, which
+// would drop the job from the pending list. Returns how many were forgotten.
+const forgetIdleScript = `
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    n = n + 1
+  end
+end
+return n
+`
+
+// forgetIdleAfter is how many times Reclaim's idle time a consumer that
+// holds no job may go without reading before it is forgotten: a live
+// replica reads every few seconds, or once its workers, busy for at most
+// about a lease each, are free again.
+const forgetIdleAfter = 20
+
 // handBackBatch is the most jobs handBackScript moves in one call.
 const handBackBatch = 100
 
@@ -161,7 +186,11 @@ func toJobs(msgs []redis.XMessage) []state.Job {
 }
 
 // Reclaim implements state.Outbox with XAUTOCLAIM, over every bucket from
-// a rotating first one until n jobs are found.
+// a rotating first one until n jobs are found. It then forgets, in every
+// bucket, the consumers that hold no job and have not read for
+// forgetIdleAfter times minIdle (forgetIdleScript): each replica's is named
+// anew when it starts, so a replica that never stopped cleanly (HandBack)
+// would leave its own in the group for good.
 func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Duration, n int) ([]state.Job, error) {
 	nb := b.keys.Buckets()
 	first := int(b.rotate.Add(1) % uint64(nb))
@@ -195,6 +224,11 @@ func (b *Backend) Reclaim(ctx context.Context, consumer string, minIdle time.Dur
 	}
 	if len(jobs) == 0 && failed != nil {
 		return nil, failed
+	}
+	// Best effort, like the reclaim of a bucket that failed: the next one
+	// looks again.
+	for bucket := range nb {
+		_ = b.forgetIdle.Run(ctx, b.rdb, []string{b.keys.Jobs(bucket)}, deliverersGroup, consumer, (forgetIdleAfter * minIdle).Milliseconds()).Err()
 	}
 	return jobs, nil
 }

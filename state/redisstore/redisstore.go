@@ -178,11 +178,12 @@ type Backend struct {
 	// reserve, bind, place and follow serve the concurrency counts
 	// (slots.go).
 	reserve, bind, place, follow *redis.Script
-	// outboxLease, wakeDue and handBack serve the webhook outbox
-	// (outbox.go).
+	// outboxLease, wakeDue, handBack and forgetIdle serve the webhook
+	// outbox (outbox.go).
 	outboxLease *redis.Script
 	wakeDue     *redis.Script
 	handBack    *redis.Script
+	forgetIdle  *redis.Script
 	callTimeout time.Duration
 	// pings shares one round of Ping's asks among concurrent callers.
 	pings sharedCall
@@ -267,6 +268,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Backend, error) {
 		outboxLease: redis.NewScript(outboxLeaseScript),
 		wakeDue:     redis.NewScript(wakeDueScript),
 		handBack:    redis.NewScript(handBackScript),
+		forgetIdle:  redis.NewScript(forgetIdleScript),
 		callTimeout: opts.CallTimeout,
 		ps:          ps,
 		shards:      shards,

@@ -255,3 +255,79 @@ func TestKeysOnCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestReclaimForgetsConsumersThatDied pins that the consumers of replicas
+// gone without a clean stop (their names are never used again) are taken
+// out of the group once they hold no job and have not read for a long
+// while; one that holds a job stays, for its job to be taken over.
+func TestReclaimForgetsConsumersThatDied(t *testing.T) {
+	ctx := context.Background()
+	for _, buckets := range []int{0, 4} {
+		t.Run(fmt.Sprintf("buckets=%d", buckets), func(t *testing.T) {
+			rdb := server.Client(t)
+			prefix := redistest.Prefix(t)
+			b, err := redisstore.New(rdb, redisstore.Options{Prefix: prefix, Logger: slog.New(slog.DiscardHandler), Buckets: buckets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := redisstore.NewKeys(prefix, buckets)
+			// consumers lists the group's consumers over every bucket.
+			consumers := func() map[string]int64 {
+				got := map[string]int64{}
+				for bucket := range keys.Buckets() {
+					cs, err := rdb.XInfoConsumers(ctx, keys.Jobs(bucket), "deliverers").Result()
+					if err != nil && !redis.HasErrorPrefix(err, "NOGROUP") && !errors.Is(err, redis.Nil) {
+						t.Fatal(err)
+					}
+					for _, c := range cs {
+						got[c.Name] += c.Pending
+					}
+				}
+				return got
+			}
+			for i := range 8 {
+				if err := b.Wake(ctx, fmt.Sprintf("req-%d", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			take := func(consumer string) []state.Job {
+				t.Helper()
+				var jobs []state.Job
+				for len(jobs) == 0 {
+					got, err := b.Take(ctx, consumer, 1, 50*time.Millisecond)
+					if err != nil {
+						t.Fatal(err)
+					}
+					jobs = got
+				}
+				return jobs
+			}
+			if err := b.Done(ctx, take("died")...); err != nil {
+				t.Fatal(err)
+			}
+			take("holds")
+			if got := consumers(); got["died"] != 0 || got["holds"] != 1 {
+				t.Fatalf("consumers %v, want died with no job and holds with one", got)
+			}
+			// minIdle 20ms: forgotten after 400ms without a read.
+			const minIdle = 20 * time.Millisecond
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if _, err := b.Reclaim(ctx, "alive", minIdle, 0); err != nil {
+					t.Fatal(err)
+				}
+				got := consumers()
+				if _, ok := got["died"]; !ok {
+					if got["holds"] != 1 {
+						t.Errorf("consumers %v, want holds kept with its job", got)
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("consumers %v: the one that died was never forgotten", got)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
