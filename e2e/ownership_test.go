@@ -35,12 +35,15 @@ const (
 )
 
 // TestOwnershipSurvivesDataLoss: tenant B's request loses its record (Redis
-// evicted it, or came back empty). Meanwhile nobody may read, watch or cancel
-// it: tenant A gets NotFound for each, and no cancel reaches RunComfy. B's
-// next callback, whose URL names B (authenticated), creates the record again
-// with B as its owner, even after tenant C, which may attach, attached it
-// meanwhile: B reads it, A still cannot, and neither can C (the request is
-// owned again, by proof).
+// evicted it, or came back empty). On the replica that submitted it, which
+// remembers it, the first read puts it back as B's: B reads it, A and C
+// (which may attach) get NotFound. On a replica that remembers nothing (the
+// gateway restarted), nobody may read, watch or cancel it: tenants A and B
+// get NotFound for each, and no cancel reaches RunComfy. B's next callback,
+// whose URL names B (authenticated), creates the record again with B as its
+// owner, even after tenant C, which may attach, attached it meanwhile: B
+// reads it, A still cannot, and neither can C (the request is owned again,
+// by proof).
 func TestOwnershipSurvivesDataLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary")
@@ -76,19 +79,23 @@ func TestOwnershipSurvivesDataLoss(t *testing.T) {
 	if err := os.WriteFile(keys, []byte("a "+ownerKeyA+"\nb "+ownerKeyB+"\nc "+ownerKeyC+" attach\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := launchGateway(ctx, t, gatewayBin, []string{
-		"--runcomfy-url", simSrv.URL, "--api-keys-file", keys,
-		"--redis-url", sharedRedis.URL, "--redis-prefix", prefix,
-		"--public-url", publicURL,
-	}, "RUNCOMFY_API_TOKEN="+simToken, "COMFYGATE_WEBHOOK_SECRET="+webhookSecret)
-	addr := g.httpAddr
-	gatewayHTTP.Store(&addr)
-	conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	// start runs the gateway, the callbacks' target, and returns its API.
+	start := func() (*gateway, comfygatev1.GatewayServiceClient) {
+		g := launchGateway(ctx, t, gatewayBin, []string{
+			"--runcomfy-url", simSrv.URL, "--api-keys-file", keys,
+			"--redis-url", sharedRedis.URL, "--redis-prefix", prefix,
+			"--public-url", publicURL,
+		}, "RUNCOMFY_API_TOKEN="+simToken, "COMFYGATE_WEBHOOK_SECRET="+webhookSecret)
+		addr := g.httpAddr
+		gatewayHTTP.Store(&addr)
+		conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return g, comfygatev1.NewGatewayServiceClient(conn)
 	}
-	t.Cleanup(func() { conn.Close() })
-	api := comfygatev1.NewGatewayServiceClient(conn)
+	g, api := start()
 	as := func(key string) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
@@ -109,10 +116,39 @@ func TestOwnershipSurvivesDataLoss(t *testing.T) {
 		t.Fatalf("the record's owner = %q, want b", got)
 	}
 
-	// The record is lost.
-	if n, err := rdb.Del(ctx, redisstore.RecordKey(prefix, rid)).Result(); err != nil || n != 1 {
-		t.Fatalf("deleting the record of %s: %d keys, %v", rid, n, err)
+	lose := func() {
+		t.Helper()
+		if n, err := rdb.Del(ctx, redisstore.RecordKey(prefix, rid)).Result(); err != nil || n != 1 {
+			t.Fatalf("deleting the record of %s: %d keys, %v", rid, n, err)
+		}
 	}
+
+	// The record is lost. The gateway remembers B submitted it: A's read
+	// puts it back, as B's, and A may not see it; nor may C, though it may
+	// attach, since it has an owner by proof; B reads it.
+	lose()
+	for _, who := range []struct{ name, key string }{{"A", ownerKeyA}, {"C (attach)", ownerKeyC}} {
+		for call, err := range callsOn(as(who.key), api, rid) {
+			if status.Code(err) != codes.NotFound {
+				t.Errorf("%s's %s of the lost request the gateway remembers: %v, want NotFound", who.name, call, err)
+			}
+		}
+	}
+	if got := recordOwner(ctx, t, rdb, prefix, rid); got != "b" {
+		t.Errorf("the lost record was put back with owner %q, want b", got)
+	}
+	if st, err := api.GetStatus(as(ownerKeyB), &comfygatev1.GetStatusRequest{DeploymentId: deployment, RequestId: rid}); err != nil || st.GetRequest().GetStatus() != comfygatev1.Status_STATUS_QUEUED {
+		t.Errorf("B's GetStatus of its request put back: %v, %v; want it queued", st, err)
+	}
+	if n := sim.Calls(runcomfysim.EndpointCancel); n != 0 {
+		t.Errorf("%d cancels reached RunComfy, want none", n)
+	}
+
+	// A gateway that remembers nothing of it (this one, restarted), and the
+	// record lost again.
+	g.proc.stop()
+	_, api = start()
+	lose()
 
 	// Nobody without the attach permission may take it over: A (and B
 	// too, until its ownership is proven again) gets NotFound for every
