@@ -564,6 +564,14 @@ func errorTable() []errorRow {
 		{name: "unknown API key", call: submitCall.with(func(c *tableCall) { c.key = "not-a-key-of-this-gateway-0123" }),
 			wantCode: codes.Unauthenticated, wantHTTP: 401, noUpstream: true},
 
+		// The rows between (bodies and messages too large, a message that
+		// does not decode, a path that is not clean, a cross-origin write,
+		// a method a route does not take) are not calls a tableCall makes:
+		// their own tests pin them (TestOversizeBodyIs413OnEveryRoute,
+		// TestUndecodableMessagesAreInvalidArgument,
+		// TestUncleanPathsAreRefusedNotRedirected, TestCrossOriginWritesRefused,
+		// TestWrongMethodIs405WithAllow, and TestGRPCSubmitsWaitForRoom in e2e).
+
 		// A per-tenant limit.
 		{name: "per-tenant submit rate", call: submitCall,
 			setup:    tableSetup{limits: server.LimitsConfig{SubmitRate: 0.01, SubmitBurst: 1}},
