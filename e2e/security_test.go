@@ -27,9 +27,11 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
 	"github.com/comfygate/comfygate/webhook"
@@ -960,7 +962,14 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	// is sent, up to the limit, before it can be refused: those wait for
 	// room too.
 	before := procStatus(t, pid, "VmHWM")
-	huge := strings.Repeat("r", body)
+	// Encoded once and sent as it is: a message has 5 seconds to arrive
+	// once it has room, and forty clients each encoding 8 MiB at once, under
+	// the race detector on a machine busy with the other tests, may not have
+	// begun to send it by then.
+	huge, err := proto.Marshal(&comfygatev1.GetStatusRequest{DeploymentId: "d", RequestId: strings.Repeat("r", body)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Five times the budget: enough to show they wait, few enough that the
 	// last ones arrive within the receive timeout of such calls (5s) on a
 	// loaded machine, instead of being cancelled for taking too long.
@@ -968,7 +977,8 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range codes {
 		wg.Go(func() {
-			_, err := api.GetStatus(authed, &comfygatev1.GetStatusRequest{DeploymentId: "d", RequestId: huge})
+			var out []byte
+			err := cc.Invoke(authed, comfygatev1.GatewayService_GetStatus_FullMethodName, &huge, &out, grpc.ForceCodecV2(encodedCodec{}))
 			codes[i] = status.Code(err)
 		})
 	}
@@ -1014,3 +1024,26 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 		t.Errorf("submit after the flood: %v", err)
 	}
 }
+
+// encodedCodec sends a *[]byte as the message's bytes, already encoded, and
+// reads an answer into one.
+type encodedCodec struct{}
+
+func (encodedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return nil, fmt.Errorf("encodedCodec: %T", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
+}
+
+func (encodedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("encodedCodec: %T", v)
+	}
+	*b = data.Materialize()
+	return nil
+}
+
+func (encodedCodec) Name() string { return "proto" }
