@@ -63,7 +63,16 @@ func TestMakeRunOnATerminal(t *testing.T) {
 	defer func() {
 		select {
 		case <-exited:
+			return
 		default:
+		}
+		// Ctrl-C first, as a person would: the terminal interrupts make and
+		// the gateway, which run in the pty's session; killing script alone
+		// would leave them running.
+		_, _ = keys.Write([]byte{3})
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
 			_ = cmd.Process.Kill()
 			<-exited
 		}
