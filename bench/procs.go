@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/procfs"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/internal/freeport"
 )
 
 // proc is a child process the harness started: a gateway replica, the
@@ -192,14 +194,7 @@ func buildBinaries(ctx context.Context, dir string) (gateway, sim string, err er
 	return gateway, sim, nil
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeAddr() (string, error) { return freeport.Loopback() }
 
 // waitHTTP waits until url answers 200, or the process exits.
 func waitHTTP(ctx context.Context, p *proc, url string) error { return waitStatus(ctx, p, url, 200) }

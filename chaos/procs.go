@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/freeport"
 )
 
 // binaries are the gateway builds a run starts: the real one, and the one
@@ -102,14 +103,7 @@ func (p *proc) signal(sig syscall.Signal, grace time.Duration) {
 	}
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeAddr() (string, error) { return freeport.Loopback() }
 
 // waitOK waits until url answers 200, the process exits or ctx ends.
 func waitOK(ctx context.Context, p *proc, url string, limit time.Duration) error {

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/app"
+	"github.com/comfygate/comfygate/internal/freeport"
 )
 
 // Gateway is a gateway running in this process.
@@ -142,12 +142,11 @@ func WaitUntil(t testing.TB, what string, cond func() bool) {
 // FreeAddr is a loopback address with a port free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // SyncBuffer is a bytes.Buffer safe to read while another goroutine (or a

@@ -35,6 +35,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/comfygate/comfygate/internal/freeport"
 	"github.com/comfygate/comfygate/storage"
 )
 
@@ -365,12 +366,12 @@ func cleanEnv(env []string) []string {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	_, p, _ := net.SplitHostPort(addr)
+	return strconv.Atoi(p)
 }
 
 func randomKey(n int) string {
