@@ -90,6 +90,35 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 			}
 		}
 	})
+	t.Run("health and reflection", func(t *testing.T) {
+		calls := map[string][][]byte{
+			// Check's field 1 (service, a string) not UTF-8, too.
+			"/grpc.health.v1.Health/Check": {bodies[0].b, bodies[1].b, {0x0a, 0x02, 0xc3, 0x28}},
+			"/grpc.health.v1.Health/List":  {bodies[0].b},
+		}
+		for m, bs := range calls {
+			for _, b := range bs {
+				var out []byte
+				err := g.conn.Invoke(ctx, m, &b, &out, grpc.ForceCodecV2(rawCodec{}))
+				if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "does not decode") {
+					t.Errorf("%s with %x = %v, want INVALID_ARGUMENT saying the message does not decode", m, b, err)
+				}
+			}
+		}
+		desc := &grpc.StreamDesc{StreamName: "ServerReflectionInfo", ServerStreams: true, ClientStreams: true}
+		stream, err := g.conn.NewStream(ctx, desc, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", grpc.ForceCodecV2(rawCodec{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := bodies[0].b
+		if err := stream.SendMsg(&b); err != nil {
+			t.Fatal(err)
+		}
+		var out []byte
+		if err := stream.RecvMsg(&out); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("reflection = %v, want INVALID_ARGUMENT", err)
+		}
+	})
 	t.Run("larger than any of its kind", func(t *testing.T) {
 		// A GetStatusRequest of 100 KiB: a deployment id no id can be.
 		b := append([]byte{0x0a, 0x80, 0x90, 0x06}, strings.Repeat("d", 100<<10)...)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
@@ -422,11 +423,23 @@ func restHTTPStatus(st *status.Status) int {
 // next, fails the call with the precise code.
 type undecodable struct{ m sync.Map } // message (a pointer) -> error
 
+// served reports whether pkg is the protobuf package of a service
+// registered with its decoding wrapped (desc, decodingRegistrar): the
+// gateway's, health or reflection. A failure is kept only for their
+// messages, which are taken back; any other's would be kept for good.
+func served(pkg protoreflect.FullName) bool {
+	switch pkg {
+	case "comfygate.v1", "grpc.health.v1", "grpc.reflection.v1", "grpc.reflection.v1alpha":
+		return true
+	}
+	return false
+}
+
 // put keeps the decoding error of v, and reports whether it did: only for
-// the gateway's service's messages, which desc's methods take back.
+// the messages of the services served, which desc's methods take back.
 func (u *undecodable) put(v any, err error) bool {
 	m, ok := v.(proto.Message)
-	if !ok || m.ProtoReflect().Descriptor().ParentFile().Package() != "comfygate.v1" {
+	if !ok || !served(m.ProtoReflect().Descriptor().ParentFile().Package()) {
 		return false
 	}
 	var tooLarge *messageTooLargeError
@@ -476,6 +489,18 @@ func (u *undecodable) desc(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
 		d.Streams[i] = sd
 	}
 	return &d
+}
+
+// decodingRegistrar registers services on the server with their decoding
+// wrapped (desc), for registrations done by other packages (health,
+// reflection).
+type decodingRegistrar struct {
+	*grpc.Server
+	failed *undecodable
+}
+
+func (r decodingRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	r.Server.RegisterService(r.failed.desc(desc), impl)
 }
 
 // decodingStream is a server stream whose messages received fail as

@@ -143,13 +143,17 @@ func TestSubmitMayHaveStarted(t *testing.T) {
 }
 
 // TestUndecodableKeepsOnlyTheServicesMessages pins that the codec's failures
-// are kept for the gateway's own messages only (no method of another
-// service takes them back), and only until taken.
+// are kept for the messages of the services served only (no method takes
+// back another's), and only until taken.
 func TestUndecodableKeepsOnlyTheServicesMessages(t *testing.T) {
 	var u undecodable
 	broken := errors.New("cannot parse")
-	if u.put(&healthpb.HealthCheckRequest{}, broken) {
-		t.Error("a health check's failure kept, want it left to grpc-go")
+	if u.put(&errdetails.RetryInfo{}, broken) {
+		t.Error("the failure of a message no served method takes kept, want it left to grpc-go")
+	}
+	health := &healthpb.HealthCheckRequest{}
+	if !u.put(health, broken) || status.Code(u.after(nil, health)) != codes.InvalidArgument {
+		t.Error("a health check's failure not kept and taken back")
 	}
 	req := &comfygatev1.GetStatusRequest{}
 	if !u.put(req, broken) {

@@ -273,11 +273,13 @@ func New(cfg Config, svc comfygatev1.GatewayServiceServer) (*Server, error) {
 	}
 	s.grpcServer = grpc.NewServer(opts...)
 	s.grpcServer.RegisterService(failed.desc(&comfygatev1.GatewayService_ServiceDesc), svc)
-	healthpb.RegisterHealthServer(s.grpcServer, s.health)
+	// Health and reflection, too, answer a message that does not decode
+	// as the gateway's own service does.
+	healthpb.RegisterHealthServer(decodingRegistrar{s.grpcServer, failed}, s.health)
 	if cfg.Metrics != nil {
 		cfg.Metrics.grpc.initialize(s.grpcServer)
 	}
-	reflection.Register(s.grpcServer)
+	reflection.Register(decodingRegistrar{s.grpcServer, failed})
 
 	gw, conn, err := newGateway(dialTarget(s.grpcLis.Addr()), maxMsg, selfTrust(cfg.TLS), handoff, clientOpts...)
 	if err != nil {

@@ -1613,6 +1613,48 @@ func TestLookupPutsBackALostRecord(t *testing.T) {
 	}
 }
 
+// TestLookupGivesBackTheProvenOwner pins that a record made again after a
+// loss, by another replica, for a tenant that attached it meanwhile, is
+// given back to the owner this replica knows by proof (its submit came
+// through here) at this replica's next read, as the owner's next callback
+// would; a record of the epoch it knows is left as it is.
+func TestLookupGivesBackTheProvenOwner(t *testing.T) {
+	const id = "req-owned"
+	ctx := ctxT(t)
+	clock := newLossClock()
+	s := newLossStore(clock)
+	tr := newLossTracker(t, s.replica(), s, clock)
+	mustApply(ctx, t, tr, state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceSubmit, State: runcomfy.StateQueued, Owner: "team"})
+	if got, err := tr.Lookup(ctx, id); err != nil || got.Owner != "team" || got.Seq != 1 {
+		t.Fatalf("Lookup before the loss = %+v, %v; want seq 1, untouched", got, err)
+	}
+	clock.advance(time.Minute)
+	s.lose(ctx, t, false) // evicted
+	// A replica that never knew it: a tenant that may attach reads it.
+	mustApply(ctx, t, newLossTracker(t, s.replica(), s, clock),
+		state.Update{RequestID: id, DeploymentID: "dep-restore", Source: state.SourceAttach, State: runcomfy.StateQueued, Owner: "attacher"})
+	if made := mustGetRecord(ctx, t, s, id); made.Owner != "attacher" || !made.OwnerAttached {
+		t.Fatalf("made again as %q (attached %v), want the attacher's, on trust", made.Owner, made.OwnerAttached)
+	}
+
+	got, err := tr.Lookup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := mustGetRecord(ctx, t, s, id)
+	if got.Owner != "team" || got.OwnerAttached || stored.Position() != got.Position() || stored.Owner != "team" {
+		t.Errorf("Lookup = owner %q (attached %v), stored %q; want team, by proof, stored", got.Owner, got.OwnerAttached, stored.Owner)
+	}
+	// Read again: nothing more to give back, nothing saved.
+	_, saves := s.calls()
+	if again, err := tr.Lookup(ctx, id); err != nil || again.Position() != got.Position() {
+		t.Errorf("Lookup again = %+v, %v; want the same record", again, err)
+	}
+	if _, n := s.calls(); n != saves {
+		t.Errorf("%d saves on a read with nothing to give back", n-saves)
+	}
+}
+
 // eventsOf names the events queued for requestID in its stored record's
 // epoch.
 func eventsOf(ctx context.Context, t *testing.T, s *lossStore, requestID string) []string {

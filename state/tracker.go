@@ -109,19 +109,28 @@ func (t *Tracker) Get(ctx context.Context, requestID string) (*Record, error) {
 // lose its data no longer holds was lost with it (Redis restarted empty): it
 // is put back first, as RestoreLost does within a second, rather than
 // answered as unknown meanwhile to its owner, who would take the job for
-// gone. (The reconciler reads with Get: a watched record it finds missing it
+// gone. A record made again since, without the owner this replica knows by
+// proof, gets that owner back. (The reconciler reads with Get: a watched record it finds missing it
 // records again from RunComfy.)
 func (t *Tracker) Lookup(ctx context.Context, requestID string) (*Record, error) {
 	rec, err := t.store.Get(ctx, requestID)
-	if !errors.Is(err, ErrNotFound) {
-		return rec, err
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
 	}
 	if _, ok := t.store.(LossDetector); !ok {
-		return nil, err
+		return rec, err
 	}
 	mem := t.recent.get(requestID)
 	if mem == nil || t.now().Sub(mem.UpdatedAt) >= t.retention {
-		return nil, err
+		return rec, err
+	}
+	if err == nil {
+		// Found: put back only the owner this replica knows by proof, where
+		// the record made again after the loss has none or one an attach
+		// claimed meanwhile (catchUp), as the owner's next callback would.
+		if owner, attached := provenOwner(rec, mem); rec.Epoch == mem.Epoch || (owner == rec.Owner && attached == rec.OwnerAttached) {
+			return rec, nil
+		}
 	}
 	if _, rerr := t.restoreOne(ctx, mem); rerr != nil {
 		return nil, fmt.Errorf("put back lost request %s: %w", requestID, rerr)
@@ -552,6 +561,16 @@ func (t *Tracker) catchUp(ctx context.Context, stored, mem *Record) (bool, error
 			next.UpdatedAt = now
 		}
 		giveBack(next, kept)
+	}
+	// The owner this replica knows by proof (its submit came through here)
+	// where the record made again has none, or one an attach only claimed.
+	if owner, attached := provenOwner(next, mem); owner != next.Owner || attached != next.OwnerAttached {
+		if next == stored {
+			next = stored.Clone()
+			next.Seq++
+			next.UpdatedAt = now
+		}
+		next.Owner, next.OwnerAttached = owner, attached
 	}
 	if next == stored {
 		return false, nil
