@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/internal/freeport"
 )
 
 // Cluster is a private Redis Cluster for tests: masters, each with its
@@ -40,7 +43,16 @@ func StartCluster(masters, replicas int) (*Cluster, error) {
 	}
 	c := &Cluster{}
 	for range masters * (1 + replicas) {
-		s, err := StartPrivate("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		// The bus port is picked as the node's port is: by default it is
+		// the port plus 10,000, which may fall in the kernel's ephemeral
+		// range, where an outbound connection can take it first.
+		bus, err := freeport.Loopback()
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+		_, busPort, _ := net.SplitHostPort(bus)
+		s, err := StartPrivate("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", busPort,
 			"--cluster-node-timeout", clusterNodeTimeout, "--repl-diskless-sync-delay", "0", "--appendfsync", "everysec")
 		if err != nil {
 			c.Stop()
