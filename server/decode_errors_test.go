@@ -115,8 +115,8 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 			t.Fatal(err)
 		}
 		var out []byte
-		if err := stream.RecvMsg(&out); status.Code(err) != codes.InvalidArgument {
-			t.Errorf("reflection = %v, want INVALID_ARGUMENT", err)
+		if err := stream.RecvMsg(&out); status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "does not decode") {
+			t.Errorf("reflection = %v, want INVALID_ARGUMENT saying the message does not decode", err)
 		}
 	})
 	t.Run("larger than any of its kind", func(t *testing.T) {
