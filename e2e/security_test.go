@@ -27,13 +27,13 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/rawcodec"
 	"github.com/comfygate/comfygate/webhook"
 )
 
@@ -282,7 +282,7 @@ func TestNoKeyBodiesAreNeverRead(t *testing.T) {
 		t.Errorf("keyless health check: %v", err)
 	}
 	before = procStatus(t, pid, "VmHWM")
-	// Encoded once and sent as it is (encodedCodec): thirty clients each
+	// Encoded once and sent as it is (rawcodec.Codec): thirty clients each
 	// encoding 9 MiB at once, under the race detector, may not have begun
 	// to send by the time a received message must have arrived.
 	huge, err := proto.Marshal(&healthpb.HealthCheckRequest{Service: strings.Repeat("h", 9<<20)})
@@ -292,7 +292,7 @@ func TestNoKeyBodiesAreNeverRead(t *testing.T) {
 	for i := range got {
 		wg.Go(func() {
 			var out []byte
-			err := cc.Invoke(ctx, "/grpc.health.v1.Health/Check", &huge, &out, grpc.ForceCodecV2(encodedCodec{}))
+			err := cc.Invoke(ctx, "/grpc.health.v1.Health/Check", &huge, &out, grpc.ForceCodecV2(rawcodec.Codec{}))
 			got[i], msgs[i] = status.Code(err), status.Convert(err).Message()
 		})
 	}
@@ -983,7 +983,7 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 	for i := range codes {
 		wg.Go(func() {
 			var out []byte
-			err := cc.Invoke(authed, comfygatev1.GatewayService_GetStatus_FullMethodName, &huge, &out, grpc.ForceCodecV2(encodedCodec{}))
+			err := cc.Invoke(authed, comfygatev1.GatewayService_GetStatus_FullMethodName, &huge, &out, grpc.ForceCodecV2(rawcodec.Codec{}))
 			codes[i] = status.Code(err)
 		})
 	}
@@ -1029,26 +1029,3 @@ func TestGRPCSubmitsWaitForRoom(t *testing.T) {
 		t.Errorf("submit after the flood: %v", err)
 	}
 }
-
-// encodedCodec sends a *[]byte as the message's bytes, already encoded, and
-// reads an answer into one.
-type encodedCodec struct{}
-
-func (encodedCodec) Marshal(v any) (mem.BufferSlice, error) {
-	b, ok := v.(*[]byte)
-	if !ok {
-		return nil, fmt.Errorf("encodedCodec: %T", v)
-	}
-	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
-}
-
-func (encodedCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	b, ok := v.(*[]byte)
-	if !ok {
-		return fmt.Errorf("encodedCodec: %T", v)
-	}
-	*b = data.Materialize()
-	return nil
-}
-
-func (encodedCodec) Name() string { return "proto" }

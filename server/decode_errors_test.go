@@ -1,40 +1,16 @@
 package server_test
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/internal/rawcodec"
 )
-
-// rawCodec sends a []byte as the message's bytes, whatever they are, and
-// reads an answer into a *[]byte: a client that does not speak protobuf.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	b, ok := v.(*[]byte)
-	if !ok {
-		return nil, fmt.Errorf("rawCodec: %T", v)
-	}
-	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
-}
-
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	b, ok := v.(*[]byte)
-	if !ok {
-		return fmt.Errorf("rawCodec: %T", v)
-	}
-	*b = data.Materialize()
-	return nil
-}
-
-func (rawCodec) Name() string { return "proto" }
 
 // TestUndecodableMessagesAreInvalidArgument pins that a request message that
 // is not the method's protobuf is the caller's error (INVALID_ARGUMENT, not
@@ -63,7 +39,7 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 		for _, body := range bodies {
 			t.Run(m[strings.LastIndex(m, "/")+1:]+"/"+body.name, func(t *testing.T) {
 				var out []byte
-				err := g.conn.Invoke(ctx, m, &body.b, &out, grpc.ForceCodecV2(rawCodec{}))
+				err := g.conn.Invoke(ctx, m, &body.b, &out, grpc.ForceCodecV2(rawcodec.Codec{}))
 				if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "does not decode") {
 					t.Errorf("%s = %v, want INVALID_ARGUMENT saying the message does not decode", m, err)
 				}
@@ -73,7 +49,7 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 	t.Run("WatchRequest", func(t *testing.T) {
 		desc := &grpc.StreamDesc{StreamName: "WatchRequest", ServerStreams: true}
 		for _, body := range bodies {
-			stream, err := g.conn.NewStream(ctx, desc, comfygatev1.GatewayService_WatchRequest_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
+			stream, err := g.conn.NewStream(ctx, desc, comfygatev1.GatewayService_WatchRequest_FullMethodName, grpc.ForceCodecV2(rawcodec.Codec{}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,14 +75,14 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 		for m, bs := range calls {
 			for _, b := range bs {
 				var out []byte
-				err := g.conn.Invoke(ctx, m, &b, &out, grpc.ForceCodecV2(rawCodec{}))
+				err := g.conn.Invoke(ctx, m, &b, &out, grpc.ForceCodecV2(rawcodec.Codec{}))
 				if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "does not decode") {
 					t.Errorf("%s with %x = %v, want INVALID_ARGUMENT saying the message does not decode", m, b, err)
 				}
 			}
 		}
 		desc := &grpc.StreamDesc{StreamName: "ServerReflectionInfo", ServerStreams: true, ClientStreams: true}
-		stream, err := g.conn.NewStream(ctx, desc, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", grpc.ForceCodecV2(rawCodec{}))
+		stream, err := g.conn.NewStream(ctx, desc, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", grpc.ForceCodecV2(rawcodec.Codec{}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +99,7 @@ func TestUndecodableMessagesAreInvalidArgument(t *testing.T) {
 		// A GetStatusRequest of 100 KiB: a deployment id no id can be.
 		b := append([]byte{0x0a, 0x80, 0x90, 0x06}, strings.Repeat("d", 100<<10)...)
 		var out []byte
-		err := g.conn.Invoke(ctx, comfygatev1.GatewayService_GetStatus_FullMethodName, &b, &out, grpc.ForceCodecV2(rawCodec{}))
+		err := g.conn.Invoke(ctx, comfygatev1.GatewayService_GetStatus_FullMethodName, &b, &out, grpc.ForceCodecV2(rawcodec.Codec{}))
 		if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "at most") {
 			t.Errorf("GetStatus = %v, want RESOURCE_EXHAUSTED saying how large it may be", err)
 		}
