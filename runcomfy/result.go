@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // resultWire is the union of every field seen on /result answers and on callbacks,
@@ -97,17 +100,107 @@ func ParseCallback(data []byte) (*Callback, error) {
 // decodeObject insists on a JSON object: arrays, scalars and trailing garbage are
 // refused, so a caller never acts on half a document. A member of an unexpected type
 // is not fatal: it is left empty and the rest of the object is still read, since
-// upstream is to be parsed loosely.
-func decodeObject(data []byte, v any) error {
+// upstream is to be parsed loosely. It reads as encoding/json's Unmarshal into
+// resultWire does (names matched exactly, else without regard to case; the last of
+// duplicate names wins; invalid UTF-8 read as U+FFFD), in one pass over the bytes:
+// Unmarshal scans a document twice, to check it and then to decode it, and the
+// callback endpoint reads one per callback.
+func decodeObject(data []byte, w *resultWire) error {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return errors.New("answer is not a JSON object")
 	}
-	// Unmarshal checks the whole document before it decodes anything (so
-	// trailing data fails it too), then reads it in one pass.
-	var typeErr *json.UnmarshalTypeError
-	if err := json.Unmarshal(trimmed, v); err != nil && !errors.As(err, &typeErr) {
+	if err := readResultWire(trimmed, w); err != nil {
 		return fmt.Errorf("answer is not valid JSON: %w", err)
+	}
+	return nil
+}
+
+// readResultWire reads the one JSON object in data (and nothing after it) into w.
+func readResultWire(data []byte, w *resultWire) error {
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	if _, err := dec.ReadToken(); err != nil { // '{', as the caller checked
+		return err
+	}
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		switch p := w.member(name.String()).(type) {
+		case *string:
+			if dec.PeekKind() != '"' {
+				err = dec.SkipValue()
+				break
+			}
+			var tok jsontext.Token
+			if tok, err = dec.ReadToken(); err == nil {
+				*p = tok.String()
+			}
+		case *json.RawMessage:
+			var v jsontext.Value
+			if v, err = dec.ReadValue(); err == nil {
+				*p = append(json.RawMessage(nil), v...)
+			}
+		default:
+			err = dec.SkipValue()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // '}'
+		return err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		if err == nil {
+			err = errors.New("data after the object")
+		}
+		return err
+	}
+	return nil
+}
+
+// member is the field of w that the JSON member name fills, or nil.
+func (w *resultWire) member(name string) any {
+	if p := w.exact(name); p != nil {
+		return p
+	}
+	for _, n := range [...]string{"request_id", "status", "outcome", "outputs", "output", "error", "instance_id",
+		"created_at", "started_at", "finished_at", "queue_position", "deployment_id"} {
+		if strings.EqualFold(n, name) {
+			return w.exact(n)
+		}
+	}
+	return nil
+}
+
+func (w *resultWire) exact(name string) any {
+	switch name {
+	case "request_id":
+		return &w.RequestID
+	case "status":
+		return &w.Status
+	case "outcome":
+		return &w.Outcome
+	case "outputs":
+		return &w.Outputs
+	case "output":
+		return &w.Output
+	case "error":
+		return &w.Error
+	case "instance_id":
+		return &w.InstanceID
+	case "created_at":
+		return &w.CreatedAt
+	case "started_at":
+		return &w.StartedAt
+	case "finished_at":
+		return &w.FinishedAt
+	case "queue_position":
+		return &w.QueuePosition
+	case "deployment_id":
+		return &w.DeploymentID
 	}
 	return nil
 }
@@ -122,8 +215,7 @@ func isNull(raw json.RawMessage) bool {
 // an http(s) URL (the callback form lists bare URLs). Other strings, such as the
 // text channel's captions, are not URLs and are skipped.
 func CollectURLs(outputs json.RawMessage) []string {
-	dec := json.NewDecoder(bytes.NewReader(outputs))
-	dec.UseNumber()
+	dec := jsontext.NewDecoder(bytes.NewBuffer(outputs), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 	var urls []string
 	// Walk the token stream rather than unmarshalling into maps: map iteration would
 	// lose the document order of node ids.
@@ -134,25 +226,24 @@ func CollectURLs(outputs json.RawMessage) []string {
 	var stack []frame
 	lastKey := ""
 	for {
-		tok, err := dec.Token()
+		tok, err := dec.ReadToken()
 		if err != nil {
 			return urls
 		}
 		inObject := len(stack) > 0 && stack[len(stack)-1].object
 		isKey := inObject && stack[len(stack)-1].key
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{', '[':
-				if inObject {
-					stack[len(stack)-1].key = true
-				}
-				stack = append(stack, frame{object: t == '{', key: t == '{'})
-			default:
-				stack = stack[:len(stack)-1]
+		switch k := tok.Kind(); k {
+		case '{', '[':
+			if inObject {
+				stack[len(stack)-1].key = true
 			}
+			stack = append(stack, frame{object: k == '{', key: k == '{'})
 			continue
-		case string:
+		case '}', ']':
+			stack = stack[:len(stack)-1]
+			continue
+		case '"':
+			t := tok.String()
 			switch {
 			case isKey:
 				lastKey = t
