@@ -63,15 +63,28 @@ import (
 // field is the record's epoch, which wins over the JSON's (a replica of a
 // version before epochs rewrites the JSON without one, and leaves the field).
 const saveScript = `
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch', 'ix', 'cap')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'rank', 'epoch', 'ix', 'cap', 'synced')
 local seq = tonumber(cur[1]) or 0
 local rank = tonumber(cur[2]) or 0
 if seq + 1 ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) < rank or (seq > 0 and (cur[3] or '0') ~= ARGV[6]) then
   local stored = redis.call('HMGET', KEYS[1], 'data', 'synced', 'epoch')
   return {0, stored[1], stored[2], stored[3]}
 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6])
-redis.call('HDEL', KEYS[1], 'synced')
+local byState, byDep = KEYS[#KEYS-1], KEYS[#KEYS]
+local ix = byState .. '\n' .. byDep
+if cur[4] ~= ix then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6], 'ix', ix)
+else
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'rank', ARGV[2], 'data', ARGV[3], 'epoch', ARGV[6])
+end
+local final = tonumber(ARGV[2]) == 3
+if cur[6] and cur[5] and final then
+  redis.call('HDEL', KEYS[1], 'synced', 'cap')
+elseif cur[6] then
+  redis.call('HDEL', KEYS[1], 'synced')
+elseif cur[5] and final then
+  redis.call('HDEL', KEYS[1], 'cap')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[7] ~= '' then
   redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[4])
@@ -84,8 +97,6 @@ if ARGV[8] ~= '' then
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[9])
 end
-local byState, byDep = KEYS[#KEYS-1], KEYS[#KEYS]
-local ix = byState .. '\n' .. byDep
 if cur[4] ~= ix then
   if cur[4] then
     local sep = string.find(cur[4], '\n', 1, true)
@@ -97,7 +108,6 @@ if cur[4] ~= ix then
   end
   redis.call('ZADD', byState, ARGV[10], ARGV[11])
   redis.call('ZADD', byDep, ARGV[10], ARGV[11])
-  redis.call('HSET', KEYS[1], 'ix', ix)
 end
 local ttl = tonumber(ARGV[4])
 for _, k in ipairs({byState, byDep}) do
@@ -105,10 +115,7 @@ for _, k in ipairs({byState, byDep}) do
     redis.call('PEXPIRE', k, ttl + 3600000)
   end
 end
-if cur[5] and tonumber(ARGV[2]) == 3 then
-  redis.call('HDEL', KEYS[1], 'cap')
-end
-if ARGV[12] ~= '' and rank < 3 and tonumber(ARGV[2]) == 3 then
+if ARGV[12] ~= '' and rank < 3 and final then
   local usage = KEYS[#KEYS-2]
   for i = 13, #ARGV, 2 do
     redis.call('HINCRBY', usage, ARGV[i], ARGV[i + 1])

@@ -78,9 +78,20 @@ func TestSlotFollowsRecord(t *testing.T) {
 			t.Fatalf("%s expires in %s, before the place it holds", k, d)
 		}
 	}
+	// A poll confirms it (the 'synced' field) before the final save, which
+	// then drops both fields.
+	if err := b.Touch(ctx, id, rec.Position(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if f := rdb.HExists(ctx, redisstore.RecordKey(prefix, id), "synced").Val(); !f {
+		t.Fatal("Touch left no 'synced' field")
+	}
 	rec.State, rec.FinishedAt, rec.Seq = runcomfy.StateSucceeded, time.Now(), 3
 	if err := b.Save(ctx, rec.Clone(), time.Hour); err != nil {
 		t.Fatal(err)
+	}
+	if f := rdb.HExists(ctx, redisstore.RecordKey(prefix, id), "synced").Val(); f {
+		t.Fatal("the final record keeps the confirmation of the one before it")
 	}
 	for _, k := range counts {
 		if n := rdb.ZCard(ctx, k).Val(); n != 0 {
