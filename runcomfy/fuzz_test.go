@@ -3,8 +3,6 @@ package runcomfy_test
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -12,31 +10,11 @@ import (
 )
 
 // seedCorpus adds every webhook fixture and a few hostile shapes, so the fuzzer
-// starts from what RunComfy really sends.
+// starts from what RunComfy really sends (runcomfy.AddFuzzSeeds, shared with
+// the package's own fuzz tests).
 func seedCorpus(f *testing.F) {
 	f.Helper()
-	paths, err := filepath.Glob(filepath.Join("testdata", "webhooks", "*.json"))
-	if err != nil || len(paths) == 0 {
-		f.Fatalf("no fixtures found: %v", err)
-	}
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	for _, s := range []string{
-		``, `null`, `[]`, `"x"`, `{}`, `{}}`, `{"a":1}]`, `{"a":1} {"b":2}`,
-		`{"status":"failed","error":[{"type":"T","message":"m"},"s",null,[{"error":"E"}]]}`,
-		`{"outputs":{"1":{"images":["https://a/1.png",{"url":"https://a/2.png"}]}},"output":null}`,
-		`{"status":5,"created_at":1751371200,"outputs":"https://a"}`,
-		`{"url":"https://a","outputs":{"url":{"url":"u"}}}`,
-		`[[[[[[[[[[[[[[[[[[[[[[[[["https://deep"]]]]]]]]]]]]]]]]]]]]]]]]]`,
-		`{"outputs":{"1":{"images":[{"url":"https:\/\/a\/\u00e9"}]}}}`,
-	} {
-		f.Add([]byte(s))
-	}
+	runcomfy.AddFuzzSeeds(f)
 }
 
 // isJSONObject reports whether data is exactly one JSON object (with surrounding

@@ -84,8 +84,15 @@ func nullAsAbsent(w resultWire) resultWire {
 	return w
 }
 
-func addResultSeeds(f *testing.F) {
-	paths, _ := filepath.Glob(filepath.Join("testdata", "webhooks", "*.json"))
+// AddFuzzSeeds adds every webhook fixture and hostile shapes of a JSON
+// document to f's corpus: the seeds of every fuzz test of RunComfy's answers
+// and callbacks, this package's and its external tests'.
+func AddFuzzSeeds(f *testing.F) {
+	f.Helper()
+	paths, err := filepath.Glob(filepath.Join("testdata", "webhooks", "*.json"))
+	if err != nil || len(paths) == 0 {
+		f.Fatalf("no fixtures found: %v", err)
+	}
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -94,12 +101,17 @@ func addResultSeeds(f *testing.F) {
 		f.Add(b)
 	}
 	for _, s := range []string{
-		``, `null`, `[]`, `{}`, `{}}`, `{"a":1} {"b":2}`, " \u00a0{}", `{"status":"a","status":"b"}`,
+		``, `null`, `[]`, `"x"`, `{}`, `{}}`, `{"a":1}]`, `{"a":1} {"b":2}`, " \u00a0{}", `{"status":"a","status":"b"}`,
+		`{"status":"failed","error":[{"type":"T","message":"m"},"s",null,[{"error":"E"}]]}`,
+		`{"outputs":{"1":{"images":["https://a/1.png",{"url":"https://a/2.png"}]}},"output":null}`,
+		`{"status":5,"created_at":1751371200,"outputs":"https://a"}`,
+		`{"url":"https://a","outputs":{"url":{"url":"u"}}}`,
+		`[[[[[[[[[[[[[[[[[[[[[[[[["https://deep"]]]]]]]]]]]]]]]]]]]]]]]]]`,
+		`{"outputs":{"1":{"images":[{"url":"https:\/\/a\/\u00e9"}]}}}`,
 		`{"STATUS":"x","Request_ID":"r","request_ıd":"dotless","ſtatus":"long s"}`,
 		`{"status":5,"created_at":null,"outputs":"https://a","error":[1,"e"],"queue_position":"3"}`,
 		`{"request_id":"\ud800\u00e9\"","output":{"a":["https://x\u0000"]}}`,
 		"{\"request_id\":\"\xff\xfe\",\"outputs\":[\"http://\xc3\"]}",
-		`{"outputs":{"1":{"images":["https://a/1.png",{"url":"https://a/2.png"}]}},"output":null}`,
 		`{"url":"https://a","outputs":{"url":{"url":"u"},"k":[{"url":""},{"url":"v"}]}}`,
 		`{"a":[[[[[[[[[[[[[[[[[[[[[[[[["https://deep"]]]]]]]]]]]]]]]]]]]]]]]]]}`,
 		`{"status":"ok",}`, `{"status" "ok"}`, `{"status":"ok"`, `{'status':'ok'}`,
@@ -111,7 +123,7 @@ func addResultSeeds(f *testing.F) {
 // FuzzDecodeObjectMatchesUnmarshal pins that the one-pass reading of a result or
 // callback accepts exactly what encoding/json accepts and reads the same fields.
 func FuzzDecodeObjectMatchesUnmarshal(f *testing.F) {
-	addResultSeeds(f)
+	AddFuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		want, ok := unmarshalResultWire(data)
 		var got resultWire
@@ -131,7 +143,7 @@ func FuzzDecodeObjectMatchesUnmarshal(f *testing.F) {
 // FuzzCollectURLsMatchesV1 pins that the walk finds the URLs encoding/json's
 // tokens give, in the same order, in any valid document.
 func FuzzCollectURLsMatchesV1(f *testing.F) {
-	addResultSeeds(f)
+	AddFuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if !json.Valid(data) {
 			return
