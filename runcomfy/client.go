@@ -197,6 +197,11 @@ func (c *Client) Submit(ctx context.Context, deploymentID string, input json.Raw
 	if w.RequestID == "" {
 		return nil, &APIError{Op: "submit", HTTPStatus: http.StatusOK, Message: "answer carries no request_id"}
 	}
+	if !ValidID(w.RequestID) {
+		// An id the gateway's own rule refuses could never be read back (and
+		// may be a path): the job is as unknown as with no id at all.
+		return nil, &APIError{Op: "submit", HTTPStatus: http.StatusOK, Message: "answer carries a request_id that is not a valid id"}
+	}
 	return &SubmitResponse{RequestID: w.RequestID, StatusURL: w.StatusURL, ResultURL: w.ResultURL, CancelURL: w.CancelURL}, nil
 }
 
@@ -227,9 +232,10 @@ func (c *Client) Status(ctx context.Context, deploymentID, requestID string) (*S
 	if p, ok := parseInt(w.QueuePosition); ok {
 		resp.QueuePosition = &p
 	}
-	if resp.RequestID == "" {
-		resp.RequestID = requestID
+	if err := sameRequest("status", resp.RequestID, requestID); err != nil {
+		return nil, err
 	}
+	resp.RequestID = requestID
 	return resp, nil
 }
 
@@ -247,9 +253,10 @@ func (c *Client) Result(ctx context.Context, deploymentID, requestID string) (*R
 	if err != nil {
 		return nil, &APIError{Op: "result", HTTPStatus: http.StatusOK, Message: err.Error()}
 	}
-	if resp.RequestID == "" {
-		resp.RequestID = requestID
+	if err := sameRequest("result", resp.RequestID, requestID); err != nil {
+		return nil, err
 	}
+	resp.RequestID = requestID
 	return resp, nil
 }
 
@@ -276,10 +283,22 @@ func (c *Client) Cancel(ctx context.Context, deploymentID, requestID string) (*C
 	if resp.Outcome == CancelUnknown {
 		resp.Outcome = parseCancelOutcome(w.Status)
 	}
-	if resp.RequestID == "" {
-		resp.RequestID = requestID
+	if err := sameRequest("cancel", resp.RequestID, requestID); err != nil {
+		return nil, err
 	}
+	resp.RequestID = requestID
 	return resp, nil
+}
+
+// sameRequest refuses an answer about a request that names another one:
+// applied, it would move that other request (another tenant's, perhaps) or
+// leave the asked one under a record of another id. An answer that names none
+// is about the request asked for.
+func sameRequest(op, named, asked string) error {
+	if named == "" || named == asked {
+		return nil
+	}
+	return &APIError{Op: op, HTTPStatus: http.StatusOK, Message: "answer is about another request than the one asked for"}
 }
 
 func parseCancelOutcome(s string) CancelOutcome {

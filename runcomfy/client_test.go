@@ -453,7 +453,9 @@ func TestIDEscaping(t *testing.T) {
 	for _, prefix := range prefixes {
 		for _, id := range ids {
 			t.Run(strings.Join(prefix.raw, "/")+"/"+id, func(t *testing.T) {
-				u := newUpstream(t, always(answer{body: `{"request_id":"x","status":"in_queue"}`}))
+				// The status answer names no request (it is about the one
+				// asked for); the submit's names the new one.
+				u := newUpstream(t, sequence(answer{body: `{"status":"in_queue"}`}, answer{body: `{"request_id":"x","status":"in_queue"}`}))
 				base := u.URL
 				for _, p := range prefix.raw {
 					base += "/" + p
@@ -463,7 +465,6 @@ func TestIDEscaping(t *testing.T) {
 				if _, err := c.Status(ctx, id, id); err != nil {
 					t.Fatalf("Status: %v", err)
 				}
-				// The canned answer suits Submit too: it carries a request_id.
 				if _, err := c.Submit(ctx, id, json.RawMessage(`{}`), runcomfy.SubmitOptions{}); err != nil {
 					t.Fatalf("Submit: %v", err)
 				}
@@ -1089,4 +1090,53 @@ func jsonEqual(t *testing.T, got, want []byte) bool {
 		t.Fatalf("want is not JSON: %v: %s", err, want)
 	}
 	return reflect.DeepEqual(g, w)
+}
+
+// TestAnswerAboutAnotherRequest: an answer that names another request than
+// the one asked for is refused, never read as the asked one's (nor handed on
+// to move the other); a submit answer whose id breaks the id rule is refused
+// as one that names no request.
+func TestAnswerAboutAnotherRequest(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		body string
+		call func(c *runcomfy.Client) error
+	}{
+		{"status", `{"request_id":"req-other","status":"succeeded"}`, func(c *runcomfy.Client) error {
+			_, err := c.Status(ctx, "dep-1", "req-1")
+			return err
+		}},
+		{"result", `{"request_id":"req-other","status":"succeeded","outputs":{"1":{"images":[{"url":"https://evil/x"}]}}}`, func(c *runcomfy.Client) error {
+			_, err := c.Result(ctx, "dep-1", "req-1")
+			return err
+		}},
+		{"cancel", `{"request_id":"req-other","outcome":"cancelled"}`, func(c *runcomfy.Client) error {
+			_, err := c.Cancel(ctx, "dep-1", "req-1")
+			return err
+		}},
+		{"submit with a path for an id", `{"request_id":"../../etc/passwd"}`, func(c *runcomfy.Client) error {
+			_, err := c.Submit(ctx, "dep-1", json.RawMessage(`{}`), runcomfy.SubmitOptions{})
+			return err
+		}},
+		{"submit with a space in the id", `{"request_id":"a b"}`, func(c *runcomfy.Client) error {
+			_, err := c.Submit(ctx, "dep-1", json.RawMessage(`{}`), runcomfy.SubmitOptions{})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUpstream(t, always(answer{body: tt.body}))
+			err := tt.call(newClient(t, u.URL, nil))
+			var apiErr *runcomfy.APIError
+			if !errors.As(err, &apiErr) || apiErr.HTTPStatus != http.StatusOK || apiErr.Err != nil {
+				t.Fatalf("error = %v, want an APIError for a 200 answer that cannot be used", err)
+			}
+		})
+	}
+	// The same answers about the request asked for are read.
+	u := newUpstream(t, always(answer{body: `{"request_id":"req-1","status":"in_progress"}`}))
+	if st, err := newClient(t, u.URL, nil).Status(ctx, "dep-1", "req-1"); err != nil || st.RequestID != "req-1" || st.State != runcomfy.StateRunning {
+		t.Fatalf("Status = %+v, %v", st, err)
+	}
 }

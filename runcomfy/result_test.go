@@ -289,13 +289,15 @@ func TestParseResult(t *testing.T) {
 
 			u := newUpstream(t, always(answer{body: tt.body}))
 			c := newClient(t, u.URL, nil)
-			viaClient, err := c.Result(context.Background(), "dep-1", "req-1")
-			if err != nil {
-				t.Fatalf("Result: %v", err)
-			}
+			// Asked for the request the answer is about (an answer about
+			// another is refused: TestAnswerAboutAnotherRequest).
 			want := tt.want
 			if want.RequestID == "" {
 				want.RequestID = "req-1" // the client fills in the id it asked for
+			}
+			viaClient, err := c.Result(context.Background(), "dep-1", want.RequestID)
+			if err != nil {
+				t.Fatalf("Result: %v", err)
 			}
 			if !reflect.DeepEqual(viewOf(viaClient), want) {
 				t.Errorf("Result() =\n%+v\nwant\n%+v", viewOf(viaClient), want)
