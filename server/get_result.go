@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -41,9 +43,10 @@ func (s *Service) GetResult(ctx context.Context, req *comfygatev1.GetResultReque
 	case err == nil && rec != nil:
 		return &comfygatev1.GetResultResponse{Request: recordToProto(rec, s.urls)}, nil
 	case err == nil:
-		// Nothing to record it under (or a state this version does not
-		// know); the answer is still what RunComfy says now.
-		return &comfygatev1.GetResultResponse{Request: unrecorded(*u)}, nil
+		// An answer that names no status this version knows: the record
+		// stands (as GetStatus), and the caller is told what RunComfy said.
+		err = &runcomfy.APIError{Op: "result", HTTPStatus: http.StatusOK,
+			Message: fmt.Sprintf("answer names no status this gateway knows (%q)", u.UpstreamStatus)}
 	case ctx.Err() != nil:
 		// The caller gave up or ran out of time: nobody reads a fallback.
 		return nil, fmt.Errorf("result of request %s: %w", rid, ctx.Err())

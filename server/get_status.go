@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 
 	comfygatev1 "github.com/comfygate/comfygate/gen/comfygate/v1"
+	"github.com/comfygate/comfygate/runcomfy"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -48,9 +50,12 @@ func (s *Service) GetStatus(ctx context.Context, req *comfygatev1.GetStatusReque
 	case err == nil && rec != nil:
 		return &comfygatev1.GetStatusResponse{Request: recordToProto(rec, s.urls)}, nil
 	case err == nil:
-		// An upstream status this version does not know: not recorded, but
-		// it is what RunComfy says now.
-		return &comfygatev1.GetStatusResponse{Request: unrecorded(*u)}, nil
+		// An answer that names no status this version knows (none at all,
+		// or a new word): not recorded, and not a state to answer instead
+		// of the record, which would then seem to go back to nothing. The
+		// record stands, and the caller is told what RunComfy said.
+		err = &runcomfy.APIError{Op: "status", HTTPStatus: http.StatusOK,
+			Message: fmt.Sprintf("answer names no status this gateway knows (%q)", u.UpstreamStatus)}
 	case ctx.Err() != nil:
 		// The caller gave up or ran out of time: nobody reads a fallback.
 		return nil, fmt.Errorf("status of request %s: %w", rid, ctx.Err())

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -339,4 +340,42 @@ func upstreamCodeOf(st *status.Status) string {
 		}
 	}
 	return ""
+}
+
+// TestStaleRecordWithAnUnknownUpstreamStatusStands: a read-through whose
+// answer names no status the gateway knows (none, null, an empty object, a
+// new word) answers the record as stored (GetStatus with a refresh_error that
+// says so), instead of an unrecorded STATUS_UNKNOWN that would seem to put the request
+// back to nothing.
+func TestStaleRecordWithAnUnknownUpstreamStatusStands(t *testing.T) {
+	for _, body := range []string{`null`, `{}`, `{"status":null}`, `{"status":"weird_state"}`} {
+		t.Run(body, func(t *testing.T) {
+			g := startRefreshGateway(t)
+			rid := g.submit(ctxT(t), t, "dep-1")
+			rec := g.record(t, rid)
+			odd := runcomfysim.FaultError{HTTPStatus: 200, RawBody: body}
+			g.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
+				runcomfysim.EndpointStatus: odd, runcomfysim.EndpointResult: odd,
+			}})
+			g.clock.advance(refreshFreshFor)
+			for _, r := range readWays {
+				before := g.reads()
+				got := r.do(ctxT(t), t, g, rid)
+				if g.reads() == before {
+					t.Errorf("%s: a stale read made no upstream call", r.name)
+				}
+				if got.status != "STATUS_QUEUED" || got.seq != rec.Seq {
+					t.Errorf("%s: status %s seq %d, want the record's STATUS_QUEUED seq %d", r.name, got.status, got.seq, rec.Seq)
+				}
+				// GetStatus says why it answers the record; GetResult may
+				// answer it as the record the answer leaves unchanged.
+				if re := got.refresh; strings.HasPrefix(r.name, "GetStatus") && (re == nil || !strings.Contains(re.GetMessage(), "no status this gateway knows")) {
+					t.Errorf("%s: refresh_error %v, want one that says the answer named no known status", r.name, re)
+				}
+			}
+			if got := g.record(t, rid); got.Seq != rec.Seq || got.State != rec.State {
+				t.Errorf("record moved to %v seq %d", got.State, got.Seq)
+			}
+		})
+	}
 }
