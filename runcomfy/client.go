@@ -439,6 +439,12 @@ func (c *Client) once(ctx context.Context, op, method, target string, body []byt
 	if len(data) > maxResponseBytes {
 		return &APIError{Op: op, HTTPStatus: resp.StatusCode, Message: "answer exceeds size limit"}
 	}
+	if c.token != "" && bytes.Contains(data, []byte(c.token)) {
+		// An upstream that echoes the request must not put the token into
+		// anything read from its answer (a job's error, an output) that ends
+		// up in a record, a log or in front of a tenant.
+		data = bytes.ReplaceAll(data, []byte(c.token), []byte("[redacted]"))
+	}
 	if e := parseErrorBody(op, resp, data); e != nil {
 		// An upstream (or a proxy) that echoes the request must not put the token
 		// into an error that ends up in logs or in front of a tenant.
@@ -447,9 +453,23 @@ func (c *Client) once(ctx context.Context, op, method, target string, body []byt
 		return e
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return &APIError{Op: op, HTTPStatus: resp.StatusCode, Message: fmt.Sprintf("answer is not the expected JSON: %v", err)}
+		return &APIError{Op: op, HTTPStatus: resp.StatusCode, Message: "answer is not the expected JSON: " + jsonProblem(err)}
 	}
 	return nil
+}
+
+// jsonProblem says what is wrong with an answer in its own terms: a member
+// of the wrong type by its JSON name and type, not by the Go type it was to
+// fill.
+func jsonProblem(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		if typeErr.Field == "" {
+			return fmt.Sprintf("it is a JSON %s", typeErr.Value)
+		}
+		return fmt.Sprintf("%q is a JSON %s", typeErr.Field, typeErr.Value)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // parseErrorBody returns the error an answer describes, or nil for a success. Any

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -1138,5 +1139,46 @@ func TestAnswerAboutAnotherRequest(t *testing.T) {
 	u := newUpstream(t, always(answer{body: `{"request_id":"req-1","status":"in_progress"}`}))
 	if st, err := newClient(t, u.URL, nil).Status(ctx, "dep-1", "req-1"); err != nil || st.RequestID != "req-1" || st.State != runcomfy.StateRunning {
 		t.Fatalf("Status = %+v, %v", st, err)
+	}
+}
+
+// TestTokenEchoedInAnAnswerIsRedacted: RunComfy's token, echoed anywhere in a
+// successful answer (a job's error, an output, a status), never reaches what
+// the client returns.
+func TestTokenEchoedInAnAnswerIsRedacted(t *testing.T) {
+	ctx := context.Background()
+	body := `{"request_id":"req-1","status":"failed","error":{"error":"Auth","details":"Authorization: Bearer ` + testToken + `","errorCode":"` + testToken + `"},` +
+		`"outputs":{"1":{"images":[{"url":"https://c/1.png?t=` + testToken + `"}]}}}`
+	u := newUpstream(t, always(answer{body: body}))
+	c := newClient(t, u.URL, nil)
+	res, err := c.Result(ctx, "dep-1", "req-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintf("%+v %+v %s %q", res, res.Error, res.Outputs, res.OutputURLs)
+	if strings.Contains(got, testToken) {
+		t.Fatalf("the token is in the result: %s", got)
+	}
+	if !strings.Contains(res.Error.Message, "[redacted]") {
+		t.Errorf("error message %q, want the token's place marked", res.Error.Message)
+	}
+	st := newUpstream(t, always(answer{body: `{"status":"` + testToken + `"}`}))
+	s, err := newClient(t, st.URL, nil).Status(ctx, "dep-1", "req-1")
+	if err != nil || strings.Contains(s.Status, testToken) {
+		t.Fatalf("Status = %+v, %v", s, err)
+	}
+}
+
+// TestAnswerOfTheWrongShapeIsDescribedInJSONTerms: a member of the wrong type
+// is named by its JSON name, not by the Go type it was to fill.
+func TestAnswerOfTheWrongShapeIsDescribedInJSONTerms(t *testing.T) {
+	u := newUpstream(t, always(answer{body: `{"request_id":true}`}))
+	_, err := newClient(t, u.URL, nil).Submit(context.Background(), "dep-1", json.RawMessage(`{}`), runcomfy.SubmitOptions{})
+	var apiErr *runcomfy.APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("error = %v, want an APIError", err)
+	}
+	if msg := apiErr.Message; !strings.Contains(msg, `"request_id" is a JSON bool`) || strings.Contains(msg, "Go value") || strings.Contains(msg, "struct") {
+		t.Errorf("message %q, want the member and its JSON type only", msg)
 	}
 }
