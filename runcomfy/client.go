@@ -253,6 +253,14 @@ func (c *Client) Result(ctx context.Context, deploymentID, requestID string) (*R
 	if err != nil {
 		return nil, &APIError{Op: "result", HTTPStatus: http.StatusOK, Message: err.Error()}
 	}
+	if e := resp.Error; e != nil && c.token != "" {
+		// A job's error is an error message like any other: one that echoes
+		// the request must not carry the token into a record, a log or an
+		// answer to a tenant.
+		e.Type = strings.ReplaceAll(e.Type, c.token, "[redacted]")
+		e.Message = strings.ReplaceAll(e.Message, c.token, "[redacted]")
+		e.Code = strings.ReplaceAll(e.Code, c.token, "[redacted]")
+	}
 	if err := sameRequest("result", resp.RequestID, requestID); err != nil {
 		return nil, err
 	}
@@ -438,12 +446,6 @@ func (c *Client) once(ctx context.Context, op, method, target string, body []byt
 	}
 	if len(data) > maxResponseBytes {
 		return &APIError{Op: op, HTTPStatus: resp.StatusCode, Message: "answer exceeds size limit"}
-	}
-	if c.token != "" && bytes.Contains(data, []byte(c.token)) {
-		// An upstream that echoes the request must not put the token into
-		// anything read from its answer (a job's error, an output) that ends
-		// up in a record, a log or in front of a tenant.
-		data = bytes.ReplaceAll(data, []byte(c.token), []byte("[redacted]"))
 	}
 	if e := parseErrorBody(op, resp, data); e != nil {
 		// An upstream (or a proxy) that echoes the request must not put the token

@@ -58,14 +58,27 @@ func parseResultWire(data []byte) (*ResultResponse, *resultWire, error) {
 		Error:      parseJobError(w.Error),
 	}
 	outputs := w.Outputs
-	if isNull(outputs) {
+	if !hasContent(outputs) {
 		outputs = w.Output
 	}
-	if !isNull(outputs) {
+	if hasContent(outputs) {
 		r.Outputs = outputs
 		r.OutputURLs = CollectURLs(outputs)
 	}
 	return r, &w, nil
+}
+
+// hasContent reports whether an outputs document holds anything: a non-empty
+// object or list. An empty one, or a lone number or string, is read as no
+// outputs at all, so that a success that names none has its outputs fetched
+// (and a later answer that has them fills them in) instead of being kept
+// without them.
+func hasContent(raw json.RawMessage) bool {
+	s := bytes.TrimSpace(raw)
+	if len(s) < 2 || (s[0] != '{' && s[0] != '[') {
+		return false
+	}
+	return len(bytes.TrimSpace(s[1:len(s)-1])) > 0
 }
 
 // Callback is one webhook callback from RunComfy.

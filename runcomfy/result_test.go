@@ -138,8 +138,26 @@ func resultCases(t *testing.T) []resultCase {
 			want: resultView{Status: "succeeded", State: runcomfy.StateSucceeded, HasOutputs: true, OutputURLs: []string{"https://c/output.png"}},
 		},
 		{
+			// Empty or scalar outputs name none: the success is then
+			// completed from /result, and a later answer that has them
+			// fills them in.
 			name: "outputs empty object",
-			body: `{"status":"succeeded","outputs":{}}`,
+			body: `{"status":"succeeded","outputs":{ }}`,
+			want: resultView{Status: "succeeded", State: runcomfy.StateSucceeded},
+		},
+		{
+			name: "outputs empty list, a number, a string",
+			body: `{"status":"succeeded","outputs":[],"output":5}`,
+			want: resultView{Status: "succeeded", State: runcomfy.StateSucceeded},
+		},
+		{
+			name: "empty outputs, output with content",
+			body: `{"status":"succeeded","outputs":{},"output":{"images":["https://c/1.png"]}}`,
+			want: resultView{Status: "succeeded", State: runcomfy.StateSucceeded, HasOutputs: true, OutputURLs: []string{"https://c/1.png"}},
+		},
+		{
+			name: "text outputs only",
+			body: `{"status":"succeeded","outputs":{"9":{"text":["a caption"]}}}`,
 			want: resultView{Status: "succeeded", State: runcomfy.StateSucceeded, HasOutputs: true},
 		},
 		{

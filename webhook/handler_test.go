@@ -657,6 +657,23 @@ func TestHandlerFetchesMissingOutputs(t *testing.T) {
 		h.assertStats(t, map[string]int64{"applied": 1, "duplicate": 1}, nil)
 	})
 
+	// Outputs that name nothing (empty, or not a document at all) are
+	// missing outputs too.
+	for _, outputs := range []string{`"outputs":{}`, `"output":{ }`, `"output":[]`, `"output":5`, `"outputs":"x"`} {
+		t.Run("success with "+outputs, func(t *testing.T) {
+			h := newHarness(t)
+			rid := h.submit(t)
+			if err := h.sim.Finish(rid, runcomfysim.Outcome{Images: 2}); err != nil {
+				t.Fatal(err)
+			}
+			h.mustCallback(t, fill(`{"request_id":"{request_id}","status":"succeeded",`+outputs+`}`, rid, depID), "applied")
+			if n := h.sim.Calls(runcomfysim.EndpointResult); n != 1 {
+				t.Errorf("/result calls = %d, want 1", n)
+			}
+			checkOutputs(t, h, rid)
+		})
+	}
+
 	tests := []struct {
 		name    string
 		advance int  // Advance calls before the first callback: 0 queued, 1 running
