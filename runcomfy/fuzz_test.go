@@ -17,13 +17,6 @@ func seedCorpus(f *testing.F) {
 	runcomfy.AddFuzzSeeds(f)
 }
 
-// isJSONObject reports whether data is exactly one JSON object (with surrounding
-// space), which is what ParseResult must accept and nothing else.
-func isJSONObject(data []byte) bool {
-	t := bytes.TrimSpace(data)
-	return len(t) > 0 && t[0] == '{' && json.Valid(t)
-}
-
 // stringsIn returns every string token (keys and values) of data, read the same
 // lenient way CollectURLs reads: up to the first syntax error.
 func stringsIn(data []byte) map[string]bool {
@@ -45,7 +38,7 @@ func FuzzParseResult(f *testing.F) {
 	seedCorpus(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := runcomfy.ParseResult(data)
-		if !isJSONObject(data) {
+		if !runcomfy.IsIJSONObject(data) {
 			if err == nil {
 				t.Fatalf("ParseResult(%q) = %+v, want an error for a non-object", data, r)
 			}

@@ -110,28 +110,33 @@ func ParseCallback(data []byte) (*Callback, error) {
 	return cb, nil
 }
 
-// decodeObject insists on a JSON object: arrays, scalars and trailing garbage are
-// refused, so a caller never acts on half a document. A member of an unexpected type
-// is not fatal: it is left empty and the rest of the object is still read, since
-// upstream is to be parsed loosely. It reads as encoding/json's Unmarshal into
-// resultWire does (names matched exactly, else without regard to case; the last of
-// duplicate names wins; invalid UTF-8 read as U+FFFD), in one pass over the bytes:
-// Unmarshal scans a document twice, to check it and then to decode it, and the
-// callback endpoint reads one per callback.
+// decodeObject insists on one JSON object that is I-JSON (RFC 7493): arrays,
+// scalars, trailing data, anything but JSON's own whitespace around it, a name
+// given twice in any object, and text that is not UTF-8 (or an escape that is
+// no character) are all refused, so a caller never acts on half a document or
+// on one that two readers would read differently. Names are matched exactly, as
+// RunComfy writes them. A member of an unexpected type is not fatal: it is left
+// empty and the rest of the object is still read, since upstream is to be
+// parsed loosely. The document is read in one pass over its bytes (jsontext):
+// the callback endpoint reads one per callback.
 func decodeObject(data []byte, w *resultWire) error {
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
+	if i := bytes.IndexFunc(data, func(r rune) bool { return !isJSONSpace(r) }); i < 0 || data[i] != '{' {
 		return errors.New("answer is not a JSON object")
 	}
-	if err := readResultWire(trimmed, w); err != nil {
+	if err := readResultWire(data, w); err != nil {
 		return fmt.Errorf("answer is not valid JSON: %w", err)
 	}
 	return nil
 }
 
+// isJSONSpace reports whether r is whitespace in JSON's grammar (RFC 8259).
+func isJSONSpace(r rune) bool {
+	return r == ' ' || r == '\t' || r == '\n' || r == '\r'
+}
+
 // readResultWire reads the one JSON object in data (and nothing after it) into w.
 func readResultWire(data []byte, w *resultWire) error {
-	dec := jsontext.NewDecoder(bytes.NewBuffer(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	if _, err := dec.ReadToken(); err != nil { // '{', as the caller checked
 		return err
 	}
@@ -140,7 +145,7 @@ func readResultWire(data []byte, w *resultWire) error {
 		if err != nil {
 			return err
 		}
-		switch p := w.member(name.String()).(type) {
+		switch p := w.exact(name.String()).(type) {
 		case *string:
 			if dec.PeekKind() != '"' {
 				err = dec.SkipValue()
@@ -174,20 +179,7 @@ func readResultWire(data []byte, w *resultWire) error {
 	return nil
 }
 
-// member is the field of w that the JSON member name fills, or nil.
-func (w *resultWire) member(name string) any {
-	if p := w.exact(name); p != nil {
-		return p
-	}
-	for _, n := range [...]string{"request_id", "status", "outcome", "outputs", "output", "error", "instance_id",
-		"created_at", "started_at", "finished_at", "queue_position", "deployment_id"} {
-		if strings.EqualFold(n, name) {
-			return w.exact(n)
-		}
-	}
-	return nil
-}
-
+// exact is the field of w that the JSON member name fills, or nil.
 func (w *resultWire) exact(name string) any {
 	switch name {
 	case "request_id":

@@ -3,26 +3,136 @@ package runcomfy
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"testing"
+	"unicode/utf8"
 )
 
-// unmarshalResultWire is the reading decodeObject must match: encoding/json's
-// Unmarshal into resultWire, a member of another type left empty.
+// unmarshalResultWire is the reading decodeObject must match, built from
+// encoding/json and checks of its own: the document is accepted when it is one
+// JSON object, with only JSON whitespace around it, in valid UTF-8, with no
+// escape of a lone surrogate and no name twice in any object; its members are
+// then read by exact name, a string field from a JSON string only.
 func unmarshalResultWire(data []byte) (resultWire, bool) {
 	var w resultWire
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
+	trimmed := bytes.Trim(data, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) || !utf8.Valid(data) ||
+		loneSurrogate(trimmed) || duplicateNames(trimmed) {
 		return w, false
 	}
-	var typeErr *json.UnmarshalTypeError
-	if err := json.Unmarshal(trimmed, &w); err != nil && !errors.As(err, &typeErr) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &members); err != nil {
 		return w, false
+	}
+	for name, raw := range members {
+		switch p := w.exact(name).(type) {
+		case *string:
+			if raw[0] == '"' {
+				if err := json.Unmarshal(raw, p); err != nil {
+					return w, false
+				}
+			}
+		case *json.RawMessage:
+			*p = append(json.RawMessage(nil), raw...)
+		}
 	}
 	return w, true
+}
+
+// IsIJSONObject reports whether data is one I-JSON object with only JSON
+// whitespace around it, by unmarshalResultWire's reference checks: what
+// ParseResult and ParseCallback must accept, and nothing else.
+func IsIJSONObject(data []byte) bool {
+	_, ok := unmarshalResultWire(data)
+	return ok
+}
+
+// loneSurrogate reports whether a string of the valid JSON document data holds
+// a \u escape of a surrogate that is not half of a pair.
+func loneSurrogate(data []byte) bool {
+	hex := func(b []byte) (int, bool) {
+		if len(b) < 4 {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(b[:4]), 16, 16)
+		return int(n), err == nil
+	}
+	inString := false
+	for i := 0; i < len(data); i++ {
+		switch c := data[i]; {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString:
+			i++
+			if i >= len(data) || data[i] != 'u' {
+				continue
+			}
+			u, ok := hex(data[i+1:])
+			if !ok {
+				continue
+			}
+			i += 4
+			switch {
+			case u >= 0xDC00 && u <= 0xDFFF:
+				return true
+			case u >= 0xD800 && u <= 0xDBFF:
+				if i+2 >= len(data) || data[i+1] != '\\' || data[i+2] != 'u' {
+					return true
+				}
+				if low, ok := hex(data[i+3:]); !ok || low < 0xDC00 || low > 0xDFFF {
+					return true
+				}
+				i += 6
+			}
+		}
+	}
+	return false
+}
+
+// duplicateNames reports whether any object of the valid JSON document data
+// gives a name twice, on encoding/json's tokens.
+func duplicateNames(data []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	type frame struct {
+		names map[string]bool // nil in a list
+		key   bool
+	}
+	var stack []frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		top := len(stack) - 1
+		isKey := top >= 0 && stack[top].names != nil && stack[top].key
+		if top >= 0 && stack[top].names != nil {
+			stack[top].key = !isKey
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{':
+				stack = append(stack, frame{names: map[string]bool{}, key: true})
+			case '[':
+				stack = append(stack, frame{})
+			default:
+				stack = stack[:top]
+				if top > 0 && stack[top-1].names != nil {
+					stack[top-1].key = true
+				}
+			}
+		case string:
+			if isKey {
+				if stack[top].names[t] {
+					return true
+				}
+				stack[top].names[t] = true
+			}
+		}
+	}
 }
 
 // collectURLsV1 is the walk CollectURLs must match, on encoding/json's tokens.
@@ -121,7 +231,8 @@ func AddFuzzSeeds(f *testing.F) {
 }
 
 // FuzzDecodeObjectMatchesUnmarshal pins that the one-pass reading of a result or
-// callback accepts exactly what encoding/json accepts and reads the same fields.
+// callback accepts exactly the I-JSON objects encoding/json accepts (and
+// unmarshalResultWire's checks) and reads the same fields.
 func FuzzDecodeObjectMatchesUnmarshal(f *testing.F) {
 	AddFuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -129,7 +240,7 @@ func FuzzDecodeObjectMatchesUnmarshal(f *testing.F) {
 		var got resultWire
 		err := decodeObject(data, &got)
 		if ok != (err == nil) {
-			t.Fatalf("decodeObject(%q): error %v, encoding/json accepts it: %v", data, err, ok)
+			t.Fatalf("decodeObject(%q): error %v, the reference accepts it: %v", data, err, ok)
 		}
 		if !ok {
 			return

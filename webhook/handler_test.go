@@ -991,6 +991,17 @@ func TestHandlerBody(t *testing.T) {
 		{"request_id with newline", []byte(`{"request_id":"a\nb","status":"in_progress"}`), http.StatusBadRequest, webhook.ReasonMalformed},
 		{"request_id too long", []byte(`{"request_id":"` + strings.Repeat("r", runcomfy.MaxIDLen+1) + `","status":"in_progress"}`), http.StatusBadRequest, webhook.ReasonMalformed},
 		{"request_id a number", []byte(`{"request_id":42,"status":"in_progress"}`), http.StatusBadRequest, webhook.ReasonMalformed},
+		// Not I-JSON (RFC 7493), which two readers could read differently.
+		{"a name twice", []byte(`{"request_id":"` + rid + `","status":"in_queue","status":"in_progress"}`), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"a name twice in the outputs", []byte(`{"request_id":"` + rid + `","status":"in_progress","output":{"images":[{"url":"https://a","url":"https://b"}]}}`), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"invalid UTF-8", []byte("{\"request_id\":\"" + rid + "\",\"status\":\"in_progress\",\"instance_id\":\"\xff\"}"), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"a lone surrogate", []byte(`{"request_id":"` + rid + `","status":"in_progress","instance_id":"\ud800"}`), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"no-break space before", []byte("\u00a0{\"request_id\":\"" + rid + "\",\"status\":\"in_progress\"}"), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"line separator after", []byte("{\"request_id\":\"" + rid + "\",\"status\":\"in_progress\"}\u2028"), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"byte order mark", []byte("\ufeff{\"request_id\":\"" + rid + "\",\"status\":\"in_progress\"}"), http.StatusBadRequest, webhook.ReasonMalformed},
+		// Names are matched exactly: another case names no member.
+		{"REQUEST_ID", []byte(`{"REQUEST_ID":"` + rid + `","status":"in_progress"}`), http.StatusBadRequest, webhook.ReasonMalformed},
+		{"JSON whitespace around", []byte("\r\n\t {\"request_id\":\"" + rid + "\",\"STATUS\":\"succeeded\",\"status\":\"in_progress\"} \n"), http.StatusOK, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
