@@ -505,7 +505,12 @@ func parseErrorBody(op string, resp *http.Response, data []byte) *APIError {
 		e.Message = w.Message
 	}
 	if e.Message == "" {
+		// A success's status text ("OK") would contradict the error it
+		// carries: its code says more.
 		e.Message = http.StatusText(resp.StatusCode)
+		if hasCode && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			e.Message = fmt.Sprintf("error_code %d", code)
+		}
 	}
 	if len(e.Detail) == 0 || string(e.Detail) == "null" {
 		e.Detail = nil

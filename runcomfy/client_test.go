@@ -1172,3 +1172,17 @@ func TestAnswerOfTheWrongShapeIsDescribedInJSONTerms(t *testing.T) {
 		t.Errorf("message %q, want the member and its JSON type only", msg)
 	}
 }
+
+// TestErrorCodeInASuccessWithoutAMessage: an HTTP 200 that carries an
+// error_code and no message is described by its code, not by "OK".
+func TestErrorCodeInASuccessWithoutAMessage(t *testing.T) {
+	u := newUpstream(t, always(answer{body: `{"error_code":10002}`}))
+	_, err := newClient(t, u.URL, nil).Submit(context.Background(), "dep-1", json.RawMessage(`{}`), runcomfy.SubmitOptions{})
+	var apiErr *runcomfy.APIError
+	if !errors.As(err, &apiErr) || apiErr.Code != 10002 {
+		t.Fatalf("error = %v, want an APIError with code 10002", err)
+	}
+	if apiErr.Message != "error_code 10002" {
+		t.Errorf("message %q, want %q", apiErr.Message, "error_code 10002")
+	}
+}

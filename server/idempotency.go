@@ -63,7 +63,7 @@ func (s *Service) sendingKey(ctx context.Context, scope, hash string) (stop func
 }
 
 // errIdempotencyMismatch: the key was first used for another submit.
-var errIdempotencyMismatch = errors.New("idempotency key was already used with a different deployment, input, webhook or deadlines")
+var errIdempotencyMismatch = errors.New("idempotency key was already used for another submit: its deployment, input, webhooks or deadlines differ from this one's")
 
 // errIdempotencyUnanswered: the key's first submit reached RunComfy and got no
 // answer naming a request; a job may exist, so the submit is not sent again.
