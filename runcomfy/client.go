@@ -371,6 +371,12 @@ func (c *Client) do(ctx context.Context, op, method, path string, q url.Values, 
 			if lastErr.RetryAfter > wait {
 				wait = lastErr.RetryAfter
 			}
+			if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+				// The caller's time runs out before the next attempt could
+				// start: its answer is the last failure (a 429 with its
+				// Retry-After, say), not a deadline.
+				return lastErr
+			}
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():

@@ -1001,8 +1001,11 @@ func TestContext(t *testing.T) {
 		})
 	}
 
-	// A deadline that falls inside the wait before a retry ends the wait at once.
-	// (Retry-After stays under the longest wait the client sleeps on itself.)
+	// A deadline that falls inside the wait before a retry: the wait is not
+	// begun, and the call ends with the failure that asked for it (here the
+	// 429 and its Retry-After, which the caller can act on), not with a
+	// deadline. (Retry-After stays under the longest wait the client sleeps
+	// on itself.)
 	t.Run("deadline during backoff", func(t *testing.T) {
 		t.Parallel()
 		u := newUpstream(t, always(answer{status: 429, header: map[string]string{"Retry-After": "5"}}))
@@ -1011,8 +1014,9 @@ func TestContext(t *testing.T) {
 		defer cancel()
 		start := time.Now()
 		err := call(ctx, c, "status")
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Status error = %v, want context.DeadlineExceeded", err)
+		var apiErr *runcomfy.APIError
+		if !errors.As(err, &apiErr) || apiErr.HTTPStatus != 429 || apiErr.RetryAfter != 5*time.Second {
+			t.Errorf("Status error = %v, want the 429 with its Retry-After of 5s", err)
 		}
 		if got, limit := time.Since(start), 5*time.Second; got > limit {
 			t.Errorf("elapsed = %v, want < %v", got, limit)

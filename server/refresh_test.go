@@ -272,6 +272,12 @@ func TestStaleRecordWithUpstreamFailingIsAnsweredWithRefreshError(t *testing.T) 
 			runcomfysim.EndpointStatus: {HTTPStatus: 503},
 			runcomfysim.EndpointResult: {HTTPStatus: 503},
 		}}, "UNAVAILABLE", ""},
+		// Its Retry-After outlasts the refresh bound: said at once, not
+		// waited out into a deadline.
+		{"upstream rate limits", runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
+			runcomfysim.EndpointStatus: {HTTPStatus: 429, RetryAfter: "5"},
+			runcomfysim.EndpointResult: {HTTPStatus: 429, RetryAfter: "5"},
+		}}, "RESOURCE_EXHAUSTED", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
