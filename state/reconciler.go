@@ -291,6 +291,19 @@ func (r *Reconciler) paused() time.Duration {
 	return r.pauseUntil.Sub(r.cfg.Now())
 }
 
+// pauseFor is how long a 429 pauses polling: RunComfy's Retry-After (the
+// poll interval without one), at most MaxInterval, the longest an unchanged
+// request waits between polls anyway. A longer pause (an hour, asked by a
+// proxy or by mistake) would hold every watch without callbacks that long;
+// one poll after MaxInterval costs RunComfy one more 429 at most.
+func (r *Reconciler) pauseFor(err error) time.Duration {
+	var apiErr *runcomfy.APIError
+	if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
+		return min(apiErr.RetryAfter, r.cfg.MaxInterval)
+	}
+	return r.cfg.Interval
+}
+
 // pause stops all polling for d, on every replica: RunComfy asked the whole
 // account to slow down.
 func (r *Reconciler) pause(ctx context.Context, d time.Duration) {
@@ -696,13 +709,8 @@ func (r *Reconciler) rebuild(ctx context.Context, w WatchedRequest) (done bool, 
 		return r.goneUpstream(ctx, stub, now)
 	}
 	if err != nil {
-		var apiErr *runcomfy.APIError
 		if errors.Is(err, runcomfy.ErrRateLimited) {
-			wait := r.cfg.Interval
-			if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
-				wait = apiErr.RetryAfter
-			}
-			r.pause(ctx, wait)
+			r.pause(ctx, r.pauseFor(err))
 		}
 		return false, fmt.Errorf("rebuild request %s: %w", w.RequestID, err)
 	}
@@ -728,12 +736,8 @@ func (r *Reconciler) found(id string) {
 
 // failed reschedules a request whose poll failed; a 429 pauses every poll.
 func (r *Reconciler) failed(ctx context.Context, rec *Record, err error) error {
-	var apiErr *runcomfy.APIError
 	if errors.Is(err, runcomfy.ErrRateLimited) {
-		wait := r.cfg.Interval
-		if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
-			wait = apiErr.RetryAfter
-		}
+		wait := r.pauseFor(err)
 		r.pause(ctx, wait)
 		r.cfg.Logger.Warn("RunComfy rate limits polling; pausing", "for", wait)
 	}

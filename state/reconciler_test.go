@@ -517,7 +517,7 @@ func TestRateLimitPausesAllPolling(t *testing.T) {
 			up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
 				runcomfysim.EndpointStatus: {HTTPStatus: http.StatusTooManyRequests, RetryAfter: "1"},
 			}})
-			rc := r.start(t, up, state.ReconcilerConfig{Interval: interval, Concurrency: tt.concurrency})
+			rc := r.start(t, up, state.ReconcilerConfig{Interval: interval, MaxInterval: time.Minute, Concurrency: tt.concurrency})
 			waitFor(t, waitLimit, "a first status poll", func() bool { return up.statusCalls() > 0 })
 			first := time.Now()
 			time.Sleep(100 * time.Millisecond)
@@ -544,6 +544,29 @@ func TestRateLimitPausesAllPolling(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRateLimitPauseIsBounded: a Retry-After longer than MaxInterval (an
+// hour here) pauses polling for MaxInterval only, so a request without
+// callbacks is still polled to its end.
+func TestRateLimitPauseIsBounded(t *testing.T) {
+	t.Parallel()
+	const interval = 50 * time.Millisecond
+	up := newUpstream(t, runcomfysim.Options{Manual: true}, func(c *runcomfy.Config) { c.MaxRetries = -1 })
+	r := newReplica(t, memory.New(nil), up, interval, 0)
+	id := r.submit(t, up)
+	up.sim.SetFaults(runcomfysim.Faults{Errors: map[string]runcomfysim.FaultError{
+		runcomfysim.EndpointStatus: {HTTPStatus: http.StatusTooManyRequests, RetryAfter: "3600", Times: 1},
+	}})
+	r.start(t, up, state.ReconcilerConfig{Interval: interval, MaxInterval: 4 * interval})
+	waitFor(t, waitLimit, "the 429", func() bool { return up.statusCalls() > 0 })
+	if err := up.sim.Finish(id, runcomfysim.Outcome{Images: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLimit, "the request polled to its end after the pause", func() bool {
+		rec, err := r.backend.Get(ctxT(t), id)
+		return err == nil && rec.State == runcomfy.StateSucceeded
+	})
 }
 
 // TestConcurrencyBound: however many requests are due, no more than
