@@ -232,7 +232,12 @@ func (t *Tracker) Apply(ctx context.Context, u Update) (*Record, Outcome, error)
 					back = next
 				}
 			}
-			switch err := t.restore(ctx, back); {
+			// A final state RunComfy reports now is behind nothing any
+			// replica remembers: its event goes with the restore. Held in
+			// this replica's memory, it would be lost with the replica if
+			// it stopped within the settle.
+			announce := back != mem && back.Terminal()
+			switch err := t.restoreWith(ctx, back, announce); {
 			case err == nil && back != mem:
 				t.counts[Applied].Add(1)
 				return t.recent.get(u.RequestID), Applied, nil
@@ -435,7 +440,7 @@ func (t *Tracker) restoreOne(ctx context.Context, mem *Record) (done bool, err e
 		stored, err := t.store.Get(ctx, mem.RequestID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			err = t.restore(ctx, t.withKept(mem))
+			err = t.restoreWith(ctx, t.withKept(mem), false)
 		case err != nil:
 			return false, err
 		default:
@@ -600,8 +605,10 @@ func rememberedUpdate(rec *Record) Update {
 	}
 }
 
-// restore saves rec again as the first record of a new epoch (saveHeld).
-func (t *Tracker) restore(ctx context.Context, rec *Record) error {
+// restoreWith saves rec again as the first record of a new epoch, with the
+// event of its state at once when announce is set, and held back (saveHeld)
+// when not.
+func (t *Tracker) restoreWith(ctx context.Context, rec *Record, announce bool) error {
 	now := t.now()
 	next := rec.Clone()
 	next.Seq = 1
@@ -614,6 +621,13 @@ func (t *Tracker) restore(ctx context.Context, rec *Record) error {
 		if err := t.queueCopy(ctx, nil, next, now); err != nil {
 			return err
 		}
+	}
+	if announce {
+		if err := t.save(ctx, next, stateEvent(next)); err != nil {
+			return err
+		}
+		t.recent.put(next)
+		return nil
 	}
 	return t.saveHeld(ctx, next)
 }
