@@ -74,6 +74,33 @@ func (s *Service) recordSubmitted(ctx context.Context, u state.Update) (rec *sta
 	return rec, err
 }
 
+// recordReplay records, for a replay of a submit whose key names request rid,
+// what that submit named beyond RunComfy's answer (its owner, webhooks and
+// deadlines), as the first submit did once RunComfy answered. The first may
+// not have: its replica can stop between completing the key and recording the
+// request, when a callback may already have made the record without them
+// (and its events then go to no endpoint), or nothing has. A record that
+// holds them already is left as it is. It returns the record, or nil when it
+// could not be recorded now or is not the caller's.
+func (s *Service) recordReplay(ctx context.Context, dep, rid string, hooks []state.WebhookTarget, maxQueue, maxRun time.Duration) *state.Record {
+	if rid == "" {
+		return nil
+	}
+	now := s.now()
+	rec, _, err := s.tracker.Apply(ctx, state.Update{
+		RequestID: rid, DeploymentID: dep, Source: state.SourceSubmit, State: runcomfy.StateQueued,
+		CreatedAt: now, ObservedAt: now, Owner: tenantOf(ctx),
+		Webhooks: hooks, MaxQueue: maxQueue, MaxRun: maxRun,
+	})
+	if err != nil || rec == nil || !visible(ctx, rec, dep) {
+		if err != nil {
+			s.log.WarnContext(ctx, "replayed submit not recorded", "request_id", rid, "error", err)
+		}
+		return nil
+	}
+	return rec
+}
+
 // Submit validates the input, forwards it to RunComfy byte for byte, and records
 // the new request.
 func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*comfygatev1.SubmitResponse, error) {
@@ -108,6 +135,9 @@ func (s *Service) Submit(ctx context.Context, req *comfygatev1.SubmitRequest) (*
 			return nil, err
 		}
 		if done != nil {
+			if rec := s.recordReplay(ctx, dep, done.GetRequest().GetRequestId(), hooks, maxQueue, maxRun); rec != nil {
+				done = &comfygatev1.SubmitResponse{Request: recordToProto(rec, s.urls)}
+			}
 			// A replay waits as the first submit would have.
 			return s.waitPreferred(ctx, done), nil
 		}

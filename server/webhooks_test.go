@@ -426,3 +426,47 @@ func TestIdempotencyKeyCoversTheWebhook(t *testing.T) {
 		t.Errorf("%d submits reached RunComfy, want 1", n)
 	}
 }
+
+// TestReplayRecordsWhatTheFirstSubmitNamed: the first submit with a key may
+// stop (its replica killed) after completing the key and before recording
+// the request, which a callback has meanwhile made without its webhooks. A
+// replay with the key records them, so that the request's events reach its
+// endpoints; RunComfy still sees one submit.
+func TestReplayRecordsWhatTheFirstSubmitNamed(t *testing.T) {
+	secrets, _ := newSecrets(t, 1)
+	g := startGateway(t, withKeys(t), func(o *gatewayOptions) { o.hooks = &hooksOptions{secrets: secrets} })
+	ctx := ctxT(t)
+	hook := &comfygatev1.Webhook{Url: "https://hooks.example.com/one"}
+	submit := func() *comfygatev1.SubmitResponse {
+		t.Helper()
+		sub, err := g.client.Submit(as(ctx, keyA), &comfygatev1.SubmitRequest{DeploymentId: "dep-1", InputJson: `{}`, IdempotencyKey: "replayed", Webhook: hook})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	rid := submit().GetRequest().GetRequestId()
+	// The record as a callback alone makes it: the submit's webhooks missing.
+	rec, err := g.memory.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := rec.Clone()
+	bare.Webhooks, bare.Seq = nil, rec.Seq+1
+	if err := g.memory.Save(ctx, bare, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got := submit().GetRequest().GetRequestId(); got != rid {
+		t.Fatalf("replay answered %s, want %s", got, rid)
+	}
+	after, err := g.memory.Get(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Webhooks) != 1 || after.Webhooks[0].URL != hook.GetUrl() {
+		t.Errorf("after the replay the record's webhooks are %+v, want %s", after.Webhooks, hook.GetUrl())
+	}
+	if n := len(g.sim.Submits()); n != 1 {
+		t.Errorf("%d submits reached RunComfy, want 1", n)
+	}
+}
